@@ -1,0 +1,45 @@
+# One-command set-up: `make demo` runs the whole loop, `make test` runs the tests, each from a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck model venv system-deps bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[dev,convert]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian's mosquitto broker for the tests (only when missing and we are root).
+system-deps:
+	@if ! command -v mosquitto >/dev/null 2>&1 && ! test -x /usr/sbin/mosquitto; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	    systemctl disable --now mosquitto >/dev/null 2>&1 || true; \
+	  else echo "mosquitto is missing: sudo apt-get install mosquitto" >&2; exit 1; fi; \
+	fi
+
+lint: venv
+	$(VENV)/bin/ruff check edge convert tests bench
+	$(VENV)/bin/mypy edge convert
+
+test: venv system-deps lint
+	$(VENV)/bin/pytest -q
+
+demo: venv
+	$(VENV)/bin/shelfscout demo
+
+bench: venv
+	$(VENV)/bin/shelfscout bench
+
+# Rebuild the default model bundle from a fixed seed (minutes on 2 cores).
+model: venv
+	$(PY) -m convert.build_default
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,73 @@
+"""The `shelfscout` command line: builds the argument parser from the subcommand modules and runs one."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from edge import __version__
+
+# Each module registers its own subcommands with `register(subparsers)`.
+COMMAND_MODULES = (
+    "edge.commands.run",
+    "edge.commands.demo",
+    "edge.commands.detect",
+    "edge.commands.alerts",
+    "edge.commands.bench",
+    "edge.commands.config_cmd",
+    "edge.commands.model_cmd",
+    "convert.synth_cmd",
+    "convert.commands",
+    "convert.release_cmd",
+)
+
+
+class CliError(Exception):
+    """An expected failure: printed as one line, exit code 2 unless given."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shelfscout",
+        description="Find empty shelf spots from a cart camera and send restock alerts over MQTT.",
+    )
+    parser.add_argument("--version", action="version", version=f"shelfscout {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for modname in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name == modname:
+                continue  # not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from edge.bundle import BundleError
+    from edge.config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, ConfigError, BundleError) as e:
+        print(f"shelfscout {args.command}: error: {e}", file=sys.stderr)
+        return e.code if isinstance(e, CliError) else 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""Typed, strict service configuration: TOML file plus `SHELFSCOUT_SECTION__KEY` overrides, no I/O beyond reading it.
+
+Every error names the offending key (`mqtt.url: ...`) and the reason. Unknown keys are errors, with a suggestion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_PATH = Path("/etc/shelfscout/config.toml")
+ENV_PREFIX = "SHELFSCOUT_"
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased as one line that names the key."""
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    id: str = "cart-01"
+    store: str = "store-01"
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    source: str = "picamera2"  # picamera2, /dev/videoN, an index, rtsp://, http://, a video file or image folder
+    width: int = 640
+    height: int = 480
+    fps: float = 15.0
+    realtime: bool = False  # pace files and folders at `fps` instead of as fast as possible
+    loop: bool = False  # loop a file or folder forever
+    reopen_min_s: float = 0.5
+    reopen_max_s: float = 10.0
+    reopen_attempts: int = 0  # 0 = forever (live cameras); finite sources end after their last frame
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    bundle: str = ""  # empty: the bundled default model
+    threads: int = 2
+    score_threshold: float | None = None  # None: the bundle's own threshold
+    dev_allow_unsigned: bool = False  # DEVELOPMENT ONLY: run models without a valid signature
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    confirm_frames: int = 3  # N: a gap is confirmed after N sightings ...
+    window_frames: int = 5  # ... within the last M frames of its track
+    lost_frames: int = 4  # a track that is not seen for this many frames while in view has ended
+    match_iou: float = 0.2  # minimum IoU, in shelf coordinates, to match a detection to a track
+    motion_width: int = 160  # width of the grey frame used for phase correlation
+    meters_per_pixel: float = 0.0015  # odometry scale at the shelf face, for `location.offset_m`
+    place_radius_m: float = 0.25  # a gap within this distance of an open alert's place is the same gap
+    aruco: bool = True  # reset odometry and name the aisle at ArUco markers
+    clear_frames: int = 5  # a place with an open alert seen filled this many frames is `cleared`
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    url: str = "mqtt://127.0.0.1:1883"
+    topic_prefix: str = "shelfscout"
+    client_id: str = ""  # empty: shelfscout-{store}-{device}
+    protocol: str = "auto"  # auto (MQTT 5, falling back to 3.1.1), 5 or 3.1.1
+    username: str = ""
+    password_file: str = ""  # or the systemd credential `mqtt-password` ($CREDENTIALS_DIRECTORY)
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    keepalive_s: int = 30
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 30.0
+    stats_interval_s: float = 30.0
+    snapshot_max_px: int = 640
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    path: str = "/var/lib/shelfscout/outbox.db"
+    max_messages: int = 20000
+    max_bytes: int = 256 * 1024 * 1024
+    inflight: int = 20  # unacknowledged publishes at once
+
+
+@dataclass(frozen=True)
+class OtaConfig:
+    enabled: bool = True
+    keys_dir: str = "/etc/shelfscout/keys"
+    models_dir: str = "/var/lib/shelfscout/models"
+    release_topics: tuple[str, ...] = ("shelfscout/fleet/model/release", "shelfscout/{store}/model/release")
+    poll_url: str = ""  # file:// or https:// URL of a release manifest to poll, besides MQTT
+    poll_interval_s: float = 300.0
+    stall_timeout_s: float = 30.0
+    max_bundle_bytes: int = 64 * 1024 * 1024
+    probation_frames: int = 50
+
+
+@dataclass(frozen=True)
+class PreviewConfig:
+    enabled: bool = True
+    bind: str = "127.0.0.1:8080"  # never all interfaces unless asked for
+    max_fps: float = 10.0
+
+
+@dataclass(frozen=True)
+class Config:
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    ota: OtaConfig = field(default_factory=OtaConfig)
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
+
+    def replace(self, **sections: Any) -> Config:
+        return dataclasses.replace(self, **sections)
+
+
+def _type_name(v: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}.get(
+        type(v), type(v).__name__
+    )
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, args[0])
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected an array, got {_type_name(value)}")
+        (inner,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
+        return tuple(_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {_type_name(value)} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {_type_name(value)} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {_type_name(value)} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {_type_name(value)} {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            close = difflib.get_close_matches(k, names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(names)})"
+            raise ConfigError(f"{key}: unknown key{hint}")
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{key}: expected a table [{key}], got {_type_name(v)}")
+            kwargs[k] = _build(typing.cast(type, tp), v, f"{key}.")
+        else:
+            kwargs[k] = _coerce(key, v, tp)
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    def need(cond: bool, key: str, why: str) -> None:
+        if not cond:
+            raise ConfigError(f"{key}: {why}")
+
+    for key, val in (("device.id", cfg.device.id), ("device.store", cfg.device.store)):
+        need(bool(val), key, "must not be empty")
+        need(not any(c in val for c in "/+#") and val.strip() == val, key,
+             f"{val!r} must not contain '/', '+', '#' or surrounding spaces (it is part of MQTT topics)")
+    need(cfg.mqtt.url.split("://", 1)[0] in ("mqtt", "mqtts", "tcp", "ssl") and "://" in cfg.mqtt.url,
+         "mqtt.url", f"{cfg.mqtt.url!r} must start with mqtt:// or mqtts://")
+    need(cfg.mqtt.protocol in ("auto", "5", "3.1.1"), "mqtt.protocol", "must be 'auto', '5' or '3.1.1'")
+    need(cfg.mqtt.keepalive_s >= 5, "mqtt.keepalive_s", "must be at least 5")
+    need(cfg.mqtt.stats_interval_s > 0, "mqtt.stats_interval_s", "must be positive")
+    need(cfg.model.threads >= 1, "model.threads", "must be at least 1")
+    st = cfg.model.score_threshold
+    need(st is None or 0.0 < st < 1.0, "model.score_threshold", "must be between 0 and 1")
+    need(cfg.camera.width > 0 and cfg.camera.height > 0, "camera.width", "width and height must be positive")
+    need(cfg.camera.fps > 0, "camera.fps", "must be positive")
+    need(bool(cfg.camera.source), "camera.source", "must not be empty")
+    t = cfg.tracking
+    need(1 <= t.confirm_frames <= t.window_frames, "tracking.confirm_frames",
+         f"must be between 1 and tracking.window_frames ({t.window_frames})")
+    need(0.0 < t.match_iou < 1.0, "tracking.match_iou", "must be between 0 and 1")
+    need(t.motion_width >= 32, "tracking.motion_width", "must be at least 32")
+    need(cfg.outbox.max_messages > 0, "outbox.max_messages", "must be positive")
+    need(cfg.outbox.max_bytes > 0, "outbox.max_bytes", "must be positive")
+    need(cfg.outbox.inflight >= 1, "outbox.inflight", "must be at least 1")
+    host, sep, port = cfg.preview.bind.rpartition(":")
+    need(bool(sep) and port.isdigit() and bool(host), "preview.bind", f"{cfg.preview.bind!r} must be HOST:PORT")
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # a bare string such as mqtt://host:1883
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def parse(text: str, env: Mapping[str, str] | None = None, origin: str = "config") -> Config:
+    """Parse TOML text plus environment overrides into a validated `Config`."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{origin}: not valid TOML: {e}") from e
+    for section, values in _env_overrides(os.environ if env is None else env).items():
+        data.setdefault(section, {})
+        if isinstance(data[section], dict):
+            data[section].update(values)
+    cfg = _build(Config, data, "")
+    _validate(cfg)
+    return typing.cast(Config, cfg)
+
+
+def load(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the config file (default `/etc/shelfscout/config.toml`)."""
+    p = Path(path) if path is not None else DEFAULT_PATH
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config file: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: config file is not UTF-8 text") from None
+    cfg = parse(text, env, origin=str(p))
+    # Relative paths in the file are relative to the file, so a config travels with its video.
+    base = p.resolve().parent
+    return _resolve_paths(cfg, base)
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    def rel(v: str) -> str:
+        if not v or "://" in v or v.startswith("/") or v == "picamera2" or v.isdigit():
+            return v
+        return str(base / v)
+
+    return cfg.replace(
+        camera=dataclasses.replace(cfg.camera, source=rel(cfg.camera.source)),
+        model=dataclasses.replace(cfg.model, bundle=rel(cfg.model.bundle)),
+        outbox=dataclasses.replace(cfg.outbox, path=rel(cfg.outbox.path)),
+        mqtt=dataclasses.replace(cfg.mqtt, password_file=rel(cfg.mqtt.password_file), ca_file=rel(cfg.mqtt.ca_file),
+                                 cert_file=rel(cfg.mqtt.cert_file), key_file=rel(cfg.mqtt.key_file)),
+        ota=dataclasses.replace(cfg.ota, keys_dir=rel(cfg.ota.keys_dir), models_dir=rel(cfg.ota.models_dir)),
+    )
+
+
+def read_password(cfg: MqttConfig, env: Mapping[str, str] | None = None) -> str | None:
+    """The MQTT password: from `password_file`, else from systemd's credential `mqtt-password`, else None."""
+    env = os.environ if env is None else env
+    candidates = []
+    if cfg.password_file:
+        candidates.append(Path(cfg.password_file))
+    elif env.get("CREDENTIALS_DIRECTORY"):
+        candidates.append(Path(env["CREDENTIALS_DIRECTORY"]) / "mqtt-password")
+    for c in candidates:
+        try:
+            return c.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"mqtt.password_file: cannot read {c}: {e.strerror}") from None
+    return None

@@ -1,0 +1,98 @@
+"""A real Mosquitto broker that a test starts on a free loopback port, restarts, and stops."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Mosquitto:
+    """One mosquitto process with its own config file in `workdir`.
+
+    `extra` is appended to the generated config (listeners, TLS, ACLs). By default the broker allows
+    anonymous clients on `127.0.0.1:port`. Pass `listener_block` to replace the default listener entirely.
+    """
+
+    def __init__(self, workdir: Path, extra: str = "", listener_block: str | None = None, port: int | None = None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.extra = extra
+        self.listener_block = listener_block
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.conf = self.workdir / "mosquitto.conf"
+        self.log = self.workdir / "mosquitto.log"
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def _write_conf(self) -> None:
+        listener = self.listener_block
+        if listener is None:
+            listener = f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        self.conf.write_text(
+            "persistence false\n"
+            f"log_dest file {self.log}\n"
+            "log_type all\n"
+            "per_listener_settings false\n"
+            f"{listener}\n{self.extra}\n"
+        )
+
+    def start(self, timeout: float = 10.0) -> Mosquitto:
+        if not Path(MOSQUITTO).exists():
+            raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
+        self._write_conf()
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                log = self.log.read_text() if self.log.exists() else ""
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {err}\n{log}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.kill()
+        time.sleep(down_for)
+        self.start()
+
+    def __enter__(self) -> Mosquitto:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
