@@ -1,0 +1,95 @@
+"""Config loading: a bad file gets one line that names the key; env overrides; defaults."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge import config
+from edge.config import ConfigError
+
+MINIMAL = """
+[device]
+id = "cart-07"
+store = "s042"
+
+[camera]
+source = "aisle7.mp4"
+
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+"""
+
+
+def test_minimal_config_resolves_relative_paths(tmp_path: Path) -> None:
+    p = tmp_path / "config.toml"
+    p.write_text(MINIMAL)
+    cfg = config.load(p, env={})
+    assert cfg.device.id == "cart-07" and cfg.device.store == "s042"
+    assert cfg.camera.source == str(tmp_path / "aisle7.mp4")
+    assert cfg.mqtt.url == "mqtt://127.0.0.1:1883"
+    assert cfg.model.bundle == ""  # the bundled default model
+
+
+def test_environment_overrides_the_file() -> None:
+    cfg = config.parse(MINIMAL, env={"SHELFSCOUT_MQTT__URL": "mqtts://broker:8883", "SHELFSCOUT_MODEL__THREADS": "4",
+                                     "SHELFSCOUT_CAMERA__REALTIME": "true"})
+    assert cfg.mqtt.url == "mqtts://broker:8883"
+    assert cfg.model.threads == 4
+    assert cfg.camera.realtime is True
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[camera]\nsourec = 'x'\n", "camera.sourec: unknown key (did you mean 'camera.source'?)"),
+        ("[mqtt]\nurl = 1883\n", "mqtt.url: expected a string, got integer 1883"),
+        ("[model]\nthreads = 'two'\n", "model.threads: expected an integer, got string 'two'"),
+        ("[mqtt]\nurl = 'http://x'\n", "mqtt.url: 'http://x' must start with mqtt:// or mqtts://"),
+        ("[tracking]\nconfirm_frames = 9\n", "tracking.confirm_frames: must be between 1 and tracking.window_frames"),
+        ("[device]\nid = 'a/b'\n", "device.id: 'a/b' must not contain"),
+        ("[cameras]\nsource = 'x'\n", "cameras: unknown key (did you mean 'camera'?)"),
+        ("camera = 3\n", "camera: expected a table [camera], got integer"),
+    ],
+)
+def test_bad_config_names_the_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.parse(text, env={})
+    assert str(e.value).startswith(message)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        config.load(tmp_path / "nope.toml", env={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[device\nid = 1\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(bad, env={})
+
+
+def test_password_from_file_or_systemd_credential(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("s3cret\n")
+    cfg = config.parse(f"[mqtt]\npassword_file = '{tmp_path / 'pw'}'\n", env={})
+    assert config.read_password(cfg.mqtt, env={}) == "s3cret"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt-password").write_text("fromsystemd")
+    assert config.read_password(config.Config().mqtt, env={"CREDENTIALS_DIRECTORY": str(creds)}) == "fromsystemd"
+    with pytest.raises(ConfigError, match="mqtt.password_file: cannot read"):
+        config.read_password(config.parse("[mqtt]\npassword_file = '/nonexistent/pw'\n", env={}).mqtt, env={})
+
+
+def test_config_check_cli_prints_one_line_error(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("[mqtt]\nurll = 'mqtt://x'\n")
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "config", "check", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "shelfscout config: error: mqtt.urll: unknown key (did you mean 'mqtt.url'?)"
+    p.write_text(MINIMAL)
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "config", "check", str(p)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout
