@@ -1,0 +1,111 @@
+"""sd_notify and the heartbeat-gated watchdog, against a real unix datagram socket like systemd's."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.sdnotify import Watchdog, notify, watchdog_interval
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify.sock")
+    s.bind(path)
+    s.settimeout(2.0)
+    try:
+        yield s, path
+    finally:
+        s.close()
+
+
+def _drain(s: socket.socket, within: float) -> list[str]:
+    out: list[str] = []
+    deadline = time.monotonic() + within
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return out
+        s.settimeout(left)
+        try:
+            out.append(s.recv(4096).decode())
+        except TimeoutError:
+            return out
+
+
+def test_notify_sends_ready_and_status_to_a_path_socket(notify_socket: tuple[socket.socket, str]) -> None:
+    s, path = notify_socket
+    env = {"NOTIFY_SOCKET": path}
+    assert notify("READY=1", env)
+    assert notify("STATUS=running model shelfgap v3", env)
+    assert s.recv(4096) == b"READY=1"
+    assert s.recv(4096) == b"STATUS=running model shelfgap v3"
+
+
+def test_notify_supports_abstract_sockets() -> None:
+    name = f"shelfscout-test-{os.getpid()}-{time.monotonic_ns()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind("\0" + name)
+        s.settimeout(2.0)
+        assert notify("READY=1", {"NOTIFY_SOCKET": "@" + name})
+        assert s.recv(4096) == b"READY=1"
+
+
+def test_notify_is_a_noop_without_a_socket() -> None:
+    assert notify("READY=1", {}) is False
+    assert notify("READY=1", {"NOTIFY_SOCKET": "/nonexistent/notify.sock"}) is False  # and never raises
+    with pytest.raises(ValueError):
+        notify("", {})
+
+
+def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 15.0
+    assert watchdog_interval({}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid() + 1)}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}) == 15.0
+
+
+def test_watchdog_pings_only_while_the_pipeline_beats(notify_socket: tuple[socket.socket, str]) -> None:
+    s, path = notify_socket
+    # WATCHDOG_USEC=200ms -> a ping every 100 ms, as systemd would configure it.
+    wd = Watchdog(env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
+    assert wd.enabled and wd.interval == pytest.approx(0.1)
+    wd.start()
+    try:
+        t_end = time.monotonic() + 0.8
+        while time.monotonic() < t_end:  # a live pipeline: a heartbeat per frame at ~50 fps
+            wd.heartbeat()
+            time.sleep(0.02)
+        alive = _drain(s, 0.05)
+        assert alive and set(alive) == {"WATCHDOG=1"}
+        assert len(alive) >= 3  # ~8 expected; generous for a loaded 2-core machine
+        # The pipeline freezes: no heartbeats, so the pings stop and systemd would kill us after WatchdogSec.
+        _drain(s, 0.25)  # at most one ping for a beat that landed just before the freeze
+        frozen = _drain(s, 0.6)
+        assert frozen == []
+        assert wd.missed >= 3
+        # It thaws: pings resume.
+        t_end = time.monotonic() + 0.5
+        while time.monotonic() < t_end:
+            wd.heartbeat()
+            time.sleep(0.02)
+        assert "WATCHDOG=1" in _drain(s, 0.2)
+    finally:
+        wd.stop()
+
+
+def test_watchdog_does_nothing_without_systemd() -> None:
+    wd = Watchdog(env={})
+    assert not wd.enabled
+    wd.start()
+    wd.heartbeat()
+    wd.stop()
+    assert wd.pings == 0
+    with pytest.raises(ValueError):
+        Watchdog(interval=0.0, env={})
