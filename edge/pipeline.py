@@ -1,0 +1,155 @@
+"""The inference loop: newest frame → model → tracker → alert sink, with model hot-swap between two frames."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from edge.stats import PipelineStats
+from edge.types import AlertEvent, Frame, Gap
+
+log = logging.getLogger(__name__)
+
+
+class FrameFeed(Protocol):
+    """Where frames come from: the capture thread (newest frame only) or an in-memory list for bench."""
+
+    def latest(self, timeout: float) -> Frame | None: ...
+
+    @property
+    def ended(self) -> bool: ...
+
+
+class GapDetector(Protocol):
+    """The part of edge.detector.Detector the loop uses."""
+
+    def preprocess(self, image_rgb: Any) -> None: ...
+
+    def invoke(self) -> None: ...
+
+    def decode(self, orig_w: int, orig_h: int) -> list[Gap]: ...
+
+
+class Tracker(Protocol):
+    def update(self, frame: Frame, gaps: list[Gap]) -> list[AlertEvent]: ...
+
+
+class AlertSink(Protocol):
+    """Takes the tracker's events for a frame: renders snapshots and commits them durably."""
+
+    def emit(self, frame: Frame, events: Sequence[AlertEvent]) -> None: ...
+
+
+class FrameObserver(Protocol):
+    """Sees every processed frame after the alerts are committed: preview, watchdog, OTA probation."""
+
+    def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None: ...
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What one pass of the loop measured."""
+
+    preprocess_ms: float
+    invoke_ms: float
+    decode_ms: float
+    track_ms: float
+    events: int
+    outputs_ok: bool = True
+
+
+class ModelSlot:
+    """Holds the running detector; a swap asked for from any thread takes effect between two frames."""
+
+    def __init__(self, detector: GapDetector, info: Any = None):
+        self._detector = detector
+        self._info = info
+        self._pending: tuple[GapDetector, Any] | None = None
+        self._lock = threading.Lock()
+        self.swaps = 0
+
+    def request_swap(self, detector: GapDetector, info: Any = None) -> None:
+        with self._lock:
+            self._pending = (detector, info)
+
+    def current(self) -> GapDetector:
+        if self._pending is not None:
+            with self._lock:
+                if self._pending is not None:
+                    self._detector, self._info = self._pending
+                    self._pending = None
+                    self.swaps += 1
+                    log.info("model swapped between frames")
+        return self._detector
+
+    @property
+    def info(self) -> Any:
+        return self._info
+
+
+@dataclass
+class Pipeline:
+    """Runs the loop on the calling thread until `stop` is set or a finite feed has ended."""
+
+    feed: FrameFeed
+    slot: ModelSlot
+    tracker: Tracker
+    sink: AlertSink
+    observers: list[FrameObserver] = field(default_factory=list)
+    stats: PipelineStats = field(default_factory=PipelineStats)
+    paused: threading.Event = field(default_factory=threading.Event)
+
+    def step(self, frame: Frame) -> list[Gap]:
+        """Process one frame end to end; returns the gaps the model found."""
+        det = self.slot.current()
+        h, w = frame.image.shape[:2]
+        t0 = time.perf_counter()
+        det.preprocess(frame.image)
+        t1 = time.perf_counter()
+        det.invoke()
+        t2 = time.perf_counter()
+        gaps = det.decode(w, h)
+        t3 = time.perf_counter()
+        events = self.tracker.update(frame, gaps)
+        if events:
+            self.sink.emit(frame, events)
+            for e in events:
+                if e.event == "opened":
+                    self.stats.alerts_opened += 1
+                else:
+                    self.stats.alerts_cleared += 1
+        t4 = time.perf_counter()
+        s = self.stats
+        s.frames += 1
+        s.dropped += frame.dropped_before
+        s.fps.tick()
+        s.preprocess.add((t1 - t0) * 1e3)
+        s.invoke.add((t2 - t1) * 1e3)
+        s.decode.add((t3 - t2) * 1e3)
+        s.track.add((t4 - t3) * 1e3)
+        s.total.add((t4 - t0) * 1e3)
+        s.model_swaps = self.slot.swaps
+        result = FrameResult((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3, len(events))
+        for obs in self.observers:
+            try:
+                obs.on_frame(frame, gaps, result)
+            except Exception:  # an observer (preview, probation) must never stop the alert stream
+                log.exception("frame observer %r failed", obs)
+        return gaps
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            frame = self.feed.latest(timeout=0.5)
+            if frame is None:
+                if self.feed.ended:
+                    log.info("source ended after %d frames", self.stats.frames)
+                    return
+                continue
+            if self.paused.is_set():
+                self.stats.dropped += frame.dropped_before
+                continue
+            self.step(frame)
