@@ -15,13 +15,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian's mosquitto broker for the tests (only when missing and we are root).
+# Debian packages the tests use: the mosquitto broker, headless chromium (preview test), shellcheck (installer),
+# systemd-analyze (unit checks). Installed only when missing, and only when we are root.
+SYSTEM_BINS := mosquitto:mosquitto chromium:chromium shellcheck:shellcheck systemd-analyze:systemd
 system-deps:
-	@if ! command -v mosquitto >/dev/null 2>&1 && ! test -x /usr/sbin/mosquitto; then \
+	@missing=""; for pair in $(SYSTEM_BINS); do bin=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$bin >/dev/null 2>&1 || test -x /usr/sbin/$$bin || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	    systemctl disable --now mosquitto >/dev/null 2>&1 || true; \
-	  else echo "mosquitto is missing: sudo apt-get install mosquitto" >&2; exit 1; fi; \
+	  else echo "missing Debian packages:$$missing (sudo apt-get install$$missing)" >&2; exit 1; fi; \
 	fi
 
 lint: venv
