@@ -1,0 +1,193 @@
+"""Turns one camera frame (and the cart's speed) into plain-language mounting hints for the installer."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# Analysis runs on a small grey copy: cheap enough for a few times a second on a Pi, and size-independent.
+ANALYSIS_WIDTH = 320
+
+
+@dataclass(frozen=True)
+class Hint:
+    """One mounting problem: a stable machine code and a sentence for the person holding the camera."""
+
+    code: str  # too_dark | too_bright | blurred | motion_blur | tilted | no_shelf
+    message: str
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """What the camera reports about its exposure, when it does (picamera2 metadata ExposureTime, frame duration)."""
+
+    exposure_s: float
+    frame_interval_s: float
+
+
+@dataclass(frozen=True)
+class FrameMeasures:
+    """The numbers behind the hints, exposed for the preview's status JSON and for tuning."""
+
+    mean_luma: float
+    dark_fraction: float  # share of pixels at or below 10
+    bright_fraction: float  # share of pixels at or above 245
+    sharpness: float  # 0 (blurred) .. 1 (crisp): how much detail a mild re-blur destroys
+    sharpness_x: float  # the same along rows only (horizontal motion blur shows here)
+    sharpness_y: float
+    tilt_deg: float | None  # length-weighted median angle of near-horizontal lines, positive = right side higher
+    horizontal_lines: int  # long near-horizontal line segments (shelf edges)
+    edge_density: float  # share of edge pixels
+
+
+@dataclass(frozen=True)
+class HintThresholds:
+    dark_mean: float = 45.0
+    dark_fraction: float = 0.5
+    bright_mean: float = 215.0
+    bright_fraction: float = 0.3
+    sharpness: float = 0.6  # below this the frame is blurred
+    motion_blur_px: float = 4.0  # predicted smear (frame pixels) at which details of labels vanish
+    tilt_deg: float = 5.0
+    min_shelf_lines: int = 2
+    min_edge_density: float = 0.01
+
+
+def _grey_small(frame_rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    if frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3 or frame_rgb.dtype != np.uint8:
+        raise ValueError(f"mounting_hints: expected an HxWx3 uint8 RGB frame, got {frame_rgb.shape} {frame_rgb.dtype}")
+    h, w = frame_rgb.shape[:2]
+    if h < 16 or w < 16:
+        raise ValueError(f"mounting_hints: frame {w}x{h} is too small")
+    scale = ANALYSIS_WIDTH / w
+    small = cv2.resize(frame_rgb, (ANALYSIS_WIDTH, max(16, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), scale
+
+
+def _sharpness(grey: np.ndarray, axis: int | None) -> float:
+    """Crété-Roffet no-reference blur measure, inverted: 1 - blur.
+
+    Re-blurring a crisp image destroys much of its neighbour-to-neighbour variation; re-blurring an already blurred
+    one destroys little. The ratio does not depend on contrast or on how much texture the scene has.
+    """
+    f = grey.astype(np.float32)
+    scores = []
+    for ax in (1, 0) if axis is None else (axis,):
+        kernel = np.ones((1, 9), np.float32) / 9 if ax == 1 else np.ones((9, 1), np.float32) / 9
+        b = cv2.filter2D(f, -1, kernel, borderType=cv2.BORDER_REFLECT)
+        d_f = np.abs(np.diff(f, axis=ax))
+        d_b = np.abs(np.diff(b, axis=ax))
+        v = np.maximum(0.0, d_f - d_b)
+        s_f = float(d_f.sum())
+        if s_f < 1e-6:
+            scores.append(0.0)
+            continue
+        scores.append(float(v.sum()) / s_f)
+    return min(scores)
+
+
+def _lines(grey: np.ndarray) -> tuple[float | None, int, float]:
+    edges = cv2.Canny(cv2.GaussianBlur(grey, (3, 3), 0), 50, 150)
+    density = float(np.count_nonzero(edges)) / edges.size
+    w = grey.shape[1]
+    segs = cv2.HoughLinesP(edges, 1, np.pi / 360, threshold=40, minLineLength=w // 4, maxLineGap=6)
+    if segs is None:
+        return None, 0, density
+    angles: list[float] = []
+    weights: list[float] = []
+    for x0, y0, x1, y1 in np.asarray(segs).reshape(-1, 4):
+        dx, dy = float(x1 - x0), float(y1 - y0)
+        if dx < 0:
+            dx, dy = -dx, -dy
+        ang = math.degrees(math.atan2(-dy, dx))  # image y grows downwards; positive = right side higher
+        if abs(ang) <= 30.0:
+            angles.append(ang)
+            weights.append(math.hypot(dx, dy))
+    if not angles:
+        return None, 0, density
+    order = np.argsort(angles)
+    a = np.asarray(angles)[order]
+    cw = np.cumsum(np.asarray(weights)[order])
+    median = float(a[int(np.searchsorted(cw, cw[-1] / 2.0))])
+    return median, len(angles), density
+
+
+def measure(frame_rgb: np.ndarray) -> FrameMeasures:
+    """Compute the frame statistics that the hints are based on."""
+    grey, _ = _grey_small(frame_rgb)
+    tilt, n_lines, density = _lines(grey)
+    return FrameMeasures(
+        mean_luma=float(grey.mean()),
+        dark_fraction=float(np.count_nonzero(grey <= 10)) / grey.size,
+        bright_fraction=float(np.count_nonzero(grey >= 245)) / grey.size,
+        sharpness=_sharpness(grey, None),
+        sharpness_x=_sharpness(grey, 1),
+        sharpness_y=_sharpness(grey, 0),
+        tilt_deg=tilt,
+        horizontal_lines=n_lines,
+        edge_density=density,
+    )
+
+
+def mounting_hints(
+    frame_rgb: np.ndarray,
+    shift_px_per_frame: float | None = None,
+    exposure: Exposure | None = None,
+    thresholds: HintThresholds | None = None,
+) -> list[Hint]:
+    """Plain-language hints about how the camera is mounted and lit; an empty list means the frame looks good.
+
+    `shift_px_per_frame` is the cart's sideways speed in frame pixels per frame (from the motion estimator), and
+    `exposure` the camera's exposure time, when known: together they predict motion smear before it shows.
+    """
+    t = thresholds or HintThresholds()
+    m = measure(frame_rgb)
+    hints: list[Hint] = []
+    if m.mean_luma < t.dark_mean or m.dark_fraction > t.dark_fraction:
+        hints.append(Hint("too_dark", "Too dark: the shelf is hard to see. Add light, or aim away from shadows."))
+        return hints  # nothing else can be judged in the dark
+    if m.mean_luma > t.bright_mean or m.bright_fraction > t.bright_fraction:
+        hints.append(Hint("too_bright", "Too bright: parts of the picture are washed out. Aim away from lamps, "
+                                        "windows and shiny surfaces."))
+        return hints
+
+    shelf_visible = m.horizontal_lines >= t.min_shelf_lines and m.edge_density >= t.min_edge_density
+    if not shelf_visible and m.edge_density < t.min_edge_density * 2 and m.sharpness >= t.sharpness:
+        hints.append(Hint("no_shelf", "No shelf in view: the camera sees no shelf edges. Point it at the shelves, "
+                                      "level, from the side of the cart."))
+        return hints
+
+    speed = abs(shift_px_per_frame) if shift_px_per_frame is not None else 0.0
+    smear_px: float | None = None
+    if exposure is not None and exposure.frame_interval_s > 0 and shift_px_per_frame is not None:
+        smear_px = speed * exposure.exposure_s / exposure.frame_interval_s
+    if smear_px is not None and smear_px >= t.motion_blur_px:
+        exposure_ms = exposure.exposure_s * 1000 if exposure is not None else 0.0
+        hints.append(Hint("motion_blur",
+                          f"Blurred at this speed: each picture smears about {smear_px:.0f} px "
+                          f"({exposure_ms:.0f} ms exposure). Add light so the exposure gets shorter, or push the "
+                          "cart more slowly."))
+    elif m.sharpness < t.sharpness:
+        moving = speed >= 2.0
+        motion_like = m.sharpness_x < m.sharpness_y * 0.8
+        if moving:
+            hints.append(Hint("motion_blur",
+                              f"Blurred at this speed ({speed:.0f} px per frame): add light so the exposure gets "
+                              "shorter, or push the cart more slowly."))
+        elif motion_like:
+            hints.append(Hint("motion_blur", "Smeared sideways: the exposure is too long for the cart's speed. Add "
+                                             "light, or push the cart more slowly."))
+        else:
+            hints.append(Hint("blurred", "Blurred: clean the lens and check the focus."))
+
+    if m.tilt_deg is not None and abs(m.tilt_deg) > t.tilt_deg:
+        side = "right" if m.tilt_deg > 0 else "left"
+        hints.append(Hint("tilted", f"Shelf edges slope {abs(m.tilt_deg):.0f}° ({side} side higher): level the "
+                                    "camera."))
+    elif not shelf_visible:
+        hints.append(Hint("no_shelf", "No shelf in view: the camera sees no shelf edges. Point it at the shelves, "
+                                      "level, from the side of the cart."))
+    return hints
