@@ -1,0 +1,181 @@
+"""Wraps a user's own int8 SSD or Ultralytics YOLO `.tflite` into a signed shelfscout bundle with golden vectors.
+
+The model's I/O is read with the device runtime (no TensorFlow needed), the outputs get the logical names the
+decoders use, golden vectors are made by running a few generated shelf images through the same `Detector`
+code path the device uses, and `edge.bundle.write_bundle` signs and writes the tar.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.bundle import (
+    GOLDEN,
+    MODEL,
+    Bundle,
+    InputSpec,
+    Manifest,
+    OutputSpec,
+    TensorSpec,
+    Thresholds,
+    load_private_key,
+    write_bundle,
+)
+from edge.runtime import make_interpreter
+
+WRAPPABLE = ("ssd", "yolo")
+_POSTPROCESS = re.compile(r"^(?P<base>.*TFLite_Detection_PostProcess)(?::(?P<k>[0-3]))?$")
+_SSD_ORDER = ("boxes", "classes", "scores", "count")  # the op's output order, by `:k` suffix
+
+
+def _shape(s: Any) -> tuple[int, ...]:
+    return tuple(int(v) for v in s)
+
+
+def golden_images(width: int, height: int, n: int, seed: int = 0) -> np.ndarray:
+    """`n` RGB uint8 images of the model's input size: generated shelves when convert.synth exists, else noise."""
+    rng = np.random.default_rng(seed)
+    try:
+        from convert.synth import make_shelf_image
+    except ImportError:
+        return rng.integers(0, 256, (n, height, width, 3), dtype=np.uint8)
+    return np.stack([make_shelf_image(rng, width=width, height=height).image for _ in range(n)]).astype(np.uint8)
+
+
+def _yolo_names(outs: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[str]:
+    if len(outs) != 1:
+        raise ValueError(f"a YOLO export has one output tensor; this model has {len(outs)}")
+    shape = _shape(outs[0]["shape"])
+    width = 4 + len(labels)
+    if len(shape) != 3 or shape[0] != 1 or width not in shape[1:]:
+        raise ValueError(
+            f"YOLO output shape {shape} has no axis of 4 + {len(labels)} labels = {width}; pass the model's labels"
+        )
+    return ["predictions"]
+
+
+def _ssd_names(outs: Sequence[dict[str, Any]], interpreter: Any) -> list[str]:
+    """Logical names for the four TFLite_Detection_PostProcess outputs, in the model's output order."""
+    if len(outs) != 4:
+        raise ValueError(f"an SSD model with TFLite_Detection_PostProcess has 4 outputs; this one has {len(outs)}")
+    matches = [_POSTPROCESS.match(str(o["name"])) for o in outs]
+    if all(matches):
+        names = [_SSD_ORDER[int(m.group("k") or 0)] for m in matches if m]
+        if sorted(names) == sorted(_SSD_ORDER):
+            return names
+    # No standard names: tell the tensors apart by shape, then classes from scores by their values.
+    names = [""] * 4
+    pair: list[int] = []
+    for i, o in enumerate(outs):
+        shape = _shape(o["shape"])
+        if len(shape) == 3 and shape[-1] == 4:
+            names[i] = "boxes"
+        elif int(np.prod(shape)) == 1:
+            names[i] = "count"
+        elif len(shape) == 2:
+            pair.append(i)
+    if sorted(n for n in names if n) != ["boxes", "count"] or len(pair) != 2:
+        raise ValueError(f"cannot tell the SSD outputs apart: shapes {[_shape(o['shape']) for o in outs]}")
+    d = interpreter.get_input_details()[0]
+    rng = np.random.default_rng(0)
+    interpreter.set_tensor(d["index"], rng.integers(0, 256, _shape(d["shape"])).astype(d["dtype"]))
+    interpreter.invoke()
+    values = [interpreter.get_tensor(outs[i]["index"]).astype(np.float64) for i in pair]
+    integral = [bool(np.all(v == np.rint(v)) and v.max(initial=0) > 1) for v in values]
+    a, b = pair
+    if integral[1] and not integral[0]:
+        a, b = b, a
+    names[a], names[b] = "classes", "scores"
+    return names
+
+
+def wrap_external_model(
+    tflite_path: Path | str,
+    decoding: str,
+    name: str,
+    version: int,
+    labels: Sequence[str],
+    out_path: Path | str,
+    private_key: Ed25519PrivateKey | Path | str | None,
+    score: float = 0.4,
+    nms: float = 0.5,
+    max_detections: int = 100,
+    color: str = "RGB",
+    float_input_scale: float = 1.0 / 255.0,
+    golden_count: int = 3,
+    metrics: dict[str, Any] | None = None,
+) -> Manifest:
+    """Bundle an external int8 `.tflite` ("ssd" or "yolo" decoding) and return the manifest as written.
+
+    `private_key` signs it (a key or a PEM path); None writes an unsigned bundle, which runs only with the
+    development flag. `float_input_scale` is the pixel normalisation for a float32 input (Ultralytics: 1/255).
+    """
+    if decoding not in WRAPPABLE:
+        raise ValueError(f"decoding must be one of {WRAPPABLE}, got {decoding!r}")
+    if not labels:
+        raise ValueError("labels must name at least one class")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError(f"version must be a non-negative integer, got {version!r}")
+    if not 0.0 < score < 1.0 or not 0.0 < nms <= 1.0:
+        raise ValueError(f"score ({score}) and nms ({nms}) thresholds must be in (0, 1)")
+    model_bytes = Path(tflite_path).read_bytes()
+    interpreter, _info = make_interpreter(model_bytes, threads=1)
+    ins, outs = interpreter.get_input_details(), interpreter.get_output_details()
+    if len(ins) != 1:
+        raise ValueError(f"the model has {len(ins)} inputs; shelfscout runs single-image models")
+    shape = _shape(ins[0]["shape"])
+    if len(shape) != 4 or shape[0] != 1 or shape[3] != 3:
+        raise ValueError(f"the model's input shape is {shape}; expected (1, H, W, 3)")
+    dtype = np.dtype(ins[0]["dtype"]).name
+    if dtype in ("uint8", "int8"):
+        in_scale, in_zp = float(ins[0]["quantization"][0]), int(ins[0]["quantization"][1])
+    elif dtype == "float32":
+        in_scale, in_zp = float(float_input_scale), 0
+    else:
+        raise ValueError(f"the model's input dtype is {dtype}; expected uint8, int8 or float32")
+    names = _yolo_names(outs, labels) if decoding == "yolo" else _ssd_names(outs, interpreter)
+    tensors = tuple(
+        TensorSpec(n, _shape(o["shape"]), np.dtype(o["dtype"]).name) for n, o in zip(names, outs, strict=True)
+    )
+    manifest = Manifest(
+        name=name,
+        version=version,
+        task="shelf-gap-detection",
+        input=InputSpec(width=shape[2], height=shape[1], channels=3, color=color, dtype=dtype,
+                        scale=in_scale, zero_point=in_zp),
+        output=OutputSpec(decoding=decoding, tensors=tensors),
+        labels=tuple(str(x) for x in labels),
+        thresholds=Thresholds(score=score, nms_iou=nms, max_detections=max_detections),
+        metrics=dict(metrics or {"source": f"external {decoding} model {Path(tflite_path).name}"}),
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    golden = make_golden(manifest, model_bytes, golden_count)
+    key = load_private_key(private_key) if isinstance(private_key, (str, Path)) else private_key
+    return write_bundle(out_path, manifest, {MODEL: model_bytes, GOLDEN: golden}, key)
+
+
+def make_golden(manifest: Manifest, model_bytes: bytes, n: int = 3, seed: int = 0) -> bytes:
+    """golden.npz bytes: `n` generated input images and the raw outputs the device code path gives for them."""
+    from edge.detector import Detector  # the same preprocessing and runtime as on the device
+
+    probe = Bundle(manifest, manifest.to_json_bytes(), {MODEL: model_bytes}, None, "<wrap>")
+    det = Detector(probe, threads=1)
+    images = golden_images(manifest.input.width, manifest.input.height, n, seed)
+    outputs: dict[str, list[np.ndarray]] = {t.name: [] for t in manifest.output.tensors}
+    for img in images:
+        det.preprocess(img)
+        det.invoke()
+        for k, v in det.raw_outputs().items():
+            outputs[k].append(v)
+    arrays = {"input_0": images, **{f"output_{k}": np.stack(v) for k, v in outputs.items()}}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()

@@ -1,0 +1,306 @@
+"""Runs one bundle's int8 model on RGB frames: checks its I/O against the manifest, preprocesses in place, decodes.
+
+Hot path without copies: `preprocess` resizes the frame straight into the interpreter's input tensor view, and
+`outputs` dequantizes into float32 buffers allocated once. The interpreter refuses to run while a numpy view of
+its buffers is alive, so every view is taken, used and dropped inside one method.
+
+Thread safety: a `Detector` owns one interpreter and its buffers; use one `Detector` per thread. `invoke()`
+releases the GIL, so a capture thread keeps running while the model does.
+
+Input pixel mapping. Frames are uint8 RGB. For a quantized input (uint8/int8) the manifest's `scale` and
+`zero_point` are the tensor's quantization, checked against the model; the model's real input range is [0, 1]
+when `scale * (qmax - zero_point) <= 1.5`, else [0, 255], and each pixel p becomes round(p * norm / scale + zp)
+through a 256-entry lookup table (the identity, so no table at all, for our uint8 (1.0, 0) models). For a float32
+input, `scale` and `zero_point` are the pixel normalisation: value = p * scale + zero_point.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.bundle import GOLDEN, Bundle, BundleError, Manifest
+from edge.decoders import DECODERS
+from edge.runtime import RuntimeInfo, make_interpreter
+from edge.types import Gap
+
+log = logging.getLogger(__name__)
+
+GOLDEN_TOLERANCE_STEPS = 2  # raw quantized outputs may differ by this many steps between runtimes/kernels
+REQUIRED_OUTPUTS = {"ssd": ("boxes", "classes", "scores", "count"), "yolo": ("predictions",)}
+_QUANT_INPUTS = ("uint8", "int8")
+
+
+class ModelSignatureError(BundleError):
+    """The model's inputs or outputs do not match what its manifest says."""
+
+
+@dataclass(frozen=True)
+class GoldenResult:
+    """Outcome of running the bundle's golden vectors: ok, the largest raw difference (quantization steps for
+    quantized outputs, real units for float ones) and a one-line detail."""
+
+    ok: bool
+    max_abs_diff: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class _OutputPlan:
+    name: str
+    index: int
+    shape: tuple[int, ...]
+    scale: float
+    zero_point: int
+    quantized: bool
+
+
+def _dtype_name(dt: Any) -> str:
+    return np.dtype(dt).name
+
+
+def _shape(s: Any) -> tuple[int, ...]:
+    return tuple(int(v) for v in s)
+
+
+class Detector:
+    """One bundle's model, ready to run: preprocess -> invoke -> outputs/decode, or `detect` for all three."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        threads: int = 2,
+        score_threshold: float | None = None,
+        runtimes: tuple[str, ...] | None = None,
+        use_xnnpack: bool = True,
+    ):
+        self.bundle = bundle
+        self.manifest: Manifest = bundle.manifest
+        if self.manifest.output.decoding not in DECODERS:
+            raise ModelSignatureError(f"no decoder for output decoding {self.manifest.output.decoding!r}")
+        thr = self.manifest.thresholds.score if score_threshold is None else float(score_threshold)
+        if not 0.0 <= thr <= 1.0:
+            raise ValueError(f"score threshold must be between 0 and 1, got {thr}")
+        self.score_threshold = thr
+        self._interpreter, runtime = make_interpreter(bundle.model_bytes, threads, runtimes, use_xnnpack)
+        self.runtime: RuntimeInfo = runtime
+        spec = self.manifest.input
+        self.input_size: tuple[int, int] = (spec.width, spec.height)
+        self._check_signature()
+        in_detail = self._interpreter.get_input_details()[0]
+        self._in_index = int(in_detail["index"])
+        self._in_dtype = _dtype_name(in_detail["dtype"])
+        self._lut = self._pixel_lut()
+        self._bgr = spec.color.upper() == "BGR"
+        # float inputs need one uint8 scratch image; quantized ones are written in place
+        self._scratch = (
+            np.empty((spec.height, spec.width, 3), np.uint8) if self._in_dtype not in _QUANT_INPUTS else None
+        )
+        self._outputs = self._plan_outputs()
+        self._out_buffers = {o.name: np.empty(o.shape, np.float32) for o in self._outputs}
+        self._decode_fn = DECODERS[self.manifest.output.decoding]
+
+    # ---- load-time checks -------------------------------------------------------------------------------------
+    def _check_signature(self) -> None:
+        m, it = self.manifest, self._interpreter
+        ins, outs = it.get_input_details(), it.get_output_details()
+        where = f"model {m.name!r} v{m.version}"
+        if len(ins) != 1:
+            raise ModelSignatureError(f"{where}: model has {len(ins)} inputs, a shelfscout model has exactly 1")
+        d = ins[0]
+        want = (1, m.input.height, m.input.width, m.input.channels)
+        got = _shape(d["shape"])
+        if got != want:
+            raise ModelSignatureError(f"{where}: input shape is {got} in the model, manifest says {want}")
+        if m.input.channels != 3:
+            raise ModelSignatureError(f"{where}: input has {m.input.channels} channels; only 3 (RGB/BGR) is supported")
+        if m.input.color.upper() not in ("RGB", "BGR"):
+            raise ModelSignatureError(f"{where}: input colour order {m.input.color!r} must be RGB or BGR")
+        dt = _dtype_name(d["dtype"])
+        if dt != m.input.dtype:
+            raise ModelSignatureError(f"{where}: input dtype is {dt} in the model, manifest says {m.input.dtype}")
+        if dt in _QUANT_INPUTS:
+            scale, zp = float(d["quantization"][0]), int(d["quantization"][1])
+            if not np.isclose(scale, m.input.scale, rtol=1e-5, atol=0.0) or zp != m.input.zero_point:
+                raise ModelSignatureError(
+                    f"{where}: input quantization is (scale {scale:g}, zero point {zp}) in the model, "
+                    f"manifest says (scale {m.input.scale:g}, zero point {m.input.zero_point})"
+                )
+        elif dt != "float32":
+            raise ModelSignatureError(f"{where}: input dtype {dt} is not supported (uint8, int8 or float32)")
+        specs = m.output.tensors
+        if len(outs) != len(specs):
+            raise ModelSignatureError(
+                f"{where}: model has {len(outs)} outputs, manifest lists {len(specs)} ({', '.join(s.name for s in specs)})"
+            )
+        for i, (o, s) in enumerate(zip(outs, specs, strict=True)):
+            oshape, odt = _shape(o["shape"]), _dtype_name(o["dtype"])
+            if oshape != tuple(s.shape):
+                raise ModelSignatureError(
+                    f"{where}: output #{i} {s.name!r} has shape {oshape} in the model, manifest says {tuple(s.shape)}"
+                )
+            if odt != s.dtype:
+                raise ModelSignatureError(
+                    f"{where}: output #{i} {s.name!r} has dtype {odt} in the model, manifest says {s.dtype}"
+                )
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ModelSignatureError(f"{where}: manifest output names repeat: {names}")
+        need = REQUIRED_OUTPUTS.get(m.output.decoding, ())
+        missing = [n for n in need if n not in names]
+        if missing:
+            raise ModelSignatureError(
+                f"{where}: {m.output.decoding} decoding needs outputs named {list(need)}; manifest lacks {missing}"
+            )
+
+    def _pixel_lut(self) -> np.ndarray | None:
+        """The uint8 -> tensor-bits lookup table for a quantized input, or None when pixels go in as they are."""
+        if self._in_dtype not in _QUANT_INPUTS:
+            return None
+        spec = self.manifest.input
+        info = np.iinfo(np.dtype(self._in_dtype))
+        norm = 1.0 / 255.0 if spec.scale * (info.max - spec.zero_point) <= 1.5 else 1.0
+        p = np.arange(256, dtype=np.float64)
+        q = np.clip(np.rint(p * norm / spec.scale + spec.zero_point), info.min, info.max).astype(self._in_dtype)
+        bits = q.view(np.uint8)
+        if np.array_equal(bits, np.arange(256, dtype=np.uint8)):
+            return None
+        return bits.copy()
+
+    def _plan_outputs(self) -> tuple[_OutputPlan, ...]:
+        plans = []
+        for o, s in zip(self._interpreter.get_output_details(), self.manifest.output.tensors, strict=True):
+            scale, zp = float(o["quantization"][0]), int(o["quantization"][1])
+            quantized = _dtype_name(o["dtype"]) in ("uint8", "int8", "int16") and scale != 0.0
+            plans.append(_OutputPlan(s.name, int(o["index"]), _shape(o["shape"]), scale, zp, quantized))
+        return tuple(plans)
+
+    # ---- hot path ---------------------------------------------------------------------------------------------
+    def preprocess(self, image_rgb: np.ndarray) -> None:
+        """Resize an RGB uint8 frame straight into the input tensor (colour order and pixel mapping applied)."""
+        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 RGB image, got {image_rgb.dtype} {image_rgb.shape}")
+        w, h = self.input_size
+        interp = cv2.INTER_AREA if image_rgb.shape[1] > w or image_rgb.shape[0] > h else cv2.INTER_LINEAR
+        view = self._interpreter.tensor(self._in_index)()[0]
+        if self._scratch is None:
+            dst = view if view.dtype == np.uint8 else view.view(np.uint8)
+        else:
+            dst = self._scratch
+        out = cv2.resize(image_rgb, (w, h), dst=dst, interpolation=interp)
+        if out is not dst and out.ctypes.data != dst.ctypes.data:  # OpenCV allocated instead of writing in place
+            np.copyto(dst, out)
+        if self._bgr:
+            cv2.cvtColor(dst, cv2.COLOR_RGB2BGR, dst=dst)
+        if self._lut is not None:
+            cv2.LUT(dst, self._lut, dst=dst)
+        if self._scratch is not None:
+            np.multiply(self._scratch, np.float32(self.manifest.input.scale), out=view, casting="unsafe")
+            if self.manifest.input.zero_point:
+                view += np.float32(self.manifest.input.zero_point)
+        del view, dst, out
+
+    def input_pointer(self) -> int:
+        """The address of the input tensor's buffer (tests check that it never moves)."""
+        view = self._interpreter.tensor(self._in_index)()
+        ptr = int(view.ctypes.data)
+        del view
+        return ptr
+
+    def invoke(self) -> None:
+        """Run the model on the current input tensor (the runtime releases the GIL while it runs)."""
+        self._interpreter.invoke()
+
+    def raw_outputs(self) -> dict[str, np.ndarray]:
+        """Copies of the raw (quantized) output tensors by manifest name."""
+        out = {}
+        for o in self._outputs:
+            view = self._interpreter.tensor(o.index)()
+            out[o.name] = np.array(view, copy=True)
+            del view
+        return out
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """Dequantized float32 outputs by manifest name, batch dimension kept.
+
+        The arrays are buffers reused by the next call: copy what you keep beyond the next frame.
+        """
+        for o in self._outputs:
+            buf = self._out_buffers[o.name]
+            view = self._interpreter.tensor(o.index)()
+            np.copyto(buf, view, casting="unsafe")
+            del view
+            if o.quantized:
+                if o.zero_point:
+                    buf -= np.float32(o.zero_point)
+                buf *= np.float32(o.scale)
+        return self._out_buffers
+
+    def decode(self, orig_w: int, orig_h: int) -> list[Gap]:
+        """The gaps in the current outputs, with boxes scaled to an original image of orig_w x orig_h pixels."""
+        boxes, scores = self._decode_fn(self.outputs(), self.manifest, self.score_threshold)
+        w, h = self.input_size
+        sx, sy = orig_w / w, orig_h / h
+        return [
+            Gap(float(b[0]) * sx, float(b[1]) * sy, float(b[2]) * sx, float(b[3]) * sy, float(s))
+            for b, s in zip(boxes, scores, strict=True)
+        ]
+
+    def detect(self, image_rgb: np.ndarray) -> list[Gap]:
+        """preprocess + invoke + decode for one RGB frame; boxes in the frame's pixels."""
+        self.preprocess(image_rgb)
+        self.invoke()
+        return self.decode(image_rgb.shape[1], image_rgb.shape[0])
+
+    # ---- golden vectors ---------------------------------------------------------------------------------------
+    def check_golden(self) -> GoldenResult:
+        """Run the bundle's golden inputs and compare the raw outputs with the stored ones, within 2 steps."""
+        data = self.bundle.members.get(GOLDEN)
+        if data is None:
+            return GoldenResult(False, float("inf"), f"bundle has no {GOLDEN}")
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                golden = {k: z[k] for k in z.files}
+        except (ValueError, OSError) as e:
+            return GoldenResult(False, float("inf"), f"{GOLDEN} is unreadable: {e}")
+        inputs = golden.get("input_0")
+        if inputs is None or inputs.ndim != 4 or len(inputs) == 0:
+            return GoldenResult(False, float("inf"), f"{GOLDEN} has no input_0 of shape (N, H, W, C)")
+        n = len(inputs)
+        worst, worst_where, ok = 0.0, "", True
+        for o in self._outputs:
+            g = golden.get(f"output_{o.name}")
+            if g is None:
+                return GoldenResult(False, float("inf"), f"{GOLDEN} has no output_{o.name}")
+            if g.shape not in ((n, *o.shape), (n, *o.shape[1:])):
+                return GoldenResult(
+                    False, float("inf"), f"{GOLDEN} output_{o.name} has shape {g.shape}, expected ({n}, *{o.shape})"
+                )
+        for i in range(n):
+            self.preprocess(np.ascontiguousarray(inputs[i]))
+            self.invoke()
+            raw = self.raw_outputs()
+            for o in self._outputs:
+                got = raw[o.name].reshape(-1).astype(np.float64)
+                want = golden[f"output_{o.name}"][i].reshape(-1).astype(np.float64)
+                diff = float(np.max(np.abs(got - want))) if got.size else 0.0
+                if o.quantized:
+                    tol = float(GOLDEN_TOLERANCE_STEPS)
+                else:
+                    tol = 1e-3 + 0.02 * float(np.max(np.abs(want), initial=1.0))
+                if diff > tol:
+                    ok = False
+                if diff > worst or not worst_where:
+                    worst, worst_where = diff, f"{o.name} on golden input {i}"
+        unit = "steps" if all(o.quantized for o in self._outputs) else "(steps or real units)"
+        verdict = "within" if ok else "OUTSIDE"
+        detail = (
+            f"{n} golden inputs: max diff {worst:g} {unit} at {worst_where}, {verdict} "
+            f"tolerance ({GOLDEN_TOLERANCE_STEPS} quantization steps)"
+        )
+        return GoldenResult(ok, worst, detail)

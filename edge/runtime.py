@@ -1,0 +1,138 @@
+"""Builds a TFLite interpreter from the best runtime installed and reports which one runs, with or without XNNPACK.
+
+Order: `ai_edge_litert` (LiteRT, runs int8 graphs through XNNPACK), then `tflite_runtime` (2.14 runs int8 graphs
+on its reference kernels, 10-40x slower), then `tensorflow.lite` (off-device machines only). The imports happen
+inside `make_interpreter`, so importing this module never loads a runtime or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# (module to import, attribute path to the Interpreter class in it, module whose __version__ names it, short name).
+# TensorFlow's `tf.lite` is an API alias, so the class is reached from the top-level package.
+RUNTIMES: tuple[tuple[str, str, str, str], ...] = (
+    ("ai_edge_litert.interpreter", "Interpreter", "ai_edge_litert", "ai-edge-litert"),
+    ("tflite_runtime.interpreter", "Interpreter", "tflite_runtime", "tflite-runtime"),
+    ("tensorflow", "lite.Interpreter", "tensorflow", "tensorflow"),
+)
+
+_QUANT_DTYPES = (np.uint8, np.int8, np.int16)
+
+
+class RuntimeNotFoundError(RuntimeError):
+    """None of the supported TFLite runtimes can be imported."""
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """Which runtime runs the model: its name and version, whether XNNPACK took the graph, and the thread count."""
+
+    name: str
+    version: str
+    xnnpack: bool
+    threads: int
+    delegated_partitions: int = 0  # how many graph partitions the XNNPACK delegate took
+    quantized: bool = False  # the model computes in int8/uint8
+
+    def describe(self) -> str:
+        xnn = f"XNNPACK ({self.delegated_partitions} partitions)" if self.xnnpack else "no XNNPACK"
+        return f"{self.name} {self.version}, {xnn}, {self.threads} threads"
+
+
+def _import_interpreter_class(names: tuple[str, ...] | None = None) -> tuple[type, str, str]:
+    """The first importable runtime's Interpreter class, its short name and its version."""
+    errors: list[str] = []
+    for modname, attr, vermod, short in RUNTIMES:
+        if names is not None and short not in names:
+            continue
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError as e:  # includes ModuleNotFoundError and a None entry in sys.modules
+            errors.append(f"{short}: {e}")
+            continue
+        cls: Any = mod
+        for part in attr.split("."):
+            cls = getattr(cls, part, None)
+        if not isinstance(cls, type):
+            errors.append(f"{short}: {modname} has no {attr}")
+            continue
+        try:
+            version = str(getattr(importlib.import_module(vermod), "__version__", "unknown"))
+        except ImportError:
+            version = "unknown"
+        return cls, short, version
+    raise RuntimeNotFoundError(
+        "no TFLite runtime found; install ai-edge-litert (or tflite-runtime): " + "; ".join(errors)
+    )
+
+
+def _count_delegate_nodes(interpreter: Any) -> int:
+    """How many DELEGATE nodes the graph has after `allocate_tensors()` (each one is a partition a delegate took)."""
+    get_ops = getattr(interpreter, "_get_ops_details", None)
+    if get_ops is None:
+        return 0
+    try:
+        return sum(1 for op in get_ops() if op.get("op_name") == "DELEGATE")
+    except Exception:  # noqa: BLE001 - a private API; treat any failure as "unknown, assume no delegate"
+        return 0
+
+
+def _is_quantized(interpreter: Any) -> bool:
+    """True when the model's computation is integer: a quantized input or any int8/uint8 tensor with a scale."""
+    for d in interpreter.get_input_details():
+        if d["dtype"] in _QUANT_DTYPES and d["quantization"][0] != 0.0:
+            return True
+    try:
+        details = interpreter.get_tensor_details()
+    except Exception:  # noqa: BLE001 - some runtimes refuse details of intermediate tensors
+        return False
+    return any(d["dtype"] in (np.int8, np.uint8) and d["quantization"][0] != 0.0 for d in details)
+
+
+def make_interpreter(
+    model_bytes: bytes,
+    threads: int = 2,
+    runtimes: tuple[str, ...] | None = None,
+    use_xnnpack: bool = True,
+) -> tuple[Any, RuntimeInfo]:
+    """An interpreter with tensors allocated for `model_bytes`, from the first runtime that imports.
+
+    `runtimes` restricts the choice (short names from `RUNTIMES`), for tests and benchmarks. `use_xnnpack=False`
+    builds it without the default delegates (reference kernels, as tflite-runtime 2.14 runs int8), for benchmarks.
+    Logs a warning when a quantized model runs without XNNPACK.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    if not model_bytes:
+        raise ValueError("model is empty")
+    cls, name, version = _import_interpreter_class(runtimes)
+    try:
+        kwargs: dict[str, Any] = {"model_content": model_bytes, "num_threads": threads}
+        if not use_xnnpack:
+            resolver = getattr(importlib.import_module(cls.__module__), "OpResolverType", None)
+            if resolver is None:
+                raise ValueError(f"{name} cannot turn its default delegates off")
+            kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        interpreter = cls(**kwargs)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise ValueError(f"{name} cannot load the model: {e}") from e
+    partitions = _count_delegate_nodes(interpreter)
+    quantized = _is_quantized(interpreter)
+    info = RuntimeInfo(name, version, partitions > 0, threads, partitions, quantized)
+    if quantized and not info.xnnpack:
+        log.warning(
+            "%s %s runs this int8 model without XNNPACK (reference kernels, typically 10-40x slower); "
+            "install ai-edge-litert for XNNPACK int8 kernels", name, version,
+        )
+    else:
+        log.info("model runs on %s", info.describe())
+    return interpreter, info

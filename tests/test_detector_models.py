@@ -1,0 +1,44 @@
+"""Builders for tiny real int8 .tflite models (TensorFlow, off-device) used by the inference tests; no tests here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def build_tiny_yolo_tflite(
+    path: Path, size: int = 64, num_classes: int = 1, input_type: str = "uint8", seed: int = 0
+) -> Path:
+    """A real full-int8 model shaped like an Ultralytics export: (1, size, size, 3) in, (1, 4 + nc, N) out.
+
+    Random weights; sigmoid outputs, so boxes are normalised xywh and scores lie in (0, 1).
+    """
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inp)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(x)
+    x = keras.layers.Conv2D(4 + num_classes, 1, bias_initializer=keras.initializers.RandomNormal(0, 1, seed))(x)
+    cells = (size // 4) ** 2
+    x = keras.layers.Reshape((cells, 4 + num_classes))(x)
+    x = keras.layers.Permute((2, 1))(x)
+    out = keras.layers.Activation("sigmoid")(x)
+    model = keras.Model(inp, out)
+
+    def representative():
+        rng = np.random.default_rng(seed)
+        for _ in range(16):
+            yield [rng.integers(0, 256, (1, size, size, 3)).astype(np.float32)]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8 if input_type == "int8" else tf.uint8
+    conv.inference_output_type = tf.uint8
+    path.write_bytes(conv.convert())
+    return path
