@@ -1,0 +1,433 @@
+"""Turn confirmed gap tracks into `opened`/`cleared` events, exactly once per physical place, persisted across restarts.
+
+A *place* is an open alert: its aisle (named by an ArUco marker, or None for pure odometry) and its box in shelf
+pixels of that aisle's coordinate frame. A confirmed track near an open place is that place again (no new
+`opened`); an open place that is fully in view with no gap detected near it for `clear_frames` consecutive frames
+is `cleared`. Open places and known marker positions live in a small JSON file written atomically.
+
+"Near" is: the boxes overlap vertically by at least half the smaller height (same shelf level), and the horizontal
+distance between the two boxes (0 when they overlap) is within an effective radius. That radius is
+`place_radius_m` for a place seen on an earlier pass or before a restart, and shrinks to `drift_frac` times the
+distance travelled since the place was last seen when it was seen moments ago in this pass (odometry has had no
+time to drift, so only an overlapping box is the same gap).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.config import TrackingConfig
+from edge.types import AlertEvent, Location
+
+log = logging.getLogger(__name__)
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1
+STATE_VERSION = 1
+
+
+def offset_box(box: Box, dx: float, dy: float) -> Box:
+    return (box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy)
+
+
+def iou(a: Box, b: Box) -> float:
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def visible_fraction(box: Box, width: int, height: int) -> float:
+    """Fraction of `box` (frame pixels) inside a width x height frame."""
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    if area <= 0:
+        return 0.0
+    iw = min(box[2], width) - max(box[0], 0.0)
+    ih = min(box[3], height) - max(box[1], 0.0)
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    return (iw * ih) / area
+
+
+def normalise_box(box: Box, width: int, height: int) -> Box:
+    """`box` in frame pixels -> clipped to the frame and normalised to [0, 1]."""
+    x0 = min(max(box[0] / width, 0.0), 1.0)
+    y0 = min(max(box[1] / height, 0.0), 1.0)
+    x1 = min(max(box[2] / width, 0.0), 1.0)
+    y1 = min(max(box[3] / height, 0.0), 1.0)
+    return (x0, y0, max(x0, x1), max(y0, y1))
+
+
+@dataclass(frozen=True)
+class View:
+    """What the alert manager needs to know about the current frame and the cart's position."""
+
+    frame_index: int
+    t_wall: float
+    width: int
+    height: int
+    aisle: str | None
+    ox: float  # shelf pixel = frame pixel + (ox, oy)
+    oy: float
+    path: float  # total distance travelled, pixels (Odometry.path)
+    reliable: bool  # the shift into this frame was measured, not guessed
+
+    def to_frame(self, shelf_box: Box) -> Box:
+        return offset_box(shelf_box, -self.ox, -self.oy)
+
+    def to_shelf(self, frame_box: Box) -> Box:
+        return offset_box(frame_box, self.ox, self.oy)
+
+
+@dataclass(frozen=True)
+class MarkerPlace:
+    """A marker's aisle and the shelf x of its centre in that aisle's coordinate frame."""
+
+    aisle: str
+    x: float
+
+
+@dataclass
+class Place:
+    """One open alert at one physical place."""
+
+    alert_id: str
+    aisle: str | None
+    box: Box  # shelf pixels in the aisle's frame
+    first_seen: float  # wall clock
+    last_seen: float
+    confidence: float
+    frames: int
+    seen_path: float | None = None  # Odometry.path when last seen in this run (None: not seen since start-up)
+    track_id: int | None = None  # the live track currently showing this place
+    clear_count: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "alert_id": self.alert_id,
+            "aisle": self.aisle,
+            "box": [round(v, 2) for v in self.box],
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "confidence": round(self.confidence, 4),
+            "frames": self.frames,
+        }
+
+    @staticmethod
+    def from_json(d: dict[str, object]) -> Place:
+        box = d["box"]
+        if not isinstance(box, list) or len(box) != 4:
+            raise ValueError(f"place box must be 4 numbers, got {box!r}")
+        aisle = d.get("aisle")
+        return Place(
+            alert_id=str(d["alert_id"]),
+            aisle=None if aisle is None else str(aisle),
+            box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
+            first_seen=float(d["first_seen"]),  # type: ignore[arg-type]
+            last_seen=float(d["last_seen"]),  # type: ignore[arg-type]
+            confidence=float(d["confidence"]),  # type: ignore[arg-type]
+            frames=int(d["frames"]),  # type: ignore[call-overload]
+        )
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write `data` as JSON to `path` via tmp file + fsync + rename (+ fsync of the directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class AlertManager:
+    """Owns the open places and the marker registry; emits `opened`/`cleared` AlertEvents.
+
+    The tracker calls, per frame: `on_marker` for each marker seen (returns the shelf x the marker must be at),
+    `confirm` once when a track becomes confirmed, `seen` for each confirmed track matched in this frame,
+    `track_ended` when a track ends, and `check_clear` with all of the frame's detections (shelf pixels).
+    """
+
+    def __init__(
+        self,
+        cfg: TrackingConfig,
+        device: str,
+        state_path: Path | None = None,
+        drift_frac: float = 0.05,
+    ) -> None:
+        if cfg.meters_per_pixel <= 0:
+            raise ValueError(f"tracking.meters_per_pixel must be > 0, got {cfg.meters_per_pixel}")
+        if cfg.clear_frames < 1:
+            raise ValueError(f"tracking.clear_frames must be >= 1, got {cfg.clear_frames}")
+        self.cfg = cfg
+        self.device = device
+        self._id_prefix = re.sub(r"[^A-Za-z0-9_.-]", "_", device) or "device"
+        self.state_path = state_path
+        self.drift_frac = drift_frac
+        self.radius_px = cfg.place_radius_m / cfg.meters_per_pixel
+        self.aisle: str | None = None
+        self.places: list[Place] = []
+        self.markers: dict[int, MarkerPlace] = {}
+        self._seq = 0
+        self._dirty = False
+        self._by_track: dict[int, Place] = {}
+        if state_path is not None:
+            self._load(state_path)
+
+    # ---- persistence -------------------------------------------------------------------------------------------
+    def _load(self, path: Path) -> None:
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+                raise ValueError(
+                    f"unsupported state version {data.get('version') if isinstance(data, dict) else data!r}"
+                )
+            places = [Place.from_json(p) for p in data.get("places", [])]
+            markers = {
+                int(k): MarkerPlace(str(v["aisle"]), float(v["x"]))
+                for k, v in data.get("markers", {}).items()
+            }
+            seq = int(data.get("seq", 0))
+        except (ValueError, KeyError, TypeError) as e:
+            bad = path.with_name(path.name + ".corrupt")
+            log.warning("tracking state %s is unreadable (%s); moved to %s, starting empty", path, e, bad)
+            os.replace(path, bad)
+            return
+        self.places, self.markers, self._seq = places, markers, seq
+
+    def save(self) -> None:
+        """Write the state file now (no-op without a state path)."""
+        self._dirty = False
+        if self.state_path is None:
+            return
+        write_json_atomic(
+            self.state_path,
+            {
+                "version": STATE_VERSION,
+                "device": self.device,
+                "seq": self._seq,
+                "markers": {
+                    str(k): {"aisle": v.aisle, "x": round(v.x, 2)} for k, v in sorted(self.markers.items())
+                },
+                "places": [p.to_json() for p in self.places],
+            },
+        )
+
+    def flush(self) -> None:
+        """Write the state file if anything changed since the last write."""
+        if self._dirty:
+            self.save()
+
+    # ---- markers -----------------------------------------------------------------------------------------------
+    def on_marker(self, marker_id: int, x_now: float) -> float:
+        """A marker whose centre is at shelf x `x_now` by odometry: returns the shelf x it must be at.
+
+        A known marker restores its aisle and position. An unknown one joins the current aisle at `x_now` when that
+        aisle has fewer than two markers (its two ends); otherwise it names a new aisle "aruco-<id>", also at
+        `x_now`. Places recorded in this run before any marker was seen (aisle None) join that new aisle.
+        """
+        known = self.markers.get(marker_id)
+        if known is not None:
+            self.aisle = known.aisle
+            return known.x
+        if self.aisle is not None and sum(1 for m in self.markers.values() if m.aisle == self.aisle) < 2:
+            self.markers[marker_id] = MarkerPlace(self.aisle, x_now)
+        else:
+            name = f"aruco-{marker_id}"
+            if self.aisle is None:
+                for p in self.places:
+                    if p.aisle is None and p.seen_path is not None:
+                        p.aisle = name
+            self.markers[marker_id] = MarkerPlace(name, x_now)
+            self.aisle = name
+        self._dirty = True
+        return x_now
+
+    # ---- matching ----------------------------------------------------------------------------------------------
+    def _near(self, box: Box, place: Place, path: float, claimed_ok: bool) -> float | None:
+        """Horizontal distance from `box` to `place` when it counts as the same place, else None."""
+        h = min(box[3] - box[1], place.box[3] - place.box[1])
+        v_overlap = min(box[3], place.box[3]) - max(box[1], place.box[1])
+        if h <= 0 or v_overlap < 0.5 * h:
+            return None
+        if place.track_id is not None and not claimed_ok:
+            # Another live track shows this place: only a box overlapping it is the same gap (a duplicate).
+            cx, cy = 0.5 * (box[0] + box[2]), 0.5 * (box[1] + box[3])
+            inside = place.box[0] <= cx <= place.box[2] and place.box[1] <= cy <= place.box[3]
+            return 0.0 if inside or iou(box, place.box) >= self.cfg.match_iou else None
+        d = max(0.0, max(box[0], place.box[0]) - min(box[2], place.box[2]))
+        radius = self.radius_px
+        if place.seen_path is not None:
+            radius = min(radius, self.drift_frac * max(0.0, path - place.seen_path))
+        return d if d <= radius else None
+
+    def _find(self, box: Box, view: View) -> Place | None:
+        best: tuple[float, float, Place] | None = None
+        for p in self.places:
+            if p.aisle != view.aisle:
+                continue
+            d = self._near(box, p, view.path, claimed_ok=False)
+            if d is None:
+                continue
+            cdist = abs(0.5 * (box[0] + box[2] - p.box[0] - p.box[2]))
+            if best is None or (d, cdist) < (best[0], best[1]):
+                best = (d, cdist, p)
+        return None if best is None else best[2]
+
+    def _location(self, place: Place) -> Location:
+        cx = 0.5 * (place.box[0] + place.box[2])
+        offset_m = round(cx * self.cfg.meters_per_pixel, 3)
+        if place.aisle is None:
+            return Location(aisle=None, offset_m=offset_m, source="odometry")
+        return Location(aisle=place.aisle, offset_m=offset_m, source="aruco")
+
+    # ---- per-frame calls from the tracker ----------------------------------------------------------------------
+    def confirm(
+        self,
+        track_id: int,
+        shelf_box: Box,
+        frame_box: Box,
+        scores: Sequence[float],
+        hits: int,
+        first_seen: float,
+        view: View,
+    ) -> AlertEvent | None:
+        """A track just became confirmed: link it to its open place, or open a new one (returns the `opened`)."""
+        confidence = float(statistics.median(scores)) if scores else 0.0
+        place = self._find(shelf_box, view)
+        if place is not None:
+            self._link(track_id, place)
+            self._touch(place, shelf_box, confidence, hits, view, update_box=True)
+            return None
+        first_seen = min(first_seen, view.t_wall)
+        self._seq += 1
+        alert_id = f"{self._id_prefix}-{int(round(first_seen * 1000))}-{self._seq}"
+        place = Place(
+            alert_id=alert_id,
+            aisle=view.aisle,
+            box=shelf_box,
+            first_seen=first_seen,
+            last_seen=view.t_wall,
+            confidence=confidence,
+            frames=hits,
+            seen_path=view.path,
+        )
+        self.places.append(place)
+        self._link(track_id, place)
+        self._dirty = True
+        return AlertEvent(
+            alert_id=alert_id,
+            event="opened",
+            first_seen=first_seen,
+            last_seen=view.t_wall,
+            ts=view.t_wall,
+            bbox_norm=normalise_box(frame_box, view.width, view.height),
+            confidence=confidence,
+            frames=hits,
+            frame_index=view.frame_index,
+            location=self._location(place),
+        )
+
+    def _link(self, track_id: int, place: Place) -> None:
+        old = self._by_track.pop(track_id, None)
+        if old is not None and old is not place:
+            old.track_id = None
+        if place.track_id is not None and place.track_id != track_id:
+            self._by_track.pop(place.track_id, None)
+        place.track_id = track_id
+        self._by_track[track_id] = place
+
+    def _touch(
+        self, place: Place, shelf_box: Box, confidence: float, sightings: int, view: View, update_box: bool
+    ) -> None:
+        place.last_seen = view.t_wall
+        place.seen_path = view.path
+        place.confidence = confidence
+        place.frames += sightings
+        place.clear_count = 0
+        if update_box and place.aisle == view.aisle:
+            place.box = shelf_box
+
+    def seen(
+        self, track_id: int, shelf_box: Box, scores: Sequence[float], full_view: bool, view: View
+    ) -> None:
+        """A confirmed track was matched in this frame (`full_view`: its box is wholly inside the frame)."""
+        place = self._by_track.get(track_id)
+        if place is None:
+            return
+        confidence = float(statistics.median(scores)) if scores else place.confidence
+        self._touch(place, shelf_box, confidence, 1, view, update_box=full_view)
+
+    def track_ended(self, track_id: int) -> None:
+        place = self._by_track.pop(track_id, None)
+        if place is not None:
+            place.track_id = None
+            self._dirty = True  # last_seen, frames and box changed while it was tracked
+
+    def alert_id_for(self, track_id: int) -> str | None:
+        place = self._by_track.get(track_id)
+        return None if place is None else place.alert_id
+
+    def check_clear(self, detections: Sequence[Box], view: View) -> list[AlertEvent]:
+        """Count, for each open place wholly in view, frames with no detection near it; emit `cleared`s."""
+        events: list[AlertEvent] = []
+        for place in list(self.places):
+            if place.aisle != view.aisle:
+                continue
+            fb = view.to_frame(place.box)
+            frac = visible_fraction(fb, view.width, view.height)
+            if frac <= 0.0:
+                place.clear_count = 0
+                continue
+            if frac < 0.999 or not view.reliable:
+                continue  # at the edge, or unsure where we are: no evidence either way
+            if any(self._near(d, place, view.path, claimed_ok=True) is not None for d in detections):
+                place.clear_count = 0
+                continue
+            place.clear_count += 1
+            if place.clear_count < self.cfg.clear_frames:
+                continue
+            self.places.remove(place)
+            if place.track_id is not None:
+                self._by_track.pop(place.track_id, None)
+            self._dirty = True
+            events.append(
+                AlertEvent(
+                    alert_id=place.alert_id,
+                    event="cleared",
+                    first_seen=place.first_seen,
+                    last_seen=place.last_seen,
+                    ts=view.t_wall,
+                    bbox_norm=normalise_box(fb, view.width, view.height),
+                    confidence=place.confidence,
+                    frames=place.frames,
+                    frame_index=view.frame_index,
+                    location=self._location(place),
+                )
+            )
+        return events
+
+    def open_alerts(self) -> list[Place]:
+        return list(self.places)

@@ -1,0 +1,177 @@
+"""Camera motion along the aisle: frame-to-frame shift by phase correlation, its odometry, and ArUco markers.
+
+Sign convention used everywhere in `edge/`: `Shift(dx, dy)` is how far the *image content* moved between the
+previous and the current frame, in full-frame pixels (content moving left gives a negative dx). A point at
+frame pixel `x` is at shelf pixel `x + Odometry.x`, so when the content moves by dx the cart has moved by -dx
+and `Odometry.x` decreases by dx.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Shift:
+    """Content motion from the previous to the current frame, in full-frame pixels.
+
+    `reliable` is False when phase correlation had too weak a peak (or an implausible jump); `dx`/`dy` are then the
+    constant-velocity guess, not a measurement. `response` is the phase-correlation peak (0 for the first frame).
+    """
+
+    dx: float
+    dy: float
+    response: float
+    reliable: bool
+
+
+@dataclass(frozen=True)
+class Marker:
+    """One detected ArUco marker (DICT_4X4_50): its id and centre in frame pixels."""
+
+    id: int
+    cx: float
+    cy: float
+
+
+class ShiftEstimator:
+    """Estimates the global shift between consecutive RGB frames on small grey copies (no per-frame allocation).
+
+    Each frame is resized (INTER_AREA) into a preallocated `width`-wide buffer, turned grey, windowed with a Hanning
+    window and phase-correlated against the previous frame. A peak below `min_response`, or a jump larger than
+    `max_jump` of the frame width, is unreliable: the last reliable velocity (per source frame) is returned instead.
+    """
+
+    def __init__(self, width: int = 160, min_response: float = 0.1, max_jump: float = 0.35) -> None:
+        if width < 32:
+            raise ValueError(f"motion width must be >= 32 pixels, got {width}")
+        if not 0.0 <= min_response < 1.0:
+            raise ValueError(f"min_response must be in [0, 1), got {min_response}")
+        self.width = width
+        self.min_response = min_response
+        self.max_jump = max_jump
+        self._shape: tuple[int, int] | None = None  # (h, w) of the full frames the buffers were made for
+        self._scale = 1.0
+        self._small_rgb = np.empty((0, 0, 3), np.uint8)
+        self._grey = np.empty((0, 0), np.uint8)
+        self._prev = np.empty((0, 0), np.float32)
+        self._cur = np.empty((0, 0), np.float32)
+        self._window = np.empty((0, 0), np.float32)
+        self._has_prev = False
+        self._vx = 0.0  # last reliable velocity, content pixels per source frame
+        self._vy = 0.0
+
+    def reset(self) -> None:
+        """Forget the previous frame and the velocity (e.g. after the source was reopened)."""
+        self._has_prev = False
+        self._vx = self._vy = 0.0
+
+    @property
+    def velocity(self) -> tuple[float, float]:
+        """The last reliable content velocity (dx, dy) in full-frame pixels per source frame."""
+        return (self._vx, self._vy)
+
+    def _allocate(self, h: int, w: int) -> None:
+        sw = min(self.width, w)
+        sh = max(8, int(round(h * sw / w)))
+        self._shape = (h, w)
+        self._scale = w / sw
+        self._small_rgb = np.empty((sh, sw, 3), np.uint8)
+        self._grey = np.empty((sh, sw), np.uint8)
+        self._prev = np.empty((sh, sw), np.float32)
+        self._cur = np.empty((sh, sw), np.float32)
+        self._window = cv2.createHanningWindow((sw, sh), cv2.CV_32F)
+        self._has_prev = False
+
+    def update(self, frame_rgb: np.ndarray, frames_elapsed: int = 1) -> Shift:
+        """Shift of `frame_rgb` against the previous frame; `frames_elapsed` > 1 when the capture dropped frames."""
+        if frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3 or frame_rgb.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 RGB frame, got {frame_rgb.shape} {frame_rgb.dtype}")
+        h, w = frame_rgb.shape[:2]
+        if self._shape != (h, w):
+            self._allocate(h, w)
+        sh, sw = self._grey.shape
+        cv2.resize(frame_rgb, (sw, sh), dst=self._small_rgb, interpolation=cv2.INTER_AREA)
+        cv2.cvtColor(self._small_rgb, cv2.COLOR_RGB2GRAY, dst=self._grey)
+        np.copyto(self._cur, self._grey, casting="unsafe")
+        steps = max(1, int(frames_elapsed))
+        if not self._has_prev:
+            self._has_prev = True
+            self._prev, self._cur = self._cur, self._prev
+            return Shift(self._vx * steps, self._vy * steps, 0.0, False)
+        (sx, sy), response = cv2.phaseCorrelate(self._prev, self._cur, self._window)
+        self._prev, self._cur = self._cur, self._prev
+        dx, dy = sx * self._scale, sy * self._scale
+        plausible = abs(dx) <= self.max_jump * w and abs(dy) <= self.max_jump * h
+        if response >= self.min_response and plausible and np.isfinite(dx) and np.isfinite(dy):
+            self._vx, self._vy = dx / steps, dy / steps
+            return Shift(float(dx), float(dy), float(response), True)
+        return Shift(self._vx * steps, self._vy * steps, float(response), False)
+
+
+class Odometry:
+    """The cart's position along the aisle: the shelf-pixel coordinate of the frame's origin.
+
+    x integrates -dx exactly; y integrates -dy with a leak towards 0 (a cart does not climb, so vertical shifts are
+    bumps that return). `path` is the total distance travelled in pixels (sum of |dx|), which never resets.
+    """
+
+    def __init__(self, y_leak: float = 0.9) -> None:
+        self.x = 0.0
+        self.y = 0.0
+        self.path = 0.0
+        self.y_leak = y_leak
+
+    def advance(self, shift: Shift) -> None:
+        self.x -= shift.dx
+        self.y = self.y_leak * self.y - shift.dy
+        self.path += abs(shift.dx)
+
+    def set_x(self, x: float) -> float:
+        """Jump to `x` (a marker reset); returns the applied delta."""
+        delta = x - self.x
+        self.x = x
+        return delta
+
+
+class MarkerDetector:
+    """ArUco DICT_4X4_50 detection, run only on every `every`-th call to keep the per-frame cost low."""
+
+    def __init__(self, every: int = 5) -> None:
+        if every < 1:
+            raise ValueError(f"marker detection interval must be >= 1, got {every}")
+        self.every = every
+        self._calls = 0
+        dictionary = cv2.aruco.getPredefinedDictionary(cv2.aruco.DICT_4X4_50)
+        self._detector = cv2.aruco.ArucoDetector(dictionary, cv2.aruco.DetectorParameters())
+        self._grey = np.empty((0, 0), np.uint8)
+
+    def detect(self, frame_rgb: np.ndarray) -> list[Marker]:
+        """Markers in `frame_rgb` (every frame)."""
+        if frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3:
+            raise ValueError(f"expected an HxWx3 RGB frame, got {frame_rgb.shape}")
+        if self._grey.shape != frame_rgb.shape[:2]:
+            self._grey = np.empty(frame_rgb.shape[:2], np.uint8)
+        cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2GRAY, dst=self._grey)
+        corners, ids, _rejected = self._detector.detectMarkers(self._grey)
+        if ids is None:
+            return []
+        out = []
+        for c, i in zip(corners, ids.reshape(-1), strict=True):
+            centre = np.asarray(c, np.float64).reshape(-1, 2).mean(axis=0)
+            out.append(Marker(int(i), float(centre[0]), float(centre[1])))
+        return sorted(out, key=lambda m: m.id)
+
+    def maybe_detect(self, frame_rgb: np.ndarray) -> list[Marker] | None:
+        """Markers on every `every`-th call (the first call included), None on the calls in between."""
+        due = self._calls % self.every == 0
+        self._calls += 1
+        return self.detect(frame_rgb) if due else None
+
+
+def detect_markers(frame_rgb: np.ndarray) -> list[Marker]:
+    """One-off ArUco (DICT_4X4_50) detection; a pipeline keeps a `MarkerDetector` instead of calling this per frame."""
+    return MarkerDetector(every=1).detect(frame_rgb)

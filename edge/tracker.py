@@ -1,0 +1,277 @@
+"""Track detected gaps across frames in shelf coordinates (motion-compensated) and hand confirmed ones to alerts.
+
+`GapTracker` is the pipeline's single entry point: per frame it estimates the cart's shift (edge.motion), resets
+odometry at ArUco markers, matches the frame's detections to tracks by IoU in shelf pixels, confirms a track after
+`confirm_frames` sightings within its last `window_frames` in-view frames (and a median score of at least
+`min_score`, as Frigate gates on the median), ends it when it leaves the view or is missed `lost_frames` times in
+view, and lets `edge.alerts.AlertManager` turn confirmed tracks into `opened`/`cleared` events.
+
+Shelf pixel = frame pixel + (odometry.x, odometry.y); see edge/motion.py for the sign convention.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.alerts import AlertManager, Box, View, iou, visible_fraction
+from edge.config import TrackingConfig
+from edge.motion import MarkerDetector, Odometry, Shift, ShiftEstimator
+from edge.types import AlertEvent, Frame, Gap, Location
+
+
+@dataclass(frozen=True)
+class TrackView:
+    """A live track for the preview: box in the current frame's pixels."""
+
+    track_id: int
+    box: Box
+    confirmed: bool
+    hits: int
+    score: float  # median of the recent scores
+    alert_id: str | None  # the open alert this track shows, once confirmed
+
+
+@dataclass
+class Track:
+    """One gap followed across frames; `box` is in shelf pixels, smoothed over its sightings."""
+
+    track_id: int
+    box: Box
+    frame_box: Box  # the last matched detection, frame pixels
+    first_seen: float  # wall clock
+    scores: deque[float]
+    seen: deque[bool]  # one entry per in-view frame, True when matched
+    hits: int = 1
+    misses: int = 0  # consecutive in-view frames without a match
+    confirmed: bool = False
+    matched: bool = True  # in the current frame
+    full: bool = False  # the last match was wholly inside the frame (not cut by its left/right edge)
+
+    @property
+    def score(self) -> float:
+        return float(statistics.median(self.scores)) if self.scores else 0.0
+
+
+@dataclass
+class _Det:
+    frame_box: Box
+    shelf_box: Box
+    score: float
+    used: bool = field(default=False)
+
+
+class GapTracker:
+    """Frames + detections in, `opened`/`cleared` AlertEvents out (snapshot_jpeg left None for the pipeline).
+
+    Keyword options beyond TrackingConfig: `marker_every` (ArUco detection on every k-th frame), `min_score`
+    (median score gate for confirmation), `min_response` (phase-correlation peak below which the shift is guessed),
+    `in_view` (fraction of a track's box that must be inside the frame for a frame to count for N-of-M and misses).
+    """
+
+    def __init__(
+        self,
+        cfg: TrackingConfig,
+        device: str,
+        state_path: Path | None = None,
+        *,
+        marker_every: int = 5,
+        min_score: float = 0.0,
+        min_response: float = 0.1,
+        in_view: float = 0.5,
+        smoothing: float = 0.5,
+    ) -> None:
+        if cfg.confirm_frames < 1 or cfg.window_frames < cfg.confirm_frames:
+            raise ValueError(
+                f"tracking: need 1 <= confirm_frames <= window_frames, got {cfg.confirm_frames} of {cfg.window_frames}"
+            )
+        if cfg.lost_frames < 1:
+            raise ValueError(f"tracking.lost_frames must be >= 1, got {cfg.lost_frames}")
+        if not 0.0 < cfg.match_iou <= 1.0:
+            raise ValueError(f"tracking.match_iou must be in (0, 1], got {cfg.match_iou}")
+        if not 0.0 < smoothing <= 1.0:
+            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
+        self.cfg = cfg
+        self.min_score = min_score
+        self.in_view = in_view
+        self.smoothing = smoothing
+        self.motion = ShiftEstimator(cfg.motion_width, min_response=min_response)
+        self.odometry = Odometry()
+        self.markers = MarkerDetector(marker_every) if cfg.aruco else None
+        self.alerts = AlertManager(cfg, device, state_path)
+        self.last_shift: Shift | None = None
+        self._tracks: list[Track] = []
+        self._next_id = 1
+        self._view: View | None = None
+
+    # ---- public ------------------------------------------------------------------------------------------------
+    def update(self, frame: Frame, gaps: list[Gap]) -> list[AlertEvent]:
+        """Advance by one frame with its detections (frame pixels); returns the events this frame caused."""
+        img = frame.image
+        h, w = img.shape[:2]
+        shift = self.motion.update(img, frame.dropped_before + 1)
+        self.last_shift = shift
+        self.odometry.advance(shift)
+        if self.markers is not None:
+            for m in self.markers.maybe_detect(img) or []:
+                x_now = self.odometry.x + m.cx
+                delta = self.odometry.set_x(self.alerts.on_marker(m.id, x_now) - m.cx)
+                if delta:
+                    for t in self._tracks:  # tracks follow what is in view, so they move with the reset
+                        t.box = (t.box[0] + delta, t.box[1], t.box[2] + delta, t.box[3])
+        view = View(
+            frame_index=frame.index,
+            t_wall=frame.t_wall,
+            width=w,
+            height=h,
+            aisle=self.alerts.aisle,
+            ox=self.odometry.x,
+            oy=self.odometry.y,
+            path=self.odometry.path,
+            reliable=shift.reliable,
+        )
+        self._view = view
+        dets = []
+        for g in gaps:
+            if not (g.x1 > g.x0 and g.y1 > g.y0):
+                continue
+            dets.append(_Det(g.box, view.to_shelf(g.box), float(g.score)))
+
+        events: list[AlertEvent] = []
+        ended = self._associate(dets, view)
+        for t in ended:
+            self.alerts.track_ended(t.track_id)
+        for t in self._tracks:
+            if not t.matched:
+                continue
+            if not t.confirmed:
+                if sum(t.seen) >= self.cfg.confirm_frames and t.full and t.score >= self.min_score:
+                    t.confirmed = True
+                    ev = self.alerts.confirm(
+                        t.track_id, t.box, t.frame_box, list(t.scores), t.hits, t.first_seen, view
+                    )
+                    if ev is not None:
+                        events.append(ev)
+            else:
+                self.alerts.seen(t.track_id, t.box, list(t.scores), t.full, view)
+        events.extend(self.alerts.check_clear([d.shelf_box for d in dets], view))
+        self.alerts.flush()
+        return events
+
+    def tracks(self) -> list[TrackView]:
+        """Live tracks with boxes in the current frame's pixels (for the preview)."""
+        view = self._view
+        if view is None:
+            return []
+        return [
+            TrackView(
+                track_id=t.track_id,
+                box=view.to_frame(t.box),
+                confirmed=t.confirmed,
+                hits=t.hits,
+                score=t.score,
+                alert_id=self.alerts.alert_id_for(t.track_id),
+            )
+            for t in self._tracks
+        ]
+
+    @property
+    def position(self) -> Location:
+        """Where the cart is now: the aisle (from markers) and the odometry offset in metres."""
+        aisle = self.alerts.aisle
+        return Location(
+            aisle=aisle,
+            offset_m=round(self.odometry.x * self.cfg.meters_per_pixel, 3),
+            source="odometry" if aisle is None else "aruco",
+        )
+
+    def close(self) -> None:
+        """Persist the open alerts (they are also written whenever they change)."""
+        self.alerts.save()
+
+    # ---- association -------------------------------------------------------------------------------------------
+    def _associate(self, dets: list[_Det], view: View) -> list[Track]:
+        """Match detections to tracks, update/create/end tracks; returns the tracks that ended."""
+        w, h = view.width, view.height
+        for t in self._tracks:
+            t.matched = False
+        pairs = []
+        for ti, t in enumerate(self._tracks):
+            for di, d in enumerate(dets):
+                v = iou(t.box, d.shelf_box)
+                if v >= self.cfg.match_iou:
+                    pairs.append((v, ti, di))
+        pairs.sort(reverse=True)
+        for _v, ti, di in pairs:
+            t, d = self._tracks[ti], dets[di]
+            if t.matched or d.used:
+                continue
+            self._hit(t, d, w)
+        # A detection whose centre lies in an unmatched track's box is that track (e.g. after a poor shift guess).
+        for d in dets:
+            if d.used:
+                continue
+            for t in self._tracks:
+                if not t.matched and _centre_in(d.shelf_box, t.box):
+                    self._hit(t, d, w)
+                    break
+        ended: list[Track] = []
+        alive: list[Track] = []
+        for t in self._tracks:
+            if t.matched:
+                alive.append(t)
+                continue
+            frac = visible_fraction(view.to_frame(t.box), w, h)
+            if frac <= 0.0:
+                ended.append(t)  # left the field of view
+                continue
+            if frac >= self.in_view:
+                t.seen.append(False)
+                t.misses += 1
+                if t.misses >= self.cfg.lost_frames:
+                    ended.append(t)
+                    continue
+            alive.append(t)
+        for d in dets:
+            if d.used or any(_centre_in(d.shelf_box, t.box) for t in alive if t.matched):
+                continue  # a duplicate box on a gap that is already tracked
+            t = Track(
+                track_id=self._next_id,
+                box=d.shelf_box,
+                frame_box=d.frame_box,
+                first_seen=view.t_wall,
+                scores=deque([d.score], maxlen=self.cfg.window_frames),
+                seen=deque([True], maxlen=self.cfg.window_frames),
+                full=_full(d.frame_box, w),
+            )
+            self._next_id += 1
+            d.used = True
+            alive.append(t)
+        self._tracks = alive
+        return ended
+
+    def _hit(self, t: Track, d: _Det, frame_w: int) -> None:
+        a = self.smoothing
+        t.box = tuple(a * n + (1.0 - a) * o for n, o in zip(d.shelf_box, t.box, strict=True))  # type: ignore[assignment]
+        t.frame_box = d.frame_box
+        t.scores.append(d.score)
+        t.seen.append(True)
+        t.hits += 1
+        t.misses = 0
+        t.matched = True
+        t.full = _full(d.frame_box, frame_w)
+        d.used = True
+
+
+def _centre_in(box: Box, container: Box) -> bool:
+    cx, cy = 0.5 * (box[0] + box[2]), 0.5 * (box[1] + box[3])
+    return container[0] <= cx <= container[2] and container[1] <= cy <= container[3]
+
+
+def _full(frame_box: Box, frame_w: int, margin: float = 2.0) -> bool:
+    """The box is not cut by the frame's left/right edge (or is so wide that it could never be whole)."""
+    return (frame_box[0] > margin and frame_box[2] < frame_w - margin) or (
+        frame_box[2] - frame_box[0] > 0.8 * frame_w
+    )
