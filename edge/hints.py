@@ -47,8 +47,8 @@ class FrameMeasures:
 class HintThresholds:
     dark_mean: float = 45.0
     dark_fraction: float = 0.5
-    bright_mean: float = 215.0
-    bright_fraction: float = 0.3
+    bright_mean: float = 210.0
+    bright_fraction: float = 0.2
     sharpness: float = 0.6  # below this the frame is blurred
     motion_blur_px: float = 4.0  # predicted smear (frame pixels) at which details of labels vanish
     tilt_deg: float = 5.0

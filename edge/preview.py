@@ -1,0 +1,434 @@
+"""Serves the installer's live preview over HTTP: annotated MJPEG, status JSON and mounting hints for a phone.
+
+The pipeline calls `offer()` on every frame; that only stores references. JPEG encoding and the hint analysis run in
+the HTTP handler threads, at most `max_fps` times a second and only while a `/stream.mjpg` client is connected (or a
+`/snapshot.jpg` / `/status.json` request asks for them), so an unwatched preview costs the pipeline nothing.
+
+`info` keys the page shows when present: `fps`, `inference_ms`, `model` (name), `model_version`, `outbox_depth`,
+`dropped`, `state`, `device`, `store`; `shift_px_per_frame`, `exposure_s` and `frame_interval_s` feed the hints. Any
+other JSON-friendly key is passed through to `/status.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from edge.hints import Exposure, Hint, mounting_hints
+from edge.types import Gap
+
+log = logging.getLogger(__name__)
+
+BOUNDARY = "shelfscoutframe"
+
+
+class TrackLike(Protocol):
+    """What the preview needs from a tracker's track view."""
+
+    @property
+    def box(self) -> tuple[float, float, float, float]: ...
+
+    @property
+    def track_id(self) -> int: ...
+
+    @property
+    def confirmed(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class _Offer:
+    seq: int
+    frame: np.ndarray
+    gaps: tuple[Gap, ...]
+    tracks: tuple[Any, ...]
+    info: dict[str, Any]
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """"127.0.0.1:8080" / "[::1]:0" / "0.0.0.0:8080" -> (host, port). A host is required: no implicit all-interfaces."""
+    host, sep, port = bind.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"preview bind {bind!r} must be HOST:PORT, e.g. 127.0.0.1:8080")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def annotate(frame_rgb: np.ndarray, gaps: Sequence[Gap], tracks: Sequence[Any], info: dict[str, Any],
+             max_width: int = 960) -> np.ndarray:
+    """Draw gaps (red, with score), tracks (id; confirmed ones thicker) and a HUD line. Returns a BGR image."""
+    h, w = frame_rgb.shape[:2]
+    scale = min(1.0, max_width / w)
+    if scale < 1.0:
+        img = cv2.resize(frame_rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    else:
+        img = frame_rgb.copy()
+    img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    thick = max(1, round(img.shape[1] / 320))
+    font_scale = max(0.4, img.shape[1] / 1100)
+
+    def pt(x: float, y: float) -> tuple[int, int]:
+        return round(x * scale), round(y * scale)
+
+    for g in gaps:
+        p0, p1 = pt(g.x0, g.y0), pt(g.x1, g.y1)
+        cv2.rectangle(img, p0, p1, (40, 40, 235), thick + 1)
+        label = f"gap {g.score:.2f}"
+        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+        ty = max(p0[1], th + 4)
+        cv2.rectangle(img, (p0[0], ty - th - 4), (p0[0] + tw + 4, ty), (40, 40, 235), -1)
+        cv2.putText(img, label, (p0[0] + 2, ty - 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    for t in tracks:
+        x0, y0, x1, y1 = t.box
+        confirmed = bool(t.confirmed)
+        colour = (80, 220, 80) if confirmed else (0, 210, 255)
+        p0, p1 = pt(x0, y0), pt(x1, y1)
+        cv2.rectangle(img, p0, p1, colour, thick * 3 if confirmed else thick)
+        cv2.putText(img, f"#{t.track_id}", (p0[0] + 3, min(img.shape[0] - 4, p1[1] - 5)), cv2.FONT_HERSHEY_SIMPLEX,
+                    font_scale, colour, 1 + int(confirmed), cv2.LINE_AA)
+
+    hud = (f"{_fmt(info.get('fps'))} fps  |  {_fmt(info.get('inference_ms'))} ms  |  "
+           f"{info.get('model', 'model')} v{_fmt(info.get('model_version'))}  |  outbox {_fmt(info.get('outbox_depth'))}"
+           f"  |  gaps {len(gaps)}")
+    (_, th), _ = cv2.getTextSize(hud, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+    band = img[: th + 12]
+    band[:] = (band.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken the strip under the HUD
+    cv2.putText(img, hud, (6, th + 5), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return img
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class PreviewServer:
+    """The live preview web server. Start it, `offer()` frames, `stop()` it; `url` has the bound port."""
+
+    def __init__(self, bind: str = "127.0.0.1:8080", max_fps: float = 10.0, jpeg_quality: int = 75,
+                 hints_interval_s: float = 1.0, max_width: int = 960):
+        if max_fps <= 0:
+            raise ValueError("preview max_fps must be positive")
+        if not 1 <= jpeg_quality <= 100:
+            raise ValueError("preview jpeg_quality must be between 1 and 100")
+        self.host, self.port = parse_bind(bind)
+        self.max_fps = max_fps
+        self.jpeg_quality = jpeg_quality
+        self.hints_interval_s = hints_interval_s
+        self.max_width = max_width
+        self._offer: _Offer | None = None
+        self._seq = 0
+        self._cond = threading.Condition()
+        self._jpeg_lock = threading.Lock()
+        self._jpeg: tuple[int, float, bytes] | None = None  # (seq, monotonic time, bytes)
+        self._hints_lock = threading.Lock()
+        self._hints: tuple[float, list[Hint]] | None = None
+        self._clients = 0
+        self._stopping = threading.Event()
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.frames_offered = 0
+        self.frames_streamed = 0  # multipart JPEG parts written to /stream.mjpg clients
+        self.frames_encoded = 0
+
+    # ---- the pipeline side -------------------------------------------------------------------------------------
+    def offer(self, frame_rgb: np.ndarray, gaps: Sequence[Gap], tracks: Sequence[Any], info: dict[str, Any]) -> None:
+        """Hand over the newest frame. O(1): keeps references only (do not modify the frame afterwards)."""
+        with self._cond:
+            self._seq += 1
+            self.frames_offered += 1
+            self._offer = _Offer(self._seq, frame_rgb, tuple(gaps), tuple(tracks), info)
+            if self._clients:
+                self._cond.notify_all()
+
+    @property
+    def watching(self) -> bool:
+        """True while at least one browser is connected to the stream."""
+        return self._clients > 0
+
+    @property
+    def url(self) -> str:
+        host = self.host
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/"
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self) -> PreviewServer:
+        if self._httpd is not None:
+            return self
+        server_cls = type("_PreviewHTTPServer", (_Server,), {
+            "address_family": socket.AF_INET6 if ":" in self.host else socket.AF_INET})
+        try:
+            httpd = server_cls((self.host, self.port), _make_handler(self))
+        except OSError as e:
+            raise OSError(e.errno, f"preview: cannot listen on {self.host}:{self.port}: {e.strerror}") from None
+        self.port = int(httpd.server_address[1])
+        self._httpd = httpd
+        self._stopping.clear()
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="preview-http", daemon=True)
+        self._thread.start()
+        log.info("preview on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> PreviewServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- lazily computed views ---------------------------------------------------------------------------------
+    def _wait_newer(self, seq: int, timeout: float) -> _Offer | None:
+        with self._cond:
+            if self._offer is None or self._offer.seq <= seq:
+                self._cond.wait(timeout)
+            o = self._offer
+        return o if o is not None and o.seq > seq else None
+
+    def jpeg(self, fresh_within: float | None = None) -> tuple[int, bytes] | None:
+        """The newest annotated frame as JPEG, encoded at most once per `fresh_within` seconds (1/max_fps)."""
+        o = self._offer
+        if o is None:
+            return None
+        period = 1.0 / self.max_fps if fresh_within is None else fresh_within
+        with self._jpeg_lock:
+            cached = self._jpeg
+            now = time.monotonic()
+            if cached is not None and (cached[0] >= o.seq or now - cached[1] < period):
+                return cached[0], cached[2]
+            img = annotate(o.frame, o.gaps, o.tracks, o.info, self.max_width)
+            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            if not ok:
+                return None
+            self._jpeg = (o.seq, now, buf.tobytes())
+            self.frames_encoded += 1
+            return o.seq, self._jpeg[2]
+
+    def hints(self) -> list[Hint]:
+        """Mounting hints for the newest frame, recomputed at most every `hints_interval_s`."""
+        o = self._offer
+        if o is None:
+            return []
+        with self._hints_lock:
+            now = time.monotonic()
+            if self._hints is not None and now - self._hints[0] < self.hints_interval_s:
+                return self._hints[1]
+            exposure = None
+            exp_s, interval_s = o.info.get("exposure_s"), o.info.get("frame_interval_s")
+            if isinstance(exp_s, (int, float)) and isinstance(interval_s, (int, float)) and interval_s > 0:
+                exposure = Exposure(float(exp_s), float(interval_s))
+            shift = o.info.get("shift_px_per_frame")
+            hints = mounting_hints(o.frame, float(shift) if isinstance(shift, (int, float)) else None, exposure)
+            self._hints = (now, hints)
+            return hints
+
+    def status(self) -> dict[str, Any]:
+        o = self._offer
+        info = dict(o.info) if o is not None else {}
+        return {
+            "info": info,
+            "hints": [asdict(h) for h in self.hints()],
+            "has_frame": o is not None,
+            "gaps": len(o.gaps) if o is not None else 0,
+            "tracks": len(o.tracks) if o is not None else 0,
+            "watchers": self._clients,
+            "frames_offered": self.frames_offered,
+            "frames_streamed": self.frames_streamed,
+        }
+
+    def _stream(self, write: Callable[[bytes], None], alive: Callable[[], bool]) -> None:
+        with self._cond:
+            self._clients += 1
+        try:
+            seq = 0
+            period = 1.0 / self.max_fps
+            next_t = 0.0
+            while not self._stopping.is_set():
+                delay = next_t - time.monotonic()
+                if delay > 0 and self._stopping.wait(delay):
+                    break
+                if self._wait_newer(seq, timeout=0.5) is None:
+                    if not alive():  # no new frame to write: notice a viewer that has gone away
+                        break
+                    continue
+                got = self.jpeg()
+                if got is None:
+                    continue
+                seq, data = got
+                write(b"--" + BOUNDARY.encode() + b"\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                      + str(len(data)).encode() + b"\r\n\r\n" + data + b"\r\n")
+                with self._cond:
+                    self.frames_streamed += 1
+                next_t = time.monotonic() + period
+        finally:
+            with self._cond:
+                self._clients -= 1
+
+
+def _make_handler(server: PreviewServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "shelfscout-preview"
+        protocol_version = "HTTP/1.1"
+        timeout = 15  # a stalled client must not pin a handler thread forever
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+            log.debug("preview %s: " + format, self.client_address[0], *args)
+
+        def _send(self, code: int, ctype: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def do_HEAD(self) -> None:  # noqa: N802 - the stdlib's name
+            self.do_GET()
+
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            path = self.path.split("?", 1)[0]
+            try:
+                if path in ("/", "/index.html"):
+                    self._send(200, "text/html; charset=utf-8", PAGE.encode("utf-8"))
+                elif path == "/status.json":
+                    body = json.dumps(server.status(), default=str, allow_nan=False).encode()
+                    self._send(200, "application/json", body)
+                elif path == "/snapshot.jpg":
+                    got = server.jpeg(fresh_within=0.0)
+                    if got is None:
+                        self._send(503, "text/plain; charset=utf-8", b"no frame yet\n")
+                    else:
+                        self._send(200, "image/jpeg", got[1])
+                elif path == "/stream.mjpg":
+                    self.send_response(200)
+                    self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+                    self.send_header("Cache-Control", "no-store")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.close_connection = True
+                    if self.command != "HEAD":
+                        server._stream(self._write, self._alive)
+                else:
+                    self._send(404, "text/plain; charset=utf-8", b"not found\n")
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                self.close_connection = True
+
+        def _alive(self) -> bool:
+            try:
+                readable, _, _ = select.select([self.connection], [], [], 0)
+                return not readable or self.connection.recv(1, socket.MSG_PEEK) != b""
+            except OSError:
+                return False
+
+        def _write(self, data: bytes) -> None:
+            self.wfile.write(data)
+            self.wfile.flush()
+
+    return Handler
+
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1, viewport-fit=cover">
+<meta name="color-scheme" content="dark">
+<title>shelfscout preview</title>
+<style>
+  :root { --bg:#0f1115; --card:#1a1d24; --fg:#e8eaed; --dim:#9aa0a6; --ok:#34c759; --warn:#ffb020; --bad:#ff453a; }
+  * { box-sizing: border-box; }
+  body { margin:0; background:var(--bg); color:var(--fg);
+         font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; }
+  header { display:flex; align-items:baseline; justify-content:space-between; padding:12px 14px 8px; }
+  h1 { font-size:20px; margin:0; letter-spacing:.3px; }
+  #who { color:var(--dim); font-size:14px; }
+  #live { width:100%; display:block; background:#000; aspect-ratio:4/3; object-fit:contain; }
+  .grid { display:grid; grid-template-columns:1fr 1fr; gap:10px; padding:12px 14px; }
+  .tile { background:var(--card); border-radius:14px; padding:10px 14px; }
+  .num { font-size:34px; font-weight:700; line-height:1.1; font-variant-numeric:tabular-nums; }
+  .lbl { color:var(--dim); font-size:13px; text-transform:uppercase; letter-spacing:.6px; }
+  #hints { margin:0 14px 16px; padding:0; list-style:none; }
+  #hints li { background:var(--card); border-left:6px solid var(--warn); border-radius:10px; padding:12px 14px;
+              margin-bottom:8px; font-size:18px; line-height:1.35; }
+  #hints li.ok { border-left-color:var(--ok); }
+  #state { font-size:13px; padding:2px 8px; border-radius:8px; background:var(--card); color:var(--dim); }
+  footer { color:var(--dim); font-size:12px; padding:0 14px 18px; }
+</style>
+</head>
+<body>
+<header><h1>shelfscout</h1><span id="who">live preview</span><span id="state">…</span></header>
+<img id="live" src="/stream.mjpg" alt="live camera view">
+<div class="grid">
+  <div class="tile"><div class="num" id="fps">–</div><div class="lbl">frames / s</div></div>
+  <div class="tile"><div class="num" id="ms">–</div><div class="lbl">inference ms</div></div>
+  <div class="tile"><div class="num" id="model">–</div><div class="lbl">model</div></div>
+  <div class="tile"><div class="num" id="outbox">–</div><div class="lbl">alerts waiting</div></div>
+</div>
+<ul id="hints"><li class="ok">Waiting for the camera…</li></ul>
+<footer>Red boxes: empty spots. Green: confirmed gaps (one alert each). Yellow: gaps being checked.</footer>
+<script>
+function fmt(v, d) { return (typeof v === "number") ? v.toFixed(d) : (v == null ? "–" : String(v)); }
+async function tick() {
+  try {
+    const r = await fetch("/status.json", {cache: "no-store"});
+    const s = await r.json(); const i = s.info || {};
+    document.getElementById("fps").textContent = fmt(i.fps, 1);
+    document.getElementById("ms").textContent = fmt(i.inference_ms, 0);
+    document.getElementById("model").textContent = i.model_version != null ? "v" + i.model_version : fmt(i.model, 0);
+    document.getElementById("outbox").textContent = fmt(i.outbox_depth, 0);
+    document.getElementById("state").textContent = i.state || (s.has_frame ? "running" : "no frames");
+    if (i.device) document.getElementById("who").textContent = i.device + (i.store ? " @ " + i.store : "");
+    const ul = document.getElementById("hints"); ul.textContent = "";
+    const hints = s.hints || [];
+    if (!s.has_frame) { const li = document.createElement("li"); li.textContent = "Waiting for the camera…";
+                        ul.appendChild(li); }
+    else if (!hints.length) { const li = document.createElement("li"); li.className = "ok";
+                              li.textContent = "\\u2713 Camera view looks good."; ul.appendChild(li); }
+    for (const h of hints) { const li = document.createElement("li"); li.textContent = h.message;
+                             li.dataset.code = h.code; ul.appendChild(li); }
+  } catch (e) { document.getElementById("state").textContent = "offline"; }
+}
+tick(); setInterval(tick, 1000);
+</script>
+</body>
+</html>
+"""

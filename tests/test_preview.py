@@ -1,0 +1,216 @@
+"""The live preview server over real HTTP: page, MJPEG stream, status JSON, snapshot, lazy encoding, clean stop."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.preview import BOUNDARY, PreviewServer, parse_bind
+from edge.types import Gap
+from tests.test_hints import draw_shelf
+
+INFO = {"fps": 14.2, "inference_ms": 31.5, "model": "shelfgap", "model_version": 3, "outbox_depth": 2,
+        "device": "cart-07", "store": "s042"}
+
+
+@dataclass(frozen=True)
+class TrackView:
+    box: tuple[float, float, float, float]
+    track_id: int
+    confirmed: bool
+
+
+GAPS = [Gap(100, 60, 180, 140, 0.87)]
+TRACKS = [TrackView((420, 60, 500, 140), 3, True), TrackView((300, 200, 350, 290), 4, False)]
+
+
+@pytest.fixture
+def server() -> Iterator[PreviewServer]:
+    p = PreviewServer("127.0.0.1:0", max_fps=20).start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+class Feeder:
+    """Offers frames from a thread, like the pipeline does."""
+
+    def __init__(self, p: PreviewServer, frame: np.ndarray, info: dict | None = None):
+        self.p, self.frame, self.info = p, frame, info or INFO
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.p.offer(self.frame, GAPS, TRACKS, self.info)
+            time.sleep(0.01)
+
+    def __enter__(self) -> Feeder:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join(5)
+
+
+def _get(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.headers["Content-Type"], r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], e.read()
+
+
+def _read_parts(url: str, n: int, timeout: float = 10.0) -> list[bytes]:
+    """Read n JPEG parts from a multipart/x-mixed-replace stream."""
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        assert r.headers["Content-Type"] == f"multipart/x-mixed-replace; boundary={BOUNDARY}"
+        parts: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while len(parts) < n and time.monotonic() < deadline:
+            assert r.readline().strip() == b"--" + BOUNDARY.encode()
+            headers = {}
+            while (line := r.readline().strip()):
+                k, _, v = line.decode().partition(":")
+                headers[k.lower()] = v.strip()
+            assert headers["content-type"] == "image/jpeg"
+            parts.append(r.read(int(headers["content-length"])))
+            assert r.readline() == b"\r\n"
+        return parts
+
+
+def test_port_zero_binds_loopback_and_reports_the_port(server: PreviewServer) -> None:
+    assert server.port != 0 and server.url == f"http://127.0.0.1:{server.port}/"
+    status, ctype, body = _get(server.url)
+    assert status == 200 and ctype.startswith("text/html")
+    page = body.decode()
+    assert 'name="viewport"' in page and "/stream.mjpg" in page and "/status.json" in page
+    # Only on loopback: the same port on another local address is not served.
+    assert server._httpd is not None and server._httpd.server_address[0] == "127.0.0.1"
+
+
+def test_bind_must_name_a_host() -> None:
+    assert parse_bind("127.0.0.1:8080") == ("127.0.0.1", 8080)
+    assert parse_bind("[::1]:0") == ("::1", 0)
+    assert parse_bind("0.0.0.0:8080") == ("0.0.0.0", 8080)  # all interfaces only when asked for
+    for bad in (":8080", "8080", "localhost", "127.0.0.1:http", "127.0.0.1:70000"):
+        with pytest.raises(ValueError):
+            parse_bind(bad)
+
+
+def test_offer_does_not_encode_while_nobody_watches(server: PreviewServer) -> None:
+    frame = draw_shelf(np.random.default_rng(0))
+    for _ in range(200):
+        server.offer(frame, GAPS, TRACKS, INFO)
+    assert server.frames_offered == 200
+    assert server.frames_encoded == 0 and not server.watching
+
+
+def test_stream_serves_annotated_jpegs_of_the_frame(server: PreviewServer) -> None:
+    frame = draw_shelf(np.random.default_rng(1))
+    with Feeder(server, frame):
+        parts = _read_parts(server.url + "stream.mjpg", 4)
+    assert len(parts) == 4
+    img = cv2.imdecode(np.frombuffer(parts[-1], np.uint8), cv2.IMREAD_COLOR)  # BGR
+    assert img is not None and img.shape == frame.shape
+    # The gap's red box is drawn on its left edge (x=100, from y=60 to 140); the HUD strip at the top is darkened.
+    edge = img[70:130, 99:102].reshape(-1, 3).astype(int)
+    red = (edge[:, 2] > 180) & (edge[:, 1] < 90) & (edge[:, 0] < 90)
+    assert red.mean() > 0.8
+    # The confirmed track is drawn thick green, the unconfirmed one thin yellow.
+    green = img[70:130, 417:424].reshape(-1, 3).astype(int)
+    assert ((green[:, 1] > 180) & (green[:, 2] < 120)).mean() > 0.8
+    yellow = img[220:280, 299:302].reshape(-1, 3).astype(int)
+    assert ((yellow[:, 1] > 170) & (yellow[:, 2] > 200) & (yellow[:, 0] < 80)).mean() > 0.5
+    assert img[:10, 300:].mean() < frame[:10, 300:].mean()
+    deadline = time.monotonic() + 3
+    while server.watching and time.monotonic() < deadline:  # the client has gone: encoding stops
+        time.sleep(0.02)
+    assert not server.watching
+    assert server.frames_streamed >= 4
+
+
+def test_encoding_is_capped_at_max_fps_for_many_viewers() -> None:
+    p = PreviewServer("127.0.0.1:0", max_fps=5).start()
+    try:
+        frame = draw_shelf(np.random.default_rng(2))
+        with Feeder(p, frame):
+            got: list[int] = []
+            threads = [threading.Thread(target=lambda: got.append(len(_read_parts(p.url + "stream.mjpg", 5))))
+                       for _ in range(3)]
+            t0 = time.monotonic()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(20)
+            elapsed = time.monotonic() - t0
+        assert got == [5, 5, 5]
+        # Three viewers share one encoder: at most max_fps encodes per second (plus the first), not three times that.
+        assert p.frames_encoded <= 5 * elapsed + 2, (p.frames_encoded, elapsed)
+        print(f"3 viewers, {elapsed:.2f} s: {p.frames_encoded} encodes, {p.frames_offered} frames offered")
+    finally:
+        p.stop()
+
+
+def test_status_json_has_info_and_hints(server: PreviewServer) -> None:
+    status, ctype, body = _get(server.url + "status.json")
+    s = json.loads(body)
+    assert status == 200 and ctype == "application/json"
+    assert s["has_frame"] is False and s["hints"] == []
+    dark = (draw_shelf(np.random.default_rng(3)).astype(np.float32) * 0.15).astype(np.uint8)
+    server.offer(dark, GAPS, TRACKS, INFO)
+    s = json.loads(_get(server.url + "status.json")[2])
+    assert s["info"] == INFO and s["gaps"] == 1 and s["tracks"] == 2
+    assert [h["code"] for h in s["hints"]] == ["too_dark"]
+    assert s["hints"][0]["message"].startswith("Too dark")
+
+
+def test_snapshot_and_not_found(server: PreviewServer) -> None:
+    assert _get(server.url + "snapshot.jpg")[0] == 503
+    frame = draw_shelf(np.random.default_rng(4))
+    server.offer(frame, GAPS, TRACKS, INFO)
+    status, ctype, body = _get(server.url + "snapshot.jpg")
+    assert status == 200 and ctype == "image/jpeg"
+    img = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None and img.shape == frame.shape
+    assert _get(server.url + "nope")[0] == 404
+
+
+def test_stop_ends_streams_and_frees_the_port() -> None:
+    p = PreviewServer("127.0.0.1:0").start()
+    port = p.port
+    frame = draw_shelf(np.random.default_rng(5))
+    ended = threading.Event()
+
+    def watch() -> None:
+        try:
+            with urllib.request.urlopen(p.url + "stream.mjpg", timeout=10) as r:
+                while r.read1(65536):
+                    pass
+        except OSError:
+            pass
+        ended.set()
+
+    with Feeder(p, frame):
+        t = threading.Thread(target=watch, daemon=True)
+        t.start()
+        deadline = time.monotonic() + 5
+        while p.frames_streamed < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert p.frames_streamed >= 2
+        p.stop()
+        assert ended.wait(5), "the stream client was not disconnected by stop()"
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass
