@@ -1,0 +1,904 @@
+"""Procedural store-shelf images with exactly labelled empty spots, made by domain randomisation (numpy + OpenCV)."""
+
+from __future__ import annotations
+
+import colorsys
+import math
+import multiprocessing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+RGB = tuple[int, int, int]
+
+class Rand:
+    """Fast scalar draws for the many small random choices, buffered from a numpy Generator (deterministic)."""
+
+    def __init__(self, gen: np.random.Generator, block: int = 1024):
+        self.gen = gen
+        self._block = block
+        self._buf: list[float] = gen.random(block).tolist()
+        self._i = 0
+
+    def random(self) -> float:
+        if self._i >= len(self._buf):
+            self._buf = self.gen.random(self._block).tolist()
+            self._i = 0
+        v = self._buf[self._i]
+        self._i += 1
+        return v
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + (b - a) * self.random()
+
+    def integers(self, a: int, b: int | None = None) -> int:
+        """An int in [a, b) (or [0, a) with one argument)."""
+        if b is None:
+            a, b = 0, a
+        return min(b - 1, a + int((b - a) * self.random()))
+
+    def geometric(self, p: float) -> int:
+        return 1 + int(math.log(max(1e-12, 1.0 - self.random())) / math.log(1.0 - p))
+
+
+def as_rand(rng: np.random.Generator | Rand) -> Rand:
+    return rng if isinstance(rng, Rand) else Rand(rng)
+
+
+# Gap looks: what the empty spot shows.
+LOOK_BACK = "back"  # back panel (plain or pegboard) and shelf deck showing
+LOOK_DARK = "dark"  # a dark, shadowed hole
+LOOK_PUSHED = "pushed"  # the row is pushed back: products visible but deep and dark
+LOOK_PEG = "peg"  # a missing hanging pack: pegboard and an empty hook
+GAP_LOOKS = (LOOK_BACK, LOOK_DARK, LOOK_PUSHED, LOOK_PEG)
+
+
+@dataclass
+class Sample:
+    """One generated image and its empty-spot boxes (x0, y0, x1, y1 pixels, float32, shape (N, 4)).
+
+    With `debug=True` rendering also fills `gap_mask` (int16, k+1 where gap k was drawn, 0 elsewhere),
+    `product_mask` (bool, pixels covered by front-row products) and `looks` (one GAP_LOOKS entry per box).
+    """
+
+    image: np.ndarray
+    boxes: np.ndarray
+    gap_mask: np.ndarray | None = None
+    product_mask: np.ndarray | None = None
+    looks: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# colours and sprites
+
+
+def _hsv(h: float, s: float, v: float) -> RGB:
+    r, g, b = colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0.0), 1.0), min(max(v, 0.0), 1.0))
+    return (int(r * 255), int(g * 255), int(b * 255))
+
+
+def _product_colour(rng: Rand) -> RGB:
+    u = rng.random()
+    if u < 0.27:  # white / cream packaging (pharmacy, dairy)
+        return _hsv(rng.random(), rng.uniform(0.0, 0.12), rng.uniform(0.82, 1.0))
+    if u < 0.37:  # dark packaging
+        return _hsv(rng.random(), rng.uniform(0.0, 0.6), rng.uniform(0.08, 0.3))
+    return _hsv(rng.random(), rng.uniform(0.45, 1.0), rng.uniform(0.45, 1.0))
+
+
+def _contrast(c: RGB, rng: Rand) -> RGB:
+    lum = 0.3 * c[0] + 0.59 * c[1] + 0.11 * c[2]
+    if rng.random() < 0.25:
+        return _product_colour(rng)
+    v = int(rng.integers(0, 60)) if lum > 128 else int(rng.integers(200, 256))
+    return (v, v, v)
+
+
+def _scale(c: RGB, f: float) -> RGB:
+    return (min(255, int(c[0] * f)), min(255, int(c[1] * f)), min(255, int(c[2] * f)))
+
+
+def _text_marks(
+    spr: np.ndarray, rng: Rand, x0: int, y0: int, x1: int, y1: int, colour: RGB
+) -> None:
+    """Short horizontal strokes that read as printed text at this resolution."""
+    if x1 - x0 < 4 or y1 - y0 < 2:
+        return
+    step = int(rng.integers(2, 4))
+    y = y0 + int(rng.integers(0, step))
+    while y < y1:
+        if rng.random() < 0.75:
+            a = x0 + int(rng.integers(0, max(1, (x1 - x0) // 3)))
+            b = x1 - int(rng.integers(0, max(1, (x1 - x0) // 3)))
+            if b > a:
+                cv2.line(spr, (a, y), (b, y), colour, 1)
+        y += step
+
+
+def _cyl_shade(spr: np.ndarray, rng: Rand) -> np.ndarray:
+    w = spr.shape[1]
+    xs = (np.arange(w, dtype=np.float32) + 0.5) / w
+    k = rng.uniform(0.25, 0.55)
+    prof = (1.0 - k) + k * np.sin(np.pi * xs)
+    hl = rng.uniform(0.2, 0.45)  # specular highlight column
+    prof += 0.35 * np.exp(-(((xs - hl) / 0.06) ** 2))
+    return np.clip(spr.astype(np.float32) * prof[None, :, None], 0, 255).astype(np.uint8)
+
+
+def _sprite_box(rng: Rand, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    base = _product_colour(rng)
+    spr = np.empty((h, w, 3), np.uint8)
+    spr[:] = base
+    ink = _contrast(base, rng)
+    if rng.random() < 0.7:  # label band / panel
+        a = int(h * rng.uniform(0.05, 0.5))
+        b = min(h, a + max(2, int(h * rng.uniform(0.2, 0.5))))
+        band = _contrast(base, rng) if rng.random() < 0.5 else _product_colour(rng)
+        cv2.rectangle(spr, (0, a), (w - 1, b - 1), band, -1)
+        _text_marks(spr, rng, 1, a + 1, w - 1, b - 1, _contrast(band, rng))
+    if rng.random() < 0.5 and w > 6 and h > 6:  # logo blob
+        cx, cy = int(rng.integers(0, w)), int(rng.integers(0, h))
+        r = max(2, int(min(w, h) * rng.uniform(0.15, 0.4)))
+        cv2.circle(spr, (cx, cy), r, _product_colour(rng), -1)
+    _text_marks(spr, rng, 1, int(h * 0.6), w - 1, h - 1, ink)
+    spr[:, :1] = (spr[:, :1] * 0.7).astype(np.uint8)
+    spr[:, -1:] = (spr[:, -1:] * 0.8).astype(np.uint8)
+    spr[:1] = np.minimum(255, spr[:1].astype(np.int16) + 25).astype(np.uint8)
+    return spr, np.ones((h, w), bool)
+
+
+def _sprite_bottle(rng: Rand, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    base = _product_colour(rng)
+    spr = np.empty((h, w, 3), np.uint8)
+    spr[:] = base
+    m = np.zeros((h, w), np.uint8)
+    neck_w = max(1, int(w * rng.uniform(0.3, 0.55)))
+    neck_h = max(1, int(h * rng.uniform(0.12, 0.3)))
+    sh = max(1, int(h * rng.uniform(0.05, 0.2)))
+    nx0 = (w - neck_w) // 2
+    cv2.rectangle(m, (0, neck_h + sh), (w - 1, h - 1), 1, -1)
+    cv2.ellipse(m, (w // 2, neck_h + sh), (max(1, w // 2), sh), 0, 180, 360, 1, -1)
+    cv2.rectangle(m, (nx0, 0), (nx0 + neck_w - 1, neck_h + sh), 1, -1)
+    cap_h = max(1, int(h * rng.uniform(0.05, 0.12)))
+    cap = _product_colour(rng) if rng.random() < 0.6 else base
+    cv2.rectangle(spr, (0, 0), (w - 1, cap_h - 1), cap, -1)
+    a = int(h * rng.uniform(0.35, 0.55))
+    b = min(h, a + max(2, int(h * rng.uniform(0.2, 0.45))))
+    lab = _product_colour(rng)
+    cv2.rectangle(spr, (0, a), (w - 1, b - 1), lab, -1)
+    _text_marks(spr, rng, 1, a + 1, w - 1, b - 1, _contrast(lab, rng))
+    return _cyl_shade(spr, rng), m.astype(bool)
+
+
+def _sprite_can(rng: Rand, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    base = _product_colour(rng)
+    spr = np.empty((h, w, 3), np.uint8)
+    spr[:] = base
+    rim = max(1, h // 12)
+    spr[:rim] = (170, 170, 175)
+    spr[h - rim :] = (140, 140, 145)
+    if rng.random() < 0.7:
+        a = int(h * rng.uniform(0.15, 0.5))
+        b = min(h - rim, a + max(2, int(h * rng.uniform(0.15, 0.4))))
+        lab = _product_colour(rng)
+        cv2.rectangle(spr, (0, a), (w - 1, b - 1), lab, -1)
+        _text_marks(spr, rng, 1, a, w - 1, b, _contrast(lab, rng))
+    return _cyl_shade(spr, rng), np.ones((h, w), bool)
+
+
+def _sprite_bag(rng: Rand, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    base = _product_colour(rng)
+    spr = np.empty((h, w, 3), np.uint8)
+    spr[:] = base
+    m = np.zeros((h, w), np.uint8)
+    inset = int(w * rng.uniform(0.0, 0.12))
+    n = max(3, w // 3)
+    top = [(int(inset + (w - 1 - 2 * inset) * i / (n - 1)), int(rng.integers(0, max(1, h // 10) + 1))) for i in range(n)]
+    pts = np.array([*top, (w - 1, h - 1), (0, h - 1)], np.int32)
+    cv2.fillPoly(m, [pts], 1)
+    win = _contrast(base, rng)
+    cx, cy = w // 2, int(h * rng.uniform(0.4, 0.7))
+    cv2.ellipse(spr, (cx, cy), (max(1, int(w * 0.3)), max(1, int(h * 0.15))), 0, 0, 360, win, -1)
+    _text_marks(spr, rng, 2, int(h * 0.15), w - 2, int(h * 0.35), _contrast(base, rng))
+    ys = np.linspace(1.1, 0.8, h, dtype=np.float32)
+    spr = np.clip(spr * ys[:, None, None], 0, 255).astype(np.uint8)
+    return spr, m.astype(bool)
+
+
+def _sprite_jar(rng: Rand, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    spr, _ = _sprite_can(rng, w, h)
+    lid_h = max(1, int(h * rng.uniform(0.1, 0.2)))
+    m = np.ones((h, w), bool)
+    ins = max(0, int(w * 0.08))
+    m[:lid_h, :ins] = False
+    m[:lid_h, w - ins :] = False
+    spr[:lid_h] = _product_colour(rng)
+    return _cyl_shade(spr, rng), m
+
+
+def _sprite_pack(rng: Rand, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """A hanging blister pack / header card with a hole for the peg hook."""
+    card = _product_colour(rng)
+    spr = np.empty((h, w, 3), np.uint8)
+    spr[:] = card
+    hdr = max(2, int(h * rng.uniform(0.12, 0.25)))
+    spr[:hdr] = _scale(card, 1.15)
+    inner = _product_colour(rng)
+    ix0, ix1 = int(w * 0.15), int(w * 0.85)
+    cv2.rectangle(spr, (ix0, hdr + 1), (max(ix0, ix1 - 1), int(h * 0.85)), inner, -1)
+    _text_marks(spr, rng, 1, int(h * 0.86), w - 1, h - 1, _contrast(card, rng))
+    m = np.ones((h, w), bool)
+    hw = max(1, w // 10)
+    m[max(0, hdr // 2 - 1) : hdr // 2 + 1, w // 2 - hw : w // 2 + hw] = False
+    return spr, m
+
+
+_SPRITES: dict[str, Callable[[Rand, int, int], tuple[np.ndarray, np.ndarray]]] = {
+    "box": _sprite_box,
+    "bottle": _sprite_bottle,
+    "can": _sprite_can,
+    "bag": _sprite_bag,
+    "jar": _sprite_jar,
+    "pack": _sprite_pack,
+}
+# width (in row pitches) and height (in inner-row heights) ranges per kind
+_SIZES: dict[str, tuple[float, float, float, float]] = {
+    "box": (0.35, 1.2, 0.5, 0.95),
+    "bottle": (0.2, 0.45, 0.7, 0.97),
+    "can": (0.3, 0.55, 0.45, 0.9),
+    "bag": (0.5, 1.2, 0.6, 0.95),
+    "jar": (0.35, 0.6, 0.5, 0.9),
+    "pack": (0.35, 0.8, 0.6, 0.9),
+}
+_ROW_MIXES: tuple[tuple[str, ...], ...] = (
+    ("box",),
+    ("box", "box", "bottle"),
+    ("bottle",),
+    ("bottle", "jar"),
+    ("can",),
+    ("can", "jar", "box"),
+    ("bag", "box"),
+    ("bag",),
+    ("box", "bottle", "can", "jar", "bag"),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scene plan
+
+
+@dataclass
+class Sku:
+    sprite: np.ndarray
+    mask: np.ndarray
+    solid: bool = False  # mask is all True
+
+
+@dataclass
+class Facing:
+    x: int
+    y: int
+    sku: int
+
+    def right(self, skus: list[Sku]) -> int:
+        return self.x + skus[self.sku].sprite.shape[1]
+
+
+@dataclass
+class Row:
+    """One shelf row of one bay: inner region [x0, x1) x [top, bottom), products stand on `bottom`."""
+
+    x0: int
+    x1: int
+    top: int
+    bottom: int
+    edge_h: int
+    edge_colour: RGB
+    hanging: bool
+    facings: list[Facing] = field(default_factory=list)
+    tags: list[tuple[int, int, RGB]] = field(default_factory=list)  # price tags (x, width, colour)
+    shade: float = 0.4
+    shade_depth: float = 0.3
+
+
+@dataclass
+class Bay:
+    x0: int
+    x1: int
+    back: RGB
+    pegboard: bool
+    peg_pitch: int
+    rows: list[Row] = field(default_factory=list)
+
+
+@dataclass
+class PlannedGap:
+    """An empty spot: facings [first, first+count) of one row left out; `box` in canvas pixels."""
+
+    bay: int
+    row: int
+    first: int
+    count: int
+    look: str
+    box: tuple[float, float, float, float]
+    dark: float  # darkening factor for dark / pushed looks
+    deck: float  # fraction of the gap height showing the shelf deck (back look)
+    pushed_scale: float
+
+
+@dataclass
+class ShelfPlan:
+    """Everything random about a shelf scene, decided up front so it can be painted with any gaps filled."""
+
+    width: int
+    height: int
+    pitch: float
+    wall: RGB
+    floor: RGB
+    floor_y: int
+    top_y: int
+    sign: tuple[int, int, int, int, RGB] | None
+    skus: list[Sku]
+    bays: list[Bay]
+    upright: RGB
+    upright_w: int
+    gaps: list[PlannedGap] = field(default_factory=list)
+
+
+def _back_colour(rng: Rand) -> RGB:
+    u = rng.random()
+    if u < 0.45:
+        return _hsv(rng.random(), rng.uniform(0, 0.08), rng.uniform(0.7, 0.95))
+    if u < 0.65:
+        return _hsv(rng.uniform(0.05, 0.15), rng.uniform(0.1, 0.3), rng.uniform(0.45, 0.8))
+    if u < 0.88:
+        return _hsv(rng.random(), rng.uniform(0, 0.2), rng.uniform(0.1, 0.3))
+    return _hsv(rng.random(), rng.uniform(0.3, 0.7), rng.uniform(0.4, 0.8))
+
+
+def _edge_colour(rng: Rand) -> RGB:
+    u = rng.random()
+    if u < 0.5:
+        return _hsv(rng.random(), rng.uniform(0, 0.06), rng.uniform(0.75, 0.98))
+    if u < 0.7:
+        return _hsv(rng.random(), rng.uniform(0, 0.1), rng.uniform(0.15, 0.45))
+    return _hsv((0.0, 0.6, 0.33, 0.08)[rng.integers(4)] + rng.uniform(-0.02, 0.02), rng.uniform(0.6, 0.9), rng.uniform(0.5, 0.9))
+
+
+def _fill_row(rng: Rand, row: Row, skus: list[Sku], pitch: float, kinds: tuple[str, ...]) -> None:
+    inner = row.bottom - row.top
+    x = row.x0 + int(rng.integers(0, max(1, int(pitch * 0.08)) + 1))
+    gap_in = max(0.0, pitch * rng.uniform(0.0, 0.05))
+    gap_run = max(0.0, pitch * rng.uniform(0.0, 0.08))
+    while True:
+        kind = "pack" if row.hanging else kinds[rng.integers(len(kinds))]
+        w0, w1, h0, h1 = _SIZES[kind]
+        w = max(3, int(pitch * rng.uniform(w0, w1)))
+        h = max(3, min(inner - 1, int(inner * rng.uniform(h0, h1))))
+        n = rng.geometric(0.35) if not row.hanging else rng.integers(1, 5)
+        n = max(1, min(n, 10))
+        if x + w > row.x1:
+            left = row.x1 - x
+            if left >= max(4, int(pitch * 0.25)):  # a narrow filler product ends the row
+                w = left - int(rng.integers(0, 2))
+                if w < 3:
+                    break
+                n = 1
+            else:
+                break
+        sku = len(skus)
+        spr, m = _SPRITES[kind](rng, w, h)
+        skus.append(Sku(spr, m, bool(m.all())))
+        tag_col = (255, 230, 40) if rng.random() < 0.35 else (248, 248, 244)
+        row.tags.append((x, max(3, int(pitch * rng.uniform(0.25, 0.45))), tag_col))
+        for _ in range(n):
+            if x + w > row.x1:
+                break
+            y = row.top + int(pitch * rng.uniform(0.03, 0.1)) if row.hanging else row.bottom - h
+            row.facings.append(Facing(x, y, sku))
+            x += w + int(round(gap_in * rng.uniform(0.5, 1.5)))
+        x += int(round(gap_run * rng.random()))
+        if x >= row.x1 - 3:
+            break
+
+
+def plan_shelves(
+    rng_in: np.random.Generator | Rand,
+    width: int,
+    height: int,
+    pitch_range: tuple[float, float] = (26.0, 60.0),
+    bay_width_range: tuple[float, float] = (0.35, 1.3),
+    top_range: tuple[float, float] = (-0.15, 0.18),
+    bottom_range: tuple[float, float] = (0.82, 1.15),
+    pegboard_p: float = 0.15,
+) -> ShelfPlan:
+    """Lay out bays, shelf rows and products on a width x height canvas (no gaps yet)."""
+    if width < 16 or height < 16:
+        raise ValueError(f"canvas too small: {width}x{height}")
+    rng = as_rand(rng_in)
+    pitch = float(np.exp(rng.uniform(np.log(pitch_range[0]), np.log(pitch_range[1]))))
+    wall = _hsv(rng.random(), rng.uniform(0, 0.15), rng.uniform(0.6, 0.95))
+    floor = _hsv(rng.uniform(0, 0.15), rng.uniform(0, 0.2), rng.uniform(0.45, 0.85))
+    top_y = int(height * rng.uniform(*top_range))
+    floor_y = int(height * rng.uniform(*bottom_range))
+    sign = None
+    if top_y > pitch * 0.6 and rng.random() < 0.5:
+        sw = int(width * rng.uniform(0.1, 0.4))
+        sx = int(rng.integers(0, max(1, width - sw)))
+        sh = int(max(4, top_y * rng.uniform(0.3, 0.7)))
+        sign = (sx, max(0, top_y - sh - int(pitch * 0.2)), sw, sh, _product_colour(rng))
+    upright = _edge_colour(rng)
+    upright_w = max(2, int(pitch * rng.uniform(0.06, 0.16)))
+    skus: list[Sku] = []
+    bays: list[Bay] = []
+    x = -int(rng.integers(0, int(width * 0.3) + 1))
+    shared_rows = rng.random() < 0.7
+    row_seed = int(rng.integers(1 << 30))
+    while x < width:
+        bw = int(width * rng.uniform(*bay_width_range))
+        peg = rng.random() < pegboard_p
+        bay = Bay(x + upright_w, x + bw, _back_colour(rng), peg, max(3, int(pitch * rng.uniform(0.12, 0.22))))
+        rrng = Rand(np.random.default_rng(row_seed)) if shared_rows else rng
+        y = top_y + int(rrng.integers(0, max(1, int(pitch * 0.3))))
+        edge_col = _edge_colour(rng)
+        while y < floor_y - pitch * 0.6:
+            p = pitch * rrng.uniform(0.88, 1.15) * (1.25 if peg else 1.0)
+            edge_h = max(2, int(p * rrng.uniform(0.1, 0.2)))
+            top = y
+            bottom = int(y + p - edge_h)
+            if bottom > floor_y:
+                break
+            row = Row(bay.x0, bay.x1, top, bottom, 0 if peg else edge_h, edge_col, peg)
+            row.shade = float(rng.uniform(0.15, 0.6))
+            row.shade_depth = float(rng.uniform(0.15, 0.5))
+            kinds = _ROW_MIXES[int(rng.integers(len(_ROW_MIXES)))]
+            _fill_row(rng, row, skus, pitch, kinds)
+            bay.rows.append(row)
+            y = bottom + (int(p * 0.12) if peg else edge_h)
+        bays.append(bay)
+        x += bw
+    return ShelfPlan(width, height, pitch, wall, floor, floor_y, top_y, sign, skus, bays, upright, upright_w)
+
+
+def add_gap(
+    plan: ShelfPlan, rng_in: np.random.Generator | Rand, bay: int, row: int, first: int, count: int, look: str | None = None
+) -> PlannedGap | None:
+    """Leave facings [first, first+count) of a row empty; returns None when they overlap or touch another gap."""
+    rng = as_rand(rng_in)
+    r = plan.bays[bay].rows[row]
+    if count < 1 or first < 0 or first + count > len(r.facings):
+        return None
+    for g in plan.gaps:
+        if g.bay == bay and g.row == row and first - 1 <= g.first + g.count and g.first - 1 <= first + count:
+            return None
+    if look is None:
+        if r.hanging:
+            look = LOOK_PEG if rng.random() < 0.8 else LOOK_DARK
+        else:
+            u = rng.random()
+            look = LOOK_DARK if u < 0.45 else LOOK_BACK if u < 0.87 else LOOK_PUSHED
+    if look not in GAP_LOOKS:
+        raise ValueError(f"unknown gap look {look!r}")
+    x0 = r.facings[first - 1].right(plan.skus) if first > 0 else r.x0
+    x1 = r.facings[first + count].x if first + count < len(r.facings) else r.x1
+    if r.hanging:
+        fs = r.facings[first : first + count]
+        y0 = float(min(f.y for f in fs)) - max(1.0, plan.pitch * 0.05)
+        y1 = float(max(f.y + plan.skus[f.sku].sprite.shape[0] for f in fs))
+    else:
+        y0, y1 = float(r.top), float(r.bottom)
+    g = PlannedGap(
+        bay,
+        row,
+        first,
+        count,
+        look,
+        (float(x0), max(float(r.top), y0), float(x1), min(float(r.bottom), y1)),
+        float(rng.uniform(0.08, 0.35) if look == LOOK_DARK else rng.uniform(0.3, 0.6)),
+        float(rng.uniform(0.1, 0.4)),
+        float(rng.uniform(0.72, 0.9)),
+    )
+    plan.gaps.append(g)
+    return g
+
+
+def _sample_gap_count(rng: Rand) -> int:
+    if rng.random() < 0.05:
+        return 0
+    return int(min(27, 1 + rng.gen.negative_binomial(1.6, 0.235)))
+
+
+def _count_choice(rng: Rand) -> int:
+    u = rng.random()
+    if u < 0.45:
+        return 1
+    if u < 0.7:
+        return 2
+    if u < 0.82:
+        return 3
+    if u < 0.95:
+        return int(rng.integers(4, 7))
+    return int(rng.integers(7, 13))
+
+
+def add_random_gaps(plan: ShelfPlan, rng_in: np.random.Generator | Rand, n: int, region: tuple[int, int, int, int]) -> None:
+    """Add up to n gaps in rows whose inner area lies mostly inside region (x0, y0, x1, y1)."""
+    rng = as_rand(rng_in)
+    cands: list[tuple[int, int]] = []
+    weights: list[float] = []
+    rx0, ry0, rx1, ry1 = region
+    for bi, bay in enumerate(plan.bays):
+        for ri, row in enumerate(bay.rows):
+            if row.top < ry0 - 0.3 * (row.bottom - row.top) or row.bottom > ry1 + 0.3 * (row.bottom - row.top):
+                continue
+            inside = sum(1 for f in row.facings if rx0 <= f.x and f.right(plan.skus) <= rx1)
+            if inside >= 2:
+                cands.append((bi, ri))
+                weights.append(float(inside))
+    if not cands or n <= 0:
+        return
+    cum = np.cumsum(weights) / sum(weights)
+    tries = 0
+    added = 0
+    while added < n and tries < n * 8:
+        tries += 1
+        bi, ri = cands[min(len(cands) - 1, int(np.searchsorted(cum, rng.random(), side='right')))]
+        facings = plan.bays[bi].rows[ri].facings
+        count = min(_count_choice(rng), max(1, len(facings) - 1))
+        idx = [i for i, f in enumerate(facings) if rx0 <= f.x and f.right(plan.skus) <= rx1]
+        first = idx[rng.integers(len(idx))]
+        if add_gap(plan, rng, bi, ri, first, min(count, len(facings) - first)) is not None:
+            added += 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# painting
+
+
+def _paste(
+    img: np.ndarray, spr: np.ndarray, m: np.ndarray, x: int, y: int, pmask: np.ndarray | None, solid: bool = False
+) -> None:
+    h, w = m.shape
+    H, W = img.shape[:2]
+    ax0, ay0, ax1, ay1 = max(0, x), max(0, y), min(W, x + w), min(H, y + h)
+    if ax1 <= ax0 or ay1 <= ay0:
+        return
+    src = spr[ay0 - y : ay1 - y, ax0 - x : ax1 - x]
+    sub_m = m[ay0 - y : ay1 - y, ax0 - x : ax1 - x]
+    if solid:
+        img[ay0:ay1, ax0:ax1] = src
+    else:
+        np.copyto(img[ay0:ay1, ax0:ax1], src, where=sub_m[:, :, None])
+    if pmask is not None:
+        pmask[ay0:ay1, ax0:ax1] |= sub_m
+
+
+def _clip_rect(x0: float, y0: float, x1: float, y1: float, W: int, H: int) -> tuple[int, int, int, int]:
+    return max(0, int(round(x0))), max(0, int(round(y0))), min(W, int(round(x1))), min(H, int(round(y1)))
+
+
+def _mul(img: np.ndarray, x0: int, y0: int, x1: int, y1: int, prof: np.ndarray | float) -> None:
+    if x1 <= x0 or y1 <= y0:
+        return
+    reg = img[y0:y1, x0:x1].astype(np.float32)
+    if isinstance(prof, np.ndarray):
+        reg *= prof[:, None, None]
+    else:
+        reg *= prof
+    img[y0:y1, x0:x1] = np.clip(reg, 0, 255).astype(np.uint8)
+
+
+def paint_shelves(
+    plan: ShelfPlan, filled: frozenset[int] = frozenset(), debug: bool = False
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Render the plan to an RGB canvas; gaps whose index is in `filled` are drawn restocked.
+
+    Returns (image, gap_mask, product_mask); the masks are None unless debug (gap_mask holds k+1 for gap k)."""
+    W, H = plan.width, plan.height
+    img = np.empty((H, W, 3), np.uint8)
+    img[:] = plan.wall
+    gmask = np.zeros((H, W), np.int16) if debug else None
+    pmask = np.zeros((H, W), bool) if debug else None
+    if plan.floor_y < H:
+        fy = max(0, plan.floor_y)
+        img[fy:] = plan.floor
+        _mul(img, 0, fy, W, H, np.linspace(0.85, 1.05, H - fy, dtype=np.float32))
+    if plan.sign is not None:
+        sx, sy, sw, sh, sc = plan.sign
+        cv2.rectangle(img, (sx, sy), (sx + sw, sy + sh), sc, -1)
+    open_gaps = [(k, g) for k, g in enumerate(plan.gaps) if k not in filled]
+    removed: dict[tuple[int, int], set[int]] = {}
+    for _, g in open_gaps:
+        removed.setdefault((g.bay, g.row), set()).update(range(g.first, g.first + g.count))
+    for bi, bay in enumerate(plan.bays):
+        bx0, bx1 = max(0, bay.x0), min(W, bay.x1)
+        if bx1 <= bx0:
+            continue
+        if not bay.rows:
+            continue
+        ytop = max(0, bay.rows[0].top)
+        ybot = min(H, bay.rows[-1].bottom + bay.rows[-1].edge_h)
+        if ybot > ytop:
+            img[ytop:ybot, bx0:bx1] = bay.back
+            if bay.pegboard:
+                dot = _scale(bay.back, 0.45)
+                pp = bay.peg_pitch
+                img[ytop + pp // 2 : ybot : pp, bx0 + pp // 2 : bx1 : pp] = dot
+        # kick plate below the bottom row
+        kb = bay.rows[-1].bottom + bay.rows[-1].edge_h
+        if kb < plan.floor_y:
+            img[max(0, kb) : min(H, plan.floor_y), bx0:bx1] = _scale(bay.rows[-1].edge_colour, 0.8)
+        for ri, row in enumerate(bay.rows):
+            gone = removed.get((bi, ri), set())
+            for k, g in open_gaps:
+                if g.bay == bi and g.row == ri:
+                    _paint_gap(img, plan, row, g, gmask, k)
+            for fi, f in enumerate(row.facings):
+                if fi in gone:
+                    continue
+                s = plan.skus[f.sku]
+                _paste(img, s.sprite, s.mask, f.x, f.y, pmask, s.solid)
+            # shadow under the shelf above, over back and products alike
+            inner = row.bottom - row.top
+            ys = np.arange(inner, dtype=np.float32)
+            prof = 1.0 - row.shade * np.exp(-ys / max(1.0, row.shade_depth * inner))
+            y0c, y1c = max(0, row.top), min(H, row.bottom)
+            if y1c > y0c:
+                _mul(img, bx0, y0c, bx1, y1c, prof[y0c - row.top : y1c - row.top])
+            if row.edge_h > 0:
+                _paint_edge(img, row, bx0, bx1)
+            elif row.hanging:
+                for f in row.facings:  # peg hooks with their label tips
+                    s = plan.skus[f.sku]
+                    cx = f.x + s.sprite.shape[1] // 2
+                    hy = f.y + max(1, s.sprite.shape[0] // 12)
+                    cv2.line(img, (cx, f.y - 2), (cx, hy), (150, 150, 155), 1)
+        # uprights at bay edges
+        uw = plan.upright_w
+        ux0 = bay.x0 - uw
+        cv2.rectangle(img, (ux0, ytop), (bay.x0 - 1, ybot), plan.upright, -1)
+        cv2.line(img, (bay.x0 - 1, ytop), (bay.x0 - 1, ybot), _scale(plan.upright, 0.6), 1)
+    return img, gmask, pmask
+
+
+def _paint_edge(img: np.ndarray, row: Row, bx0: int, bx1: int) -> None:
+    H = img.shape[0]
+    e0, e1 = row.bottom, row.bottom + row.edge_h
+    if e1 <= 0 or e0 >= H:
+        return
+    cv2.rectangle(img, (bx0, e0), (bx1 - 1, e1 - 1), row.edge_colour, -1)
+    cv2.line(img, (bx0, e0), (bx1 - 1, e0), _scale(row.edge_colour, 1.2), 1)
+    cv2.line(img, (bx0, e1 - 1), (bx1 - 1, e1 - 1), _scale(row.edge_colour, 0.55), 1)
+    th = max(2, int(row.edge_h * 0.8))
+    for tx, tw, tc in row.tags:
+        if tx >= bx1:
+            continue
+        ty = e0 + (row.edge_h - th) // 2
+        cv2.rectangle(img, (tx, ty), (tx + tw, ty + th - 1), tc, -1)
+        if th >= 4:
+            cv2.line(img, (tx + 1, ty + th // 2), (tx + tw - 2, ty + th // 2), (40, 40, 40), 1)
+
+
+def _paint_gap(
+    img: np.ndarray, plan: ShelfPlan, row: Row, g: PlannedGap, gmask: np.ndarray | None, k: int
+) -> None:
+    H, W = img.shape[:2]
+    x0, y0, x1, y1 = _clip_rect(*g.box, W, H)
+    if x1 <= x0 or y1 <= y0:
+        return
+    h = y1 - y0
+    if g.look in (LOOK_DARK, LOOK_PUSHED):
+        prof = np.linspace(0.55, 1.0, h, dtype=np.float32) * g.dark
+        _mul(img, x0, y0, x1, y1, prof)
+    elif g.look == LOOK_BACK:
+        dh = int(round((g.box[3] - g.box[1]) * g.deck))
+        if dh > 0:  # the shelf deck seen in front of the back panel
+            d0 = max(0, int(round(g.box[3])) - dh)
+            deck = _scale(row.edge_colour, 0.75) if sum(row.edge_colour) > 300 else (150, 150, 150)
+            cv2.rectangle(img, (x0, d0), (x1 - 1, y1 - 1), deck, -1)
+            cv2.line(img, (x0, d0), (x1 - 1, d0), _scale(deck, 0.7), 1)
+        sw = max(1, (x1 - x0) // 10)  # side shadows cast by the neighbours
+        _mul(img, x0, y0, min(x1, x0 + sw), y1, 0.6)
+        _mul(img, max(x0, x1 - sw), y0, x1, y1, 0.75)
+    elif g.look == LOOK_PEG:
+        pass  # pegboard already shows; the empty hooks are drawn with the row
+    if g.look == LOOK_PUSHED:
+        for f in row.facings[g.first : g.first + g.count]:
+            s = plan.skus[f.sku]
+            h0, w0 = s.mask.shape
+            nw, nh = max(2, int(w0 * g.pushed_scale)), max(2, int(h0 * g.pushed_scale))
+            spr = cv2.resize(s.sprite, (nw, nh), interpolation=cv2.INTER_AREA)
+            spr = (spr.astype(np.float32) * g.dark * 0.9).astype(np.uint8)
+            m = cv2.resize(s.mask.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST).astype(bool)
+            px = f.x + (w0 - nw) // 2
+            py = row.bottom - nh - int((row.bottom - row.top) * 0.08)
+            _paste(img, spr, m, px, py, None)
+    if gmask is not None:
+        gmask[y0:y1, x0:x1] = k + 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# camera
+
+
+def _camera_effects(rng: Rand, img: np.ndarray) -> np.ndarray:
+    """Lighting, white balance, vignetting, blur, noise and JPEG re-compression on an RGB uint8 image."""
+    H, W = img.shape[:2]
+    light = rng.gen.uniform(0.55, 1.35, (3, 3)).astype(np.float32)
+    light = cv2.resize(light, (W, H), interpolation=cv2.INTER_CUBIC) * rng.uniform(0.7, 1.2)
+    yy, xx = np.ogrid[-1.0 : 1.0 : H * 1j, -1.0 : 1.0 : W * 1j]
+    vig = (1.0 - rng.uniform(0.0, 0.45) * ((xx**2 + yy**2) / 2.0)).astype(np.float32)
+    gain = cv2.merge([light * vig * float(g) for g in rng.gen.uniform(0.85, 1.15, 3)])
+    out = cv2.multiply(img, gain, dtype=cv2.CV_8U)  # saturating
+    gamma = rng.uniform(0.8, 1.25)
+    lut = (255.0 * np.power(np.arange(256) / 255.0, gamma)).astype(np.uint8)
+    out = cv2.LUT(out, lut)
+    u = rng.random()
+    if u < 0.35:
+        k = int(rng.integers(3, 10))
+        ker = np.zeros((k, k), np.float32)
+        ang = rng.uniform(-0.3, 0.3)
+        c = (k - 1) / 2
+        cv2.line(ker, (int(c - c * np.cos(ang)), int(c - c * np.sin(ang))),
+                 (int(c + c * np.cos(ang)), int(c + c * np.sin(ang))), 1.0, 1)
+        ker /= max(ker.sum(), 1e-6)
+        out = cv2.filter2D(out, -1, ker)
+    elif u < 0.65:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.4, 1.3))
+    sigma = rng.uniform(0.0, 9.0)
+    if sigma > 0.5:
+        noise = np.empty((H, W), np.int16)
+        cv2.randn(noise, 0, sigma)  # luma noise: one field for all channels
+        out = cv2.add(out, cv2.merge([noise, noise, noise]), dtype=cv2.CV_8U)
+    q = int(rng.integers(35, 96))
+    ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, q])
+    if ok:
+        out = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    return out
+
+
+def _transform_boxes(boxes: np.ndarray, M: np.ndarray) -> np.ndarray:
+    if len(boxes) == 0:
+        return np.zeros((0, 4), np.float32)
+    x0, y0, x1, y1 = boxes.T
+    pts = np.stack([np.stack([x0, y0], 1), np.stack([x1, y0], 1), np.stack([x1, y1], 1), np.stack([x0, y1], 1)], 1)
+    out = cv2.perspectiveTransform(pts.reshape(-1, 1, 2).astype(np.float64), M).reshape(-1, 4, 2)
+    return np.concatenate([out.min(1), out.max(1)], 1).astype(np.float32)
+
+
+def render_sample(
+    rng_in: np.random.Generator | Rand, width: int = 416, height: int = 416, debug: bool = False
+) -> Sample:
+    """make_shelf_image with optional debug masks (see Sample)."""
+    rng = as_rand(rng_in)
+    if width < 32 or height < 32:
+        raise ValueError(f"image too small: {width}x{height}")
+    s = min(width, height) / 416.0
+    m = int(round(0.08 * max(width, height)))
+    cw, ch = width + 2 * m, height + 2 * m
+    plan = plan_shelves(rng, cw, ch, pitch_range=(24.0 * s, 58.0 * s))
+    add_random_gaps(plan, rng, _sample_gap_count(rng), (m, m, m + width, m + height))
+    canvas, gmask, pmask = paint_shelves(plan, debug=debug)
+    # mild homography: jitter the source quad inside the margin, squash it onto the output
+    j = m * rng.uniform(0.2, 0.9)
+    src = np.array([[m, m], [m + width, m], [m + width, m + height], [m, m + height]], np.float32)
+    src += rng.gen.uniform(-j, j, (4, 2)).astype(np.float32)
+    if rng.random() < 0.3:  # a shot taken at an angle along the aisle: one side further away
+        side = int(rng.integers(2))
+        d = m * rng.uniform(0.3, 0.9)
+        idx = (0, 3) if side == 0 else (1, 2)
+        src[idx[0], 1] -= d
+        src[idx[1], 1] += d
+    src = np.clip(src, 0, [cw - 1, ch - 1]).astype(np.float32)
+    dst = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float32)
+    M = cv2.getPerspectiveTransform(src, dst)
+    img = cv2.warpPerspective(canvas, M, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    raw = np.array([g.box for g in plan.gaps], np.float32).reshape(-1, 4)
+    tb = _transform_boxes(raw, M)
+    clipped = tb.copy()
+    clipped[:, [0, 2]] = np.clip(clipped[:, [0, 2]], 0, width)
+    clipped[:, [1, 3]] = np.clip(clipped[:, [1, 3]], 0, height)
+    area = np.maximum(0, tb[:, 2] - tb[:, 0]) * np.maximum(0, tb[:, 3] - tb[:, 1])
+    carea = np.maximum(0, clipped[:, 2] - clipped[:, 0]) * np.maximum(0, clipped[:, 3] - clipped[:, 1])
+    min_side = 4.0 * s
+    keep = (
+        (carea >= 0.5 * np.maximum(area, 1e-6))
+        & (clipped[:, 2] - clipped[:, 0] >= min_side)
+        & (clipped[:, 3] - clipped[:, 1] >= min_side)
+    )
+    gm_out = pm_out = None
+    if debug and gmask is not None and pmask is not None:
+        gm = cv2.warpPerspective(gmask, M, (width, height), flags=cv2.INTER_NEAREST, borderValue=0)
+        lut = np.zeros(len(plan.gaps) + 1, np.int16)
+        lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int16)
+        gm_out = lut[gm]
+        pm_out = cv2.warpPerspective(
+            pmask.astype(np.uint8), M, (width, height), flags=cv2.INTER_NEAREST, borderValue=0
+        ).astype(bool)
+    img = _camera_effects(rng, img)
+    looks = [g.look for g, k in zip(plan.gaps, keep, strict=True) if k]
+    return Sample(img, clipped[keep].astype(np.float32).reshape(-1, 4), gm_out, pm_out, looks)
+
+
+def make_shelf_image(rng: np.random.Generator, width: int = 416, height: int = 416) -> Sample:
+    """One procedural shelf photo (RGB uint8) with the boxes of its empty spots."""
+    return render_sample(rng, width, height, debug=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# YOLO folders
+
+
+def sample_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator for image `index` of a dataset made with `seed` (independent of worker count)."""
+    return np.random.default_rng([int(seed), int(index)])
+
+
+def yolo_lines(boxes: np.ndarray, width: int, height: int) -> str:
+    lines = []
+    for x0, y0, x1, y1 in np.asarray(boxes, np.float64).reshape(-1, 4):
+        cx, cy = (x0 + x1) / 2 / width, (y0 + y1) / 2 / height
+        w, h = (x1 - x0) / width, (y1 - y0) / height
+        lines.append(f"0 {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n")
+    return "".join(lines)
+
+
+def read_yolo_labels(path: Path, width: int, height: int) -> np.ndarray:
+    """Read a YOLO label file back into (N, 4) float32 pixel boxes."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        parts = line.split()
+        if len(parts) != 5:
+            continue
+        _, cx, cy, w, h = (float(p) for p in parts)
+        rows.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
+    return np.asarray(rows, np.float32).reshape(-1, 4)
+
+
+def _write_one(args: tuple[Path, int, int, int, int]) -> int:
+    out_dir, seed, i, width, height = args
+    s = make_shelf_image(sample_rng(seed, i), width, height)
+    name = f"{i:05d}"
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    if not ok:
+        raise OSError(f"could not encode image {i}")
+    (out_dir / "images" / f"{name}.jpg").write_bytes(buf.tobytes())
+    (out_dir / "labels" / f"{name}.txt").write_text(yolo_lines(s.boxes, width, height))
+    return len(s.boxes)
+
+
+def write_yolo_dataset(
+    out_dir: Path,
+    n: int,
+    seed: int,
+    width: int = 416,
+    height: int = 416,
+    workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Write n images to out_dir/images/NNNNN.jpg and YOLO labels to out_dir/labels/NNNNN.txt ("0 cx cy w h").
+
+    Image i depends only on (seed, i), so the result is the same for any number of workers. `progress` is
+    called with the number of images finished since the last call."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "labels").mkdir(parents=True, exist_ok=True)
+    jobs = [(out_dir, seed, i, width, height) for i in range(n)]
+    results: Iterator[int]
+    if workers <= 1 or n < 8:
+        results = map(_write_one, jobs)
+        for _ in results:
+            if progress is not None:
+                progress(1)
+    else:
+        ctx = multiprocessing.get_context("spawn")  # safe even when the caller has TensorFlow threads running
+        with ctx.Pool(workers) as pool:
+            for _ in pool.imap_unordered(_write_one, jobs, chunksize=16):
+                if progress is not None:
+                    progress(1)
+    return out_dir
