@@ -1,0 +1,216 @@
+"""`shelfscout detect PATH...`: offline gap detection on images, folders and videos, as JSON lines or annotated JPEGs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.types import Gap
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".mjpeg", ".mjpg"})
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image or video frame to run: its display name (`path` or `path#frame`) and RGB pixels (None: unreadable)."""
+
+    name: str
+    image: np.ndarray | None
+    path: Path
+    frame: int | None = None
+    error: str = ""
+
+
+def add_model_args(p: argparse.ArgumentParser, threads: bool = True) -> None:
+    """The model options shared by detect, bench and model: --model, --keys, --threads, the dev flag."""
+    p.add_argument("--model", metavar="BUNDLE", help="model bundle (tar or folder); default: the built-in model")
+    p.add_argument("--keys", metavar="DIR", action="append", default=[],
+                   help="extra folder of trusted *.pub keys (repeatable); the built-in keys are always trusted")
+    if threads:
+        p.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
+    p.add_argument("--dev-allow-unsigned-models", action="store_true",
+                   help="DEVELOPMENT ONLY: run a model whose signature is missing or unknown")
+
+
+def load_bundle_from_args(args: argparse.Namespace) -> Any:
+    """Read and verify the bundle named by --model (or the default one) against the trusted keys."""
+    from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, load_public_keys, read_bundle
+    from edge.cli import CliError
+
+    path = Path(args.model) if args.model else DEFAULT_BUNDLE
+    if not path.exists():
+        hint = "" if args.model else " (build it with `make model`, or pass --model BUNDLE)"
+        raise CliError(f"model bundle {path} does not exist{hint}")
+    keys = load_public_keys([BUILTIN_KEYS, *[Path(k) for k in args.keys]])
+    allow = bool(getattr(args, "dev_allow_unsigned_models", False))
+    bundle = read_bundle(path, keys, allow_unsigned=allow)
+    if bundle.signed_by is None:
+        print(f"WARNING: running UNSIGNED/UNVERIFIED model {path} (--dev-allow-unsigned-models); "
+              "never do this on a device", file=sys.stderr)
+    return bundle
+
+
+def load_detector_from_args(args: argparse.Namespace, score_threshold: float | None = None) -> Any:
+    """The verified bundle's Detector; a model the runtime cannot load is a one-line CliError."""
+    from edge.bundle import BundleError
+    from edge.cli import CliError
+    from edge.detector import Detector
+
+    if getattr(args, "threads", 2) < 1:
+        raise CliError("--threads must be at least 1")
+    bundle = load_bundle_from_args(args)
+    try:
+        return Detector(bundle, threads=getattr(args, "threads", 2), score_threshold=score_threshold)
+    except BundleError:
+        raise  # ModelSignatureError names the I/O difference itself
+    except (ValueError, RuntimeError) as e:
+        raise CliError(f"cannot load model {bundle.source}: {e}") from e
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "detect", help="find gaps in images, folders or videos",
+        description="Run the model on images, image folders or videos (every frame). With --json, print one "
+                    "JSON line per image or frame and nothing else on stdout; boxes are in original pixels.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder of images/videos, or video file")
+    add_model_args(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per image/frame on stdout")
+    p.add_argument("--annotate", metavar="DIR", help="write annotated JPEGs (boxes and scores) into DIR")
+    p.add_argument("--threshold", type=float, default=None, help="score threshold (default: the bundle's)")
+    p.set_defaults(func=run_detect)
+
+
+def _expand(paths: Sequence[str]) -> list[Path]:
+    from edge.cli import CliError
+
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
+            if not found:
+                raise CliError(f"{p}: folder holds no images or videos")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise CliError(f"{p}: no such file or folder")
+    return out
+
+
+def iter_items(files: Sequence[Path]) -> Iterator[Item]:
+    """Every image, and every frame of every video, as RGB arrays, in order."""
+    for f in files:
+        if f.suffix.lower() in VIDEO_EXTS:
+            cap = cv2.VideoCapture(str(f))
+            if not cap.isOpened():
+                yield Item(str(f), None, f, None, "cannot open video")
+                continue
+            idx = 0
+            try:
+                while True:
+                    ok, bgr = cap.read()
+                    if not ok or bgr is None:
+                        break
+                    yield Item(f"{f}#{idx}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f, idx)
+                    idx += 1
+            finally:
+                cap.release()
+            if idx == 0:
+                yield Item(str(f), None, f, None, "video has no readable frames")
+        else:
+            bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
+            if bgr is None:
+                yield Item(str(f), None, f, None, "not a readable image")
+            else:
+                yield Item(str(f), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f)
+
+
+def gaps_json(item: Item, gaps: Sequence[Gap]) -> str:
+    if item.image is None:
+        raise ValueError(f"{item.name} has no image")
+    h, w = item.image.shape[:2]
+    return json.dumps({
+        "image": item.name,
+        "width": int(w),
+        "height": int(h),
+        "gaps": [{"box": [round(g.x0, 1), round(g.y0, 1), round(g.x1, 1), round(g.y1, 1)], "score": round(g.score, 4)}
+                 for g in gaps],
+    }, separators=(", ", ": "))
+
+
+def annotate(image_rgb: np.ndarray, gaps: Sequence[Gap]) -> np.ndarray:
+    """A BGR copy of the image with each gap's box and score drawn."""
+    out = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+    thick = max(1, round(max(out.shape[:2]) / 400))
+    for g in gaps:
+        p0, p1 = (round(g.x0), round(g.y0)), (round(g.x1), round(g.y1))
+        cv2.rectangle(out, p0, p1, (0, 0, 255), thick)
+        label = f"{g.score:.2f}"
+        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        y = max(p0[1], th + 4)
+        cv2.rectangle(out, (p0[0], y - th - 4), (p0[0] + tw + 4, y), (0, 0, 255), -1)
+        cv2.putText(out, label, (p0[0] + 2, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def _annotation_path(out_dir: Path, item: Item, used: set[str]) -> Path:
+    stem = item.path.stem if item.frame is None else f"{item.path.stem}_f{item.frame:06d}"
+    name, n = f"{stem}.jpg", 1
+    while name in used:
+        n += 1
+        name = f"{stem}_{n}.jpg"
+    used.add(name)
+    return out_dir / name
+
+
+def run_detect(args: argparse.Namespace) -> int:
+    from edge.cli import CliError
+
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise CliError("--threshold must be between 0 and 1")
+    files = _expand(args.paths)
+    detector = load_detector_from_args(args, args.threshold)
+    out_dir = Path(args.annotate) if args.annotate else None
+    if out_dir is not None:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CliError(f"cannot create --annotate folder {out_dir}: {e.strerror}") from e
+    used: set[str] = set()
+    failures = done = total_gaps = 0
+    for item in iter_items(files):
+        if item.image is None:
+            failures += 1
+            print(f"shelfscout detect: error: {item.name}: {item.error}", file=sys.stderr)
+            continue
+        gaps = detector.detect(item.image)
+        done += 1
+        total_gaps += len(gaps)
+        if args.json:
+            print(gaps_json(item, gaps), flush=True)
+        else:
+            h, w = item.image.shape[:2]
+            boxes = ", ".join(f"[{g.x0:.0f},{g.y0:.0f},{g.x1:.0f},{g.y1:.0f}] {g.score:.2f}" for g in gaps)
+            print(f"{item.name} {w}x{h}: {len(gaps)} gap{'s' if len(gaps) != 1 else ''}" + (f": {boxes}" if gaps else ""))
+        if out_dir is not None:
+            target = _annotation_path(out_dir, item, used)
+            if not cv2.imwrite(str(target), annotate(item.image, gaps), [cv2.IMWRITE_JPEG_QUALITY, 90]):
+                raise CliError(f"cannot write {target}")
+    if not args.json:
+        print(f"{done} images/frames, {total_gaps} gaps, model {detector.manifest.name} v{detector.manifest.version} "
+              f"on {detector.runtime.describe()}", file=sys.stderr)
+    return 1 if failures else 0
