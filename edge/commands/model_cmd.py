@@ -102,7 +102,7 @@ def inspect_cmd(args: argparse.Namespace) -> int:
     print(f"{m.name} v{m.version} ({m.task}), created {m.created or '?'}")
     print(f"  bundle     {args.bundle}")
     print(f"  signature  {sig}")
-    print(f"  files      " + ", ".join(f"{k} {v['bytes']} B" for k, v in summary["files"].items()))
+    print("  files      " + ", ".join(f"{k} {v['bytes']} B" for k, v in summary["files"].items()))
     print(f"  input      {m.input.width}x{m.input.height}x{m.input.channels} {m.input.color} {m.input.dtype} "
           f"(scale {m.input.scale:g}, zero point {m.input.zero_point})")
     print(f"  decoding   {m.output.decoding}" + (f", stride {m.output.stride}" if m.output.stride else "")
