@@ -386,6 +386,7 @@ PAGE = """<!doctype html>
   .tile { background:var(--card); border-radius:14px; padding:10px 14px; }
   .num { font-size:34px; font-weight:700; line-height:1.1; font-variant-numeric:tabular-nums; }
   .lbl { color:var(--dim); font-size:13px; text-transform:uppercase; letter-spacing:.6px; }
+  h2 { font-size:14px; color:var(--dim); text-transform:uppercase; letter-spacing:.6px; margin:4px 14px 8px; }
   #hints { margin:0 14px 16px; padding:0; list-style:none; }
   #hints li { background:var(--card); border-left:6px solid var(--warn); border-radius:10px; padding:12px 14px;
               margin-bottom:8px; font-size:18px; line-height:1.35; }
@@ -400,9 +401,10 @@ PAGE = """<!doctype html>
 <div class="grid">
   <div class="tile"><div class="num" id="fps">–</div><div class="lbl">frames / s</div></div>
   <div class="tile"><div class="num" id="ms">–</div><div class="lbl">inference ms</div></div>
-  <div class="tile"><div class="num" id="model">–</div><div class="lbl">model</div></div>
+  <div class="tile"><div class="num" id="model">–</div><div class="lbl" id="modelname">model</div></div>
   <div class="tile"><div class="num" id="outbox">–</div><div class="lbl">alerts waiting</div></div>
 </div>
+<h2>Mounting check</h2>
 <ul id="hints"><li class="ok">Waiting for the camera…</li></ul>
 <footer>Red boxes: empty spots. Green: confirmed gaps (one alert each). Yellow: gaps being checked.</footer>
 <script>
@@ -413,7 +415,8 @@ async function tick() {
     const s = await r.json(); const i = s.info || {};
     document.getElementById("fps").textContent = fmt(i.fps, 1);
     document.getElementById("ms").textContent = fmt(i.inference_ms, 0);
-    document.getElementById("model").textContent = i.model_version != null ? "v" + i.model_version : fmt(i.model, 0);
+    document.getElementById("model").textContent = i.model_version != null ? "v" + i.model_version : "–";
+    document.getElementById("modelname").textContent = "model " + (i.model || "");
     document.getElementById("outbox").textContent = fmt(i.outbox_depth, 0);
     document.getElementById("state").textContent = i.state || (s.has_frame ? "running" : "no frames");
     if (i.device) document.getElementById("who").textContent = i.device + (i.store ? " @ " + i.store : "");
