@@ -1,0 +1,483 @@
+"""Camera sources behind one small `FrameSource` protocol: picamera2, V4L2 devices, RTSP/HTTP streams, files, folders.
+
+A source is opened, read one RGB uint8 frame at a time, and closed. `read()` returns None only when a finite source
+(a video file or an image folder, not looped) has ended; every failure is a `SourceError` with one clear line.
+Sources never retry on their own: `edge.capture.CaptureThread` reopens them with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
+
+import cv2
+import numpy as np
+
+from edge.config import CameraConfig
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")
+PICAMERA2_MAIN_SIZE = (1280, 960)  # main stream, kept for snapshots; the lores stream feeds inference
+DEFAULT_TIMEOUT_S = 5.0  # a live source with no frame for this long has failed (read timeout / stall)
+
+
+class SourceError(Exception):
+    """A source that cannot be opened or has failed, as one line: `camera /dev/video3: no such device`."""
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """Where frames come from. `read()` gives an RGB uint8 HxWx3 array, or None once a finite source has ended."""
+
+    name: str  # for messages and logs; credentials in URLs are masked
+    finite: bool  # True for a file or folder that is not looped
+    fps: float | None  # nominal rate when known (a file's own rate, a camera's requested rate)
+
+    def open(self) -> None: ...
+
+    def read(self) -> np.ndarray | None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Seekable(Protocol):
+    """A finite source that can resume at a frame index after it was reopened."""
+
+    def seek(self, index: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class MainFrame:
+    """A full-resolution frame for snapshots. `index` is the source-local count (0-based) of the read it belongs to."""
+
+    index: int
+    image: np.ndarray  # RGB uint8
+
+
+@runtime_checkable
+class SnapshotSource(Protocol):
+    """A source with a second, larger stream for snapshots (picamera2's main stream)."""
+
+    def snapshot_frame(self) -> MainFrame | None: ...
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by `***`, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to (w, h) when the frame has a different size."""
+    w, h = size
+    if image.shape[1] == w and image.shape[0] == h:
+        return image
+    shrink = image.shape[1] > w and image.shape[0] > h
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+class Pacer:
+    """Paces reads at `fps` on the monotonic clock; a reader that falls behind restarts the schedule, not a burst."""
+
+    def __init__(self, fps: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.period = 1.0 / fps
+        self._clock = clock
+        self._sleep = sleep
+        self._next: float | None = None
+
+    def reset(self) -> None:
+        self._next = None
+
+    def wait(self) -> None:
+        """Sleep until the next frame is due."""
+        now = self._clock()
+        if self._next is None or now - self._next > self.period:
+            self._next = now  # first frame, or more than a frame late: no catch-up burst
+        elif self._next > now:
+            self._sleep(self._next - now)
+        self._next += self.period
+
+
+class OpenCVSource:
+    """A V4L2 device, an RTSP/HTTP(S) MJPEG stream or a video file, read through OpenCV and converted BGR → RGB.
+
+    `kind` is "device", "stream" or "file". Devices and streams are live: a read that fails or times out
+    raises SourceError. A file ends with None, unless it is looped; a file that stops before its frame count
+    raises SourceError, so the capture thread can reopen it and `seek()` to where it stopped.
+    """
+
+    def __init__(self, target: str | int, kind: str, cfg: CameraConfig, timeout_s: float = DEFAULT_TIMEOUT_S):
+        if kind not in ("device", "stream", "file"):
+            raise ValueError(f"kind must be device, stream or file, not {kind!r}")
+        self.target = target
+        self.kind = kind
+        self.size = (cfg.width, cfg.height)
+        self.realtime = cfg.realtime and kind == "file"
+        self.loop = cfg.loop and kind == "file"
+        self.finite = kind == "file" and not cfg.loop
+        self.timeout_s = timeout_s
+        self._cfg_fps = cfg.fps
+        self.fps: float | None = cfg.fps if kind != "stream" else None
+        if kind == "device":
+            self.name = f"/dev/video{target}" if isinstance(target, int) else str(target)
+        elif kind == "stream":
+            self.name = mask_url(str(target))
+        else:
+            self.name = str(target)
+        self._cap: Any = None
+        self._index = 0  # frames read since open (or since the seek target)
+        self._frame_count = 0
+        self._pacer: Pacer | None = None
+
+    def _label(self) -> str:
+        return {"device": "camera", "stream": "stream", "file": "video"}[self.kind] + f" {self.name}"
+
+    def open(self) -> None:
+        self.close()
+        if self.kind == "device":
+            self._cap = self._open_device()
+        elif self.kind == "stream":
+            self._cap = self._open_stream()
+        else:
+            self._cap = self._open_file()
+        self._index = 0
+        self._pacer = Pacer(self.fps) if self.realtime and self.fps else None
+
+    def _open_device(self) -> Any:
+        path = Path(self.name)
+        if os.name == "posix" and path.parent == Path("/dev"):
+            if not path.exists():
+                raise SourceError(f"camera {self.name}: no such device")
+            if not os.access(path, os.R_OK | os.W_OK):
+                raise SourceError(f"camera {self.name}: permission denied (add the user to the 'video' group)")
+        api = getattr(cv2, "CAP_V4L2", cv2.CAP_ANY) if os.name == "posix" else cv2.CAP_ANY
+        cap = cv2.VideoCapture(self.target if isinstance(self.target, int) else self.name, api)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"camera {self.name}: cannot open (busy, or not a video capture device)")
+        w, h = self.size
+        cap.set(cv2.CAP_PROP_FRAME_WIDTH, w)
+        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, h)
+        cap.set(cv2.CAP_PROP_FPS, self._cfg_fps)
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        got = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(got) if got and got > 0 else self._cfg_fps
+        return cap
+
+    def _open_stream(self) -> Any:
+        ms = int(self.timeout_s * 1000)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+        cap = cv2.VideoCapture(str(self.target), cv2.CAP_FFMPEG, params)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"stream {self.name}: cannot connect (unreachable, refused or not a video stream)")
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # only some backends honour it; the capture thread keeps the newest
+        got = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(got) if got and 0 < got < 1000 else None
+        return cap
+
+    def _open_file(self) -> Any:
+        path = Path(str(self.target))
+        if not path.exists():
+            raise SourceError(f"video {self.name}: no such file or folder")
+        if not path.is_file():
+            raise SourceError(f"video {self.name}: not a file")
+        cap = cv2.VideoCapture(str(path))
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"video {self.name}: cannot decode (unsupported format, truncated or corrupt)")
+        got = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(got) if got and 0 < got < 1000 else self._cfg_fps
+        count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        self._frame_count = int(count) if count and 0 < count < 1e9 else 0
+        return cap
+
+    def seek(self, index: int) -> None:
+        """Resume a reopened file at frame `index` (CAP_PROP_POS_FRAMES, checked; else decode forward)."""
+        if self._cap is None or self.kind != "file":
+            raise SourceError(f"{self._label()}: cannot seek a source that is not an open file")
+        if index <= 0:
+            return
+        if self._frame_count and index >= self._frame_count:
+            raise SourceError(f"{self._label()}: cannot resume at frame {index}, the file has {self._frame_count}")
+        ok = self._cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+        if not ok or int(round(self._cap.get(cv2.CAP_PROP_POS_FRAMES))) != index:
+            self._cap.release()
+            self._cap = self._open_file()
+            for i in range(index):
+                if not self._cap.grab():
+                    raise SourceError(f"{self._label()}: cannot resume at frame {index}, it stops at {i}")
+        self._index = index
+
+    def read(self) -> np.ndarray | None:
+        if self._cap is None:
+            raise SourceError(f"{self._label()}: not open")
+        if self._pacer is not None:
+            self._pacer.wait()
+        ok, bgr = self._cap.read()
+        if not ok or bgr is None:
+            if self.kind == "file":
+                if self._frame_count and self._index < self._frame_count - 1:
+                    raise SourceError(f"{self._label()}: read failed at frame {self._index} of {self._frame_count}")
+                if not self.loop:
+                    return None
+                if self._index == 0:
+                    raise SourceError(f"{self._label()}: no frames to loop")
+                if not self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
+                    self._cap.release()
+                    self._cap = self._open_file()
+                self._index = 0
+                ok, bgr = self._cap.read()
+                if not ok or bgr is None:
+                    raise SourceError(f"{self._label()}: cannot read the first frame after rewinding")
+            elif self.kind == "stream":
+                raise SourceError(f"{self._label()}: no frame within {self.timeout_s:g} s (connection lost or stalled)")
+            else:
+                raise SourceError(f"{self._label()}: read failed (unplugged or stalled)")
+        self._index += 1
+        if bgr.ndim == 2:
+            bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
+        return cv2.cvtColor(_fit(bgr, self.size), cv2.COLOR_BGR2RGB)
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class FolderSource:
+    """The .jpg/.png images of a folder in name order, as RGB frames; finite unless looped.
+
+    An image that cannot be decoded is skipped with a warning, so frame indices count decoded images.
+    """
+
+    def __init__(self, folder: Path | str, cfg: CameraConfig):
+        self.folder = Path(folder)
+        self.name = str(folder)
+        self.size = (cfg.width, cfg.height)
+        self.loop = cfg.loop
+        self.finite = not cfg.loop
+        self.fps: float | None = cfg.fps
+        self.realtime = cfg.realtime
+        self._files: list[Path] = []
+        self._pos = 0
+        self._pacer: Pacer | None = None
+        self._open = False
+
+    def open(self) -> None:
+        if not self.folder.is_dir():
+            raise SourceError(f"folder {self.name}: no such folder")
+        try:
+            files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        except OSError as e:
+            raise SourceError(f"folder {self.name}: cannot list: {e.strerror}") from None
+        if not files:
+            raise SourceError(f"folder {self.name}: no .jpg or .png images")
+        self._files = files
+        self._pos = 0
+        self._pacer = Pacer(self.fps) if self.realtime and self.fps else None
+        self._open = True
+
+    def seek(self, index: int) -> None:
+        """Resume at the `index`-th image (images that fail to decode are not counted by seek)."""
+        if not self._open:
+            raise SourceError(f"folder {self.name}: not open")
+        self._pos = max(0, min(index, len(self._files)))
+
+    def read(self) -> np.ndarray | None:
+        if not self._open:
+            raise SourceError(f"folder {self.name}: not open")
+        if self._pacer is not None:
+            self._pacer.wait()
+        skipped = 0
+        while True:
+            if self._pos >= len(self._files):
+                if not self.loop:
+                    return None
+                self._pos = 0
+            path = self._files[self._pos]
+            self._pos += 1
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if bgr is not None:
+                return cv2.cvtColor(_fit(bgr, self.size), cv2.COLOR_BGR2RGB)
+            log.warning("folder %s: skipping %s (cannot decode)", self.name, path.name)
+            skipped += 1
+            if skipped >= len(self._files):
+                raise SourceError(f"folder {self.name}: none of the images can be decoded")
+
+    def close(self) -> None:
+        self._open = False
+
+
+class Picamera2Source:
+    """A Raspberry Pi camera through picamera2: the lores YUV420 stream feeds inference, the main stream snapshots.
+
+    picamera2 comes from Raspberry Pi OS's apt (python3-picamera2); it is imported in `open()` only. The main
+    stream is configured as "RGB888", which picamera2 lays out as [B, G, R] bytes (OpenCV order), so it is
+    converted once when a snapshot is asked for. The last request is held (one buffer of the pool) until the next
+    read, so `snapshot_frame()` costs nothing on frames without an alert.
+    """
+
+    finite = False
+
+    def __init__(self, cfg: CameraConfig, camera_num: int = 0,
+                 main_size: tuple[int, int] = PICAMERA2_MAIN_SIZE, timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.name = "picamera2" if camera_num == 0 else f"picamera2:{camera_num}"
+        self.camera_num = camera_num
+        self.fps: float | None = cfg.fps
+        self.lores_size = (cfg.width - cfg.width % 2, cfg.height - cfg.height % 2)
+        self.main_size = (max(main_size[0], self.lores_size[0]), max(main_size[1], self.lores_size[1]))
+        self.timeout_s = timeout_s
+        self._cam: Any = None
+        self._lock = threading.Lock()
+        self._held: Any = None  # the request of the last frame read, kept for snapshot_frame()
+        self._held_index = -1
+        self._reads = 0
+
+    def open(self) -> None:
+        self.close()
+        try:
+            from picamera2 import Picamera2  # type: ignore[import-not-found]
+        except ImportError:
+            raise SourceError("picamera2 is not installed (apt install python3-picamera2, "
+                              "and make the venv with --system-site-packages)") from None
+        try:
+            info = Picamera2.global_camera_info()
+        except Exception as e:  # libcamera not usable here
+            raise SourceError(f"{self.name}: cannot list cameras: {e}") from None
+        if len(info) <= self.camera_num:
+            raise SourceError(f"{self.name}: no camera found (is the ribbon cable seated? "
+                              f"{len(info)} camera(s) detected)")
+        cam = None
+        try:
+            cam = Picamera2(self.camera_num)
+            config = cam.create_video_configuration(
+                main={"size": self.main_size, "format": "RGB888"},
+                lores={"size": self.lores_size, "format": "YUV420"},
+                controls={"FrameRate": float(self.fps or 15.0)},
+            )
+            cam.configure(config)
+            cam.start()
+        except Exception as e:
+            if cam is not None:
+                try:
+                    cam.close()
+                except Exception:
+                    pass
+            raise SourceError(f"{self.name}: cannot start the camera: {e}") from None
+        self._cam = cam
+        self._reads = 0
+
+    def read(self) -> np.ndarray | None:
+        if self._cam is None:
+            raise SourceError(f"{self.name}: not open")
+        try:
+            # A number for `wait` is a timeout in seconds (picamera2 >= 0.3.17); older versions just block.
+            request = self._cam.capture_request(wait=self.timeout_s)
+        except TimeoutError:
+            raise SourceError(f"{self.name}: no frame within {self.timeout_s:g} s") from None
+        except Exception as e:
+            raise SourceError(f"{self.name}: capture failed: {e}") from None
+        try:
+            yuv = request.make_array("lores")  # (h * 3/2, stride) I420, stride >= width
+            w, h = self.lores_size
+            rgb = cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_I420)
+            if rgb.shape[1] != w:
+                rgb = np.ascontiguousarray(rgb[:, :w])
+            if rgb.shape[0] != h:
+                raise SourceError(f"{self.name}: lores frame is {rgb.shape[1]}x{rgb.shape[0]}, expected {w}x{h}")
+        except Exception:
+            request.release()
+            raise
+        with self._lock:
+            if self._held is not None:
+                self._held.release()
+            self._held = request
+            self._held_index = self._reads
+        self._reads += 1
+        return rgb
+
+    def snapshot_frame(self) -> MainFrame | None:
+        """The main-stream (full resolution) RGB image of the most recent read, or None before the first read."""
+        with self._lock:
+            if self._held is None:
+                return None
+            bgr = self._held.make_array("main")
+            index = self._held_index
+        return MainFrame(index=index, image=cv2.cvtColor(bgr[:, :, :3], cv2.COLOR_BGR2RGB))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._held is not None:
+                try:
+                    self._held.release()
+                except Exception:
+                    pass
+                self._held = None
+        cam, self._cam = self._cam, None
+        if cam is not None:
+            for step in (cam.stop, cam.close):
+                try:
+                    step()
+                except Exception as e:  # closing must not raise; the next open reports real trouble
+                    log.debug("%s: %s during close: %s", self.name, step.__name__, e)
+
+
+_DEVICE_RE = re.compile(r"^/dev/(video\d+|v4l/.+)$")
+
+
+def open_source(cfg: CameraConfig, timeout_s: float = DEFAULT_TIMEOUT_S) -> FrameSource:
+    """Build the (unopened) source that `cfg.source` names; call `open()` on it.
+
+    `picamera2` or `picamera2:N`; a device index such as `0`; `/dev/videoN` or `/dev/v4l/by-id/...`;
+    `rtsp://`, `http(s)://` (MJPEG, a phone on the cart) and other FFmpeg stream URLs; `file://` paths;
+    a folder of .jpg/.png images; anything else is a video file. `timeout_s` is how long a live source may go
+    without a frame before it counts as failed.
+    """
+    src = cfg.source.strip()
+    if not src:
+        raise SourceError("camera.source is empty")
+    if src == "picamera2" or src.startswith("picamera2:"):
+        num = src.partition(":")[2] or "0"
+        if not num.isdigit():
+            raise SourceError(f"camera.source {src!r}: expected picamera2 or picamera2:N")
+        return Picamera2Source(cfg, camera_num=int(num), timeout_s=timeout_s)
+    if src.isdigit():
+        return OpenCVSource(int(src), "device", cfg, timeout_s)
+    if _DEVICE_RE.match(src):
+        return OpenCVSource(src, "device", cfg, timeout_s)
+    if "://" in src:
+        scheme = src.split("://", 1)[0].lower()
+        if scheme == "file":
+            src = urlsplit(src).path
+        elif scheme in STREAM_SCHEMES:
+            return OpenCVSource(src, "stream", cfg, timeout_s)
+        else:
+            raise SourceError(f"camera.source: unsupported URL scheme {scheme!r} "
+                              f"(use rtsp://, http://, https:// or a path)")
+    if Path(src).is_dir():
+        return FolderSource(src, cfg)
+    return OpenCVSource(src, "file", cfg, timeout_s)
