@@ -1,0 +1,535 @@
+"""The device's MQTT link: publishes the outbox with QoS 1 until PUBACK, keeps presence, and answers commands.
+
+paho-mqtt 2.x, callback API v2. `connect_async` + `loop_start`, so a missing broker never blocks start-up; a
+retained `offline` last will set before connecting and `online` published on every connect; subscriptions made in
+`on_connect`, so they come back after a reconnect. MQTT 5 first, falling back to 3.1.1 when the broker refuses it.
+A sender thread keeps up to `outbox.inflight` messages unacknowledged and deletes each from the outbox only on a
+successful PUBACK; paho re-sends the unacknowledged ones (same bytes, same alert id) after a reconnect, and the
+outbox re-sends them after a restart.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import queue
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge.config import Config, read_password
+from edge.outbox import Outbox, OutboxError
+from edge.payloads import StatusInfo, command_reply_payload, encode, status_payload
+from edge.topics import COMMANDS, Topics
+
+log = logging.getLogger(__name__)
+
+_UNSUPPORTED_PROTOCOL = 132  # CONNACK "Unsupported protocol version" (MQTT 3.1.1 return code 1)
+_REFUSAL_HINTS = {
+    133: "the broker rejected the client id (mqtt.client_id)",
+    134: "check mqtt.username and the password file",
+    135: "the broker does not allow this user (check the password file and the broker's ACL)",
+    136: "the broker is unavailable",
+    138: "this client is banned by the broker",
+}
+
+CommandHandler = Callable[[str, dict[str, Any]], Mapping[str, Any]]
+ReleaseHandler = Callable[[str, bytes], None]
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where the broker is, from `mqtt.url`: `mqtt://host[:1883]` or `mqtts://host[:8883]` (TLS)."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError(f"broker URL {url!r} has no host")
+        tls = scheme in ("mqtts", "ssl")
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError as e:
+            raise ValueError(f"broker URL {url!r}: {e}") from None
+        if parts.password:
+            raise ValueError("put the MQTT password in mqtt.password_file, not in the URL")
+        return cls(parts.hostname, port, tls, unquote(parts.username) if parts.username else None)
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def tls_context(ca_file: str = "", cert_file: str = "", key_file: str = "") -> ssl.SSLContext:
+    """A client TLS context: verify the broker against `ca_file` (or the system CAs), with an optional client cert."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file or None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file or key_file:
+        if not (cert_file and key_file):
+            raise ValueError("mqtt.cert_file and mqtt.key_file must be given together")
+        ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+def protocol_name(protocol: int) -> str:
+    return "MQTT 5" if protocol == mqtt.MQTTv5 else "MQTT 3.1.1"
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    """Counters for logs, status and tests."""
+
+    connected: bool
+    protocol: str
+    connects: int
+    connect_failures: int
+    last_error: str | None
+    inflight: int
+    rejected: int
+
+
+class MqttLink:
+    """One MQTT connection for the device; see the module docstring. Start with `start()`, end with `stop()`."""
+
+    def __init__(self, cfg: Config, topics: Topics, outbox: Outbox,
+                 on_command: CommandHandler | None = None,
+                 on_release: ReleaseHandler | None = None,
+                 status: Callable[[], StatusInfo] | None = None):
+        self.cfg = cfg
+        self.topics = topics
+        self.outbox = outbox
+        self.on_command = on_command
+        self.on_release = on_release
+        self._status_fn = status
+        m = cfg.mqtt
+        self.address = BrokerAddress.parse(m.url)
+        self.client_id = m.client_id or f"shelfscout-{cfg.device.store}-{cfg.device.id}"
+        self.username = m.username or self.address.username
+        self.password = read_password(m)
+        self._tls = tls_context(m.ca_file, m.cert_file, m.key_file) if self.address.tls else None
+        self._auto = m.protocol == "auto"
+        self._protocol = mqtt.MQTTv311 if m.protocol == "3.1.1" else mqtt.MQTTv5
+        self._release_topics = topics.release_topics(cfg.ota) if on_release is not None else ()
+        self._max_inflight = cfg.outbox.inflight
+
+        self._client: mqtt.Client | None = None
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._downgrade = False
+        self._acks: collections.deque[tuple[mqtt.Client, int, bool, str]] = collections.deque()
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox row id (sender thread only)
+        self._cursor = 0
+        self._cursor_reset = True
+        self._retained: dict[str, tuple[bytes, int]] = {}
+        self._retained_lock = threading.Lock()
+        self._override: tuple[str, str | None] | None = None
+        self._work: queue.Queue[tuple[str, bytes, bool, Any] | None] = queue.Queue()
+        self._sender: threading.Thread | None = None
+        self._worker: threading.Thread | None = None
+        self._connects = 0
+        self._failures = 0
+        self._rejected = 0
+        self._last_error: str | None = None
+        outbox.add_listener(self._wake.set)
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin connecting in the background and return at once; a missing broker is retried with backoff."""
+        if self._sender is not None:
+            raise RuntimeError("MqttLink already started")
+        self._stopping.clear()
+        self._start_client()
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
+        self._worker = threading.Thread(target=self._work_loop, name="mqtt-commands", daemon=True)
+        self._sender.start()
+        self._worker.start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Publish a retained `offline`, disconnect cleanly (so the will is not sent) and stop the threads.
+
+        Messages still waiting for PUBACK stay in the outbox and are sent after the next start.
+        """
+        self._stopping.set()
+        self._wake.set()
+        if self._sender is not None:
+            self._sender.join(timeout)
+            self._sender = None
+        client = self._client
+        if client is not None:
+            if self._connected.is_set():
+                info = StatusInfo("offline", "stopped", self._current_status().model)
+                msg = client.publish(self.topics.status, self._status_bytes(info), qos=1, retain=True)
+                try:
+                    msg.wait_for_publish(timeout)
+                except (RuntimeError, ValueError):
+                    pass
+            client.disconnect()
+            client.loop_stop()
+            try:
+                self._handle_acks()  # PUBACKs that came in while stopping
+            except OutboxError as e:
+                log.error("%s", e)
+            self._client = None
+        self._connected.clear()
+        if self._worker is not None:
+            self._work.put(None)
+            self._worker.join(timeout)
+            self._worker = None
+
+    # ---- what others call ------------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def protocol(self) -> str:
+        return protocol_name(self._protocol)
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def outbox_idle(self) -> bool:
+        """True when the outbox is empty and nothing is waiting for a PUBACK (for "exit once drained")."""
+        return self.outbox.depth() == 0 and not self._inflight
+
+    def wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.outbox_idle():
+                return True
+            time.sleep(0.05)
+        return self.outbox_idle()
+
+    def info(self) -> LinkInfo:
+        return LinkInfo(self.connected, self.protocol, self._connects, self._failures, self._last_error,
+                        len(self._inflight), self._rejected)
+
+    def publish_direct(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
+        """Publish outside the outbox (status, stats, model state). Returns False when not connected.
+
+        A retained payload is remembered and published again on every connect, so the broker always ends up
+        with the latest one even if it was set while the link was down.
+        """
+        if retain:
+            with self._retained_lock:
+                self._retained[topic] = (bytes(payload), qos)
+        client = self._client
+        if client is None or not self._connected.is_set():
+            return False
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def publish_stats(self, payload: Mapping[str, Any]) -> bool:
+        """Publish one `stats` payload (QoS 0, not retained). False when disconnected: stats are not queued."""
+        return self.publish_direct(self.topics.stats, encode(payload), qos=0, retain=False)
+
+    def publish_model_state(self, payload: Mapping[str, Any]) -> bool:
+        """Publish the retained `model/state` payload now, or on the next connect."""
+        return self.publish_direct(self.topics.model_state, encode(payload), qos=1, retain=True)
+
+    def set_status(self, state: str, reason: str | None = None) -> None:
+        """Set the state (online | degraded) reported on `status` from now on, and publish it when connected."""
+        StatusInfo(state, reason)  # validates
+        self._override = (state, reason)
+        self.refresh_status()
+
+    def refresh_status(self) -> bool:
+        """Publish the current status (retained) now; it is also published on every connect."""
+        client = self._client
+        if client is None or not self._connected.is_set():
+            return False
+        info = client.publish(self.topics.status, self._status_bytes(self._current_status()), qos=1, retain=True)
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    # ---- status ----------------------------------------------------------------------------------------------
+
+    def _current_status(self) -> StatusInfo:
+        base = StatusInfo("online")
+        if self._status_fn is not None:
+            try:
+                base = self._status_fn()
+            except Exception:  # a status callback must never take the link down
+                log.exception("status callback failed")
+        if self._override is not None:
+            base = StatusInfo(self._override[0], self._override[1], base.model)
+        if self.outbox.quarantined is not None and base.state == "online":
+            base = StatusInfo("degraded", f"outbox database was corrupt at start-up "
+                                          f"({self.outbox.quarantine_reason}); moved to {self.outbox.quarantined}",
+                              base.model)
+        return base
+
+    def _status_bytes(self, info: StatusInfo) -> bytes:
+        q = self.outbox.quarantined
+        return encode(status_payload(info, self.topics, time.time(), str(q) if q else None))
+
+    # ---- the paho client -------------------------------------------------------------------------------------
+
+    def _start_client(self) -> None:
+        m = self.cfg.mqtt
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=self._protocol)
+        if self.username:
+            client.username_pw_set(self.username, self.password)
+        if self._tls is not None:
+            client.tls_set_context(self._tls)
+        model = None
+        try:
+            model = self._current_status().model
+        except Exception:
+            pass
+        will = StatusInfo("offline", "connection lost", model)
+        client.will_set(self.topics.status, self._status_bytes(will), qos=1, retain=True)
+        # paho annotates ints but takes seconds as floats
+        client.reconnect_delay_set(m.reconnect_min_s, max(m.reconnect_min_s, m.reconnect_max_s))  # type: ignore[arg-type]
+        client.max_inflight_messages_set(self._max_inflight + 16)  # room for status, replies and model state
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        self._client = client
+        log.info("connecting to %s as %s (%s%s)", self.address, self.client_id, protocol_name(self._protocol),
+                 ", falls back to 3.1.1" if self._auto and self._protocol == mqtt.MQTTv5 else "")
+        client.connect_async(self.address.host, self.address.port, keepalive=m.keepalive_s)
+        client.loop_start()
+
+    def _rebuild_client(self) -> None:
+        """Replace the client (only to fall back from MQTT 5 to 3.1.1); runs on the sender thread."""
+        old, self._client = self._client, None
+        self._connected.clear()
+        if old is not None:
+            old.disconnect()
+            old.loop_stop()
+        self._inflight.clear()  # the old client's in-memory queue is gone: re-send from the outbox
+        self._cursor_reset = True
+        self._protocol = mqtt.MQTTv311
+        self._start_client()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                    properties: Any) -> None:
+        if client is not self._client:
+            return
+        if reason.is_failure:
+            self._failures += 1
+            if reason.value == _UNSUPPORTED_PROTOCOL and self._auto and self._protocol == mqtt.MQTTv5:
+                log.warning("broker %s refused MQTT 5 (%s); falling back to MQTT 3.1.1", self.address, reason)
+                self._downgrade = True
+                self._wake.set()
+                return
+            hint = _REFUSAL_HINTS.get(reason.value, "")
+            self._last_error = f"broker {self.address} refused the connection: {reason}" + (f" ({hint})" if hint else "")
+            log.warning("%s; retrying (attempt %d)", self._last_error, self._failures)
+            return
+        self._connects += 1
+        self._last_error = None
+        log.info("connected to %s as %s (%s)", self.address, self.client_id, protocol_name(self._protocol))
+        client.publish(self.topics.status, self._status_bytes(self._current_status()), qos=1, retain=True)
+        with self._retained_lock:
+            retained = list(self._retained.items())
+        for topic, (payload, qos) in retained:
+            client.publish(topic, payload, qos=qos, retain=True)
+        subs = [(self.topics.cmd_filter, 1)] + [(t, 1) for t in self._release_topics]
+        client.subscribe(subs)
+        self._cursor_reset = True
+        self._connected.set()
+        self._wake.set()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if client is not self._client or self._stopping.is_set():
+            return
+        self._failures += 1
+        self._last_error = self._probe()
+        log.warning("cannot connect to MQTT broker: %s; retrying (attempt %d)", self._last_error, self._failures)
+
+    def _probe(self) -> str:
+        """Why a connection attempt failed, found by repeating its first steps (paho does not say)."""
+        host, port = self.address.host, self.address.port
+        try:
+            sock = socket.create_connection((host, port), timeout=3.0)
+        except OSError as e:
+            return f"{host}:{port}: {e.strerror or e}"
+        with sock:
+            if self._tls is None:
+                return f"{host}:{port}: the connection failed after TCP connected"
+            try:
+                with self._tls.wrap_socket(sock, server_hostname=host):
+                    return f"{host}:{port}: the MQTT connection failed after the TLS handshake"
+            except ssl.SSLError as e:
+                return f"{host}:{port}: TLS handshake failed: {e.reason or e}"
+            except OSError as e:
+                return f"{host}:{port}: TLS handshake failed: {e.strerror or e}"
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                       properties: Any) -> None:
+        if client is not self._client:
+            return
+        was = self._connected.is_set()
+        self._connected.clear()
+        if was and not self._stopping.is_set():
+            self._last_error = f"connection to {self.address} lost: {reason}"
+            log.warning("%s; reconnecting", self._last_error)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
+                    properties: Any) -> None:
+        # Runs on paho's network thread while paho holds its message lock: only hand over to the sender thread.
+        self._acks.append((client, mid, not reason.is_failure, str(reason)))
+        self._wake.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if client is not self._client:
+            return
+        self._work.put((msg.topic, bytes(msg.payload), bool(msg.retain), getattr(msg, "properties", None)))
+
+    # ---- the sender thread -----------------------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            if self._stopping.is_set():
+                break
+            try:
+                if self._downgrade:
+                    self._downgrade = False
+                    self._rebuild_client()
+                self._handle_acks()
+                if self._connected.is_set():
+                    self._fill()
+            except OutboxError as e:
+                log.error("%s", e)
+                time.sleep(1.0)
+            except Exception:  # the sender must survive anything; the outbox keeps the messages
+                log.exception("MQTT sender error")
+                time.sleep(1.0)
+        try:
+            self._handle_acks()
+        except Exception:
+            log.exception("MQTT sender error while stopping")
+
+    def _handle_acks(self) -> None:
+        done: list[int] = []
+        while self._acks:
+            client, mid, ok, reason = self._acks.popleft()
+            if client is not self._client:
+                continue
+            row = self._inflight.pop(mid, None)
+            if row is None:
+                continue  # a status, reply or stats publish
+            if ok:
+                done.append(row)
+            else:
+                self._rejected += 1
+                log.error("broker rejected outbox message %d: %s; it stays in the outbox and is sent again "
+                          "after the next reconnect", row, reason)
+        if done:
+            self.outbox.ack_many(done)
+
+    def _fill(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        if self._cursor_reset:
+            self._cursor_reset = False
+            self._cursor = 0
+        room = self._max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        in_flight = set(self._inflight.values())
+        for row in self.outbox.pending(room + len(in_flight), after=self._cursor):
+            if row.row_id in in_flight:  # paho still holds it and re-sends it itself after a reconnect
+                self._cursor = row.row_id
+                continue
+            if room <= 0:
+                break
+            info = client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                log.error("cannot publish outbox message %d to %s: %s", row.row_id, row.topic,
+                          mqtt.error_string(info.rc))
+                break
+            # NO_CONN: paho keeps QoS>0 messages and sends them once reconnected, so it is still in flight.
+            self._inflight[info.mid] = row.row_id
+            self._cursor = row.row_id
+            room -= 1
+
+    # ---- commands and releases -------------------------------------------------------------------------------
+
+    def _work_loop(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            topic, payload, retained, props = item
+            try:
+                name = self.topics.command_name(topic)
+                if name is not None:
+                    self._handle_command(topic, name, payload, retained, props)
+                elif self.on_release is not None:
+                    self.on_release(topic, payload)
+            except Exception:
+                log.exception("error handling a message on %s", topic)
+
+    def _handle_command(self, topic: str, name: str, payload: bytes, retained: bool, props: Any) -> None:
+        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        error: str | None = None
+        result: Mapping[str, Any] | None = None
+        if retained:
+            error = "retained commands are ignored; publish commands without the retain flag"
+        elif name not in COMMANDS:
+            error = f"unknown command {name!r}; expected one of {', '.join(COMMANDS)}"
+        else:
+            args: Any = {}
+            try:
+                if payload.strip():
+                    args = json.loads(payload.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                error = f"payload is not valid UTF-8 JSON: {e}"
+            if error is None and not isinstance(args, dict):
+                error = f"payload must be a JSON object, got {type(args).__name__}"
+            if error is None:
+                if self.on_command is None:
+                    error = "this service does not take commands"
+                else:
+                    try:
+                        out = self.on_command(name, args)
+                        if not isinstance(out, Mapping):
+                            raise TypeError(f"command handler returned {type(out).__name__}, not a mapping")
+                        result = out
+                    except ValueError as e:
+                        error = str(e) or type(e).__name__
+                    except Exception as e:
+                        log.exception("command %s failed", name)
+                        error = f"internal error: {type(e).__name__}: {e}"
+        if error is not None:
+            log.warning("command %s on %s: %s", name, topic, error)
+        reply = encode(command_reply_payload(name, time.time(), result=result, error=error))
+        client = self._client
+        if client is None:
+            return
+        reply_props = None
+        if self._protocol == mqtt.MQTTv5 and correlation is not None:
+            reply_props = Properties(PacketTypes.PUBLISH)
+            reply_props.CorrelationData = correlation
+        target = response_topic or self.topics.cmd_reply(topic)
+        client.publish(target, reply, qos=1, retain=False, properties=reply_props)

@@ -1,0 +1,276 @@
+"""A durable, bounded on-disk queue (SQLite, WAL, fsync on commit) of MQTT messages waiting for their PUBACK.
+
+An alert and its snapshot are written in one transaction before the first publish attempt and deleted only when
+the broker acknowledges them. When the bound is hit the oldest messages are dropped and counted (persistently).
+A database that is not a database or fails its integrity check is moved aside at start-up and replaced by a
+fresh one; `quarantined` tells the caller where it went, so the service reports it instead of crash-looping.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    created REAL NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+_OVERHEAD = 64  # bytes counted per row on top of topic and payload, so many tiny messages are bounded too
+
+
+class OutboxError(RuntimeError):
+    """The outbox could not store or read messages (disk full, I/O error, closed)."""
+
+
+@dataclass(frozen=True)
+class OutMessage:
+    """A message to publish durably."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.topic or any(c in self.topic for c in "+#"):
+            raise ValueError(f"cannot publish to topic {self.topic!r}")
+        if self.qos not in (0, 1, 2):
+            raise ValueError(f"qos must be 0, 1 or 2, got {self.qos!r}")
+        if not isinstance(self.payload, (bytes, bytearray)):
+            raise ValueError("payload must be bytes")
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message as stored: `row_id` increases with insertion order and is what `ack` takes."""
+
+    row_id: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    created: float  # wall clock when it was committed
+
+
+def _quarantine(path: Path) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            os.replace(src, Path(f"{target}{suffix}"))
+    return target
+
+
+def _check(path: Path) -> str | None:
+    """None if `path` is a healthy outbox database (or does not exist yet), else the reason it is not."""
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(str(path), timeout=10.0)
+        try:
+            rows = conn.execute("PRAGMA integrity_check").fetchall()
+            if [r[0] for r in rows] != ["ok"]:
+                return "integrity check failed: " + "; ".join(str(r[0]) for r in rows[:3])
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables and "messages" in tables:
+                cols = {r[1] for r in conn.execute("PRAGMA table_info(messages)")}
+                missing = {"id", "topic", "payload", "qos", "retain", "created", "size"} - cols
+                if missing:
+                    return f"messages table lacks columns {sorted(missing)}"
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        return str(e)
+    return None
+
+
+class Outbox:
+    """The durable message queue. Thread-safe: one SQLite connection guarded by a lock."""
+
+    def __init__(self, path: Path | str, max_messages: int = 20000, max_bytes: int = 256 * 1024 * 1024):
+        if max_messages < 1 or max_bytes < 1:
+            raise ValueError("max_messages and max_bytes must be positive")
+        self.path = Path(path)
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.quarantined: Path | None = None
+        self.quarantine_reason: str | None = None
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        reason = _check(self.path)
+        if reason is not None:
+            self.quarantined = _quarantine(self.path)
+            self.quarantine_reason = reason
+            log.error("outbox %s is corrupt (%s); moved it to %s and started a fresh one",
+                      self.path, reason, self.quarantined)
+        try:
+            self._conn: sqlite3.Connection | None = self._open()
+        except sqlite3.DatabaseError as e:
+            # Corruption that only shows once WAL is replayed: quarantine and start again, once.
+            self.quarantined = _quarantine(self.path)
+            self.quarantine_reason = str(e)
+            log.error("outbox %s is corrupt (%s); moved it to %s and started a fresh one",
+                      self.path, e, self.quarantined)
+            self._conn = self._open()
+        row = self._db().execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
+        self._count, self._bytes = int(row[0]), int(row[1])
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("outbox %s: SQLite refused WAL mode (got %s)", self.path, mode)
+            conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit: a commit survives power loss
+            conn.executescript(_SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('dropped', 0)")
+        except sqlite3.DatabaseError:
+            conn.close()
+            raise
+        return conn
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise OutboxError(f"outbox {self.path} is closed")
+        return self._conn
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` (quickly, from the writer's thread) after each committed `put`."""
+        self._listeners.append(callback)
+
+    def put(self, msgs: Sequence[OutMessage]) -> list[int]:
+        """Commit `msgs` durably in one transaction (all or none); returns their row ids.
+
+        If the bound is exceeded, the oldest messages are deleted in the same transaction and counted.
+        """
+        if not msgs:
+            return []
+        now = time.time()
+        with self._lock:
+            db = self._db()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                ids: list[int] = []
+                added = 0
+                for m in msgs:
+                    size = len(m.topic.encode()) + len(m.payload) + _OVERHEAD
+                    cur = db.execute(
+                        "INSERT INTO messages(topic, payload, qos, retain, created, size) VALUES (?, ?, ?, ?, ?, ?)",
+                        (m.topic, bytes(m.payload), m.qos, int(m.retain), now, size))
+                    ids.append(int(cur.lastrowid or 0))
+                    added += size
+                count, total = self._count + len(msgs), self._bytes + added
+                dropped = 0
+                while count > self.max_messages or total > self.max_bytes:
+                    victim = db.execute("SELECT id, size FROM messages ORDER BY id LIMIT 1").fetchone()
+                    if victim is None:
+                        break
+                    db.execute("DELETE FROM messages WHERE id = ?", (victim[0],))
+                    count, total, dropped = count - 1, total - int(victim[1]), dropped + 1
+                if dropped:
+                    db.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped'", (dropped,))
+                db.execute("COMMIT")
+            except sqlite3.Error as e:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise OutboxError(f"outbox {self.path}: cannot store {len(msgs)} message(s): {e}") from e
+            self._count, self._bytes = count, total
+        if dropped:
+            log.warning("outbox full (%d messages, %d bytes max): dropped the %d oldest message(s)",
+                        self.max_messages, self.max_bytes, dropped)
+        for cb in list(self._listeners):
+            cb()
+        return ids
+
+    def pending(self, limit: int = 100, after: int = 0) -> list[StoredMessage]:
+        """Up to `limit` unacknowledged messages with row id > `after`, oldest first."""
+        with self._lock:
+            try:
+                rows = self._db().execute(
+                    "SELECT id, topic, payload, qos, retain, created FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+                    (after, max(0, limit))).fetchall()
+            except sqlite3.Error as e:
+                raise OutboxError(f"outbox {self.path}: cannot read: {e}") from e
+        return [StoredMessage(int(r[0]), str(r[1]), bytes(r[2]), int(r[3]), bool(r[4]), float(r[5])) for r in rows]
+
+    def ack(self, row_id: int) -> None:
+        """The broker has the message: delete it. Unknown ids (already dropped or acked) are ignored."""
+        self.ack_many((row_id,))
+
+    def ack_many(self, row_ids: Iterable[int]) -> None:
+        ids = list(row_ids)
+        if not ids:
+            return
+        with self._lock:
+            db = self._db()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                removed, freed = 0, 0
+                for i in ids:
+                    row = db.execute("DELETE FROM messages WHERE id = ? RETURNING size", (i,)).fetchone()
+                    if row is not None:
+                        removed, freed = removed + 1, freed + int(row[0])
+                db.execute("COMMIT")
+            except sqlite3.Error as e:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise OutboxError(f"outbox {self.path}: cannot delete acknowledged messages: {e}") from e
+            self._count -= removed
+            self._bytes -= freed
+
+    def depth(self) -> int:
+        """Messages waiting for their PUBACK."""
+        with self._lock:
+            return self._count
+
+    def size_bytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def dropped(self) -> int:
+        """Messages dropped because of the bound, since the database was created (survives restarts)."""
+        with self._lock:
+            row = self._db().execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
