@@ -60,6 +60,11 @@ class _OutputPlan:
     quantized: bool
 
 
+def resize_interpolation(src_w: int, src_h: int, dst_w: int, dst_h: int) -> int:
+    """INTER_AREA when shrinking (as the training code resizes), else INTER_LINEAR."""
+    return cv2.INTER_AREA if src_w > dst_w or src_h > dst_h else cv2.INTER_LINEAR
+
+
 def _dtype_name(dt: Any) -> str:
     return np.dtype(dt).name
 
@@ -186,7 +191,7 @@ class Detector:
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 RGB image, got {image_rgb.dtype} {image_rgb.shape}")
         w, h = self.input_size
-        interp = cv2.INTER_AREA if image_rgb.shape[1] > w or image_rgb.shape[0] > h else cv2.INTER_LINEAR
+        interp = resize_interpolation(image_rgb.shape[1], image_rgb.shape[0], w, h)
         view = self._interpreter.tensor(self._in_index)()[0]
         if self._scratch is None:
             dst = view if view.dtype == np.uint8 else view.view(np.uint8)

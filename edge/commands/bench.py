@@ -1,0 +1,296 @@
+"""`shelfscout bench`: the raw interpreter ceiling, the naive serial loop and the real pipeline, timed in one run.
+
+All three run on the same generated 640x480 cart-pass frames held in memory (no video decode is counted), with the
+same model, runtime and thread count:
+- `invoke_fps`: the interpreter alone, on frames already preprocessed into the input tensor;
+- `naive_fps`: Google's Raspberry Pi example pattern: a fresh capture array, `cv2.resize` into a new array (the same
+  interpolation as the Detector, so both feed the model the same pixels),
+  `np.expand_dims`, `set_tensor`, `invoke`, `get_tensor` and dequantize into new arrays, decode, all serial;
+- `pipeline_fps`: the service's own threaded pipeline (`edge.pipeline.bench_pipeline`), null until it exists.
+Per-stage p50/p95 come from the in-place Detector path (preprocess into the tensor view, invoke, decode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.commands.detect import add_model_args, load_detector_from_args
+from edge.decoders import DECODERS
+from edge.detector import resize_interpolation
+from edge.types import Gap
+
+FRAME_SIZE = (640, 480)
+
+
+@dataclass(frozen=True)
+class Quantiles:
+    p50: float
+    p95: float
+    mean: float
+
+    @staticmethod
+    def of(ms: Sequence[float]) -> Quantiles:
+        a = np.asarray(ms, np.float64)
+        if a.size == 0:
+            return Quantiles(float("nan"), float("nan"), float("nan"))
+        return Quantiles(round(float(np.percentile(a, 50)), 3), round(float(np.percentile(a, 95)), 3),
+                         round(float(a.mean()), 3))
+
+
+@dataclass
+class BenchResult:
+    """One bench run's figures; `to_json()` gives the `bench --json` object."""
+
+    model: str
+    runtime: str
+    xnnpack: bool
+    threads: int
+    frames: int
+    distinct_frames: int
+    frame_size: tuple[int, int]
+    input_size: tuple[int, int]
+    invoke_fps: float
+    detector_fps: float  # the serial in-place Detector loop (preprocess + invoke + decode)
+    naive_fps: float
+    pipeline_fps: float | None
+    peak_rss_mb: float
+    frames_mb: float  # memory the in-memory frames take (part of peak_rss_mb)
+    stages_ms: dict[str, Quantiles] = field(default_factory=dict)
+    pipeline: dict[str, Any] | None = None
+    note: str = ""
+    invoke_fps_reference_kernels: float | None = None  # int8 without XNNPACK, as tflite-runtime 2.14 runs it
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stages_ms"] = {k: asdict(v) for k, v in self.stages_ms.items()}
+        d["ratios"] = {
+            "pipeline_over_invoke": _ratio(self.pipeline_fps, self.invoke_fps),
+            "pipeline_over_naive": _ratio(self.pipeline_fps, self.naive_fps),
+            "detector_over_naive": _ratio(self.detector_fps, self.naive_fps),
+        }
+        return d
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident set size so far, in MB (Linux reports ru_maxrss in KiB)."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kib / 1024.0, 1) if sys.platform != "darwin" else round(kib / 1024.0 / 1024.0, 1)
+
+
+def cart_pass_frames(count: int, seed: int = 0, frame_size: tuple[int, int] = FRAME_SIZE) -> list[np.ndarray]:
+    """`count` RGB frames of a generated cart pass (convert.cartpass), else generated shelves, else noise."""
+    rng = np.random.default_rng(seed)
+    w, h = frame_size
+    try:
+        from convert.cartpass import iter_cart_pass, make_aisle
+
+        aisle = make_aisle(rng, length_px=max(4000, w + 12 * count + 64), height_px=h)
+        frames = []
+        for f in iter_cart_pass(aisle, frame_size=frame_size, seed=seed):
+            frames.append(np.ascontiguousarray(f, np.uint8))
+            if len(frames) >= count:
+                break
+        if frames:
+            return frames
+    except ImportError:
+        pass
+    try:
+        from convert.synth import make_shelf_image
+
+        return [np.ascontiguousarray(make_shelf_image(rng, width=w, height=h).image, np.uint8) for _ in range(count)]
+    except ImportError:
+        return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def _timed_invoke(det: Any, frames: Sequence[np.ndarray], n: int) -> tuple[list[float], list[float], list[float]]:
+    """The in-place Detector path, per stage (ms): preprocess into the tensor, invoke, decode."""
+    pre, inv, dec = [], [], []
+    for i in range(n):
+        f = frames[i % len(frames)]
+        t0 = time.perf_counter()
+        det.preprocess(f)
+        t1 = time.perf_counter()
+        det.invoke()
+        t2 = time.perf_counter()
+        det.decode(f.shape[1], f.shape[0])
+        t3 = time.perf_counter()
+        pre.append((t1 - t0) * 1e3)
+        inv.append((t2 - t1) * 1e3)
+        dec.append((t3 - t2) * 1e3)
+    return pre, inv, dec
+
+
+def naive_loop(det: Any, frames: Sequence[np.ndarray], n: int) -> list[float]:
+    """Google's Pi example pattern on a second interpreter (same runtime and threads): ms per frame."""
+    from edge.runtime import make_interpreter
+
+    interpreter, _ = make_interpreter(det.bundle.model_bytes, det.runtime.threads)
+    ind = interpreter.get_input_details()[0]
+    outs = interpreter.get_output_details()
+    names = [t.name for t in det.manifest.output.tensors]
+    w, h = det.input_size
+    decode = DECODERS[det.manifest.output.decoding]
+    per_frame = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        captured = frames[i % len(frames)].copy()  # a camera read returns a fresh array each frame
+        resized = cv2.resize(captured, (w, h), interpolation=resize_interpolation(*captured.shape[1::-1], w, h))
+        input_data = np.expand_dims(resized, axis=0).astype(ind["dtype"])
+        interpreter.set_tensor(ind["index"], input_data)
+        interpreter.invoke()
+        results = {}
+        for name, o in zip(names, outs, strict=True):
+            raw = interpreter.get_tensor(o["index"])
+            scale, zp = o["quantization"]
+            results[name] = (raw.astype(np.float32) - zp) * scale if scale else raw.astype(np.float32)
+        boxes, scores = decode(results, det.manifest, det.score_threshold)
+        sx, sy = captured.shape[1] / w, captured.shape[0] / h
+        gaps = [Gap(float(b[0]) * sx, float(b[1]) * sy, float(b[2]) * sx, float(b[3]) * sy, float(sc))
+                for b, sc in zip(boxes, scores, strict=True)]
+        del gaps
+        per_frame.append((time.perf_counter() - t0) * 1e3)
+    return per_frame
+
+
+def _pipeline_bench(frames: Sequence[np.ndarray], det: Any, n: int) -> tuple[float | None, dict[str, Any] | None, str]:
+    """Run `edge.pipeline.bench_pipeline` when the pipeline module provides it."""
+    try:
+        from edge import pipeline
+    except ImportError as e:
+        return None, None, f"edge.pipeline is not importable ({e})"
+    fn: Callable[..., Any] | None = getattr(pipeline, "bench_pipeline", None)
+    if fn is None:
+        return None, None, "edge.pipeline.bench_pipeline does not exist yet, so pipeline_fps is null"
+    params = inspect.signature(fn).parameters
+    kwargs: dict[str, Any] = {}
+    for key in ("n", "n_frames", "count", "frames_count"):
+        if key in params:
+            kwargs[key] = n
+            break
+    out = fn(list(frames), det, **kwargs)
+    if isinstance(out, (int, float)):
+        return float(out), None, ""
+    if isinstance(out, dict):
+        fps = out.get("pipeline_fps", out.get("fps"))
+        return (float(fps) if fps is not None else None), out, ""
+    fps = getattr(out, "pipeline_fps", getattr(out, "fps", None))
+    extra = asdict(out) if hasattr(out, "__dataclass_fields__") else None
+    return (float(fps) if fps is not None else None), extra, ""
+
+
+def run_bench(
+    det: Any, frames: Sequence[np.ndarray], n: int, warmup: int = 5, reference_kernels: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """All the measurements, in one run, on the same frames."""
+    say = progress or (lambda _msg: None)
+    for i in range(warmup):
+        det.detect(frames[i % len(frames)])
+    say(f"in-place detector loop, {n} frames")
+    pre, inv, dec = _timed_invoke(det, frames, n)
+    say(f"naive serial loop, {n} frames")
+    naive = naive_loop(det, frames, n)
+    say("pipeline")
+    pipeline_fps, pipeline_extra, note = _pipeline_bench(frames, det, n)
+    ref_fps = None
+    if reference_kernels:
+        from edge.detector import Detector
+
+        say("int8 on reference kernels (no XNNPACK)")
+        ref = Detector(det.bundle, threads=det.runtime.threads, use_xnnpack=False)
+        m = max(5, n // 10)
+        _, ref_inv, _ = _timed_invoke(ref, frames, m)
+        ref_fps = round(1000.0 * len(ref_inv) / sum(ref_inv), 2)
+    totals = [a + b + c for a, b, c in zip(pre, inv, dec, strict=True)]
+    frames_mb = round(sum(f.nbytes for f in frames) / 2**20, 1)
+    rt = det.runtime
+    return BenchResult(
+        model=f"{det.manifest.name} v{det.manifest.version}",
+        runtime=f"{rt.name} {rt.version}",
+        xnnpack=rt.xnnpack,
+        threads=rt.threads,
+        frames=n,
+        distinct_frames=len(frames),
+        frame_size=(int(frames[0].shape[1]), int(frames[0].shape[0])),
+        input_size=det.input_size,
+        invoke_fps=round(1000.0 * n / sum(inv), 2),
+        detector_fps=round(1000.0 * n / sum(totals), 2),
+        naive_fps=round(1000.0 * n / sum(naive), 2),
+        pipeline_fps=None if pipeline_fps is None else round(pipeline_fps, 2),
+        peak_rss_mb=peak_rss_mb(),
+        frames_mb=frames_mb,
+        stages_ms={
+            "preprocess": Quantiles.of(pre),
+            "invoke": Quantiles.of(inv),
+            "decode": Quantiles.of(dec),
+            "detector_total": Quantiles.of(totals),
+            "naive_total": Quantiles.of(naive),
+        },
+        pipeline=pipeline_extra,
+        note=note,
+        invoke_fps_reference_kernels=ref_fps,
+    )
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "bench", help="time the model: raw interpreter, naive loop and the pipeline, on in-memory frames",
+        description="Measure invoke_fps, naive_fps, pipeline_fps, per-stage p50/p95 and peak RSS in one run, "
+                    "on a generated 640x480 cart pass held in memory.",
+    )
+    add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
+    p.add_argument("--frames", type=int, default=200, help="frames timed per loop (default 200)")
+    p.add_argument("--distinct", type=int, default=48,
+                   help="distinct generated frames held in memory and cycled (default 48, ~44 MB)")
+    p.add_argument("--reference-kernels", action="store_true",
+                   help="also time int8 without XNNPACK, the way tflite-runtime 2.14 runs it")
+    p.set_defaults(func=bench_cmd)
+
+
+def bench_cmd(args: argparse.Namespace) -> int:
+    from edge.cli import CliError
+
+    if args.frames < 10:
+        raise CliError("--frames must be at least 10")
+    if args.distinct < 1:
+        raise CliError("--distinct must be at least 1")
+
+    def say(msg: str) -> None:
+        if not args.json:
+            print(f"bench: {msg} ...", file=sys.stderr, flush=True)
+
+    det = load_detector_from_args(args)
+    say(f"generating {min(args.distinct, args.frames)} cart-pass frames {FRAME_SIZE[0]}x{FRAME_SIZE[1]}")
+    frames = cart_pass_frames(min(args.distinct, args.frames))
+    r = run_bench(det, frames, args.frames, reference_kernels=args.reference_kernels, progress=say)
+    if args.json:
+        print(json.dumps(r.to_json()))
+        return 0
+    print(f"model {r.model} on {r.runtime}, XNNPACK {'yes' if r.xnnpack else 'NO'}, {r.threads} threads; "
+          f"{r.frames} frames {r.frame_size[0]}x{r.frame_size[1]} -> {r.input_size[0]}x{r.input_size[1]}")
+    print(f"  invoke_fps    {r.invoke_fps:8.1f}   raw interpreter ceiling")
+    print(f"  pipeline_fps  {r.pipeline_fps if r.pipeline_fps is not None else 'n/a':>8}   {r.note or 'threaded pipeline'}")
+    print(f"  detector_fps  {r.detector_fps:8.1f}   serial, in place (preprocess + invoke + decode)")
+    print(f"  naive_fps     {r.naive_fps:8.1f}   serial, Google Pi example pattern")
+    if r.invoke_fps_reference_kernels is not None:
+        print(f"  invoke_fps without XNNPACK {r.invoke_fps_reference_kernels:.1f}")
+    for k, q in r.stages_ms.items():
+        print(f"  {k:<15} p50 {q.p50:7.2f} ms  p95 {q.p95:7.2f} ms")
+    print(f"  peak_rss_mb   {r.peak_rss_mb:8.1f}   (of which in-memory frames {r.frames_mb} MB)")
+    return 0
