@@ -14,6 +14,7 @@ import numpy as np
 
 RGB = tuple[int, int, int]
 
+
 class Rand:
     """Fast scalar draws for the many small random choices, buffered from a numpy Generator (deterministic)."""
 
@@ -101,9 +102,7 @@ def _scale(c: RGB, f: float) -> RGB:
     return (min(255, int(c[0] * f)), min(255, int(c[1] * f)), min(255, int(c[2] * f)))
 
 
-def _text_marks(
-    spr: np.ndarray, rng: Rand, x0: int, y0: int, x1: int, y1: int, colour: RGB
-) -> None:
+def _text_marks(spr: np.ndarray, rng: Rand, x0: int, y0: int, x1: int, y1: int, colour: RGB) -> None:
     """Short horizontal strokes that read as printed text at this resolution."""
     if x1 - x0 < 4 or y1 - y0 < 2:
         return
@@ -196,7 +195,10 @@ def _sprite_bag(rng: Rand, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
     m = np.zeros((h, w), np.uint8)
     inset = int(w * rng.uniform(0.0, 0.12))
     n = max(3, w // 3)
-    top = [(int(inset + (w - 1 - 2 * inset) * i / (n - 1)), int(rng.integers(0, max(1, h // 10) + 1))) for i in range(n)]
+    top = [
+        (int(inset + (w - 1 - 2 * inset) * i / (n - 1)), int(rng.integers(0, max(1, h // 10) + 1)))
+        for i in range(n)
+    ]
     pts = np.array([*top, (w - 1, h - 1), (0, h - 1)], np.int32)
     cv2.fillPoly(m, [pts], 1)
     win = _contrast(base, rng)
@@ -365,7 +367,11 @@ def _edge_colour(rng: Rand) -> RGB:
         return _hsv(rng.random(), rng.uniform(0, 0.06), rng.uniform(0.75, 0.98))
     if u < 0.7:
         return _hsv(rng.random(), rng.uniform(0, 0.1), rng.uniform(0.15, 0.45))
-    return _hsv((0.0, 0.6, 0.33, 0.08)[rng.integers(4)] + rng.uniform(-0.02, 0.02), rng.uniform(0.6, 0.9), rng.uniform(0.5, 0.9))
+    return _hsv(
+        (0.0, 0.6, 0.33, 0.08)[rng.integers(4)] + rng.uniform(-0.02, 0.02),
+        rng.uniform(0.6, 0.9),
+        rng.uniform(0.5, 0.9),
+    )
 
 
 def _fill_row(rng: Rand, row: Row, skus: list[Sku], pitch: float, kinds: tuple[str, ...]) -> None:
@@ -464,7 +470,13 @@ def plan_shelves(
 
 
 def add_gap(
-    plan: ShelfPlan, rng_in: np.random.Generator | Rand, bay: int, row: int, first: int, count: int, look: str | None = None
+    plan: ShelfPlan,
+    rng_in: np.random.Generator | Rand,
+    bay: int,
+    row: int,
+    first: int,
+    count: int,
+    look: str | None = None,
 ) -> PlannedGap | None:
     """Leave facings [first, first+count) of a row empty; returns None when they overlap or touch another gap."""
     rng = as_rand(rng_in)
@@ -524,7 +536,9 @@ def _count_choice(rng: Rand) -> int:
     return int(rng.integers(7, 13))
 
 
-def add_random_gaps(plan: ShelfPlan, rng_in: np.random.Generator | Rand, n: int, region: tuple[int, int, int, int]) -> None:
+def add_random_gaps(
+    plan: ShelfPlan, rng_in: np.random.Generator | Rand, n: int, region: tuple[int, int, int, int]
+) -> None:
     """Add up to n gaps in rows whose inner area lies mostly inside region (x0, y0, x1, y1)."""
     rng = as_rand(rng_in)
     cands: list[tuple[int, int]] = []
@@ -532,7 +546,9 @@ def add_random_gaps(plan: ShelfPlan, rng_in: np.random.Generator | Rand, n: int,
     rx0, ry0, rx1, ry1 = region
     for bi, bay in enumerate(plan.bays):
         for ri, row in enumerate(bay.rows):
-            if row.top < ry0 - 0.3 * (row.bottom - row.top) or row.bottom > ry1 + 0.3 * (row.bottom - row.top):
+            if row.top < ry0 - 0.3 * (row.bottom - row.top) or row.bottom > ry1 + 0.3 * (
+                row.bottom - row.top
+            ):
                 continue
             inside = sum(1 for f in row.facings if rx0 <= f.x and f.right(plan.skus) <= rx1)
             if inside >= 2:
@@ -545,7 +561,7 @@ def add_random_gaps(plan: ShelfPlan, rng_in: np.random.Generator | Rand, n: int,
     added = 0
     while added < n and tries < n * 8:
         tries += 1
-        bi, ri = cands[min(len(cands) - 1, int(np.searchsorted(cum, rng.random(), side='right')))]
+        bi, ri = cands[min(len(cands) - 1, int(np.searchsorted(cum, rng.random(), side="right")))]
         facings = plan.bays[bi].rows[ri].facings
         count = min(_count_choice(rng), max(1, len(facings) - 1))
         idx = [i for i, f in enumerate(facings) if rx0 <= f.x and f.right(plan.skus) <= rx1]
@@ -559,7 +575,13 @@ def add_random_gaps(plan: ShelfPlan, rng_in: np.random.Generator | Rand, n: int,
 
 
 def _paste(
-    img: np.ndarray, spr: np.ndarray, m: np.ndarray, x: int, y: int, pmask: np.ndarray | None, solid: bool = False
+    img: np.ndarray,
+    spr: np.ndarray,
+    m: np.ndarray,
+    x: int,
+    y: int,
+    pmask: np.ndarray | None,
+    solid: bool = False,
 ) -> None:
     h, w = m.shape
     H, W = img.shape[:2]
@@ -742,8 +764,13 @@ def _camera_effects(rng: Rand, img: np.ndarray) -> np.ndarray:
         ker = np.zeros((k, k), np.float32)
         ang = rng.uniform(-0.3, 0.3)
         c = (k - 1) / 2
-        cv2.line(ker, (int(c - c * np.cos(ang)), int(c - c * np.sin(ang))),
-                 (int(c + c * np.cos(ang)), int(c + c * np.sin(ang))), 1.0, 1)
+        cv2.line(
+            ker,
+            (int(c - c * np.cos(ang)), int(c - c * np.sin(ang))),
+            (int(c + c * np.cos(ang)), int(c + c * np.sin(ang))),
+            1.0,
+            1,
+        )
         ker /= max(ker.sum(), 1e-6)
         out = cv2.filter2D(out, -1, ker)
     elif u < 0.65:
@@ -764,7 +791,9 @@ def _transform_boxes(boxes: np.ndarray, M: np.ndarray) -> np.ndarray:
     if len(boxes) == 0:
         return np.zeros((0, 4), np.float32)
     x0, y0, x1, y1 = boxes.T
-    pts = np.stack([np.stack([x0, y0], 1), np.stack([x1, y0], 1), np.stack([x1, y1], 1), np.stack([x0, y1], 1)], 1)
+    pts = np.stack(
+        [np.stack([x0, y0], 1), np.stack([x1, y0], 1), np.stack([x1, y1], 1), np.stack([x0, y1], 1)], 1
+    )
     out = cv2.perspectiveTransform(pts.reshape(-1, 1, 2).astype(np.float64), M).reshape(-1, 4, 2)
     return np.concatenate([out.min(1), out.max(1)], 1).astype(np.float32)
 
@@ -795,7 +824,9 @@ def render_sample(
     src = np.clip(src, 0, [cw - 1, ch - 1]).astype(np.float32)
     dst = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float32)
     M = cv2.getPerspectiveTransform(src, dst)
-    img = cv2.warpPerspective(canvas, M, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    img = cv2.warpPerspective(
+        canvas, M, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
     raw = np.array([g.box for g in plan.gaps], np.float32).reshape(-1, 4)
     tb = _transform_boxes(raw, M)
     clipped = tb.copy()
@@ -854,7 +885,9 @@ def read_yolo_labels(path: Path, width: int, height: int) -> np.ndarray:
         if len(parts) != 5:
             continue
         _, cx, cy, w, h = (float(p) for p in parts)
-        rows.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
+        rows.append(
+            [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
+        )
     return np.asarray(rows, np.float32).reshape(-1, 4)
 
 
