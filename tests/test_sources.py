@@ -78,7 +78,7 @@ def decode_all(path: Path) -> list[np.ndarray]:
 def read_all(src: FrameSource, limit: int = 10_000) -> list[np.ndarray]:
     src.open()
     try:
-        out = []
+        out: list[np.ndarray] = []
         while len(out) < limit:
             img = src.read()
             if img is None:
