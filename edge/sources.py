@@ -7,6 +7,7 @@ Sources never retry on their own: `edge.capture.CaptureThread` reopens them with
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import re
@@ -397,7 +398,7 @@ class Picamera2Source:
         try:
             # A number for `wait` is a timeout in seconds (picamera2 >= 0.3.17); older versions just block.
             request = self._cam.capture_request(wait=self.timeout_s)
-        except TimeoutError:
+        except (TimeoutError, concurrent.futures.TimeoutError):  # distinct classes before Python 3.11
             raise SourceError(f"{self.name}: no frame within {self.timeout_s:g} s") from None
         except Exception as e:
             raise SourceError(f"{self.name}: capture failed: {e}") from None
