@@ -5,6 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+# TensorFlow's converter and its deprecated tf.lite.Interpreter warn on every use; the tests expect that.
+TF_WARNINGS = [
+    pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning"),
+]
 
 
 def build_tiny_yolo_tflite(
@@ -42,3 +49,23 @@ def build_tiny_yolo_tflite(
     conv.inference_output_type = tf.uint8
     path.write_bytes(conv.convert())
     return path
+
+
+def cached_tiny_bundle(base: Path, input_type: str = "uint8", score: float = 0.3) -> tuple[Path, Path, Path]:
+    """A signed bundle wrapping the tiny YOLO-shaped model, built once per test session under `base`.
+
+    Returns (bundle path, folder of the trusted public key, private key path).
+    """
+    from convert.wrap import wrap_external_model
+    from edge.bundle import generate_keypair
+
+    root = base / "tiny-models"
+    root.mkdir(parents=True, exist_ok=True)
+    key, keys_dir = root / "signer.pem", root / "keys"
+    if not key.exists():
+        generate_keypair(key, keys_dir / "signer.pub")
+    bundle = root / f"tiny-yolo-{input_type}.bundle"
+    if not bundle.exists():
+        model = build_tiny_yolo_tflite(root / f"tiny-yolo-{input_type}.tflite", input_type=input_type)
+        wrap_external_model(model, "yolo", f"tiny-yolo-{input_type}", 3, ["empty"], bundle, key, score=score)
+    return bundle, keys_dir, key

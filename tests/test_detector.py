@@ -1,0 +1,182 @@
+"""The Detector on real int8 models: I/O signature checks at load, in-place preprocessing, decoding to original
+pixels, golden vectors; and wrapping an external YOLO-shaped model into a signed bundle."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from convert.wrap import wrap_external_model
+from edge.bundle import (
+    GOLDEN,
+    MODEL,
+    Bundle,
+    Manifest,
+    TensorSpec,
+    load_public_keys,
+    read_bundle,
+    write_bundle,
+)
+from edge.decoders.yolo import decode_yolo
+from edge.detector import Detector, ModelSignatureError
+from tests.test_detector_models import TF_WARNINGS, cached_tiny_bundle
+
+pytestmark = TF_WARNINGS
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    path, keys, _ = cached_tiny_bundle(tmp_path_factory.getbasetemp())
+    return read_bundle(path, load_public_keys([keys]))
+
+
+@pytest.fixture(scope="module")
+def tiny_int8_input(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    path, keys, _ = cached_tiny_bundle(tmp_path_factory.getbasetemp(), input_type="int8")
+    return read_bundle(path, load_public_keys([keys]))
+
+
+def _with_manifest(b: Bundle, **changes: object) -> Bundle:
+    m = dataclasses.replace(b.manifest, **changes)  # type: ignore[arg-type]
+    return Bundle(m, m.to_json_bytes(), b.members, None, "edited")
+
+
+def _frame(seed: int, w: int = 640, h: int = 480) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# ---- signature checks ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("change, message", [
+    (lambda m: {"input": dataclasses.replace(m.input, width=96)}, r"input shape is \(1, 64, 64, 3\) in the model, manifest says \(1, 64, 96, 3\)"),
+    (lambda m: {"input": dataclasses.replace(m.input, dtype="int8")}, "input dtype is uint8 in the model, manifest says int8"),
+    (lambda m: {"input": dataclasses.replace(m.input, scale=1 / 255)}, r"input quantization is \(scale 1, zero point 0\)"),
+    (lambda m: {"input": dataclasses.replace(m.input, zero_point=3)}, "manifest says .*zero point 3"),
+    (lambda m: {"output": dataclasses.replace(m.output, tensors=(TensorSpec("predictions", (1, 256, 5), "uint8"),))},
+     r"output #0 'predictions' has shape \(1, 5, 256\) in the model, manifest says \(1, 256, 5\)"),
+    (lambda m: {"output": dataclasses.replace(m.output, tensors=(TensorSpec("predictions", (1, 5, 256), "int8"),))},
+     "output #0 'predictions' has dtype uint8 in the model, manifest says int8"),
+    (lambda m: {"output": dataclasses.replace(m.output, tensors=m.output.tensors * 2)}, "model has 1 outputs, manifest lists 2"),
+    (lambda m: {"output": dataclasses.replace(m.output, tensors=(TensorSpec("heatmap", (1, 5, 256), "uint8"),))},
+     r"yolo decoding needs outputs named \['predictions'\]"),
+])
+def test_refuses_a_manifest_that_does_not_match_the_model(tiny: Bundle, change, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ModelSignatureError, match=message):
+        Detector(_with_manifest(tiny, **change(tiny.manifest)), threads=1)
+
+
+def test_refusal_through_a_real_signed_bundle_file(tiny: Bundle, tmp_path: Path,
+                                                    tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A bundle whose (validly signed) manifest lies about the model is refused at load, naming the difference."""
+    _, keys, key = cached_tiny_bundle(tmp_path_factory.getbasetemp())
+    from edge.bundle import load_private_key
+
+    bad = dataclasses.replace(tiny.manifest, input=dataclasses.replace(tiny.manifest.input, height=48))
+    out = tmp_path / "bad.bundle"
+    write_bundle(out, bad, {MODEL: tiny.members[MODEL], GOLDEN: tiny.members[GOLDEN]}, load_private_key(key))
+    b = read_bundle(out, load_public_keys([keys]))  # signature and hashes are fine
+    with pytest.raises(ModelSignatureError, match=r"input shape .* manifest says \(1, 48, 64, 3\)"):
+        Detector(b)
+
+
+# ---- preprocessing ---------------------------------------------------------------------------------------------
+def test_preprocess_writes_into_the_same_input_buffer_every_frame(tiny: Bundle) -> None:
+    det = Detector(tiny, threads=1)
+    ptr = det.input_pointer()
+    for i, (w, h) in enumerate([(640, 480), (320, 240), (64, 64), (33, 17)]):
+        img = _frame(i, w, h)
+        det.preprocess(img)
+        assert det.input_pointer() == ptr  # no reallocation of the tensor
+        got = det._interpreter.get_tensor(det._in_index)[0]
+        interp = cv2.INTER_AREA if w > 64 or h > 64 else cv2.INTER_LINEAR
+        np.testing.assert_array_equal(got, cv2.resize(img, (64, 64), interpolation=interp))
+        det.invoke()  # no numpy view of the interpreter's buffers is left alive
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        det.preprocess(np.zeros((10, 10), np.uint8))
+
+
+def test_preprocess_bgr_and_int8_input_mapping(tiny: Bundle, tiny_int8_input: Bundle) -> None:
+    img = _frame(7, 128, 128)
+    ref = cv2.resize(img, (64, 64), interpolation=cv2.INTER_AREA)
+    bgr = Detector(_with_manifest(tiny, input=dataclasses.replace(tiny.manifest.input, color="BGR")), threads=1)
+    bgr.preprocess(img)
+    np.testing.assert_array_equal(bgr._interpreter.get_tensor(bgr._in_index)[0], ref[..., ::-1])
+    assert tiny_int8_input.manifest.input.dtype == "int8" and tiny_int8_input.manifest.input.zero_point == -128
+    det = Detector(tiny_int8_input, threads=1)
+    ptr = det.input_pointer()
+    det.preprocess(img)
+    got = det._interpreter.get_tensor(det._in_index)[0]
+    assert got.dtype == np.int8 and det.input_pointer() == ptr
+    np.testing.assert_array_equal(got.astype(int), ref.astype(int) - 128)
+
+
+# ---- outputs and decoding --------------------------------------------------------------------------------------
+def test_outputs_are_dequantized_and_boxes_scaled_to_the_original(tiny: Bundle) -> None:
+    det = Detector(tiny, threads=1, score_threshold=0.25)
+    img = _frame(3, 640, 480)
+    gaps = det.detect(img)
+    raw = det.raw_outputs()["predictions"]
+    scale, zp = det._outputs[0].scale, det._outputs[0].zero_point
+    out = det.outputs()
+    assert out["predictions"].dtype == np.float32 and out["predictions"].shape == (1, 5, 256)
+    np.testing.assert_allclose(out["predictions"], (raw.astype(np.float32) - zp) * scale)
+    assert det.outputs()["predictions"] is out["predictions"]  # buffers are reused, not reallocated
+    boxes, scores = decode_yolo(out, det.manifest, 0.25)
+    assert len(gaps) == len(boxes) > 0, "the tiny model should find something at a 0.25 threshold"
+    got = np.array([g.box for g in gaps])
+    np.testing.assert_allclose(got, boxes * np.array([10, 7.5, 10, 7.5]), rtol=1e-5)
+    assert (got[:, [0, 2]] >= 0).all() and (got[:, [0, 2]] <= 640).all()
+    assert (got[:, [1, 3]] >= 0).all() and (got[:, [1, 3]] <= 480).all()
+    assert [g.score for g in gaps] == pytest.approx(scores.tolist())
+    # the bundle's threshold (0.3) applies unless overridden
+    assert Detector(tiny, threads=1).score_threshold == pytest.approx(0.3)
+    assert all(g.score >= 0.3 for g in Detector(tiny, threads=1).detect(img))
+
+
+# ---- golden vectors --------------------------------------------------------------------------------------------
+def test_golden_vectors_reproduce_and_a_drift_is_caught(tiny: Bundle) -> None:
+    res = Detector(tiny, threads=2).check_golden()
+    assert res.ok and res.max_abs_diff <= 2, res.detail
+    with np.load(io.BytesIO(tiny.members[GOLDEN])) as z:
+        arrays = {k: z[k] for k in z.files}
+    drift = arrays["output_predictions"].astype(np.int16)
+    drift[1, 0, 4, 17] = (drift[1, 0, 4, 17] + 5) % 256  # one value 5 steps off (or wrapped further)
+    arrays["output_predictions"] = drift.astype(np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    res = Detector(Bundle(tiny.manifest, tiny.manifest_bytes, {**tiny.members, GOLDEN: buf.getvalue()}, None, "t"),
+                   threads=1).check_golden()
+    assert not res.ok and res.max_abs_diff >= 5 and "golden input 1" in res.detail
+    no_golden = {k: v for k, v in tiny.members.items() if k != GOLDEN}
+    res = Detector(Bundle(tiny.manifest, tiny.manifest_bytes, no_golden, None, "t"), threads=1).check_golden()
+    assert not res.ok and "no golden.npz" in res.detail
+
+
+# ---- wrapping an external model --------------------------------------------------------------------------------
+def test_wrap_reads_the_model_io_into_a_signed_manifest(tiny: Bundle, tmp_path_factory: pytest.TempPathFactory) -> None:
+    m: Manifest = tiny.manifest
+    assert tiny.signed_by == "signer.pub"
+    assert (m.input.width, m.input.height, m.input.dtype, m.input.scale, m.input.zero_point) == (64, 64, "uint8", 1.0, 0)
+    assert m.output.decoding == "yolo"
+    assert m.output.tensors == (TensorSpec("predictions", (1, 5, 256), "uint8"),)
+    assert m.labels == ("empty",) and m.version == 3 and set(m.files) == {MODEL, GOLDEN}
+    with np.load(io.BytesIO(tiny.members[GOLDEN])) as z:
+        assert z["input_0"].shape == (3, 64, 64, 3) and z["input_0"].dtype == np.uint8
+        assert z["output_predictions"].shape == (3, 1, 5, 256)
+
+
+def test_wrap_refuses_what_it_cannot_wrap(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    root = tmp_path_factory.getbasetemp() / "tiny-models"
+    cached_tiny_bundle(tmp_path_factory.getbasetemp())
+    model = root / "tiny-yolo-uint8.tflite"
+    with pytest.raises(ValueError, match=r"4 \+ 2 labels = 6"):
+        wrap_external_model(model, "yolo", "x", 1, ["empty", "product"], tmp_path / "x.bundle", None)
+    with pytest.raises(ValueError, match="decoding must be one of"):
+        wrap_external_model(model, "gap-heatmap", "x", 1, ["empty"], tmp_path / "x.bundle", None)
+    with pytest.raises(ValueError, match="4 outputs"):
+        wrap_external_model(model, "ssd", "x", 1, ["empty"], tmp_path / "x.bundle", None)
+    assert not (tmp_path / "x.bundle").exists()
