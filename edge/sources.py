@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")
-PICAMERA2_MAIN_SIZE = (1280, 960)  # main stream, kept for snapshots; the lores stream feeds inference
+PICAMERA2_MAIN_WIDTH = 1280  # main stream width, kept for snapshots; the lores stream feeds inference
 DEFAULT_TIMEOUT_S = 5.0  # a live source with no frame for this long has failed (read timeout / stall)
 
 
@@ -169,7 +169,7 @@ class OpenCVSource:
 
     def _open_device(self) -> Any:
         path = Path(self.name)
-        if os.name == "posix" and path.parent == Path("/dev"):
+        if os.name == "posix" and self.name.startswith("/dev/"):
             if not path.exists():
                 raise SourceError(f"camera {self.name}: no such device")
             if not os.access(path, os.R_OK | os.W_OK):
@@ -345,11 +345,14 @@ class Picamera2Source:
     finite = False
 
     def __init__(self, cfg: CameraConfig, camera_num: int = 0,
-                 main_size: tuple[int, int] = PICAMERA2_MAIN_SIZE, timeout_s: float = DEFAULT_TIMEOUT_S):
+                 main_size: tuple[int, int] | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.name = "picamera2" if camera_num == 0 else f"picamera2:{camera_num}"
         self.camera_num = camera_num
         self.fps: float | None = cfg.fps
         self.lores_size = (cfg.width - cfg.width % 2, cfg.height - cfg.height % 2)
+        if main_size is None:  # same aspect as lores, so the ISP scales both from the same field of view
+            k = max(1.0, PICAMERA2_MAIN_WIDTH / self.lores_size[0])
+            main_size = (int(self.lores_size[0] * k) // 2 * 2, int(self.lores_size[1] * k) // 2 * 2)
         self.main_size = (max(main_size[0], self.lores_size[0]), max(main_size[1], self.lores_size[1]))
         self.timeout_s = timeout_s
         self._cam: Any = None

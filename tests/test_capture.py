@@ -241,3 +241,34 @@ def test_looped_file_runs_past_its_end_with_increasing_indices(tmp_path: Path) -
     assert not ct.finite
     assert [f.index for f in frames if f] == list(range(20))
     assert [frame_id(f.image) for f in frames if f] == [i % 8 for i in range(20)]
+
+
+def test_a_recorded_cart_pass_replays_identically_whatever_the_consumer_speed(tmp_path: Path) -> None:
+    from convert.cartpass import iter_cart_pass, make_aisle, render_cart_pass
+
+    aisle = make_aisle(np.random.default_rng(3), length_px=1600, n_gaps=2)
+    cp = render_cart_pass(aisle, tmp_path / "pass.mp4", speed_px_per_frame=24.0)
+    cfg = CameraConfig(source=str(cp.path), width=cp.frame_size[0], height=cp.frame_size[1])
+    runs = []
+    for delay in (0.0, 0.004):  # a fast consumer, then a slow one: lossless replay must not care
+        ct = CaptureThread(lambda: open_source(cfg), cfg, States())
+        ct.start()
+        try:
+            frames = []
+            while (f := ct.latest(timeout=10)) is not None:
+                frames.append(f)
+                time.sleep(delay)
+        finally:
+            ct.stop()
+        assert ct.ended and ct.dropped == 0
+        runs.append(frames)
+    a, b = runs
+    assert len(a) == len(b) == cp.frames
+    assert [f.index for f in a] == [f.index for f in b] == list(range(cp.frames))
+    assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b, strict=True))
+    # The decoded frames are the rendered ones (in RGB order), up to mp4v's compression loss.
+    truth = list(iter_cart_pass(aisle, speed_px_per_frame=24.0))
+    for f, t in zip(a, truth, strict=True):
+        d = float(np.abs(f.image.astype(np.int16) - t).mean())
+        swapped = float(np.abs(f.image[:, :, ::-1].astype(np.int16) - t).mean())
+        assert d < 9.0 and swapped > d + 5.0, (f.index, d, swapped)

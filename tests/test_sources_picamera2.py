@@ -27,7 +27,7 @@ from edge.sources import Picamera2Source, SourceError, open_source
 from tests.test_capture import States
 
 LW, LH = 300, 224  # lores: a width whose stride (64-byte aligned: 320) has padding, like a real Pi
-MW, MH = 1280, 960
+MW, MH = 1280, 954  # main: 1280 wide at the lores aspect, even
 
 
 def scene(w: int, h: int, t: int) -> np.ndarray:
@@ -186,6 +186,12 @@ def test_lores_yuv_becomes_rgb_and_main_is_kept_for_snapshots(picam: type[StandI
     finally:
         src.close()
     assert cam.outstanding == 0 and cam.calls[-2:] == ["stop", "close"]
+
+
+def test_main_stream_keeps_the_lores_aspect(picam: type[StandInPicamera2]) -> None:
+    assert Picamera2Source(CameraConfig(width=640, height=480)).main_size == (1280, 960)
+    assert Picamera2Source(CameraConfig(width=640, height=360)).main_size == (1280, 720)
+    assert Picamera2Source(CameraConfig(width=1920, height=1080)).main_size == (1920, 1080)
 
 
 def test_small_main_size_grows_to_the_lores_size(picam: type[StandInPicamera2]) -> None:
