@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Install (or update) shelfscout on Raspberry Pi OS Bookworm (Python 3.11) or Trixie (Python 3.13).
+# Idempotent: run it again after `git pull` to update; it never overwrites /etc/shelfscout/config.toml or secrets.
+#
+#   sudo deploy/install-pi.sh                   # the real thing
+#   deploy/install-pi.sh --prefix /tmp/root     # everything below a test root: no users, apt or systemctl
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: install-pi.sh [options]
+  --prefix DIR       install below DIR instead of / (testing; implies --no-users, no apt, no systemctl)
+  --source DIR       the shelfscout source tree to install (default: this script's repository)
+  --python PY        the Python to build the venv from (default: /usr/bin/python3, else python3 on PATH)
+  --no-users         do not create the `shelfscout` system user
+  --no-apt           do not apt-get install the system packages (python3-venv, python3-picamera2)
+  --no-pip           create the venv but do not pip install into it
+  --pip-args "ARGS"  extra arguments for pip install (e.g. "--no-deps --no-index --no-build-isolation")
+  --no-systemctl     install the unit but do not daemon-reload/enable/restart it
+  -h, --help         this help
+EOF
+}
+
+log() { printf '==> %s\n' "$*"; }
+die() { printf 'install-pi.sh: %s\n' "$*" >&2; exit 1; }
+
+PREFIX=/
+SOURCE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON=""
+DO_USERS=1
+DO_APT=1
+DO_PIP=1
+DO_SYSTEMCTL=1
+PIP_ARGS=""
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --prefix) [ $# -ge 2 ] || die "--prefix needs a directory"; PREFIX="$2"; shift 2 ;;
+        --source) [ $# -ge 2 ] || die "--source needs a directory"; SOURCE="$2"; shift 2 ;;
+        --python) [ $# -ge 2 ] || die "--python needs an interpreter"; PYTHON="$2"; shift 2 ;;
+        --pip-args) [ $# -ge 2 ] || die "--pip-args needs a value"; PIP_ARGS="$2"; shift 2 ;;
+        --no-users) DO_USERS=0; shift ;;
+        --no-apt) DO_APT=0; shift ;;
+        --no-pip) DO_PIP=0; shift ;;
+        --no-systemctl) DO_SYSTEMCTL=0; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown option: $1" ;;
+    esac
+done
+
+[ -f "$SOURCE/pyproject.toml" ] || die "$SOURCE is not a shelfscout source tree (no pyproject.toml)"
+mkdir -p "$PREFIX"
+PREFIX="$(cd "$PREFIX" && pwd)"
+if [ "$PREFIX" != / ]; then
+    # A test root: touch nothing outside it.
+    DO_USERS=0
+    DO_APT=0
+    DO_SYSTEMCTL=0
+    ROOT="$PREFIX"
+else
+    ROOT=""
+    [ "$(id -u)" = 0 ] || die "run as root (sudo), or use --prefix DIR for a test install"
+fi
+
+ETC="$ROOT/etc/shelfscout"
+STATE="$ROOT/var/lib/shelfscout"
+OPT="$ROOT/opt/shelfscout"
+VENV="$OPT/venv"
+UNITDIR="$ROOT/etc/systemd/system"
+SVC_USER=shelfscout
+
+if [ -r /etc/os-release ]; then
+    # shellcheck disable=SC1091
+    . /etc/os-release
+    case "${VERSION_CODENAME:-}" in
+        bookworm|trixie) ;;
+        *) log "note: tested on Raspberry Pi OS Bookworm and Trixie; this is ${PRETTY_NAME:-unknown}" ;;
+    esac
+fi
+
+# ---- system packages ---------------------------------------------------------------------------------------------
+if [ "$DO_APT" = 1 ]; then
+    log "apt: python3-venv, and python3-picamera2 where the Raspberry Pi archive provides it"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq python3-venv python3-pip ca-certificates
+    if apt-cache show python3-picamera2 >/dev/null 2>&1; then
+        apt-get install -y -qq --no-install-recommends python3-picamera2
+    else
+        log "python3-picamera2 is not in this system's archives: only V4L2/RTSP/file sources will work"
+    fi
+fi
+
+if [ -z "$PYTHON" ]; then
+    if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON="$(command -v python3)"; fi
+fi
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
+    || die "$PYTHON is older than Python 3.10"
+
+# ---- the service user --------------------------------------------------------------------------------------------
+if [ "$DO_USERS" = 1 ]; then
+    if ! getent passwd "$SVC_USER" >/dev/null; then
+        log "creating system user $SVC_USER"
+        useradd --system --user-group --home-dir /var/lib/shelfscout --no-create-home \
+            --shell /usr/sbin/nologin --comment "shelfscout service" "$SVC_USER"
+    fi
+    # The camera nodes (/dev/video*, /dev/media*, /dev/dma_heap/*) belong to the video group on Raspberry Pi OS.
+    usermod -a -G video "$SVC_USER"
+fi
+HAVE_USER=0
+if [ -z "$ROOT" ] && getent passwd "$SVC_USER" >/dev/null; then HAVE_USER=1; fi
+
+# ---- directories and files ---------------------------------------------------------------------------------------
+log "configuration in $ETC, state in $STATE"
+install -d -m 0755 "$ETC" "$ETC/keys" "$UNITDIR" "$OPT"
+install -d -m 0700 "$ETC/credentials"  # root only; systemd's LoadCredential= passes secrets to the service
+install -d -m 0750 "$ETC/tls"
+install -d -m 0700 "$STATE" "$STATE/models"
+if [ "$HAVE_USER" = 1 ]; then
+    chown "$SVC_USER:$SVC_USER" "$STATE" "$STATE/models"
+    chgrp "$SVC_USER" "$ETC/tls"
+fi
+
+if [ ! -e "$ETC/config.toml" ]; then
+    install -m 0644 "$SOURCE/deploy/config.example.toml" "$ETC/config.toml"
+    log "wrote $ETC/config.toml from the example: set device.id, device.store and mqtt.url"
+else
+    log "keeping the existing $ETC/config.toml"
+fi
+if [ ! -e "$ETC/credentials/mqtt-password" ]; then
+    # LoadCredential= needs the file to exist; an empty one means "no password" (certificate log-in).
+    install -m 0600 /dev/null "$ETC/credentials/mqtt-password"
+fi
+# The release signing public keys shipped with the source, unless the operator has put their own in place.
+if [ -d "$SOURCE/models/keys" ]; then
+    for key in "$SOURCE"/models/keys/*.pub; do
+        [ -e "$key" ] || continue
+        [ -e "$ETC/keys/$(basename "$key")" ] || install -m 0644 "$key" "$ETC/keys/"
+    done
+fi
+
+# ---- the venv ----------------------------------------------------------------------------------------------------
+# --system-site-packages: picamera2 and libcamera's Python bindings come from apt (python3-picamera2).
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating the venv $VENV ($("$PYTHON" --version 2>&1))"
+    "$PYTHON" -m venv --system-site-packages "$VENV"
+else
+    log "keeping the venv $VENV"
+fi
+
+if [ "$DO_PIP" = 1 ]; then
+    CONSTRAINTS="$OPT/constraints.txt"
+    : > "$CONSTRAINTS"
+    # apt's picamera2 (simplejpeg, libcamera bindings) is built against the system numpy: keep that numpy in the
+    # venv too, or pip would shadow it with numpy 2 and picamera2 would fail to import on Bookworm.
+    if SYS_NUMPY="$("$PYTHON" -c 'import numpy; print(numpy.__version__)' 2>/dev/null)"; then
+        echo "numpy==$SYS_NUMPY" >> "$CONSTRAINTS"
+        log "pinning numpy==$SYS_NUMPY to match the system's picamera2"
+    fi
+    log "pip install shelfscout from $SOURCE (+ ai-edge-litert)"
+    # shellcheck disable=SC2086  # PIP_ARGS is a list of words on purpose
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c "$CONSTRAINTS" $PIP_ARGS "$SOURCE"
+    if ! "$VENV/bin/python" -c 'import ai_edge_litert' 2>/dev/null; then
+        # shellcheck disable=SC2086
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c "$CONSTRAINTS" $PIP_ARGS \
+            ai-edge-litert || log "ai-edge-litert is not available here: falling back to tflite-runtime/tf.lite"
+    fi
+fi
+
+# ---- systemd -----------------------------------------------------------------------------------------------------
+for unit in "$SOURCE"/systemd/*.service; do
+    [ -e "$unit" ] || continue
+    install -m 0644 "$unit" "$UNITDIR/"
+done
+
+if [ "$DO_SYSTEMCTL" = 1 ]; then
+    if [ -d /run/systemd/system ]; then
+        systemctl daemon-reload
+        systemctl enable shelfscout.service
+        # An update: restart a running service on the new code; a first install waits for the config.
+        systemctl try-restart shelfscout.service
+    else
+        log "systemd is not running here: skipped systemctl"
+    fi
+fi
+
+log "done. Next: edit $ETC/config.toml, check it with"
+log "  $VENV/bin/shelfscout config check $ETC/config.toml"
+log "then: systemctl start shelfscout; journalctl -u shelfscout -f; preview: http://127.0.0.1:8080/"
