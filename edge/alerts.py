@@ -3,7 +3,8 @@
 A *place* is an open alert: its aisle (named by an ArUco marker, or None for pure odometry) and its box in shelf
 pixels of that aisle's coordinate frame. A confirmed track near an open place is that place again (no new
 `opened`); an open place that is fully in view with no gap detected near it for `clear_frames` consecutive frames
-is `cleared`. Open places and known marker positions live in a small JSON file written atomically.
+is `cleared` (counting starts once no live track shows the place, so a gap tracked in this pass needs
+`lost_frames` + `clear_frames` missed frames: a detector's short dropouts do not clear it). Open places and known marker positions live in a small JSON file written atomically.
 
 "Near" is: the boxes overlap vertically by at least half the smaller height (same shelf level), and the horizontal
 distance between the two boxes (0 when they overlap) is within an effective radius. That radius is
@@ -298,7 +299,7 @@ class AlertManager:
 
     def _location(self, place: Place) -> Location:
         cx = 0.5 * (place.box[0] + place.box[2])
-        offset_m = round(cx * self.cfg.meters_per_pixel, 3)
+        offset_m = round(float(cx) * self.cfg.meters_per_pixel, 3)
         if place.aisle is None:
             return Location(aisle=None, offset_m=offset_m, source="odometry")
         return Location(aisle=place.aisle, offset_m=offset_m, source="aruco")
@@ -403,6 +404,11 @@ class AlertManager:
                 continue
             if frac < 0.999 or not view.reliable:
                 continue  # at the edge, or unsure where we are: no evidence either way
+            if place.track_id is not None:
+                place.clear_count = (
+                    0  # its gap is being followed: a few missed detections are not a filled shelf
+                )
+                continue
             if any(self._near(d, place, view.path, claimed_ok=True) is not None for d in detections):
                 place.clear_count = 0
                 continue

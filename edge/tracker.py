@@ -21,6 +21,8 @@ from edge.config import TrackingConfig
 from edge.motion import MarkerDetector, Odometry, Shift, ShiftEstimator
 from edge.types import AlertEvent, Frame, Gap, Location
 
+EDGE_MARGIN = 0.02  # a detection within this fraction of the width from the left/right edge is cut by it
+
 
 @dataclass(frozen=True)
 class TrackView:
@@ -137,7 +139,8 @@ class GapTracker:
         for g in gaps:
             if not (g.x1 > g.x0 and g.y1 > g.y0):
                 continue
-            dets.append(_Det(g.box, view.to_shelf(g.box), float(g.score)))
+            fb = (float(g.x0), float(g.y0), float(g.x1), float(g.y1))
+            dets.append(_Det(fb, view.to_shelf(fb), float(g.score)))
 
         events: list[AlertEvent] = []
         ended = self._associate(dets, view)
@@ -183,7 +186,7 @@ class GapTracker:
         aisle = self.alerts.aisle
         return Location(
             aisle=aisle,
-            offset_m=round(self.odometry.x * self.cfg.meters_per_pixel, 3),
+            offset_m=round(float(self.odometry.x) * self.cfg.meters_per_pixel, 3),
             source="odometry" if aisle is None else "aruco",
         )
 
@@ -254,7 +257,14 @@ class GapTracker:
 
     def _hit(self, t: Track, d: _Det, frame_w: int) -> None:
         a = self.smoothing
-        t.box = tuple(a * n + (1.0 - a) * o for n, o in zip(d.shelf_box, t.box, strict=True))  # type: ignore[assignment]
+        x0, y0, x1, y1 = (a * n + (1.0 - a) * o for n, o in zip(d.shelf_box, t.box, strict=True))
+        # A side cut by the frame's edge says only "at least this far": keep the track's wider extent there.
+        margin = EDGE_MARGIN * frame_w
+        if d.frame_box[0] <= margin:
+            x0 = min(d.shelf_box[0], t.box[0])
+        if d.frame_box[2] >= frame_w - margin:
+            x1 = max(d.shelf_box[2], t.box[2])
+        t.box = (x0, y0, x1, y1)
         t.frame_box = d.frame_box
         t.scores.append(d.score)
         t.seen.append(True)
@@ -270,8 +280,9 @@ def _centre_in(box: Box, container: Box) -> bool:
     return container[0] <= cx <= container[2] and container[1] <= cy <= container[3]
 
 
-def _full(frame_box: Box, frame_w: int, margin: float = 2.0) -> bool:
+def _full(frame_box: Box, frame_w: int) -> bool:
     """The box is not cut by the frame's left/right edge (or is so wide that it could never be whole)."""
+    margin = EDGE_MARGIN * frame_w
     return (frame_box[0] > margin and frame_box[2] < frame_w - margin) or (
         frame_box[2] - frame_box[0] > 0.8 * frame_w
     )
