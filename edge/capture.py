@@ -237,6 +237,8 @@ class CaptureThread:
         src: FrameSource | None = first if self._first is not None else None
         pending_open: FrameSource | None = first if src is None else None
         max_attempts = cfg.reopen_attempts or (FINITE_DEFAULT_ATTEMPTS if first.finite else 0)
+        if src is not None:
+            self._source = src
         while not self._stop.is_set():
             if src is None:
                 try:

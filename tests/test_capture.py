@@ -15,7 +15,7 @@ import pytest
 
 from edge.capture import CaptureThread
 from edge.config import CameraConfig
-from edge.sources import SourceError, open_source
+from edge.sources import FrameSource, SourceError, open_source
 from edge.types import Frame
 from tests.test_sources import H, W, decode_all, frame_bgr, frame_id, write_video
 
@@ -272,3 +272,49 @@ def test_a_recorded_cart_pass_replays_identically_whatever_the_consumer_speed(tm
         d = float(np.abs(f.image.astype(np.int16) - t).mean())
         swapped = float(np.abs(f.image[:, :, ::-1].astype(np.int16) - t).mean())
         assert d < 9.0 and swapped > d + 5.0, (f.index, d, swapped)
+
+
+class Counting:
+    """A real source, with its open/close calls counted."""
+
+    def __init__(self, inner: FrameSource):
+        self.inner = inner
+        self.name, self.finite, self.fps = inner.name, inner.finite, inner.fps
+        self.opens = self.closes = 0
+
+    def open(self) -> None:
+        self.opens += 1
+        self.inner.open()
+
+    def read(self) -> np.ndarray | None:
+        return self.inner.read()
+
+    def close(self) -> None:
+        self.closes += 1
+        self.inner.close()
+
+
+def test_every_opened_source_is_closed(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "pass.mp4", 5)
+    cfg = cam(video)
+    made: list[Counting] = []
+
+    def factory() -> FrameSource:
+        made.append(Counting(open_source(cfg)))
+        return made[-1]
+
+    ct = CaptureThread(factory, cfg, States())
+    ct.start()
+    try:
+        assert len(drain(ct)) == 5
+    finally:
+        ct.stop()
+    assert len(made) == 1 and made[0].opens == 1 and made[0].closes >= 1
+
+    # Stopped mid-way (a live consumer that quits): the source is closed too.
+    made.clear()
+    ct = CaptureThread(factory, cfg, States())
+    ct.start()
+    assert ct.latest(timeout=10) is not None
+    ct.stop()
+    assert made[0].closes >= 1
