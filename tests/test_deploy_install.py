@@ -1,0 +1,139 @@
+"""deploy/install-pi.sh: shellcheck-clean, and run twice into a temporary root it installs the same tree (idempotent),
+with the right modes, the operator's config kept, a --system-site-packages venv holding shelfscout, and a unit that
+`systemd-analyze verify` accepts in the installed tree."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_systemd_unit import ANALYZE, HOST_UNITS
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "deploy" / "install-pi.sh"
+SHELLCHECK = shutil.which("shellcheck")
+# Offline and fast: install the local source tree only (its dependencies are not fetched in the test).
+PIP_ARGS = "--no-deps --no-index --no-build-isolation"
+
+
+def run_installer(prefix: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(SCRIPT), "--prefix", str(prefix), "--pip-args", PIP_ARGS, *extra],
+                          capture_output=True, text=True, timeout=300)
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """Every path outside the venv's own site-packages: kind and permission bits."""
+    out: dict[str, tuple[str, int]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        if "site-packages" in rel_dir.parts or "__pycache__" in rel_dir.parts:
+            continue
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            kind = "d" if stat.S_ISDIR(st.st_mode) else "l" if stat.S_ISLNK(st.st_mode) else "f"
+            out[str(rel_dir / name)] = (kind, stat.S_IMODE(st.st_mode))
+    return out
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict, dict, str]]:
+    root = tmp_path_factory.mktemp("piroot")
+    first = run_installer(root)
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = snapshot(root)
+    # The operator edits the config and sets a password between two runs: a re-run must keep both.
+    (root / "etc/shelfscout/config.toml").write_text('[device]\nid = "cart-07"\nstore = "s042"\n')
+    (root / "etc/shelfscout/credentials/mqtt-password").write_text("s3cret\n")
+    second = run_installer(root)
+    assert second.returncode == 0, second.stdout + second.stderr
+    yield root, before, snapshot(root), second.stdout
+
+
+def test_shellcheck_is_clean() -> None:
+    if SHELLCHECK is None:
+        pytest.skip("shellcheck is missing (Debian package `shellcheck`)")
+    r = subprocess.run([SHELLCHECK, "--severity=style", str(SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert SCRIPT.read_text().count("set -euo pipefail") == 1
+
+
+def test_second_run_changes_nothing(installed: tuple[Path, dict, dict, str]) -> None:
+    root, before, after, second_log = installed
+    assert before == after
+    assert "keeping the existing" in second_log and "keeping the venv" in second_log
+
+
+def test_layout_and_modes(installed: tuple[Path, dict, dict, str]) -> None:
+    root, _, after, _ = installed
+    expect = {
+        "etc/shelfscout": ("d", 0o755),
+        "etc/shelfscout/config.toml": ("f", 0o644),
+        "etc/shelfscout/keys": ("d", 0o755),
+        "etc/shelfscout/credentials": ("d", 0o700),
+        "etc/shelfscout/credentials/mqtt-password": ("f", 0o600),
+        "etc/shelfscout/tls": ("d", 0o750),
+        "var/lib/shelfscout": ("d", 0o700),
+        "var/lib/shelfscout/models": ("d", 0o700),
+        "etc/systemd/system/shelfscout.service": ("f", 0o644),
+    }
+    for path, mode in expect.items():
+        assert after.get(path) == mode, (path, after.get(path))
+    assert (root / "etc/systemd/system/shelfscout.service").read_bytes() == (REPO / "systemd/shelfscout.service"
+                                                                              ).read_bytes()
+    # Shipped release keys, if any, land in keys/.
+    for pub in (REPO / "models/keys").glob("*.pub"):
+        assert (root / "etc/shelfscout/keys" / pub.name).read_bytes() == pub.read_bytes()
+
+
+def test_operator_files_are_never_overwritten(installed: tuple[Path, dict, dict, str]) -> None:
+    root, _, _, _ = installed
+    assert (root / "etc/shelfscout/config.toml").read_text() == '[device]\nid = "cart-07"\nstore = "s042"\n'
+    assert (root / "etc/shelfscout/credentials/mqtt-password").read_text() == "s3cret\n"
+
+
+def test_the_example_config_is_valid() -> None:
+    from edge.config import load
+
+    cfg = load(REPO / "deploy/config.example.toml", env={})
+    assert cfg.preview.bind.startswith("127.0.0.1:")  # the preview is not on the network unless asked for
+    assert cfg.mqtt.url.startswith("mqtts://")
+
+
+def test_venv_sees_system_packages_and_holds_shelfscout(installed: tuple[Path, dict, dict, str]) -> None:
+    root, _, _, _ = installed
+    venv = root / "opt/shelfscout/venv"
+    assert "include-system-site-packages = true" in (venv / "pyvenv.cfg").read_text()
+    script = venv / "bin/shelfscout"
+    assert script.exists() and os.access(script, os.X_OK)
+    assert script.read_text().splitlines()[0] == f"#!{venv}/bin/python"
+    r = subprocess.run([str(venv / "bin/python"), "-c", "import edge, edge.sdnotify; print(edge.__file__)"],
+                       capture_output=True, text=True, timeout=60, cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().startswith(str(venv)), "shelfscout must be installed into the venv, not found elsewhere"
+
+
+def test_installed_tree_passes_systemd_analyze_verify(installed: tuple[Path, dict, dict, str]) -> None:
+    root, _, _, _ = installed
+    if ANALYZE is None or not HOST_UNITS.is_dir():
+        pytest.skip("systemd-analyze or systemd's stock units are missing (Debian package `systemd`)")
+    # The Pi's own stock units (targets the service refers to), taken from this host.
+    shutil.copytree(HOST_UNITS, root / "usr/lib/systemd/system", symlinks=True, dirs_exist_ok=True)
+    r = subprocess.run([ANALYZE, "verify", f"--root={root}", "--man=no", "shelfscout.service"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
+
+
+def test_bad_options_fail_with_one_line(tmp_path: Path) -> None:
+    r = subprocess.run(["bash", str(SCRIPT), "--prefix", str(tmp_path), "--frobnicate"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0 and "unknown option: --frobnicate" in r.stderr
+    r = subprocess.run(["bash", str(SCRIPT), "--prefix", str(tmp_path), "--source", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "not a shelfscout source tree" in r.stderr
