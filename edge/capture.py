@@ -33,8 +33,9 @@ FINITE_DEFAULT_ATTEMPTS = 5
 
 
 def _reason(e: BaseException) -> str:
+    """The status reason for a failure: always "camera: ...", e.g. "camera: /dev/video3: no such device"."""
     msg = str(e) or type(e).__name__
-    return msg if msg.startswith("camera") else f"camera: {msg}"
+    return f"camera: {msg.removeprefix('camera ')}"
 
 
 class CaptureThread:

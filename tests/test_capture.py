@@ -216,7 +216,7 @@ def test_missing_camera_is_degraded_and_retried_until_stopped() -> None:
     ct = CaptureThread(factory, cfg, states)  # type: ignore[arg-type]
     ct.start()  # a live camera may be plugged in later: no exception, degraded status
     try:
-        assert states.wait_for("degraded") == ("degraded", "camera /dev/video99: no such device")
+        assert states.wait_for("degraded") == ("degraded", "camera: /dev/video99: no such device")
         deadline = time.monotonic() + 10
         while len(opens) < 4 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -226,7 +226,7 @@ def test_missing_camera_is_degraded_and_retried_until_stopped() -> None:
         t = time.monotonic()
         ct.stop()
         assert time.monotonic() - t < 5  # stop() interrupts the backoff wait
-    assert states.calls == [("degraded", "camera /dev/video99: no such device")]  # reported once, not per retry
+    assert states.calls == [("degraded", "camera: /dev/video99: no such device")]  # reported once, not per retry
 
 
 def test_looped_file_runs_past_its_end_with_increasing_indices(tmp_path: Path) -> None:
