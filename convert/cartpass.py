@@ -348,14 +348,14 @@ def iter_cart_pass(
     fw, fh = frame_size
     g = np.random.default_rng([seed, 13])
     blur = max(1, int(round(speed_px_per_frame * scale * 0.25)))
-    noise = np.empty((fh, fw), np.int16)
     for x, y in geo:
         M = np.array([[scale, 0.0, -scale * x], [0.0, scale, -scale * y]], np.float64)
         fr = cv2.warpAffine(aisle.image, M, (fw, fh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         if blur > 1:
             fr = cv2.blur(fr, (blur, 1))
-        cv2.randn(noise, 0, float(g.uniform(1.5, 3.5)))
-        fr = cv2.add(fr, cv2.merge([noise, noise, noise]), dtype=cv2.CV_8U)
+        noise = g.standard_normal((fh, fw), dtype=np.float32) * np.float32(g.uniform(1.5, 3.5))
+        fr = cv2.add(fr.astype(np.float32), cv2.merge([noise, noise, noise]))
+        fr = np.clip(fr, 0, 255).astype(np.uint8)
         yield fr
 
 

@@ -777,9 +777,9 @@ def _camera_effects(rng: Rand, img: np.ndarray) -> np.ndarray:
         out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.4, 1.3))
     sigma = rng.uniform(0.0, 9.0)
     if sigma > 0.5:
-        noise = np.empty((H, W), np.int16)
-        cv2.randn(noise, 0, sigma)  # luma noise: one field for all channels
-        out = cv2.add(out, cv2.merge([noise, noise, noise]), dtype=cv2.CV_8U)
+        noise = rng.gen.standard_normal((H, W), dtype=np.float32) * np.float32(sigma)  # luma noise
+        out = cv2.add(out.astype(np.float32), cv2.merge([noise, noise, noise]))
+        out = np.clip(out, 0, 255).astype(np.uint8)
     q = int(rng.integers(35, 96))
     ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, q])
     if ok:

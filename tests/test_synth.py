@@ -1,0 +1,138 @@
+"""The shelf generator: its labels match what it drew, it is deterministic, and YOLO folders round-trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from convert.synth import (
+    GAP_LOOKS,
+    make_shelf_image,
+    read_yolo_labels,
+    render_sample,
+    sample_rng,
+    write_yolo_dataset,
+)
+from edge.cli import main as cli_main
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_boxes_cover_exactly_the_drawn_gaps(seed: int) -> None:
+    s = render_sample(sample_rng(100, seed), debug=True)
+    assert s.gap_mask is not None and s.product_mask is not None
+    assert s.image.shape == (416, 416, 3) and s.image.dtype == np.uint8
+    assert s.boxes.dtype == np.float32 and s.boxes.shape[1] == 4
+    assert len(s.looks) == len(s.boxes) and set(s.looks) <= set(GAP_LOOKS)
+    # every labelled pixel belongs to a listed box, and no front-row product was drawn over a gap
+    assert int(s.gap_mask.max(initial=0)) <= len(s.boxes)
+    assert not np.any(s.product_mask & (s.gap_mask > 0))
+    for k, (x0, y0, x1, y1) in enumerate(s.boxes):
+        assert 0 <= x0 < x1 <= 416 and 0 <= y0 < y1 <= 416
+        ys, xs = np.nonzero(s.gap_mask == k + 1)
+        assert len(xs) > 0, f"box {k} has no gap pixels"
+        # the drawn region lies inside its box ...
+        assert xs.min() >= x0 - 1.5 and xs.max() + 1 <= x1 + 1.5
+        assert ys.min() >= y0 - 1.5 and ys.max() + 1 <= y1 + 1.5
+        # ... and fills it (a mildly warped rectangle fills most of its bounding box)
+        area = (x1 - x0) * (y1 - y0)
+        assert len(xs) >= 0.7 * area, f"box {k}: {len(xs)} gap pixels for a {area:.0f} px box"
+        # a box never sits on product pixels
+        inner = s.product_mask[int(np.ceil(y0)) : int(y1), int(np.ceil(x0)) : int(x1)]
+        assert inner.mean() < 0.2
+
+
+def test_gap_pixels_look_different_from_products() -> None:
+    """Over many images, dark holes are darker than the products around them (what the model must learn)."""
+    dark, prod = [], []
+    for i in range(10):
+        s = render_sample(sample_rng(7, i), debug=True)
+        assert s.gap_mask is not None and s.product_mask is not None
+        grey = cv2.cvtColor(s.image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        for k, look in enumerate(s.looks):
+            if look == "dark":
+                dark.append(float(grey[s.gap_mask == k + 1].mean()))
+        prod.append(float(grey[s.product_mask].mean()))
+    assert dark, "no dark gaps in 10 images"
+    assert np.median(dark) < 0.6 * np.median(prod)
+
+
+def test_debug_masks_do_not_change_the_image() -> None:
+    a = make_shelf_image(sample_rng(5, 1))
+    b = render_sample(sample_rng(5, 1), debug=True)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+
+
+def test_deterministic_by_seed() -> None:
+    a = make_shelf_image(np.random.default_rng(42))
+    b = make_shelf_image(np.random.default_rng(42))
+    c = make_shelf_image(np.random.default_rng(43))
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_other_sizes() -> None:
+    s = make_shelf_image(np.random.default_rng(3), width=320, height=240)
+    assert s.image.shape == (240, 320, 3)
+    if len(s.boxes):
+        assert s.boxes[:, [0, 2]].max() <= 320 and s.boxes[:, [1, 3]].max() <= 240
+    with pytest.raises(ValueError):
+        make_shelf_image(np.random.default_rng(3), width=8, height=8)
+
+
+def test_box_statistics_resemble_esd() -> None:
+    """ESD: 1-27 boxes per image (mean 6.3), median box ~30x27 px at 416x416; the generator aims near that."""
+    counts, ws, hs = [], [], []
+    for i in range(60):
+        s = make_shelf_image(sample_rng(11, i))
+        counts.append(len(s.boxes))
+        ws += list(s.boxes[:, 2] - s.boxes[:, 0])
+        hs += list(s.boxes[:, 3] - s.boxes[:, 1])
+    print(f"boxes/image mean {np.mean(counts):.2f}, median w {np.median(ws):.1f} h {np.median(hs):.1f}")
+    assert 3.0 <= np.mean(counts) <= 10.0
+    assert max(counts) <= 27
+    assert 15 <= np.median(ws) <= 60 and 15 <= np.median(hs) <= 50
+
+
+def test_yolo_dataset_round_trips(tmp_path: Path) -> None:
+    out = write_yolo_dataset(tmp_path / "ds", 5, seed=9)
+    images = sorted((out / "images").glob("*.jpg"))
+    labels = sorted((out / "labels").glob("*.txt"))
+    assert [p.stem for p in images] == [f"{i:05d}" for i in range(5)] == [p.stem for p in labels]
+    for i, (ip, lp) in enumerate(zip(images, labels, strict=True)):
+        img = cv2.imread(str(ip))
+        assert img is not None and img.shape == (416, 416, 3)
+        want = make_shelf_image(sample_rng(9, i))
+        got = read_yolo_labels(lp, 416, 416)
+        assert got.shape == want.boxes.shape
+        np.testing.assert_allclose(got, want.boxes, atol=0.01)
+        for line in lp.read_text().splitlines():
+            cls, *vals = line.split()
+            assert cls == "0" and all(0.0 <= float(v) <= 1.0 for v in vals)
+        # the saved JPEG is the generated image (up to JPEG loss)
+        diff = np.abs(cv2.cvtColor(img, cv2.COLOR_BGR2RGB).astype(int) - want.image.astype(int))
+        assert diff.mean() < 4.0
+
+
+def test_workers_give_the_same_dataset(tmp_path: Path) -> None:
+    a = write_yolo_dataset(tmp_path / "a", 8, seed=2, width=160, height=160, workers=1)
+    b = write_yolo_dataset(tmp_path / "b", 8, seed=2, width=160, height=160, workers=2)
+    for i in range(8):
+        name = f"{i:05d}"
+        assert (a / "labels" / f"{name}.txt").read_text() == (b / "labels" / f"{name}.txt").read_text()
+        assert (a / "images" / f"{name}.jpg").read_bytes() == (b / "images" / f"{name}.jpg").read_bytes()
+
+
+def test_synth_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli_main(
+        ["synth", str(tmp_path / "out"), "--n", "3", "--seed", "4", "--size", "128", "--workers", "1"]
+    )
+    assert rc == 0
+    assert len(list((tmp_path / "out" / "images").glob("*.jpg"))) == 3
+    assert len(list((tmp_path / "out" / "labels").glob("*.txt"))) == 3
+    assert "wrote 3 images" in capsys.readouterr().out
+    assert cli_main(["synth", str(tmp_path / "bad"), "--n", "0"]) == 2
