@@ -45,7 +45,7 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
         img = make_shelf_image(rng, width=w, height=h).image
         assert cv2.imwrite(str(d / "photos" / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     (d / "photos" / "notes.txt").write_text("not an image, ignored")
-    vw = cv2.VideoWriter(str(d / "pass.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 240))
+    vw = cv2.VideoWriter(str(d / "pass.mp4"), cv2.VideoWriter.fourcc(*"mp4v"), 10, (320, 240))
     for _ in range(3):
         vw.write(cv2.cvtColor(make_shelf_image(rng, width=320, height=240).image, cv2.COLOR_RGB2BGR))
     vw.release()
