@@ -248,19 +248,17 @@ class CaptureThread:
                     self._read_since = time.monotonic()
                     try:
                         cand.open()
-                        if cand.finite and next_index > 0:
-                            if not isinstance(cand, Seekable):
-                                cand.close()
-                                raise SourceError(f"{cand.name}: cannot resume at frame {next_index}")
-                            try:
-                                cand.seek(next_index)
-                            except SourceError:
-                                cand.close()
-                                raise
+                        try:
+                            if cand.finite and next_index > 0:
+                                self._resume(cand, next_index)
+                        except BaseException:
+                            cand.close()
+                            raise
                     finally:
                         self._read_since = None
                     src = cand
-                except SourceError as e:
+                except Exception as e:
+                    self._log_unexpected(e)
                     failures += 1
                     self._set_state(_reason(e))
                     if max_attempts and failures >= max_attempts:
@@ -279,7 +277,8 @@ class CaptureThread:
                     image = src.read()
                 finally:
                     self._read_since = None
-            except SourceError as e:
+            except Exception as e:
+                self._log_unexpected(e)
                 self._source = None
                 src.close()
                 src = None
@@ -323,6 +322,17 @@ class CaptureThread:
             next_index += 1
             if not self._publish(frame):
                 return
+
+    @staticmethod
+    def _resume(src: FrameSource, index: int) -> None:
+        if not isinstance(src, Seekable):
+            raise SourceError(f"{src.name}: cannot resume at frame {index}")
+        src.seek(index)
+
+    def _log_unexpected(self, e: Exception) -> None:
+        """SourceErrors are expected (one line, in the status); anything else gets its traceback logged."""
+        if not isinstance(e, SourceError):
+            log.error("camera %s: unexpected error", self.source_name, exc_info=e)
 
     def _watch(self) -> None:
         """Report a live source whose read has been blocked longer than `stall_s` (a driver without a timeout)."""

@@ -318,3 +318,17 @@ def test_every_opened_source_is_closed(tmp_path: Path) -> None:
     assert ct.latest(timeout=10) is not None
     ct.stop()
     assert made[0].closes >= 1
+
+
+def test_a_realtime_replay_behaves_like_a_live_camera(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "pass.mp4", 12, fps=60.0)
+    cfg = cam(video, realtime=True)
+    ct = CaptureThread(lambda: open_source(cfg), cfg, States())
+    ct.start()
+    try:
+        assert not ct.lossless  # paced at the file's rate, newest frame only, drops counted
+        frames = drain(ct)
+    finally:
+        ct.stop()
+    assert frames[-1].index == 11 and frame_id(frames[-1].image) == 11
+    assert sum(f.dropped_before for f in frames) + len(frames) == 12 == ct.frames
