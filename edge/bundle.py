@@ -226,9 +226,10 @@ def _read_members(path: Path) -> dict[str, bytes]:
                     raise BundleError(f"bundle member {name!r} has a path; members must be plain names")
                 if m.size > MAX_MEMBER_BYTES:
                     raise BundleError(f"bundle member {name!r} is larger than {MAX_MEMBER_BYTES} bytes")
-                f = tar.extractfile(m)
-                assert f is not None
-                data = f.read()
+                fobj = tar.extractfile(m)
+                if fobj is None:
+                    raise BundleError(f"bundle member {name!r} cannot be read")
+                data = fobj.read()
                 if len(data) != m.size:
                     raise BundleError(f"bundle member {name!r} is truncated")
                 out[name] = data

@@ -1,0 +1,373 @@
+"""The composition root: builds every part of the device service from a Config, runs it, and stops it in reverse."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, Bundle, load_public_keys, read_bundle
+from edge.config import Config
+from edge.payloads import (
+    ModelRef,
+    OtaState,
+    StatsInfo,
+    StatusInfo,
+    model_state_payload,
+    read_cpu_temp_c,
+    stats_payload,
+)
+from edge.pipeline import FrameResult, ModelSlot, Pipeline
+from edge.types import AlertEvent, Frame, Gap
+
+log = logging.getLogger(__name__)
+
+
+def model_ref(bundle: Bundle) -> ModelRef:
+    return ModelRef(bundle.manifest.name, bundle.manifest.version, bundle.manifest.files.get("model.tflite"))
+
+
+def trusted_keys(cfg: Config) -> dict[str, Any]:
+    """Keys that may sign a model the device runs: the configured keys folder plus the project's built-in key."""
+    return load_public_keys([cfg.ota.keys_dir, BUILTIN_KEYS])
+
+
+def load_model(cfg: Config, path: str | Path | None = None) -> Bundle:
+    """Read and verify the configured bundle (or the built-in default); refuses unsigned ones unless in dev mode."""
+    p = Path(path) if path else (Path(cfg.model.bundle) if cfg.model.bundle else DEFAULT_BUNDLE)
+    if cfg.model.dev_allow_unsigned:
+        log.warning("DEVELOPMENT MODE: model.dev_allow_unsigned is set; models run WITHOUT a valid signature")
+    return read_bundle(p, trusted_keys(cfg), allow_unsigned=cfg.model.dev_allow_unsigned)
+
+
+@dataclass
+class _LastFrame:
+    """The newest processed frame and what was found in it (for the snapshot command and the preview)."""
+
+    frame: Frame | None = None
+    gaps: list[Gap] = field(default_factory=list)
+
+
+class Service:
+    """The device service. `run()` blocks until stopped (SIGTERM/SIGINT, `stop()`) or a finite source is done."""
+
+    def __init__(self, cfg: Config, *, preview: bool | None = None, drain_timeout_s: float | None = None,
+                 on_event: Callable[[AlertEvent], None] | None = None, install_signals: bool = True):
+        self.cfg = cfg
+        self.preview_enabled = cfg.preview.enabled if preview is None else preview
+        self.drain_timeout_s = drain_timeout_s
+        self.on_event = on_event
+        self.install_signals = install_signals
+        self.stop_event = threading.Event()
+        self.started = time.monotonic()
+        self.last = _LastFrame()
+        self.ota_state = OtaState("idle")
+        self.exit_code = 0
+        self.preview_url: str | None = None
+        self._status_reason: str | None = None
+        self._parts: dict[str, Any] = {}
+
+    # ---- commands from MQTT ----------------------------------------------------------------------------------
+    def on_command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        pipeline: Pipeline = self._parts["pipeline"]
+        if name == "pause":
+            pipeline.paused.set()
+            return {"paused": True}
+        if name == "resume":
+            pipeline.paused.clear()
+            return {"paused": False}
+        if name == "snapshot":
+            return self._manual_snapshot()
+        if name == "reload":
+            bundle = load_model(self.cfg)
+            self._swap_bundle(bundle)
+            return {"model": model_ref(bundle).short()}
+        raise ValueError(f"unknown command {name!r}; expected pause, resume, snapshot or reload")
+
+    def _manual_snapshot(self) -> dict[str, Any]:
+        from edge.snapshot import render_snapshot
+
+        frame = self.last.frame
+        if frame is None:
+            raise ValueError("no frame has been processed yet")
+        jpeg = render_snapshot(frame.image, None, max_px=self.cfg.mqtt.snapshot_max_px,
+                               label=f"{len(self.last.gaps)} gaps")
+        topic = self._parts["topics"].snapshot(f"manual-{int(time.time() * 1000)}")
+        self._parts["mqtt"].publish_direct(topic, jpeg, qos=1, retain=False)
+        return {"topic": topic, "bytes": len(jpeg), "frame": frame.index, "gaps": len(self.last.gaps)}
+
+    # ---- model swaps (reload and OTA) ------------------------------------------------------------------------
+    def _swap_bundle(self, bundle: Bundle) -> None:
+        from edge.detector import Detector
+
+        det = Detector(bundle, threads=self.cfg.model.threads, score_threshold=self.cfg.model.score_threshold)
+        self._parts["slot"].request_swap(det, bundle)
+        self._publish_model_state()
+
+    def swap_to_path(self, path: Path) -> None:
+        """The OTA updater's hook: load the verified bundle at `path` and swap it in between two frames."""
+        bundle = read_bundle(path, trusted_keys(self.cfg), allow_unsigned=self.cfg.model.dev_allow_unsigned)
+        self._swap_bundle(bundle)
+
+    def report_ota(self, state: dict[str, Any]) -> None:
+        """The OTA updater's reports: kept and published, retained, on model/state."""
+        ota = state.get("ota", state)
+        self.ota_state = OtaState(str(ota.get("state", "idle")), ota.get("version"), ota.get("error"), time.time())
+        self._publish_model_state()
+
+    def current_model(self) -> ModelRef:
+        slot: ModelSlot = self._parts["slot"]
+        bundle = slot.info
+        return model_ref(bundle)
+
+    def _publish_model_state(self) -> None:
+        link = self._parts.get("mqtt")
+        if link is None or "slot" not in self._parts:
+            return
+        pending = self._parts["slot"]._pending
+        bundle = pending[1] if pending else self._parts["slot"].info
+        payload = model_state_payload(model_ref(bundle), self.ota_state, self._parts["topics"], time.time())
+        link.publish_model_state(payload)
+
+    # ---- status and stats -------------------------------------------------------------------------------------
+    def status(self) -> StatusInfo:
+        reasons = []
+        capture = self._parts.get("capture")
+        if capture is not None and capture.degraded:
+            reasons.append(capture.degraded)
+        outbox = self._parts.get("outbox")
+        if outbox is not None and outbox.quarantined is not None:
+            reasons.append(f"outbox was corrupt and is quarantined at {outbox.quarantined}")
+        model = self.current_model() if "slot" in self._parts else None
+        if reasons:
+            return StatusInfo("degraded", "; ".join(reasons), model)
+        return StatusInfo("online", None, model)
+
+    def stats_info(self) -> StatsInfo:
+        pipeline: Pipeline = self._parts["pipeline"]
+        outbox = self._parts["outbox"]
+        s = pipeline.stats
+        capture = self._parts.get("capture")
+        dropped = capture.dropped if capture is not None else s.dropped
+        return StatsInfo(
+            fps=s.fps.rate(),
+            dropped_frames=dropped,
+            inference_p50_ms=s.invoke.percentile(50),
+            inference_p95_ms=s.invoke.percentile(95),
+            outbox_depth=outbox.depth(),
+            outbox_dropped=outbox.dropped(),
+            model=self.current_model(),
+            uptime_s=time.monotonic() - self.started,
+            cpu_temp_c=read_cpu_temp_c(),
+            outbox_quarantined=str(outbox.quarantined) if outbox.quarantined else None,
+        )
+
+    def _stats_loop(self) -> None:
+        link = self._parts["mqtt"]
+        topics = self._parts["topics"]
+        last_status = None
+        while not self.stop_event.wait(self.cfg.mqtt.stats_interval_s):
+            link.publish_stats(stats_payload(self.stats_info(), topics, time.time()))
+            status = self.status()
+            if (status.state, status.reason) != last_status:
+                link.set_status(status.state, status.reason)
+                last_status = (status.state, status.reason)
+
+    # ---- the run ----------------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> int:
+        with contextlib.ExitStack() as stack:
+            self._build(stack)
+            self._loop()
+            self._drain()
+        return self.exit_code
+
+    def _build(self, stack: contextlib.ExitStack) -> None:
+        from edge.capture import CaptureThread
+        from edge.detector import Detector
+        from edge.mqtt import MqttLink
+        from edge.outbox import Outbox
+        from edge.sdnotify import Watchdog
+        from edge.sink import OutboxSink
+        from edge.sources import open_source
+        from edge.topics import Topics
+        from edge.tracker import GapTracker
+
+        cfg = self.cfg
+        updater = self._make_updater()
+        bundle = load_model(cfg, updater.active_bundle_path() if updater is not None else None)
+        detector = Detector(bundle, threads=cfg.model.threads, score_threshold=cfg.model.score_threshold)
+        log.info("model %s v%d on %s (xnnpack=%s, %d threads)", bundle.manifest.name, bundle.manifest.version,
+                 detector.runtime.name, detector.runtime.xnnpack, cfg.model.threads)
+        slot = ModelSlot(detector, bundle)
+        self._parts["slot"] = slot
+
+        outbox = Outbox(cfg.outbox.path, cfg.outbox.max_messages, cfg.outbox.max_bytes)
+        stack.callback(outbox.close)
+        self._parts["outbox"] = outbox
+        topics = Topics.from_config(cfg)
+        self._parts["topics"] = topics
+
+        link = MqttLink(cfg, topics, outbox, on_command=self.on_command,
+                        on_release=updater.on_release if updater is not None else None, status=self.status)
+        self._parts["mqtt"] = link
+        link.start()
+        stack.callback(link.stop)
+        self._publish_model_state()
+
+        if updater is not None:
+            updater.start()
+            stack.callback(updater.stop)
+
+        state_dir = Path(cfg.outbox.path).parent
+        tracker = GapTracker(cfg.tracking, cfg.device.id, state_dir / "places.json")
+        stack.callback(tracker.close)
+        self._parts["tracker"] = tracker
+
+        def on_capture_state(state: str, reason: str) -> None:
+            status = self.status()
+            link.set_status(status.state, status.reason)
+
+        capture = CaptureThread(lambda: open_source(cfg.camera), cfg.camera, on_capture_state)
+        self._parts["capture"] = capture
+        capture.start()
+        stack.callback(capture.stop)
+
+        sink = OutboxSink(outbox, topics, self.current_model, cfg.mqtt.snapshot_max_px,
+                          main_frame=capture.snapshot_frame, on_event=self.on_event)
+        observers: list[Any] = [_LastFrameObserver(self.last)]
+        if self.preview_enabled:
+            from edge.preview import PreviewServer
+
+            preview = PreviewServer(cfg.preview.bind, max_fps=cfg.preview.max_fps).start()
+            stack.callback(preview.stop)
+            self.preview_url = preview.url
+            log.warning("live preview at %s", preview.url)
+            observers.append(_PreviewObserver(preview, self))
+        watchdog = Watchdog().start()
+        stack.callback(watchdog.stop)
+        observers.append(_WatchdogObserver(watchdog))
+        if updater is not None:
+            observers.append(_ProbationObserver(updater, slot))
+
+        pipeline = Pipeline(capture, slot, tracker, sink, observers)
+        self._parts["pipeline"] = pipeline
+        threading.Thread(target=self._stats_loop, name="stats", daemon=True).start()
+        if self.install_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop_event.set())
+        from edge.sdnotify import notify
+
+        notify("READY=1")
+        notify(f"STATUS=running model {bundle.manifest.name} v{bundle.manifest.version}")
+
+    def _make_updater(self) -> Any:
+        if not self.cfg.ota.enabled:
+            return None
+        try:
+            from edge.ota.updater import Updater
+        except ImportError:
+            log.warning("OTA updater not available in this build")
+            return None
+        return Updater(self.cfg, report=self.report_ota, swap=self.swap_to_path)
+
+    def _loop(self) -> None:
+        self._parts["pipeline"].run(self.stop_event)
+        capture = self._parts["capture"]
+        if capture.ended and capture.error:
+            log.error("source gave up: %s", capture.error)
+            self.exit_code = 1
+
+    def _drain(self) -> None:
+        """After a finite source: wait until every committed alert has been acknowledged by the broker."""
+        if self.stop_event.is_set():
+            return
+        link = self._parts["mqtt"]
+        outbox = self._parts["outbox"]
+        log.info("source ended; draining %d outbox messages", outbox.depth())
+        deadline = None if self.drain_timeout_s is None else time.monotonic() + self.drain_timeout_s
+        while not self.stop_event.is_set():
+            if link.wait_idle(0.5):
+                log.info("outbox drained")
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                log.error("outbox not drained after %.0f s: %d messages stay queued for the next start",
+                          self.drain_timeout_s, outbox.depth())
+                self.exit_code = 3
+                return
+
+
+class _LastFrameObserver:
+    def __init__(self, last: _LastFrame):
+        self.last = last
+
+    def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None:
+        self.last.frame = frame
+        self.last.gaps = gaps
+
+
+class _WatchdogObserver:
+    def __init__(self, watchdog: Any):
+        self.watchdog = watchdog
+
+    def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None:
+        self.watchdog.heartbeat()
+
+
+class _PreviewObserver:
+    """Hands each processed frame to the preview; cheap unless someone is watching."""
+
+    def __init__(self, preview: Any, service: Service):
+        self.preview = preview
+        self.service = service
+
+    def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None:
+        if not self.preview.watching:
+            self.preview.offer(frame.image, gaps, [], {})
+            return
+        s = self.service
+        pipeline: Pipeline = s._parts["pipeline"]
+        tracker = s._parts["tracker"]
+        shift = tracker.last_shift
+        info = {
+            "fps": round(pipeline.stats.fps.rate(), 1),
+            "inference_ms": pipeline.stats.invoke.percentile(50),
+            "model": f"{s.current_model().name} v{s.current_model().version}",
+            "outbox_depth": s._parts["outbox"].depth(),
+            "alerts_opened": pipeline.stats.alerts_opened,
+            "dropped": s._parts["capture"].dropped,
+            "frame": frame.index,
+            "shift_px": None if shift is None else round(float(shift.dx), 1),
+            "status": s.status().state,
+        }
+        self.preview.offer(frame.image, gaps, tracker.tracks(), info)
+
+
+class _ProbationObserver:
+    """Feeds per-frame latency and output sanity to the OTA updater's probation window."""
+
+    def __init__(self, updater: Any, slot: ModelSlot):
+        self.updater = updater
+        self.slot = slot
+
+    def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None:
+        import numpy as np
+
+        ok = True
+        if getattr(self.updater, "in_probation", True):
+            det: Any = self.slot.current()
+            outs = det.outputs() if hasattr(det, "outputs") else {}
+            ok = all(bool(np.isfinite(v).all()) for v in outs.values())
+        self.updater.observe_frame(result.invoke_ms, ok)
+
+
+def run_service(cfg: Config, **kwargs: Any) -> int:
+    return Service(cfg, **kwargs).run()
