@@ -1,0 +1,176 @@
+"""`shelfscout demo`: a generated cart pass through the default model to MQTT, with the live preview, on a laptop."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("demo", help="the whole loop on a laptop: generated cart pass -> model -> MQTT alerts",
+                       description="Render a cart pass down a generated aisle, run it through the default model and "
+                                   "the real device service to an MQTT broker (embedded unless --broker is given), "
+                                   "serve the live preview, and print each alert as it is published.")
+    p.add_argument("--broker", default=None, help="mqtt://HOST:PORT of a broker to use instead of the embedded one")
+    p.add_argument("--out", default="demo-out", help="folder for the video, truth, snapshots and summary")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of the cart pass")
+    p.add_argument("--seed", type=int, default=7, help="which aisle to generate")
+    p.add_argument("--gaps", type=int, default=6, help="empty spots in the aisle")
+    p.add_argument("--fast", action="store_true", help="do not pace the video in real time")
+    p.add_argument("--preview", default="127.0.0.1:8080", metavar="HOST:PORT",
+                   help="live preview bind address (port 0 picks a free one)")
+    p.add_argument("--no-preview", action="store_true", help="do not serve the live preview")
+    p.add_argument("--model", default=None, help="bundle to run instead of the default model")
+    p.set_defaults(func=demo)
+
+
+def _render(out: Path, seconds: float, seed: int, gaps: int) -> Any:
+    import numpy as np
+
+    from convert.cartpass import aisle_length_for, make_aisle, render_cart_pass
+
+    fps, speed = 15.0, 10.0
+    length = aisle_length_for(seconds, fps, speed)
+    aisle = make_aisle(np.random.default_rng(seed), length_px=length, n_gaps=gaps)
+    return render_cart_pass(aisle, out / "cart-pass.mp4", fps=fps, speed_px_per_frame=speed, seed=seed)
+
+
+def demo(args: argparse.Namespace) -> int:
+    import paho.mqtt.client as mqtt
+
+    from convert.passcheck import score_pass
+    from edge import config
+    from edge.app import Service
+    from edge.embedded_broker import EmbeddedBroker
+    from edge.mqtt import BrokerAddress
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "snapshots").mkdir(exist_ok=True)
+    print(f"rendering a {args.seconds:.0f} s cart pass down a generated aisle -> {out / 'cart-pass.mp4'}", flush=True)
+    cp = _render(out, args.seconds, args.seed, args.gaps)
+
+    embedded = None
+    url = args.broker
+    if url is None:
+        embedded = EmbeddedBroker().start()
+        url = embedded.url
+        print(f"embedded MQTT broker (amqtt) at {url}", flush=True)
+
+    outbox = out / "outbox.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(outbox) + suffix).unlink(missing_ok=True)
+    (out / "places.json").unlink(missing_ok=True)
+    text = f"""
+[device]
+id = "demo-cart"
+store = "demo-store"
+[camera]
+source = "{cp.path}"
+realtime = {str(not args.fast).lower()}
+fps = {cp.fps}
+[model]
+bundle = "{args.model or ''}"
+[mqtt]
+url = "{url}"
+stats_interval_s = 5.0
+[outbox]
+path = "{outbox}"
+[ota]
+enabled = false
+[preview]
+enabled = {str(not args.no_preview).lower()}
+bind = "{args.preview}"
+"""
+    (out / "config.toml").write_text(text)
+    cfg = config.load(out / "config.toml", env={})
+
+    received: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    addr = BrokerAddress.parse(url)
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"shelfscout-demo-viewer-{time.time_ns()}",
+                      protocol=mqtt.MQTTv311)
+
+    def on_connect(client: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        client.subscribe("shelfscout/demo-store/demo-cart/#", qos=1)
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        if msg.topic.endswith("/alerts"):
+            a = json.loads(msg.payload)
+            with lock:
+                if any(r["event_id"] == a["event_id"] for r in received):
+                    return
+                received.append(a)
+            loc = a["location"]
+            where = f"aisle {loc['aisle'] or '?'} at {loc['offset_m']:.2f} m" if loc["offset_m"] is not None else ""
+            print(f"  ALERT {a['event']:<7} {a['id']}  {where}  confidence {a['confidence']:.2f}  "
+                  f"frame {a['frame']}  snapshot {a['snapshot']['bytes'] if a['snapshot'] else 0} B", flush=True)
+        elif "/snapshots/" in msg.topic:
+            (out / "snapshots" / f"{msg.topic.rsplit('/', 1)[1]}.jpg").write_bytes(msg.payload)
+
+    sub.on_connect = on_connect
+    sub.on_message = on_message
+    sub.connect_async(addr.host, addr.port)
+    sub.loop_start()
+
+    service = Service(cfg, drain_timeout_s=30.0)
+    runner = threading.Thread(target=lambda: setattr(service, "exit_code", service.run()), name="service")
+    runner.start()
+    for _ in range(100):
+        if service.preview_url or args.no_preview or not runner.is_alive():
+            break
+        time.sleep(0.1)
+    if service.preview_url:
+        print(f"live preview: {service.preview_url}  (open it in a browser)", flush=True)
+    print("cart rolling; alerts as they are published:", flush=True)
+    try:
+        while runner.is_alive():
+            runner.join(0.5)
+    except KeyboardInterrupt:
+        service.stop()
+        runner.join()
+    time.sleep(1.0)
+    sub.loop_stop()
+    sub.disconnect()
+    if embedded is not None:
+        embedded.stop()
+
+    score = score_pass(cp, received)
+    summary = {
+        "true_gaps": len(cp.gaps),
+        "alerts_opened": sum(1 for a in received if a["event"] == "opened"),
+        "gaps_alerted": score.found,
+        "duplicates": score.duplicates,
+        "false_alarms": score.false_alarms,
+        "exit_code": service.exit_code,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _contact_sheet(out)
+    print(f"done: {score.summary()}; snapshots in {out / 'snapshots'}, contact sheet {out / 'alerts.jpg'}")
+    return int(service.exit_code)
+
+
+def _contact_sheet(out: Path) -> None:
+    """All alert snapshots of the run in one JPEG grid."""
+    import cv2
+    import numpy as np
+
+    tiles = []
+    for p in sorted((out / "snapshots").glob("*.jpg")):
+        img = cv2.imread(str(p))
+        if img is not None:
+            tiles.append(cv2.resize(img, (320, 240), interpolation=cv2.INTER_AREA))
+    if not tiles:
+        return
+    cols = min(3, len(tiles))
+    while len(tiles) % cols:
+        tiles.append(np.zeros_like(tiles[0]))
+    rows = [np.hstack(tiles[i:i + cols]) for i in range(0, len(tiles), cols)]
+    cv2.imwrite(str(out / "alerts.jpg"), np.vstack(rows))
