@@ -236,7 +236,8 @@ class Service:
             status = self.status()
             link.set_status(status.state, status.reason)
 
-        capture = CaptureThread(lambda: open_source(cfg.camera), cfg.camera, on_capture_state)
+        capture = CaptureThread(lambda: open_source(cfg.camera, timeout_s=cfg.camera.stall_s), cfg.camera,
+                                on_capture_state, stall_s=cfg.camera.stall_s)
         self._parts["capture"] = capture
         capture.start()
         stack.callback(capture.stop)

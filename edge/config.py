@@ -46,6 +46,7 @@ class CameraConfig:
     reopen_min_s: float = 0.5
     reopen_max_s: float = 10.0
     reopen_attempts: int = 0  # 0 = forever (live cameras); finite sources end after their last frame
+    stall_s: float = 5.0  # no frame for this long means the source is stalled: degraded, then reopened
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,189 @@
+"""End to end: a rendered cart-pass video through `shelfscout run` (the shipped int8 model) to a real mosquitto.
+
+Every test here runs the real service as a subprocess, on a real .mp4 with known gap positions, and checks what a
+subscriber receives: one `opened` per true gap the model finds, none on filled shelf, valid payloads and JPEGs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from convert.cartpass import CartPass, make_aisle, render_cart_pass
+from convert.passcheck import score_pass
+from edge.bundle import DEFAULT_BUNDLE
+from tests.mosquitto import Mosquitto, free_port
+from tests.schema_check import ValidatingSubscriber
+
+pytestmark = pytest.mark.skipif(not DEFAULT_BUNDLE.exists(), reason="the default model bundle has not been built")
+
+STORE, DEVICE = "s042", "cart-07"
+ALERT_LINE = re.compile(r"alert (opened|cleared) (\S+) frame=")
+
+
+@pytest.fixture(scope="module")
+def cart_pass(tmp_path_factory: pytest.TempPathFactory) -> CartPass:
+    d = tmp_path_factory.mktemp("pass")
+    aisle = make_aisle(np.random.default_rng(11), length_px=1500, n_gaps=4)
+    return render_cart_pass(aisle, d / "aisle.mp4", fps=15.0, speed_px_per_frame=10.0, seed=3)
+
+
+def write_config(tmp: Path, source: Path, url: str, realtime: bool = False, **extra: str) -> Path:
+    sections = {
+        "device": f'id = "{DEVICE}"\nstore = "{STORE}"',
+        "camera": f'source = "{source}"\nrealtime = {str(realtime).lower()}',
+        "mqtt": f'url = "{url}"\nstats_interval_s = 1.0\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0',
+        "outbox": f'path = "{tmp / "state" / "outbox.db"}"',
+        "ota": "enabled = false",
+        "preview": "enabled = false",
+    }
+    for k, v in extra.items():
+        sections[k] = sections.get(k, "") + "\n" + v
+    p = tmp / "config.toml"
+    p.write_text("\n".join(f"[{k}]\n{v}\n" for k, v in sections.items()))
+    return p
+
+
+def start_service(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "edge.cli", "-v", "run", "-c", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=open(log, "ab"), env=env)
+
+
+def committed_alerts(log: Path) -> set[tuple[str, str]]:
+    """(event, alert id) of every alert the service logged after committing it to its outbox."""
+    return {(m.group(1), m.group(2)) for m in ALERT_LINE.finditer(log.read_text(errors="replace"))}
+
+
+def alerts_of(sub: ValidatingSubscriber) -> list[dict[str, Any]]:
+    return sub.json_on("/alerts")
+
+
+def check_payloads_and_snapshots(sub: ValidatingSubscriber) -> None:
+    assert sub.invalid == [], f"payloads failing their schema: {sub.invalid[:3]}"
+    snaps = {m.topic.rsplit("/", 1)[1]: m.payload for m in sub.containing("/snapshots/")}
+    for a in alerts_of(sub):
+        if a["event"] != "opened":
+            continue
+        assert a["store"] == STORE and a["device"] == DEVICE
+        assert a["snapshot"] is not None, a
+        jpeg = snaps.get(a["id"])
+        assert jpeg is not None, f"no snapshot for alert {a['id']}"
+        assert hashlib.sha256(jpeg).hexdigest() == a["snapshot"]["sha256"]
+        img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert img is not None and img.shape[0] > 0, "snapshot is not a JPEG"
+
+
+@pytest.fixture
+def subscriber(broker: Mosquitto) -> Iterator[ValidatingSubscriber]:
+    sub = ValidatingSubscriber(broker.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="e2e-backend").start()
+    yield sub
+    sub.stop()
+
+
+def test_cart_pass_gives_one_alert_per_gap(tmp_path: Path, cart_pass: CartPass, broker: Mosquitto,
+                                           subscriber: ValidatingSubscriber) -> None:
+    log = tmp_path / "service.log"
+    proc = start_service(write_config(tmp_path, cart_pass.path, broker.url), log)
+    assert proc.wait(180) == 0, log.read_text()[-3000:]
+    assert subscriber.wait_for(lambda: len(alerts_of(subscriber)) >= len(committed_alerts(log)), 10)
+
+    alerts = alerts_of(subscriber)
+    score = score_pass(cart_pass, alerts)
+    print(f"\ncart pass: {score.summary()} (recall {score.recall:.2f})")
+    assert score.found, f"the model found none of the {len(cart_pass.gaps)} gaps: {log.read_text()[-2000:]}"
+    assert score.duplicates == {}, f"one physical gap gave several alerts: {score.duplicates}"
+    assert score.false_alarms == [], f"alerts on filled shelf: {score.false_alarms}"
+    check_payloads_and_snapshots(subscriber)
+    # each event once per id; the retained status ends offline after a clean exit
+    ids = [(a["id"], a["event"]) for a in alerts]
+    assert len(ids) == len(set(ids))
+    statuses = subscriber.json_on("/status")
+    assert statuses and statuses[-1]["state"] == "offline"
+    assert subscriber.json_on("/stats"), "no stats published"
+
+
+def test_broker_down_at_start_then_all_alerts_arrive(tmp_path: Path, cart_pass: CartPass) -> None:
+    port = free_port()
+    log = tmp_path / "service.log"
+    proc = start_service(write_config(tmp_path, cart_pass.path, f"mqtt://127.0.0.1:{port}"), log)
+    try:
+        time.sleep(4.0)  # the service runs, commits alerts to its outbox, and retries the absent broker
+        assert proc.poll() is None, log.read_text()[-2000:]
+        with Mosquitto(tmp_path / "broker", port=port) as b:
+            sub = ValidatingSubscriber(b.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="late-backend").start()
+            assert proc.wait(120) == 0, log.read_text()[-3000:]
+            committed = committed_alerts(log)
+            assert committed, "the service committed no alert"
+            got = {(a["event"], a["id"]) for a in alerts_of(sub)}
+            assert sub.wait_for(lambda: committed <= {(a["event"], a["id"]) for a in alerts_of(sub)}, 15), (
+                f"lost: {committed - got}")
+            check_payloads_and_snapshots(sub)
+            sub.stop()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_broker_restarts_and_service_kills_lose_nothing(tmp_path: Path, cart_pass: CartPass) -> None:
+    """Kill and restart the broker 5 times and SIGKILL + restart the service twice during a real-time run."""
+    port = free_port()
+    bdir = tmp_path / "broker"
+    bdir.mkdir()
+    b = Mosquitto(bdir, port=port, extra=f"persistence true\npersistence_location {bdir}/\nautosave_interval 1\n")
+    b.extra = b.extra  # persistence keeps the backend's queued session across broker restarts
+    b.start()
+    conf = b.conf.read_text().replace("persistence false\n", "")
+    b.conf.write_text(conf)
+    log = tmp_path / "service.log"
+    cfg = write_config(tmp_path, cart_pass.path, b.url, realtime=True)
+    sub = ValidatingSubscriber(b.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="durable-backend",
+                               persistent=True).start()
+    proc = start_service(cfg, log)
+    rng = np.random.default_rng(5)
+    try:
+        kills = 0
+        for i in range(5):
+            time.sleep(float(rng.uniform(0.8, 1.6)))
+            b.stop()  # SIGTERM: mosquitto saves the backend's queued messages
+            time.sleep(float(rng.uniform(0.2, 1.0)))
+            b.start()
+            b.conf.write_text(b.conf.read_text().replace("persistence false\n", ""))
+            if i in (1, 3) and proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                kills += 1
+                proc = start_service(cfg, log)
+        assert kills == 2
+        assert proc.wait(240) == 0, log.read_text()[-3000:]
+        committed = committed_alerts(log)
+        assert committed, "the service committed no alert"
+
+        def received() -> set[tuple[str, str]]:
+            return {(a["event"], a["id"]) for a in alerts_of(sub)}
+
+        assert sub.wait_for(lambda: committed <= received(), 30), f"lost: {committed - received()}"
+        # duplicates are allowed (at least once), but every copy of an event carries the same id and payload id
+        by_event: dict[str, set[str]] = {}
+        for a in alerts_of(sub):
+            by_event.setdefault(a["event_id"], set()).add(json.dumps([a["id"], a["event"], a["first_seen"]]))
+        assert all(len(v) == 1 for v in by_event.values()), "a resent alert changed its identity"
+        assert sub.invalid == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sub.stop()
+        b.stop()
