@@ -50,7 +50,8 @@ def build_ssdlite_keras() -> Any:
         t = relu6_bn(layers.DepthwiseConv2D(3, strides=2, padding="same", use_bias=False)(t))
         t = relu6_bn(layers.Conv2D(depth, 1, use_bias=False)(t))
         feats.append(t)
-    boxes, classes = [], []
+    boxes: list[Any] = []
+    classes: list[Any] = []
     for i, f in enumerate(feats):
         anchors = 3 if i == 0 else 6
         for n, out in ((4, boxes), (NUM_CLASSES, classes)):
