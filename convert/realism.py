@@ -102,7 +102,8 @@ def _overlap_distance(h1: np.ndarray, h2: np.ndarray) -> float:
 
 
 def _rel(a: float | np.floating, b: float | np.floating) -> float:
-    return float(abs(a - b)) / max(float(abs(a)), 1e-9)
+    fa, fb = float(a), float(b)
+    return abs(fa - fb) / max(abs(fa), 1e-9)
 
 
 def compare(real: Sequence[ImageStats], synth: Sequence[ImageStats]) -> RealismReport:
