@@ -135,7 +135,10 @@ class MqttLink:
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._wake = threading.Event()
-        self._downgrade = False
+        self._switch_protocol = False  # set by callbacks, done by the sender thread
+        self._protocol_settled = not self._auto  # auto: settled by the first successful connect
+        self._connack_seen = False
+        self._early_closes = 0
         self._acks: collections.deque[tuple[mqtt.Client, int, bool, str]] = collections.deque()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id (sender thread only)
         self._cursor = 0
@@ -315,7 +318,7 @@ class MqttLink:
         client.loop_start()
 
     def _rebuild_client(self) -> None:
-        """Replace the client (only to fall back from MQTT 5 to 3.1.1); runs on the sender thread."""
+        """Replace the client with one for the other MQTT version (protocol "auto"); runs on the sender thread."""
         old, self._client = self._client, None
         self._connected.clear()
         if old is not None:
@@ -323,18 +326,22 @@ class MqttLink:
             old.loop_stop()
         self._inflight.clear()  # the old client's in-memory queue is gone: re-send from the outbox
         self._cursor_reset = True
-        self._protocol = mqtt.MQTTv311
+        self._protocol = mqtt.MQTTv311 if self._protocol == mqtt.MQTTv5 else mqtt.MQTTv5
+        self._early_closes = 0
         self._start_client()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
                     properties: Any) -> None:
         if client is not self._client:
             return
+        self._connack_seen = True
         if reason.is_failure:
             self._failures += 1
-            if reason.value == _UNSUPPORTED_PROTOCOL and self._auto and self._protocol == mqtt.MQTTv5:
-                log.warning("broker %s refused MQTT 5 (%s); falling back to MQTT 3.1.1", self.address, reason)
-                self._downgrade = True
+            if reason.value == _UNSUPPORTED_PROTOCOL and not self._protocol_settled \
+                    and self._protocol == mqtt.MQTTv5:
+                self._last_error = f"broker {self.address} refused MQTT 5 ({reason})"
+                log.warning("%s; falling back to MQTT 3.1.1", self._last_error)
+                self._switch_protocol = True
                 self._wake.set()
                 return
             hint = _REFUSAL_HINTS.get(reason.value, "")
@@ -343,6 +350,8 @@ class MqttLink:
             return
         self._connects += 1
         self._last_error = None
+        self._protocol_settled = True
+        self._early_closes = 0
         log.info("connected to %s as %s (%s)", self.address, self.client_id, protocol_name(self._protocol))
         client.publish(self.topics.status, self._status_bytes(self._current_status()), qos=1, retain=True)
         with self._retained_lock:
@@ -358,8 +367,8 @@ class MqttLink:
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         if client is not self._client or self._stopping.is_set():
             return
-        self._failures += 1
         self._last_error = self._probe()
+        self._failures += 1
         log.warning("cannot connect to MQTT broker: %s; retrying (attempt %d)", self._last_error, self._failures)
 
     def _probe(self) -> str:
@@ -386,9 +395,25 @@ class MqttLink:
             return
         was = self._connected.is_set()
         self._connected.clear()
-        if was and not self._stopping.is_set():
+        answered, self._connack_seen = self._connack_seen, False
+        if self._stopping.is_set():
+            return
+        if was:
             self._last_error = f"connection to {self.address} lost: {reason}"
             log.warning("%s; reconnecting", self._last_error)
+        elif not answered:
+            # Closed without a CONNACK: some 3.1.1-only brokers (amqtt) drop an MQTT 5 CONNECT that way.
+            self._failures += 1
+            self._early_closes += 1
+            self._last_error = (f"broker {self.address} closed the connection without answering the "
+                                f"{protocol_name(self._protocol)} CONNECT ({reason})")
+            if not self._protocol_settled and self._early_closes >= 2:
+                other = "MQTT 3.1.1" if self._protocol == mqtt.MQTTv5 else "MQTT 5"
+                log.warning("%s; trying %s", self._last_error, other)
+                self._switch_protocol = True
+                self._wake.set()
+            else:
+                log.warning("%s; retrying (attempt %d)", self._last_error, self._failures)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
                     properties: Any) -> None:
@@ -410,8 +435,8 @@ class MqttLink:
             if self._stopping.is_set():
                 break
             try:
-                if self._downgrade:
-                    self._downgrade = False
+                if self._switch_protocol:
+                    self._switch_protocol = False
                     self._rebuild_client()
                 self._handle_acks()
                 if self._connected.is_set():

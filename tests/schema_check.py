@@ -128,6 +128,10 @@ class ValidatingSubscriber:
         with self.cond:
             return [m for m in self.messages if m.topic.endswith(suffix)]
 
+    def containing(self, part: str) -> list[Any]:
+        with self.cond:
+            return [m for m in self.messages if part in m.topic]
+
     def json_on(self, suffix: str) -> list[dict[str, Any]]:
         return [json.loads(m.payload) for m in self.on(suffix)]
 
