@@ -109,7 +109,9 @@ class Peer:
         return [t for t, _ in self.messages]
 
     def subscribe(self, topic: str) -> list[int]:
-        _, mid = self.client.subscribe(topic, qos=1)
+        result, mid = self.client.subscribe(topic, qos=1)
+        if mid is None:
+            raise AssertionError(f"subscribe {topic} failed: {result}")
         with self.acked:
             assert self.acked.wait_for(lambda: mid in self.subacks, 5), f"no SUBACK for {topic}"
             return self.subacks[mid]
@@ -150,7 +152,7 @@ def peer(b: Broker, cert: Path | None, key: Path | None, ca: Path | None = None,
             p.connected.set()
 
     def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        p.messages.append((msg.topic, msg.payload))
+        p.messages.append((msg.topic, bytes(msg.payload)))
 
     def on_publish(client: mqtt.Client, userdata: object, mid: int, rc: ReasonCode, props: Properties) -> None:
         with p.acked:
