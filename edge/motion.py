@@ -45,7 +45,7 @@ class ShiftEstimator:
     `max_jump` of the frame width, is unreliable: the last reliable velocity (per source frame) is returned instead.
     """
 
-    def __init__(self, width: int = 160, min_response: float = 0.1, max_jump: float = 0.35) -> None:
+    def __init__(self, width: int = 160, min_response: float = 0.2, max_jump: float = 0.35) -> None:
         if width < 32:
             raise ValueError(f"motion width must be >= 32 pixels, got {width}")
         if not 0.0 <= min_response < 1.0:
@@ -115,8 +115,9 @@ class ShiftEstimator:
 class Odometry:
     """The cart's position along the aisle: the shelf-pixel coordinate of the frame's origin.
 
-    x integrates -dx exactly; y integrates -dy with a leak towards 0 (a cart does not climb, so vertical shifts are
-    bumps that return). `path` is the total distance travelled in pixels (sum of |dx|), which never resets.
+    x integrates -dx exactly; y integrates only measured -dy, with a leak towards 0 (a cart does not climb, so
+    vertical shifts are bumps that return). `path` is the total distance travelled in pixels (sum of |dx|), which
+    never resets.
     """
 
     def __init__(self, y_leak: float = 0.9) -> None:
@@ -127,7 +128,7 @@ class Odometry:
 
     def advance(self, shift: Shift) -> None:
         self.x -= shift.dx
-        self.y = self.y_leak * self.y - shift.dy
+        self.y = self.y_leak * self.y - (shift.dy if shift.reliable else 0.0)
         self.path += abs(shift.dx)
 
     def set_x(self, x: float) -> float:

@@ -39,9 +39,16 @@ def render_snapshot(
         x0, y0, x1, y1 = (float(v) * scale for v in box_px)
         if not all(np.isfinite((x0, y0, x1, y1))):
             raise ValueError(f"snapshot box must be finite, got {box_px}")
-        p0 = (int(round(min(max(x0, 0), out_w - 1))), int(round(min(max(y0, 0), out_h - 1))))
-        p1 = (int(round(min(max(x1, 0), out_w - 1))), int(round(min(max(y1, 0), out_h - 1))))
         thick = max(2, round(max(out_w, out_h) / 160))
+        inset = thick // 2  # a box cut by the frame border keeps its whole line width inside the image
+        p0 = (
+            int(round(min(max(x0, inset), out_w - 1 - inset))),
+            int(round(min(max(y0, inset), out_h - 1 - inset))),
+        )
+        p1 = (
+            int(round(min(max(x1, inset), out_w - 1 - inset))),
+            int(round(min(max(y1, inset), out_h - 1 - inset))),
+        )
         cv2.rectangle(bgr, p0, p1, BOX_BGR, thick, cv2.LINE_AA)
         if label:
             font_scale = max(0.4, max(out_w, out_h) / 1000)

@@ -70,7 +70,10 @@ class GapTracker:
 
     Keyword options beyond TrackingConfig: `marker_every` (ArUco detection on every k-th frame), `min_score`
     (median score gate for confirmation), `min_response` (phase-correlation peak below which the shift is guessed),
-    `in_view` (fraction of a track's box that must be inside the frame for a frame to count for N-of-M and misses).
+    `in_view` (fraction of a track's box that must be inside the frame for a frame to count for N-of-M and misses),
+    `lost_after` (consecutive unmeasured shifts after which the position is uncertain: the scene was cut, e.g. the
+    cart turned round). While uncertain, markers are looked for on every frame and nothing is confirmed or cleared,
+    until a marker re-anchors the position or `2 * marker_every` measured frames pass without one.
     """
 
     def __init__(
@@ -81,9 +84,10 @@ class GapTracker:
         *,
         marker_every: int = 5,
         min_score: float = 0.0,
-        min_response: float = 0.1,
+        min_response: float = 0.2,
         in_view: float = 0.5,
         smoothing: float = 0.5,
+        lost_after: int = 3,
     ) -> None:
         if cfg.confirm_frames < 1 or cfg.window_frames < cfg.confirm_frames:
             raise ValueError(
@@ -107,6 +111,11 @@ class GapTracker:
         self._tracks: list[Track] = []
         self._next_id = 1
         self._view: View | None = None
+        self.lost_after = lost_after
+        self._settle_frames = 2 * marker_every
+        self._unmeasured = 0  # consecutive unreliable shifts
+        self._settled = 0  # measured frames since the position became uncertain
+        self.uncertain = False
 
     # ---- public ------------------------------------------------------------------------------------------------
     def update(self, frame: Frame, gaps: list[Gap]) -> list[AlertEvent]:
@@ -116,10 +125,22 @@ class GapTracker:
         shift = self.motion.update(img, frame.dropped_before + 1)
         self.last_shift = shift
         self.odometry.advance(shift)
+        if shift.reliable:
+            self._unmeasured = 0
+            self._settled += 1
+            if self.uncertain and self._settled >= self._settle_frames:
+                self.uncertain = False  # no marker in sight: carry on from the odometry as it is
+        else:
+            self._unmeasured += 1
+            if self._unmeasured >= self.lost_after:
+                self.uncertain, self._settled = True, 0
+                self.odometry.y = 0.0  # the camera's height on the cart is fixed: the best guess after a cut
         if self.markers is not None:
-            for m in self.markers.maybe_detect(img) or []:
+            found = self.markers.detect(img) if self.uncertain else self.markers.maybe_detect(img)
+            for m in found or []:
                 x_now = self.odometry.x + m.cx
                 delta = self.odometry.set_x(self.alerts.on_marker(m.id, x_now) - m.cx)
+                self.uncertain = False
                 if delta:
                     for t in self._tracks:  # tracks follow what is in view, so they move with the reset
                         t.box = (t.box[0] + delta, t.box[1], t.box[2] + delta, t.box[3])
@@ -132,7 +153,7 @@ class GapTracker:
             ox=self.odometry.x,
             oy=self.odometry.y,
             path=self.odometry.path,
-            reliable=shift.reliable,
+            reliable=shift.reliable and not self.uncertain,
         )
         self._view = view
         dets = []
@@ -150,7 +171,12 @@ class GapTracker:
             if not t.matched:
                 continue
             if not t.confirmed:
-                if sum(t.seen) >= self.cfg.confirm_frames and t.full and t.score >= self.min_score:
+                if (
+                    view.reliable
+                    and t.full
+                    and sum(t.seen) >= self.cfg.confirm_frames
+                    and t.score >= self.min_score
+                ):
                     t.confirmed = True
                     ev = self.alerts.confirm(
                         t.track_id, t.box, t.frame_box, list(t.scores), t.hits, t.first_seen, view

@@ -1,0 +1,147 @@
+"""AlertManager: one alert per place across passes and restarts, `cleared` on restock, atomic state file."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from edge.alerts import AlertManager, View
+from edge.config import TrackingConfig
+from edge.tracker import GapTracker
+from tests.test_tracker import END, opened_gaps, run_pass
+from tests.test_tracker_scene import Aisle, Camera, NoisyDetector, make_aisle, matching_gap, offsets, restock
+
+
+@pytest.fixture(scope="module")
+def aisle() -> Aisle:
+    return make_aisle(seed=21)
+
+
+def test_restart_with_state_file_reopens_nothing(aisle: Aisle, tmp_path: Path) -> None:
+    state = tmp_path / "state" / "alerts.json"
+    first_tracker = GapTracker(TrackingConfig(), "cart-01", state)
+    cam = Camera(aisle, seed=1)
+    first = run_pass(first_tracker, cam, offsets(0, END, 12.0, seed=1), NoisyDetector(seed=1))
+    assert opened_gaps(aisle, first) == Counter(range(len(aisle.gaps)))
+    saved = json.loads(state.read_text())
+    assert saved["version"] == 1
+    assert sorted(p["alert_id"] for p in saved["places"]) == sorted(e.alert_id for e, _, _ in first)
+    assert {p["aisle"] for p in saved["places"]} == {"aruco-3"}
+    assert {int(k) for k in saved["markers"]} == {3, 4}
+    assert [p.name for p in state.parent.iterdir()] == ["alerts.json"]  # no temp file left behind
+    # the service restarts (a new process: fresh odometry) while the cart is at the far end, and drives back
+    second_tracker = GapTracker(TrackingConfig(), "cart-01", state)
+    assert len(second_tracker.alerts.open_alerts()) == len(aisle.gaps)
+    back = run_pass(
+        second_tracker, Camera(aisle, seed=2), offsets(END, 0, 12.0, seed=2), NoisyDetector(seed=2)
+    )
+    assert back == []
+    assert second_tracker.position.aisle == "aruco-3"
+
+
+def test_restart_without_markers_from_the_same_start_reopens_nothing(aisle: Aisle, tmp_path: Path) -> None:
+    state = tmp_path / "alerts.json"
+    cfg = TrackingConfig(aruco=False)
+    first = run_pass(GapTracker(cfg, "cart-01", state), Camera(aisle, seed=3), offsets(0, END, 12.0, seed=3))
+    assert opened_gaps(aisle, first) == Counter(range(len(aisle.gaps)))
+    again = run_pass(
+        GapTracker(cfg, "cart-01", state),
+        Camera(aisle, seed=4),
+        offsets(0, END, 13.0, seed=4),
+        NoisyDetector(seed=4),
+    )
+    assert again == []
+    assert all(e.location.aisle is None and e.location.source == "odometry" for e, _, _ in first)
+
+
+def test_restocked_gap_is_cleared_once_with_its_id(aisle: Aisle) -> None:
+    tracker = GapTracker(TrackingConfig(), "cart-01")
+    cam = Camera(aisle, seed=5)
+    first = run_pass(tracker, cam, offsets(0, END, 12.0, seed=5), NoisyDetector(seed=5))
+    ids = {matching_gap(aisle, e.bbox_norm, x, y): e.alert_id for e, x, y in first}
+    assert sorted(k for k in ids if k is not None) == list(range(len(aisle.gaps)))
+    for _ in range(20):  # turning round
+        tracker.update(cam.other_scene(), [])
+    filled = restock(aisle, 2)
+    cam.aisle = filled
+    second = run_pass(tracker, cam, offsets(0, END, 11.0, seed=6), NoisyDetector(seed=6))
+    assert [(e.event, e.alert_id) for e, _, _ in second] == [("cleared", ids[2])]
+    ev, x, y = second[0]
+    gx0, gy0, gx1, gy1 = aisle.gaps[2]
+    assert ev.bbox_norm[0] * 640 == pytest.approx(gx0 - x, abs=20)
+    assert ev.bbox_norm[3] * 480 == pytest.approx(gy1 - y, abs=10)
+    assert ev.location.aisle == "aruco-3" and ev.frames >= 3
+    assert ev.last_seen < ev.ts
+    third = run_pass(tracker, cam, offsets(0, END, 12.0, seed=7), NoisyDetector(seed=7))
+    assert third == []
+    assert len(tracker.alerts.open_alerts()) == len(aisle.gaps) - 1
+
+
+def test_corrupt_state_file_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state = tmp_path / "alerts.json"
+    state.write_text('{"version": 1, "places": [{"alert_id": "x"')
+    with caplog.at_level(logging.WARNING):
+        mgr = AlertManager(TrackingConfig(), "cart-01", state)
+    assert mgr.open_alerts() == [] and mgr.markers == {}
+    assert not state.exists() and (tmp_path / "alerts.json.corrupt").exists()
+    assert "unreadable" in caplog.text
+    state.write_text(json.dumps({"version": 99}))
+    assert AlertManager(TrackingConfig(), "cart-01", state).open_alerts() == []
+
+
+def _view(path: float, aisle: str | None = None, t: float = 1_780_000_000.0, index: int = 0) -> View:
+    return View(index, t, 640, 480, aisle, 0.0, 0.0, path, True)
+
+
+def _opened(
+    mgr: AlertManager, track_id: int, box: tuple[float, float, float, float], view: View
+) -> str | None:
+    ev = mgr.confirm(track_id, box, box, [0.8, 0.7, 0.9], 3, view.t_wall, view)
+    mgr.track_ended(track_id)
+    return None if ev is None else ev.alert_id
+
+
+def test_same_place_within_the_radius_on_a_later_pass() -> None:
+    cfg = TrackingConfig()  # 0.25 m at 0.0015 m/px = 167 px
+    mgr = AlertManager(cfg, "cart/01 #2")
+    first = _opened(mgr, 1, (1000, 100, 1100, 200), _view(0.0))
+    assert first is not None and first.startswith("cart_01__2-1780000000000-")
+    # moments later in the same pass (40 px travelled): only an overlapping box is the same gap
+    assert _opened(mgr, 2, (1050, 100, 1150, 200), _view(40.0)) is None
+    second = _opened(mgr, 3, (1170, 100, 1230, 200), _view(80.0))
+    assert second is not None and second != first
+    # a later pass (5000 px travelled): odometry may have drifted, so 150 px off is still the same gap...
+    assert _opened(mgr, 4, (900, 100, 960, 200), _view(5000.0)) is None
+    # ... but another shelf level, or 0.4 m away, is not
+    assert _opened(mgr, 5, (1000, 300, 1100, 400), _view(5000.0)) is not None
+    assert _opened(mgr, 6, (1500, 100, 1600, 200), _view(5000.0)) is not None
+    assert len(mgr.open_alerts()) == 4
+    assert len({p.alert_id for p in mgr.open_alerts()}) == 4
+
+
+def test_a_duplicate_box_next_to_a_tracked_gap_is_not_a_new_alert() -> None:
+    mgr = AlertManager(TrackingConfig(), "cart-01")
+    v = _view(0.0)
+    ev = mgr.confirm(1, (1000, 100, 1200, 200), (1000, 100, 1200, 200), [0.9], 3, v.t_wall, v)
+    assert ev is not None and ev.event == "opened"
+    # track 1 still live; a second track on the same gap (the detector split it in two)
+    assert mgr.confirm(2, (1100, 100, 1190, 200), (1100, 100, 1190, 200), [0.9], 3, v.t_wall, v) is None
+    # a second gap 40 px to the right of the tracked one is a different alert
+    ev3 = mgr.confirm(3, (1240, 100, 1300, 200), (1240, 100, 1300, 200), [0.9], 3, v.t_wall, v)
+    assert ev3 is not None and ev3.alert_id != ev.alert_id
+
+
+def test_markers_name_aisles_and_restore_positions() -> None:
+    mgr = AlertManager(TrackingConfig(), "cart-01")
+    # a gap seen before any marker, then the aisle's first marker: the place joins that aisle
+    assert _opened(mgr, 1, (500, 100, 600, 200), _view(0.0)) is not None
+    assert mgr.on_marker(3, 900.0) == 900.0 and mgr.aisle == "aruco-3"
+    assert mgr.open_alerts()[0].aisle == "aruco-3"
+    assert mgr.on_marker(4, 4000.0) == 4000.0 and mgr.aisle == "aruco-3"  # the aisle's other end
+    assert mgr.on_marker(7, 50.0) == 50.0 and mgr.aisle == "aruco-7"  # a third marker: another aisle
+    assert mgr.on_marker(3, 123.0) == 900.0 and mgr.aisle == "aruco-3"  # known: its position is restored
+    assert mgr.on_marker(4, -10.0) == 4000.0

@@ -1,0 +1,110 @@
+"""Shift estimation, odometry and ArUco markers on rendered aisle frames."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from edge.motion import MarkerDetector, Odometry, Shift, ShiftEstimator, detect_markers
+from tests.test_tracker_scene import FRAME_W, Aisle, Camera, make_aisle, offsets
+
+
+@pytest.fixture(scope="module")
+def aisle() -> Aisle:
+    return make_aisle(seed=11)
+
+
+@pytest.mark.parametrize(
+    ("step_x", "step_y"), [(12.0, 0.0), (-7.5, 0.0), (0.0, 0.0), (3.25, 2.0), (40.0, -3.0), (-95.0, 0.0)]
+)
+def test_phase_correlation_recovers_a_known_shift(aisle: Aisle, step_x: float, step_y: float) -> None:
+    cam = Camera(aisle, seed=1)
+    est = ShiftEstimator(160)
+    first = est.update(cam.frame(1000.0, 0.0)[0].image)
+    assert not first.reliable and first.response == 0.0
+    s = est.update(cam.frame(1000.0 + step_x, step_y)[0].image)
+    # the camera moved by +step, so the content moved by -step
+    assert s.reliable and s.response > 0.3
+    assert s.dx == pytest.approx(-step_x, abs=0.8)
+    assert s.dy == pytest.approx(-step_y, abs=0.8)
+
+
+def test_odometry_over_a_pass_stays_within_one_percent(aisle: Aisle) -> None:
+    cam = Camera(aisle, seed=2)
+    est, odo = ShiftEstimator(160), Odometry()
+    xs = offsets(0, 3600 - FRAME_W, 12.0, seed=2)
+    errors = []
+    t0 = time.perf_counter()
+    for x in xs:
+        frame, fx, _ = cam.frame(x)
+        s = est.update(frame.image)
+        odo.advance(s)
+        errors.append(odo.x - fx)
+    per_frame_ms = (time.perf_counter() - t0) / len(xs) * 1e3
+    print(
+        f"odometry: final error {errors[-1]:+.1f} px over {xs[-1]:.0f} px; render+estimate {per_frame_ms:.2f} ms"
+    )
+    assert abs(errors[-1]) < 0.01 * xs[-1]
+    assert odo.path == pytest.approx(xs[-1], rel=0.01)
+    assert abs(odo.y) < 5.0  # the camera bobs, it does not climb
+
+
+def test_low_response_falls_back_to_constant_velocity(aisle: Aisle) -> None:
+    cam = Camera(aisle, seed=3)
+    est = ShiftEstimator(160)
+    est.update(cam.frame(500.0, 0.0)[0].image)
+    s = est.update(cam.frame(511.0, 0.0)[0].image)
+    assert s.reliable and s.dx == pytest.approx(-11.0, abs=0.8)
+    blank = np.full((480, 640, 3), 128, np.uint8)  # a lens cap, a white wall: nothing to correlate
+    guess = est.update(blank, frames_elapsed=2)
+    assert not guess.reliable
+    assert guess.dx == pytest.approx(2 * s.dx) and guess.dy == pytest.approx(2 * s.dy)
+    assert est.velocity == (s.dx, s.dy)
+    est.reset()
+    assert est.velocity == (0.0, 0.0)
+
+
+def test_an_unrelated_frame_is_not_a_measurement(aisle: Aisle) -> None:
+    cam = Camera(aisle, seed=4)
+    est = ShiftEstimator(160)
+    est.update(cam.frame(500.0, 0.0)[0].image)
+    s = est.update(cam.other_scene().image)
+    assert not s.reliable
+
+
+def test_frame_size_change_and_bad_input() -> None:
+    est = ShiftEstimator(160)
+    rng = np.random.default_rng(0)
+    est.update(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    s = est.update(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    assert s == Shift(0.0, 0.0, 0.0, False)  # new buffers, no previous frame of that size
+    with pytest.raises(ValueError, match="RGB"):
+        est.update(np.zeros((480, 640), np.uint8))
+    with pytest.raises(ValueError, match="width"):
+        ShiftEstimator(8)
+
+
+def test_markers_are_found_with_their_centres(aisle: Aisle) -> None:
+    cam = Camera(aisle, seed=5)
+    frame, x, y = cam.frame(100.0, 0.0)
+    markers = detect_markers(frame.image)
+    assert [m.id for m in markers] == [3]
+    assert markers[0].cx == pytest.approx(aisle.markers[0][1] - x, abs=2.0)
+    assert markers[0].cy == pytest.approx(240.0 - y, abs=2.0)
+    far, fx, _ = cam.frame(3600.0 - FRAME_W, 0.0)
+    found = detect_markers(far.image)
+    assert [m.id for m in found] == [4]
+    assert found[0].cx == pytest.approx(aisle.markers[1][1] - fx, abs=2.0)
+    assert detect_markers(cam.frame(1500.0, 0.0)[0].image) == []
+
+
+def test_marker_detection_runs_every_k_frames(aisle: Aisle) -> None:
+    cam = Camera(aisle, seed=6)
+    det = MarkerDetector(every=3)
+    results = [det.maybe_detect(cam.frame(100.0 + i, 0.0)[0].image) for i in range(7)]
+    assert [r is not None for r in results] == [True, False, False, True, False, False, True]
+    assert all(r is not None and [m.id for m in r] == [3] for r in results[::3])
+    with pytest.raises(ValueError):
+        MarkerDetector(every=0)
