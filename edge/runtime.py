@@ -41,9 +41,14 @@ class RuntimeInfo:
     threads: int
     delegated_partitions: int = 0  # how many graph partitions the XNNPACK delegate took
     quantized: bool = False  # the model computes in int8/uint8
+    heavy_ops: int = 0  # convolution and fully-connected nodes in the model
+    heavy_ops_delegated: int = 0  # of those, how many XNNPACK runs
 
     def describe(self) -> str:
-        xnn = f"XNNPACK ({self.delegated_partitions} partitions)" if self.xnnpack else "no XNNPACK"
+        if self.xnnpack:
+            xnn = f"XNNPACK ({self.heavy_ops_delegated}/{self.heavy_ops} conv ops, {self.delegated_partitions} partitions)"
+        else:
+            xnn = "no XNNPACK"
         return f"{self.name} {self.version}, {xnn}, {self.threads} threads"
 
 
@@ -74,15 +79,38 @@ def _import_interpreter_class(names: tuple[str, ...] | None = None) -> tuple[typ
     )
 
 
-def _count_delegate_nodes(interpreter: Any) -> int:
-    """How many DELEGATE nodes the graph has after `allocate_tensors()` (each one is a partition a delegate took)."""
+_HEAVY_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"})
+
+
+@dataclass(frozen=True)
+class _Delegation:
+    partitions: int  # DELEGATE nodes after allocate_tensors(): graph partitions a delegate took
+    heavy_ops: int  # convolution / fully-connected nodes in the model
+    heavy_delegated: int  # of those, how many a delegate runs (their weights feed a DELEGATE node)
+
+
+def _delegation(interpreter: Any) -> _Delegation:
+    """How much of the graph the default (XNNPACK) delegate took, from the interpreter's node list.
+
+    A delegated partition appears as a DELEGATE node whose inputs include the weights of the nodes it replaced,
+    so a convolution counts as delegated when its weight tensor feeds a DELEGATE node.
+    """
     get_ops = getattr(interpreter, "_get_ops_details", None)
     if get_ops is None:
-        return 0
+        return _Delegation(0, 0, 0)
     try:
-        return sum(1 for op in get_ops() if op.get("op_name") == "DELEGATE")
-    except Exception:  # noqa: BLE001 - a private API; treat any failure as "unknown, assume no delegate"
-        return 0
+        ops = get_ops()
+    except Exception:  # noqa: BLE001 - a private API; treat any failure as "no delegate seen"
+        return _Delegation(0, 0, 0)
+    delegated_inputs: set[int] = set()
+    partitions = 0
+    for op in ops:
+        if op.get("op_name") == "DELEGATE":
+            partitions += 1
+            delegated_inputs.update(int(i) for i in op.get("inputs", ()) if int(i) >= 0)
+    heavy = [op for op in ops if op.get("op_name") in _HEAVY_OPS and len(op.get("inputs", ())) > 1]
+    done = sum(1 for op in heavy if int(op["inputs"][1]) in delegated_inputs)
+    return _Delegation(partitions, len(heavy), done)
 
 
 def _is_quantized(interpreter: Any) -> bool:
@@ -125,14 +153,20 @@ def make_interpreter(
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise ValueError(f"{name} cannot load the model: {e}") from e
-    partitions = _count_delegate_nodes(interpreter)
+    d = _delegation(interpreter)
     quantized = _is_quantized(interpreter)
-    info = RuntimeInfo(name, version, partitions > 0, threads, partitions, quantized)
+    # XNNPACK "took the graph" when it runs most of the convolutions (all partitions when there are none)
+    took = d.partitions > 0 and (d.heavy_ops == 0 or 2 * d.heavy_delegated >= d.heavy_ops)
+    info = RuntimeInfo(name, version, took, threads, d.partitions, quantized, d.heavy_ops, d.heavy_delegated)
     if quantized and not info.xnnpack:
         log.warning(
-            "%s %s runs this int8 model without XNNPACK (reference kernels, typically 10-40x slower); "
-            "install ai-edge-litert for XNNPACK int8 kernels", name, version,
+            "%s %s runs this int8 model without XNNPACK (%d/%d conv ops delegated; reference kernels are "
+            "typically 10-40x slower)%s", name, version, d.heavy_delegated, d.heavy_ops,
+            "" if name == "ai-edge-litert" else "; install ai-edge-litert for XNNPACK int8 kernels",
         )
+    elif quantized and d.heavy_delegated < d.heavy_ops:
+        log.warning("%s: XNNPACK runs %d of %d conv ops of this int8 model; the rest use reference kernels",
+                    name, d.heavy_delegated, d.heavy_ops)
     else:
         log.info("model runs on %s", info.describe())
     return interpreter, info

@@ -38,6 +38,7 @@ def test_picks_litert_here_and_reports_xnnpack(int8_model: bytes) -> None:
     assert info.threads == 2
     assert info.quantized
     assert info.xnnpack and info.delegated_partitions >= 1  # LiteRT runs int8 through XNNPACK
+    assert (info.heavy_ops, info.heavy_ops_delegated) == (3, 3)  # all three int8 convolutions
     # and the interpreter really runs
     d = interpreter.get_input_details()[0]
     interpreter.set_tensor(d["index"], np.zeros(d["shape"], np.uint8))
@@ -51,6 +52,7 @@ def test_int8_without_xnnpack_is_reported_and_warned(int8_model: bytes, caplog: 
     with caplog.at_level(logging.WARNING, logger="edge.runtime"):
         _, info = make_interpreter(int8_model, threads=1, use_xnnpack=False)
     assert not info.xnnpack and info.delegated_partitions == 0 and info.quantized
+    assert (info.heavy_ops, info.heavy_ops_delegated) == (3, 0)
     assert any("without XNNPACK" in r.getMessage() for r in caplog.records)
 
 

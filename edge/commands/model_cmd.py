@@ -94,7 +94,8 @@ def inspect_cmd(args: argparse.Namespace) -> int:
         "metrics": dict(m.metrics),
         "model_io": io_rows,
         "runtime": {"name": rt.name, "version": rt.version, "xnnpack": rt.xnnpack, "threads": rt.threads,
-                    "delegated_partitions": rt.delegated_partitions, "quantized": rt.quantized},
+                    "delegated_partitions": rt.delegated_partitions, "quantized": rt.quantized,
+                    "conv_ops": rt.heavy_ops, "conv_ops_on_xnnpack": rt.heavy_ops_delegated},
     }
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
