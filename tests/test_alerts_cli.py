@@ -1,0 +1,116 @@
+"""`shelfscout alerts`: a real subscriber process against mosquitto, fed by a real MqttLink and outbox."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.mqtt import MqttLink
+from edge.outbox import Outbox
+from edge.payloads import ModelRef, StatusInfo, alert_messages
+from edge.topics import Topics
+from tests.mosquitto import Mosquitto
+from tests.schema_check import validate
+from tests.test_mqtt import make_cfg, make_event
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ModelRef("shelfgap", 2)
+# The console script, without needing the package installed (`python -m edge.cli` would load edge.cli twice).
+SHELFSCOUT = [sys.executable, "-c", "import sys; from edge.cli import main; sys.exit(main())"]
+
+
+def _alerts_cmd(*args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([*SHELFSCOUT, "alerts", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # wait until it has subscribed
+        line = proc.stderr.readline()
+        if not line:
+            break
+        if "watching" in line:
+            return proc
+    proc.kill()
+    raise AssertionError(f"shelfscout alerts did not subscribe: {proc.communicate()}")
+
+
+@pytest.fixture
+def device(broker: Mosquitto, tmp_path: Path) -> Iterator[MqttLink]:
+    cfg = make_cfg(tmp_path, broker.url)
+    link = MqttLink(cfg, Topics.from_config(cfg), Outbox(cfg.outbox.path),
+                    status=lambda: StatusInfo("online", None, MODEL))
+    link.start()
+    assert link.wait_connected(10)
+    yield link
+    link.stop()
+    link.outbox.close()
+
+
+def _put(link: MqttLink, events: list[tuple[int, str]]) -> None:
+    for i, kind in events:
+        ev = make_event(i, kind)
+        if kind == "cleared":
+            ev.snapshot_jpeg = cv2.imencode(".jpg", np.full((40, 60, 3), 200, np.uint8))[1].tobytes()
+        link.outbox.put(alert_messages(ev, link.topics, MODEL))
+
+
+def test_json_lines_dedupe_resends_and_save_snapshots(broker: Mosquitto, device: MqttLink, tmp_path: Path) -> None:
+    snaps = tmp_path / "snaps"
+    proc = _alerts_cmd("--broker", broker.url, "--store", "s042", "--json", "--save-snapshots", str(snaps),
+                       "--count", "4", "--timeout", "30")
+    _put(device, [(1, "opened"), (2, "opened"), (1, "cleared")])
+    assert device.wait_idle(10)
+    # A resend after a reconnect: the same bytes again (the viewer must show it once).
+    for m in alert_messages(make_event(2, "opened"), device.topics, MODEL):
+        device.publish_direct(m.topic, m.payload, qos=1)
+    _put(device, [(3, "opened")])
+    out, err = proc.communicate(timeout=40)
+    assert proc.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    alerts = [x for x in lines if x["kind"] == "alert"]
+    assert [a["payload"]["event_id"] for a in alerts] == ["a00001:opened", "a00002:opened", "a00001:cleared",
+                                                          "a00003:opened"]
+    for a in alerts:
+        validate("alert", a["payload"])
+    status = [x for x in lines if x["kind"] == "status"]
+    assert status and status[0]["retained"] and validate("status", status[0]["payload"])["state"] == "online"
+    files = sorted(p.name for p in snaps.iterdir())
+    assert files == ["a00001.cleared.jpg", "a00001.jpg", "a00002.jpg", "a00003.jpg"]
+    by_id = {(a["payload"]["id"], a["payload"]["event"]): a["payload"]["snapshot"] for a in alerts}
+    for (aid, event), snap in by_id.items():
+        data = (snaps / (f"{aid}.cleared.jpg" if event == "cleared" else f"{aid}.jpg")).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == snap["sha256"]
+        assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None
+    assert len([x for x in lines if x["kind"] == "snapshot"]) == 4
+
+
+def test_compact_lines_and_timeout(broker: Mosquitto, device: MqttLink) -> None:
+    proc = _alerts_cmd("--broker", broker.url, "--device", "cart-07", "--count", "5", "--timeout", "4")
+    _put(device, [(7, "opened"), (8, "opened")])
+    device.publish_stats({"schema": "shelfscout.stats/1", "store": "s042", "device": "cart-07",
+                          "ts": "2026-01-01T00:00:00.000Z", "fps": 14.9, "dropped_frames": 3,
+                          "inference_ms": {"p50": 12.0, "p95": 15.5}, "outbox_depth": 0, "outbox_dropped": 0,
+                          "model": {"name": "shelfgap", "version": 2}, "cpu_temp_c": None, "uptime_s": 12.0})
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "2 of 5 alert events" in err  # --count not reached within --timeout
+    lines = out.splitlines()
+    assert any(" s042/cart-07 STATUS  online " in line and "(retained)" in line for line in lines), out
+    assert sum(" ALERT OPENED  a0000" in line for line in lines) == 2, out
+    assert any(" STATS   fps 14.9 dropped 3 infer p50 12.0 p95 15.5 ms" in line for line in lines), out
+
+
+def test_bad_broker_url_is_one_line_error() -> None:
+    r = subprocess.run([*SHELFSCOUT, "alerts", "--broker", "http://x"], cwd=ROOT, text=True,
+                       capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=30)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "mqtt://" in r.stderr
