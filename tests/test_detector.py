@@ -41,6 +41,12 @@ def tiny_int8_input(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     return read_bundle(path, load_public_keys([keys]))
 
 
+@pytest.fixture(scope="module")
+def tiny_float_io(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    path, keys, _ = cached_tiny_bundle(tmp_path_factory.getbasetemp(), input_type="float32")
+    return read_bundle(path, load_public_keys([keys]))
+
+
 def _with_manifest(b: Bundle, **changes: object) -> Bundle:
     m = dataclasses.replace(b.manifest, **changes)  # type: ignore[arg-type]
     return Bundle(m, m.to_json_bytes(), b.members, None, "edited")
@@ -112,6 +118,25 @@ def test_preprocess_bgr_and_int8_input_mapping(tiny: Bundle, tiny_int8_input: Bu
     got = det._interpreter.get_tensor(det._in_index)[0]
     assert got.dtype == np.int8 and det.input_pointer() == ptr
     np.testing.assert_array_equal(got.astype(int), ref.astype(int) - 128)
+
+
+def test_float_io_model_like_an_ultralytics_int8_export(tiny_float_io: Bundle) -> None:
+    m = tiny_float_io.manifest
+    assert (m.input.dtype, m.input.scale, m.input.zero_point) == ("float32", pytest.approx(1 / 255), 0)
+    assert m.output.tensors[0].dtype == "float32"
+    det = Detector(tiny_float_io, threads=1, score_threshold=0.2)
+    img = _frame(11, 640, 480)
+    ptr = det.input_pointer()
+    det.preprocess(img)
+    got = det._interpreter.get_tensor(det._in_index)[0]
+    ref = cv2.resize(img, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+    assert det.input_pointer() == ptr
+    det.invoke()
+    np.testing.assert_array_equal(det.outputs()["predictions"], det.raw_outputs()["predictions"])
+    assert all(0 <= g.x0 < g.x1 <= 640 and 0 <= g.y0 < g.y1 <= 480 for g in det.detect(img))
+    res = det.check_golden()
+    assert res.ok, res.detail
 
 
 # ---- outputs and decoding --------------------------------------------------------------------------------------

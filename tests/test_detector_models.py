@@ -19,14 +19,16 @@ def build_tiny_yolo_tflite(
 ) -> Path:
     """A real full-int8 model shaped like an Ultralytics export: (1, size, size, 3) in, (1, 4 + nc, N) out.
 
-    Random weights; sigmoid outputs, so boxes are normalised xywh and scores lie in (0, 1).
+    Random weights; sigmoid outputs, so boxes are normalised xywh and scores lie in (0, 1). `input_type` "uint8"
+    or "int8" gives quantized input (raw pixels) and uint8 output; "float32" gives float input in [0, 1] and float
+    output around int8 internals, like Ultralytics' `*_int8.tflite`.
     """
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
     inp = keras.Input((size, size, 3))
-    x = keras.layers.Rescaling(1 / 255.0)(inp)
+    x = inp if input_type == "float32" else keras.layers.Rescaling(1 / 255.0)(inp)
     x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
     x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(x)
     x = keras.layers.Conv2D(4 + num_classes, 1, bias_initializer=keras.initializers.RandomNormal(0, 1, seed))(x)
@@ -39,14 +41,16 @@ def build_tiny_yolo_tflite(
     def representative():
         rng = np.random.default_rng(seed)
         for _ in range(16):
-            yield [rng.integers(0, 256, (1, size, size, 3)).astype(np.float32)]
+            img = rng.integers(0, 256, (1, size, size, 3)).astype(np.float32)
+            yield [img / 255.0 if input_type == "float32" else img]
 
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = representative
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8 if input_type == "int8" else tf.uint8
-    conv.inference_output_type = tf.uint8
+    if input_type != "float32":
+        conv.inference_input_type = tf.int8 if input_type == "int8" else tf.uint8
+        conv.inference_output_type = tf.uint8
     path.write_bytes(conv.convert())
     return path
 
