@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 _OVERHEAD = 64  # bytes counted per row on top of topic and payload, so many tiny messages are bounded too
 
 
@@ -82,12 +83,25 @@ def _quarantine(path: Path) -> Path:
     return target
 
 
-def _check(path: Path) -> str | None:
-    """None if `path` is a healthy outbox database (or does not exist yet), else the reason it is not."""
+def _is_corruption(e: sqlite3.Error) -> bool:
+    """Corruption (not a database, malformed image) as opposed to a busy, locked or unreadable file."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    msg = str(e).lower()
+    return "not a database" in msg or "malformed" in msg
+
+
+def _check(path: Path, busy_timeout_s: float) -> str | None:
+    """None if `path` is a healthy outbox database (or does not exist yet), else why it is corrupt.
+
+    Errors that are not corruption (locked by another process, unreadable) raise OutboxError instead: moving a
+    healthy database aside because it was busy would lose its messages.
+    """
     if not path.exists():
         return None
     try:
-        conn = sqlite3.connect(str(path), timeout=10.0)
+        conn = sqlite3.connect(str(path), timeout=busy_timeout_s)
         try:
             rows = conn.execute("PRAGMA integrity_check").fetchall()
             if [r[0] for r in rows] != ["ok"]:
@@ -100,18 +114,22 @@ def _check(path: Path) -> str | None:
                     return f"messages table lacks columns {sorted(missing)}"
         finally:
             conn.close()
-    except sqlite3.DatabaseError as e:
-        return str(e)
+    except sqlite3.Error as e:
+        if _is_corruption(e):
+            return str(e)
+        raise OutboxError(f"outbox {path}: cannot open: {e}") from e
     return None
 
 
 class Outbox:
     """The durable message queue. Thread-safe: one SQLite connection guarded by a lock."""
 
-    def __init__(self, path: Path | str, max_messages: int = 20000, max_bytes: int = 256 * 1024 * 1024):
+    def __init__(self, path: Path | str, max_messages: int = 20000, max_bytes: int = 256 * 1024 * 1024,
+                 busy_timeout_s: float = 30.0):
         if max_messages < 1 or max_bytes < 1:
             raise ValueError("max_messages and max_bytes must be positive")
         self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.quarantined: Path | None = None
@@ -119,7 +137,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        reason = _check(self.path)
+        reason = _check(self.path, busy_timeout_s)
         if reason is not None:
             self.quarantined = _quarantine(self.path)
             self.quarantine_reason = reason
@@ -127,8 +145,10 @@ class Outbox:
                       self.path, reason, self.quarantined)
         try:
             self._conn: sqlite3.Connection | None = self._open()
-        except sqlite3.DatabaseError as e:
-            # Corruption that only shows once WAL is replayed: quarantine and start again, once.
+        except sqlite3.Error as e:
+            if not _is_corruption(e):
+                raise OutboxError(f"outbox {self.path}: cannot open: {e}") from e
+            # Corruption that only shows once the WAL is replayed: quarantine and start again, once.
             self.quarantined = _quarantine(self.path)
             self.quarantine_reason = str(e)
             log.error("outbox %s is corrupt (%s); moved it to %s and started a fresh one",
@@ -138,7 +158,8 @@ class Outbox:
         self._count, self._bytes = int(row[0]), int(row[1])
 
     def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout_s, isolation_level=None,
+                               check_same_thread=False)
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -146,7 +167,7 @@ class Outbox:
             conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit: a commit survives power loss
             conn.executescript(_SCHEMA)
             conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('dropped', 0)")
-        except sqlite3.DatabaseError:
+        except sqlite3.Error:
             conn.close()
             raise
         return conn

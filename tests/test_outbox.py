@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from edge.outbox import Outbox, OutMessage
+from edge.outbox import Outbox, OutboxError, OutMessage
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # A writer that commits alert+snapshot pairs as fast as it can and prints each sequence number once `put` returned.
 WRITER = r"""
 import hashlib, json, os, sys
-from edge.outbox import Outbox, OutMessage
+from edge.outbox import Outbox, OutboxError, OutMessage
 ob = Outbox(sys.argv[1], max_messages=10**6, max_bytes=10**9)
 i = 0
 while True:
@@ -178,3 +178,21 @@ def test_concurrent_writers_and_acker(tmp_path: Path) -> None:
         for t in threads:
             t.join()
         assert acked == 400 and ob.depth() == 0
+
+
+def test_a_locked_database_is_an_error_not_a_quarantine(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    with Outbox(path) as ob:
+        ob.put([OutMessage("a/alerts", b"{}")])
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(OutboxError, match="locked"):
+            Outbox(path, busy_timeout_s=0.2)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert not list(tmp_path.glob("*.corrupt-*"))
+    with Outbox(path) as ob:
+        assert ob.quarantined is None and ob.depth() == 1
