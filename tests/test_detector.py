@@ -105,6 +105,30 @@ def test_preprocess_writes_into_the_same_input_buffer_every_frame(tiny: Bundle) 
         det.preprocess(np.zeros((10, 10), np.uint8))
 
 
+def test_hot_path_allocates_no_arrays(tiny: Bundle) -> None:
+    """preprocess -> invoke -> outputs allocates nothing the size of a tensor (numpy reports to tracemalloc)."""
+    import tracemalloc
+
+    det = Detector(tiny, threads=1)
+    frames = [_frame(i) for i in range(4)]
+    for f in frames:  # warm up
+        det.preprocess(f)
+        det.invoke()
+        det.outputs()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(20):
+            det.preprocess(frames[i % 4])
+            det.invoke()
+            det.outputs()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    smallest_tensor = min(64 * 64 * 3, 5 * 256 * 4)
+    assert peak < smallest_tensor // 2, f"{peak} bytes allocated on the hot path"
+
+
 def test_preprocess_bgr_and_int8_input_mapping(tiny: Bundle, tiny_int8_input: Bundle) -> None:
     img = _frame(7, 128, 128)
     ref = cv2.resize(img, (64, 64), interpolation=cv2.INTER_AREA)
