@@ -168,6 +168,9 @@ if [ "$DO_PIP" = 1 ]; then
 fi
 
 # ---- systemd -----------------------------------------------------------------------------------------------------
+# The unit's Documentation= points here.
+install -d -m 0755 "$OPT/docs"
+install -m 0644 "$SOURCE/docs/INSTALL.md" "$OPT/docs/INSTALL.md"
 for unit in "$SOURCE"/systemd/*.service; do
     [ -e "$unit" ] || continue
     install -m 0644 "$unit" "$UNITDIR/"

@@ -82,6 +82,7 @@ def test_layout_and_modes(installed: tuple[Path, dict, dict, str]) -> None:
         "var/lib/shelfscout": ("d", 0o700),
         "var/lib/shelfscout/models": ("d", 0o700),
         "etc/systemd/system/shelfscout.service": ("f", 0o644),
+        "opt/shelfscout/docs/INSTALL.md": ("f", 0o644),  # the unit's Documentation=
     }
     for path, mode in expect.items():
         assert after.get(path) == mode, (path, after.get(path))
