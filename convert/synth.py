@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import colorsys
 import math
 import multiprocessing
 from collections.abc import Callable, Iterator
@@ -20,17 +19,8 @@ class Rand:
 
     def __init__(self, gen: np.random.Generator, block: int = 1024):
         self.gen = gen
-        self._block = block
-        self._buf: list[float] = gen.random(block).tolist()
-        self._i = 0
-
-    def random(self) -> float:
-        if self._i >= len(self._buf):
-            self._buf = self.gen.random(self._block).tolist()
-            self._i = 0
-        v = self._buf[self._i]
-        self._i += 1
-        return v
+        self.random: Callable[[], float] = _uniform_stream(gen, block).__next__
+        """A float in [0, 1)."""
 
     def uniform(self, a: float, b: float) -> float:
         return a + (b - a) * self.random()
@@ -43,6 +33,11 @@ class Rand:
 
     def geometric(self, p: float) -> int:
         return 1 + int(math.log(max(1e-12, 1.0 - self.random())) / math.log(1.0 - p))
+
+
+def _uniform_stream(gen: np.random.Generator, block: int) -> Iterator[float]:
+    while True:
+        yield from gen.random(block).tolist()
 
 
 def as_rand(rng: np.random.Generator | Rand) -> Rand:
@@ -77,17 +72,25 @@ class Sample:
 
 
 def _hsv(h: float, s: float, v: float) -> RGB:
-    r, g, b = colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0.0), 1.0), min(max(v, 0.0), 1.0))
-    return (int(r * 255), int(g * 255), int(b * 255))
+    h = (h % 1.0) * 6.0
+    s = 0.0 if s < 0.0 else 1.0 if s > 1.0 else s
+    v = 255.0 * (0.0 if v < 0.0 else 1.0 if v > 1.0 else v)
+    i = int(h) % 6
+    f = h - int(h)
+    p, q, t = v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f))
+    r, g, b = ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))[i]
+    return (int(r), int(g), int(b))
 
 
 def _product_colour(rng: Rand) -> RGB:
     u = rng.random()
-    if u < 0.27:  # white / cream packaging (pharmacy, dairy)
-        return _hsv(rng.random(), rng.uniform(0.0, 0.12), rng.uniform(0.82, 1.0))
-    if u < 0.37:  # dark packaging
+    if u < 0.33:  # white / cream packaging (pharmacy, dairy)
+        return _hsv(rng.random(), rng.uniform(0.0, 0.12), rng.uniform(0.8, 1.0))
+    if u < 0.41:  # dark packaging
         return _hsv(rng.random(), rng.uniform(0.0, 0.6), rng.uniform(0.08, 0.3))
-    return _hsv(rng.random(), rng.uniform(0.45, 1.0), rng.uniform(0.45, 1.0))
+    # printed colours, weighted towards the reds/oranges/blues of real packaging
+    h = rng.random() if rng.random() < 0.5 else (0.0, 0.03, 0.08, 0.12, 0.58, 0.62, 0.33)[rng.integers(7)]
+    return _hsv(h + rng.uniform(-0.03, 0.03), rng.uniform(0.3, 0.95), rng.uniform(0.5, 1.0))
 
 
 def _contrast(c: RGB, rng: Rand) -> RGB:
@@ -104,7 +107,7 @@ def _scale(c: RGB, f: float) -> RGB:
 
 def _text_marks(spr: np.ndarray, rng: Rand, x0: int, y0: int, x1: int, y1: int, colour: RGB) -> None:
     """Short horizontal strokes that read as printed text at this resolution."""
-    if x1 - x0 < 4 or y1 - y0 < 2:
+    if x1 - x0 < 5 or y1 - y0 < 3:
         return
     step = int(rng.integers(2, 4))
     y = y0 + int(rng.integers(0, step))
@@ -138,6 +141,16 @@ def _sprite_box(rng: Rand, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
         band = _contrast(base, rng) if rng.random() < 0.5 else _product_colour(rng)
         cv2.rectangle(spr, (0, a), (w - 1, b - 1), band, -1)
         _text_marks(spr, rng, 1, a + 1, w - 1, b - 1, _contrast(band, rng))
+    if rng.random() < 0.4 and w > 8:  # a second printed panel
+        a = int(w * rng.uniform(0.0, 0.5))
+        cv2.rectangle(
+            spr,
+            (a, int(h * 0.1)),
+            (a + max(2, int(w * rng.uniform(0.2, 0.5))), int(h * 0.45)),
+            _product_colour(rng),
+            -1,
+        )
+    _text_marks(spr, rng, 1, 1, w - 1, max(2, int(h * 0.2)), ink)
     if rng.random() < 0.5 and w > 6 and h > 6:  # logo blob
         cx, cy = int(rng.integers(0, w)), int(rng.integers(0, h))
         r = max(2, int(min(w, h) * rng.uniform(0.15, 0.4)))
@@ -229,9 +242,16 @@ def _sprite_pack(rng: Rand, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
     hdr = max(2, int(h * rng.uniform(0.12, 0.25)))
     spr[:hdr] = _scale(card, 1.15)
     inner = _product_colour(rng)
-    ix0, ix1 = int(w * 0.15), int(w * 0.85)
-    cv2.rectangle(spr, (ix0, hdr + 1), (max(ix0, ix1 - 1), int(h * 0.85)), inner, -1)
-    _text_marks(spr, rng, 1, int(h * 0.86), w - 1, h - 1, _contrast(card, rng))
+    ix0, ix1 = int(w * rng.uniform(0.05, 0.3)), int(w * rng.uniform(0.7, 0.95))
+    iy1 = int(h * rng.uniform(0.6, 0.95))
+    if rng.random() < 0.5:  # an elongated product (toothbrush, razor) in a clear blister
+        cx = (ix0 + ix1) // 2
+        cv2.rectangle(spr, (ix0, hdr + 1), (max(ix0, ix1 - 1), iy1), _scale(card, 0.9), -1)
+        cv2.rectangle(spr, (cx - max(1, w // 8), hdr + 2), (cx + max(1, w // 8), iy1 - 1), inner, -1)
+    else:
+        cv2.rectangle(spr, (ix0, hdr + 1), (max(ix0, ix1 - 1), iy1), inner, -1)
+    _text_marks(spr, rng, 1, 1, w - 1, hdr, _contrast(_scale(card, 1.15), rng))
+    _text_marks(spr, rng, 1, iy1 + 1, w - 1, h - 1, _contrast(card, rng))
     m = np.ones((h, w), bool)
     hw = max(1, w // 10)
     m[max(0, hdr // 2 - 1) : hdr // 2 + 1, w // 2 - hw : w // 2 + hw] = False
@@ -248,7 +268,7 @@ _SPRITES: dict[str, Callable[[Rand, int, int], tuple[np.ndarray, np.ndarray]]] =
 }
 # width (in row pitches) and height (in inner-row heights) ranges per kind
 _SIZES: dict[str, tuple[float, float, float, float]] = {
-    "box": (0.35, 1.2, 0.5, 0.95),
+    "box": (0.3, 1.0, 0.5, 0.95),
     "bottle": (0.2, 0.45, 0.7, 0.97),
     "can": (0.3, 0.55, 0.45, 0.9),
     "bag": (0.5, 1.2, 0.6, 0.95),
@@ -348,6 +368,7 @@ class ShelfPlan:
     upright: RGB
     upright_w: int
     gaps: list[PlannedGap] = field(default_factory=list)
+    lights: list[tuple[int, int, int, int]] = field(default_factory=list)  # ceiling light panels (x, y, w, h)
 
 
 def _back_colour(rng: Rand) -> RGB:
@@ -384,8 +405,8 @@ def _fill_row(rng: Rand, row: Row, skus: list[Sku], pitch: float, kinds: tuple[s
         w0, w1, h0, h1 = _SIZES[kind]
         w = max(3, int(pitch * rng.uniform(w0, w1)))
         h = max(3, min(inner - 1, int(inner * rng.uniform(h0, h1))))
-        n = rng.geometric(0.35) if not row.hanging else rng.integers(1, 5)
-        n = max(1, min(n, 10))
+        n = rng.geometric(0.25) if not row.hanging else rng.integers(1, 6)
+        n = max(1, min(n, 12))
         if x + w > row.x1:
             left = row.x1 - x
             if left >= max(4, int(pitch * 0.25)):  # a narrow filler product ends the row
@@ -419,7 +440,7 @@ def plan_shelves(
     bay_width_range: tuple[float, float] = (0.35, 1.3),
     top_range: tuple[float, float] = (-0.15, 0.18),
     bottom_range: tuple[float, float] = (0.82, 1.15),
-    pegboard_p: float = 0.15,
+    pegboard_p: float = 0.08,
 ) -> ShelfPlan:
     """Lay out bays, shelf rows and products on a width x height canvas (no gaps yet)."""
     if width < 16 or height < 16:
@@ -436,6 +457,12 @@ def plan_shelves(
         sx = int(rng.integers(0, max(1, width - sw)))
         sh = int(max(4, top_y * rng.uniform(0.3, 0.7)))
         sign = (sx, max(0, top_y - sh - int(pitch * 0.2)), sw, sh, _product_colour(rng))
+    lights: list[tuple[int, int, int, int]] = []
+    if top_y > pitch * 0.8 and rng.random() < 0.6:
+        for _ in range(rng.integers(1, 5)):
+            lw = int(width * rng.uniform(0.05, 0.2))
+            lh = max(2, int(top_y * rng.uniform(0.08, 0.25)))
+            lights.append((rng.integers(0, width), rng.integers(0, max(1, top_y // 2)), lw, lh))
     upright = _edge_colour(rng)
     upright_w = max(2, int(pitch * rng.uniform(0.06, 0.16)))
     skus: list[Sku] = []
@@ -452,7 +479,7 @@ def plan_shelves(
         edge_col = _edge_colour(rng)
         while y < floor_y - pitch * 0.6:
             p = pitch * rrng.uniform(0.88, 1.15) * (1.25 if peg else 1.0)
-            edge_h = max(2, int(p * rrng.uniform(0.1, 0.2)))
+            edge_h = max(2, int(p * rrng.uniform(0.12, 0.24)))
             top = y
             bottom = int(y + p - edge_h)
             if bottom > floor_y:
@@ -466,7 +493,9 @@ def plan_shelves(
             y = bottom + (int(p * 0.12) if peg else edge_h)
         bays.append(bay)
         x += bw
-    return ShelfPlan(width, height, pitch, wall, floor, floor_y, top_y, sign, skus, bays, upright, upright_w)
+    return ShelfPlan(
+        width, height, pitch, wall, floor, floor_y, top_y, sign, skus, bays, upright, upright_w, lights=lights
+    )
 
 
 def add_gap(
@@ -491,7 +520,7 @@ def add_gap(
             look = LOOK_PEG if rng.random() < 0.8 else LOOK_DARK
         else:
             u = rng.random()
-            look = LOOK_DARK if u < 0.45 else LOOK_BACK if u < 0.87 else LOOK_PUSHED
+            look = LOOK_DARK if u < 0.55 else LOOK_BACK if u < 0.88 else LOOK_PUSHED
     if look not in GAP_LOOKS:
         raise ValueError(f"unknown gap look {look!r}")
     x0 = r.facings[first - 1].right(plan.skus) if first > 0 else r.x0
@@ -509,7 +538,13 @@ def add_gap(
         count,
         look,
         (float(x0), max(float(r.top), y0), float(x1), min(float(r.bottom), y1)),
-        float(rng.uniform(0.08, 0.35) if look == LOOK_DARK else rng.uniform(0.3, 0.6)),
+        float(
+            rng.uniform(0.08, 0.35)
+            if look == LOOK_DARK
+            else rng.uniform(0.5, 0.95)
+            if look == LOOK_BACK
+            else rng.uniform(0.3, 0.6)
+        ),
         float(rng.uniform(0.1, 0.4)),
         float(rng.uniform(0.72, 0.9)),
     )
@@ -628,6 +663,8 @@ def paint_shelves(
         fy = max(0, plan.floor_y)
         img[fy:] = plan.floor
         _mul(img, 0, fy, W, H, np.linspace(0.85, 1.05, H - fy, dtype=np.float32))
+    for lx, ly, lw, lh in plan.lights:
+        cv2.rectangle(img, (lx, ly), (lx + lw, ly + lh), (255, 255, 250), -1)
     if plan.sign is not None:
         sx, sy, sw, sh, sc = plan.sign
         cv2.rectangle(img, (sx, sy), (sx + sw, sy + sh), sc, -1)
@@ -653,6 +690,7 @@ def paint_shelves(
         kb = bay.rows[-1].bottom + bay.rows[-1].edge_h
         if kb < plan.floor_y:
             img[max(0, kb) : min(H, plan.floor_y), bx0:bx1] = _scale(bay.rows[-1].edge_colour, 0.8)
+        prof = np.ones(H, np.float32)
         for ri, row in enumerate(bay.rows):
             gone = removed.get((bi, ri), set())
             for k, g in open_gaps:
@@ -665,11 +703,13 @@ def paint_shelves(
                 _paste(img, s.sprite, s.mask, f.x, f.y, pmask, s.solid)
             # shadow under the shelf above, over back and products alike
             inner = row.bottom - row.top
-            ys = np.arange(inner, dtype=np.float32)
-            prof = 1.0 - row.shade * np.exp(-ys / max(1.0, row.shade_depth * inner))
             y0c, y1c = max(0, row.top), min(H, row.bottom)
             if y1c > y0c:
-                _mul(img, bx0, y0c, bx1, y1c, prof[y0c - row.top : y1c - row.top])
+                ys = np.arange(y0c - row.top, y1c - row.top, dtype=np.float32)
+                prof[y0c:y1c] = 1.0 - row.shade * np.exp(-ys / max(1.0, row.shade_depth * inner))
+        if ybot > ytop:
+            _mul(img, bx0, ytop, bx1, ybot, prof[ytop:ybot])
+        for row in bay.rows:
             if row.edge_h > 0:
                 _paint_edge(img, row, bx0, bx1)
             elif row.hanging:
@@ -722,6 +762,7 @@ def _paint_gap(
             deck = _scale(row.edge_colour, 0.75) if sum(row.edge_colour) > 300 else (150, 150, 150)
             cv2.rectangle(img, (x0, d0), (x1 - 1, y1 - 1), deck, -1)
             cv2.line(img, (x0, d0), (x1 - 1, d0), _scale(deck, 0.7), 1)
+        _mul(img, x0, y0, x1, y1, g.dark)  # deep inside the shelf, less light
         sw = max(1, (x1 - x0) // 10)  # side shadows cast by the neighbours
         _mul(img, x0, y0, min(x1, x0 + sw), y1, 0.6)
         _mul(img, max(x0, x1 - sw), y0, x1, y1, 0.75)
@@ -749,18 +790,26 @@ def _paint_gap(
 def _camera_effects(rng: Rand, img: np.ndarray) -> np.ndarray:
     """Lighting, white balance, vignetting, blur, noise and JPEG re-compression on an RGB uint8 image."""
     H, W = img.shape[:2]
-    light = rng.gen.uniform(0.55, 1.35, (3, 3)).astype(np.float32)
-    light = cv2.resize(light, (W, H), interpolation=cv2.INTER_CUBIC) * rng.uniform(0.7, 1.2)
-    yy, xx = np.ogrid[-1.0 : 1.0 : H * 1j, -1.0 : 1.0 : W * 1j]
-    vig = (1.0 - rng.uniform(0.0, 0.45) * ((xx**2 + yy**2) / 2.0)).astype(np.float32)
-    gain = cv2.merge([light * vig * float(g) for g in rng.gen.uniform(0.85, 1.15, 3)])
-    out = cv2.multiply(img, gain, dtype=cv2.CV_8U)  # saturating
+    # white balance and gamma as one per-channel lookup table
     gamma = rng.uniform(0.8, 1.25)
-    lut = (255.0 * np.power(np.arange(256) / 255.0, gamma)).astype(np.uint8)
-    out = cv2.LUT(out, lut)
+    wb = rng.gen.uniform(0.85, 1.15, 3)
+    ramp = np.arange(256, dtype=np.float64) / 255.0
+    lut = np.stack([np.clip(255.0 * np.power(np.clip(ramp * g, 0, 1), gamma), 0, 255) for g in wb], -1)
+    out = cv2.LUT(img, lut.astype(np.uint8).reshape(256, 1, 3))
+    # smooth uneven lighting and vignetting, computed small and upsampled
+    sh, sw = max(2, H // 8), max(2, W // 8)
+    light = cv2.resize(
+        rng.gen.uniform(0.7, 1.3, (3, 3)).astype(np.float32), (sw, sh), interpolation=cv2.INTER_CUBIC
+    )
+    yy, xx = np.ogrid[-1.0 : 1.0 : sh * 1j, -1.0 : 1.0 : sw * 1j]
+    vig = 1.0 - rng.uniform(0.0, 0.45) * ((xx**2 + yy**2) / 2.0)
+    gain = cv2.resize(
+        (light * vig * rng.uniform(0.8, 1.3)).astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR
+    )
+    out = cv2.multiply(out, cv2.merge([gain, gain, gain]), dtype=cv2.CV_8U)  # saturating
     u = rng.random()
-    if u < 0.35:
-        k = int(rng.integers(3, 10))
+    if u < 0.25:
+        k = int(rng.integers(3, 8))
         ker = np.zeros((k, k), np.float32)
         ang = rng.uniform(-0.3, 0.3)
         c = (k - 1) / 2
@@ -777,9 +826,8 @@ def _camera_effects(rng: Rand, img: np.ndarray) -> np.ndarray:
         out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.4, 1.3))
     sigma = rng.uniform(0.0, 9.0)
     if sigma > 0.5:
-        noise = rng.gen.standard_normal((H, W), dtype=np.float32) * np.float32(sigma)  # luma noise
-        out = cv2.add(out.astype(np.float32), cv2.merge([noise, noise, noise]))
-        out = np.clip(out, 0, 255).astype(np.uint8)
+        noise = (rng.gen.standard_normal((H, W), dtype=np.float32) * np.float32(sigma)).astype(np.int16)
+        out = cv2.add(out, cv2.merge([noise, noise, noise]), dtype=cv2.CV_8U)  # luma noise, saturating
     q = int(rng.integers(35, 96))
     ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, q])
     if ok:
@@ -808,7 +856,7 @@ def render_sample(
     s = min(width, height) / 416.0
     m = int(round(0.08 * max(width, height)))
     cw, ch = width + 2 * m, height + 2 * m
-    plan = plan_shelves(rng, cw, ch, pitch_range=(24.0 * s, 58.0 * s))
+    plan = plan_shelves(rng, cw, ch, pitch_range=(22.0 * s, 54.0 * s))
     add_random_gaps(plan, rng, _sample_gap_count(rng), (m, m, m + width, m + height))
     canvas, gmask, pmask = paint_shelves(plan, debug=debug)
     # mild homography: jitter the source quad inside the margin, squash it onto the output
@@ -903,6 +951,10 @@ def _write_one(args: tuple[Path, int, int, int, int]) -> int:
     return len(s.boxes)
 
 
+def _worker_init() -> None:
+    cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would only contend
+
+
 def write_yolo_dataset(
     out_dir: Path,
     n: int,
@@ -930,7 +982,7 @@ def write_yolo_dataset(
                 progress(1)
     else:
         ctx = multiprocessing.get_context("spawn")  # safe even when the caller has TensorFlow threads running
-        with ctx.Pool(workers) as pool:
+        with ctx.Pool(workers, initializer=_worker_init) as pool:
             for _ in pool.imap_unordered(_write_one, jobs, chunksize=16):
                 if progress is not None:
                     progress(1)
