@@ -6,6 +6,7 @@ only their /etc paths and the port rewritten for a temporary directory.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -23,6 +24,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge.config import Config, parse
+from edge.mqtt import MqttLink
+from edge.outbox import Outbox, OutMessage
+from edge.topics import Topics
 from tests.mosquitto import MOSQUITTO, Mosquitto, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -321,3 +326,61 @@ def test_the_shipped_conf_listens_on_tls_only() -> None:
     # Sanity of the plain socket helper used above: the port we reserve is free.
     with socket.socket() as s:
         s.bind(("127.0.0.1", free_port()))
+
+
+def _cart_config(b: Broker, tmp: Path, store: str, device_id: str, cert_as: str) -> Config:
+    crt = b.pki / f"devices/{store}/{cert_as}"
+    return parse(f"""
+        [device]
+        id = "{device_id}"
+        store = "{store}"
+        [camera]
+        source = "unused.mp4"
+        [mqtt]
+        url = "mqtts://127.0.0.1:{b.port}"
+        ca_file = "{b.pki / 'ca.crt'}"
+        cert_file = "{crt}.crt"
+        key_file = "{crt}.key"
+        [outbox]
+        path = "{tmp / f'{device_id}-outbox.db'}"
+        """, env={})
+
+
+def test_the_device_mqtt_link_works_through_the_production_broker(broker: Broker, tmp_path: Path) -> None:
+    """The real MqttLink with a cart certificate: status, last-will-backed offline and an alert reach the backend;
+    the same cart configured with another cart's id is refused by the ACL."""
+    be = backend(broker)
+    good_cfg = _cart_config(broker, tmp_path, "s042", "cart-a", cert_as="cart-a")
+    liar_cfg = _cart_config(broker, tmp_path, "s042", "cart-b", cert_as="cart-a")  # cart-a's cert, cart-b's id
+    links: list[MqttLink] = []
+    try:
+        be.subscribe("shelfscout/s042/+/#")
+        for cfg in (good_cfg, liar_cfg):
+            link = MqttLink(cfg, Topics.from_config(cfg), Outbox(cfg.outbox.path))
+            links.append(link)
+            link.start()
+            assert link.wait_connected(10), link.info()
+            topics = Topics.from_config(cfg)
+            link.outbox.put([OutMessage(topics.alerts, b'{"id": "%s-1"}' % cfg.device.id.encode())])
+        good, liar = links
+        status = json.loads(be.wait_for("shelfscout/s042/cart-a/status"))
+        assert status["state"] == "online"
+        assert be.wait_for("shelfscout/s042/cart-a/alerts") == b'{"id": "cart-a-1"}'
+        assert good.wait_idle(10)
+        time.sleep(QUIET_S)
+        assert not [t for t in be.topics() if "/cart-b/" in t], be.topics()
+        # The device sees the broker's "not authorized" and keeps the alert rather than losing it.
+        assert liar.info().rejected >= 1 and liar.outbox.depth() == 1, liar.info()
+        good.stop()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            states = [json.loads(p)["state"] for t, p in be.messages if t == "shelfscout/s042/cart-a/status"]
+            if states[-1] == "offline":
+                break
+            time.sleep(0.05)
+        assert states[-1] == "offline"
+    finally:
+        for link in links:
+            link.stop()
+            link.outbox.close()
+        be.close()
