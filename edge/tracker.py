@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edge.alerts import AlertManager, Box, View, iou, visible_fraction
 from edge.config import TrackingConfig
-from edge.motion import MarkerDetector, Odometry, Shift, ShiftEstimator
+from edge.motion import Marker, MarkerDetector, Odometry, Shift, ShiftEstimator
 from edge.types import AlertEvent, Frame, Gap, Location
 
 EDGE_MARGIN = 0.02  # a detection within this fraction of the width from the left/right edge is cut by it
@@ -73,7 +73,9 @@ class GapTracker:
     `in_view` (fraction of a track's box that must be inside the frame for a frame to count for N-of-M and misses),
     `lost_after` (consecutive unmeasured shifts after which the position is uncertain: the scene was cut, e.g. the
     cart turned round). While uncertain, markers are looked for on every frame and nothing is confirmed or cleared,
-    until a marker re-anchors the position or `2 * marker_every` measured frames pass without one.
+    until a marker re-anchors the position or `2 * marker_every` measured frames pass without one. After any single
+    unmeasured shift (a hard cut such as a replayed video starting over shows up as just one), markers are looked
+    for on every frame for `2 * marker_every` frames, so a marker near the new position re-anchors it at once.
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class GapTracker:
         self._settle_frames = 2 * marker_every
         self._unmeasured = 0  # consecutive unreliable shifts
         self._settled = 0  # measured frames since the position became uncertain
+        self._search = 0  # frames left in which markers are looked for on every frame
         self.uncertain = False
 
     # ---- public ------------------------------------------------------------------------------------------------
@@ -132,11 +135,16 @@ class GapTracker:
                 self.uncertain = False  # no marker in sight: carry on from the odometry as it is
         else:
             self._unmeasured += 1
+            self._search = self._settle_frames
             if self._unmeasured >= self.lost_after:
                 self.uncertain, self._settled = True, 0
                 self.odometry.y = 0.0  # the camera's height on the cart is fixed: the best guess after a cut
         if self.markers is not None:
-            found = self.markers.detect(img) if self.uncertain else self.markers.maybe_detect(img)
+            if self.uncertain or self._search > 0:
+                self._search -= 1
+                found: list[Marker] | None = self.markers.detect(img)
+            else:
+                found = self.markers.maybe_detect(img)
             for m in found or []:
                 x_now = self.odometry.x + m.cx
                 delta = self.odometry.set_x(self.alerts.on_marker(m.id, x_now) - m.cx)
