@@ -89,7 +89,21 @@ def annotate(frame_rgb: np.ndarray, gaps: Sequence[Gap], tracks: Sequence[Any], 
     def pt(x: float, y: float) -> tuple[int, int]:
         return round(x * scale), round(y * scale)
 
-    for g in gaps:
+    for t in tracks:
+        x0, y0, x1, y1 = t.box
+        confirmed = bool(t.confirmed)
+        colour = (80, 220, 80) if confirmed else (0, 210, 255)
+        pad = thick * 3  # outside the gap's red box, so both stay visible
+        p0, p1 = pt(x0, y0), pt(x1, y1)
+        p0, p1 = (p0[0] - pad, p0[1] - pad), (p1[0] + pad, p1[1] + pad)
+        cv2.rectangle(img, p0, p1, colour, thick * 3 if confirmed else thick)
+        tag = f"#{t.track_id}"
+        (tw, th), _ = cv2.getTextSize(tag, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+        ty = min(img.shape[0] - 1, p1[1] + th + 4)  # a tag under the box's bottom-left corner
+        cv2.rectangle(img, (p0[0], ty - th - 4), (p0[0] + tw + 4, ty), colour, -1)
+        cv2.putText(img, tag, (p0[0] + 2, ty - 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 1, cv2.LINE_AA)
+
+    for g in gaps:  # on top of the tracks, so the scores stay readable
         p0, p1 = pt(g.x0, g.y0), pt(g.x1, g.y1)
         cv2.rectangle(img, p0, p1, (40, 40, 235), thick + 1)
         label = f"gap {g.score:.2f}"
@@ -98,14 +112,6 @@ def annotate(frame_rgb: np.ndarray, gaps: Sequence[Gap], tracks: Sequence[Any], 
         cv2.rectangle(img, (p0[0], ty - th - 4), (p0[0] + tw + 4, ty), (40, 40, 235), -1)
         cv2.putText(img, label, (p0[0] + 2, ty - 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1,
                     cv2.LINE_AA)
-    for t in tracks:
-        x0, y0, x1, y1 = t.box
-        confirmed = bool(t.confirmed)
-        colour = (80, 220, 80) if confirmed else (0, 210, 255)
-        p0, p1 = pt(x0, y0), pt(x1, y1)
-        cv2.rectangle(img, p0, p1, colour, thick * 3 if confirmed else thick)
-        cv2.putText(img, f"#{t.track_id}", (p0[0] + 3, min(img.shape[0] - 4, p1[1] - 5)), cv2.FONT_HERSHEY_SIMPLEX,
-                    font_scale, colour, 1 + int(confirmed), cv2.LINE_AA)
 
     hud = (f"{_fmt(info.get('fps'))} fps  |  {_fmt(info.get('inference_ms'))} ms  |  "
            f"{info.get('model', 'model')} v{_fmt(info.get('model_version'))}  |  outbox {_fmt(info.get('outbox_depth'))}"

@@ -9,13 +9,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import pytest
 
 from edge.preview import BOUNDARY, PreviewServer, parse_bind
+from edge.tracker import TrackView
 from edge.types import Gap
 from tests.test_hints import draw_shelf
 
@@ -23,15 +23,9 @@ INFO = {"fps": 14.2, "inference_ms": 31.5, "model": "shelfgap", "model_version":
         "device": "cart-07", "store": "s042"}
 
 
-@dataclass(frozen=True)
-class TrackView:
-    box: tuple[float, float, float, float]
-    track_id: int
-    confirmed: bool
-
-
 GAPS = [Gap(100, 60, 180, 140, 0.87)]
-TRACKS = [TrackView((420, 60, 500, 140), 3, True), TrackView((300, 200, 350, 290), 4, False)]
+TRACKS = [TrackView(track_id=3, box=(420, 60, 500, 140), confirmed=True, hits=4, score=0.9, alert_id="a3"),
+          TrackView(track_id=4, box=(300, 200, 350, 290), confirmed=False, hits=1, score=0.6, alert_id=None)]
 
 
 @pytest.fixture
@@ -46,14 +40,17 @@ def server() -> Iterator[PreviewServer]:
 class Feeder:
     """Offers frames from a thread, like the pipeline does."""
 
-    def __init__(self, p: PreviewServer, frame: np.ndarray, info: dict | None = None):
+    def __init__(self, p: PreviewServer, frame: np.ndarray, info: dict | None = None,
+                 gaps: list[Gap] | None = None, tracks: list[TrackView] | None = None):
         self.p, self.frame, self.info = p, frame, info or INFO
+        self.gaps = GAPS if gaps is None else gaps
+        self.tracks = TRACKS if tracks is None else tracks
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.p.offer(self.frame, GAPS, TRACKS, self.info)
+            self.p.offer(self.frame, self.gaps, self.tracks, self.info)
             time.sleep(0.01)
 
     def __enter__(self) -> Feeder:
@@ -130,9 +127,9 @@ def test_stream_serves_annotated_jpegs_of_the_frame(server: PreviewServer) -> No
     red = (edge[:, 2] > 180) & (edge[:, 1] < 90) & (edge[:, 0] < 90)
     assert red.mean() > 0.8
     # The confirmed track is drawn thick green, the unconfirmed one thin yellow.
-    green = img[70:130, 417:424].reshape(-1, 3).astype(int)
+    green = img[70:130, 412:417].reshape(-1, 3).astype(int)  # drawn just outside the track's box
     assert ((green[:, 1] > 180) & (green[:, 2] < 120)).mean() > 0.8
-    yellow = img[220:280, 299:302].reshape(-1, 3).astype(int)
+    yellow = img[220:280, 293:296].reshape(-1, 3).astype(int)
     assert ((yellow[:, 1] > 170) & (yellow[:, 2] > 200) & (yellow[:, 0] < 80)).mean() > 0.5
     assert img[:10, 300:].mean() < frame[:10, 300:].mean()
     deadline = time.monotonic() + 3

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from edge.preview import PreviewServer
+from edge.tracker import TrackView
+from edge.types import Gap
 from tests.test_hints import _rotate, shelf_images
 from tests.test_preview import INFO, Feeder
 
@@ -32,13 +34,36 @@ def _chromium(url: str, tmp: Path, *mode: str) -> subprocess.CompletedProcess[st
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp)
 
 
+def tilted_scene(deg: float) -> tuple[str, np.ndarray, list[Gap], list[TrackView]]:
+    """A shelf turned by `deg` (so the tilt hint shows), with its true empty spots as gaps and tracks."""
+    try:
+        from convert.synth import make_shelf_image
+    except ImportError:
+        name, img, boxes = "drawn", shelf_images(7)[0][1], np.array([[100, 60, 180, 140], [300, 200, 350, 290]], float)
+    else:
+        sample = make_shelf_image(np.random.default_rng(7), width=640, height=480)
+        name, img, boxes = "synth", sample.image, sample.boxes
+    h, w = img.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), deg, 1.2)  # the same turn as tests.test_hints._rotate
+    gaps: list[Gap] = []
+    tracks: list[TrackView] = []
+    for i, (x0, y0, x1, y1) in enumerate(boxes[:6]):
+        corners = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]]) @ m.T
+        bx = (float(corners[:, 0].min()), float(corners[:, 1].min()), float(corners[:, 0].max()),
+              float(corners[:, 1].max()))
+        if bx[2] < 0 or bx[3] < 0 or bx[0] > w or bx[1] > h:
+            continue
+        gaps.append(Gap(*bx, score=0.93 - 0.07 * i))
+        tracks.append(TrackView(track_id=11 + i, box=bx, confirmed=i % 3 != 2, hits=5, score=0.9, alert_id=None))
+    return name, _rotate(img, deg), gaps, tracks
+
+
 def test_preview_page_in_headless_chromium(tmp_path: Path) -> None:
     # A slightly tilted shelf: the page should show the stream, the numbers and the tilt hint.
-    name, shelf = shelf_images(7)[-1]
-    frame = _rotate(shelf, 8.0)
+    name, frame, gaps, tracks = tilted_scene(8.0)
     p = PreviewServer("127.0.0.1:0", max_fps=10).start()
     try:
-        with Feeder(p, frame, dict(INFO, state="running")):
+        with Feeder(p, frame, dict(INFO, state="running"), gaps=gaps, tracks=tracks):
             shot = tmp_path / "preview.png"
             r = _chromium(p.url, tmp_path, f"--screenshot={shot}")
             assert r.returncode == 0, r.stderr[-2000:]
