@@ -130,6 +130,29 @@ def _cyl_shade(spr: np.ndarray, rng: Rand) -> np.ndarray:
     return np.clip(spr.astype(np.float32) * prof[None, :, None], 0, 255).astype(np.uint8)
 
 
+def _photo_patch(spr: np.ndarray, rng: Rand, x0: int, y0: int, x1: int, y1: int) -> None:
+    """A blotchy, photo-like picture (food, faces, product shots) printed on the pack."""
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(spr.shape[1], x1), min(spr.shape[0], y1)
+    if x1 - x0 < 3 or y1 - y0 < 3:
+        return
+    cell = 2 + rng.integers(3)
+    small = rng.gen.integers(
+        0, 256, (max(2, (y1 - y0) // cell), max(2, (x1 - x0) // cell), 3), dtype=np.uint8
+    )
+    tint = np.array(_product_colour(rng), np.uint16)
+    small = ((small.astype(np.uint16) + 2 * tint) // 3).astype(np.uint8)
+    spr[y0:y1, x0:x1] = cv2.resize(small, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+
+
+def _texture(spr: np.ndarray, rng: Rand) -> np.ndarray:
+    """Blend a smooth random colour field over the pack (gradients, large artwork)."""
+    h, w = spr.shape[:2]
+    small = rng.gen.integers(0, 256, (2 + rng.integers(3), 2 + rng.integers(3), 3), dtype=np.uint8)
+    field_ = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    a = rng.uniform(0.1, 0.4)
+    return cv2.addWeighted(spr, 1.0 - a, field_, a, 0.0)
+
+
 def _sprite_box(rng: Rand, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
     base = _product_colour(rng)
     spr = np.empty((h, w, 3), np.uint8)
@@ -155,6 +178,13 @@ def _sprite_box(rng: Rand, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
         cx, cy = int(rng.integers(0, w)), int(rng.integers(0, h))
         r = max(2, int(min(w, h) * rng.uniform(0.15, 0.4)))
         cv2.circle(spr, (cx, cy), r, _product_colour(rng), -1)
+    if rng.random() < 0.35:
+        px0, py0 = int(w * rng.uniform(0.0, 0.4)), int(h * rng.uniform(0.2, 0.5))
+        _photo_patch(
+            spr, rng, px0, py0, px0 + int(w * rng.uniform(0.3, 0.7)), py0 + int(h * rng.uniform(0.2, 0.45))
+        )
+    if rng.random() < 0.5:
+        spr = _texture(spr, rng)
     _text_marks(spr, rng, 1, int(h * 0.6), w - 1, h - 1, ink)
     spr[:, :1] = (spr[:, :1] * 0.7).astype(np.uint8)
     spr[:, -1:] = (spr[:, -1:] * 0.8).astype(np.uint8)
@@ -217,6 +247,10 @@ def _sprite_bag(rng: Rand, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
     win = _contrast(base, rng)
     cx, cy = w // 2, int(h * rng.uniform(0.4, 0.7))
     cv2.ellipse(spr, (cx, cy), (max(1, int(w * 0.3)), max(1, int(h * 0.15))), 0, 0, 360, win, -1)
+    if rng.random() < 0.5:
+        _photo_patch(spr, rng, int(w * 0.2), int(h * 0.35), int(w * 0.8), int(h * 0.8))
+    if rng.random() < 0.5:
+        spr = _texture(spr, rng)
     _text_marks(spr, rng, 2, int(h * 0.15), w - 2, int(h * 0.35), _contrast(base, rng))
     ys = np.linspace(1.1, 0.8, h, dtype=np.float32)
     spr = np.clip(spr * ys[:, None, None], 0, 255).astype(np.uint8)
@@ -520,7 +554,7 @@ def add_gap(
             look = LOOK_PEG if rng.random() < 0.8 else LOOK_DARK
         else:
             u = rng.random()
-            look = LOOK_DARK if u < 0.55 else LOOK_BACK if u < 0.88 else LOOK_PUSHED
+            look = LOOK_DARK if u < 0.5 else LOOK_BACK if u < 0.88 else LOOK_PUSHED
     if look not in GAP_LOOKS:
         raise ValueError(f"unknown gap look {look!r}")
     x0 = r.facings[first - 1].right(plan.skus) if first > 0 else r.x0
@@ -539,7 +573,7 @@ def add_gap(
         look,
         (float(x0), max(float(r.top), y0), float(x1), min(float(r.bottom), y1)),
         float(
-            rng.uniform(0.08, 0.35)
+            rng.uniform(0.1, 0.4)
             if look == LOOK_DARK
             else rng.uniform(0.5, 0.95)
             if look == LOOK_BACK
@@ -555,7 +589,7 @@ def add_gap(
 def _sample_gap_count(rng: Rand) -> int:
     if rng.random() < 0.05:
         return 0
-    return int(min(27, 1 + rng.gen.negative_binomial(1.6, 0.235)))
+    return int(min(27, 1 + rng.gen.negative_binomial(1.6, 0.215)))
 
 
 def _count_choice(rng: Rand) -> int:
