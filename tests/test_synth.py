@@ -36,9 +36,12 @@ def test_boxes_cover_exactly_the_drawn_gaps(seed: int) -> None:
         # the drawn region lies inside its box ...
         assert xs.min() >= x0 - 1.5 and xs.max() + 1 <= x1 + 1.5
         assert ys.min() >= y0 - 1.5 and ys.max() + 1 <= y1 + 1.5
-        # ... and fills it (a mildly warped rectangle fills most of its bounding box)
+        # ... and the box is its tight bounding box (the warped rectangle reaches every side) ...
+        assert xs.min() <= x0 + 1.5 and xs.max() + 1 >= x1 - 1.5, (k, xs.min(), xs.max(), x0, x1)
+        assert ys.min() <= y0 + 1.5 and ys.max() + 1 >= y1 - 1.5, (k, ys.min(), ys.max(), y0, y1)
+        # ... which it mostly fills (a mildly warped rectangle)
         area = (x1 - x0) * (y1 - y0)
-        assert len(xs) >= 0.7 * area, f"box {k}: {len(xs)} gap pixels for a {area:.0f} px box"
+        assert len(xs) >= 0.55 * area, f"box {k}: {len(xs)} gap pixels for a {area:.0f} px box"
         # a box never sits on product pixels
         inner = s.product_mask[int(np.ceil(y0)) : int(y1), int(np.ceil(x0)) : int(x1)]
         assert inner.mean() < 0.2
