@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,9 +23,18 @@ SHELLCHECK = shutil.which("shellcheck")
 PIP_ARGS = "--no-deps --no-index --no-build-isolation"
 
 
+def base_python() -> str:
+    """The system Python, as on a Pi, when it can make venvs (Debian's python3-venv); else the one running us."""
+    system = "/usr/bin/python3"
+    if Path(system).exists() and subprocess.run([system, "-c", "import ensurepip, venv"],
+                                                 capture_output=True).returncode == 0:
+        return system
+    return sys.executable
+
+
 def run_installer(prefix: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(SCRIPT), "--prefix", str(prefix), "--pip-args", PIP_ARGS, *extra],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(["bash", str(SCRIPT), "--prefix", str(prefix), "--python", base_python(),
+                           "--pip-args", PIP_ARGS, *extra], capture_output=True, text=True, timeout=300)
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, int]]:
