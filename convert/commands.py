@@ -1,0 +1,362 @@
+"""The model-work subcommands: `train`, `finetune`, `quantize`, `eval` and `bundle` (TensorFlow loaded only when run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge.cli import CliError
+
+
+def register(sub: Any) -> None:
+    _register_train(sub)
+    _register_finetune(sub)
+    _register_quantize(sub)
+    _register_eval(sub)
+    _register_bundle(sub)
+
+
+# ---- train / finetune -------------------------------------------------------------------------------------------
+def _common_train_args(p: argparse.ArgumentParser, steps: int) -> None:
+    p.add_argument("--steps", type=int, default=steps, help=f"training steps (default {steps})")
+    p.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--work", type=Path, default=None, help="scratch folder for data, weights and reports")
+    p.add_argument("--name", default=None, help="model name in the manifest")
+    p.add_argument("--version", type=int, default=1, help="model version, a monotonic integer (default 1)")
+    p.add_argument("--key", type=Path, default=None,
+                   help="ed25519 private key (PEM) to sign with (default $SHELFSCOUT_SIGNING_KEY, else "
+                        "~/.config/shelfscout/keys/shelfscout-default.key, created if missing)")
+    p.add_argument("--unsigned", action="store_true", help="write an unsigned bundle (runs only in dev mode)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _register_train(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="generate shelves, train the gap-heatmap model, convert to int8, measure and write a signed bundle",
+        description="Train from scratch on generated shelves (--synth N) and/or YOLO folders (--data DIR), then "
+        "quantize to int8, measure float and int8 on the validation sets and write OUT (a signed bundle).",
+    )
+    p.add_argument("out", type=Path, metavar="OUT", help="bundle file to write")
+    p.add_argument("--data", type=Path, action="append", default=[], help="YOLO folder to train on (repeatable)")
+    p.add_argument("--synth", type=int, default=3000, help="generated training images (default 3000; 0 for none)")
+    p.add_argument("--synth-val", type=int, default=300, help="generated validation images (default 300)")
+    p.add_argument("--val", type=Path, action="append", default=[], help="YOLO folder to measure on (repeatable)")
+    p.add_argument("--size", type=int, default=320, help="square model input size (multiple of 32; default 320)")
+    p.add_argument("--stride", type=int, choices=(4, 8), default=4, help="output stride (default 4)")
+    p.add_argument("--init", type=Path, default=None, help="float weights (.weights.h5) to start from")
+    _common_train_args(p, 2000)
+    p.set_defaults(func=_train_cmd)
+
+
+def _register_finetune(sub: Any) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune the default model on your own YOLO folder of real frames and write a bundle",
+        description="Split DATA (fixed by --split-seed) into training and measuring images, fine-tune from the "
+        "default model's float weights, convert to int8, measure on the held-out share (before and after) and "
+        "write OUT. Keep OUT outside the repository when DATA is not yours to redistribute.",
+    )
+    p.add_argument("data", type=Path, metavar="DATA", help="YOLO folder with images/ and labels/")
+    p.add_argument("--out", type=Path, required=True, help="bundle file to write")
+    p.add_argument("--val-share", type=float, default=0.3, help="share of DATA held out for measuring (default 0.3)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/measure split (default 0)")
+    p.add_argument("--from", dest="init", type=Path, default=None,
+                   help="float weights to start from (default models/shelfgap-default.weights.h5)")
+    p.add_argument("--synth-mix", type=int, default=0,
+                   help="also train on this many generated images (default 0)")
+    p.add_argument("--scratch", action="store_true", help="train from random weights instead of the default model")
+    _common_train_args(p, 800)
+    p.set_defaults(func=_finetune_cmd)
+
+
+def _key_args(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    if args.unsigned:
+        return None, None
+    from convert.bundler import signing_key_path
+
+    key = signing_key_path(args.key)
+    return key, None
+
+
+def _print_report(report: Any) -> None:
+    print(report.to_json())
+
+
+def _train_cmd(args: argparse.Namespace) -> int:
+    from convert.build_default import BuildSpec, build
+    from convert.model import NetConfig
+    from convert.train import TrainConfig
+
+    for d in [*args.data, *args.val]:
+        _check_yolo(d)
+    try:
+        net = NetConfig(width=args.size, height=args.size, stride=args.stride)
+        tcfg = TrainConfig(net=net, steps=args.steps, batch=args.batch, seed=args.seed,
+                           **({"lr": args.lr} if args.lr else {}))
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    if args.synth <= 0 and not args.data:
+        raise CliError("nothing to train on: give --synth N or --data DIR")
+    key, pub = _key_args(args)
+    spec = BuildSpec(
+        name=args.name or args.out.stem, version=args.version, out_bundle=args.out,
+        work_dir=args.work or args.out.with_suffix(".work"), train=tcfg, synth_train=max(args.synth, 0),
+        synth_val=max(args.synth_val, 0), train_dirs=tuple(args.data),
+        val_sets=tuple((d.name, d) for d in args.val), init_weights=args.init, key_path=key,
+        public_key_out=pub, progress=not args.quiet,
+        threshold_set="synthetic-val" if args.synth_val > 0 else (args.val[0].name if args.val else ""),
+    )
+    _print_report(build(spec))
+    return 0
+
+
+def _finetune_cmd(args: argparse.Namespace) -> int:
+    from convert.build_default import DEFAULT_NAME, MODELS, BuildSpec, build, split_folder
+    from convert.model import NetConfig
+    from convert.train import CONFIG_FILE, TrainConfig
+
+    _check_yolo(args.data)
+    init: Path | None = None
+    net = NetConfig()
+    if not args.scratch:
+        init = args.init or MODELS / f"{DEFAULT_NAME}.weights.h5"
+        if not init.exists():
+            raise CliError(f"float weights {init} do not exist (rebuild the default with `make model`, or --scratch)")
+        cfg_file = init.with_suffix("").with_suffix(".json") if init.name.endswith(".weights.h5") else None
+        for cand in (cfg_file, init.parent / CONFIG_FILE):
+            if cand is not None and cand.exists():
+                net = NetConfig.from_dict(json.loads(cand.read_text())["net"])
+                break
+    train_items, val_items = split_folder(args.data, args.val_share, args.split_seed)
+    lr = args.lr or (1e-3 if init is not None else 3e-3)
+    tcfg = TrainConfig(net=net, steps=args.steps, batch=args.batch, seed=args.seed, lr=lr,
+                       warmup=min(100, args.steps // 10))
+    key, pub = _key_args(args)
+    held = f"{args.data.name}-heldout"
+    spec = BuildSpec(
+        name=args.name or args.out.stem, version=args.version, out_bundle=args.out,
+        work_dir=args.work or args.out.with_suffix(".work"), train=tcfg, synth_train=max(args.synth_mix, 0),
+        synth_val=0, train_items=tuple(train_items), val_items=((held, tuple(val_items)),),
+        init_weights=init, key_path=key, public_key_out=pub, threshold_set=held, progress=not args.quiet,
+    )
+    report = build(spec)
+    out = json.loads(report.to_json())
+    out["split"] = {"train": len(train_items), "heldout": len(val_items), "seed": args.split_seed}
+    out["baseline"] = _baseline(val_items)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _baseline(val_items: list[Any]) -> dict[str, Any] | None:
+    """The shipped default bundle measured on the same held-out images, for comparison."""
+    from convert.evaluate import detect_with_bundle, evaluate
+    from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, BundleError, load_public_keys, read_bundle
+
+    try:
+        bundle = read_bundle(DEFAULT_BUNDLE, load_public_keys([BUILTIN_KEYS]))
+    except BundleError:
+        return None
+    dets = detect_with_bundle(bundle, [it.image for it in val_items])
+    r = evaluate(dets, [it.boxes for it in val_items], bundle.manifest.thresholds.score)
+    return {"model": f"{bundle.manifest.name} v{bundle.manifest.version}", "ap50": round(r.ap50, 4),
+            "f1": round(r.f1, 4), "precision": round(r.precision, 4), "recall": round(r.recall, 4)}
+
+
+# ---- quantize ---------------------------------------------------------------------------------------------------
+def _register_quantize(sub: Any) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="convert trained float weights to a full-integer int8 .tflite and write a float-vs-int8 parity report",
+    )
+    p.add_argument("weights", type=Path, metavar="WEIGHTS", help="model.weights.h5 (net.json next to it)")
+    p.add_argument("--rep", type=Path, required=True, help="YOLO (or images/) folder for the representative set")
+    p.add_argument("--out", type=Path, required=True, help=".tflite file to write")
+    p.add_argument("--count", type=int, default=200, help="representative images (default 200)")
+    p.add_argument("--parity", type=Path, default=None, help="folder for parity.json/parity.md (default: next to --out)")
+    p.set_defaults(func=_quantize_cmd)
+
+
+def _quantize_cmd(args: argparse.Namespace) -> int:
+    import cv2
+    import numpy as np
+
+    from convert.dataset import IMAGE_SUFFIXES, read_image_rgb
+    from convert.quantize import ParityReport, TFLiteRunner, convert_int8, output_diffs, write_parity
+    from convert.train import load_float_model
+
+    if not args.weights.exists():
+        raise CliError(f"weights {args.weights} do not exist")
+    img_dir = args.rep / "images" if (args.rep / "images").is_dir() else args.rep
+    paths = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: args.count]
+    if not paths:
+        raise CliError(f"no images in {img_dir}")
+    model, net = load_float_model(args.weights)
+    rep = [cv2.resize(read_image_rgb(p), (net.width, net.height), interpolation=cv2.INTER_AREA) for p in paths]
+    tfl = convert_int8(model, rep)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(tfl)
+    runner = TFLiteRunner(tfl)
+
+    def float_fn(im: np.ndarray) -> dict[str, np.ndarray]:
+        out = model(im[None].astype(np.float32), training=False)
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    mx, mean, step = output_diffs(float_fn, runner, rep[:16])
+    rep_obj = ParityReport(images=min(16, len(rep)), max_abs_diff=mx, mean_abs_diff=mean, quant_step=step)
+    j, m = write_parity(rep_obj, args.parity or args.out.parent)
+    print(json.dumps({"tflite": str(args.out), "bytes": len(tfl), "parity_json": str(j), "parity_md": str(m),
+                      "max_abs_diff": mx, "mean_abs_diff": mean}))
+    return 0
+
+
+# ---- eval -------------------------------------------------------------------------------------------------------
+def _register_eval(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="measure a bundle on a labelled YOLO folder: precision, recall, F1, AP50, counts; HTML report",
+        description="Runs the bundle's int8 model through the device detector on DATA/images and compares with "
+        "DATA/labels (IoU 0.5, greedy by score). P/R/F1 are at the bundle's own threshold unless --threshold.",
+    )
+    p.add_argument("data", type=Path, metavar="DATA", help="folder with images/ and YOLO labels/")
+    p.add_argument("--model", default=None, metavar="BUNDLE", help="bundle to measure (default: the built-in)")
+    p.add_argument("--keys", metavar="DIR", action="append", default=[], help="extra folder of trusted *.pub keys")
+    p.add_argument("--dev-allow-unsigned-models", action="store_true",
+                   help="DEVELOPMENT ONLY: measure a bundle without a valid signature")
+    p.add_argument("--json", action="store_true", help="print one JSON object (and nothing else) on stdout")
+    p.add_argument("--report", type=Path, default=None, metavar="DIR", help="write DIR/report.html")
+    p.add_argument("--threshold", type=float, default=None, help="score threshold for P/R/F1")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
+    p.add_argument("--curve-points", type=int, default=50, help="PR-curve points in the JSON (default 50)")
+    p.set_defaults(func=_eval_cmd)
+
+
+def _eval_cmd(args: argparse.Namespace) -> int:
+    from convert.dataset import load_yolo_folder
+    from convert.evaluate import detect_with_bundle, evaluate, match_images
+    from edge.commands.detect import load_bundle_from_args
+
+    _check_yolo(args.data)
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise CliError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    bundle = load_bundle_from_args(args)
+    items = load_yolo_folder(args.data, args.limit)
+    thr = bundle.manifest.thresholds.score if args.threshold is None else args.threshold
+    dets = detect_with_bundle(bundle, [it.image for it in items], threads=args.threads, min_score=min(0.05, thr))
+    gts = [it.boxes for it in items]
+    res = evaluate(dets, gts, thr)
+    out: dict[str, Any] = {"data": str(args.data), "model": {"name": bundle.manifest.name,
+                                                             "version": bundle.manifest.version,
+                                                             "source": bundle.source}}
+    out.update(res.to_dict(args.curve_points))
+    if args.report is not None:
+        from convert.report import Example, write_report
+
+        matches = match_images(dets, gts, thr)
+        examples = [Example(it.path.name, it.image, it.boxes, m) for it, m in zip(items, matches, strict=True)]
+        path = write_report(args.report, res, examples, f"shelfscout eval: {args.data.name}",
+                            f"{bundle.manifest.name} v{bundle.manifest.version} on {len(items)} images of {args.data}")
+        out["report"] = str(path)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{args.data}: {res.images} images, {res.ground_truth} gaps, model {bundle.manifest.name} "
+              f"v{bundle.manifest.version}")
+        print(f"  threshold {thr:.2f}: precision {res.precision:.3f}, recall {res.recall:.3f}, F1 {res.f1:.3f} "
+              f"(TP {res.tp}, FP {res.fp}, FN {res.fn})")
+        print(f"  AP50 {res.ap50:.3f}; best F1 {res.best_f1:.3f} at threshold {res.best_f1_threshold:.2f}")
+        if "report" in out:
+            print(f"  report: {out['report']}")
+    return 0
+
+
+# ---- bundle -----------------------------------------------------------------------------------------------------
+def _register_bundle(sub: Any) -> None:
+    p = sub.add_parser(
+        "bundle",
+        help="sign an int8 .tflite into a bundle: our gap-heatmap model, or your own SSD / Ultralytics YOLO model",
+    )
+    p.add_argument("tflite", type=Path, metavar="MODEL.tflite", help="int8 TFLite model")
+    p.add_argument("--out", type=Path, required=True, help="bundle file to write")
+    p.add_argument("--decoding", choices=("gap-heatmap", "ssd", "yolo"), default="gap-heatmap",
+                   help="how to read the outputs (default gap-heatmap)")
+    p.add_argument("--name", default=None, help="model name (default: the file name)")
+    p.add_argument("--version", type=int, required=True, help="model version, a monotonic integer")
+    p.add_argument("--labels", default="empty", help="comma-separated class labels (default 'empty')")
+    p.add_argument("--score", type=float, default=0.4, help="score threshold (default 0.4)")
+    p.add_argument("--nms", type=float, default=0.5, help="NMS IoU (default 0.5)")
+    p.add_argument("--stride", type=int, default=None, help="gap-heatmap: output stride (default: from the shapes)")
+    p.add_argument("--metrics", type=Path, default=None, help="JSON file of measured metrics to record")
+    p.add_argument("--key", type=Path, default=None, help="ed25519 private key (PEM) to sign with")
+    p.add_argument("--unsigned", action="store_true", help="write an unsigned bundle (runs only in dev mode)")
+    p.set_defaults(func=_bundle_cmd)
+
+
+def _bundle_cmd(args: argparse.Namespace) -> int:
+    from convert.bundler import load_or_create_key, signing_key_path
+
+    if not args.tflite.exists():
+        raise CliError(f"{args.tflite} does not exist")
+    labels = tuple(x.strip() for x in args.labels.split(",") if x.strip())
+    metrics = json.loads(args.metrics.read_text()) if args.metrics else None
+    key_path = None if args.unsigned else signing_key_path(args.key)
+    name = args.name or args.tflite.stem
+    try:
+        if args.decoding == "gap-heatmap":
+            manifest = _bundle_heatmap(args, name, labels, metrics, key_path)
+        else:
+            try:
+                from convert.wrap import wrap_external_model
+            except ImportError as e:
+                raise CliError(f"wrapping {args.decoding} models needs convert/wrap.py: {e}") from e
+            key = load_or_create_key(key_path) if key_path is not None else None
+            manifest = wrap_external_model(
+                args.tflite, args.decoding, name, args.version, labels, args.out, key,
+                score=args.score, nms=args.nms, metrics=metrics,
+            )
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    print(json.dumps({"bundle": str(args.out), "name": manifest.name, "version": manifest.version,
+                      "decoding": manifest.output.decoding, "signed": key_path is not None,
+                      "thresholds": {"score": manifest.thresholds.score, "nms_iou": manifest.thresholds.nms_iou}}))
+    return 0
+
+
+def _bundle_heatmap(args: argparse.Namespace, name: str, labels: tuple[str, ...], metrics: Any,
+                    key_path: Path | None) -> Any:
+    import numpy as np
+
+    from convert.bundler import build_heatmap_bundle, load_or_create_key
+    from convert.quantize import describe
+    from convert.synth import make_shelf_image
+    from edge.bundle import Thresholds
+
+    model_bytes = args.tflite.read_bytes()
+    ins, outs = describe(model_bytes)
+    stride = args.stride or ins.shape[2] // max(o.shape[2] for o in outs)
+    rng = np.random.default_rng(0)
+    golden = [make_shelf_image(rng, ins.shape[2], ins.shape[1]).image for _ in range(3)]
+    key = load_or_create_key(key_path) if key_path is not None else None
+    return build_heatmap_bundle(
+        args.out, model_bytes, golden, name, args.version, stride,
+        Thresholds(score=args.score, nms_iou=args.nms), key, metrics,
+    )
+
+
+def _check_yolo(path: Path) -> None:
+    from convert.dataset import list_yolo_images
+
+    try:
+        list_yolo_images(path)
+    except ValueError as e:
+        raise CliError(str(e)) from e
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print("use `shelfscout train|finetune|quantize|eval|bundle`", file=sys.stderr)

@@ -1,0 +1,240 @@
+"""Training data for the gap-heatmap model: YOLO folders in, augmented images and heatmap/box targets out.
+
+Everything here is numpy and OpenCV, so evaluation and the device tests can read YOLO folders without TensorFlow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class LabeledImage:
+    """One image of a YOLO folder: its RGB pixels and the gap boxes (N, 4) x0, y0, x1, y1 in its pixels."""
+
+    path: Path
+    image: np.ndarray
+    boxes: np.ndarray
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Training targets on the output grid: Gaussian centre heatmap, box sides (stride units), box-loss weights."""
+
+    heatmap: np.ndarray  # (h, w, 1) float32 in [0, 1], exactly 1 at each box's centre cell
+    ltrb: np.ndarray  # (h, w, 4) float32
+    weight: np.ndarray  # (h, w, 1) float32, > 0 where ltrb is supervised
+
+
+def list_yolo_images(folder: Path | str) -> list[tuple[Path, Path]]:
+    """(image, label) path pairs of a folder with `images/` and `labels/`; an image without a label file has no gaps."""
+    root = Path(folder)
+    img_dir, lbl_dir = root / "images", root / "labels"
+    if not img_dir.is_dir():
+        raise ValueError(f"{root} has no images/ folder (expected a YOLO folder with images/ and labels/)")
+    if not lbl_dir.is_dir():
+        raise ValueError(f"{root} has no labels/ folder (expected a YOLO folder with images/ and labels/)")
+    pairs = [
+        (p, lbl_dir / (p.stem + ".txt"))
+        for p in sorted(img_dir.iterdir())
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    ]
+    if not pairs:
+        raise ValueError(f"{img_dir} holds no images")
+    return pairs
+
+
+def read_yolo_labels(path: Path, width: int, height: int, classes: Sequence[int] | None = None) -> np.ndarray:
+    """Boxes (N, 4) x0, y0, x1, y1 in pixels from a YOLO label file (`class cx cy w h`, normalised)."""
+    if not path.exists():
+        return np.zeros((0, 4), np.float32)
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 5:
+            raise ValueError(f"{path}:{n}: expected 'class cx cy w h', got {line!r}")
+        cls = int(float(parts[0]))
+        if classes is not None and cls not in classes:
+            continue
+        cx, cy, w, h = (float(v) for v in parts[1:5])
+        rows.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
+    boxes = np.asarray(rows, np.float32).reshape(-1, 4)
+    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
+    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
+    return boxes
+
+
+def read_image_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"cannot read image {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def load_yolo_folder(folder: Path | str, limit: int | None = None) -> list[LabeledImage]:
+    """All images of a YOLO folder with their boxes, in file-name order."""
+    out = []
+    for img_path, lbl_path in list_yolo_images(folder)[:limit]:
+        img = read_image_rgb(img_path)
+        out.append(LabeledImage(img_path, img, read_yolo_labels(lbl_path, img.shape[1], img.shape[0])))
+    return out
+
+
+def resize_with_boxes(image: np.ndarray, boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Squash an image to width x height (as the device does) and scale its boxes to match."""
+    h, w = image.shape[:2]
+    out = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if w > width else cv2.INTER_LINEAR)
+    scale = np.array([width / w, height / h, width / w, height / h], np.float32)
+    return out, (boxes * scale).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random geometric and photometric changes applied to each training sample."""
+
+    scale: tuple[float, float] = (0.7, 1.5)  # zoom relative to squashing the whole image to the model input
+    aspect: tuple[float, float] = (0.8, 1.25)
+    flip: float = 0.5
+    brightness: float = 0.25
+    contrast: float = 0.3
+    saturation: float = 0.4
+    hue: float = 8.0  # degrees (OpenCV hue units are 2 degrees)
+    blur: float = 0.2  # probability of a Gaussian or motion blur
+    noise: float = 6.0  # max std of additive noise
+    jpeg: float = 0.3  # probability of a JPEG round trip
+    min_visible: float = 0.5  # a box cut by the crop keeps its label only if this share of it is visible
+
+
+def augment(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    rng: np.random.Generator,
+    out_w: int,
+    out_h: int,
+    base_w: int,
+    base_h: int,
+    cfg: AugmentConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random out_w x out_h view of the image as if squashed to base_w x base_h (the model input), then zoomed."""
+    h, w = image.shape[:2]
+    zoom = rng.uniform(*cfg.scale)
+    aspect = np.exp(rng.uniform(np.log(cfg.aspect[0]), np.log(cfg.aspect[1])))
+    sx = base_w / w * zoom * np.sqrt(aspect)
+    sy = base_h / h * zoom / np.sqrt(aspect)
+    span_x, span_y = w * sx - out_w, h * sy - out_h
+    tx = -rng.uniform(min(0.0, span_x), max(0.0, span_x))
+    ty = -rng.uniform(min(0.0, span_y), max(0.0, span_y))
+    flip = rng.random() < cfg.flip
+    if flip:
+        m = np.array([[-sx, 0, out_w - tx], [0, sy, ty]], np.float64)
+    else:
+        m = np.array([[sx, 0, tx], [0, sy, ty]], np.float64)
+    fill = tuple(float(v) for v in rng.integers(0, 256, 3))
+    interp = cv2.INTER_AREA if sx < 1 and sy < 1 else cv2.INTER_LINEAR
+    out = cv2.warpAffine(image, m, (out_w, out_h), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+
+    if len(boxes):
+        b = boxes.astype(np.float64)
+        xs = b[:, [0, 2]] * m[0, 0] + m[0, 2]
+        ys = b[:, [1, 3]] * m[1, 1] + m[1, 2]
+        nb = np.stack([xs.min(1), ys.min(1), xs.max(1), ys.max(1)], axis=1)
+        area = (nb[:, 2] - nb[:, 0]) * (nb[:, 3] - nb[:, 1])
+        cb = nb.copy()
+        cb[:, 0::2] = np.clip(cb[:, 0::2], 0, out_w)
+        cb[:, 1::2] = np.clip(cb[:, 1::2], 0, out_h)
+        carea = np.maximum(cb[:, 2] - cb[:, 0], 0) * np.maximum(cb[:, 3] - cb[:, 1], 0)
+        keep = (carea >= cfg.min_visible * np.maximum(area, 1e-6)) & (cb[:, 2] - cb[:, 0] >= 2) & (cb[:, 3] - cb[:, 1] >= 2)
+        # Boxes mostly cut away are dropped; their visible rest is painted over with the fill so no unlabeled gap
+        # stays in view.
+        for box in cb[~keep & (carea > 0)]:
+            x0, y0, x1, y1 = (int(round(v)) for v in box)
+            out[y0:y1, x0:x1] = rng.integers(0, 256, 3, dtype=np.uint8)
+        boxes = cb[keep].astype(np.float32)
+    out = photometric(out, rng, cfg)
+    return out, boxes
+
+
+def photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Colour, blur, noise and JPEG changes (labels unchanged)."""
+    img = image
+    if cfg.hue or cfg.saturation:
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).astype(np.float32)
+        hsv[..., 0] = (hsv[..., 0] + rng.uniform(-cfg.hue, cfg.hue) / 2.0) % 180.0
+        hsv[..., 1] *= rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)
+        img = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB)
+    f = img.astype(np.float32)
+    gain = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)
+    mean = f.mean()
+    f = (f - mean) * gain + mean * rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)
+    f *= rng.uniform(0.9, 1.1, 3).astype(np.float32)  # white balance
+    if cfg.noise:
+        f += rng.normal(0, rng.uniform(0, cfg.noise), f.shape).astype(np.float32)
+    img = np.clip(f, 0, 255).astype(np.uint8)
+    if rng.random() < cfg.blur:
+        if rng.random() < 0.5:
+            k = int(rng.integers(1, 3)) * 2 + 1
+            img = cv2.GaussianBlur(img, (k, k), 0)
+        else:
+            k = int(rng.integers(3, 8))
+            kern = np.zeros((k, k), np.float32)
+            kern[k // 2, :] = 1.0 / k
+            img = cv2.filter2D(img, -1, kern)
+    if rng.random() < cfg.jpeg:
+        ok, enc = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(35, 90))])
+        dec = cv2.imdecode(enc, cv2.IMREAD_UNCHANGED) if ok else None
+        if dec is not None:
+            img = dec
+    return img
+
+
+def encode_targets(boxes: np.ndarray, out_w: int, out_h: int, stride: int, min_sigma: float = 0.6) -> Targets:
+    """CenterNet-style targets: an elliptical Gaussian per box (1 at its centre cell) and box sides near the centre.
+
+    Box sides are supervised at the cells whose Gaussian value is at least 0.3 and which lie inside the box, and at
+    the centre cell always, weighted by the Gaussian. Smaller boxes are painted last, so they own shared cells.
+    """
+    heat = np.zeros((out_h, out_w), np.float32)
+    ltrb = np.zeros((out_h, out_w, 4), np.float32)
+    weight = np.zeros((out_h, out_w), np.float32)
+    if len(boxes):
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        ys, xs = np.mgrid[0:out_h, 0:out_w].astype(np.float32)
+        pcx, pcy = (xs + 0.5) * stride, (ys + 0.5) * stride  # cell centres in input pixels
+        for x0, y0, x1, y1 in boxes[np.argsort(-areas)]:
+            cx, cy = 0.5 * (x0 + x1) / stride, 0.5 * (y0 + y1) / stride
+            ci = min(max(int(cx), 0), out_w - 1)
+            cj = min(max(int(cy), 0), out_h - 1)
+            sx = max((x1 - x0) / stride / 6.0, min_sigma)
+            sy = max((y1 - y0) / stride / 6.0, min_sigma)
+            r = 3
+            a0, a1 = max(int(ci - r * sx), 0), min(int(ci + r * sx) + 1, out_w)
+            b0, b1 = max(int(cj - r * sy), 0), min(int(cj + r * sy) + 1, out_h)
+            g = np.exp(
+                -((xs[b0:b1, a0:a1] - ci) ** 2) / (2 * sx * sx) - ((ys[b0:b1, a0:a1] - cj) ** 2) / (2 * sy * sy)
+            )
+            heat[b0:b1, a0:a1] = np.maximum(heat[b0:b1, a0:a1], g)
+            heat[cj, ci] = 1.0
+            d = np.stack(
+                [
+                    pcx[b0:b1, a0:a1] - x0,
+                    pcy[b0:b1, a0:a1] - y0,
+                    x1 - pcx[b0:b1, a0:a1],
+                    y1 - pcy[b0:b1, a0:a1],
+                ],
+                axis=-1,
+            ) / stride
+            sel = (g >= 0.3) & (d.min(-1) > 0)
+            sel[cj - b0, ci - a0] = True
+            dd = np.maximum(d, 0.05)
+            ltrb[b0:b1, a0:a1][sel] = dd[sel]
+            weight[b0:b1, a0:a1][sel] = g[sel]
+    return Targets(heat[..., None], ltrb, weight[..., None])

@@ -1,0 +1,154 @@
+"""Renders an evaluation as one self-contained HTML page (metrics table, PR curve, annotated examples), phone-readable.
+
+Images are embedded as base64 JPEG/PNG; the PR curve is drawn with OpenCV (no matplotlib).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from convert.evaluate import EvalResult, ImageMatch, PRPoint
+
+HIT = (40, 200, 60)  # RGB
+MISS = (255, 200, 0)
+FALSE_ALARM = (230, 40, 40)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One evaluated image for the report."""
+
+    name: str
+    image: np.ndarray  # RGB
+    gt: np.ndarray  # (M, 4) boxes in image pixels
+    match: ImageMatch
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def draw_pr_curve(curve: Sequence[PRPoint], threshold: float, size: int = 480) -> np.ndarray:
+    """An RGB image of the precision/recall curve, with the operating point at `threshold` marked."""
+    pad = 48
+    img = np.full((size, size, 3), 255, np.uint8)
+    x0, y0, x1, y1 = pad, pad // 2, size - pad // 2, size - pad
+    span_x, span_y = x1 - x0, y1 - y0
+
+    def pt(r: float, p: float) -> tuple[int, int]:
+        return int(round(x0 + r * span_x)), int(round(y1 - p * span_y))
+
+    for k in range(11):
+        v = k / 10
+        cv2.line(img, pt(v, 0), pt(v, 1), (230, 230, 230), 1)
+        cv2.line(img, pt(0, v), pt(1, v), (230, 230, 230), 1)
+        if k % 2 == 0:
+            cv2.putText(img, f"{v:.1f}", (pt(v, 0)[0] - 10, y1 + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (80, 80, 80), 1)
+            cv2.putText(img, f"{v:.1f}", (4, pt(0, v)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (80, 80, 80), 1)
+    cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), 1)
+    cv2.putText(img, "recall", (x0 + span_x // 2 - 20, size - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    cv2.putText(img, "precision", (4, y0 - 6 if y0 > 14 else 14), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    if curve:
+        pts = np.array([pt(c.recall, c.precision) for c in curve], np.int32)
+        cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, (30, 90, 200), 2, cv2.LINE_AA)
+        above = [c for c in curve if c.score >= threshold]
+        if above:
+            op = above[-1]
+            cv2.circle(img, pt(op.recall, op.precision), 6, FALSE_ALARM, 2, cv2.LINE_AA)
+    return img
+
+
+def annotate(ex: Example, max_side: int = 560) -> np.ndarray:
+    """The image with hits in green, misses (ground truth not found) in amber and false alarms in red."""
+    img = ex.image.copy()
+    s = min(1.0, max_side / max(img.shape[:2]))
+    if s < 1.0:
+        img = cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)), interpolation=cv2.INTER_AREA)
+
+    def box(b: np.ndarray, colour: tuple[int, int, int], thick: int) -> None:
+        x0, y0, x1, y1 = (int(round(v * s)) for v in b)
+        cv2.rectangle(img, (x0, y0), (x1, y1), colour, thick)
+
+    for b, hit in zip(ex.gt, ex.match.gt_hit, strict=True):
+        if not hit:
+            box(b, MISS, 2)
+    for b, tp, sc in zip(ex.match.det_boxes, ex.match.det_tp, ex.match.det_scores, strict=True):
+        box(b, HIT if tp else FALSE_ALARM, 2)
+        x0, y0 = int(b[0] * s), int(b[1] * s)
+        cv2.putText(img, f"{sc:.2f}", (x0, max(y0 - 2, 9)), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+                    HIT if tp else FALSE_ALARM, 1, cv2.LINE_AA)
+    return img
+
+
+def pick_examples(examples: Sequence[Example], n: int) -> list[Example]:
+    """The worst images (most misses + false alarms) first, then a few clean ones for contrast."""
+    def errors(e: Example) -> int:
+        return int((~e.match.gt_hit).sum() + (~e.match.det_tp).sum())
+
+    ranked = sorted(examples, key=lambda e: (-errors(e), e.name))
+    worst = [e for e in ranked if errors(e) > 0][: max(n - n // 4, 1)]
+    clean = [e for e in examples if errors(e) == 0 and len(e.gt)][: n - len(worst)]
+    return worst + clean
+
+
+def render_html(result: EvalResult, examples: Sequence[Example], title: str, model_desc: str, n_examples: int = 16) -> str:
+    """The whole report as one HTML string."""
+    ok, png = cv2.imencode(".png", cv2.cvtColor(draw_pr_curve(result.pr_curve, result.threshold), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("could not encode the PR curve")
+    rows = [
+        ("images", result.images), ("ground-truth gaps", result.ground_truth),
+        (f"detections (score ≥ {result.threshold:.2f})", result.detections),
+        ("true positives", result.tp), ("false alarms", result.fp), ("misses", result.fn),
+        ("precision", f"{result.precision:.3f}"), ("recall", f"{result.recall:.3f}"), ("F1", f"{result.f1:.3f}"),
+        (f"AP at IoU {result.iou:.2f}", f"{result.ap50:.3f}"),
+        ("best F1 (threshold)", f"{result.best_f1:.3f} ({result.best_f1_threshold:.2f})"),
+    ]
+    table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    figs = []
+    for ex in pick_examples(examples, n_examples):
+        ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(annotate(ex), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
+        if not ok:
+            continue
+        hits = int(ex.match.det_tp.sum())
+        fa = int((~ex.match.det_tp).sum())
+        miss = int((~ex.match.gt_hit).sum())
+        cap = f"{html.escape(ex.name)}: {hits} hit, {miss} missed, {fa} false alarm"
+        figs.append(f'<figure><img src="data:image/jpeg;base64,{_b64(jpg.tobytes())}" alt="{cap}"><figcaption>{cap}</figcaption></figure>')
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:0 auto;padding:12px;max-width:980px;color:#222}}
+table{{border-collapse:collapse;margin:8px 0}} th,td{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}}
+img{{max-width:100%;height:auto}} figure{{margin:10px 0}} figcaption{{font-size:14px;color:#555}}
+.key span{{display:inline-block;padding:2px 8px;margin-right:6px;border-radius:4px;color:#fff}}
+.grid{{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:10px}}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{html.escape(model_desc)}</p>
+<table>{table}</table>
+<h2>Precision / recall</h2>
+<img src="data:image/png;base64,{_b64(png.tobytes())}" alt="precision-recall curve" style="max-width:480px">
+<p>The circle marks the bundle's threshold ({result.threshold:.2f}).</p>
+<h2>Examples</h2>
+<p class="key"><span style="background:rgb{HIT}">hit</span><span style="background:rgb{MISS};color:#222">missed gap</span><span style="background:rgb{FALSE_ALARM}">false alarm</span></p>
+<div class="grid">{''.join(figs)}</div>
+</body></html>
+"""
+
+
+def write_report(
+    out_dir: Path, result: EvalResult, examples: Sequence[Example], title: str, model_desc: str
+) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "report.html"
+    path.write_text(render_html(result, examples, title, model_desc), encoding="utf-8")
+    return path

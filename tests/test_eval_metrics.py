@@ -1,0 +1,108 @@
+"""`convert.evaluate` on hand-made cases whose AP, precision, recall and F1 are worked out by hand in comments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convert.evaluate import ImageDetections, average_precision, evaluate, iou_matrix, match_images
+
+
+def dets(*rows: tuple[float, float, float, float, float]) -> ImageDetections:
+    a = np.array(rows, np.float32).reshape(-1, 5)
+    return ImageDetections(a[:, :4], a[:, 4])
+
+
+def boxes(*rows: tuple[float, float, float, float]) -> np.ndarray:
+    return np.array(rows, np.float32).reshape(-1, 4)
+
+
+A = (0.0, 0.0, 10.0, 10.0)
+B = (20.0, 20.0, 30.0, 30.0)
+
+
+def test_iou_by_hand() -> None:
+    # [21,20,31,30] vs B: overlap 9x10 = 90, union 100 + 100 - 90 = 110
+    assert iou_matrix(boxes((21, 20, 31, 30)), boxes(B))[0, 0] == pytest.approx(90 / 110)
+    assert iou_matrix(boxes(A), boxes(B))[0, 0] == 0.0
+
+
+def test_one_image_hit_false_alarm_hit() -> None:
+    # sorted by score: TP (A), FP (far away), TP (B, IoU 0.82)
+    # precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1 -> envelope 1 on (0, 1/2], 2/3 on (1/2, 1]
+    # AP = 0.5 * 1 + 0.5 * 2/3 = 5/6
+    d = [dets((*A, 0.9), (50, 50, 60, 60, 0.8), (21, 20, 31, 30, 0.7))]
+    g = [boxes(A, B)]
+    r = evaluate(d, g, threshold=0.75)
+    assert r.ap50 == pytest.approx(5 / 6)
+    # at 0.75: detections 0.9 (TP) and 0.8 (FP): P = 1/2, R = 1/2, F1 = 1/2
+    assert (r.tp, r.fp, r.fn, r.detections) == (1, 1, 1, 2)
+    assert r.precision == pytest.approx(0.5) and r.recall == pytest.approx(0.5) and r.f1 == pytest.approx(0.5)
+    # at 0.5: all three: P = 2/3, R = 1, F1 = 2 * (2/3) / (5/3) = 0.8, which is also the best F1 (at score 0.7)
+    r2 = evaluate(d, g, threshold=0.5)
+    assert (r2.tp, r2.fp, r2.fn) == (2, 1, 0)
+    assert r2.f1 == pytest.approx(0.8)
+    assert r2.best_f1 == pytest.approx(0.8) and r2.best_f1_threshold == pytest.approx(0.7)
+
+
+def test_duplicate_detection_is_a_false_alarm() -> None:
+    # two boxes on the one gap: the second is FP. AP = 1 (recall 1 reached at precision 1); at 0.5 P = 1/2, R = 1
+    d = [dets((*A, 0.9), (0, 0, 10, 9, 0.8))]
+    r = evaluate(d, [boxes(A)], threshold=0.5)
+    assert r.ap50 == pytest.approx(1.0)
+    assert (r.tp, r.fp, r.fn) == (1, 1, 0)
+    assert r.f1 == pytest.approx(2 * 0.5 * 1.0 / 1.5)
+
+
+def test_iou_threshold_is_inclusive_at_one_half() -> None:
+    # [0,0,10,20] vs A: 100 / 200 = 0.5 -> TP; [0,0,10,21]: 100 / 210 < 0.5 -> FP
+    assert evaluate([dets((0, 0, 10, 20, 0.9))], [boxes(A)], 0.5).tp == 1
+    r = evaluate([dets((0, 0, 10, 21, 0.9))], [boxes(A)], 0.5)
+    assert (r.tp, r.fp, r.fn, r.ap50) == (0, 1, 1, 0.0)
+
+
+def test_ranking_across_images() -> None:
+    # image 1: one gap A, a detection on it at 0.6. image 2: one gap B, a false alarm at 0.9 and a hit at 0.3.
+    # sorted: FP (0.9), TP (0.6), TP (0.3): precision 0, 1/2, 2/3; recall 0, 1/2, 1
+    # envelope: 2/3 everywhere -> AP = 2/3. At 0.5: TP 1, FP 1, FN 1 -> P = R = F1 = 1/2
+    d = [dets((*A, 0.6)), dets((60, 60, 70, 70, 0.9), (*B, 0.3))]
+    r = evaluate(d, [boxes(A), boxes(B)], threshold=0.5)
+    assert r.ap50 == pytest.approx(2 / 3)
+    assert (r.tp, r.fp, r.fn) == (1, 1, 1)
+    assert r.f1 == pytest.approx(0.5)
+    assert r.images == 2 and r.ground_truth == 2
+
+
+def test_greedy_match_takes_the_best_unmatched_gap() -> None:
+    # the 0.9 detection overlaps G2 more than G1 and takes G2; the 0.8 one then falls back to G1: both hits
+    g1, g2 = (0.0, 0.0, 10.0, 10.0), (2.0, 0.0, 12.0, 10.0)
+    d = [dets((2, 0, 12, 10, 0.9), (1, 0, 11, 10, 0.8))]
+    r = evaluate(d, [boxes(g1, g2)], threshold=0.5)
+    assert (r.tp, r.fp, r.fn, r.ap50) == (2, 0, 0, pytest.approx(1.0))
+
+
+def test_empty_cases() -> None:
+    none = ImageDetections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
+    r = evaluate([none], [boxes(A)], 0.5)
+    assert (r.ap50, r.f1, r.fn, r.detections) == (0.0, 0.0, 1, 0)
+    r2 = evaluate([dets((*A, 0.9))], [np.zeros((0, 4), np.float32)], 0.5)
+    assert (r2.tp, r2.fp, r2.precision, r2.recall) == (0, 1, 0.0, 0.0)
+
+
+def test_average_precision_all_point_interpolation() -> None:
+    # recall steps 0.25 each; precision 1, 0.5, 0.75(->envelope), 0.5: 0.25*1 + 0.25*0.75 + 0.25*0.75 + 0.25*0.5
+    rec = np.array([0.25, 0.25, 0.5, 0.75, 1.0])
+    prec = np.array([1.0, 0.5, 2 / 3, 0.75, 0.5])
+    assert average_precision(rec, prec) == pytest.approx(0.25 + 0.25 * 0.75 + 0.25 * 0.75 + 0.25 * 0.5)
+
+
+def test_match_images_marks_hits_misses_and_false_alarms() -> None:
+    d = [dets((*A, 0.9), (50, 50, 60, 60, 0.8), (21, 20, 31, 30, 0.2))]
+    (m,) = match_images(d, [boxes(A, B)], threshold=0.5)
+    assert m.det_tp.tolist() == [True, False]  # the 0.2 detection is below the threshold
+    assert m.gt_hit.tolist() == [True, False]
+
+
+def test_mismatched_lengths_are_refused() -> None:
+    with pytest.raises(ValueError):
+        evaluate([dets((*A, 0.9))], [boxes(A), boxes(B)], 0.5)

@@ -1,0 +1,100 @@
+"""The gap-heatmap decoder and the training targets: targets drawn from boxes decode back to the same boxes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convert.dataset import AugmentConfig, augment, encode_targets, read_yolo_labels
+from edge.bundle import InputSpec, Manifest, OutputSpec, TensorSpec, Thresholds
+from edge.decoders import DECODERS
+from edge.decoders.heatmap import decode_gap_heatmap, heatmap_peaks
+
+
+def manifest(size: int = 320, stride: int = 4, score: float = 0.4) -> Manifest:
+    g = size // stride
+    return Manifest(
+        name="t", version=1, task="shelf-gap-detection", input=InputSpec(size, size),
+        output=OutputSpec("gap-heatmap", (TensorSpec("heatmap", (1, g, g, 1), "int8"),
+                                          TensorSpec("ltrb", (1, g, g, 4), "int8")), stride=stride),
+        thresholds=Thresholds(score=score),
+    )
+
+
+@pytest.mark.parametrize("stride", [4, 8])
+def test_targets_decode_back_to_their_boxes(stride: int) -> None:
+    gt = np.array([[10, 20, 60, 44], [100, 100, 131, 127], [200, 40, 300, 70], [5, 280, 17, 300]], np.float32)
+    g = 320 // stride
+    t = encode_targets(gt, g, g, stride)
+    assert t.heatmap.shape == (g, g, 1) and t.ltrb.shape == (g, g, 4)
+    assert int((t.heatmap >= 0.999).sum()) == len(gt)  # one exact peak per box
+    outs = {"heatmap": t.heatmap[None], "ltrb": t.ltrb[None]}
+    boxes, scores = DECODERS["gap-heatmap"](outs, manifest(stride=stride), 0.5)
+    assert len(boxes) == len(gt)
+    assert np.all(scores == 1.0)
+    for b in gt:
+        best = np.abs(boxes - b).max(axis=1).min()
+        assert best < 1e-3  # the centre cell's box sides are exact
+
+
+def test_decoder_finds_local_maxima_only_and_applies_threshold() -> None:
+    heat = np.zeros((1, 10, 10, 1), np.float32)
+    heat[0, 2, 2, 0] = 0.9
+    heat[0, 2, 3, 0] = 0.8  # neighbour of a higher peak: not a peak
+    heat[0, 7, 7, 0] = 0.5
+    heat[0, 5, 0, 0] = 0.3  # below the threshold
+    ltrb = np.ones((1, 10, 10, 4), np.float32)
+    boxes, scores = decode_gap_heatmap({"heatmap": heat, "ltrb": ltrb}, manifest(40, 4), 0.4)
+    assert scores.tolist() == pytest.approx([0.9, 0.5])
+    # cell (row 2, col 2) centre = (10, 10), sides 1 stride = 4 px
+    assert boxes[0].tolist() == pytest.approx([6, 6, 14, 14])
+    rows, cols = heatmap_peaks(heat[0, :, :, 0], 0.25)
+    assert sorted(zip(rows.tolist(), cols.tolist(), strict=True)) == [(2, 2), (5, 0), (7, 7)]
+
+
+def test_decoder_clips_to_the_input_and_suppresses_overlaps() -> None:
+    heat = np.zeros((1, 10, 10, 1), np.float32)
+    heat[0, 0, 0, 0] = 0.9
+    heat[0, 0, 2, 0] = 0.8  # its box overlaps the first one heavily -> suppressed by NMS
+    ltrb = np.full((1, 10, 10, 4), 3.0, np.float32)
+    boxes, scores = decode_gap_heatmap({"heatmap": heat, "ltrb": ltrb}, manifest(40, 4), 0.4)
+    assert len(boxes) == 1 and scores[0] == pytest.approx(0.9)
+    assert boxes[0].min() >= 0 and boxes[0].max() <= 40
+
+
+def test_decoder_refuses_wrong_tensors() -> None:
+    with pytest.raises(ValueError, match="ltrb"):
+        decode_gap_heatmap({"heatmap": np.zeros((1, 4, 4, 1), np.float32)}, manifest(16, 4), 0.4)
+    with pytest.raises(ValueError):
+        decode_gap_heatmap(
+            {"heatmap": np.zeros((1, 4, 4, 1), np.float32), "ltrb": np.zeros((1, 5, 5, 4), np.float32)},
+            manifest(16, 4), 0.4,
+        )
+
+
+def test_augment_keeps_boxes_on_the_drawn_gaps() -> None:
+    # a grey image with two black gaps; after augmentation every remaining box must still cover dark pixels
+    img = np.full((416, 416, 3), 180, np.uint8)
+    gt = np.array([[50, 60, 120, 100], [250, 300, 330, 350]], np.float32)
+    for x0, y0, x1, y1 in gt.astype(int):
+        img[y0:y1, x0:x1] = 0
+    cfg = AugmentConfig(hue=0, saturation=0, brightness=0, contrast=0, noise=0, blur=0, jpeg=0)
+    rng = np.random.default_rng(1)
+    seen = 0
+    for _ in range(20):
+        out, boxes = augment(img, gt, rng, 256, 256, 320, 320, cfg)
+        assert out.shape == (256, 256, 3)
+        for x0, y0, x1, y1 in boxes:
+            inner = out[int(y0) + 2 : int(y1) - 2, int(x0) + 2 : int(x1) - 2]
+            if inner.size:
+                seen += 1
+                assert inner.mean() < 40
+    assert seen > 5
+
+
+def test_yolo_labels_to_pixels(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    p = tmp_path / "a.txt"
+    p.write_text("0 0.5 0.25 0.2 0.1\n\n0 0.05 0.1 0.2 0.2\n")
+    b = read_yolo_labels(p, 400, 200)
+    np.testing.assert_allclose(b, [[160, 40, 240, 60], [0, 0, 60, 40]], atol=1e-4)  # the second is clipped at 0
+    assert read_yolo_labels(tmp_path / "missing.txt", 10, 10).shape == (0, 4)
