@@ -1,0 +1,92 @@
+"""The updater's durable memory in `models_dir/state.json`: highest version, seen/failed releases, probation."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "shelfscout.ota-state/1"
+MAX_SEEN = 64
+
+
+@dataclass(frozen=True)
+class Probation:
+    """A model that was switched in and has not yet proved itself; `starts` counts service starts since."""
+
+    dir: str
+    version: int
+    sha256: str
+    starts: int = 0
+
+
+@dataclass(frozen=True)
+class OtaState:
+    highest_version: int = -1
+    highest_sha256: str = ""
+    seen: tuple[str, ...] = ()  # digests of verified release announcements (replay detection)
+    failed: tuple[str, ...] = ()  # bundle sha256s that failed smoke test or probation on this device
+    probation: Probation | None = None
+    last: dict[str, Any] = field(default_factory=dict)  # the last `ota` report, restored after a restart
+
+    def with_seen(self, digest: str) -> OtaState:
+        if digest in self.seen:
+            return self
+        return replace(self, seen=(*self.seen, digest)[-MAX_SEEN:])
+
+    def with_failed(self, sha256: str) -> OtaState:
+        if sha256 in self.failed:
+            return self
+        return replace(self, failed=(*self.failed, sha256)[-MAX_SEEN:])
+
+
+class StateStore:
+    """Reads and atomically rewrites state.json (temp file, fsync, rename, fsync of the folder)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def load(self) -> OtaState:
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return OtaState()
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            # The file is only ever replaced by rename, so this is outside damage. Refuse to forget the highest
+            # version silently: the caller reports it, and a fresh state can only re-accept signed releases.
+            raise ValueError(f"{self.path} is unreadable: {e}") from e
+        if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
+            raise ValueError(f"{self.path} is not a {SCHEMA} file")
+        p = raw.get("probation")
+        return OtaState(
+            highest_version=int(raw.get("highest_version", -1)),
+            highest_sha256=str(raw.get("highest_sha256", "")),
+            seen=tuple(str(s) for s in raw.get("seen", ())),
+            failed=tuple(str(s) for s in raw.get("failed", ())),
+            probation=Probation(str(p["dir"]), int(p["version"]), str(p["sha256"]), int(p.get("starts", 0)))
+            if isinstance(p, dict) else None,
+            last=dict(raw.get("last") or {}),
+        )
+
+    def save(self, state: OtaState) -> None:
+        d = asdict(state)
+        d["schema"] = SCHEMA
+        data = (json.dumps(d, indent=1, sort_keys=True) + "\n").encode()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

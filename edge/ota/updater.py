@@ -1,0 +1,556 @@
+"""The device's OTA updater: takes signed releases from MQTT or polling and walks each through the safe steps.
+
+Steps (each reported on `model/state`): verify the release → decide (expiry, downgrade/replay, app version,
+rollout) → download to staging → check the tar headers → verify the bundle (signature, hashes, name/version vs the
+release) → extract the verified bytes → smoke test in a child process → persist the new highest version → point
+`previous` at the old folder and rename a fresh `current` link over the old one → hot-swap → probation.
+A failed probation, a load failure, or two service starts during probation roll back to `previous`.
+At start-up `active_bundle_path()` verifies what `current` points at and falls back to `previous`, then to the
+built-in default model; it never returns a bundle that did not verify.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shutil
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import edge
+from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, Bundle, BundleError, load_public_keys, read_bundle
+from edge.config import Config
+from edge.ota import links
+from edge.ota.download import FileOpener, default_opener, fetch
+from edge.ota.errors import OtaError
+from edge.ota.extract import check_tar, extract_verified
+from edge.ota.faults import fault_point
+from edge.ota.policy import decide
+from edge.ota.probation import ProbationWindow
+from edge.ota.release import MAX_MESSAGE_BYTES, VerifiedRelease, format_rfc3339, verify_release
+from edge.ota.smoke import DetectorFactory, check_bundle, run_smoke
+from edge.ota.state import OtaState, Probation, StateStore
+
+log = logging.getLogger(__name__)
+
+MAX_PROBATION_STARTS = 2  # the service started this often with an unproven model: it crashes, roll back
+RETRY_MIN_S = 30.0
+SMOKE_CODES = frozenset({"wrong-io", "golden-mismatch", "constant-output", "nan-output", "load-failed",
+                         "smoke-crash", "smoke-hang", "bad-bundle"})
+
+Report = Callable[[dict[str, Any]], None]
+Swap = Callable[[Path], None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one `apply_release` did: the final reported state and, on failure, the error code."""
+
+    state: str  # probation | active | skipped | deferred | rejected | failed | rolled_back
+    version: int | None = None
+    code: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    path: Path
+    name: str
+    version: int
+    sha256: str  # sha256 of the manifest bytes (identifies the bundle folder) or of the bundle file
+
+
+class Updater:
+    """OTA updates for one device. Thread model: one worker thread runs downloads and checks; `observe_frame`
+    runs on the pipeline thread; switching and rollback are serialised by a lock."""
+
+    def __init__(self, cfg: Config, report: Report, swap: Swap, detector_factory: DetectorFactory | None = None,
+                 *, smoke_timeout_s: float = 60.0, opener: FileOpener = default_opener,
+                 app_version: str = edge.__version__, clock: Callable[[], float] = time.time):
+        self.cfg = cfg
+        self.report = report
+        self.swap = swap
+        self.detector_factory = detector_factory  # set: smoke-test in this process (no crash containment)
+        self.smoke_timeout_s = smoke_timeout_s
+        self.opener = opener
+        self.app_version = app_version
+        self.clock = clock
+        self.models_dir = Path(cfg.ota.models_dir)
+        self.keys_dir = Path(cfg.ota.keys_dir)
+        self.staging = self.models_dir / "staging"
+        self.store = StateStore(self.models_dir / "state.json")
+        self._lock = threading.RLock()  # switch, rollback, probation bookkeeping
+        self._apply_lock = threading.Lock()  # one update at a time
+        self._queue: queue.Queue[bytes | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._window: ProbationWindow | None = None
+        self._deferred: bytes | None = None
+        self._retry: tuple[bytes, float, float] | None = None  # payload, due (monotonic), backoff
+        self._handled: dict[str, str] = {}  # payload digest -> outcome state, to ignore repeats
+        self._active: ActiveModel | None = None
+        self._ota: dict[str, Any] = {"state": "idle", "version": None, "error": None, "code": None, "ts": None}
+
+    # ---- public API ----------------------------------------------------------------------------------------------
+    @property
+    def in_probation(self) -> bool:
+        return self._window is not None
+
+    def on_release(self, topic: str, payload: bytes) -> None:
+        """MQTT callback for a (retained) release message: queued for the worker thread, never blocks."""
+        if not payload:
+            return  # a cleared retained message
+        log.info("release announced on %s (%d bytes)", topic, len(payload))
+        self._queue.put(bytes(payload))
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="ota", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def observe_frame(self, latency_ms: float, outputs_ok: bool) -> None:
+        """Pipeline hook, once per frame: feeds the probation window of a freshly switched model."""
+        if self._window is None:
+            return
+        with self._lock:
+            w = self._window
+            if w is None:
+                return
+            w.add(latency_ms, outputs_ok)
+            fault_point("during-probation")
+            if not w.done:
+                return
+            verdict = w.verdict()
+            if verdict is not None:
+                self._rollback(OtaError(*verdict))
+            else:
+                self._commit()
+
+    def active_bundle_path(self) -> Path:
+        """Start-up check: the verified bundle to run (current → previous → configured → built-in default)."""
+        with self._lock:
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            self._cleanup_temporaries()
+            state = self._load_state()
+            cur = links.target(self.models_dir, links.CURRENT)
+            p = state.probation
+            if p is not None:
+                if cur is None or cur.name != p.dir:
+                    self.store.save(replace(state, probation=None))  # the switch never happened
+                elif p.starts + 1 >= MAX_PROBATION_STARTS:
+                    log.error("model v%d was on probation during %d service starts: rolling back", p.version,
+                              p.starts + 1)
+                    self._rollback(OtaError("probation-crash", f"the service restarted {p.starts + 1} times while "
+                                                               f"v{p.version} was on probation"), swap=False)
+                    cur = links.target(self.models_dir, links.CURRENT)
+                else:
+                    self.store.save(replace(state, probation=replace(p, starts=p.starts + 1)))
+            if cur is not None:
+                try:
+                    bundle = read_bundle(cur, self._keys_or_empty())
+                except BundleError as e:
+                    log.error("the active model %s fails verification: %s", cur, e)
+                    cur = self._fall_back(cur, str(e))
+                else:
+                    self._set_active(cur, bundle)
+                    st = self.store.load()
+                    if st.probation is not None and st.probation.dir == cur.name:
+                        self._window = self._new_window(bundle)
+                        self._emit("probation", bundle.manifest.version)
+                    return cur
+            if cur is not None:
+                return cur
+            return self._builtin_path()
+
+    def apply_release(self, payload: bytes) -> Outcome:
+        """Run one release through every step, synchronously. Never raises for a bad release: reports it."""
+        t0 = time.monotonic()
+        with self._apply_lock:
+            version: int | None = None
+            dest: Path | None = None
+            try:
+                vr = verify_release(payload, self._keys())
+                version = vr.release.version
+                if self._window is not None:
+                    self._deferred = payload
+                    return Outcome("deferred", version, seconds=time.monotonic() - t0)
+                state = self._load_state()
+                now = datetime.fromtimestamp(self.clock(), timezone.utc)
+                d = decide(vr, state, self.cfg.device.id, self.app_version, now, self._active_release_sha())
+                if not d.apply:
+                    log.info("release %s v%d not applied: %s", vr.release.name, version, d.reason)
+                    return Outcome("skipped", version, error=d.reason, seconds=time.monotonic() - t0)
+                self.store.save(state.with_seen(vr.digest))
+                dest = self._download_and_unpack(vr)
+                self._emit("smoke_testing", version)
+                if self.detector_factory is not None:
+                    res = check_bundle(dest, [self.keys_dir], self.detector_factory)
+                    if not res.ok:
+                        raise OtaError(res.code, res.detail)
+                else:
+                    run_smoke(dest, self.keys_dir, self.smoke_timeout_s)
+                fault_point("after-smoke")
+                state_name = self._switch_in(dest, vr)
+                code = self._ota.get("code") if state_name == "rolled_back" else None
+                return Outcome(state_name, version, code, self._ota.get("error") if code else None,
+                               seconds=time.monotonic() - t0)
+            except OtaError as e:
+                return self._fail(e, version, dest, payload, t0)
+            except Exception as e:  # a bug must not kill the worker: report it, keep the running model
+                log.exception("OTA update failed unexpectedly")
+                return self._fail(OtaError("internal", f"{type(e).__name__}: {e}"), version, dest, payload, t0)
+
+    # ---- steps ---------------------------------------------------------------------------------------------------
+    def _download_and_unpack(self, vr: VerifiedRelease) -> Path:
+        r = vr.release
+        if r.size > self.cfg.ota.max_bundle_bytes:
+            raise OtaError("too-large", f"bundle is {r.size} bytes, ota.max_bundle_bytes is "
+                                        f"{self.cfg.ota.max_bundle_bytes}")
+        self._emit("downloading", r.version)
+        self.staging.mkdir(parents=True, exist_ok=True)
+        stem = f"{r.sha256[:12]}.bundle"
+        for old in self.staging.iterdir():  # one download at a time: drop other releases' leftovers
+            if not old.name.startswith(stem):
+                _remove(old)
+        dl = fetch(r.url, self.staging / (stem + ".part"), r.size, r.sha256, self.cfg.ota.stall_timeout_s,
+                   self.opener)
+        log.info("downloaded v%d: %d bytes in %.2f s (resumed from %d)", r.version, dl.size, dl.seconds,
+                 dl.resumed_from)
+        fault_point("after-download")
+        self._emit("verifying", r.version)
+        check_tar(dl.path, self.cfg.ota.max_bundle_bytes)
+        bundle = self._verify_bundle(dl.path, vr)
+        fault_point("after-verify")
+        dest = self.models_dir / f"v{r.version}-{r.sha256[:12]}"
+        if dest == links.target(self.models_dir, links.CURRENT):
+            raise OtaError("conflict", f"{dest.name} is already the current model")
+        extract_verified(bundle, dest)
+        _remove(dl.path)
+        fault_point("after-extract")
+        return dest
+
+    def _verify_bundle(self, path: Path, vr: VerifiedRelease) -> Bundle:
+        r = vr.release
+        try:
+            bundle = read_bundle(path, self._keys())
+        except BundleError as e:
+            msg = str(e)
+            if "is unsigned" in msg:
+                raise OtaError("unsigned-bundle", msg) from None
+            if "does not verify with any trusted key" in msg:
+                raise OtaError("bundle-unknown-key", msg) from None
+            raise OtaError("bad-bundle", msg) from None
+        m = bundle.manifest
+        if m.name != r.name or m.version != r.version:
+            raise OtaError("mismatch", f"the release announces {r.name} v{r.version}, the bundle is {m.name} "
+                                       f"v{m.version}")
+        if m.min_app_version and self._app_too_old(m.min_app_version):
+            raise OtaError("app-too-old", f"bundle needs shelfscout >= {m.min_app_version}, this is "
+                                          f"{self.app_version}")
+        return bundle
+
+    def _switch_in(self, dest: Path, vr: VerifiedRelease) -> str:
+        r = vr.release
+        with self._lock:
+            self._emit("switching", r.version)
+            bundle = read_bundle(dest, self._keys())
+            old = links.target(self.models_dir, links.CURRENT)
+            state = self._load_state()
+            probation = Probation(dest.name, r.version, r.sha256) if self.cfg.ota.probation_frames > 0 else None
+            self.store.save(replace(state, highest_version=max(state.highest_version, r.version),
+                                    highest_sha256=r.sha256, probation=probation))
+            fault_point("after-state")
+            if old is not None and old != dest:
+                links.set_link(self.models_dir, links.PREVIOUS, old)
+            fault_point("after-previous")
+            links.set_link(self.models_dir, links.CURRENT, dest)
+            fault_point("after-rename")
+            try:
+                self.swap(dest)
+            except Exception as e:
+                log.error("the new model failed to load: %s", e)
+                self._rollback(OtaError("load-failed", f"hot-swap of v{r.version} failed: {e}"))
+                return "rolled_back"
+            fault_point("after-swap")
+            self._set_active(dest, bundle, release_sha=r.sha256)
+            self._gc()
+            if probation is None:
+                self._emit("active", r.version)
+                return "active"
+            self._window = self._new_window(bundle)
+            self._emit("probation", r.version)
+            return "probation"
+
+    def _commit(self) -> None:
+        state = self._load_state()
+        version = state.probation.version if state.probation else None
+        self.store.save(replace(state, probation=None))
+        self._window = None
+        log.info("model v%s passed probation", version)
+        self._emit("active", version)
+        if self._deferred is not None:
+            self._queue.put(self._deferred)
+            self._deferred = None
+
+    def _rollback(self, err: OtaError, swap: bool = True) -> None:
+        """Back to `previous` (or the built-in model), mark the failed bundle, report `rolled_back`."""
+        with self._lock:
+            state = self._load_state()
+            failed_dir = links.target(self.models_dir, links.CURRENT)
+            p = state.probation
+            version = p.version if p else None
+            if p is not None:
+                state = state.with_failed(p.sha256)
+            self.store.save(replace(state, probation=None))
+            prev = links.target(self.models_dir, links.PREVIOUS)
+            if prev is not None:
+                try:
+                    read_bundle(prev, self._keys_or_empty())
+                except BundleError as e:
+                    log.error("previous model %s fails verification too: %s", prev, e)
+                    prev = None
+            links.set_link(self.models_dir, links.CURRENT, prev)
+            links.set_link(self.models_dir, links.PREVIOUS, None)
+            self._window = None
+            target = prev if prev is not None else self._builtin_path()
+            if swap:
+                try:
+                    self.swap(target)
+                except Exception as e:  # the old model loaded before; report loudly, keep going
+                    log.error("swapping back to %s failed: %s", target, e)
+            try:
+                self._set_active(target, read_bundle(target, self._keys_for(target)))
+            except BundleError:
+                self._active = None
+            if failed_dir is not None and failed_dir != prev:
+                shutil.rmtree(failed_dir, ignore_errors=True)
+            log.error("rolled back to %s: %s", target, err)
+            self._emit("rolled_back", version, err)
+            if self._deferred is not None:
+                self._queue.put(self._deferred)
+                self._deferred = None
+
+    def _fall_back(self, rotten: Path, why: str) -> Path | None:
+        prev = links.target(self.models_dir, links.PREVIOUS)
+        err = OtaError("rotten-current", f"{rotten.name} failed verification at start-up: {why}")
+        if prev is not None and prev != rotten:
+            try:
+                bundle = read_bundle(prev, self._keys_or_empty())
+            except BundleError as e:
+                log.error("previous model %s fails verification too: %s", prev, e)
+            else:
+                links.set_link(self.models_dir, links.CURRENT, prev)
+                links.set_link(self.models_dir, links.PREVIOUS, None)
+                self._set_active(prev, bundle)
+                self._emit("rolled_back", bundle.manifest.version, err)
+                return prev
+        links.set_link(self.models_dir, links.CURRENT, None)
+        self._emit("rolled_back", None, err)
+        return None
+
+    def _fail(self, e: OtaError, version: int | None, dest: Path | None, payload: bytes, t0: float) -> Outcome:
+        if e.code in SMOKE_CODES and dest is not None:
+            try:
+                st = self._load_state()
+                sha = dest.name.split("-", 1)[-1]
+                self.store.save(st.with_failed(_release_sha(payload) or sha))
+            except (OSError, ValueError):
+                pass
+        if dest is not None and dest != links.target(self.models_dir, links.CURRENT):
+            shutil.rmtree(dest, ignore_errors=True)
+        state = "failed" if e.transient or e.code == "internal" else "rejected"
+        log.warning("OTA %s (v%s): %s", state, version, e)
+        self._emit(state, version, e)
+        return Outcome(state, version, e.code, str(e), time.monotonic() - t0)
+
+    # ---- background worker ---------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        poll = bool(self.cfg.ota.poll_url)
+        next_poll = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            due = [next_poll] if poll else []
+            if self._retry is not None:
+                due.append(self._retry[1])
+            wait = max(0.0, min(due) - now) if due else 1.0
+            try:
+                item = self._queue.get(timeout=min(wait, 1.0))
+            except queue.Empty:
+                item = None
+            if self._stop.is_set():
+                break
+            if item is not None:
+                self._handle(item)
+            if self._retry is not None and time.monotonic() >= self._retry[1]:
+                payload, _, backoff = self._retry
+                self._retry = None
+                self._handle(payload, backoff)
+            if poll and time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + self.cfg.ota.poll_interval_s
+                self._poll()
+
+    def _handle(self, payload: bytes, backoff: float = 0.0) -> None:
+        import hashlib
+
+        digest = hashlib.sha256(payload).hexdigest()
+        if self._handled.get(digest) in ("rejected", "active", "probation", "rolled_back", "skipped"):
+            return  # the same announcement again (retained redelivery, the next poll): nothing new to do
+        out = self.apply_release(payload)
+        self._handled[digest] = out.state
+        if out.state == "failed":
+            backoff = min(max(RETRY_MIN_S, backoff * 2), max(RETRY_MIN_S, self.cfg.ota.poll_interval_s))
+            self._retry = (payload, time.monotonic() + backoff, backoff)
+
+    def _poll(self) -> None:
+        url = self.cfg.ota.poll_url
+        try:
+            if url.startswith("file://"):
+                path = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+                with open(path, "rb") as f:
+                    payload = f.read(MAX_MESSAGE_BYTES + 1)
+            elif url.startswith(("https://", "http://")):
+                with urllib.request.urlopen(url, timeout=self.cfg.ota.stall_timeout_s) as resp:  # noqa: S310
+                    payload = resp.read(MAX_MESSAGE_BYTES + 1)
+            else:
+                raise OtaError("malformed", f"ota.poll_url {url!r} must be file://, http:// or https://")
+        except FileNotFoundError:
+            return  # nothing published yet
+        except OtaError as e:
+            self._emit("failed", None, e)
+            return
+        except OSError as e:
+            log.warning("polling %s failed: %s", url, e)
+            return
+        if payload:
+            self._handle(payload)
+
+    # ---- helpers -------------------------------------------------------------------------------------------------
+    def _keys(self) -> dict[str, Any]:
+        try:
+            keys = load_public_keys([self.keys_dir])
+        except BundleError as e:
+            raise OtaError("bad-key-file", str(e)) from None
+        if not keys:
+            raise OtaError("no-keys", f"no trusted keys in {self.keys_dir}; refusing every release")
+        return keys
+
+    def _keys_or_empty(self) -> dict[str, Any]:
+        try:
+            return self._keys()
+        except OtaError:
+            return {}
+
+    def _keys_for(self, path: Path) -> dict[str, Any]:
+        if path.resolve() == DEFAULT_BUNDLE.resolve():
+            return load_public_keys([BUILTIN_KEYS])
+        return self._keys_or_empty()
+
+    def _builtin_path(self) -> Path:
+        """The configured bundle when it is not OTA-managed, else the built-in default, verified."""
+        configured = self.cfg.model.bundle
+        if configured and not Path(configured).resolve().is_relative_to(self.models_dir.resolve()):
+            return Path(configured)  # the service verifies it with its own rules
+        read_bundle(DEFAULT_BUNDLE, load_public_keys([BUILTIN_KEYS]))  # BundleError: nothing valid to run
+        return DEFAULT_BUNDLE
+
+    def _load_state(self) -> OtaState:
+        try:
+            return self.store.load()
+        except ValueError as e:
+            # Damaged outside our control: rebuild the floor from the model we run, so no downgrade gets in.
+            log.error("%s; rebuilding OTA state from the installed model", e)
+            cur = links.target(self.models_dir, links.CURRENT)
+            version = -1
+            if cur is not None:
+                try:
+                    version = read_bundle(cur, self._keys_or_empty()).manifest.version
+                except BundleError:
+                    pass
+            st = OtaState(highest_version=version)
+            self.store.save(st)
+            return st
+
+    def _new_window(self, bundle: Bundle) -> ProbationWindow:
+        return ProbationWindow(self.cfg.ota.probation_frames, bundle.manifest.latency_budget_ms)
+
+    def _set_active(self, path: Path, bundle: Bundle, release_sha: str | None = None) -> None:
+        sha = release_sha or path.name.split("-", 1)[-1]
+        self._active = ActiveModel(path, bundle.manifest.name, bundle.manifest.version, sha)
+
+    def _active_release_sha(self) -> str | None:
+        a = self._active
+        if a is None:
+            return None
+        st = self.store.load()
+        if st.highest_sha256 and st.highest_sha256.startswith(a.path.name.split("-", 1)[-1]):
+            return st.highest_sha256
+        return None
+
+    def _app_too_old(self, need: str) -> bool:
+        from edge.ota.policy import parse_app_version
+
+        return parse_app_version(self.app_version) < parse_app_version(need)
+
+    def _cleanup_temporaries(self) -> None:
+        for p in self.models_dir.iterdir():
+            if p.name.startswith(".") and p.name.endswith(".tmp"):
+                _remove(p)
+        if self.staging.is_dir():
+            for p in self.staging.iterdir():
+                if not p.name.endswith((".bundle", ".bundle.part")):
+                    _remove(p)
+
+    def _gc(self) -> None:
+        """Remove model folders that neither `current`, `previous` nor probation refer to."""
+        keep = {t.name for t in (links.target(self.models_dir, links.CURRENT),
+                                 links.target(self.models_dir, links.PREVIOUS)) if t is not None}
+        for p in self.models_dir.iterdir():
+            if p.is_dir() and not p.is_symlink() and p.name.startswith("v") and p.name not in keep:
+                shutil.rmtree(p, ignore_errors=True)
+
+    def _emit(self, state: str, version: int | None, err: OtaError | None = None) -> None:
+        self._ota = {"state": state, "version": version, "error": str(err) if err else None,
+                     "code": err.code if err else None, "ts": format_rfc3339(datetime.now(timezone.utc))}
+        a = self._active
+        model = None if a is None else {"name": a.name, "version": a.version, "path": str(a.path)}
+        try:
+            self.report({"model": model, "ota": dict(self._ota)})
+        except Exception:  # reporting must never break an update
+            log.exception("OTA report callback failed")
+
+
+def _release_sha(payload: bytes) -> str | None:
+    import json
+
+    try:
+        sha = json.loads(payload)["release"]["sha256"]
+        return str(sha)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
