@@ -37,6 +37,9 @@ from edge.topics import COMMANDS, Topics
 log = logging.getLogger(__name__)
 
 _UNSUPPORTED_PROTOCOL = 132  # CONNACK "Unsupported protocol version" (MQTT 3.1.1 return code 1)
+# protocol "auto", before the first successful connect: a broker that leaves a CONNECT unanswered this long after
+# TCP connected (amqtt does with an MQTT 5 CONNECT carrying a will) is tried with the other MQTT version.
+CONNACK_TIMEOUT_S = 4.0
 _REFUSAL_HINTS = {
     133: "the broker rejected the client id (mqtt.client_id)",
     134: "check mqtt.username and the password file",
@@ -139,6 +142,7 @@ class MqttLink:
         self._protocol_settled = not self._auto  # auto: settled by the first successful connect
         self._connack_seen = False
         self._early_closes = 0
+        self._attempt_started: float | None = None  # monotonic time of the current CONNECT attempt
         self._acks: collections.deque[tuple[mqtt.Client, int, bool, str]] = collections.deque()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id (sender thread only)
         self._cursor = 0
@@ -306,6 +310,7 @@ class MqttLink:
         # paho annotates ints but takes seconds as floats
         client.reconnect_delay_set(m.reconnect_min_s, max(m.reconnect_min_s, m.reconnect_max_s))  # type: ignore[arg-type]
         client.max_inflight_messages_set(self._max_inflight + 16)  # room for status, replies and model state
+        client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -330,10 +335,15 @@ class MqttLink:
         self._early_closes = 0
         self._start_client()
 
+    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        if client is self._client:
+            self._attempt_started = time.monotonic()
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
                     properties: Any) -> None:
         if client is not self._client:
             return
+        self._attempt_started = None
         self._connack_seen = True
         if reason.is_failure:
             self._failures += 1
@@ -367,6 +377,7 @@ class MqttLink:
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         if client is not self._client or self._stopping.is_set():
             return
+        self._attempt_started = None
         self._last_error = self._probe()
         self._failures += 1
         log.warning("cannot connect to MQTT broker: %s; retrying (attempt %d)", self._last_error, self._failures)
@@ -395,6 +406,7 @@ class MqttLink:
             return
         was = self._connected.is_set()
         self._connected.clear()
+        self._attempt_started = None
         answered, self._connack_seen = self._connack_seen, False
         if self._stopping.is_set():
             return
@@ -435,6 +447,7 @@ class MqttLink:
             if self._stopping.is_set():
                 break
             try:
+                self._check_connack_timeout()
                 if self._switch_protocol:
                     self._switch_protocol = False
                     self._rebuild_client()
@@ -451,6 +464,20 @@ class MqttLink:
             self._handle_acks()
         except Exception:
             log.exception("MQTT sender error while stopping")
+
+    def _check_connack_timeout(self) -> None:
+        started, client = self._attempt_started, self._client
+        if self._protocol_settled or started is None or client is None or client.socket() is None:
+            return
+        if time.monotonic() - started < CONNACK_TIMEOUT_S:
+            return
+        self._attempt_started = None
+        self._failures += 1
+        other = "MQTT 3.1.1" if self._protocol == mqtt.MQTTv5 else "MQTT 5"
+        self._last_error = (f"broker {self.address} did not answer the {protocol_name(self._protocol)} CONNECT "
+                            f"within {CONNACK_TIMEOUT_S:g} s")
+        log.warning("%s; trying %s", self._last_error, other)
+        self._switch_protocol = True
 
     def _handle_acks(self) -> None:
         done: list[int] = []

@@ -62,8 +62,9 @@ def make_event(i: int, kind: str = "opened") -> AlertEvent:
 
 
 def make_cfg(tmp_path: Path, url: str, **mqtt: Any) -> Config:
-    lines = [f'url = "{url}"', "reconnect_min_s = 0.2", "reconnect_max_s = 1.0", "keepalive_s = 5"]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in mqtt.items()]
+    settings: dict[str, Any] = {"url": url, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0, "keepalive_s": 5}
+    settings.update(mqtt)
+    lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
     text = ('[device]\nid = "cart-07"\nstore = "s042"\n[mqtt]\n' + "\n".join(lines) +
             f'\n[outbox]\npath = "{tmp_path / "outbox.db"}"\ninflight = 8\n')
     return parse(text, env={})
@@ -578,7 +579,7 @@ def test_auto_falls_back_to_311_on_a_broker_without_mqtt5(tmp_path: Path, links:
     caplog.set_level(logging.INFO, logger="edge.mqtt")
     eb = EmbeddedBroker().start()
     try:
-        cfg = make_cfg(tmp_path, eb.url)
+        cfg = make_cfg(tmp_path, eb.url, keepalive_s=30)  # the fallback must not wait for a keepalive timeout
         t = Topics.from_config(cfg)
         sub = ValidatingSubscriber(eb.url, [t.alerts, t.status], protocol=mqtt.MQTTv311).start()
         link = links(cfg)
