@@ -300,12 +300,7 @@ class MqttLink:
             client.username_pw_set(self.username, self.password)
         if self._tls is not None:
             client.tls_set_context(self._tls)
-        model = None
-        try:
-            model = self._current_status().model
-        except Exception:
-            pass
-        will = StatusInfo("offline", "connection lost", model)
+        will = StatusInfo("offline", "connection lost", self._current_status().model)
         client.will_set(self.topics.status, self._status_bytes(will), qos=1, retain=True)
         # paho annotates ints but takes seconds as floats
         client.reconnect_delay_set(m.reconnect_min_s, max(m.reconnect_min_s, m.reconnect_max_s))  # type: ignore[arg-type]
