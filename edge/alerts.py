@@ -4,7 +4,11 @@ A *place* is an open alert: its aisle (named by an ArUco marker, or None for pur
 pixels of that aisle's coordinate frame. A confirmed track near an open place is that place again (no new
 `opened`); an open place that is fully in view with no gap detected near it for `clear_frames` consecutive frames
 is `cleared` (counting starts once no live track shows the place, so a gap tracked in this pass needs
-`lost_frames` + `clear_frames` missed frames: a detector's short dropouts do not clear it). Open places and known marker positions live in a small JSON file written atomically.
+`lost_frames` + `clear_frames` missed frames: a detector's short dropouts do not clear it).
+
+Open places and known marker positions live in a small JSON file written atomically, before the event is
+returned; a place stays marked `opening`/`clearing` until the next frame, so an event lost to a crash in between
+is sent again, with the same id, after the restart (see `AlertManager.begin_frame`).
 
 "Near" is: the boxes overlap vertically by at least half the smaller height (same shelf level), and the horizontal
 distance between the two boxes (0 when they overlap) is within an effective radius. That radius is
@@ -31,6 +35,7 @@ log = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1
 STATE_VERSION = 1
+OPEN, OPENING, CLEARING = "open", "opening", "clearing"
 
 
 def offset_box(box: Box, dx: float, dy: float) -> Box:
@@ -108,6 +113,7 @@ class Place:
     last_seen: float
     confidence: float
     frames: int
+    state: str = OPEN  # OPEN, OPENING or CLEARING (see AlertManager.begin_frame)
     seen_path: float | None = None  # Odometry.path when last seen in this run (None: not seen since start-up)
     track_id: int | None = None  # the live track currently showing this place
     clear_count: int = 0
@@ -121,6 +127,7 @@ class Place:
             "last_seen": self.last_seen,
             "confidence": round(self.confidence, 4),
             "frames": self.frames,
+            "state": self.state,
         }
 
     @staticmethod
@@ -129,6 +136,9 @@ class Place:
         if not isinstance(box, list) or len(box) != 4:
             raise ValueError(f"place box must be 4 numbers, got {box!r}")
         aisle = d.get("aisle")
+        state = str(d.get("state", OPEN))
+        if state not in (OPEN, OPENING, CLEARING):
+            raise ValueError(f"unknown place state {state!r}")
         return Place(
             alert_id=str(d["alert_id"]),
             aisle=None if aisle is None else str(aisle),
@@ -137,6 +147,7 @@ class Place:
             last_seen=float(d["last_seen"]),  # type: ignore[arg-type]
             confidence=float(d["confidence"]),  # type: ignore[arg-type]
             frames=int(d["frames"]),  # type: ignore[call-overload]
+            state=state,
         )
 
 
@@ -190,6 +201,7 @@ class AlertManager:
         self._seq = 0
         self._dirty = False
         self._by_track: dict[int, Place] = {}
+        self._pending: list[Place] = []  # places whose event was returned during the previous frame
         if state_path is not None:
             self._load(state_path)
 
@@ -241,6 +253,21 @@ class AlertManager:
         if self._dirty:
             self.save()
 
+    def begin_frame(self) -> None:
+        """Call before each frame: the previous frame's events have been handed on (committed to the outbox).
+
+        The state file is written before an event is returned, with the place marked `opening` / `clearing`; only
+        on the next frame is it marked `open` / dropped. A service killed in between finds the mark on restart and
+        sends that event again with the same alert id (at least once, deduplicated by id) instead of losing it.
+        """
+        for p in self._pending:
+            if p.state == OPENING:
+                p.state = OPEN
+            elif p.state == CLEARING and p in self.places:
+                self.places.remove(p)
+            self._dirty = True
+        self._pending.clear()
+
     # ---- markers -----------------------------------------------------------------------------------------------
     def on_marker(self, marker_id: int, x_now: float) -> float:
         """A marker whose centre is at shelf x `x_now` by odometry: returns the shelf x it must be at.
@@ -287,7 +314,7 @@ class AlertManager:
     def _find(self, box: Box, view: View) -> Place | None:
         best: tuple[float, float, Place] | None = None
         for p in self.places:
-            if p.aisle != view.aisle:
+            if p.aisle != view.aisle or p.state == CLEARING:
                 continue
             d = self._near(box, p, view.path, claimed_ok=False)
             if d is None:
@@ -321,6 +348,10 @@ class AlertManager:
         if place is not None:
             self._link(track_id, place)
             self._touch(place, shelf_box, confidence, hits, view, update_box=True)
+            if place.state == OPENING and place not in self._pending:
+                # written before a restart, maybe never committed: announce it again, same id
+                self._pending.append(place)
+                return self._event(place, "opened", frame_box, view)
             return None
         first_seen = min(first_seen, view.t_wall)
         self._seq += 1
@@ -333,20 +364,25 @@ class AlertManager:
             last_seen=view.t_wall,
             confidence=confidence,
             frames=hits,
+            state=OPENING,
             seen_path=view.path,
         )
         self.places.append(place)
+        self._pending.append(place)
         self._link(track_id, place)
         self._dirty = True
+        return self._event(place, "opened", frame_box, view)
+
+    def _event(self, place: Place, kind: str, frame_box: Box, view: View) -> AlertEvent:
         return AlertEvent(
-            alert_id=alert_id,
-            event="opened",
-            first_seen=first_seen,
-            last_seen=view.t_wall,
+            alert_id=place.alert_id,
+            event=kind,
+            first_seen=place.first_seen,
+            last_seen=place.last_seen,
             ts=view.t_wall,
             bbox_norm=normalise_box(frame_box, view.width, view.height),
-            confidence=confidence,
-            frames=hits,
+            confidence=place.confidence,
+            frames=place.frames,
             frame_index=view.frame_index,
             location=self._location(place),
         )
@@ -404,10 +440,14 @@ class AlertManager:
                 continue
             if frac < 0.999 or not view.reliable:
                 continue  # at the edge, or unsure where we are: no evidence either way
+            if place.state == CLEARING:
+                if place not in self._pending:  # cleared before a restart, maybe never committed: again
+                    self._pending.append(place)
+                    events.append(self._event(place, "cleared", fb, view))
+                continue
             if place.track_id is not None:
-                place.clear_count = (
-                    0  # its gap is being followed: a few missed detections are not a filled shelf
-                )
+                # its gap is being followed: a few missed detections are not a filled shelf
+                place.clear_count = 0
                 continue
             if any(self._near(d, place, view.path, claimed_ok=True) is not None for d in detections):
                 place.clear_count = 0
@@ -415,25 +455,12 @@ class AlertManager:
             place.clear_count += 1
             if place.clear_count < self.cfg.clear_frames:
                 continue
-            self.places.remove(place)
-            if place.track_id is not None:
-                self._by_track.pop(place.track_id, None)
+            place.state = CLEARING
+            self._pending.append(place)
             self._dirty = True
-            events.append(
-                AlertEvent(
-                    alert_id=place.alert_id,
-                    event="cleared",
-                    first_seen=place.first_seen,
-                    last_seen=place.last_seen,
-                    ts=view.t_wall,
-                    bbox_norm=normalise_box(fb, view.width, view.height),
-                    confidence=place.confidence,
-                    frames=place.frames,
-                    frame_index=view.frame_index,
-                    location=self._location(place),
-                )
-            )
+            events.append(self._event(place, "cleared", fb, view))
         return events
 
     def open_alerts(self) -> list[Place]:
-        return list(self.places)
+        """The open alerts (places being cleared are left out)."""
+        return [p for p in self.places if p.state != CLEARING]

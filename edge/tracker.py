@@ -123,6 +123,7 @@ class GapTracker:
     # ---- public ------------------------------------------------------------------------------------------------
     def update(self, frame: Frame, gaps: list[Gap]) -> list[AlertEvent]:
         """Advance by one frame with its detections (frame pixels); returns the events this frame caused."""
+        self.alerts.begin_frame()  # the previous frame's events have been committed by now
         img = frame.image
         h, w = img.shape[:2]
         shift = self.motion.update(img, frame.dropped_before + 1)

@@ -13,7 +13,16 @@ from edge.alerts import AlertManager, View
 from edge.config import TrackingConfig
 from edge.tracker import GapTracker
 from tests.test_tracker import END, opened_gaps, run_pass
-from tests.test_tracker_scene import Aisle, Camera, NoisyDetector, make_aisle, matching_gap, offsets, restock
+from tests.test_tracker_scene import (
+    Aisle,
+    Camera,
+    NoisyDetector,
+    drive,
+    make_aisle,
+    matching_gap,
+    offsets,
+    restock,
+)
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +154,65 @@ def test_markers_name_aisles_and_restore_positions() -> None:
     assert mgr.on_marker(7, 50.0) == 50.0 and mgr.aisle == "aruco-7"  # a third marker: another aisle
     assert mgr.on_marker(3, 123.0) == 900.0 and mgr.aisle == "aruco-3"  # known: its position is restored
     assert mgr.on_marker(4, -10.0) == 4000.0
+
+
+def test_a_crash_before_the_event_was_committed_resends_it_with_the_same_id(
+    aisle: Aisle, tmp_path: Path
+) -> None:
+    """SIGKILL between the state write and the outbox commit: the restarted service announces it again."""
+    state = tmp_path / "alerts.json"
+    crashed = GapTracker(TrackingConfig(), "cart-01", state)
+    cam = Camera(aisle, seed=8)
+    det = NoisyDetector(seed=8)
+    lost = None
+    for frame, _x, _y, gaps in drive(cam, offsets(0, END, 12.0, seed=8), det):
+        events = crashed.update(frame, gaps)
+        if events:
+            lost = events[0]
+            break  # killed before the pipeline committed the event: no further frame reaches this tracker
+    assert lost is not None and lost.event == "opened"
+    assert [p["state"] for p in json.loads(state.read_text())["places"]] == ["opening"]
+    restarted = GapTracker(TrackingConfig(), "cart-01", state)
+    again = run_pass(restarted, Camera(aisle, seed=9), offsets(0, END, 12.0, seed=9), NoisyDetector(seed=9))
+    assert opened_gaps(aisle, again) == Counter(range(len(aisle.gaps)))
+    assert [e.alert_id for e, _, _ in again].count(lost.alert_id) == 1
+    assert {p["state"] for p in json.loads(state.read_text())["places"]} == {"open"}
+    # once the next frame has run (the event was committed), a restart sends nothing again
+    assert (
+        run_pass(
+            GapTracker(TrackingConfig(), "cart-01", state),
+            Camera(aisle, seed=10),
+            offsets(0, END, 12.0, seed=10),
+            NoisyDetector(seed=10),
+        )
+        == []
+    )
+
+
+def test_a_crash_right_after_cleared_resends_the_cleared(tmp_path: Path) -> None:
+    state = tmp_path / "alerts.json"
+    cfg = TrackingConfig(clear_frames=3)
+    mgr = AlertManager(cfg, "cart-01", state)
+    v = _view(0.0)
+    opened = mgr.confirm(1, (100, 100, 200, 200), (100, 100, 200, 200), [0.8], 3, v.t_wall, v)
+    assert opened is not None
+    mgr.track_ended(1)
+    events = []
+    for i in range(1, 4):
+        mgr.begin_frame()
+        events += mgr.check_clear([], _view(float(i), index=i))
+        mgr.flush()
+    assert [(e.event, e.alert_id, e.frame_index) for e in events] == [("cleared", opened.alert_id, 3)]
+    # killed here: the restarted service sends the cleared again the next time the place is in view
+    mgr2 = AlertManager(cfg, "cart-01", state)
+    assert mgr2.open_alerts() == []
+    assert (
+        mgr2.confirm(7, (100, 100, 200, 200), (100, 100, 200, 200), [0.8], 3, v.t_wall, v) is not None
+    )  # new gap
+    again = mgr2.check_clear([(100, 100, 200, 200)], _view(10.0, index=10))
+    assert [(e.event, e.alert_id) for e in again] == [("cleared", opened.alert_id)]
+    mgr2.begin_frame()
+    assert mgr2.check_clear([(100, 100, 200, 200)], _view(11.0, index=11)) == []
+    mgr2.flush()
+    saved = json.loads(state.read_text())["places"]
+    assert [p["alert_id"] for p in saved] != [opened.alert_id] and len(saved) == 1
