@@ -200,6 +200,7 @@ class AlertManager:
         self.markers: dict[int, MarkerPlace] = {}
         self._seq = 0
         self._dirty = False
+        self._write_failed = False
         self._by_track: dict[int, Place] = {}
         self._pending: list[Place] = []  # places whose event was returned during the previous frame
         if state_path is not None:
@@ -210,6 +211,11 @@ class AlertManager:
         try:
             raw = path.read_text(encoding="utf-8")
         except FileNotFoundError:
+            return
+        except OSError as e:
+            log.warning(
+                "tracking state %s cannot be read (%s); starting without the open alerts in it", path, e
+            )
             return
         try:
             data = json.loads(raw)
@@ -223,20 +229,41 @@ class AlertManager:
                 for k, v in data.get("markers", {}).items()
             }
             seq = int(data.get("seq", 0))
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             bad = path.with_name(path.name + ".corrupt")
             log.warning("tracking state %s is unreadable (%s); moved to %s, starting empty", path, e, bad)
-            os.replace(path, bad)
+            try:
+                os.replace(path, bad)
+            except OSError as e2:
+                log.warning("could not move %s aside: %s", path, e2)
             return
         self.places, self.markers, self._seq = places, markers, seq
 
     def save(self) -> None:
-        """Write the state file now (no-op without a state path)."""
+        """Write the state file now (no-op without a state path). A failed write (disk full, read-only) is logged
+        and retried on the next change: alerts keep flowing, only their persistence across a restart is at risk."""
         self._dirty = False
         if self.state_path is None:
             return
+        try:
+            self._write(self.state_path)
+        except OSError as e:
+            if not self._write_failed:
+                log.warning(
+                    "cannot write tracking state %s: %s (open alerts may reopen after a restart)",
+                    self.state_path,
+                    e,
+                )
+            self._write_failed = True
+            self._dirty = True
+            return
+        if self._write_failed:
+            log.info("tracking state %s written again", self.state_path)
+        self._write_failed = False
+
+    def _write(self, path: Path) -> None:
         write_json_atomic(
-            self.state_path,
+            path,
             {
                 "version": STATE_VERSION,
                 "device": self.device,

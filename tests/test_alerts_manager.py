@@ -216,3 +216,26 @@ def test_a_crash_right_after_cleared_resends_the_cleared(tmp_path: Path) -> None
     mgr2.flush()
     saved = json.loads(state.read_text())["places"]
     assert [p["alert_id"] for p in saved] != [opened.alert_id] and len(saved) == 1
+
+
+def test_an_unwritable_state_file_does_not_stop_the_alerts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the state directory should be")
+    mgr = AlertManager(TrackingConfig(), "cart-01", blocker / "alerts.json")
+    v = _view(0.0)
+    with caplog.at_level(logging.WARNING):
+        ev = mgr.confirm(1, (100, 100, 200, 200), (100, 100, 200, 200), [0.8], 3, v.t_wall, v)
+        mgr.flush()
+        mgr.begin_frame()
+        mgr.flush()
+    assert ev is not None and ev.event == "opened"
+    assert caplog.text.count("cannot write tracking state") == 1  # logged once, retried quietly
+
+
+def test_state_with_wrong_shapes_is_moved_aside(tmp_path: Path) -> None:
+    state = tmp_path / "alerts.json"
+    state.write_text(json.dumps({"version": 1, "markers": [1, 2], "places": []}))
+    assert AlertManager(TrackingConfig(), "cart-01", state).markers == {}
+    assert (tmp_path / "alerts.json.corrupt").exists()
