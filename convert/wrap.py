@@ -66,12 +66,23 @@ def _ssd_names(outs: Sequence[dict[str, Any]], interpreter: Any) -> list[str]:
     """Logical names for the four TFLite_Detection_PostProcess outputs, in the model's output order."""
     if len(outs) != 4:
         raise ValueError(f"an SSD model with TFLite_Detection_PostProcess has 4 outputs; this one has {len(outs)}")
+    # 1. The op itself says which tensor is which: its outputs are boxes, classes, scores, count in that order.
+    try:
+        post = [op for op in interpreter._get_ops_details() if op.get("op_name") == "TFLite_Detection_PostProcess"]
+    except Exception:  # noqa: BLE001 - a private API; fall through to names and values
+        post = []
+    if len(post) == 1:
+        role = {int(t): n for t, n in zip(post[0]["outputs"], _SSD_ORDER, strict=False)}
+        names = [role.get(int(o["index"]), "") for o in outs]
+        if sorted(names) == sorted(_SSD_ORDER):
+            return names
+    # 2. Tensor names that carry the op's output index.
     matches = [_POSTPROCESS.match(str(o["name"])) for o in outs]
     if all(matches):
         names = [_SSD_ORDER[int(m.group("k") or 0)] for m in matches if m]
         if sorted(names) == sorted(_SSD_ORDER):
             return names
-    # No standard names: tell the tensors apart by shape, then classes from scores by their values.
+    # 3. Tell the tensors apart by shape, then classes from scores by their values.
     names = [""] * 4
     pair: list[int] = []
     for i, o in enumerate(outs):
@@ -84,17 +95,40 @@ def _ssd_names(outs: Sequence[dict[str, Any]], interpreter: Any) -> list[str]:
             pair.append(i)
     if sorted(n for n in names if n) != ["boxes", "count"] or len(pair) != 2:
         raise ValueError(f"cannot tell the SSD outputs apart: shapes {[_shape(o['shape']) for o in outs]}")
-    d = interpreter.get_input_details()[0]
-    rng = np.random.default_rng(0)
-    interpreter.set_tensor(d["index"], rng.integers(0, 256, _shape(d["shape"])).astype(d["dtype"]))
-    interpreter.invoke()
-    values = [interpreter.get_tensor(outs[i]["index"]).astype(np.float64) for i in pair]
-    integral = [bool(np.all(v == np.rint(v)) and v.max(initial=0) > 1) for v in values]
     a, b = pair
-    if integral[1] and not integral[0]:
+    looks = _classes_or_scores(interpreter, outs[a]["index"], outs[b]["index"])
+    if looks == "second-is-classes":
         a, b = b, a
+    elif looks == "ambiguous":
+        raise ValueError("cannot tell the SSD classes output from the scores output by name or by value")
     names[a], names[b] = "classes", "scores"
     return names
+
+
+def _classes_or_scores(interpreter: Any, first: int, second: int) -> str:
+    """Run a few images: classes are whole numbers, scores lie in [0, 1] and never increase along a row."""
+    d = interpreter.get_input_details()[0]
+    shape = _shape(d["shape"])
+    imgs = golden_images(shape[2], shape[1], 2, seed=1)
+    votes = {"first-is-classes": 0, "second-is-classes": 0}
+    for img in imgs:
+        x = img[None].astype(np.float32) / 255.0 if np.dtype(d["dtype"]) == np.float32 else img[None]
+        if np.dtype(d["dtype"]) == np.int8:
+            x = (img[None].astype(np.int16) - 128).astype(np.int8)
+        interpreter.set_tensor(d["index"], x.astype(d["dtype"]))
+        interpreter.invoke()
+        v = [interpreter.get_tensor(i).astype(np.float64).reshape(-1) for i in (first, second)]
+        whole = [bool(np.all(t == np.rint(t))) for t in v]
+        scorey = [bool(np.all((t >= 0) & (t <= 1)) and np.all(np.diff(t) <= 1e-6)) for t in v]
+        if whole[0] and not whole[1] or scorey[1] and not scorey[0]:
+            votes["first-is-classes"] += 1
+        elif whole[1] and not whole[0] or scorey[0] and not scorey[1]:
+            votes["second-is-classes"] += 1
+    if votes["first-is-classes"] and not votes["second-is-classes"]:
+        return "first-is-classes"
+    if votes["second-is-classes"] and not votes["first-is-classes"]:
+        return "second-is-classes"
+    return "ambiguous"
 
 
 def wrap_external_model(

@@ -1,5 +1,5 @@
-"""The ssd and yolo decoders on hand-made output arrays (a real TFLite_Detection_PostProcess model is hard to build
-here, so the ssd decoder is tested on arrays laid out exactly as that op writes them)."""
+"""The ssd and yolo decoders on hand-made output arrays, laid out as TFLite_Detection_PostProcess and Ultralytics
+exports write them (test_detector.py also runs both on real int8 models, the SSD one ending in the real op)."""
 
 from __future__ import annotations
 

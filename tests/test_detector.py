@@ -24,7 +24,7 @@ from edge.bundle import (
 )
 from edge.decoders.yolo import decode_yolo
 from edge.detector import Detector, ModelSignatureError
-from tests.test_detector_models import TF_WARNINGS, cached_tiny_bundle
+from tests.test_detector_models import TF_WARNINGS, cached_tiny_bundle, cached_tiny_ssd_bundle
 
 pytestmark = TF_WARNINGS
 
@@ -216,6 +216,30 @@ def test_wrap_reads_the_model_io_into_a_signed_manifest(tiny: Bundle, tmp_path_f
     with np.load(io.BytesIO(tiny.members[GOLDEN])) as z:
         assert z["input_0"].shape == (3, 64, 64, 3) and z["input_0"].dtype == np.uint8
         assert z["output_predictions"].shape == (3, 1, 5, 256)
+
+
+def test_wrap_and_run_a_real_ssd_model_with_the_postprocess_op(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The model ends in a real TFLite_Detection_PostProcess op whose outputs the runtime lists out of order
+    (classes, count, boxes, scores); wrap names them from the op itself, and the detector decodes them."""
+    path, keys, _ = cached_tiny_ssd_bundle(tmp_path_factory.getbasetemp())
+    b = read_bundle(path, load_public_keys([keys]))
+    specs = {t.name: t for t in b.manifest.output.tensors}
+    assert [t.name for t in b.manifest.output.tensors] == ["classes", "count", "boxes", "scores"]
+    assert specs["boxes"].shape == (1, 10, 4) and specs["count"].shape == (1,)
+    assert all(t.dtype == "float32" for t in specs.values())
+    det = Detector(b, threads=1, score_threshold=0.1)
+    assert det.check_golden().ok
+    img = _frame(2, 640, 480)
+    gaps = det.detect(img)
+    raw = det.raw_outputs()
+    n = int(raw["count"][0])
+    assert n == 10 and np.all(raw["classes"][0, :n] == 0)
+    keep = raw["scores"][0, :n] >= 0.1
+    yx = np.clip(raw["boxes"][0, :n][keep], 0, 1)
+    want = np.stack([yx[:, 1] * 640, yx[:, 0] * 480, yx[:, 3] * 640, yx[:, 2] * 480], 1)
+    want = want[(want[:, 2] > want[:, 0]) & (want[:, 3] > want[:, 1])]
+    assert len(gaps) == len(want) > 0
+    np.testing.assert_allclose(np.array([g.box for g in gaps]), want, rtol=1e-4, atol=1e-3)
 
 
 def test_wrap_refuses_what_it_cannot_wrap(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:

@@ -55,6 +55,73 @@ def build_tiny_yolo_tflite(
     return path
 
 
+def build_tiny_ssd_tflite(path: Path, size: int = 64, grid: int = 8, seed: int = 0) -> Path:
+    """A real int8 SSD-style model ending in the TFLite_Detection_PostProcess custom op, as the TF Object Detection
+    API exports it: a composite function marked `experimental_implements` that the converter fuses into the op.
+
+    Two convolutions give (1, grid*grid, 4) box encodings and (1, grid*grid, 2) class scores (background + one
+    class) over grid x grid anchors of a quarter of the image; uint8 input, the op's four float32 outputs.
+    """
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    n_anchors = grid * grid
+    yc, xc = np.meshgrid((np.arange(grid) + 0.5) / grid, (np.arange(grid) + 0.5) / grid, indexing="ij")
+    anchors = np.stack([yc.ravel(), xc.ravel(), np.full(n_anchors, 0.25), np.full(n_anchors, 0.25)], 1)
+    attrs = {"max_detections": "i: 10", "max_classes_per_detection": "i: 1", "use_regular_nms": "b: false",
+             "nms_score_threshold": "f: 0.000000", "nms_iou_threshold": "f: 0.600000", "y_scale": "f: 10.0",
+             "x_scale": "f: 10.0", "h_scale": "f: 5.0", "w_scale": "f: 5.0", "num_classes": "i: 1"}
+    signature = " ".join(['name: "TFLite_Detection_PostProcess"']
+                         + [f'attr {{ key: "{k}" value {{ {v} }} }}' for k, v in attrs.items()])
+
+    class Ssd(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w1 = tf.Variable(rng.normal(0, 0.3, (3, 3, 3, 8)).astype(np.float32))
+            self.w2 = tf.Variable(rng.normal(0, 0.3, (3, 3, 8, 6)).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32)])
+        def __call__(self, x):  # type: ignore[no-untyped-def]
+            x = tf.nn.relu(tf.nn.conv2d(x / 255.0, self.w1, [1, size // grid // 2, size // grid // 2, 1], "SAME"))
+            x = tf.reshape(tf.nn.conv2d(x, self.w2, [1, 2, 2, 1], "SAME"), [1, n_anchors, 6])
+            return self.post(x[:, :, :4], tf.sigmoid(x[:, :, 4:]), tf.constant(anchors, tf.float32))
+
+        @tf.function(experimental_implements=signature)
+        def post(self, box_encodings, class_predictions, anchors):  # type: ignore[no-untyped-def]
+            zero = tf.constant(0.0, dtype=tf.float32)
+            return zero, zero, zero, zero  # a placeholder the converter replaces with the op
+
+    model = Ssd()
+    saved = path.with_suffix(".savedmodel")
+    tf.saved_model.save(model, str(saved), signatures=model.__call__)
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+
+    def representative():
+        for _ in range(8):
+            yield [rng.integers(0, 256, (1, size, size, 3)).astype(np.float32)]
+
+    conv.representative_dataset = representative
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    conv.inference_input_type = tf.uint8
+    conv.allow_custom_ops = True
+    path.write_bytes(conv.convert())
+    return path
+
+
+def cached_tiny_ssd_bundle(base: Path) -> tuple[Path, Path, Path]:
+    """A signed bundle wrapping the tiny SSD model, built once per test session under `base`."""
+    from convert.wrap import wrap_external_model
+
+    _, keys_dir, key = cached_tiny_bundle(base)
+    root = base / "tiny-models"
+    bundle = root / "tiny-ssd.bundle"
+    if not bundle.exists():
+        model = build_tiny_ssd_tflite(root / "tiny-ssd.tflite")
+        wrap_external_model(model, "ssd", "tiny-ssd", 1, ["empty"], bundle, key, score=0.2)
+    return bundle, keys_dir, key
+
+
 def cached_tiny_bundle(base: Path, input_type: str = "uint8", score: float = 0.3) -> tuple[Path, Path, Path]:
     """A signed bundle wrapping the tiny YOLO-shaped model, built once per test session under `base`.
 
