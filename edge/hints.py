@@ -35,9 +35,9 @@ class FrameMeasures:
     mean_luma: float
     dark_fraction: float  # share of pixels at or below 10
     bright_fraction: float  # share of pixels at or above 245
-    sharpness: float  # 0 (blurred) .. 1 (crisp): how much detail a mild re-blur destroys
-    sharpness_x: float  # the same along rows only (horizontal motion blur shows here)
-    sharpness_y: float
+    sharpness: float | None  # steepness of strong edges: ~0.5 crisp, ~0.25 at 3 px blur; None: too few edges
+    sharpness_x: float | None  # the same along rows only (the cart's horizontal motion blur shows here)
+    sharpness_y: float | None
     tilt_deg: float | None  # length-weighted median angle of near-horizontal lines, positive = right side higher
     horizontal_lines: int  # long near-horizontal line segments (shelf edges)
     edge_density: float  # share of edge pixels
@@ -49,7 +49,7 @@ class HintThresholds:
     dark_fraction: float = 0.5
     bright_mean: float = 210.0
     bright_fraction: float = 0.2
-    sharpness: float = 0.6  # below this the frame is blurred
+    sharpness: float = 0.3  # edge steepness below this: blurred (about 2 px of blur at 320 px width)
     motion_blur_px: float = 4.0  # predicted smear (frame pixels) at which details of labels vanish
     tilt_deg: float = 5.0
     min_shelf_lines: int = 2
@@ -62,31 +62,30 @@ def _grey_small(frame_rgb: np.ndarray) -> tuple[np.ndarray, float]:
     h, w = frame_rgb.shape[:2]
     if h < 16 or w < 16:
         raise ValueError(f"mounting_hints: frame {w}x{h} is too small")
-    scale = ANALYSIS_WIDTH / w
-    small = cv2.resize(frame_rgb, (ANALYSIS_WIDTH, max(16, round(h * scale))), interpolation=cv2.INTER_AREA)
+    scale = min(1.0, ANALYSIS_WIDTH / w)  # never upscale: that would look like blur
+    small = cv2.resize(frame_rgb, (round(w * scale), max(16, round(h * scale))), interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), scale
 
 
-def _sharpness(grey: np.ndarray, axis: int | None) -> float:
-    """Crété-Roffet no-reference blur measure, inverted: 1 - blur.
+def _sharpness(grey: np.ndarray, axis: int) -> float | None:
+    """How steep the strong edges are along `axis` (1: along rows, 0: along columns): 0.5 for a crisp step edge,
+    falling as 1/blur width. None when the frame has too few strong edges to tell.
 
-    Re-blurring a crisp image destroys much of its neighbour-to-neighbour variation; re-blurring an already blurred
-    one destroys little. The ratio does not depend on contrast or on how much texture the scene has.
+    At each strong edge (a local maximum of the gradient with enough contrast around it) it divides the gradient by
+    the local contrast, so the result does not depend on lighting, contrast or how much texture the scene has; the
+    median over all edges is robust to noise and to a few soft objects.
     """
     f = grey.astype(np.float32)
-    scores = []
-    for ax in (1, 0) if axis is None else (axis,):
-        kernel = np.ones((1, 9), np.float32) / 9 if ax == 1 else np.ones((9, 1), np.float32) / 9
-        b = cv2.filter2D(f, -1, kernel, borderType=cv2.BORDER_REFLECT)
-        d_f = np.abs(np.diff(f, axis=ax))
-        d_b = np.abs(np.diff(b, axis=ax))
-        v = np.maximum(0.0, d_f - d_b)
-        s_f = float(d_f.sum())
-        if s_f < 1e-6:
-            scores.append(0.0)
-            continue
-        scores.append(float(v.sum()) / s_f)
-    return min(scores)
+    if axis == 1:
+        kernel, window = np.array([[-0.5, 0.0, 0.5]], np.float32), np.ones((1, 11), np.uint8)
+    else:
+        kernel, window = np.array([[-0.5], [0.0], [0.5]], np.float32), np.ones((11, 1), np.uint8)
+    grad = np.abs(cv2.filter2D(f, -1, kernel, borderType=cv2.BORDER_REPLICATE))
+    contrast = cv2.dilate(f, window) - cv2.erode(f, window)
+    edges = (grad >= cv2.dilate(grad, window)) & (contrast > 40.0)
+    if int(np.count_nonzero(edges)) < 50:
+        return None
+    return float(np.median(grad[edges] / contrast[edges]))
 
 
 def _lines(grey: np.ndarray) -> tuple[float | None, int, float]:
@@ -119,13 +118,14 @@ def measure(frame_rgb: np.ndarray) -> FrameMeasures:
     """Compute the frame statistics that the hints are based on."""
     grey, _ = _grey_small(frame_rgb)
     tilt, n_lines, density = _lines(grey)
+    sx, sy = _sharpness(grey, 1), _sharpness(grey, 0)
     return FrameMeasures(
         mean_luma=float(grey.mean()),
         dark_fraction=float(np.count_nonzero(grey <= 10)) / grey.size,
         bright_fraction=float(np.count_nonzero(grey >= 245)) / grey.size,
-        sharpness=_sharpness(grey, None),
-        sharpness_x=_sharpness(grey, 1),
-        sharpness_y=_sharpness(grey, 0),
+        sharpness=min(sx, sy) if sx is not None and sy is not None else None,
+        sharpness_x=sx,
+        sharpness_y=sy,
         tilt_deg=tilt,
         horizontal_lines=n_lines,
         edge_density=density,
@@ -155,7 +155,8 @@ def mounting_hints(
         return hints
 
     shelf_visible = m.horizontal_lines >= t.min_shelf_lines and m.edge_density >= t.min_edge_density
-    if not shelf_visible and m.edge_density < t.min_edge_density * 2 and m.sharpness >= t.sharpness:
+    blurred = m.sharpness is not None and m.sharpness < t.sharpness
+    if not shelf_visible and m.edge_density < t.min_edge_density * 2 and not blurred:
         hints.append(Hint("no_shelf", "No shelf in view: the camera sees no shelf edges. Point it at the shelves, "
                                       "level, from the side of the cart."))
         return hints
@@ -170,9 +171,10 @@ def mounting_hints(
                           f"Blurred at this speed: each picture smears about {smear_px:.0f} px "
                           f"({exposure_ms:.0f} ms exposure). Add light so the exposure gets shorter, or push the "
                           "cart more slowly."))
-    elif m.sharpness < t.sharpness:
+    elif blurred:
         moving = speed >= 2.0
-        motion_like = m.sharpness_x < m.sharpness_y * 0.8
+        motion_like = (m.sharpness_x is not None and m.sharpness_y is not None
+                       and m.sharpness_x < m.sharpness_y * 0.7)
         if moving:
             hints.append(Hint("motion_blur",
                               f"Blurred at this speed ({speed:.0f} px per frame): add light so the exposure gets "
@@ -187,7 +189,7 @@ def mounting_hints(
         side = "right" if m.tilt_deg > 0 else "left"
         hints.append(Hint("tilted", f"Shelf edges slope {abs(m.tilt_deg):.0f}° ({side} side higher): level the "
                                     "camera."))
-    elif not shelf_visible:
+    elif not shelf_visible and not blurred:  # blur hides shelf edges too: fix the blur first
         hints.append(Hint("no_shelf", "No shelf in view: the camera sees no shelf edges. Point it at the shelves, "
                                       "level, from the side of the cart."))
     return hints

@@ -14,7 +14,7 @@ import pytest
 from edge.preview import PreviewServer
 from edge.tracker import TrackView
 from edge.types import Gap
-from tests.test_hints import _rotate, shelf_images
+from tests.test_hints import shelf_images
 from tests.test_preview import INFO, Feeder
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -44,7 +44,7 @@ def tilted_scene(deg: float) -> tuple[str, np.ndarray, list[Gap], list[TrackView
         sample = make_shelf_image(np.random.default_rng(7), width=640, height=480)
         name, img, boxes = "synth", sample.image, sample.boxes
     h, w = img.shape[:2]
-    m = cv2.getRotationMatrix2D((w / 2, h / 2), deg, 1.2)  # the same turn as tests.test_hints._rotate
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), deg, 1.2)  # turn and zoom so no empty corners show
     gaps: list[Gap] = []
     tracks: list[TrackView] = []
     for i, (x0, y0, x1, y1) in enumerate(boxes[:6]):
@@ -55,7 +55,7 @@ def tilted_scene(deg: float) -> tuple[str, np.ndarray, list[Gap], list[TrackView
             continue
         gaps.append(Gap(*bx, score=0.93 - 0.07 * i))
         tracks.append(TrackView(track_id=11 + i, box=bx, confirmed=i % 3 != 2, hits=5, score=0.9, alert_id=None))
-    return name, _rotate(img, deg), gaps, tracks
+    return name, cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REFLECT), gaps, tracks
 
 
 def test_preview_page_in_headless_chromium(tmp_path: Path) -> None:
