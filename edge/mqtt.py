@@ -509,7 +509,12 @@ class MqttLink:
                 continue
             if room <= 0:
                 break
-            info = client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+            try:
+                info = client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+            except ValueError as e:  # a row no broker would take (bad topic, oversized): never retry it
+                self.outbox.discard(row.row_id, f"cannot be published to {row.topic!r}: {e}")
+                self._cursor = row.row_id
+                continue
             if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 log.error("cannot publish outbox message %d to %s: %s", row.row_id, row.topic,
                           mqtt.error_string(info.rc))

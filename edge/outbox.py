@@ -101,6 +101,13 @@ def _check(path: Path, busy_timeout_s: float) -> str | None:
     if not path.exists():
         return None
     try:
+        with open(path, "rb") as f:
+            header = f.read(16)
+    except OSError as e:
+        raise OutboxError(f"outbox {path}: cannot read: {e.strerror}") from e
+    if header and header != b"SQLite format 3\x00":
+        return "not an SQLite database (bad file header)"  # decided before SQLite touches its -wal/-shm files
+    try:
         conn = sqlite3.connect(str(path), timeout=busy_timeout_s)
         try:
             rows = conn.execute("PRAGMA integrity_check").fetchall()
@@ -264,6 +271,28 @@ class Outbox:
                 raise OutboxError(f"outbox {self.path}: cannot delete acknowledged messages: {e}") from e
             self._count -= removed
             self._bytes -= freed
+
+    def discard(self, row_id: int, reason: str) -> None:
+        """Delete a message that can never be published (counted as dropped, and logged)."""
+        with self._lock:
+            db = self._db()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                row = db.execute("DELETE FROM messages WHERE id = ? RETURNING size", (row_id,)).fetchone()
+                if row is not None:
+                    db.execute("UPDATE meta SET value = value + 1 WHERE key = 'dropped'")
+                db.execute("COMMIT")
+            except sqlite3.Error as e:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise OutboxError(f"outbox {self.path}: cannot discard message {row_id}: {e}") from e
+            if row is not None:
+                self._count -= 1
+                self._bytes -= int(row[0])
+        if row is not None:
+            log.error("outbox message %d discarded: %s", row_id, reason)
 
     def depth(self) -> int:
         """Messages waiting for their PUBACK."""

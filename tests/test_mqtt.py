@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -596,6 +597,29 @@ def test_auto_falls_back_to_311_on_a_broker_without_mqtt5(tmp_path: Path, links:
         sub.stop()
     finally:
         eb.stop()
+
+
+def test_a_row_that_cannot_be_published_is_discarded_and_counted_not_retried_forever(
+        broker: Mosquitto, tmp_path: Path, links: Callable[..., MqttLink], caplog: pytest.LogCaptureFixture) -> None:
+    cfg = make_cfg(tmp_path, broker.url)
+    t = Topics.from_config(cfg)
+    with Outbox(cfg.outbox.path) as ob:
+        putter = Putter(ob, t)
+        putter.put(2)
+    with sqlite3.connect(cfg.outbox.path) as db:  # written by something other than Outbox.put
+        db.execute("INSERT INTO messages(topic, payload, qos, retain, created, size) VALUES (?, ?, 1, 0, 0, 10)",
+                   (f"{t.base}/alerts/#", b"{}"))
+    db.close()
+    ob = Outbox(cfg.outbox.path)
+    putter.outbox = ob
+    putter.put(2)
+    sub = _sub(broker.url, t).start()
+    link = links(cfg, outbox=ob)
+    link.start()
+    check_delivery(sub, putter.committed)
+    assert link.wait_idle(10) and ob.dropped() == 1
+    assert any("discarded" in r.message for r in caplog.records)
+    sub.stop()
 
 
 def test_corrupt_outbox_is_reported_in_status(broker: Mosquitto, tmp_path: Path,

@@ -134,6 +134,8 @@ def test_corrupt_database_is_quarantined_and_a_fresh_one_works(tmp_path: Path, d
     data = path.read_bytes()
     if damage == "garbage":
         path.write_bytes(b"this is not an sqlite database, just some bytes " * 200)
+        Path(f"{path}-wal").write_bytes(b"not a wal either" * 100)
+        Path(f"{path}-shm").write_bytes(b"\0" * 32768)
     elif damage == "truncated":
         path.write_bytes(data[:100])
     else:  # overwrite b-tree pages in the middle: the header is fine, the integrity check is not
@@ -144,6 +146,8 @@ def test_corrupt_database_is_quarantined_and_a_fresh_one_works(tmp_path: Path, d
         assert ob.quarantined is not None and ob.quarantined.exists(), "corruption was not detected"
         assert ob.quarantined.name.startswith("outbox.db.corrupt-")
         assert ob.quarantine_reason
+        if damage == "garbage":  # its -wal and -shm files go with it
+            assert Path(f"{ob.quarantined}-wal").exists() and Path(f"{ob.quarantined}-shm").exists()
         assert ob.depth() == 0
         ob.put([OutMessage("a/alerts", b"{}")])
         assert len(ob.pending(10)) == 1
