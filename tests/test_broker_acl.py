@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -384,3 +385,63 @@ def test_the_device_mqtt_link_works_through_the_production_broker(broker: Broker
             link.stop()
             link.outbox.close()
         be.close()
+
+
+def test_the_optional_password_listener(broker: Broker, tmp_path: Path) -> None:
+    """Uncommenting the password listener gives a second TLS port with passwords, under the same ACL, and the
+    certificate port keeps working for carts (their CN is not in the password file)."""
+    passwd_tool = shutil.which("mosquitto_passwd")
+    if passwd_tool is None:
+        pytest.skip("mosquitto_passwd is missing (Debian package `mosquitto`)")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    for name in ("ca.crt", "server.crt", "server.key"):
+        shutil.copy(broker.pki / name, etc / name)
+    shutil.copy(MOSQ_DIR / "acl", etc / "acl")
+    passwd = etc / "passwd"
+    subprocess.run([passwd_tool, "-c", "-b", str(passwd), "backend-s042", "store-secret"], check=True,
+                   capture_output=True, timeout=30)
+    cert_port, pw_port = free_port(), free_port()
+    conf = production_conf(etc, cert_port)
+    # Uncomment the settings ("#key value"), not the prose ("# text"), as an admin would.
+    conf = "\n".join(ln[1:] if re.match(r"#[a-z]", ln) else ln for ln in conf.splitlines())
+    conf = conf.replace("listener 8884", f"listener {pw_port} 127.0.0.1")
+    assert f"password_file {etc}/passwd" in conf and f"listener {pw_port} 127.0.0.1" in conf
+    extra = "user root\n" if os.geteuid() == 0 else ""
+    mosq = Mosquitto(tmp_path / "mosq", listener_block=conf, port=cert_port, extra=extra).start()
+    second = Broker(mosq, broker.pki, broker.rogue)
+    clients: list[mqtt.Client] = []
+
+    def pw_client(user: str, password: str) -> tuple[mqtt.Client, list[tuple[str, bytes]], threading.Event]:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pw-{time.monotonic_ns()}", protocol=mqtt.MQTTv5)
+        c.tls_set(ca_certs=str(broker.pki / "ca.crt"))
+        c.username_pw_set(user, password)
+        got: list[tuple[str, bytes]] = []
+        ok = threading.Event()
+        c.on_connect = lambda cl, ud, fl, rc, pr: ok.set() if not rc.is_failure else None
+        c.on_message = lambda cl, ud, msg: got.append((msg.topic, bytes(msg.payload)))
+        c.connect("127.0.0.1", pw_port, keepalive=10)
+        c.loop_start()
+        clients.append(c)
+        return c, got, ok
+
+    try:
+        be, got, ok = pw_client("backend-s042", "store-secret")
+        assert ok.wait(5), "the backend could not log in with its password"
+        be.subscribe("shelfscout/s042/+/alerts", qos=1)
+        _, _, bad = pw_client("backend-s042", "wrong")
+        time.sleep(0.3)
+        cart = device(second, "s042", "cart-a")  # the certificate port still lets carts in
+        time.sleep(0.2)
+        assert cart.publish("shelfscout/s042/cart-a/alerts", b'{"id": "pw"}') == 0
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert got == [("shelfscout/s042/cart-a/alerts", b'{"id": "pw"}')]
+        assert not bad.wait(1.0), "a wrong password was accepted"
+        cart.close()
+    finally:
+        for c in clients:
+            c.loop_stop()
+            c.disconnect()
+        mosq.stop()
