@@ -329,13 +329,20 @@ class Updater:
             links.set_link(self.models_dir, links.CURRENT, prev)
             links.set_link(self.models_dir, links.PREVIOUS, None)
             self._window = None
-            target = prev if prev is not None else self._builtin_path()
-            if swap:
+            target: Path | None = prev
+            if target is None:
+                try:
+                    target = self._builtin_path()
+                except BundleError as e:
+                    log.critical("no model to roll back to: %s", e)
+            if swap and target is not None:
                 try:
                     self.swap(target)
                 except Exception as e:  # the old model loaded before; report loudly, keep going
                     log.error("swapping back to %s failed: %s", target, e)
             try:
+                if target is None:
+                    raise BundleError("no model")
                 self._set_active(target, read_bundle(target, self._keys_for(target)))
             except BundleError:
                 self._active = None

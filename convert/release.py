@@ -1,0 +1,143 @@
+"""Release tooling for the ML engineer: key pairs, signed release manifests for a bundle, retained publishing.
+
+No TensorFlow here: a release only reads the bundle, hashes it and signs. The release format and its verification
+live in `edge.ota.release`, shared with the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import ssl
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from edge.bundle import MANIFEST, SIGNATURE, BundleError, load_private_key, read_bundle, write_tar
+from edge.ota.release import Release, format_rfc3339, keyid, sign_release
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`30d`, `12h`, `90m`, `45s`, `2w` or plain seconds."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a duration such as 30d, 12h, 90m or 3600")
+    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"duration {text!r} must be positive")
+    return timedelta(seconds=seconds)
+
+
+def resign_bundle(path: Path, key_path: Path) -> None:
+    """Replace the bundle's `manifest.sig` with a signature by `key_path` over the same manifest bytes."""
+    key = load_private_key(key_path)
+    members = read_bundle(path, None, allow_unsigned=True).members  # hashes must hold before we vouch for it
+    contents = {MANIFEST: members[MANIFEST], SIGNATURE: key.sign(members[MANIFEST])}
+    contents.update({k: v for k, v in members.items() if k not in (MANIFEST, SIGNATURE)})
+    write_tar(path, contents)
+
+
+@dataclass(frozen=True)
+class ReleaseBuild:
+    message: dict[str, Any]
+    release: Release
+
+
+def make_release(bundle: Path, key_path: Path, url: str, expires_in: timedelta, rollout: float = 1.0,
+                 min_app_version: str | None = None, resign: bool = False,
+                 now: datetime | None = None) -> ReleaseBuild:
+    """Check that the bundle verifies with the key's public half (re-signing first if asked) and sign a release.
+
+    A `url` ending in `/` gets the bundle's file name appended.
+    """
+    bundle = Path(bundle)
+    if bundle.is_dir():
+        raise BundleError(f"{bundle} is a folder; a release ships one bundle file (.bundle tar)")
+    key = load_private_key(key_path)
+    if resign:
+        resign_bundle(bundle, key_path)
+    pub = {f"{Path(key_path).stem}.pub": key.public_key()}
+    try:
+        b = read_bundle(bundle, pub)
+    except BundleError as e:
+        raise BundleError(f"{e} (is it signed by {key_path}? pass --resign to sign it with this key)") from None
+    if url.endswith("/"):
+        url += bundle.name
+    data = bundle.read_bytes()
+    now = now or datetime.now(timezone.utc)
+    release = Release(
+        name=b.manifest.name,
+        version=b.manifest.version,
+        url=url,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        not_after=format_rfc3339(now + expires_in),
+        rollout=float(rollout),
+        min_app_version=min_app_version or b.manifest.min_app_version,
+    )
+    return ReleaseBuild(sign_release(release, key), release)
+
+
+def release_topic(store: str | None, prefix: str = "shelfscout") -> str:
+    from edge.topics import release_topic as topic
+
+    return topic(store, prefix)
+
+
+def publish_release(payload: bytes, broker_url: str, topic: str, *, ca_file: str | None = None,
+                    username: str | None = None, password: str | None = None, timeout_s: float = 15.0,
+                    clear: bool = False) -> None:
+    """Publish (or with `clear`, remove) a retained release with QoS 1 and wait for the broker's PUBACK."""
+    import paho.mqtt.client as mqtt
+
+    u = urlparse(broker_url)
+    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
+        raise ValueError(f"broker URL {broker_url!r} must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    tls = u.scheme in ("mqtts", "ssl")
+    port = u.port or (8883 if tls else 1883)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv311)
+    if tls:
+        client.tls_set(ca_certs=ca_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    if username or u.username:
+        client.username_pw_set(username or u.username, password or u.password)
+    connected = threading.Event()
+    failure: list[str] = []
+
+    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
+        if reason.is_failure:
+            failure.append(str(reason))
+        connected.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(u.hostname, port, keepalive=30)
+    except OSError as e:
+        raise ConnectionError(f"cannot reach the broker at {broker_url}: {e}") from None
+    client.loop_start()
+    try:
+        if not connected.wait(timeout_s):
+            raise ConnectionError(f"no CONNACK from {broker_url} within {timeout_s:g} s")
+        if failure:
+            raise ConnectionError(f"the broker refused the connection: {failure[0]}")
+        info = client.publish(topic, b"" if clear else payload, qos=1, retain=True)
+        info.wait_for_publish(timeout_s)
+        if not info.is_published():
+            raise ConnectionError(f"the broker did not acknowledge the release within {timeout_s:g} s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def message_bytes(message: dict[str, Any]) -> bytes:
+    return (json.dumps(message, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
+def key_id_of(key_path: Path) -> str:
+    return keyid(load_private_key(key_path).public_key())

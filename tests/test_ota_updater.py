@@ -1,0 +1,347 @@
+"""The device updater end to end on real signed bundles of real int8 models: happy path, rejection matrix,
+probation and rollback, and the start-up check."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.bundle import DEFAULT_BUNDLE
+from tests.test_ota_support import BundleServer, Device, tiny_models, wait_for
+
+
+@pytest.fixture(scope="module")
+def models(request: pytest.FixtureRequest) -> dict[str, bytes]:
+    return tiny_models(request.config)
+
+
+@pytest.fixture
+def dev(tmp_path: Path, models: dict[str, bytes]) -> Device:
+    return Device(tmp_path, models)
+
+
+def install_v1(dev: Device) -> Any:
+    """A device that already runs v1 (installed through the updater itself), out of probation."""
+    up = dev.updater()
+    out = up.apply_release(dev.release(dev.bundle(1)))
+    assert out.state == "probation", out
+    for _ in range(dev.cfg.ota.probation_frames):
+        up.observe_frame(5.0, True)
+    assert dev.states()[-1] == "active"
+    dev.reports.clear()
+    dev.swaps.clear()
+    return up
+
+
+def test_happy_path_v2_runs_and_every_step_is_reported(dev: Device) -> None:
+    up = install_v1(dev)
+    v1_dir = dev.current()
+    out = up.apply_release(dev.release(dev.bundle(2)))
+    assert out.state == "probation" and out.code is None
+    assert dev.current() is not None and dev.current().startswith("v2-")
+    assert os.readlink(dev.models_dir / "previous") == v1_dir
+    assert dev.swaps == [dev.models_dir / dev.current()]
+    assert dev.states() == ["downloading", "verifying", "smoke_testing", "switching", "probation"]
+    for _ in range(dev.cfg.ota.probation_frames):
+        up.observe_frame(4.0, True)
+    assert dev.states()[-1] == "active"
+    last = dev.reports[-1]
+    assert last["model"]["version"] == 2 and last["ota"]["version"] == 2 and last["ota"]["error"] is None
+    # the retained release comes again on every reconnect: nothing happens
+    n = len(dev.reports)
+    assert up.apply_release(dev.release(dev.pub_dir / "tiny-v2-ok.bundle")).state == "skipped"
+    assert len(dev.reports) == n
+    # a restart finds v2, verified
+    again = dev.updater()
+    assert again.active_bundle_path() == dev.models_dir / dev.current()
+    print(f"\nOTA v1->v2 apply (file:// source, incl. smoke-test child): {out.seconds:.2f} s")
+
+
+def test_publish_to_running_via_background_thread_and_polling(dev: Device) -> None:
+    install_v1(dev)
+    rel = dev.tmp / "release.json"
+    dev.with_ota(poll_url=rel.as_uri(), poll_interval_s=0.1, probation_frames=0)
+    up = dev.updater()
+    up.active_bundle_path()
+    up.start()
+    try:
+        t0 = time.monotonic()
+        rel.write_bytes(dev.release(dev.bundle(2)))
+        assert wait_for(lambda: "active" in dev.states(), timeout=30)
+        dt = time.monotonic() - t0
+        assert dev.current().startswith("v2-")
+        print(f"\nrelease file written -> v2 active (poll 0.1 s, file:// bundle): {dt:.2f} s")
+        t0 = time.monotonic()
+        up.on_release("shelfscout/fleet/model/release", dev.release(dev.bundle(3)))
+        assert wait_for(lambda: dev.current().startswith("v3-"), timeout=30)
+        print(f"on_release -> v3 active: {time.monotonic() - t0:.2f} s")
+    finally:
+        up.stop()
+
+
+# ---- rejection matrix: each case its own error, `current` unchanged -------------------------------------------------
+def _rejected(dev: Device, up: Any, payload: bytes, code: str) -> None:
+    before = dev.current()
+    out = up.apply_release(payload)
+    assert (out.state in ("rejected", "failed"), out.code) == (True, code), out
+    assert dev.current() == before
+    assert dev.reports[-1]["ota"]["state"] == out.state
+    assert dev.reports[-1]["ota"]["error"].startswith(code + ":")
+    assert dev.swaps == []
+
+
+def test_reject_unsigned_release(dev: Device) -> None:
+    import json
+
+    up = install_v1(dev)
+    msg = json.loads(dev.release(dev.bundle(2)))
+    del msg["sig"]
+    _rejected(dev, up, json.dumps(msg).encode(), "unsigned-release")
+
+
+def test_reject_unsigned_bundle(dev: Device) -> None:
+    up = install_v1(dev)
+    _rejected(dev, up, dev.release(dev.bundle(2, signed=False)), "unsigned-bundle")
+
+
+def test_reject_unknown_key(dev: Device) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    up = install_v1(dev)
+    stranger = Ed25519PrivateKey.generate()
+    _rejected(dev, up, dev.release(dev.bundle(2), key=stranger), "unknown-key")
+    # a trusted release pointing at a bundle signed by a stranger
+    _rejected(dev, up, dev.release(dev.bundle(2, key=stranger, out=dev.pub_dir / "s.bundle")),
+              "bundle-unknown-key")
+
+
+def test_reject_when_no_keys_configured(dev: Device) -> None:
+    up = install_v1(dev)
+    (dev.keys_dir / "release.pub").unlink()
+    _rejected(dev, up, dev.release(dev.bundle(2)), "no-keys")
+
+
+def test_reject_hash_mismatch_and_mix_and_match(dev: Device) -> None:
+    import dataclasses as dc
+    import hashlib
+    import json
+
+    up = install_v1(dev)
+    b2 = dev.bundle(2)
+    _rejected(dev, up, dev.release(b2, sha256=hashlib.sha256(b"other").hexdigest()), "hash-mismatch")
+    # mix-and-match: a validly signed v3 release whose url serves the (validly signed) v2 bundle
+    b3 = dev.bundle(3)
+    msg = json.loads(dev.release(b3))
+    v2 = json.loads(dev.release(b2))["release"]
+    from edge.ota.release import Release, sign_release
+
+    mixed = dc.replace(Release.from_dict(msg["release"]), sha256=v2["sha256"], size=v2["size"], url=v2["url"])
+    _rejected(dev, up, json.dumps(sign_release(mixed, dev.key)).encode(), "mismatch")
+
+
+@pytest.mark.parametrize("mode,code", [("truncated", "truncated"), ("extra", "too-long"),
+                                       ("extra-no-length", "too-long"), ("endless", "too-long"),
+                                       ("stalled", "stalled")])
+def test_reject_bad_downloads(dev: Device, mode: str, code: str) -> None:
+    up = install_v1(dev)
+    b2 = dev.bundle(2)
+    data = b2.read_bytes()
+    with BundleServer() as srv:
+        if mode == "truncated":
+            url = srv.add("b", data[:-100], "truncated")
+        elif mode == "extra":
+            url = srv.add("b", data + b"\0")
+        elif mode == "extra-no-length":
+            url = srv.add("b", data + b"\0", "no-length")
+        else:
+            url = srv.add("b", data, mode)
+        t0 = time.monotonic()
+        _rejected(dev, up, dev.release(b2, url=url), code)
+        assert time.monotonic() - t0 < 20
+    staged = list((dev.models_dir / "staging").iterdir())
+    if code == "too-long":
+        assert staged == []  # nothing of an overlong stream is kept
+    for p in staged:
+        assert p.stat().st_size <= len(data)
+
+
+def test_reject_downgrade_replay_and_expired(dev: Device) -> None:
+    up = install_v1(dev)
+    old_v2 = dev.release(dev.bundle(2))
+    assert up.apply_release(old_v2).state == "probation"
+    for _ in range(5):
+        up.observe_frame(3.0, True)
+    assert up.apply_release(dev.release(dev.bundle(3))).state == "probation"
+    for _ in range(5):
+        up.observe_frame(3.0, True)
+    dev.reports.clear()
+    dev.swaps.clear()
+    _rejected(dev, up, old_v2, "replay")  # the very same old announcement
+    _rejected(dev, up, dev.release(dev.bundle(1, out=dev.pub_dir / "v1b.bundle")), "downgrade")
+    _rejected(dev, up, dev.release(dev.bundle(4), expires_in=timedelta(seconds=-1)), "expired")
+    # same version number, different bundle
+    _rejected(dev, up, dev.release(dev.bundle(3, name="tiny", out=dev.pub_dir / "v3b.bundle",
+                                              created="other")), "conflict")
+    # downgrade protection survives a restart (state.json)
+    up2 = dev.updater()
+    up2.active_bundle_path()
+    dev.reports.clear()
+    _rejected(dev, up2, dev.release(dev.bundle(2, out=dev.pub_dir / "v2c.bundle", created="x")), "downgrade")
+
+
+def _evil_tar(path: Path, good: Path, kind: str) -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(good) as src, tarfile.open(path, "w") as dst:
+        for m in src.getmembers():
+            dst.addfile(m, src.extractfile(m))
+        if kind == "symlink":
+            info = tarfile.TarInfo("golden2.npz")
+            info.type = tarfile.SYMTYPE
+            info.linkname = "/etc/passwd"
+            dst.addfile(info)
+        else:
+            name = "../escape.txt" if kind == "dotdot" else "/tmp/shelfscout-ota-abs.txt"
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            dst.addfile(info, io.BytesIO(b"bad"))
+
+
+@pytest.mark.parametrize("kind,code", [("dotdot", "unsafe-path"), ("absolute", "unsafe-path"),
+                                       ("symlink", "unsafe-link")])
+def test_reject_unsafe_tar(dev: Device, kind: str, code: str) -> None:
+    up = install_v1(dev)
+    evil = dev.pub_dir / f"evil-{kind}.bundle"
+    _evil_tar(evil, dev.bundle(2), kind)
+    _rejected(dev, up, dev.release(evil), code)
+    assert not (dev.tmp / "escape.txt").exists() and not (dev.models_dir.parent / "escape.txt").exists()
+    assert not Path("/tmp/shelfscout-ota-abs.txt").exists()
+
+
+def test_reject_wrong_io(dev: Device) -> None:
+    from edge.bundle import TensorSpec
+    from edge.bundle import OutputSpec
+
+    up = install_v1(dev)
+    wrong = OutputSpec("gap-heatmap", (TensorSpec("heatmap", (1, 16, 16, 1), "int8"),), stride=2)
+    _rejected(dev, up, dev.release(dev.bundle(2, output=wrong)), "wrong-io")
+
+
+def test_reject_constant_output_model(dev: Device) -> None:
+    up = install_v1(dev)
+    _rejected(dev, up, dev.release(dev.bundle(2, kind="const")), "constant-output")
+    # and it is remembered: the same release is not tried again
+    _rejected(dev, up, dev.release(dev.pub_dir / "tiny-v2-const.bundle"), "failed-before")
+
+
+def test_reject_model_that_hangs_the_interpreter(dev: Device) -> None:
+    install_v1(dev)
+    up = dev.updater(smoke_timeout_s=4.0)
+    up.active_bundle_path()
+    _rejected(dev, up, dev.release(dev.bundle(2, kind="hang")), "smoke-hang")
+
+
+def test_reject_model_that_crashes_the_interpreter(dev: Device, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stand-in: LiteRT 2.x validated every malformed flatbuffer we tried, so the smoke-test child is told to die by
+    # SIGSEGV right after loading the model. The containment path (child killed by a signal) is the real one.
+    up = install_v1(dev)
+    monkeypatch.setenv("SHELFSCOUT_OTA_FAULT", "smoke-crash")
+    _rejected(dev, up, dev.release(dev.bundle(2)), "smoke-crash")
+    assert "SIGSEGV" in dev.reports[-1]["ota"]["error"]
+
+
+def test_not_in_rollout_or_app_too_old(dev: Device) -> None:
+    from edge.ota.policy import rollout_bucket
+
+    up = install_v1(dev)
+    bucket = rollout_bucket("cart-07", "tiny")
+    out = up.apply_release(dev.release(dev.bundle(2), rollout=bucket * 0.99))
+    assert out.state == "skipped" and dev.current().startswith("v1-")
+    _rejected(dev, up, dev.release(dev.bundle(2), min_app_version="99.0"), "app-too-old")
+    assert up.apply_release(dev.release(dev.bundle(2), rollout=min(1.0, bucket + 0.01))).state == "probation"
+
+
+# ---- probation and rollback ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("latency,ok,code", [(80.0, True, "probation-latency"), (4.0, False, "probation-garbage")])
+def test_probation_rolls_back(dev: Device, latency: float, ok: bool, code: str) -> None:
+    up = install_v1(dev)
+    v1 = dev.current()
+    assert up.apply_release(dev.release(dev.bundle(2))).state == "probation"
+    v2 = dev.current()
+    for _ in range(dev.cfg.ota.probation_frames):
+        up.observe_frame(latency, ok)
+    assert dev.current() == v1 and not (dev.models_dir / v2).exists()
+    assert dev.swaps[-1] == dev.models_dir / v1
+    last = dev.reports[-1]["ota"]
+    assert last["state"] == "rolled_back" and last["error"].startswith(code) and last["version"] == 2
+    assert dev.reports[-1]["model"]["version"] == 1
+    assert up.apply_release(dev.release(dev.pub_dir / "tiny-v2-ok.bundle")).code == "failed-before"
+    assert up.apply_release(dev.release(dev.bundle(3))).state == "probation"
+
+
+def test_load_failure_on_swap_rolls_back(dev: Device) -> None:
+    install_v1(dev)
+    v1 = dev.current()
+    calls: list[Path] = []
+
+    def swap(p: Path) -> None:
+        calls.append(p)
+        if p.name.startswith("v2-"):
+            raise RuntimeError("interpreter refused the model")
+
+    from edge.ota.updater import Updater
+
+    up = Updater(dev.cfg, report=dev.reports.append, swap=swap)
+    up.active_bundle_path()
+    out = up.apply_release(dev.release(dev.bundle(2)))
+    assert out.state == "rolled_back" and out.code == "load-failed"
+    assert dev.current() == v1 and calls[-1] == dev.models_dir / v1
+
+
+def test_restarts_during_probation_roll_back(dev: Device) -> None:
+    up = install_v1(dev)
+    v1 = dev.current()
+    up.apply_release(dev.release(dev.bundle(2)))
+    # the service dies (crash on the new model) and starts again: probation goes on; the second time: rollback
+    assert dev.updater().active_bundle_path().name.startswith("v2-")
+    assert dev.updater().active_bundle_path().name == v1
+    assert dev.reports[-1]["ota"]["state"] == "rolled_back"
+    assert dev.reports[-1]["ota"]["error"].startswith("probation-crash")
+
+
+# ---- start-up check ------------------------------------------------------------------------------------------------------
+def test_rotten_current_falls_back_to_previous(dev: Device) -> None:
+    up = install_v1(dev)
+    v1 = dev.current()
+    up.apply_release(dev.release(dev.bundle(2)))
+    for _ in range(5):
+        up.observe_frame(3.0, True)
+    model = dev.models_dir / dev.current() / "model.tflite"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x40  # one flipped bit on the SD card
+    model.write_bytes(bytes(data))
+    dev.reports.clear()
+    path = dev.updater().active_bundle_path()
+    assert path == dev.models_dir / v1 and dev.current() == v1
+    assert dev.reports[-1]["ota"]["state"] == "rolled_back"
+    assert dev.reports[-1]["ota"]["error"].startswith("rotten-current")
+
+
+def test_nothing_valid_means_builtin_default(dev: Device) -> None:
+    from edge.bundle import BundleError
+
+    up = install_v1(dev)
+    (dev.models_dir / dev.current() / "manifest.sig").write_bytes(b"\0" * 64)
+    if DEFAULT_BUNDLE.exists():
+        assert dev.updater().active_bundle_path() == DEFAULT_BUNDLE
+        assert dev.current() is None
+    else:  # the default bundle is built by the model helper; without it there is nothing valid to run
+        with pytest.raises(BundleError):
+            dev.updater().active_bundle_path()
+    del up
