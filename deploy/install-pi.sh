@@ -83,7 +83,7 @@ if [ "$DO_APT" = 1 ]; then
     log "apt: python3-venv, and python3-picamera2 where the Raspberry Pi archive provides it"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq python3-venv python3-pip ca-certificates
+    apt-get install -y -qq python3-venv ca-certificates
     if apt-cache show python3-picamera2 >/dev/null 2>&1; then
         apt-get install -y -qq --no-install-recommends python3-picamera2
     else
