@@ -139,7 +139,7 @@ def _place_gaps(plan: ShelfPlan, rng: Rand, n_gaps: int, lo: float, hi: float) -
             count = min(count, len(facings) - first)
             u = rng.random()
             look = LOOK_DARK if u < 0.45 else LOOK_BACK if u < 0.9 else LOOK_PUSHED
-            g = add_gap(plan, rng, bi, ri, first, count, look)
+            g = add_gap(plan, rng, bi, ri, first, count, look, keep=0)
             if g is None:
                 continue
             w = g.box[2] - g.box[0]

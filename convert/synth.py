@@ -309,6 +309,9 @@ _SIZES: dict[str, tuple[float, float, float, float]] = {
     "jar": (0.35, 0.6, 0.5, 0.9),
     "pack": (0.35, 0.8, 0.6, 0.9),
 }
+# row pitch (shelf to shelf, px at 416x416): ESD-like framing, and cart-camera close-ups
+_PITCH = (22.0, 54.0)
+_CLOSE_PITCH = (48.0, 96.0)
 _ROW_MIXES: tuple[tuple[str, ...], ...] = (
     ("box",),
     ("box", "box", "bottle"),
@@ -331,6 +334,8 @@ class Sku:
     sprite: np.ndarray
     mask: np.ndarray
     solid: bool = False  # mask is all True
+    layers: int = 1  # items stacked on top of each other in one facing
+    layer_h: int = 0  # height of one stacked item (px)
 
 
 @dataclass
@@ -383,6 +388,7 @@ class PlannedGap:
     dark: float  # darkening factor for dark / pushed looks
     deck: float  # fraction of the gap height showing the shelf deck (back look)
     pushed_scale: float
+    keep: int = 0  # stacked facings: bottom items left in place (0 = the whole facing is gone)
 
 
 @dataclass
@@ -429,7 +435,9 @@ def _edge_colour(rng: Rand) -> RGB:
     )
 
 
-def _fill_row(rng: Rand, row: Row, skus: list[Sku], pitch: float, kinds: tuple[str, ...]) -> None:
+def _fill_row(
+    rng: Rand, row: Row, skus: list[Sku], pitch: float, kinds: tuple[str, ...], stack_p: float = 0.45
+) -> None:
     inner = row.bottom - row.top
     x = row.x0 + int(rng.integers(0, max(1, int(pitch * 0.08)) + 1))
     gap_in = max(0.0, pitch * rng.uniform(0.0, 0.05))
@@ -451,8 +459,17 @@ def _fill_row(rng: Rand, row: Row, skus: list[Sku], pitch: float, kinds: tuple[s
             else:
                 break
         sku = len(skus)
-        spr, m = _SPRITES[kind](rng, w, h)
-        skus.append(Sku(spr, m, bool(m.all())))
+        if kind in ("box", "bag") and not row.hanging and rng.random() < stack_p and inner >= 12:
+            layers = 2 if rng.random() < 0.65 else 3
+            lh = max(4, int(inner * rng.uniform(0.8, 0.97) / layers))
+            item, im = _SPRITES[kind](rng, w, lh)
+            item[-1] = (item[-1] * 0.55).astype(np.uint8)  # the seam between stacked packs
+            spr, m = np.concatenate([item] * layers, 0), np.concatenate([im] * layers, 0)
+            skus.append(Sku(spr, m, bool(m.all()), layers, lh))
+            h = layers * lh
+        else:
+            spr, m = _SPRITES[kind](rng, w, h)
+            skus.append(Sku(spr, m, bool(m.all())))
         tag_col = (255, 230, 40) if rng.random() < 0.35 else (248, 248, 244)
         row.tags.append((x, max(3, int(pitch * rng.uniform(0.25, 0.45))), tag_col))
         for _ in range(n):
@@ -540,8 +557,11 @@ def add_gap(
     first: int,
     count: int,
     look: str | None = None,
+    keep: int | None = None,
 ) -> PlannedGap | None:
-    """Leave facings [first, first+count) of a row empty; returns None when they overlap or touch another gap."""
+    """Leave facings [first, first+count) of a row empty; returns None when they overlap or touch another gap.
+
+    For stacked facings (one SKU, several items high), `keep` bottom items may stay (None: random, 0: none)."""
     rng = as_rand(rng_in)
     r = plan.bays[bay].rows[row]
     if count < 1 or first < 0 or first + count > len(r.facings):
@@ -559,12 +579,18 @@ def add_gap(
         raise ValueError(f"unknown gap look {look!r}")
     x0 = r.facings[first - 1].right(plan.skus) if first > 0 else r.x0
     x1 = r.facings[first + count].x if first + count < len(r.facings) else r.x1
+    fs = r.facings[first : first + count]
+    sku0 = plan.skus[fs[0].sku]
+    stacked = sku0.layers > 1 and all(f.sku == fs[0].sku for f in fs)
+    if keep is None:
+        keep = rng.integers(1, sku0.layers) if stacked and look != LOOK_PUSHED and rng.random() < 0.7 else 0
+    if keep and (not stacked or not 0 < keep < sku0.layers):
+        raise ValueError(f"cannot keep {keep} items of facings {first}..{first + count - 1}")
     if r.hanging:
-        fs = r.facings[first : first + count]
         y0 = float(min(f.y for f in fs)) - max(1.0, plan.pitch * 0.05)
         y1 = float(max(f.y + plan.skus[f.sku].sprite.shape[0] for f in fs))
     else:
-        y0, y1 = float(r.top), float(r.bottom)
+        y0, y1 = float(r.top), float(r.bottom - keep * sku0.layer_h)
     g = PlannedGap(
         bay,
         row,
@@ -581,6 +607,7 @@ def add_gap(
         ),
         float(rng.uniform(0.1, 0.4)),
         float(rng.uniform(0.72, 0.9)),
+        keep,
     )
     plan.gaps.append(g)
     return g
@@ -703,9 +730,11 @@ def paint_shelves(
         sx, sy, sw, sh, sc = plan.sign
         cv2.rectangle(img, (sx, sy), (sx + sw, sy + sh), sc, -1)
     open_gaps = [(k, g) for k, g in enumerate(plan.gaps) if k not in filled]
-    removed: dict[tuple[int, int], set[int]] = {}
+    removed: dict[tuple[int, int], dict[int, int]] = {}  # (bay, row) -> {facing: items kept}
     for _, g in open_gaps:
-        removed.setdefault((g.bay, g.row), set()).update(range(g.first, g.first + g.count))
+        d = removed.setdefault((g.bay, g.row), {})
+        for fi in range(g.first, g.first + g.count):
+            d[fi] = g.keep
     for bi, bay in enumerate(plan.bays):
         bx0, bx1 = max(0, bay.x0), min(W, bay.x1)
         if bx1 <= bx0:
@@ -726,15 +755,20 @@ def paint_shelves(
             img[max(0, kb) : min(H, plan.floor_y), bx0:bx1] = _scale(bay.rows[-1].edge_colour, 0.8)
         prof = np.ones(H, np.float32)
         for ri, row in enumerate(bay.rows):
-            gone = removed.get((bi, ri), set())
+            gone = removed.get((bi, ri), {})
             for k, g in open_gaps:
                 if g.bay == bi and g.row == ri:
                     _paint_gap(img, plan, row, g, gmask, k)
             for fi, f in enumerate(row.facings):
-                if fi in gone:
-                    continue
                 s = plan.skus[f.sku]
-                _paste(img, s.sprite, s.mask, f.x, f.y, pmask, s.solid)
+                kept = gone.get(fi, -1)
+                if kept == 0:
+                    continue
+                if kept > 0:  # only the bottom items of a stack are left
+                    cut = (s.layers - kept) * s.layer_h
+                    _paste(img, s.sprite[cut:], s.mask[cut:], f.x, f.y + cut, pmask, s.solid)
+                else:
+                    _paste(img, s.sprite, s.mask, f.x, f.y, pmask, s.solid)
             # shadow under the shelf above, over back and products alike
             inner = row.bottom - row.top
             y0c, y1c = max(0, row.top), min(H, row.bottom)
@@ -790,7 +824,7 @@ def _paint_gap(
         prof = np.linspace(0.55, 1.0, h, dtype=np.float32) * g.dark
         _mul(img, x0, y0, x1, y1, prof)
     elif g.look == LOOK_BACK:
-        dh = int(round((g.box[3] - g.box[1]) * g.deck))
+        dh = int(round((g.box[3] - g.box[1]) * g.deck)) if g.keep == 0 else 0
         if dh > 0:  # the shelf deck seen in front of the back panel
             d0 = max(0, int(round(g.box[3])) - dh)
             deck = _scale(row.edge_colour, 0.75) if sum(row.edge_colour) > 300 else (150, 150, 150)
@@ -870,14 +904,34 @@ def _camera_effects(rng: Rand, img: np.ndarray) -> np.ndarray:
 
 
 def _transform_boxes(boxes: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """Map pixel-edge boxes (pixel i spans [i, i+1)) through a warp matrix that uses OpenCV's pixel-centre
+    convention (pixel i is centred at i); returns the warped quads (N, 4, 2)."""
     if len(boxes) == 0:
-        return np.zeros((0, 4), np.float32)
+        return np.zeros((0, 4, 2), np.float32)
     x0, y0, x1, y1 = boxes.T
     pts = np.stack(
         [np.stack([x0, y0], 1), np.stack([x1, y0], 1), np.stack([x1, y1], 1), np.stack([x0, y1], 1)], 1
     )
-    out = cv2.perspectiveTransform(pts.reshape(-1, 1, 2).astype(np.float64), M).reshape(-1, 4, 2)
-    return np.concatenate([out.min(1), out.max(1)], 1).astype(np.float32)
+    out = cv2.perspectiveTransform(pts.reshape(-1, 1, 2).astype(np.float64) - 0.5, M).reshape(-1, 4, 2) + 0.5
+    return out.astype(np.float32)
+
+
+def _clip_quads(quads: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bounding boxes of each quad's part inside the image, and the share of the quad's area that is inside."""
+    frame = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float32)
+    boxes = np.zeros((len(quads), 4), np.float32)
+    frac = np.zeros(len(quads), np.float32)
+    for i, q in enumerate(quads):
+        full = abs(cv2.contourArea(q))
+        if full <= 0:
+            continue
+        inside, poly = cv2.intersectConvexConvex(q, frame)
+        if inside <= 0 or poly is None:
+            continue
+        poly = poly.reshape(-1, 2)
+        boxes[i] = (*poly.min(0), *poly.max(0))
+        frac[i] = inside / full
+    return boxes, frac
 
 
 def render_sample(
@@ -890,7 +944,10 @@ def render_sample(
     s = min(width, height) / 416.0
     m = int(round(0.08 * max(width, height)))
     cw, ch = width + 2 * m, height + 2 * m
-    plan = plan_shelves(rng, cw, ch, pitch_range=(22.0 * s, 54.0 * s))
+    # mostly ESD-like framing (many rows, small gaps); some close-ups like a cart camera a metre from the shelf
+    close = rng.random() < 0.1
+    lo, hi = _CLOSE_PITCH if close else _PITCH
+    plan = plan_shelves(rng, cw, ch, pitch_range=(lo * s, hi * s))
     add_random_gaps(plan, rng, _sample_gap_count(rng), (m, m, m + width, m + height))
     canvas, gmask, pmask = paint_shelves(plan, debug=debug)
     # mild homography: jitter the source quad inside the margin, squash it onto the output
@@ -910,27 +967,24 @@ def render_sample(
         canvas, M, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
     raw = np.array([g.box for g in plan.gaps], np.float32).reshape(-1, 4)
-    tb = _transform_boxes(raw, M)
-    clipped = tb.copy()
-    clipped[:, [0, 2]] = np.clip(clipped[:, [0, 2]], 0, width)
-    clipped[:, [1, 3]] = np.clip(clipped[:, [1, 3]], 0, height)
-    area = np.maximum(0, tb[:, 2] - tb[:, 0]) * np.maximum(0, tb[:, 3] - tb[:, 1])
-    carea = np.maximum(0, clipped[:, 2] - clipped[:, 0]) * np.maximum(0, clipped[:, 3] - clipped[:, 1])
+    raw[:, [0, 2]] = np.clip(raw[:, [0, 2]], 0, cw)  # what was drawn: gaps are clipped to the canvas
+    raw[:, [1, 3]] = np.clip(raw[:, [1, 3]], 0, ch)
+    clipped, visible = _clip_quads(_transform_boxes(raw, M), width, height)
     min_side = 4.0 * s
     keep = (
-        (carea >= 0.5 * np.maximum(area, 1e-6))
+        (visible >= 0.5)
         & (clipped[:, 2] - clipped[:, 0] >= min_side)
         & (clipped[:, 3] - clipped[:, 1] >= min_side)
     )
     gm_out = pm_out = None
     if debug and gmask is not None and pmask is not None:
-        gm = cv2.warpPerspective(gmask, M, (width, height), flags=cv2.INTER_NEAREST, borderValue=0)
+        # one label image (gap k -> k+1, product -> -1), warped once so both masks sample the same pixels
+        lab = np.where(pmask, np.int16(-1), gmask).astype(np.int16)
+        wl = cv2.warpPerspective(lab, M, (width, height), flags=cv2.INTER_NEAREST, borderValue=0)
         lut = np.zeros(len(plan.gaps) + 1, np.int16)
         lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int16)
-        gm_out = lut[gm]
-        pm_out = cv2.warpPerspective(
-            pmask.astype(np.uint8), M, (width, height), flags=cv2.INTER_NEAREST, borderValue=0
-        ).astype(bool)
+        gm_out = lut[np.maximum(wl, 0)]
+        pm_out = wl < 0
     img = _camera_effects(rng, img)
     looks = [g.look for g, k in zip(plan.gaps, keep, strict=True) if k]
     return Sample(img, clipped[keep].astype(np.float32).reshape(-1, 4), gm_out, pm_out, looks)

@@ -19,7 +19,7 @@ from convert.synth import (
 from edge.cli import main as cli_main
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(24))
 def test_boxes_cover_exactly_the_drawn_gaps(seed: int) -> None:
     s = render_sample(sample_rng(100, seed), debug=True)
     assert s.gap_mask is not None and s.product_mask is not None
