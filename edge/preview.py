@@ -4,9 +4,9 @@ The pipeline calls `offer()` on every frame; that only stores references. JPEG e
 the HTTP handler threads, at most `max_fps` times a second and only while a `/stream.mjpg` client is connected (or a
 `/snapshot.jpg` / `/status.json` request asks for them), so an unwatched preview costs the pipeline nothing.
 
-`info` keys the page shows when present: `fps`, `inference_ms`, `model` (name), `model_version`, `outbox_depth`,
-`dropped`, `state`, `device`, `store`; `shift_px_per_frame`, `exposure_s` and `frame_interval_s` feed the hints. Any
-other JSON-friendly key is passed through to `/status.json`.
+`info` keys the page shows when present: `fps`, `inference_ms`, `model` (a name, or "name vN"), `model_version`,
+`outbox_depth`, `dropped`, `state` (or `status`), `device`, `store`; `shift_px_per_frame` (or `shift_px`),
+`exposure_s` and `frame_interval_s` feed the hints. Any other JSON-friendly key is passed through to `/status.json`.
 """
 
 from __future__ import annotations
@@ -73,6 +73,14 @@ def _fmt(v: Any, digits: int = 1) -> str:
     return str(v)
 
 
+def model_label(info: dict[str, Any]) -> str:
+    """"shelfgap v3" from `model` and `model_version`, or `model` alone when it already carries the version."""
+    name, version = info.get("model"), info.get("model_version")
+    if name is None:
+        return "model ?" if version is None else f"model v{version}"
+    return f"{name} v{version}" if version is not None else str(name)
+
+
 def annotate(frame_rgb: np.ndarray, gaps: Sequence[Gap], tracks: Sequence[Any], info: dict[str, Any],
              max_width: int = 960) -> np.ndarray:
     """Draw gaps (red, with score), tracks (id; confirmed ones thicker) and a HUD line. Returns a BGR image."""
@@ -113,9 +121,8 @@ def annotate(frame_rgb: np.ndarray, gaps: Sequence[Gap], tracks: Sequence[Any], 
         cv2.putText(img, label, (p0[0] + 2, ty - 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1,
                     cv2.LINE_AA)
 
-    hud = (f"{_fmt(info.get('fps'))} fps  |  {_fmt(info.get('inference_ms'))} ms  |  "
-           f"{info.get('model', 'model')} v{_fmt(info.get('model_version'))}  |  outbox {_fmt(info.get('outbox_depth'))}"
-           f"  |  gaps {len(gaps)}")
+    hud = (f"{_fmt(info.get('fps'))} fps  |  {_fmt(info.get('inference_ms'))} ms  |  {model_label(info)}  |  "
+           f"outbox {_fmt(info.get('outbox_depth'))}  |  gaps {len(gaps)}")
     (_, th), _ = cv2.getTextSize(hud, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
     band = img[: th + 12]
     band[:] = (band.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken the strip under the HUD
@@ -260,7 +267,7 @@ class PreviewServer:
             exp_s, interval_s = o.info.get("exposure_s"), o.info.get("frame_interval_s")
             if isinstance(exp_s, (int, float)) and isinstance(interval_s, (int, float)) and interval_s > 0:
                 exposure = Exposure(float(exp_s), float(interval_s))
-            shift = o.info.get("shift_px_per_frame")
+            shift = o.info.get("shift_px_per_frame", o.info.get("shift_px"))
             hints = mounting_hints(o.frame, float(shift) if isinstance(shift, (int, float)) else None, exposure)
             self._hints = (now, hints)
             return hints
@@ -421,10 +428,12 @@ async function tick() {
     const s = await r.json(); const i = s.info || {};
     document.getElementById("fps").textContent = fmt(i.fps, 1);
     document.getElementById("ms").textContent = fmt(i.inference_ms, 0);
-    document.getElementById("model").textContent = i.model_version != null ? "v" + i.model_version : "–";
-    document.getElementById("modelname").textContent = "model " + (i.model || "");
+    const named = /^(.*) v(\\d+)$/.exec(i.model || "");
+    const version = i.model_version != null ? i.model_version : (named ? named[2] : null);
+    document.getElementById("model").textContent = version != null ? "v" + version : "–";
+    document.getElementById("modelname").textContent = "model " + (named ? named[1] : (i.model || ""));
     document.getElementById("outbox").textContent = fmt(i.outbox_depth, 0);
-    document.getElementById("state").textContent = i.state || (s.has_frame ? "running" : "no frames");
+    document.getElementById("state").textContent = i.state || i.status || (s.has_frame ? "running" : "no frames");
     if (i.device) document.getElementById("who").textContent = i.device + (i.store ? " @ " + i.store : "");
     const ul = document.getElementById("hints"); ul.textContent = "";
     const hints = s.hints || [];

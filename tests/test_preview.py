@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.preview import BOUNDARY, PreviewServer, parse_bind
+from edge.preview import BOUNDARY, PreviewServer, model_label, parse_bind
 from edge.tracker import TrackView
 from edge.types import Gap
 from tests.test_hints import draw_shelf
@@ -96,6 +96,12 @@ def test_port_zero_binds_loopback_and_reports_the_port(server: PreviewServer) ->
     assert 'name="viewport"' in page and "/stream.mjpg" in page and "/status.json" in page
     # Only on loopback: the same port on another local address is not served.
     assert server._httpd is not None and server._httpd.server_address[0] == "127.0.0.1"
+
+
+def test_model_label_accepts_both_shapes() -> None:
+    assert model_label({"model": "shelfgap", "model_version": 3}) == "shelfgap v3"
+    assert model_label({"model": "shelfgap v3"}) == "shelfgap v3"
+    assert model_label({}) == "model ?"
 
 
 def test_bind_must_name_a_host() -> None:

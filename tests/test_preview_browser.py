@@ -15,7 +15,7 @@ from edge.preview import PreviewServer
 from edge.tracker import TrackView
 from edge.types import Gap
 from tests.test_hints import shelf_images
-from tests.test_preview import INFO, Feeder
+from tests.test_preview import Feeder
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img" / "preview.png"
@@ -63,7 +63,10 @@ def test_preview_page_in_headless_chromium(tmp_path: Path) -> None:
     name, frame, gaps, tracks = tilted_scene(8.0)
     p = PreviewServer("127.0.0.1:0", max_fps=10).start()
     try:
-        with Feeder(p, frame, dict(INFO, state="running"), gaps=gaps, tracks=tracks):
+        # The info as edge/app.py's preview observer sends it: the model as "name vN", `status`, `shift_px`.
+        info = {"fps": 14.2, "inference_ms": 31.5, "model": "shelfgap v3", "outbox_depth": 2, "status": "online",
+                "shift_px": 4.0, "dropped": 0}
+        with Feeder(p, frame, info, gaps=gaps, tracks=tracks):
             shot = tmp_path / "preview.png"
             r = _chromium(p.url, tmp_path, f"--screenshot={shot}")
             assert r.returncode == 0, r.stderr[-2000:]
@@ -77,7 +80,8 @@ def test_preview_page_in_headless_chromium(tmp_path: Path) -> None:
     assert streamed >= 2, f"only {streamed} stream frames reached the browser"
     # Its script fetched /status.json and filled in the numbers and the mounting hint.
     html = dom.stdout
-    assert ">14.2<" in html and ">v3<" in html and ">32<" in html
+    assert ">14.2<" in html and ">v3<" in html and ">32<" in html and ">model shelfgap<" in html
+    assert ">online<" in html
     assert "Shelf edges slope" in html and "level the camera" in html
     assert 'data-code="tilted"' in html
 
