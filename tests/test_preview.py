@@ -217,3 +217,17 @@ def test_stop_ends_streams_and_frees_the_port() -> None:
         assert ended.wait(5), "the stream client was not disconnected by stop()"
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass
+
+
+def test_ipv6_loopback_bind() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 in this Python")
+    try:
+        p = PreviewServer("[::1]:0").start()
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    try:
+        assert p.url == f"http://[::1]:{p.port}/"
+        assert _get(p.url + "status.json")[0] == 200
+    finally:
+        p.stop()
