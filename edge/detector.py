@@ -248,7 +248,11 @@ class Detector:
 
     def decode(self, orig_w: int, orig_h: int) -> list[Gap]:
         """The gaps in the current outputs, with boxes scaled to an original image of orig_w x orig_h pixels."""
-        boxes, scores = self._decode_fn(self.outputs(), self.manifest, self.score_threshold)
+        return self.decode_outputs(self.outputs(), orig_w, orig_h)
+
+    def decode_outputs(self, outputs: dict[str, np.ndarray], orig_w: int, orig_h: int) -> list[Gap]:
+        """Decode outputs copied earlier (the pipeline decodes frame k while frame k+1 is being invoked)."""
+        boxes, scores = self._decode_fn(outputs, self.manifest, self.score_threshold)
         w, h = self.input_size
         sx, sy = orig_w / w, orig_h / h
         return [

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import numpy as np
 
 from edge.stats import PipelineStats
 from edge.types import AlertEvent, Frame, Gap
@@ -92,8 +95,28 @@ class ModelSlot:
 
 
 @dataclass
+class _Inferred:
+    """One frame after the model ran: what the post-processing stage needs, copied off the interpreter."""
+
+    frame: Frame
+    detector: GapDetector
+    outputs: dict[str, Any]
+    preprocess_ms: float
+    invoke_ms: float
+    t0: float
+
+
+_END = object()
+
+
+@dataclass
 class Pipeline:
-    """Runs the loop on the calling thread until `stop` is set or a finite feed has ended."""
+    """Runs the loop until `stop` is set or a finite feed has ended.
+
+    Two stages overlap: the calling thread preprocesses and invokes frame k+1 (the runtime releases the GIL) while
+    a post-processing thread decodes, tracks and commits the alerts of frame k. The queue between them holds at
+    most `depth` frames, so no backlog builds up: the capture thread still drops what the model cannot keep up with.
+    """
 
     feed: FrameFeed
     slot: ModelSlot
@@ -102,17 +125,27 @@ class Pipeline:
     observers: list[FrameObserver] = field(default_factory=list)
     stats: PipelineStats = field(default_factory=PipelineStats)
     paused: threading.Event = field(default_factory=threading.Event)
+    depth: int = 2
 
     def step(self, frame: Frame) -> list[Gap]:
-        """Process one frame end to end; returns the gaps the model found."""
+        """Process one frame end to end on the calling thread; returns the gaps the model found."""
+        return self._post(self._infer(frame))
+
+    def _infer(self, frame: Frame) -> _Inferred:
         det = self.slot.current()
-        h, w = frame.image.shape[:2]
         t0 = time.perf_counter()
         det.preprocess(frame.image)
         t1 = time.perf_counter()
         det.invoke()
+        outs = _copy_outputs(det)
         t2 = time.perf_counter()
-        gaps = det.decode(w, h)
+        return _Inferred(frame, det, outs, (t1 - t0) * 1e3, (t2 - t1) * 1e3, t0)
+
+    def _post(self, item: _Inferred) -> list[Gap]:
+        frame = item.frame
+        h, w = frame.image.shape[:2]
+        t2 = time.perf_counter()
+        gaps = _decode(item.detector, item.outputs, w, h)
         t3 = time.perf_counter()
         events = self.tracker.update(frame, gaps)
         if events:
@@ -127,13 +160,14 @@ class Pipeline:
         s.frames += 1
         s.dropped += frame.dropped_before
         s.fps.tick()
-        s.preprocess.add((t1 - t0) * 1e3)
-        s.invoke.add((t2 - t1) * 1e3)
+        s.preprocess.add(item.preprocess_ms)
+        s.invoke.add(item.invoke_ms)
         s.decode.add((t3 - t2) * 1e3)
         s.track.add((t4 - t3) * 1e3)
-        s.total.add((t4 - t0) * 1e3)
+        s.total.add((t4 - item.t0) * 1e3)
         s.model_swaps = self.slot.swaps
-        result = FrameResult((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3, len(events))
+        ok = all(bool(np.isfinite(v).all()) for v in item.outputs.values())
+        result = FrameResult(item.preprocess_ms, item.invoke_ms, (t3 - t2) * 1e3, (t4 - t3) * 1e3, len(events), ok)
         for obs in self.observers:
             try:
                 obs.on_frame(frame, gaps, result)
@@ -142,17 +176,67 @@ class Pipeline:
         return gaps
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            frame = self.feed.latest(timeout=0.5)
-            if frame is None:
-                if self.feed.ended:
-                    log.info("source ended after %d frames", self.stats.frames)
+        q: queue.Queue[Any] = queue.Queue(maxsize=self.depth)
+        failure: list[BaseException] = []
+
+        def post_loop() -> None:
+            while True:
+                item = q.get()
+                if item is _END:
                     return
-                continue
-            if self.paused.is_set():
-                self.stats.dropped += frame.dropped_before
-                continue
-            self.step(frame)
+                try:
+                    self._post(item)
+                except BaseException as e:  # surfaced on the inference thread, which then stops
+                    failure.append(e)
+                    stop.set()
+                    return
+
+        post = threading.Thread(target=post_loop, name="postprocess", daemon=True)
+        post.start()
+        try:
+            while not stop.is_set():
+                frame = self.feed.latest(timeout=0.5)
+                if frame is None:
+                    if self.feed.ended:
+                        log.info("source ended after %d frames", self.stats.frames + q.qsize())
+                        break
+                    continue
+                if self.paused.is_set():
+                    self.stats.dropped += frame.dropped_before
+                    continue
+                item = self._infer(frame)
+                while post.is_alive():
+                    try:
+                        q.put(item, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+        finally:
+            # let the post stage finish every frame already inferred: their alerts must be committed
+            while post.is_alive():
+                try:
+                    q.put(_END, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            post.join()
+        if failure:
+            raise failure[0]
+
+
+def _copy_outputs(det: Any) -> dict[str, Any]:
+    """The dequantized outputs, copied, so the next invoke cannot overwrite them before they are decoded."""
+    outputs = getattr(det, "outputs", None)
+    if outputs is None:
+        return {}
+    return {k: np.array(v, copy=True) for k, v in outputs().items()}
+
+
+def _decode(det: Any, outputs: dict[str, Any], w: int, h: int) -> list[Gap]:
+    fn = getattr(det, "decode_outputs", None)
+    if fn is not None and outputs:
+        return list(fn(outputs, w, h))
+    return list(det.decode(w, h))
 
 
 class MemorySource:
