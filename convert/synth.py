@@ -312,6 +312,8 @@ _SIZES: dict[str, tuple[float, float, float, float]] = {
 # row pitch (shelf to shelf, px at 416x416): ESD-like framing, and cart-camera close-ups
 _PITCH = (22.0, 54.0)
 _CLOSE_PITCH = (48.0, 96.0)
+_STACK_P = 0.55  # share of box/bag SKUs stacked 2-3 items high
+_PARTIAL_P = 0.7  # share of gaps in stacked facings that leave the bottom items in place
 _ROW_MIXES: tuple[tuple[str, ...], ...] = (
     ("box",),
     ("box", "box", "bottle"),
@@ -436,9 +438,11 @@ def _edge_colour(rng: Rand) -> RGB:
 
 
 def _fill_row(
-    rng: Rand, row: Row, skus: list[Sku], pitch: float, kinds: tuple[str, ...], stack_p: float = 0.45
+    rng: Rand, row: Row, skus: list[Sku], pitch: float, kinds: tuple[str, ...], stack_p: float | None = None
 ) -> None:
     inner = row.bottom - row.top
+    if stack_p is None:
+        stack_p = _STACK_P
     x = row.x0 + int(rng.integers(0, max(1, int(pitch * 0.08)) + 1))
     gap_in = max(0.0, pitch * rng.uniform(0.0, 0.05))
     gap_run = max(0.0, pitch * rng.uniform(0.0, 0.08))
@@ -583,7 +587,11 @@ def add_gap(
     sku0 = plan.skus[fs[0].sku]
     stacked = sku0.layers > 1 and all(f.sku == fs[0].sku for f in fs)
     if keep is None:
-        keep = rng.integers(1, sku0.layers) if stacked and look != LOOK_PUSHED and rng.random() < 0.7 else 0
+        keep = (
+            rng.integers(1, sku0.layers)
+            if stacked and look != LOOK_PUSHED and rng.random() < _PARTIAL_P
+            else 0
+        )
     if keep and (not stacked or not 0 < keep < sku0.layers):
         raise ValueError(f"cannot keep {keep} items of facings {first}..{first + count - 1}")
     if r.hanging:
