@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
