@@ -123,7 +123,7 @@ def time_models(models: dict[str, bytes], threads: int, runs: int, frame: np.nda
     for name in models:
         a = np.asarray(ms[name])
         info = infos[name]
-        out[name] = {"p50_ms": round(float(np.percentile(a, 50)), 3), "p95_ms": round(float(np.percentile(a, 95)), 3),
+        out[name] = {"min_ms": round(float(a.min()), 3), "p50_ms": round(float(np.percentile(a, 50)), 3), "p95_ms": round(float(np.percentile(a, 95)), 3),
                      "mean_ms": round(float(a.mean()), 3), "runtime": f"{info.name} {info.version}",
                      "xnnpack": info.xnnpack, "threads": info.threads, "model_bytes": len(models[name])}
     return out
@@ -161,15 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     label = f"{bundle.manifest.name} v{bundle.manifest.version}"
     res = time_models({"ssdlite_mobilenetv2_300": ssd, label: bundle.model_bytes}, args.threads, args.runs, frame)
     ratio = res[label]["p50_ms"] / res["ssdlite_mobilenetv2_300"]["p50_ms"]
-    report = {"models": res, "default_over_ssdlite_p50": round(ratio, 4), "target": 0.25, "meets_target": ratio <= 0.25,
+    ratio_min = res[label]["min_ms"] / res["ssdlite_mobilenetv2_300"]["min_ms"]
+    report = {"models": res, "default_over_ssdlite_p50": round(ratio, 4), "default_over_ssdlite_min": round(ratio_min, 4),
+              "target": 0.25, "meets_target": ratio <= 0.25,
               "runs": args.runs, "threads": args.threads, "ssdlite_build_or_load_s": round(build_s, 1)}
     if args.json:
         print(json.dumps(report))
     else:
         for name, r in res.items():
-            print(f"{name:<28} p50 {r['p50_ms']:8.2f} ms  p95 {r['p95_ms']:8.2f} ms  {r['model_bytes'] / 1e6:.2f} MB  "
+            print(f"{name:<28} min {r['min_ms']:7.2f} ms  p50 {r['p50_ms']:8.2f} ms  p95 {r['p95_ms']:8.2f} ms  {r['model_bytes'] / 1e6:.2f} MB  "
                   f"{r['runtime']}, XNNPACK {r['xnnpack']}, {r['threads']} threads")
-        print(f"default / SSDLite latency (p50) = {ratio:.3f}  (target <= 0.25: {'met' if ratio <= 0.25 else 'NOT met'})")
+        print(f"default / SSDLite latency: p50 {ratio:.3f}, min {ratio_min:.3f}  "
+              f"(target <= 0.25 at p50: {'met' if ratio <= 0.25 else 'NOT met'}; min is the less load-sensitive figure)")
     return 0
 
 
