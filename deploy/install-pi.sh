@@ -141,11 +141,18 @@ fi
 
 # ---- the venv ----------------------------------------------------------------------------------------------------
 # --system-site-packages: picamera2 and libcamera's Python bindings come from apt (python3-picamera2).
-if [ ! -x "$VENV/bin/python" ]; then
-    log "creating the venv $VENV ($("$PYTHON" --version 2>&1))"
+# A venv is tied to one Python: after an OS upgrade (Bookworm 3.11 -> Trixie 3.13) it is rebuilt.
+want="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+have="$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)"
+if [ "$have" != "$want" ]; then
+    if [ -e "$VENV" ]; then
+        log "rebuilding the venv $VENV (Python ${have:-broken} -> $want)"
+        rm -rf "$VENV"
+    fi
+    log "creating the venv $VENV (Python $want)"
     "$PYTHON" -m venv --system-site-packages "$VENV"
 else
-    log "keeping the venv $VENV"
+    log "keeping the venv $VENV (Python $have)"
 fi
 
 if [ "$DO_PIP" = 1 ]; then

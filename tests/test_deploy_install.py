@@ -148,3 +148,19 @@ def test_bad_options_fail_with_one_line(tmp_path: Path) -> None:
     r = subprocess.run(["bash", str(SCRIPT), "--prefix", str(tmp_path), "--source", str(tmp_path)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "not a shelfscout source tree" in r.stderr
+
+
+def test_a_stale_venv_is_rebuilt(tmp_path: Path) -> None:
+    """After an OS upgrade the venv's Python is gone: the installer notices and rebuilds it (without pip here)."""
+    first = run_installer(tmp_path, "--no-pip")
+    assert first.returncode == 0, first.stderr
+    py = tmp_path / "opt/shelfscout/venv/bin/python"
+    py.unlink()
+    py.symlink_to("/usr/bin/python3.0-gone")  # what an upgraded OS leaves behind
+    (tmp_path / "opt/shelfscout/venv/stale-marker").write_text("x")
+    second = run_installer(tmp_path, "--no-pip")
+    assert second.returncode == 0, second.stderr
+    assert "rebuilding the venv" in second.stdout
+    assert not (tmp_path / "opt/shelfscout/venv/stale-marker").exists()
+    r = subprocess.run([str(py), "-c", "print('ok')"], capture_output=True, text=True, timeout=30)
+    assert r.stdout.strip() == "ok"
