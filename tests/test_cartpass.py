@@ -126,8 +126,11 @@ def test_gap_boxes_land_on_gap_pixels(rendered: tuple[Aisle, CartPass, list[np.n
             ox, oy = max(0, xi0 - 10), max(0, yi0 - 10)
             cols = np.nonzero(diff[yi0:yi1, ox : xi1 + 10].mean(axis=0) > 0.25)[0] + ox
             rows = np.nonzero(diff[oy : yi1 + 10, xi0:xi1].mean(axis=1) > 0.25)[0] + oy
-            assert abs(cols.min() - x0) <= 4 and abs(cols.max() + 1 - x1) <= 4, (t.index, g, cols)
+            # (restocked products may leave their usual spacing to the neighbours, so not every column differs)
+            assert cols.min() >= x0 - 4 and cols.max() + 1 <= x1 + 4, (t.index, g, cols)
+            assert len(cols) >= 0.7 * (x1 - x0), (t.index, g, cols)
             assert rows.min() >= y0 - 4 and rows.max() + 1 <= y1 + 4, (t.index, g, rows)
+            assert len(rows) >= 0.5 * (y1 - y0), (t.index, g, rows)
             checked += 1
     assert checked >= 20
 
