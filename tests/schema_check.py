@@ -87,6 +87,7 @@ class ValidatingSubscriber:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *a: self.connected.clear()
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self._props = None
         if self.protocol == mqtt.MQTTv5 and persistent:
             self._props = Properties(PacketTypes.CONNECT)
@@ -111,7 +112,9 @@ class ValidatingSubscriber:
         if reason.is_failure:
             return
         client.subscribe([(f, 1) for f in self.filters])
-        self.connected.set()
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        self.connected.set()  # only once the broker has the subscription: nothing published after this is missed
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         kind = kind_of_topic(msg.topic)
