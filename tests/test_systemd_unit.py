@@ -113,29 +113,34 @@ MDWE_PROBE = textwrap.dedent(r"""
     from edge.runtime import make_interpreter
     from edge.hints import mounting_hints
     from edge.preview import annotate
-    model = open(sys.argv[1], "rb").read()
-    it, info = make_interpreter(model, threads=2)
-    it.allocate_tensors()
-    d = it.get_input_details()[0]
-    it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
-    it.invoke()
-    out = it.get_tensor(it.get_output_details()[0]["index"])
     img = np.full((480, 640, 3), 128, np.uint8)
+    if sys.argv[1].endswith(".bundle"):  # the real path: signed bundle -> Detector -> decoded gaps
+        from edge.bundle import BUILTIN_KEYS, load_public_keys, read_bundle
+        from edge.detector import Detector
+        det = Detector(read_bundle(sys.argv[1], load_public_keys([BUILTIN_KEYS])), threads=2)
+        gaps = det.detect(img)
+        info, out = det.runtime, f"{len(gaps)} gaps"
+    else:
+        it, info = make_interpreter(open(sys.argv[1], "rb").read(), threads=2)
+        it.allocate_tensors()
+        d = it.get_input_details()[0]
+        it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        it.invoke()
+        out = it.get_tensor(it.get_output_details()[0]["index"]).shape
     mounting_hints(img, 5.0)
     ok, _ = cv2.imencode(".jpg", annotate(img, [], [], {}))
     db = sqlite3.connect(":memory:"); db.execute("create table t (x)"); db.close()
-    print(f"ok runtime={info.name} xnnpack={info.xnnpack} out={out.shape}")
+    print(f"ok runtime={info.name} xnnpack={info.xnnpack} out={out}")
 """)
 
 
 def _int8_model(tmp_path: Path) -> Path:
-    """The default bundle's int8 model; before it exists, a tiny int8 model made with TensorFlow in a subprocess."""
-    from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, load_public_keys, read_bundle
+    """The default bundle (run through the Detector); before it exists, a tiny int8 model made with TensorFlow."""
+    from edge.bundle import DEFAULT_BUNDLE
 
     out = tmp_path / "model.tflite"
     if DEFAULT_BUNDLE.exists():
-        out.write_bytes(read_bundle(DEFAULT_BUNDLE, load_public_keys([BUILTIN_KEYS])).model_bytes)
-        return out
+        return DEFAULT_BUNDLE
     make = textwrap.dedent(f"""
         import numpy as np, tensorflow as tf
         inp = tf.keras.Input((96, 96, 3))
