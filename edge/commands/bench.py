@@ -149,7 +149,7 @@ def naive_loop(det: Any, frames: Sequence[np.ndarray], n: int) -> list[float]:
     for i in range(n):
         t0 = time.perf_counter()
         captured = frames[i % len(frames)].copy()  # a camera read returns a fresh array each frame
-        resized = cv2.resize(captured, (w, h), interpolation=resize_interpolation(*captured.shape[1::-1], w, h))
+        resized = cv2.resize(captured, (w, h), interpolation=resize_interpolation(captured.shape[1], captured.shape[0], w, h))
         input_data = np.expand_dims(resized, axis=0).astype(ind["dtype"])
         interpreter.set_tensor(ind["index"], input_data)
         interpreter.invoke()
