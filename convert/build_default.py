@@ -57,7 +57,7 @@ class BuildSpec:
     key_path: Path | None = None  # None: write an unsigned bundle
     public_key_out: Path | None = None
     threshold_set: str = "synthetic-val"  # the validation set whose best-F1 threshold the bundle ships with
-    golden_count: int = 3
+    golden_count: int = 2
     reuse_weights: bool = False  # skip training when work_dir already holds weights (re-measure/re-bundle only)
     workers: int = 2
     progress: bool = True

@@ -126,8 +126,14 @@ def train(
     init_weights: Path | None = None,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    on_checkpoint: Callable[[int, Any], None] | None = None,
+    checkpoint_every: int = 0,
 ) -> TrainResult:
-    """Train (or fine-tune from `init_weights`) and save the float weights and the net config under `out_dir`."""
+    """Train (or fine-tune from `init_weights`) and save the float weights and the net config under `out_dir`.
+
+    `on_checkpoint(step, model)` is called every `checkpoint_every` steps with the training model (crop-sized
+    input; copy its weights into an inference-size model to measure it).
+    """
     if not data:
         raise ValueError("no training images")
     import keras
@@ -180,6 +186,8 @@ def train(
             bar.set_postfix(focal=f"{ema_f:.3f}", giou=f"{ema_b:.3f}")
         if on_step is not None:
             on_step(i, ema_f + cfg.box_weight * ema_b)
+        if on_checkpoint is not None and checkpoint_every and (i + 1) % checkpoint_every == 0:
+            on_checkpoint(i + 1, model)
     pool.shutdown()
     seconds = time.monotonic() - t0
 
