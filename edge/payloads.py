@@ -32,8 +32,8 @@ STATES = ("online", "offline", "degraded")
 EVENTS = ("opened", "cleared")
 # The OTA states the updater is expected to report; the schema only asks for a lower-case word, so the
 # updater can add a step without a schema change.
-OTA_STATES = ("idle", "downloading", "verifying", "smoke_testing", "switching", "probation", "committed",
-              "rolled_back", "failed", "rejected", "disabled")
+OTA_STATES = ("idle", "downloading", "verifying", "smoke_testing", "switching", "probation", "active",
+              "rolled_back", "failed", "rejected")
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 THERMAL_DIR = Path("/sys/class/thermal")
@@ -108,6 +108,7 @@ class OtaState:
     version: int | None = None  # the release being handled, if any
     error: str | None = None  # the last failure, kept until a later release succeeds
     ts: float | None = None  # wall clock of the step
+    code: str | None = None  # the failure's stable machine code (`hash-mismatch`, `expired`, ...)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.state):
@@ -215,7 +216,7 @@ def model_state_payload(model: ModelRef | None, ota: OtaState, topics: Topics, t
         "device": topics.device,
         "ts": rfc3339(ts),
         "model": None if model is None else {"name": model.name, "version": model.version, "sha256": model.sha256},
-        "ota": {"state": ota.state, "version": ota.version, "error": ota.error,
+        "ota": {"state": ota.state, "version": ota.version, "error": ota.error, "code": ota.code,
                 "ts": None if ota.ts is None else rfc3339(ota.ts)},
     }
 

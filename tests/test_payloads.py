@@ -125,8 +125,10 @@ def test_status_stats_model_state_and_replies_validate(tmp_path: Path) -> None:
     assert s["inference_ms"] == {"p50": 11.2, "p95": 15.75} and s["cpu_temp_c"] is None
     validate("stats", stats_payload(StatsInfo(0.0, 0, None, None, 0, 0, None, 0.0, read_cpu_temp_c()), T, 1e9))
     validate("model_state", model_state_payload(MODEL, OtaState("idle"), T, 1e9))
-    validate("model_state", model_state_payload(MODEL, OtaState("rolled_back", 4, "p95 latency 80 ms > 50 ms",
-                                                                1e9), T, 1e9))
+    ms = validate("model_state", model_state_payload(
+        MODEL, OtaState("rolled_back", 4, "p95 latency 80 ms > 50 ms", 1e9, "too-slow"), T, 1e9))
+    assert ms["ota"] == {"state": "rolled_back", "version": 4, "error": "p95 latency 80 ms > 50 ms",
+                         "code": "too-slow", "ts": "2001-09-09T01:46:40.000Z"}
     with pytest.raises(ValueError):
         OtaState("Rolled Back")
     ok = validate("command_reply", command_reply_payload("pause", 1e9, {"paused": True}))
