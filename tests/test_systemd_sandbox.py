@@ -1,9 +1,9 @@
 """The service's workload under the unit's syscall filter and W^X rule, rebuilt here without systemd running.
 
 systemd implements `SystemCallFilter=@system-service` + `SystemCallFilter=~@privileged @resources` +
-`SystemCallErrorNumber=EPERM` as a seccomp allow-list; `MemoryDenyWriteExecute=yes` as a seccomp rule too. This
-test expands the same syscall groups with `systemd-analyze syscall-filter`, loads that allow-list with libseccomp
-(and the kernel's PR_SET_MDWE for W^X) into a child process, and runs what the service does: load and run the
+`SystemCallErrorNumber=EPERM` as a seccomp allow-list, and `RestrictAddressFamilies=` and `MemoryDenyWriteExecute=`
+as seccomp rules too. This test expands the same syscall groups with `systemd-analyze syscall-filter`, loads that
+allow-list and the address families with libseccomp (and the kernel's PR_SET_MDWE for W^X) into a child process, and runs what the service does: load and run the
 signed default model through the Detector, the hints, the preview's HTTP server, the SQLite outbox and sd_notify.
 Device access (DevicePolicy=) and the namespaces cannot be rebuilt this way; they are covered by `verify` and the
 exposure score in test_systemd_unit.py.
@@ -52,6 +52,15 @@ def expand(group: str, seen: set[str] | None = None) -> set[str]:
     return names
 
 
+FAMILIES = {"AF_UNIX": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16}
+
+
+def unit_families() -> list[int]:
+    """RestrictAddressFamilies= of the unit, as numbers."""
+    (value,) = unit_settings(UNIT)["RestrictAddressFamilies"]
+    return [FAMILIES[name] for name in value.split()]
+
+
 def unit_allow_list() -> list[str]:
     """What the unit's SystemCallFilter= lines allow: the allow-list minus every `~` deny-list."""
     allowed: set[str] = set()
@@ -78,18 +87,38 @@ PROBE = textwrap.dedent(r"""
         sc.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
         sc.seccomp_load.argtypes = [ctypes.c_void_p]
         ctx = sc.seccomp_init(0x00050000 | 1)  # SCMP_ACT_ERRNO(EPERM): SystemCallErrorNumber=EPERM
+        spec = json.load(open(allow_file))
         allowed = 0
-        for name in json.load(open(allow_file)):
+        for name in spec["syscalls"]:
             nr = sc.seccomp_syscall_resolve_name(name.encode())
-            if nr < 0:
-                continue  # not on this architecture
+            if nr < 0 or name in ("socket", "socketpair"):
+                continue  # not on this architecture / allowed per address family below
             if sc.seccomp_rule_add(ctx, 0x7FFF0000, nr, 0) == 0:  # SCMP_ACT_ALLOW
                 allowed += 1
+
+        class Cmp(ctypes.Structure):  # struct scmp_arg_cmp
+            _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                        ("datum_b", ctypes.c_uint64)]
+
+        sc.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                              ctypes.POINTER(Cmp)]
+        for name in ("socket", "socketpair"):  # RestrictAddressFamilies=: the domain is argument 0
+            nr = sc.seccomp_syscall_resolve_name(name.encode())
+            for family in spec["families"]:
+                cmp = Cmp(0, 4, family, 0)  # SCMP_CMP_EQ
+                if sc.seccomp_rule_add_array(ctx, 0x7FFF0000, nr, 1, ctypes.byref(cmp)) != 0:
+                    print("seccomp_rule_add_array failed"); sys.exit(3)
         if sc.seccomp_load(ctx) != 0:
             print("seccomp_load failed"); sys.exit(3)
         try:
             os.setuid(os.getuid())  # @privileged is gone: even a no-op setuid must now fail
             print("setuid was allowed: the filter is not active"); sys.exit(2)
+        except PermissionError:
+            pass
+        import socket as _s
+        try:
+            _s.socket(_s.AF_PACKET, _s.SOCK_RAW)  # not in RestrictAddressFamilies=
+            print("AF_PACKET was allowed: the family filter is not active"); sys.exit(2)
         except PermissionError:
             pass
         print(f"sandbox: {allowed} syscalls allowed", file=sys.stderr)
@@ -147,7 +176,7 @@ def test_service_workload_runs_under_the_units_syscall_filter(tmp_path: Path) ->
     allow = unit_allow_list()
     assert "read" in allow and "setuid" not in allow and "sched_setaffinity" not in allow
     allow_file = tmp_path / "allow.json"
-    allow_file.write_text(json.dumps(allow))
+    allow_file.write_text(json.dumps({"syscalls": allow, "families": unit_families()}))
     plain = _run(tmp_path, False, allow_file, DEFAULT_BUNDLE)
     boxed = _run(tmp_path, True, allow_file, DEFAULT_BUNDLE)
     print(f"{len(allow)} syscalls allowed; sandboxed run: {boxed}")
