@@ -109,12 +109,15 @@ def _text_marks(spr: np.ndarray, rng: Rand, x0: int, y0: int, x1: int, y1: int, 
     """Short horizontal strokes that read as printed text at this resolution."""
     if x1 - x0 < 5 or y1 - y0 < 3:
         return
-    step = int(rng.integers(2, 4))
-    y = y0 + int(rng.integers(0, step))
-    while y < y1:
+    step = rng.integers(2, 4)
+    y = y0 + rng.integers(0, step)
+    span = max(1, (x1 - x0) // 3)
+    for _ in range(5):  # a few lines are enough to read as print; more only cost time
+        if y >= y1:
+            break
         if rng.random() < 0.75:
-            a = x0 + int(rng.integers(0, max(1, (x1 - x0) // 3)))
-            b = x1 - int(rng.integers(0, max(1, (x1 - x0) // 3)))
+            a = x0 + rng.integers(0, span)
+            b = x1 - rng.integers(0, span)
             if b > a:
                 cv2.line(spr, (a, y), (b, y), colour, 1)
         y += step
