@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import select
 import socket
 import threading
@@ -268,7 +269,11 @@ class PreviewServer:
             if isinstance(exp_s, (int, float)) and isinstance(interval_s, (int, float)) and interval_s > 0:
                 exposure = Exposure(float(exp_s), float(interval_s))
             shift = o.info.get("shift_px_per_frame", o.info.get("shift_px"))
-            hints = mounting_hints(o.frame, float(shift) if isinstance(shift, (int, float)) else None, exposure)
+            try:
+                hints = mounting_hints(o.frame, float(shift) if isinstance(shift, (int, float)) else None, exposure)
+            except ValueError as e:  # a frame the analysis cannot use (grey, tiny): no hints rather than an error
+                log.debug("preview: no hints for this frame: %s", e)
+                hints = []
             self._hints = (now, hints)
             return hints
 
@@ -315,6 +320,17 @@ class PreviewServer:
                 self._clients -= 1
 
 
+def _finite(v: Any) -> Any:
+    """JSON for browsers: NaN and infinities (e.g. a latency percentile before the first frame) become null."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {str(k): _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
 def _make_handler(server: PreviewServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "shelfscout-preview"
@@ -343,7 +359,7 @@ def _make_handler(server: PreviewServer) -> type[BaseHTTPRequestHandler]:
                 if path in ("/", "/index.html"):
                     self._send(200, "text/html; charset=utf-8", PAGE.encode("utf-8"))
                 elif path == "/status.json":
-                    body = json.dumps(server.status(), default=str, allow_nan=False).encode()
+                    body = json.dumps(_finite(server.status()), default=str, allow_nan=False).encode()
                     self._send(200, "application/json", body)
                 elif path == "/snapshot.jpg":
                     got = server.jpeg(fresh_within=0.0)
@@ -363,6 +379,9 @@ def _make_handler(server: PreviewServer) -> type[BaseHTTPRequestHandler]:
                 else:
                     self._send(404, "text/plain; charset=utf-8", b"not found\n")
             except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                self.close_connection = True
+            except Exception:  # the preview must never take the service down, nor leave a client hanging
+                log.exception("preview: error serving %s", path)
                 self.close_connection = True
 
         def _alive(self) -> bool:

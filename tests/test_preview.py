@@ -231,3 +231,14 @@ def test_ipv6_loopback_bind() -> None:
         assert _get(p.url + "status.json")[0] == 200
     finally:
         p.stop()
+
+
+def test_odd_frames_and_values_do_not_break_the_server(server: PreviewServer) -> None:
+    grey = np.zeros((120, 160), np.uint8)  # not RGB: no hints, but the JSON still answers
+    server.offer(grey, [], [], {"fps": float("nan"), "inference_ms": float("inf"), "model": "m"})
+    status, _, body = _get(server.url + "status.json")
+    s = json.loads(body)
+    assert status == 200 and s["info"]["fps"] is None and s["info"]["inference_ms"] is None and s["hints"] == []
+    frame = draw_shelf(np.random.default_rng(6))
+    server.offer(frame, GAPS, TRACKS, INFO)
+    assert _get(server.url + "snapshot.jpg")[0] == 200  # the server is still there
