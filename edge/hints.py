@@ -45,6 +45,8 @@ class FrameMeasures:
 
 @dataclass(frozen=True)
 class HintThresholds:
+    """Where each hint starts; luminance in 0..255 on the grey analysis image, sharpness as in FrameMeasures."""
+
     dark_mean: float = 45.0
     dark_fraction: float = 0.5
     bright_mean: float = 210.0
@@ -56,7 +58,7 @@ class HintThresholds:
     min_edge_density: float = 0.01
 
 
-def _grey_small(frame_rgb: np.ndarray) -> tuple[np.ndarray, float]:
+def _grey_small(frame_rgb: np.ndarray) -> np.ndarray:
     if frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3 or frame_rgb.dtype != np.uint8:
         raise ValueError(f"mounting_hints: expected an HxWx3 uint8 RGB frame, got {frame_rgb.shape} {frame_rgb.dtype}")
     h, w = frame_rgb.shape[:2]
@@ -64,7 +66,7 @@ def _grey_small(frame_rgb: np.ndarray) -> tuple[np.ndarray, float]:
         raise ValueError(f"mounting_hints: frame {w}x{h} is too small")
     scale = min(1.0, ANALYSIS_WIDTH / w)  # never upscale: that would look like blur
     small = cv2.resize(frame_rgb, (round(w * scale), max(16, round(h * scale))), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), scale
+    return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
 
 
 def _sharpness(grey: np.ndarray, axis: int) -> float | None:
@@ -116,7 +118,7 @@ def _lines(grey: np.ndarray) -> tuple[float | None, int, float]:
 
 def measure(frame_rgb: np.ndarray) -> FrameMeasures:
     """Compute the frame statistics that the hints are based on."""
-    grey, _ = _grey_small(frame_rgb)
+    grey = _grey_small(frame_rgb)
     tilt, n_lines, density = _lines(grey)
     sx, sy = _sharpness(grey, 1), _sharpness(grey, 0)
     return FrameMeasures(
@@ -172,10 +174,11 @@ def mounting_hints(
                           f"({exposure_ms:.0f} ms exposure). Add light so the exposure gets shorter, or push the "
                           "cart more slowly."))
     elif blurred:
-        moving = speed >= 2.0
-        motion_like = (m.sharpness_x is not None and m.sharpness_y is not None
-                       and m.sharpness_x < m.sharpness_y * 0.7)
-        if moving:
+        sx, sy = m.sharpness_x, m.sharpness_y
+        # Sideways motion smears along rows only; while the cart moves, a milder imbalance is enough to blame it.
+        ratio = sx / sy if sx is not None and sy is not None and sy > 0 else 1.0
+        motion_like = ratio < 0.7
+        if speed >= 2.0 and ratio < 0.85:
             hints.append(Hint("motion_blur",
                               f"Blurred at this speed ({speed:.0f} px per frame): add light so the exposure gets "
                               "shorter, or push the cart more slowly."))

@@ -121,6 +121,8 @@ def test_out_of_focus_and_motion_blur(seed: int, name: str) -> None:
     soft = cv2.GaussianBlur(img, (0, 0), 3)
     if name == "drawn" or measure(img).sharpness_x is None or "motion_blur" not in _codes(mounting_hints(img)):
         _check(mounting_hints(soft, shift_px_per_frame=0.0), ["blurred"], name)
+        # Blurred in every direction while the cart moves: still the focus, not the speed.
+        _check(mounting_hints(soft, shift_px_per_frame=10.0), ["blurred"], name)
     smeared = _motion_blur(img, 15)  # horizontal smear from the cart's sideways motion
     hints = mounting_hints(smeared, shift_px_per_frame=14.0)
     _check(hints, ["motion_blur"], name)
