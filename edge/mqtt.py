@@ -144,7 +144,11 @@ class MqttLink:
         self._early_closes = 0
         self._attempt_started: float | None = None  # monotonic time of the current CONNECT attempt
         self._acks: collections.deque[tuple[mqtt.Client, int, bool, str]] = collections.deque()
-        self._inflight: dict[int, int] = {}  # paho mid -> outbox row id (sender thread only)
+        self._inflight: dict[int, tuple[int, str]] = {}  # paho mid -> (outbox row id, topic); sender thread only
+        self._rejected_rows: set[int] = set()  # refused by the broker (e.g. its ACL); retried every retry_s
+        self._rejection: str | None = None
+        self._retry_at: float | None = None
+        self._retry_s = max(1.0, cfg.mqtt.reconnect_max_s)
         self._cursor = 0
         self._cursor_reset = True
         self._retained: dict[str, tuple[bytes, int]] = {}
@@ -285,6 +289,9 @@ class MqttLink:
             base = StatusInfo("degraded", f"outbox database was corrupt at start-up "
                                           f"({self.outbox.quarantine_reason}); moved to {self.outbox.quarantined}",
                               base.model)
+        rejection = self._rejection
+        if rejection is not None and base.state == "online":
+            base = StatusInfo("degraded", rejection, base.model)
         return base
 
     def _status_bytes(self, info: StatusInfo) -> bytes:
@@ -443,6 +450,8 @@ class MqttLink:
                 break
             try:
                 self._check_connack_timeout()
+                if self._retry_at is not None and time.monotonic() >= self._retry_at:
+                    self._retry_rejected()
                 if self._switch_protocol:
                     self._switch_protocol = False
                     self._rebuild_client()
@@ -474,23 +483,51 @@ class MqttLink:
         log.warning("%s; trying %s", self._last_error, other)
         self._switch_protocol = True
 
+    def _retry_rejected(self) -> None:
+        """Send the refused messages again (the broker's ACL may have been fixed), unless they are gone."""
+        self._retry_at = None
+        self._rejected_rows &= self.outbox.contains(self._rejected_rows)
+        if not self._rejected_rows:
+            self._set_rejection(None)
+        self._cursor_reset = True
+
+    def _set_rejection(self, text: str | None) -> None:
+        if text != self._rejection:
+            self._rejection = text
+            self.refresh_status()
+
     def _handle_acks(self) -> None:
         done: list[int] = []
+        refused: list[tuple[int, str, str]] = []
         while self._acks:
             client, mid, ok, reason = self._acks.popleft()
             if client is not self._client:
                 continue
-            row = self._inflight.pop(mid, None)
-            if row is None:
+            entry = self._inflight.pop(mid, None)
+            if entry is None:
                 continue  # a status, reply or stats publish
             if ok:
-                done.append(row)
+                done.append(entry[0])
             else:
-                self._rejected += 1
-                log.error("broker rejected outbox message %d: %s; it stays in the outbox and is sent again "
-                          "after the next reconnect", row, reason)
+                refused.append((entry[0], entry[1], reason))
         if done:
             self.outbox.ack_many(done)
+            if self._rejected_rows and self._rejected_rows.intersection(done):
+                self._rejected_rows.difference_update(done)
+                if not self._rejected_rows:
+                    log.info("the broker accepts the previously refused messages again")
+                    self._set_rejection(None)
+        if refused:
+            self._rejected += len(refused)
+            for row, topic, reason in refused:
+                log.error("broker refused outbox message %d on %s: %s; it stays in the outbox, retried in %g s",
+                          row, topic, reason, self._retry_s)
+                self._rejected_rows.add(row)
+            row, topic, reason = refused[-1]
+            self._set_rejection(f"the broker refused {len(self._rejected_rows)} outbox message(s), last on {topic}: "
+                                f"{reason} (check the broker's ACL for this device)")
+            if self._retry_at is None:
+                self._retry_at = time.monotonic() + self._retry_s
 
     def _fill(self) -> None:
         client = self._client
@@ -502,7 +539,7 @@ class MqttLink:
         room = self._max_inflight - len(self._inflight)
         if room <= 0:
             return
-        in_flight = set(self._inflight.values())
+        in_flight = {row for row, _ in self._inflight.values()}
         for row in self.outbox.pending(room + len(in_flight), after=self._cursor):
             if row.row_id in in_flight:  # paho still holds it and re-sends it itself after a reconnect
                 self._cursor = row.row_id
@@ -520,7 +557,7 @@ class MqttLink:
                           mqtt.error_string(info.rc))
                 break
             # NO_CONN: paho keeps QoS>0 messages and sends them once reconnected, so it is still in flight.
-            self._inflight[info.mid] = row.row_id
+            self._inflight[info.mid] = (row.row_id, row.topic)
             self._cursor = row.row_id
             room -= 1
 

@@ -294,6 +294,20 @@ class Outbox:
         if row is not None:
             log.error("outbox message %d discarded: %s", row_id, reason)
 
+    def contains(self, row_ids: Iterable[int]) -> set[int]:
+        """Which of `row_ids` are still stored (not acknowledged, dropped or discarded)."""
+        ids = list(row_ids)
+        if not ids:
+            return set()
+        with self._lock:
+            db = self._db()
+            found: set[int] = set()
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(int(r[0]) for r in db.execute(f"SELECT id FROM messages WHERE id IN ({marks})", chunk))
+        return found
+
     def depth(self) -> int:
         """Messages waiting for their PUBACK."""
         with self._lock:

@@ -331,6 +331,37 @@ def test_unauthorised_is_logged_retried_and_nothing_lost(tmp_path: Path, links: 
         b.stop()
 
 
+def test_acl_refused_alerts_are_kept_reported_and_retried(tmp_path: Path, links: Callable[..., MqttLink],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    acl = tmp_path / "acl"
+    allow = ("topic readwrite shelfscout/s042/cart-07/status\ntopic readwrite shelfscout/s042/cart-07/cmd/#\n"
+             "topic read shelfscout/#\n")
+    acl.write_text(allow)
+    b = Mosquitto(tmp_path / "broker", extra=f"{RUN_AS_ROOT}acl_file {acl}\n").start()
+    try:
+        cfg = make_cfg(tmp_path, b.url)
+        t = Topics.from_config(cfg)
+        sub = _sub(b.url, t).start()
+        link = links(cfg)
+        link.start()
+        putter = Putter(link.outbox, t)
+        putter.put(3)
+        assert sub.wait_for(lambda: any(p["state"] == "degraded" for p in sub.json_on("/status")), 10)
+        st = [p for p in sub.json_on("/status") if p["state"] == "degraded"][0]
+        assert "refused" in st["reason"] and "Not authorized" in st["reason"]
+        assert any("broker refused outbox message" in r.message for r in caplog.records)
+        assert link.outbox.depth() == 6 and received_ids(sub) == []  # nothing lost, nothing delivered yet
+        acl.write_text(allow + "topic readwrite shelfscout/s042/cart-07/#\n")  # the operator fixes the ACL
+        assert b.proc is not None
+        os.kill(b.proc.pid, signal.SIGHUP)
+        check_delivery(sub, putter.committed)
+        assert link.wait_idle(10)
+        assert sub.wait_for(lambda: sub.json_on("/status")[-1]["state"] == "online", 10)
+        sub.stop()
+    finally:
+        b.stop()
+
+
 def _pki(d: Path) -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, made with `cryptography`."""
     import datetime
