@@ -217,6 +217,7 @@ def make_aisle(
         top_range=(0.0, 0.05),
         bottom_range=(0.95, 1.02),
         pegboard_p=0.0,
+        talker_p=0.0,
     )
     end_margin = 170.0 * s
     marker_list = (

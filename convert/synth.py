@@ -378,6 +378,8 @@ class Bay:
     pegboard: bool
     peg_pitch: int
     rows: list[Row] = field(default_factory=list)
+    fence: int = 0  # height (px) of a wire fence along the shelf fronts, 0 = none
+    fence_colour: RGB = (190, 190, 195)
 
 
 @dataclass
@@ -414,6 +416,9 @@ class ShelfPlan:
     upright_w: int
     gaps: list[PlannedGap] = field(default_factory=list)
     lights: list[tuple[int, int, int, int]] = field(default_factory=list)  # ceiling light panels (x, y, w, h)
+    talkers: list[tuple[int, int, int, int, RGB]] = field(
+        default_factory=list
+    )  # promo cards (x, y, w, h, colour)
 
 
 def _back_colour(rng: Rand) -> RGB:
@@ -499,6 +504,8 @@ def plan_shelves(
     top_range: tuple[float, float] = (-0.15, 0.18),
     bottom_range: tuple[float, float] = (0.82, 1.15),
     pegboard_p: float = 0.08,
+    fence_p: float = 0.12,
+    talker_p: float = 0.3,
 ) -> ShelfPlan:
     """Lay out bays, shelf rows and products on a width x height canvas (no gaps yet)."""
     if width < 16 or height < 16:
@@ -532,6 +539,9 @@ def plan_shelves(
         bw = int(width * rng.uniform(*bay_width_range))
         peg = rng.random() < pegboard_p
         bay = Bay(x + upright_w, x + bw, _back_colour(rng), peg, max(3, int(pitch * rng.uniform(0.12, 0.22))))
+        if not peg and rng.random() < fence_p:
+            bay.fence = max(2, int(pitch * rng.uniform(0.1, 0.25)))
+            bay.fence_colour = _hsv(0.6, 0.03, rng.uniform(0.55, 0.9))
         rrng = Rand(np.random.default_rng(row_seed)) if shared_rows else rng
         y = top_y + int(rrng.integers(0, max(1, int(pitch * 0.3))))
         edge_col = _edge_colour(rng)
@@ -551,8 +561,33 @@ def plan_shelves(
             y = bottom + (int(p * 0.12) if peg else edge_h)
         bays.append(bay)
         x += bw
+    talkers: list[tuple[int, int, int, int, RGB]] = []
+    if rng.random() < talker_p:
+        rows = [r for b in bays for r in b.rows if r.edge_h > 0]
+        for _ in range(rng.integers(1, 4) if rows else 0):
+            r = rows[rng.integers(len(rows))]
+            tw, th = max(4, int(pitch * rng.uniform(0.4, 0.9))), max(4, int(pitch * rng.uniform(0.3, 0.7)))
+            tx = rng.integers(r.x0, max(r.x0 + 1, r.x1 - tw))
+            ty = r.bottom if rng.random() < 0.6 else r.bottom - th  # hanging below the rail or standing on it
+            colour = ((255, 220, 0), (230, 30, 30), (255, 140, 0), (250, 250, 250), (30, 90, 200))[
+                rng.integers(5)
+            ]
+            talkers.append((tx, ty, tw, th, colour))
     return ShelfPlan(
-        width, height, pitch, wall, floor, floor_y, top_y, sign, skus, bays, upright, upright_w, lights=lights
+        width,
+        height,
+        pitch,
+        wall,
+        floor,
+        floor_y,
+        top_y,
+        sign,
+        skus,
+        bays,
+        upright,
+        upright_w,
+        lights=lights,
+        talkers=talkers,
     )
 
 
@@ -788,6 +823,12 @@ def paint_shelves(
                 prof[y0c:y1c] = 1.0 - row.shade * np.exp(-ys / max(1.0, row.shade_depth * inner))
         if ybot > ytop:
             _mul(img, bx0, ytop, bx1, ybot, prof[ytop:ybot])
+        if bay.fence:
+            step = max(4, int(plan.pitch * 0.3))
+            for row in bay.rows:
+                fy = row.bottom - bay.fence
+                cv2.line(img, (bx0, fy), (bx1 - 1, fy), bay.fence_colour, 1)
+                img[max(0, fy) : max(0, row.bottom), bx0:bx1:step] = bay.fence_colour
         for row in bay.rows:
             if row.edge_h > 0:
                 _paint_edge(img, row, bx0, bx1)
@@ -802,6 +843,19 @@ def paint_shelves(
         ux0 = bay.x0 - uw
         cv2.rectangle(img, (ux0, ytop), (bay.x0 - 1, ybot), plan.upright, -1)
         cv2.line(img, (bay.x0 - 1, ytop), (bay.x0 - 1, ybot), _scale(plan.upright, 0.6), 1)
+    # promotional shelf talkers, never over an open gap (they would hide what the label says is there)
+    boxes = [g.box for _, g in open_gaps]
+    for tx, ty, tw, th, tc in plan.talkers:
+        if any(tx < b[2] and b[0] < tx + tw and ty < b[3] and b[1] < ty + th for b in boxes):
+            continue
+        cv2.rectangle(img, (tx, ty), (tx + tw - 1, ty + th - 1), tc, -1)
+        cv2.rectangle(img, (tx, ty), (tx + tw - 1, ty + th - 1), _scale(tc, 0.6), 1)
+        if th > 8:
+            cv2.line(
+                img, (tx + 2, ty + th // 2), (tx + tw - 3, ty + th // 2), _scale(tc, 0.3), max(1, th // 8)
+            )
+        if pmask is not None:  # they occlude like products do
+            pmask[max(0, ty) : max(0, ty + th), max(0, tx) : max(0, tx + tw)] = True
     return img, gmask, pmask
 
 
