@@ -11,6 +11,7 @@ the HTTP handler threads, at most `max_fps` times a second and only while a `/st
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -157,6 +158,7 @@ class PreviewServer:
         self._jpeg: tuple[int, float, bytes] | None = None  # (seq, monotonic time, bytes)
         self._hints_lock = threading.Lock()
         self._hints: tuple[float, list[Hint]] | None = None
+        self._hint_history: collections.deque[list[Hint]] = collections.deque(maxlen=3)
         self._clients = 0
         self._stopping = threading.Event()
         self._httpd: _Server | None = None
@@ -256,7 +258,11 @@ class PreviewServer:
             return o.seq, self._jpeg[2]
 
     def hints(self) -> list[Hint]:
-        """Mounting hints for the newest frame, recomputed at most every `hints_interval_s`."""
+        """Mounting hints for the newest frames, recomputed at most every `hints_interval_s`.
+
+        Once three evaluations exist, a hint shows only while it is in at least two of the last three, so one odd
+        frame (an aisle end, a passer-by) does not make the advice flicker.
+        """
         o = self._offer
         if o is None:
             return []
@@ -274,6 +280,17 @@ class PreviewServer:
             except ValueError as e:  # a frame the analysis cannot use (grey, tiny): no hints rather than an error
                 log.debug("preview: no hints for this frame: %s", e)
                 hints = []
+            self._hint_history.append(hints)
+            if len(self._hint_history) == self._hint_history.maxlen:
+                # Steady hints only: a code shown in most of the last evaluations, with its newest message.
+                counts = collections.Counter(code for hs in self._hint_history for code in {h.code for h in hs})
+                steady = {code for code, n in counts.items() if n >= 2}
+                shown: dict[str, Hint] = {}
+                for hs in reversed(self._hint_history):  # newest first: its order and wording win
+                    for h in hs:
+                        if h.code in steady:
+                            shown.setdefault(h.code, h)
+                hints = list(shown.values())
             self._hints = (now, hints)
             return hints
 

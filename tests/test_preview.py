@@ -242,3 +242,21 @@ def test_odd_frames_and_values_do_not_break_the_server(server: PreviewServer) ->
     frame = draw_shelf(np.random.default_rng(6))
     server.offer(frame, GAPS, TRACKS, INFO)
     assert _get(server.url + "snapshot.jpg")[0] == 200  # the server is still there
+
+
+def test_hints_are_steadied_over_the_last_evaluations() -> None:
+    p = PreviewServer("127.0.0.1:0", hints_interval_s=0.0)  # no HTTP needed: the same method serves status.json
+    good = draw_shelf(np.random.default_rng(8))
+    dark = (good.astype(np.float32) * 0.15).astype(np.uint8)
+
+    def codes(frame: np.ndarray) -> list[str]:
+        p.offer(frame, [], [], {})
+        return [h.code for h in p.hints()]
+
+    assert codes(dark) == ["too_dark"]  # at first, straight away
+    assert codes(good) == []
+    assert codes(good) == []
+    assert codes(dark) == []  # one dark frame among good ones: no flicker
+    assert codes(dark) == ["too_dark"]  # it stays: now it shows
+    assert codes(good) == ["too_dark"]
+    assert codes(good) == []
