@@ -208,9 +208,10 @@ class Device:
 
         return Updater(self.cfg, report=self.reports.append, swap=self.swaps.append, **kwargs)
 
-    def current(self) -> str | None:
+    def current(self) -> str:
+        """Where `current` points ("" when there is no link)."""
         link = self.models_dir / "current"
-        return str(link.readlink()) if link.is_symlink() else None
+        return str(link.readlink()) if link.is_symlink() else ""
 
     def states(self) -> list[str]:
         return [r["ota"]["state"] for r in self.reports]
@@ -309,9 +310,45 @@ def wait_for(pred: Any, timeout: float = 10.0, step: float = 0.02) -> bool:
     return bool(pred())
 
 
+# ---- the service in a child process, for kill and fault tests -----------------------------------------------------------
+def child_apply(models_dir: str, keys_dir: str, release_path: str) -> int:
+    """Start like the service does (start-up check), apply one release, then run the probation frames."""
+    from edge.config import Config, DeviceConfig, OtaConfig
+    from edge.ota.updater import Updater
+
+    cfg = Config(device=DeviceConfig(id="cart-07", store="s042"),
+                 ota=OtaConfig(keys_dir=keys_dir, models_dir=models_dir, probation_frames=5, stall_timeout_s=2.0))
+    def report(r: dict[str, Any]) -> None:
+        print(json.dumps({"phase": r["ota"]["state"]}), flush=True)
+
+    up = Updater(cfg, report=report, swap=lambda p: None)
+    up.active_bundle_path()
+    print("ready", flush=True)
+    t0 = time.monotonic()
+    out = up.apply_release(Path(release_path).read_bytes())
+    while up.in_probation:
+        time.sleep(0.01)  # one frame
+        up.observe_frame(2.0, True)
+    print(json.dumps({"state": out.state, "code": out.code, "seconds": time.monotonic() - t0}), flush=True)
+    return 0
+
+
+def spawn_apply(dev: Device, release: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    import os
+
+    e = dict(os.environ)
+    e.update(env or {})
+    e["PYTHONPATH"] = str(ROOT)
+    return subprocess.Popen([sys.executable, __file__, "apply", str(dev.models_dir), str(dev.keys_dir), str(release)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=e, cwd=ROOT,
+                            start_new_session=True)
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "build":
         build_models(Path(sys.argv[2]))
+    elif len(sys.argv) == 5 and sys.argv[1] == "apply":
+        sys.exit(child_apply(*sys.argv[2:]))
     else:
-        print("usage: python tests/test_ota_support.py build OUT_DIR", file=sys.stderr)
+        print("usage: python tests/test_ota_support.py build OUT_DIR | apply MODELS KEYS RELEASE", file=sys.stderr)
         sys.exit(2)
