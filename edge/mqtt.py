@@ -5,7 +5,8 @@ retained `offline` last will set before connecting and `online` published on eve
 `on_connect`, so they come back after a reconnect. MQTT 5 first, falling back to 3.1.1 when the broker refuses it.
 A sender thread keeps up to `outbox.inflight` messages unacknowledged and deletes each from the outbox only on a
 successful PUBACK; paho re-sends the unacknowledged ones (same bytes, same alert id) after a reconnect, and the
-outbox re-sends them after a restart.
+outbox re-sends them after a restart. A message the broker refuses (an MQTT 5 PUBACK with an error, e.g. its ACL)
+stays in the outbox, is retried periodically, and makes `status` degraded with the reason until it goes through.
 """
 
 from __future__ import annotations
