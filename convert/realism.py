@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -275,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rep, real, synth = measure_realism(args.real, args.n, args.seed)
     except ValueError as e:
-        print(f"realism: error: {e}")
+        print(f"realism: error: {e}", file=sys.stderr)
         return 2
     if args.json:
         print(

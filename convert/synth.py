@@ -459,7 +459,7 @@ def _fill_row(
         w0, w1, h0, h1 = _SIZES[kind]
         w = max(3, int(pitch * rng.uniform(w0, w1)))
         h = max(3, min(inner - 1, int(inner * rng.uniform(h0, h1))))
-        n = rng.geometric(0.25) if not row.hanging else rng.integers(1, 6)
+        n = rng.geometric(0.2) if not row.hanging else rng.integers(1, 6)
         n = max(1, min(n, 12))
         if x + w > row.x1:
             left = row.x1 - x
