@@ -24,7 +24,7 @@ def models(request: pytest.FixtureRequest) -> dict[str, bytes]:
 
 def test_keygen_writes_private_0600_and_public(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["keygen", str(tmp_path / "k" / "fleet")]) == 0
-    priv, pub = tmp_path / "k" / "fleet.key", tmp_path / "k" / "fleet.pub"
+    priv = tmp_path / "k" / "fleet.key"
     assert stat.S_IMODE(priv.stat().st_mode) == 0o600
     assert list(load_public_keys([tmp_path / "k"])) == ["fleet.pub"]
     assert "key id" in capsys.readouterr().out
