@@ -118,7 +118,12 @@ class Service:
     def report_ota(self, state: dict[str, Any]) -> None:
         """The OTA updater's reports: kept and published, retained, on model/state."""
         ota = state.get("ota", state)
-        self.ota_state = OtaState(str(ota.get("state", "idle")), ota.get("version"), ota.get("error"), time.time())
+        try:
+            self.ota_state = OtaState(str(ota.get("state", "idle")), ota.get("version"), ota.get("error"),
+                                      time.time(), ota.get("code"))
+        except ValueError:
+            log.exception("unexpected OTA report %r", state)
+            return
         self._publish_model_state()
 
     def current_model(self) -> ModelRef:
@@ -257,7 +262,7 @@ class Service:
         stack.callback(watchdog.stop)
         observers.append(_WatchdogObserver(watchdog))
         if updater is not None:
-            observers.append(_ProbationObserver(updater, slot))
+            observers.append(_ProbationObserver(updater))
 
         pipeline = Pipeline(capture, slot, tracker, sink, observers)
         self._parts["pipeline"] = pipeline
@@ -355,19 +360,11 @@ class _PreviewObserver:
 class _ProbationObserver:
     """Feeds per-frame latency and output sanity to the OTA updater's probation window."""
 
-    def __init__(self, updater: Any, slot: ModelSlot):
+    def __init__(self, updater: Any):
         self.updater = updater
-        self.slot = slot
 
     def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None:
-        import numpy as np
-
-        ok = True
-        if getattr(self.updater, "in_probation", True):
-            det: Any = self.slot.current()
-            outs = det.outputs() if hasattr(det, "outputs") else {}
-            ok = all(bool(np.isfinite(v).all()) for v in outs.values())
-        self.updater.observe_frame(result.invoke_ms, ok)
+        self.updater.observe_frame(result.invoke_ms, result.outputs_ok)
 
 
 def run_service(cfg: Config, **kwargs: Any) -> int:

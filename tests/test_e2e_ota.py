@@ -1,0 +1,115 @@
+"""OTA through the whole service: a signed v2 release published on MQTT is downloaded, verified, smoke-tested,
+switched and hot-swapped while `shelfscout run` keeps sending alerts, which then carry the new version."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convert.cartpass import CartPass, aisle_length_for, make_aisle, render_cart_pass
+from convert.release import make_release, message_bytes, publish_release
+from edge.bundle import (
+    BUILTIN_KEYS,
+    DEFAULT_BUNDLE,
+    MANIFEST,
+    SIGNATURE,
+    generate_keypair,
+    load_private_key,
+    load_public_keys,
+    read_bundle,
+    write_bundle,
+)
+from tests.mosquitto import Mosquitto
+from tests.schema_check import ValidatingSubscriber
+
+pytestmark = pytest.mark.skipif(not DEFAULT_BUNDLE.exists(), reason="the default model bundle has not been built")
+
+STORE, DEVICE = "s042", "cart-09"
+
+
+@pytest.fixture(scope="module")
+def long_pass(tmp_path_factory: pytest.TempPathFactory) -> CartPass:
+    d = tmp_path_factory.mktemp("longpass")
+    length = aisle_length_for(16.0, 15.0, 10.0)
+    aisle = make_aisle(np.random.default_rng(21), length_px=length, n_gaps=8)
+    return render_cart_pass(aisle, d / "long.mp4", fps=15.0, speed_px_per_frame=10.0, seed=4)
+
+
+def make_v2(tmp: Path) -> tuple[Path, Path, int]:
+    """The default model re-released as version N+1, signed by a fleet key the device trusts."""
+    key = tmp / "fleet.key"
+    keys = tmp / "keys"
+    generate_keypair(key, keys / "fleet.pub")
+    b = read_bundle(DEFAULT_BUNDLE, load_public_keys([BUILTIN_KEYS]))
+    v2 = b.manifest.version + 1
+    files = {k: v for k, v in b.members.items() if k not in (MANIFEST, SIGNATURE)}
+    out = tmp / "shelfgap-v2.bundle"
+    write_bundle(out, dataclasses.replace(b.manifest, version=v2), files, load_private_key(key))
+    return out, key, v2
+
+
+def test_published_release_hot_swaps_while_alerts_flow(tmp_path: Path, long_pass: CartPass,
+                                                       broker: Mosquitto) -> None:
+    bundle, key, v2 = make_v2(tmp_path)
+    release = make_release(bundle, key, f"file://{bundle}", timedelta(days=1))
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f"""
+[device]
+id = "{DEVICE}"
+store = "{STORE}"
+[camera]
+source = "{long_pass.path}"
+realtime = true
+[mqtt]
+url = "{broker.url}"
+stats_interval_s = 1.0
+[outbox]
+path = "{tmp_path / 'state' / 'outbox.db'}"
+[ota]
+keys_dir = "{tmp_path / 'keys'}"
+models_dir = "{tmp_path / 'models'}"
+probation_frames = 20
+[preview]
+enabled = false
+""")
+    sub = ValidatingSubscriber(broker.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="ota-backend").start()
+    log = tmp_path / "service.log"
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "-v", "run", "-c", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert sub.wait_for(lambda: bool(sub.json_on("/model/state")), 30), log.read_text()[-2000:]
+        v1 = sub.json_on("/model/state")[-1]["model"]["version"]
+        assert v1 == v2 - 1
+        t_publish = time.monotonic()
+        publish_release(message_bytes(release.message), broker.url, f"shelfscout/{STORE}/model/release")
+
+        def running_v2() -> bool:
+            return any(s["model"] and s["model"]["version"] == v2 for s in sub.json_on("/model/state"))
+
+        assert sub.wait_for(running_v2, 60), log.read_text()[-3000:]
+        swap_s = time.monotonic() - t_publish
+        assert proc.wait(120) == 0, log.read_text()[-3000:]
+        states = [s["ota"]["state"] for s in sub.json_on("/model/state")]
+        alerts = sub.json_on("/alerts")
+        versions = [a["model"]["version"] for a in alerts if a["event"] == "opened"]
+        print(f"\nOTA publish -> v{v2} running: {swap_s:.2f} s; OTA states {states}; alert versions {versions}")
+        assert v2 in versions, "no alert carried the new model version"
+        first_v2 = versions.index(v2)
+        assert all(v == v2 for v in versions[first_v2:]), "an alert after the swap carried the old version"
+        assert sub.invalid == []
+        assert (tmp_path / "models" / "current").is_symlink()
+        for step in ("downloading", "verifying", "smoke_testing", "switching", "probation", "active"):
+            assert step in states, f"OTA step {step} was not reported on model/state: {states}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sub.stop()
