@@ -7,6 +7,7 @@ import dataclasses
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -61,7 +62,7 @@ def test_hot_swap_between_frames_with_the_builtin_model(tmp_path: Path, models: 
     def loop() -> None:
         i = 0
         while not stop.is_set():
-            det = slot.current()
+            det: Any = slot.current()
             version = slot.info.manifest.version
             t = time.monotonic()
             det.detect(frames[i % len(frames)])
