@@ -151,7 +151,7 @@ def _copy_bounded(resp: http.client.HTTPResponse, part: Path, have: int, size: i
         try:
             while have < size:
                 try:
-                    buf = resp.read(min(CHUNK, size - have))
+                    buf = resp.read1(min(CHUNK, size - have))
                 except http.client.IncompleteRead as e:
                     buf = e.partial[: size - have]
                     if buf:

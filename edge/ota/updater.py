@@ -74,7 +74,8 @@ class Updater:
 
     def __init__(self, cfg: Config, report: Report, swap: Swap, detector_factory: DetectorFactory | None = None,
                  *, smoke_timeout_s: float = 60.0, opener: FileOpener = default_opener,
-                 app_version: str = edge.__version__, clock: Callable[[], float] = time.time):
+                 app_version: str = edge.__version__, clock: Callable[[], float] = time.time,
+                 retry_min_s: float = RETRY_MIN_S):
         self.cfg = cfg
         self.report = report
         self.swap = swap
@@ -83,6 +84,7 @@ class Updater:
         self.opener = opener
         self.app_version = app_version
         self.clock = clock
+        self.retry_min_s = retry_min_s  # first retry after a transient failure; doubles up to poll_interval_s
         self.models_dir = Path(cfg.ota.models_dir)
         self.keys_dir = Path(cfg.ota.keys_dir)
         self.staging = self.models_dir / "staging"
@@ -421,8 +423,11 @@ class Updater:
             return  # the same announcement again (retained redelivery, the next poll): nothing new to do
         out = self.apply_release(payload)
         self._handled[digest] = out.state
+        while len(self._handled) > 256:
+            self._handled.pop(next(iter(self._handled)))
         if out.state == "failed":
-            backoff = min(max(RETRY_MIN_S, backoff * 2), max(RETRY_MIN_S, self.cfg.ota.poll_interval_s))
+            floor = self.retry_min_s
+            backoff = min(max(floor, backoff * 2), max(floor, self.cfg.ota.poll_interval_s))
             self._retry = (payload, time.monotonic() + backoff, backoff)
 
     def _poll(self) -> None:
