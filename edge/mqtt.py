@@ -134,6 +134,7 @@ class MqttLink:
         self._protocol = mqtt.MQTTv311 if m.protocol == "3.1.1" else mqtt.MQTTv5
         self._release_topics = topics.release_topics(cfg.ota) if on_release is not None else ()
         self._max_inflight = cfg.outbox.inflight
+        self._window = self._max_inflight  # lowered to the broker's MQTT 5 Receive Maximum, less room for status
 
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
@@ -363,6 +364,9 @@ class MqttLink:
             return
         self._connects += 1
         self._last_error = None
+        receive_max = getattr(properties, "ReceiveMaximum", None) if properties is not None else None
+        self._window = self._max_inflight if not receive_max else \
+            max(1, min(self._max_inflight, receive_max - min(4, receive_max // 2)))
         self._protocol_settled = True
         self._early_closes = 0
         log.info("connected to %s as %s (%s)", self.address, self.client_id, protocol_name(self._protocol))
@@ -537,7 +541,7 @@ class MqttLink:
         if self._cursor_reset:
             self._cursor_reset = False
             self._cursor = 0
-        room = self._max_inflight - len(self._inflight)
+        room = self._window - len(self._inflight)
         if room <= 0:
             return
         in_flight = {row for row, _ in self._inflight.values()}
