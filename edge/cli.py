@@ -71,4 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m edge.cli`: run the imported module's main, so commands and this module share one CliError
+    from edge.cli import main as _main
+
+    sys.exit(_main())

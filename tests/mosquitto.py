@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -42,7 +43,10 @@ class Mosquitto:
         listener = self.listener_block
         if listener is None:
             listener = f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        # Started as root, mosquitto drops to the `mosquitto` user, which cannot write under the test's tmp dir.
+        user = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
+            user +
             "persistence false\n"
             f"log_dest file {self.log}\n"
             "log_type all\n"
