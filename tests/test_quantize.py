@@ -13,25 +13,21 @@ tf = pytest.importorskip("tensorflow")
 
 
 @pytest.fixture(scope="module")
-def tiny() -> tuple[object, bytes, list[np.ndarray]]:
-    import keras
-
-    from convert.model import NetConfig, build_model
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, bytes, list[np.ndarray]]:
+    """A tiny 64x64 model briefly trained on generated shelves (real weights and BatchNorm statistics), as int8."""
+    from convert.dataset import LabeledImage
+    from convert.model import NetConfig
     from convert.quantize import convert_int8
+    from convert.train import TrainConfig, load_float_model, train
 
-    keras.utils.set_random_seed(3)
     net = NetConfig(width=64, height=64, stride=8, channels=(8, 8, 12, 12, 16), fpn=8, head=8)
-    model = build_model(net)
-    # a few training-mode passes give the BatchNorm layers real statistics, like a trained model has
     rng = np.random.default_rng(0)
+    samples = [make_shelf_image(rng, 96, 96) for _ in range(24)]
+    data = [LabeledImage(Path(f"{i}.jpg"), s.image, s.boxes) for i, s in enumerate(samples)]
+    cfg = TrainConfig(net=net, crop=64, batch=8, steps=20, warmup=5, lr=3e-3, seed=3, deterministic=False)
+    res = train(data, cfg, tmp_path_factory.mktemp("tiny"), progress=False)
+    model, _ = load_float_model(res.weights)
     images = [make_shelf_image(rng, 64, 64).image for _ in range(12)]
-    x = np.stack(images).astype(np.float32)
-    for _ in range(3):
-        model(x, training=True)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.0
-    model(x, training=True)
     return model, convert_int8(model, images[:8]), images
 
 
@@ -50,9 +46,13 @@ def test_int8_outputs_stay_close_to_float(tiny: tuple[object, bytes, list[np.nda
 
     mx, mean, step = output_diffs(float_fn, runner, images[8:])  # images not seen by the calibration
     print("max", mx, "mean", mean, "step", step)
+    # int8 rounding adds up over ~30 layers: on average within 2% of each output's int8 range (about 5 steps; the
+    # sigmoid heatmap within 2 steps), and nowhere off by more than a fifth of the range
+    assert mean["heatmap"] <= 2.0 * step["heatmap"]
     for name in ("heatmap", "ltrb"):
-        assert mean[name] <= 2.0 * step[name], name  # on average within two int8 steps
-        assert mx[name] <= 12.0 * step[name], name
+        full = 255 * step[name]
+        assert mean[name] <= 0.02 * full, name
+        assert mx[name] <= 0.2 * full, name
 
 
 def test_tiny_model_bundles_and_runs_on_the_device_path(tmp_path: Path, tiny: tuple[object, bytes, list[np.ndarray]]) -> None:

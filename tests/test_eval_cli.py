@@ -1,0 +1,66 @@
+"""`shelfscout eval DATA --json --report DIR` on a small generated YOLO folder with the shipped bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.bundle import DEFAULT_BUNDLE
+from edge.cli import main
+
+pytestmark = pytest.mark.skipif(not DEFAULT_BUNDLE.exists(), reason="models/shelfgap-default.bundle not built yet")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from convert.synth import write_yolo_dataset
+
+    return write_yolo_dataset(tmp_path_factory.mktemp("evaldata") / "set", 5, seed=77)
+
+
+def test_eval_json_agrees_with_the_detector_and_writes_a_report(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from convert.dataset import load_yolo_folder
+    from convert.evaluate import ImageDetections, evaluate
+    from edge.bundle import BUILTIN_KEYS, load_public_keys, read_bundle
+    from edge.detector import Detector
+
+    code = main(["eval", str(data), "--json", "--report", str(tmp_path / "rep")])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and len(out) == 1  # --json: one object and nothing else on stdout
+    res = json.loads(out[0])
+    for key in ("precision", "recall", "f1", "ap50", "tp", "fp", "fn", "ground_truth", "images", "threshold"):
+        assert key in res
+    assert res["images"] == 5
+    assert res["tp"] + res["fn"] == res["ground_truth"] > 0
+
+    # the same figures from the device detector directly, at the bundle's own threshold
+    bundle = read_bundle(DEFAULT_BUNDLE, load_public_keys([BUILTIN_KEYS]))
+    det = Detector(bundle, threads=1, score_threshold=0.05)
+    items = load_yolo_folder(data)
+    dets = []
+    for it in items:
+        gaps = det.detect(it.image)
+        dets.append(ImageDetections(np.array([g.box for g in gaps], np.float32).reshape(-1, 4),
+                                    np.array([g.score for g in gaps], np.float32)))
+    want = evaluate(dets, [it.boxes for it in items], bundle.manifest.thresholds.score)
+    assert res["threshold"] == pytest.approx(bundle.manifest.thresholds.score)
+    assert (res["tp"], res["fp"], res["fn"]) == (want.tp, want.fp, want.fn)
+    assert res["ap50"] == pytest.approx(want.ap50)
+
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert res["report"] == str(tmp_path / "rep" / "report.html")
+    assert "data:image/png;base64," in html and "data:image/jpeg;base64," in html  # self-contained
+    assert 'name="viewport"' in html and "AP at IoU 0.50" in html
+
+
+def test_eval_rejects_a_folder_without_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "images").mkdir()
+    code = main(["eval", str(tmp_path), "--json"])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "labels/" in err and len(err.strip().splitlines()) == 1
