@@ -44,7 +44,8 @@ class Mosquitto:
         if listener is None:
             listener = f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
         # Started as root, mosquitto drops to the `mosquitto` user, which cannot write under the test's tmp dir.
-        user = "user root\n" if os.geteuid() == 0 else ""
+        given = f"{self.extra}\n{self.listener_block or ''}"
+        user = "user root\n" if os.geteuid() == 0 and "\nuser " not in f"\n{given}" else ""
         self.conf.write_text(
             user +
             "persistence false\n"
