@@ -90,7 +90,7 @@ def _product_colour(rng: Rand) -> RGB:
         return _hsv(rng.random(), rng.uniform(0.0, 0.6), rng.uniform(0.08, 0.3))
     # printed colours, weighted towards the reds/oranges/blues of real packaging
     h = rng.random() if rng.random() < 0.5 else (0.0, 0.03, 0.08, 0.12, 0.58, 0.62, 0.33)[rng.integers(7)]
-    return _hsv(h + rng.uniform(-0.03, 0.03), rng.uniform(0.3, 0.95), rng.uniform(0.5, 1.0))
+    return _hsv(h + rng.uniform(-0.03, 0.03), rng.uniform(0.25, 0.9), rng.uniform(0.5, 1.0))
 
 
 def _contrast(c: RGB, rng: Rand) -> RGB:
@@ -937,7 +937,7 @@ def _camera_effects(rng: Rand, img: np.ndarray) -> np.ndarray:
     yy, xx = np.ogrid[-1.0 : 1.0 : sh * 1j, -1.0 : 1.0 : sw * 1j]
     vig = 1.0 - rng.uniform(0.0, 0.45) * ((xx**2 + yy**2) / 2.0)
     gain = cv2.resize(
-        (light * vig * rng.uniform(0.8, 1.3)).astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR
+        (light * vig * rng.uniform(0.75, 1.25)).astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR
     )
     out = cv2.multiply(out, cv2.merge([gain, gain, gain]), dtype=cv2.CV_8U)  # saturating
     u = rng.random()
@@ -955,8 +955,8 @@ def _camera_effects(rng: Rand, img: np.ndarray) -> np.ndarray:
         )
         ker /= max(ker.sum(), 1e-6)
         out = cv2.filter2D(out, -1, ker)
-    elif u < 0.65:
-        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.4, 1.3))
+    elif u < 0.55:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.4, 1.1))
     sigma = rng.uniform(0.0, 9.0)
     if sigma > 0.5:
         noise = (rng.gen.standard_normal((H, W), dtype=np.float32) * np.float32(sigma)).astype(np.int16)
