@@ -196,6 +196,8 @@ class Service:
         return self.exit_code
 
     def _build(self, stack: contextlib.ExitStack) -> None:
+        import cv2
+
         from edge.capture import CaptureThread
         from edge.detector import Detector
         from edge.mqtt import MqttLink
@@ -206,6 +208,7 @@ class Service:
         from edge.topics import Topics
         from edge.tracker import GapTracker
 
+        cv2.setNumThreads(1)  # OpenCV's own thread pool competes with the interpreter's threads on small boards
         cfg = self.cfg
         updater = self._make_updater()
         bundle = load_model(cfg, updater.active_bundle_path() if updater is not None else None)

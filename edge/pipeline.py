@@ -278,6 +278,8 @@ def bench_pipeline(frames: Sequence[Any], detector: GapDetector, n: int = 300) -
     import tempfile
     from pathlib import Path
 
+    import cv2
+
     from edge.capture import CaptureThread
     from edge.config import Config, MqttConfig, OutboxConfig
     from edge.embedded_broker import EmbeddedBroker, _free_port
@@ -288,6 +290,7 @@ def bench_pipeline(frames: Sequence[Any], detector: GapDetector, n: int = 300) -
     from edge.topics import Topics
     from edge.tracker import GapTracker
 
+    cv2.setNumThreads(1)  # as the service does
     work = Path(tempfile.mkdtemp(prefix="shelfscout-bench-"))
     mosq = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
     proc: subprocess.Popen[bytes] | None = None
