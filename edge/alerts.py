@@ -10,11 +10,11 @@ Open places and known marker positions live in a small JSON file written atomica
 returned; a place stays marked `opening`/`clearing` until the next frame, so an event lost to a crash in between
 is sent again, with the same id, after the restart (see `AlertManager.begin_frame`).
 
-"Near" is: the boxes overlap vertically by at least half the smaller height (same shelf level), and the horizontal
-distance between the two boxes (0 when they overlap) is within an effective radius. That radius is
-`place_radius_m` for a place seen on an earlier pass or before a restart, and shrinks to `drift_frac` times the
-distance travelled since the place was last seen when it was seen moments ago in this pass (odometry has had no
-time to drift, so only an overlapping box is the same gap).
+"Near" is the meaning of `place_radius_m`: the boxes overlap vertically by at least a fifth of the smaller height
+(the same shelf level; levels are kept apart by their boards), and the horizontal distance between the two boxes
+(0 when they overlap) is at most `place_radius_m`. So a gap is one alert per place, not per facing: two empty
+facings a hand apart, a gap a detector splits in two, a gap found again after its track was lost, or seen again
+on a later pass through odometry drift, are all the same alert.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import os
 import re
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.config import TrackingConfig
@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1
 STATE_VERSION = 1
 OPEN, OPENING, CLEARING = "open", "opening", "clearing"
+# Boxes on one shelf level overlap vertically; levels are kept apart by the board between them. A detector may box
+# only part of a gap (its top or bottom half), so a small overlap is enough.
+SAME_LEVEL_OVERLAP = 0.2
 
 
 def offset_box(box: Box, dx: float, dy: float) -> Box:
@@ -115,7 +118,7 @@ class Place:
     frames: int
     state: str = OPEN  # OPEN, OPENING or CLEARING (see AlertManager.begin_frame)
     seen_path: float | None = None  # Odometry.path when last seen in this run (None: not seen since start-up)
-    track_id: int | None = None  # the live track currently showing this place
+    tracks: set[int] = field(default_factory=set)  # the live tracks currently showing this place
     clear_count: int = 0
 
     def to_json(self) -> dict[str, object]:
@@ -183,7 +186,6 @@ class AlertManager:
         cfg: TrackingConfig,
         device: str,
         state_path: Path | None = None,
-        drift_frac: float = 0.05,
     ) -> None:
         if cfg.meters_per_pixel <= 0:
             raise ValueError(f"tracking.meters_per_pixel must be > 0, got {cfg.meters_per_pixel}")
@@ -193,7 +195,6 @@ class AlertManager:
         self.device = device
         self._id_prefix = re.sub(r"[^A-Za-z0-9_.-]", "_", device) or "device"
         self.state_path = state_path
-        self.drift_frac = drift_frac
         self.radius_px = cfg.place_radius_m / cfg.meters_per_pixel
         self.aisle: str | None = None
         self.places: list[Place] = []
@@ -321,29 +322,21 @@ class AlertManager:
         return x_now
 
     # ---- matching ----------------------------------------------------------------------------------------------
-    def _near(self, box: Box, place: Place, path: float, claimed_ok: bool) -> float | None:
+    def _near(self, box: Box, place: Place) -> float | None:
         """Horizontal distance from `box` to `place` when it counts as the same place, else None."""
         h = min(box[3] - box[1], place.box[3] - place.box[1])
         v_overlap = min(box[3], place.box[3]) - max(box[1], place.box[1])
-        if h <= 0 or v_overlap < 0.5 * h:
+        if h <= 0 or v_overlap < SAME_LEVEL_OVERLAP * h:
             return None
-        if place.track_id is not None and not claimed_ok:
-            # Another live track shows this place: only a box overlapping it is the same gap (a duplicate).
-            cx, cy = 0.5 * (box[0] + box[2]), 0.5 * (box[1] + box[3])
-            inside = place.box[0] <= cx <= place.box[2] and place.box[1] <= cy <= place.box[3]
-            return 0.0 if inside or iou(box, place.box) >= self.cfg.match_iou else None
         d = max(0.0, max(box[0], place.box[0]) - min(box[2], place.box[2]))
-        radius = self.radius_px
-        if place.seen_path is not None:
-            radius = min(radius, self.drift_frac * max(0.0, path - place.seen_path))
-        return d if d <= radius else None
+        return d if d <= self.radius_px else None
 
     def _find(self, box: Box, view: View) -> Place | None:
         best: tuple[float, float, Place] | None = None
         for p in self.places:
             if p.aisle != view.aisle or p.state == CLEARING:
                 continue
-            d = self._near(box, p, view.path, claimed_ok=False)
+            d = self._near(box, p)
             if d is None:
                 continue
             cdist = abs(0.5 * (box[0] + box[2] - p.box[0] - p.box[2]))
@@ -415,12 +408,10 @@ class AlertManager:
         )
 
     def _link(self, track_id: int, place: Place) -> None:
-        old = self._by_track.pop(track_id, None)
+        old = self._by_track.get(track_id)
         if old is not None and old is not place:
-            old.track_id = None
-        if place.track_id is not None and place.track_id != track_id:
-            self._by_track.pop(place.track_id, None)
-        place.track_id = track_id
+            old.tracks.discard(track_id)
+        place.tracks.add(track_id)
         self._by_track[track_id] = place
 
     def _touch(
@@ -447,7 +438,7 @@ class AlertManager:
     def track_ended(self, track_id: int) -> None:
         place = self._by_track.pop(track_id, None)
         if place is not None:
-            place.track_id = None
+            place.tracks.discard(track_id)
             self._dirty = True  # last_seen, frames and box changed while it was tracked
 
     def alert_id_for(self, track_id: int) -> str | None:
@@ -472,11 +463,11 @@ class AlertManager:
                     self._pending.append(place)
                     events.append(self._event(place, "cleared", fb, view))
                 continue
-            if place.track_id is not None:
+            if place.tracks:
                 # its gap is being followed: a few missed detections are not a filled shelf
                 place.clear_count = 0
                 continue
-            if any(self._near(d, place, view.path, claimed_ok=True) is not None for d in detections):
+            if any(self._near(d, place) is not None for d in detections):
                 place.clear_count = 0
                 continue
             place.clear_count += 1

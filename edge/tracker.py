@@ -11,6 +11,7 @@ Shelf pixel = frame pixel + (odometry.x, odometry.y); see edge/motion.py for the
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
@@ -126,7 +127,7 @@ class GapTracker:
         self.alerts.begin_frame()  # the previous frame's events have been committed by now
         img = frame.image
         h, w = img.shape[:2]
-        shift = self.motion.update(img, frame.dropped_before + 1)
+        shift = self.motion.update(img, frame.dropped_before + 1)  # before the detections: no copies of img
         self.last_shift = shift
         self.odometry.advance(shift)
         if shift.reliable:
@@ -165,12 +166,7 @@ class GapTracker:
             reliable=shift.reliable and not self.uncertain,
         )
         self._view = view
-        dets = []
-        for g in gaps:
-            if not (g.x1 > g.x0 and g.y1 > g.y0):
-                continue
-            fb = (float(g.x0), float(g.y0), float(g.x1), float(g.y1))
-            dets.append(_Det(fb, view.to_shelf(fb), float(g.score)))
+        dets = [_Det(fb, view.to_shelf(fb), score) for fb, score in _merge_fragments(gaps)]
 
         events: list[AlertEvent] = []
         ended = self._associate(dets, view)
@@ -255,6 +251,7 @@ class GapTracker:
                 if not t.matched and _centre_in(d.shelf_box, t.box):
                     self._hit(t, d, w)
                     break
+        self._merge_duplicates(w)
         ended: list[Track] = []
         alive: list[Track] = []
         for t in self._tracks:
@@ -290,6 +287,23 @@ class GapTracker:
         self._tracks = alive
         return ended
 
+    def _merge_duplicates(self, frame_w: int) -> None:
+        """Fold an unconfirmed track into an older one on the same gap (their boxes are fragments of one gap).
+
+        Detectors often report one gap as two fragments for a while; both become tracks, and once they sit on top
+        of each other they are one gap. A confirmed track is never folded: it may already stand for an alert.
+        """
+        keep: list[Track] = []
+        for u in sorted(self._tracks, key=lambda t: t.track_id):
+            host = None
+            if not u.confirmed:
+                host = next((t for t in keep if _fragments(u.box, t.box)), None)
+            if host is None:
+                keep.append(u)
+            elif u.matched and not host.matched:
+                self._hit(host, _Det(u.frame_box, u.box, u.scores[-1]), frame_w)
+        self._tracks = keep
+
     def _hit(self, t: Track, d: _Det, frame_w: int) -> None:
         a = self.smoothing
         x0, y0, x1, y1 = (a * n + (1.0 - a) * o for n, o in zip(d.shelf_box, t.box, strict=True))
@@ -308,6 +322,52 @@ class GapTracker:
         t.matched = True
         t.full = _full(d.frame_box, frame_w)
         d.used = True
+
+
+def _fragments(a: Box, b: Box) -> bool:
+    """Two boxes are parts of one gap: they overlap, and along one axis by at least half the smaller extent.
+
+    Detectors split a tall gap into stacked halves or a wide one into side-by-side pieces; gaps on different shelf
+    levels are kept apart by the shelf board between them, and neighbours on one level by the products between."""
+    ix = min(a[2], b[2]) - max(a[0], b[0])
+    iy = min(a[3], b[3]) - max(a[1], b[1])
+    if ix <= 0 or iy <= 0:
+        return False
+    return ix >= 0.5 * min(a[2] - a[0], b[2] - b[0]) or iy >= 0.5 * min(a[3] - a[1], b[3] - b[1])
+
+
+def _merge_fragments(gaps: list[Gap]) -> list[tuple[Box, float]]:
+    """One box per gap: fragments of one gap (see `_fragments`) are merged into their union, with the max score.
+
+    Degenerate or non-finite boxes are dropped."""
+    boxes: list[Box] = []
+    scores: list[float] = []
+    for g in gaps:
+        if g.x1 > g.x0 and g.y1 > g.y0 and math.isfinite(g.x0 + g.y0 + g.x1 + g.y1):
+            boxes.append((float(g.x0), float(g.y0), float(g.x1), float(g.y1)))
+            scores.append(float(g.score))
+    n = len(boxes)
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(n):
+        for j in range(i + 1, n):
+            if _fragments(boxes[i], boxes[j]):
+                parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(root(i), []).append(i)
+    out = []
+    for members in groups.values():
+        bs = [boxes[i] for i in members]
+        union = (min(b[0] for b in bs), min(b[1] for b in bs), max(b[2] for b in bs), max(b[3] for b in bs))
+        out.append((union, max(scores[i] for i in members)))
+    return out
 
 
 def _centre_in(box: Box, container: Box) -> bool:

@@ -78,12 +78,16 @@ def test_a_track_lost_mid_view_is_the_same_alert(aisle: Aisle) -> None:
     assert opened_gaps(aisle, events) == Counter(range(len(aisle.gaps)))
 
 
-def test_two_gaps_side_by_side_are_two_alerts() -> None:
-    # gaps 30 px apart on the same level, well within place_radius_m (0.25 m = 167 px)
-    aisle = make_aisle(seed=5, gaps=((900, 120, 2), (1050, 100, 2)), marker_ids=())
+def test_gaps_within_the_place_radius_are_one_alert() -> None:
+    # gaps 0 and 1 are 30 px apart on one level, well within place_radius_m (0.25 m = 167 px): one place;
+    # gap 2 is 350 px further on, and gap 3 right above gap 0 on another level: places of their own
+    aisle = make_aisle(
+        seed=5, gaps=((900, 120, 2), (1050, 100, 2), (1500, 100, 2), (900, 120, 1)), marker_ids=()
+    )
     tracker = GapTracker(TrackingConfig(aruco=False), "cart-01")
     events = run_pass(tracker, Camera(aisle, seed=5), offsets(0, 1800, 12.0, seed=5), NoisyDetector(seed=5))
-    assert opened_gaps(aisle, events) == Counter([0, 1])
+    gaps = opened_gaps(aisle, events)
+    assert sum(gaps.values()) == 3 and gaps[2] == gaps[3] == 1 and gaps[0] + gaps[1] == 1
 
 
 def test_second_pass_after_turning_round_reopens_nothing(aisle: Aisle) -> None:
