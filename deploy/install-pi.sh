@@ -150,12 +150,14 @@ if [ "$have" != "$want" ]; then
         rm -rf "$VENV"
     fi
     log "creating the venv $VENV (Python $want)"
-    "$PYTHON" -m venv --system-site-packages "$VENV"
+    "$PYTHON" -m venv --system-site-packages --without-pip "$VENV"
 else
     log "keeping the venv $VENV (Python $have)"
 fi
 
 if [ "$DO_PIP" = 1 ]; then
+    # The venv's own pip (not the system's python3-pip, which --system-site-packages would also expose).
+    [ -x "$VENV/bin/pip" ] || "$VENV/bin/python" -m ensurepip --default-pip >/dev/null
     CONSTRAINTS="$OPT/constraints.txt"
     : > "$CONSTRAINTS"
     # apt's picamera2 (simplejpeg, libcamera bindings) is built against the system numpy: keep that numpy in the

@@ -32,9 +32,22 @@ def base_python() -> str:
     return sys.executable
 
 
-def run_installer(prefix: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(SCRIPT), "--prefix", str(prefix), "--python", base_python(),
-                           "--pip-args", PIP_ARGS, *extra], capture_output=True, text=True, timeout=300)
+def source_copy(dest: Path) -> Path:
+    """What a `git clone` gives the installer, copied, so pip's in-tree build never writes into this checkout."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
+    for name in ("pyproject.toml", "README.md", "docs/INSTALL.md"):
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, dest / name)
+    for name in ("edge", "convert", "deploy", "systemd", "models/keys"):
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, dest / name, ignore=ignore)
+    return dest
+
+
+def run_installer(prefix: Path, source: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(source / "deploy/install-pi.sh"), "--prefix", str(prefix), "--python",
+                           base_python(), "--pip-args", PIP_ARGS, *extra], capture_output=True, text=True,
+                          timeout=300)
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, int]]:
@@ -55,13 +68,14 @@ def snapshot(root: Path) -> dict[str, tuple[str, int]]:
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict, dict, str]]:
     root = tmp_path_factory.mktemp("piroot")
-    first = run_installer(root)
+    src = source_copy(tmp_path_factory.mktemp("src"))
+    first = run_installer(root, src)
     assert first.returncode == 0, first.stdout + first.stderr
     before = snapshot(root)
     # The operator edits the config and sets a password between two runs: a re-run must keep both.
     (root / "etc/shelfscout/config.toml").write_text('[device]\nid = "cart-07"\nstore = "s042"\n')
     (root / "etc/shelfscout/credentials/mqtt-password").write_text("s3cret\n")
-    second = run_installer(root)
+    second = run_installer(root, src)
     assert second.returncode == 0, second.stdout + second.stderr
     yield root, before, snapshot(root), second.stdout
 
@@ -152,15 +166,14 @@ def test_bad_options_fail_with_one_line(tmp_path: Path) -> None:
 
 def test_a_stale_venv_is_rebuilt(tmp_path: Path) -> None:
     """After an OS upgrade the venv's Python is gone: the installer notices and rebuilds it (without pip here)."""
-    first = run_installer(tmp_path, "--no-pip")
-    assert first.returncode == 0, first.stderr
-    py = tmp_path / "opt/shelfscout/venv/bin/python"
-    py.unlink()
-    py.symlink_to("/usr/bin/python3.0-gone")  # what an upgraded OS leaves behind
-    (tmp_path / "opt/shelfscout/venv/stale-marker").write_text("x")
-    second = run_installer(tmp_path, "--no-pip")
+    root, src = tmp_path / "root", source_copy(tmp_path / "src")
+    py = root / "opt/shelfscout/venv/bin/python"
+    py.parent.mkdir(parents=True)
+    py.symlink_to("/usr/bin/python3.0-gone")  # what an upgraded OS leaves of the old venv
+    (root / "opt/shelfscout/venv/stale-marker").write_text("x")
+    second = run_installer(root, src, "--no-pip")
     assert second.returncode == 0, second.stderr
     assert "rebuilding the venv" in second.stdout
-    assert not (tmp_path / "opt/shelfscout/venv/stale-marker").exists()
+    assert not (root / "opt/shelfscout/venv/stale-marker").exists()
     r = subprocess.run([str(py), "-c", "print('ok')"], capture_output=True, text=True, timeout=30)
     assert r.stdout.strip() == "ok"
