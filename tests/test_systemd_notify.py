@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge.sdnotify import Watchdog, notify, watchdog_interval
+from tests.mosquitto import Mosquitto
 
 
 @pytest.fixture
@@ -109,3 +112,62 @@ def test_watchdog_does_nothing_without_systemd() -> None:
     assert wd.pings == 0
     with pytest.raises(ValueError):
         Watchdog(interval=0.0, env={})
+
+
+def test_shelfscout_run_talks_to_systemd(tmp_path: Path, broker: Mosquitto) -> None:
+    """`shelfscout run` as systemd starts it (Type=notify, WatchdogSec): READY=1 once up, then WATCHDOG=1 while the
+    pipeline processes frames, on a real notify socket."""
+    cv2 = pytest.importorskip("cv2")
+    import numpy as np
+
+    from tests.test_hints import draw_shelf
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    shelf = draw_shelf(np.random.default_rng(0), width=1600, height=480)
+    for i in range(40):  # a cart rolling past: a window sliding along a long shelf
+        cv2.imwrite(str(frames / f"{i:04d}.jpg"), cv2.cvtColor(shelf[:, i * 20:i * 20 + 640], cv2.COLOR_RGB2BGR))
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f"""
+[device]
+id = "cart-07"
+store = "s042"
+[camera]
+source = "{frames}"
+fps = 10.0
+realtime = true
+loop = true
+[mqtt]
+url = "{broker.url}"
+[outbox]
+path = "{tmp_path / 'outbox.db'}"
+[ota]
+enabled = false
+[preview]
+enabled = false
+""")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="1000000")
+    exe = Path(sys.executable).parent / "shelfscout"
+    proc = subprocess.Popen([str(exe), "run", "-c", str(cfg)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        got: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and got.count("WATCHDOG=1") < 3 and proc.poll() is None:
+            got += _drain(sock, 0.5)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert "READY=1" in got, got
+        assert any(m.startswith("STATUS=") for m in got), got
+        assert got.count("WATCHDOG=1") >= 3, got  # every 0.5 s while frames flow
+        assert got.index("READY=1") < got.index("WATCHDOG=1")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        sock.close()
+    assert proc.returncode == 0, proc.stderr.read()[-3000:] if proc.stderr else ""
