@@ -399,8 +399,9 @@ def test_the_optional_password_listener(broker: Broker, tmp_path: Path) -> None:
         shutil.copy(broker.pki / name, etc / name)
     shutil.copy(MOSQ_DIR / "acl", etc / "acl")
     passwd = etc / "passwd"
-    subprocess.run([passwd_tool, "-c", "-b", str(passwd), "backend-s042", "store-secret"], check=True,
-                   capture_output=True, timeout=30)
+    for i, (user, pw) in enumerate((("backend-s042", "store-secret"), ("s042/cart-b", "cart-secret"))):
+        subprocess.run([passwd_tool, *(["-c"] if i == 0 else []), "-b", str(passwd), user, pw], check=True,
+                       capture_output=True, timeout=30)
     cert_port, pw_port = free_port(), free_port()
     conf = production_conf(etc, cert_port)
     # Uncomment the settings ("#key value"), not the prose ("# text"), as an admin would.
@@ -439,6 +440,16 @@ def test_the_optional_password_listener(broker: Broker, tmp_path: Path) -> None:
             time.sleep(0.02)
         assert got == [("shelfscout/s042/cart-a/alerts", b'{"id": "pw"}')]
         assert not bad.wait(1.0), "a wrong password was accepted"
+        # A cart with a password uses its cart name as user name: the same patterns confine it to its root.
+        pw_cart, _, cart_ok = pw_client("s042/cart-b", "cart-secret")
+        assert cart_ok.wait(5)
+        pw_cart.publish("shelfscout/s042/cart-a/alerts", b"forged", qos=1).wait_for_publish(5)
+        pw_cart.publish("shelfscout/s042/cart-b/alerts", b'{"id": "b"}', qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 5
+        while len(got) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(QUIET_S)
+        assert got[1:] == [("shelfscout/s042/cart-b/alerts", b'{"id": "b"}')]
         cart.close()
     finally:
         for c in clients:
