@@ -209,7 +209,11 @@ class PreviewServer:
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="preview-http", daemon=True)
         self._thread.start()
-        log.info("preview on %s", self.url)
+        if self.host in ("0.0.0.0", "::", ""):
+            log.warning("preview listens on ALL interfaces (port %d): anyone on the network sees the camera; "
+                        "set preview.bind back to 127.0.0.1 after mounting", self.port)
+        else:
+            log.info("preview on %s", self.url)
         return self
 
     def stop(self) -> None:
