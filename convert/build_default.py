@@ -61,6 +61,7 @@ class BuildSpec:
     reuse_weights: bool = False  # skip training when work_dir already holds weights (re-measure/re-bundle only)
     workers: int = 2
     progress: bool = True
+    eval_every: int = 0  # log float AP50 on (up to 100 images of) each validation set every N steps
 
 
 @dataclass
@@ -187,10 +188,15 @@ def build(spec: BuildSpec) -> BuildReport:
     train_seconds = 0.0
     if spec.reuse_weights and weights.exists():
         log.info("reusing %s", weights)
+        train_seconds = float(json.loads((weights.parent / "net.json").read_text()).get("seconds", 0.0))
     else:
         if not train_items:
             raise ValueError("no training images")
-        res = train(train_items, spec.train, work / "float", spec.init_weights, spec.progress)
+        res = train(
+            train_items, spec.train, work / "float", spec.init_weights, spec.progress,
+            on_checkpoint=_checkpoint_logger(net, val_sets, work / "learning-curve.jsonl") if spec.eval_every else None,
+            checkpoint_every=spec.eval_every,
+        )
         train_seconds = res.seconds
         weights = res.weights
     model, net = load_float_model(weights, net)
@@ -284,6 +290,38 @@ def build(spec: BuildSpec) -> BuildReport:
     )
     (work / "build-report.json").write_text(report.to_json())
     return report
+
+
+def _checkpoint_logger(
+    net: NetConfig, val_sets: Sequence[tuple[str, Sequence[LabeledImage]]], path: Path
+) -> Any:
+    """A training callback that measures the float model's AP50 on up to 100 images of each set and logs it."""
+    from convert.model import build_model
+    from convert.train import FloatPredictor
+    from edge.bundle import InputSpec, Manifest, OutputSpec, TensorSpec
+
+    gw, gh = net.out_size
+    manifest = Manifest(
+        name="checkpoint", version=0, task="", input=InputSpec(net.width, net.height),
+        output=OutputSpec("gap-heatmap", (TensorSpec("heatmap", (1, gh, gw, 1), "float32"),
+                                          TensorSpec("ltrb", (1, gh, gw, 4), "float32")), stride=net.stride),
+    )
+    inference = build_model(net)
+    t0 = time.monotonic()
+
+    def on_checkpoint(step: int, model: Any) -> None:
+        inference.set_weights(model.get_weights())
+        pred = FloatPredictor(inference, net, manifest)
+        row: dict[str, Any] = {"step": step, "seconds": round(time.monotonic() - t0, 1)}
+        for name, items in val_sets:
+            sub = list(items)[:: max(1, len(items) // 100)][:100]
+            dets = [ImageDetections(b, s) for b, s in pred.detect([it.image for it in sub], MIN_SCORE)]
+            row[name] = round(evaluate(dets, [it.boxes for it in sub], 0.5).ap50, 4)
+        log.info("checkpoint %s", row)
+        with path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    return on_checkpoint
 
 
 def default_spec(work: Path, steps: int, synth_train: int, synth_val: int, with_esd: bool) -> BuildSpec:
@@ -390,15 +428,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m convert.build_default", description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=REPO / "build" / "default", help="scratch folder (default build/default)")
     p.add_argument("--steps", type=int, default=TrainConfig().steps, help="training steps")
-    p.add_argument("--synth-train", type=int, default=3000)
+    p.add_argument("--synth-train", type=int, default=2500)
     p.add_argument("--synth-val", type=int, default=300)
     p.add_argument("--no-esd", action="store_true", help="do not measure on ../shared/data/esd/dev")
     p.add_argument("--reuse-weights", action="store_true", help="re-measure and re-bundle the trained weights")
     p.add_argument("--no-card", action="store_true", help="do not rewrite models/README.md")
+    p.add_argument("--eval-every", type=int, default=1000, help="log float AP50 every N training steps (0: never)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = default_spec(args.work, args.steps, args.synth_train, args.synth_val, not args.no_esd)
-    spec = replace(spec, reuse_weights=args.reuse_weights)
+    spec = replace(spec, reuse_weights=args.reuse_weights, eval_every=args.eval_every)
     report = build(spec)
     shutil.copy2(args.work / "float-final.weights.h5", MODELS / f"{DEFAULT_NAME}.weights.h5")
     (MODELS / f"{DEFAULT_NAME}.json").write_text(

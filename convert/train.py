@@ -34,7 +34,7 @@ class TrainConfig:
     net: NetConfig = field(default_factory=NetConfig)
     crop: int = 256  # training crops (the model is fully convolutional); must be a multiple of 32
     batch: int = 16
-    steps: int = 2000
+    steps: int = 3000
     lr: float = 3e-3
     warmup: int = 100
     weight_decay: float = 1e-4
@@ -194,7 +194,9 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS_FILE
     model.save_weights(str(weights))
-    (out_dir / CONFIG_FILE).write_text(json.dumps({"net": cfg.net.to_dict(), "train": _train_dict(cfg)}, indent=2))
+    (out_dir / CONFIG_FILE).write_text(
+        json.dumps({"net": cfg.net.to_dict(), "train": _train_dict(cfg), "seconds": round(seconds, 1)}, indent=2)
+    )
     return TrainResult(
         out_dir, weights, cfg.net, cfg.steps, seconds, ema_f + cfg.box_weight * ema_b, int(model.count_params())
     )
