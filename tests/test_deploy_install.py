@@ -38,6 +38,8 @@ def source_copy(dest: Path) -> Path:
     for name in ("pyproject.toml", "README.md", "docs/INSTALL.md"):
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, dest / name)
+    (dest / "models").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "models/shelfgap-default.bundle", dest / "models/shelfgap-default.bundle")
     for name in ("edge", "convert", "deploy", "systemd", "models/keys"):
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, dest / name, ignore=ignore)
@@ -107,6 +109,7 @@ def test_layout_and_modes(installed: tuple[Path, dict, dict, str]) -> None:
         "var/lib/shelfscout/models": ("d", 0o700),
         "etc/systemd/system/shelfscout.service": ("f", 0o644),
         "opt/shelfscout/docs/INSTALL.md": ("f", 0o644),  # the unit's Documentation=
+        "opt/shelfscout/models/shelfgap-default.bundle": ("f", 0o644),  # config.example.toml's model.bundle
     }
     for path, mode in expect.items():
         assert after.get(path) == mode, (path, after.get(path))
@@ -129,6 +132,7 @@ def test_the_example_config_is_valid() -> None:
     cfg = load(REPO / "deploy/config.example.toml", env={})
     assert cfg.preview.bind.startswith("127.0.0.1:")  # the preview is not on the network unless asked for
     assert cfg.mqtt.url.startswith("mqtts://")
+    assert cfg.model.bundle == "/opt/shelfscout/models/shelfgap-default.bundle"  # where the installer puts it
 
 
 def test_venv_sees_system_packages_and_holds_shelfscout(installed: tuple[Path, dict, dict, str]) -> None:

@@ -53,8 +53,7 @@ def _valid_current(dev: Device) -> tuple[str, int]:
 
 
 def _installed(dev: Device) -> None:
-    code, out = _run(dev, _release_file(dev, 1))
-    assert code == 0 and out is not None and out["state"] == "probation", out
+    dev.install(1)
     assert _valid_current(dev)[1] == 1
 
 
@@ -66,9 +65,16 @@ def test_named_fault_point_then_restart(dev: Device, point: str) -> None:
     assert code == 86, f"fault point {point} was not reached"
     cur, version = _valid_current(dev)
     assert version in (1, 2)
-    # restart: the start-up check runs, then the same release again completes or is reported as already running
-    code, out = _run(dev, rel)
-    assert code == 0 and out is not None
+    # restart (a new updater on the same disk): the start-up check, then the same release again completes (or is
+    # already running); smoke-tested in-process here to keep the test quick
+    up = dev.fast_updater()
+    up.active_bundle_path()
+    while up.in_probation:  # killed after the switch: the new model's probation goes on after the restart
+        up.observe_frame(1.0, True)
+    out = up.apply_release(rel.read_bytes())
+    assert out.state in ("probation", "skipped"), out
+    while up.in_probation:
+        up.observe_frame(1.0, True)
     cur, version = _valid_current(dev)
     assert version == 2, (point, out)
     st = StateStore(dev.models_dir / "state.json").load()
@@ -163,11 +169,7 @@ def _mount_tiny_tmpfs(path: Path, size: str) -> bool:
 def test_full_staging_disk_fails_cleanly_and_service_keeps_running(dev: Device, how: str) -> None:
     from edge.ota.updater import Updater
 
-    up0 = dev.updater()
-    assert up0.apply_release(dev.release(dev.bundle(1))).state == "probation"
-    for _ in range(5):
-        up0.observe_frame(2.0, True)
-    dev.swaps.clear()
+    dev.install(1)
     staging = dev.models_dir / "staging"
     mounted = how == "tmpfs" and _mount_tiny_tmpfs(staging, "4k")
     if how == "tmpfs" and not mounted:

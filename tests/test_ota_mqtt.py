@@ -52,11 +52,7 @@ def test_retained_release_over_mqtt_installs_and_reports(tmp_path: Path, models:
     from edge.topics import Topics
 
     dev = Device(tmp_path, models)
-    first = dev.updater()
-    assert first.apply_release(dev.release(dev.bundle(1))).state == "probation"
-    for _ in range(5):
-        first.observe_frame(2.0, True)
-    dev.swaps.clear()
+    dev.install(1)
     cfg = dev.cfg.replace(mqtt=dataclasses.replace(MqttConfig(), url=broker.url),
                           outbox=dataclasses.replace(OutboxConfig(), path=str(tmp_path / "outbox.db")))
     topics = Topics.from_config(cfg)

@@ -208,6 +208,24 @@ class Device:
 
         return Updater(self.cfg, report=self.reports.append, swap=self.swaps.append, **kwargs)
 
+    def fast_updater(self, **kwargs: Any) -> Any:
+        """An updater that smoke-tests in this process (no child interpreter): for setting a device up quickly."""
+        from edge.detector import Detector
+
+        return self.updater(detector_factory=lambda b: Detector(b, threads=1), **kwargs)
+
+    def install(self, version: int = 1) -> None:
+        """Install and commit `version` (setup for tests about what comes next)."""
+        up = self.fast_updater()
+        if (self.models_dir / "current").is_symlink():
+            up.active_bundle_path()
+        out = up.apply_release(self.release(self.bundle(version)))
+        assert out.state in ("probation", "active"), out
+        while up.in_probation:
+            up.observe_frame(1.0, True)
+        self.reports.clear()
+        self.swaps.clear()
+
     def current(self) -> str:
         """Where `current` points ("" when there is no link)."""
         link = self.models_dir / "current"

@@ -35,9 +35,9 @@ def test_hot_swap_between_frames_with_the_builtin_model(tmp_path: Path, models: 
         p = dev.pub_dir / f"default-v{v}.bundle"
         write_bundle(p, dataclasses.replace(base.manifest, version=v), files, dev.key)
         bundles[v] = p
-    up0 = dev.updater()
+    up0 = dev.fast_updater()
     assert up0.apply_release(dev.release(bundles[1])).state == "probation"
-    for _ in range(dev.cfg.ota.probation_frames):
+    while up0.in_probation:
         up0.observe_frame(1.0, True)
 
     keys = load_public_keys([dev.keys_dir])
