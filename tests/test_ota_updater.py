@@ -280,6 +280,37 @@ def test_probation_rolls_back(dev: Device, latency: float, ok: bool, code: str) 
     assert up.apply_release(dev.release(dev.bundle(3))).state == "probation"
 
 
+def test_probation_rollback_runs_on_the_worker_thread_not_between_frames(dev: Device) -> None:
+    import threading
+
+    from edge.ota.updater import Updater
+
+    dev.install(1)
+    v1 = dev.current()
+    threads: list[str] = []
+
+    def swap(p: Path) -> None:
+        threads.append(threading.current_thread().name)
+        dev.swaps.append(p)
+
+    up = Updater(dev.cfg, report=dev.reports.append, swap=swap)
+    up.active_bundle_path()
+    up.start()
+    try:
+        up.on_release("shelfscout/s042/model/release", dev.release(dev.bundle(2)))
+        assert wait_for(lambda: up.in_probation, timeout=20)
+        t0 = time.monotonic()
+        for _ in range(dev.cfg.ota.probation_frames):
+            up.observe_frame(3.0, False)  # NaN outputs
+        frame_cost = time.monotonic() - t0
+        assert wait_for(lambda: dev.current() == v1 and dev.states()[-1] == "rolled_back", timeout=10)
+        assert threads == ["ota", "ota"]  # the swap in and the swap back, both off the frame loop
+        print(f"\n{dev.cfg.ota.probation_frames} probation frames incl. the rollback decision: "
+              f"{frame_cost * 1e3:.2f} ms on the frame thread")
+    finally:
+        up.stop()
+
+
 def test_load_failure_on_swap_rolls_back(dev: Device) -> None:
     install_v1(dev)
     v1 = dev.current()
@@ -340,3 +371,14 @@ def test_nothing_valid_means_builtin_default(dev: Device) -> None:
         with pytest.raises(BundleError):
             dev.updater().active_bundle_path()
     del up
+
+
+def test_unusable_models_dir_runs_the_builtin_model(dev: Device) -> None:
+    blocker = dev.tmp / "file"
+    blocker.write_text("not a folder")
+    dev.with_ota(models_dir=str(blocker / "models"))
+    up = dev.updater()
+    if DEFAULT_BUNDLE.exists():
+        assert up.active_bundle_path() == DEFAULT_BUNDLE
+        assert dev.reports[-1]["ota"]["state"] == "failed"
+        assert dev.reports[-1]["ota"]["error"].startswith("io-error")

@@ -96,6 +96,7 @@ class Updater:
         self._thread: threading.Thread | None = None
         self._window: ProbationWindow | None = None
         self._deferred: bytes | None = None
+        self._pending_rollback: OtaError | None = None  # decided on the pipeline thread, done on the worker
         self._retry: tuple[bytes, float, float] | None = None  # payload, due (monotonic), backoff
         self._handled: dict[str, str] = {}  # payload digest -> outcome state, to ignore repeats
         self._active: ActiveModel | None = None
@@ -126,6 +127,9 @@ class Updater:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        err, self._pending_rollback = self._pending_rollback, None
+        if err is not None:
+            self._rollback(err)
 
     def observe_frame(self, latency_ms: float, outputs_ok: bool) -> None:
         """Pipeline hook, once per frame: feeds the probation window of a freshly switched model."""
@@ -140,15 +144,28 @@ class Updater:
             if not w.done:
                 return
             verdict = w.verdict()
-            if verdict is not None:
-                self._rollback(OtaError(*verdict))
-            else:
+            if verdict is None:
                 self._commit()
+                return
+            err = OtaError(*verdict)
+            if self._thread is not None and self._thread.is_alive():
+                # Loading the old model takes a while: do it on the worker thread, not between two frames here.
+                self._window = None
+                self._pending_rollback = err
+                self._queue.put(b"")
+            else:
+                self._rollback(err)
 
     def active_bundle_path(self) -> Path:
         """Start-up check: the verified bundle to run (current → previous → configured → built-in default)."""
         with self._lock:
-            self.models_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.models_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                err = OtaError("io-error", f"cannot use ota.models_dir {self.models_dir}: {e.strerror}")
+                log.error("%s; running the configured or built-in model", err)
+                self._emit("failed", None, err)
+                return self._builtin_path()
             self._cleanup_temporaries()
             state = self._load_state()
             cur = links.target(self.models_dir, links.CURRENT)
@@ -405,7 +422,10 @@ class Updater:
                 item = None
             if self._stop.is_set():
                 break
-            if item is not None:
+            err, self._pending_rollback = self._pending_rollback, None
+            if err is not None:
+                self._rollback(err)
+            if item:
                 self._handle(item)
             if self._retry is not None and time.monotonic() >= self._retry[1]:
                 payload, _, backoff = self._retry
