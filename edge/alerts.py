@@ -433,7 +433,7 @@ class AlertManager:
         if place is None:
             return
         confidence = float(statistics.median(scores)) if scores else place.confidence
-        self._touch(place, shelf_box, confidence, 1, view, update_box=full_view)
+        self._touch(place, shelf_box, confidence, 1, view, update_box=full_view and view.reliable)
 
     def track_ended(self, track_id: int) -> None:
         place = self._by_track.pop(track_id, None)
