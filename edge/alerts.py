@@ -344,12 +344,18 @@ class AlertManager:
                 best = (d, cdist, p)
         return None if best is None else best[2]
 
+    def location_of(self, x: float, aisle: str | None) -> Location:
+        """Shelf x in `aisle` as a Location: metres from the aisle's naming marker ("aruco-<id>"), or without
+        markers from where the cart was when the service started."""
+        mpp = self.cfg.meters_per_pixel
+        if aisle is None:
+            return Location(aisle=None, offset_m=round(float(x) * mpp, 3), source="odometry")
+        origin = self.markers.get(int(aisle.rsplit("-", 1)[1]))
+        x0 = origin.x if origin is not None else 0.0
+        return Location(aisle=aisle, offset_m=round(float(x - x0) * mpp, 3), source="aruco")
+
     def _location(self, place: Place) -> Location:
-        cx = 0.5 * (place.box[0] + place.box[2])
-        offset_m = round(float(cx) * self.cfg.meters_per_pixel, 3)
-        if place.aisle is None:
-            return Location(aisle=None, offset_m=offset_m, source="odometry")
-        return Location(aisle=place.aisle, offset_m=offset_m, source="aruco")
+        return self.location_of(0.5 * (place.box[0] + place.box[2]), place.aisle)
 
     # ---- per-frame calls from the tracker ----------------------------------------------------------------------
     def confirm(

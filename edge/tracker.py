@@ -213,13 +213,9 @@ class GapTracker:
 
     @property
     def position(self) -> Location:
-        """Where the cart is now: the aisle (from markers) and the odometry offset in metres."""
-        aisle = self.alerts.aisle
-        return Location(
-            aisle=aisle,
-            offset_m=round(float(self.odometry.x) * self.cfg.meters_per_pixel, 3),
-            source="odometry" if aisle is None else "aruco",
-        )
+        """Where the cart is now (the centre of the view): its aisle, from markers, and the offset along it."""
+        width = self._view.width if self._view is not None else 0
+        return self.alerts.location_of(self.odometry.x + 0.5 * width, self.alerts.aisle)
 
     def close(self) -> None:
         """Persist the open alerts (they are also written whenever they change)."""

@@ -50,7 +50,8 @@ def test_one_opened_per_true_gap_and_none_for_a_false_positive(aisle: Aisle) -> 
     cam = Camera(aisle, seed=1)
     fp = (300.0, 20.0, 370.0, 100.0)  # on products, for one frame
     det = NoisyDetector(seed=1, false_positives={40: fp})
-    events = run_pass(tracker, cam, offsets(0, END, 12.0, seed=1), det)
+    xs = offsets(0, END, 12.0, seed=1)
+    events = run_pass(tracker, cam, xs, det)
     assert all(e.event == "opened" for e, _, _ in events)
     assert opened_gaps(aisle, events) == Counter(range(len(aisle.gaps)))
     ids = [e.alert_id for e, _, _ in events]
@@ -60,10 +61,13 @@ def test_one_opened_per_true_gap_and_none_for_a_false_positive(aisle: Aisle) -> 
         assert e.frames >= 3 and 0.45 <= e.confidence <= 0.95
         assert e.first_seen <= e.last_seen == e.ts
         assert e.snapshot_jpeg is None
-    # offsets along the aisle follow the true gap positions (odometry from where the cart started)
+    # offsets along the aisle follow the true gap positions, measured from the aisle's marker (id 3)
     by_gap = {matching_gap(aisle, e.bbox_norm, x, y): e.location.offset_m for e, x, y in events}
+    marker_x = dict(aisle.markers)[3]
     for i, (x0, _, x1, _) in enumerate(aisle.gaps):
-        assert by_gap[i] == pytest.approx(0.5 * (x0 + x1) * 0.0015, abs=0.05)
+        assert by_gap[i] == pytest.approx((0.5 * (x0 + x1) - marker_x) * 0.0015, abs=0.03)
+    # and the cart's own position: the centre of the last frame
+    assert tracker.position.offset_m == pytest.approx((xs[-1] + FRAME_W / 2 - marker_x) * 0.0015, abs=0.03)
 
 
 def test_a_track_lost_mid_view_is_the_same_alert(aisle: Aisle) -> None:
