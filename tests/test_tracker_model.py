@@ -62,12 +62,16 @@ def test_model_detections_give_one_alert_per_gap_and_none_again(tmp_path: Path) 
     score = score_pass(cp, [_payload(e) for e in first])
     print(f"\nmodel + tracker, first pass: {score.summary()} (recall {score.recall:.2f})")
     assert score.duplicates == {}
-    # the same aisle again (a hard cut back to its start): the gaps alerted before are still the same alerts
+    # the same aisle again (a hard cut back to its start): the gaps alerted before are still the same alerts, unless
+    # the model lost one for clear_frames frames in full view (then it was `cleared` first, with its own id)
     second = _run(tracker, detector, cp, cp.frames)
+    cleared = {e.alert_id for e in second if e.event == "cleared"}
     reopened = [
-        e.alert_id for e in second if e.event == "opened" and match_alert(cp, _payload(e)) in score.matched
+        g for e in second if e.event == "opened" and (g := match_alert(cp, _payload(e))) in score.matched
     ]
-    print(f"second pass: {len(second)} events, {len(reopened)} true gaps opened again")
-    assert reopened == []
+    print(
+        f"second pass: {len(second)} events, {len(reopened)} true gaps opened again, {len(cleared)} cleared"
+    )
+    assert all(set(score.matched[g]) & cleared for g in reopened), "a gap with an open alert was opened again"
     ids = [(e.alert_id, e.event) for e in first + second]
     assert len(ids) == len(set(ids))
