@@ -59,8 +59,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    confirm_frames: int = 3  # N: a gap is confirmed after N sightings ...
-    window_frames: int = 5  # ... within the last M frames of its track
+    confirm_frames: int = 5  # N: a gap is confirmed after N sightings ...
+    window_frames: int = 7  # ... within the last M frames of its track
     lost_frames: int = 4  # a track that is not seen for this many frames while in view has ended
     match_iou: float = 0.2  # minimum IoU, in shelf coordinates, to match a detection to a track
     motion_width: int = 160  # width of the grey frame used for phase correlation

@@ -74,15 +74,17 @@ def alerts_of(sub: ValidatingSubscriber) -> list[dict[str, Any]]:
 
 def check_payloads_and_snapshots(sub: ValidatingSubscriber) -> None:
     assert sub.invalid == [], f"payloads failing their schema: {sub.invalid[:3]}"
-    snaps = {m.topic.rsplit("/", 1)[1]: m.payload for m in sub.containing("/snapshots/")}
+    snaps: dict[str, dict[str, bytes]] = {}  # alert id -> sha256 -> JPEG (opened and cleared share the topic)
+    for m in sub.containing("/snapshots/"):
+        snaps.setdefault(m.topic.rsplit("/", 1)[1], {})[hashlib.sha256(m.payload).hexdigest()] = m.payload
     for a in alerts_of(sub):
         if a["event"] != "opened":
             continue
         assert a["store"] == STORE and a["device"] == DEVICE
         assert a["snapshot"] is not None, a
-        jpeg = snaps.get(a["id"])
-        assert jpeg is not None, f"no snapshot for alert {a['id']}"
-        assert hashlib.sha256(jpeg).hexdigest() == a["snapshot"]["sha256"]
+        jpeg = snaps.get(a["id"], {}).get(a["snapshot"]["sha256"])
+        assert jpeg is not None, f"no snapshot with the announced sha256 for alert {a['id']}"
+        assert len(jpeg) == a["snapshot"]["bytes"]
         img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
         assert img is not None and img.shape[0] > 0, "snapshot is not a JPEG"
 
