@@ -275,11 +275,7 @@ def build(spec: BuildSpec) -> BuildReport:
         spec.out_bundle, tflite, golden_src, spec.name, spec.version, net.stride,
         Thresholds(score=threshold, nms_iou=0.5, max_detections=100), key, metrics,
     )
-    keys = None
-    if spec.public_key_out is not None and spec.public_key_out.exists():
-        from edge.bundle import load_public_keys
-
-        keys = load_public_keys([spec.public_key_out.parent])
+    keys = {"signing-key": key.public_key()} if key is not None else None
     checked = read_bundle(spec.out_bundle, keys, allow_unsigned=key is None)
     shutil.copy2(weights, work / "float-final.weights.h5")
     report = BuildReport(
@@ -363,6 +359,15 @@ def write_card(path: Path, report: BuildReport, spec: BuildSpec) -> None:
     net = spec.train.net
     t = spec.train
     par = report.parity
+    curve = ""
+    lc = spec.work_dir / "learning-curve.jsonl"
+    if lc.exists():
+        pts = [json.loads(line) for line in lc.read_text().splitlines() if line.strip()]
+        names = [k for k in (pts[0] if pts else {}) if k not in ("step", "seconds")]
+        if pts and names:
+            curve = "\nLearning curve (float AP50 on up to 100 images of each set, during training):\n\n"
+            curve += "| step | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
+            curve += "".join(f"| {p['step']} | " + " | ".join(f"{p[n]:.3f}" for n in names) + " |\n" for p in pts)
     extra = ""
     notes = path.parent / "NOTES.md"
     if notes.exists():
@@ -411,7 +416,7 @@ below) or the build instead.
 Float vs int8 parity on {par['images']} images: max |diff| heatmap {par['max_abs_diff'].get('heatmap', 0):.4f},
 ltrb {par['max_abs_diff'].get('ltrb', 0):.4f} (stride units); mean |diff| heatmap
 {par['mean_abs_diff'].get('heatmap', 0):.5f}, ltrb {par['mean_abs_diff'].get('ltrb', 0):.5f}.
-
+{curve}
 ## Files
 - `shelfgap-default.bundle`: the signed bundle (manifest, model.tflite, golden.npz, manifest.sig).
 - `shelfgap-default.weights.h5`, `shelfgap-default.json`: the float weights and net config, the starting point of
