@@ -139,6 +139,12 @@ if [ -d "$SOURCE/models/keys" ]; then
     done
 fi
 
+# The default model, next to the venv: config.toml points at it (OTA updates then live in /var/lib/shelfscout/models).
+if [ -e "$SOURCE/models/shelfgap-default.bundle" ]; then
+    install -d -m 0755 "$OPT/models"
+    install -m 0644 "$SOURCE/models/shelfgap-default.bundle" "$OPT/models/shelfgap-default.bundle"
+fi
+
 # ---- the venv ----------------------------------------------------------------------------------------------------
 # --system-site-packages: picamera2 and libcamera's Python bindings come from apt (python3-picamera2).
 # A venv is tied to one Python: after an OS upgrade (Bookworm 3.11 -> Trixie 3.13) it is rebuilt.
