@@ -357,9 +357,10 @@ def spawn_apply(dev: Device, release: Path, env: dict[str, str] | None = None) -
     e = dict(os.environ)
     e.update(env or {})
     e["PYTHONPATH"] = str(ROOT)
-    return subprocess.Popen([sys.executable, __file__, "apply", str(dev.models_dir), str(dev.keys_dir), str(release)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=e, cwd=ROOT,
-                            start_new_session=True)
+    with open(dev.tmp / "child-stderr.log", "ab") as err:  # kept for diagnosis
+        return subprocess.Popen([sys.executable, __file__, "apply", str(dev.models_dir), str(dev.keys_dir),
+                                 str(release)], stdout=subprocess.PIPE, stderr=err, text=True, env=e, cwd=ROOT,
+                                start_new_session=True)
 
 
 if __name__ == "__main__":

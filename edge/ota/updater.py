@@ -189,6 +189,7 @@ class Updater:
                     cur = self._fall_back(cur, str(e))
                 else:
                     self._set_active(cur, bundle)
+                    self._gc()
                     st = self.store.load()
                     if st.probation is not None and st.probation.dir == cur.name:
                         self._window = self._new_window(bundle)
@@ -212,7 +213,8 @@ class Updater:
                     return Outcome("deferred", version, seconds=time.monotonic() - t0)
                 state = self._load_state()
                 now = datetime.fromtimestamp(self.clock(), timezone.utc)
-                d = decide(vr, state, self.cfg.device.id, self.app_version, now, self._active_release_sha())
+                running = self._running_sha(vr.release.sha256)
+                d = decide(vr, state, self.cfg.device.id, self.app_version, now, running)
                 if not d.apply:
                     log.info("release %s v%d not applied: %s", vr.release.name, version, d.reason)
                     return Outcome("skipped", version, error=d.reason, seconds=time.monotonic() - t0)
@@ -526,14 +528,13 @@ class Updater:
         sha = release_sha or path.name.split("-", 1)[-1]
         self._active = ActiveModel(path, bundle.manifest.name, bundle.manifest.version, sha)
 
-    def _active_release_sha(self) -> str | None:
+    def _running_sha(self, release_sha: str) -> str | None:
+        """`release_sha` if that bundle is the one running now (its folder is named v{version}-{sha12})."""
         a = self._active
-        if a is None:
+        if a is None or a.path.parent != self.models_dir:
             return None
-        st = self.store.load()
-        if st.highest_sha256 and st.highest_sha256.startswith(a.path.name.split("-", 1)[-1]):
-            return st.highest_sha256
-        return None
+        sha12 = a.path.name.split("-", 1)[-1]
+        return release_sha if len(sha12) == 12 and release_sha.startswith(sha12) else None
 
     def _app_too_old(self, need: str) -> bool:
         from edge.ota.policy import parse_app_version
