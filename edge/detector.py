@@ -188,15 +188,37 @@ class Detector:
     # ---- hot path ---------------------------------------------------------------------------------------------
     def preprocess(self, image_rgb: np.ndarray) -> None:
         """Resize an RGB uint8 frame straight into the input tensor (colour order and pixel mapping applied)."""
+        view = self._interpreter.tensor(self._in_index)()[0]
+        if self._scratch is None:
+            self._prepare_into(image_rgb, view if view.dtype == np.uint8 else view.view(np.uint8))
+        else:
+            self._prepare_into(image_rgb, self._scratch)
+            self._scale_into(self._scratch, view)
+        del view
+
+    def staging_buffer(self) -> np.ndarray:
+        """A new HxWx3 uint8 buffer for `prepare` (allocate a few once, then reuse them)."""
+        w, h = self.input_size
+        return np.empty((h, w, 3), np.uint8)
+
+    def prepare(self, image_rgb: np.ndarray, staging: np.ndarray) -> None:
+        """Do all of `preprocess` into a staging buffer, so it can run on another thread while the model runs."""
+        self._prepare_into(image_rgb, staging)
+
+    def load(self, staging: np.ndarray) -> None:
+        """Copy a prepared staging buffer into the input tensor (a memcpy for quantized inputs)."""
+        view = self._interpreter.tensor(self._in_index)()[0]
+        if self._scratch is None:
+            np.copyto(view if view.dtype == np.uint8 else view.view(np.uint8), staging)
+        else:
+            self._scale_into(staging, view)
+        del view
+
+    def _prepare_into(self, image_rgb: np.ndarray, dst: np.ndarray) -> None:
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 RGB image, got {image_rgb.dtype} {image_rgb.shape}")
         w, h = self.input_size
         interp = resize_interpolation(image_rgb.shape[1], image_rgb.shape[0], w, h)
-        view = self._interpreter.tensor(self._in_index)()[0]
-        if self._scratch is None:
-            dst = view if view.dtype == np.uint8 else view.view(np.uint8)
-        else:
-            dst = self._scratch
         out = cv2.resize(image_rgb, (w, h), dst=dst, interpolation=interp)
         if out is not dst and out.ctypes.data != dst.ctypes.data:  # OpenCV allocated instead of writing in place
             np.copyto(dst, out)
@@ -204,11 +226,11 @@ class Detector:
             cv2.cvtColor(dst, cv2.COLOR_RGB2BGR, dst=dst)
         if self._lut is not None:
             cv2.LUT(dst, self._lut, dst=dst)
-        if self._scratch is not None:
-            np.multiply(self._scratch, np.float32(self.manifest.input.scale), out=view, casting="unsafe")
-            if self.manifest.input.zero_point:
-                view += np.float32(self.manifest.input.zero_point)
-        del view, dst, out
+
+    def _scale_into(self, pixels: np.ndarray, view: np.ndarray) -> None:
+        np.multiply(pixels, np.float32(self.manifest.input.scale), out=view, casting="unsafe")
+        if self.manifest.input.zero_point:
+            view += np.float32(self.manifest.input.zero_point)
 
     def input_pointer(self) -> int:
         """The address of the input tensor's buffer (tests check that it never moves)."""

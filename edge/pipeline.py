@@ -6,7 +6,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -95,6 +95,17 @@ class ModelSlot:
 
 
 @dataclass
+class _Prepared:
+    """One frame resized into a staging buffer for `detector`, waiting for the interpreter."""
+
+    frame: Frame
+    detector: GapDetector
+    staging: Any  # np.ndarray, or None when the detector cannot prepare off-thread
+    prepare_ms: float
+    t0: float
+
+
+@dataclass
 class _Inferred:
     """One frame after the model ran: what the post-processing stage needs, copied off the interpreter."""
 
@@ -107,15 +118,40 @@ class _Inferred:
 
 
 _END = object()
+STAGING_BUFFERS = 3  # one being filled, one queued, one being loaded into the tensor
+
+
+class _StagingPool:
+    """Reusable input-sized buffers per detector, so the hot path allocates nothing."""
+
+    def __init__(self) -> None:
+        self._free: dict[int, queue.SimpleQueue[Any]] = {}
+
+    def take(self, det: Any) -> Any:
+        if not hasattr(det, "prepare"):
+            return None
+        key = id(det)
+        if key not in self._free:
+            self._free.clear()  # a swapped-out model's buffers are dropped with it
+            self._free[key] = queue.SimpleQueue()
+            for _ in range(STAGING_BUFFERS):
+                self._free[key].put(det.staging_buffer())
+        return self._free[key].get()
+
+    def give_back(self, det: Any, buf: Any) -> None:
+        q = self._free.get(id(det))
+        if q is not None and buf is not None:
+            q.put(buf)
 
 
 @dataclass
 class Pipeline:
     """Runs the loop until `stop` is set or a finite feed has ended.
 
-    Two stages overlap: the calling thread preprocesses and invokes frame k+1 (the runtime releases the GIL) while
-    a post-processing thread decodes, tracks and commits the alerts of frame k. The queue between them holds at
-    most `depth` frames, so no backlog builds up: the capture thread still drops what the model cannot keep up with.
+    Three stages overlap, each on its own thread, with at most one frame queued between them:
+    prepare (take the newest frame, resize it into a staging buffer) → infer (copy it into the input tensor, invoke;
+    the runtime releases the GIL) → post (decode, track, commit alerts, observers). So the interpreter never waits
+    for Python work, and no backlog builds up: the capture thread still drops what the model cannot keep up with.
     """
 
     feed: FrameFeed
@@ -125,21 +161,27 @@ class Pipeline:
     observers: list[FrameObserver] = field(default_factory=list)
     stats: PipelineStats = field(default_factory=PipelineStats)
     paused: threading.Event = field(default_factory=threading.Event)
-    depth: int = 2
 
     def step(self, frame: Frame) -> list[Gap]:
         """Process one frame end to end on the calling thread; returns the gaps the model found."""
-        return self._post(self._infer(frame))
-
-    def _infer(self, frame: Frame) -> _Inferred:
         det = self.slot.current()
         t0 = time.perf_counter()
         det.preprocess(frame.image)
         t1 = time.perf_counter()
+        return self._post(self._invoke(_Prepared(frame, det, None, (t1 - t0) * 1e3, t0), None))
+
+    def _invoke(self, item: _Prepared, pool: _StagingPool | None) -> _Inferred:
+        det: Any = item.detector
+        t1 = time.perf_counter()
+        if item.staging is not None:
+            det.load(item.staging)
+            if pool is not None:
+                pool.give_back(det, item.staging)
+        t2 = time.perf_counter()
         det.invoke()
         outs = _copy_outputs(det)
-        t2 = time.perf_counter()
-        return _Inferred(frame, det, outs, (t1 - t0) * 1e3, (t2 - t1) * 1e3, t0)
+        t3 = time.perf_counter()
+        return _Inferred(item.frame, det, outs, item.prepare_ms + (t2 - t1) * 1e3, (t3 - t2) * 1e3, item.t0)
 
     def _post(self, item: _Inferred) -> list[Gap]:
         frame = item.frame
@@ -176,49 +218,81 @@ class Pipeline:
         return gaps
 
     def run(self, stop: threading.Event) -> None:
-        q: queue.Queue[Any] = queue.Queue(maxsize=self.depth)
+        to_infer: queue.Queue[Any] = queue.Queue(maxsize=1)
+        to_post: queue.Queue[Any] = queue.Queue(maxsize=1)
         failure: list[BaseException] = []
+        halt = threading.Event()  # the inference stage has left: the prepare stage must not wait for it
+        pool = _StagingPool()
+
+        def put(q: queue.Queue[Any], item: Any, alive: Callable[[], bool]) -> bool:
+            while alive():
+                try:
+                    q.put(item, timeout=0.2)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def prepare_loop() -> None:
+            try:
+                while not (stop.is_set() or halt.is_set()):
+                    frame = self.feed.latest(timeout=0.5)
+                    if frame is None:
+                        if self.feed.ended:
+                            log.info("source ended")
+                            return
+                        continue
+                    if self.paused.is_set():
+                        self.stats.dropped += frame.dropped_before
+                        continue
+                    det: Any = self.slot.current()
+                    t0 = time.perf_counter()
+                    buf = pool.take(det)
+                    if buf is not None:
+                        det.prepare(frame.image, buf)
+                    else:
+                        det.preprocess(frame.image)  # a detector without staging: the tensor is written here
+                    item = _Prepared(frame, det, buf, (time.perf_counter() - t0) * 1e3, t0)
+                    if not put(to_infer, item, lambda: not halt.is_set()):
+                        return
+            except BaseException as e:  # surfaced on the calling thread
+                failure.append(e)
+            finally:
+                put(to_infer, _END, lambda: not halt.is_set())
 
         def post_loop() -> None:
             while True:
-                item = q.get()
+                item = to_post.get()
                 if item is _END:
                     return
                 try:
                     self._post(item)
-                except BaseException as e:  # surfaced on the inference thread, which then stops
+                except BaseException as e:  # surfaced on the calling thread, which then stops
                     failure.append(e)
-                    stop.set()
+                    halt.set()
                     return
 
         post = threading.Thread(target=post_loop, name="postprocess", daemon=True)
+        prep = threading.Thread(target=prepare_loop, name="prepare", daemon=True)
         post.start()
+        prep.start()
         try:
-            while not stop.is_set():
-                frame = self.feed.latest(timeout=0.5)
-                if frame is None:
-                    if self.feed.ended:
-                        log.info("source ended after %d frames", self.stats.frames + q.qsize())
-                        break
-                    continue
-                if self.paused.is_set():
-                    self.stats.dropped += frame.dropped_before
-                    continue
-                item = self._infer(frame)
-                while post.is_alive():
-                    try:
-                        q.put(item, timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-        finally:
-            # let the post stage finish every frame already inferred: their alerts must be committed
-            while post.is_alive():
+            while not halt.is_set():
                 try:
-                    q.put(_END, timeout=0.5)
-                    break
-                except queue.Full:
+                    item = to_infer.get(timeout=0.5)
+                except queue.Empty:
+                    if not prep.is_alive() and to_infer.empty():
+                        break
                     continue
+                if item is _END:
+                    break
+                if not put(to_post, self._invoke(item, pool), post.is_alive):
+                    break
+        finally:
+            halt.set()
+            prep.join()
+            # the post stage finishes every frame already inferred: their alerts must be committed
+            put(to_post, _END, post.is_alive)
             post.join()
         if failure:
             raise failure[0]

@@ -1,0 +1,136 @@
+"""The three-stage pipeline: every frame of a lossless feed is processed once, in order, with the real int8 model;
+a model swap lands between two frames; a failing observer never stops the alert stream; a failing stage surfaces."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from convert.cartpass import iter_cart_pass, make_aisle
+from edge.app import load_model
+from edge.bundle import DEFAULT_BUNDLE
+from edge.config import Config
+from edge.detector import Detector
+from edge.pipeline import FrameResult, ModelSlot, Pipeline
+from edge.types import AlertEvent, Frame, Gap, Location
+
+pytestmark = pytest.mark.skipif(not DEFAULT_BUNDLE.exists(), reason="the default model bundle has not been built")
+
+
+class ListFeed:
+    """A lossless in-memory feed (the capture thread's replay mode, without a thread)."""
+
+    def __init__(self, images: Sequence[np.ndarray]):
+        self.frames = [Frame(im, i, time.monotonic(), time.time()) for i, im in enumerate(images)]
+        self._i = 0
+        self._lock = threading.Lock()
+
+    def latest(self, timeout: float) -> Frame | None:
+        with self._lock:
+            if self._i >= len(self.frames):
+                return None
+            f = self.frames[self._i]
+            self._i += 1
+            return f
+
+    @property
+    def ended(self) -> bool:
+        return self._i >= len(self.frames)
+
+
+class RecordingTracker:
+    """Records what the post stage saw and opens one event on every 10th frame."""
+
+    def __init__(self, fail_at: int | None = None):
+        self.seen: list[tuple[int, int]] = []
+        self.fail_at = fail_at
+
+    def update(self, frame: Frame, gaps: list[Gap]) -> list[AlertEvent]:
+        if frame.index == self.fail_at:
+            raise RuntimeError("tracker exploded")
+        self.seen.append((frame.index, len(gaps)))
+        if frame.index % 10:
+            return []
+        return [AlertEvent(f"a{frame.index}", "opened", 0.0, 0.0, 0.0, (0.1, 0.1, 0.2, 0.2), 0.9, 5, frame.index,
+                           Location(None, None, "none"))]
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def emit(self, frame: Frame, events: Sequence[AlertEvent]) -> None:
+        self.events.extend(e.alert_id for e in events)
+
+
+class ModelVersions:
+    """Notes which model object processed each frame."""
+
+    def __init__(self, slot: ModelSlot):
+        self.slot = slot
+        self.by_frame: list[Any] = []
+
+    def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None:
+        self.by_frame.append(self.slot.info)
+
+
+class Broken:
+    def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None:
+        raise ValueError("observer bug")
+
+
+@pytest.fixture(scope="module")
+def images() -> list[np.ndarray]:
+    aisle = make_aisle(np.random.default_rng(2), length_px=1200, n_gaps=3)
+    return list(iter_cart_pass(aisle, speed_px_per_frame=12.0))[:40]
+
+
+def test_every_frame_once_in_order_with_a_swap_between_frames(images: list[np.ndarray]) -> None:
+    bundle = load_model(Config())
+    det1, det2 = Detector(bundle), Detector(bundle)
+    slot = ModelSlot(det1, "v1")
+    tracker, sink = RecordingTracker(), RecordingSink()
+    versions = ModelVersions(slot)
+    pipe = Pipeline(ListFeed(images), slot, tracker, sink, observers=[Broken(), versions])
+
+    swapped = threading.Event()
+
+    class SwapAt:
+        def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None:
+            if frame.index == 15 and not swapped.is_set():
+                slot.request_swap(det2, "v2")
+                swapped.set()
+
+    pipe.observers.append(SwapAt())
+    pipe.run(threading.Event())
+
+    assert [i for i, _ in tracker.seen] == list(range(len(images)))
+    assert sink.events == [f"a{i}" for i in range(0, len(images), 10)]
+    assert pipe.stats.frames == len(images) and slot.swaps == 1
+    # frames before the request ran on v1; after it, every frame ran on v2 (no frame mixes the two)
+    first_v2 = versions.by_frame.index("v2")
+    assert 15 < first_v2 <= 19 and set(versions.by_frame[first_v2:]) == {"v2"}
+    assert any(n > 0 for _, n in tracker.seen), "the real model found no gap in a pass with gaps"
+    p = pipe.stats.stage_percentiles()
+    assert p["invoke"]["p50"] is not None and p["invoke"]["p50"] > 0
+
+
+def test_same_gaps_as_the_serial_path(images: list[np.ndarray]) -> None:
+    det = Detector(load_model(Config()))
+    serial = [len(det.detect(im)) for im in images]
+    tracker = RecordingTracker()
+    Pipeline(ListFeed(images), ModelSlot(det), tracker, RecordingSink()).run(threading.Event())
+    assert [n for _, n in tracker.seen] == serial
+
+
+def test_a_failing_stage_surfaces_and_stops(images: list[np.ndarray]) -> None:
+    det = Detector(load_model(Config()))
+    pipe = Pipeline(ListFeed(images), ModelSlot(det), RecordingTracker(fail_at=7), RecordingSink())
+    with pytest.raises(RuntimeError, match="tracker exploded"):
+        pipe.run(threading.Event())
+    assert pipe.stats.frames == 7
