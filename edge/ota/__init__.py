@@ -1,7 +1,5 @@
-"""Over-the-air model updates that cannot brick a cart: signed releases, safe download, smoke test, atomic switch."""
+"""Over-the-air model updates that cannot brick a cart: signed releases, safe download, smoke test, atomic switch.
 
-from edge.ota.errors import OtaError
-from edge.ota.release import Release, VerifiedRelease, sign_release, verify_release
-from edge.ota.updater import Outcome, Updater
-
-__all__ = ["OtaError", "Outcome", "Release", "Updater", "VerifiedRelease", "sign_release", "verify_release"]
+The entry point is `edge.ota.updater.Updater`. This package file imports nothing, so the smoke-test child
+(`python -m edge.ota.smoke`) starts light.
+"""
