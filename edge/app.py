@@ -256,11 +256,15 @@ class Service:
         if self.preview_enabled:
             from edge.preview import PreviewServer
 
-            preview = PreviewServer(cfg.preview.bind, max_fps=cfg.preview.max_fps).start()
-            stack.callback(preview.stop)
-            self.preview_url = preview.url
-            log.warning("live preview at %s", preview.url)
-            observers.append(_PreviewObserver(preview, self))
+            try:
+                preview = PreviewServer(cfg.preview.bind, max_fps=cfg.preview.max_fps).start()
+            except OSError as e:  # the alerts matter more than the preview: run on without it
+                log.error("live preview not started: cannot listen on %s: %s", cfg.preview.bind, e.strerror or e)
+            else:
+                stack.callback(preview.stop)
+                self.preview_url = preview.url
+                log.warning("live preview at %s", preview.url)
+                observers.append(_PreviewObserver(preview, self))
         watchdog = Watchdog().start()
         stack.callback(watchdog.stop)
         observers.append(_WatchdogObserver(watchdog))

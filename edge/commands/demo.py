@@ -31,6 +31,20 @@ def register(sub: Any) -> None:
     p.set_defaults(func=demo)
 
 
+def _free_bind(bind: str) -> str:
+    """The asked-for preview address, or the same host on a free port when that one is taken."""
+    import socket
+
+    host, _, port = bind.rpartition(":")
+    try:
+        with socket.socket() as sock:
+            sock.bind((host, int(port)))
+    except OSError:
+        print(f"port {port} is busy; the preview takes a free port instead", flush=True)
+        return f"{host}:0"
+    return bind
+
+
 def _render(out: Path, seconds: float, seed: int, gaps: int) -> Any:
     import numpy as np
 
@@ -51,6 +65,7 @@ def demo(args: argparse.Namespace) -> int:
     from edge.embedded_broker import EmbeddedBroker
     from edge.mqtt import BrokerAddress
 
+    args.preview = _free_bind(args.preview)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "snapshots").mkdir(exist_ok=True)
