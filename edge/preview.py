@@ -425,6 +425,7 @@ PAGE = """<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1, viewport-fit=cover">
 <meta name="color-scheme" content="dark">
+<meta name="theme-color" content="#0f1115">
 <title>shelfscout preview</title>
 <style>
   :root { --bg:#0f1115; --card:#1a1d24; --fg:#e8eaed; --dim:#9aa0a6; --ok:#34c759; --warn:#ffb020; --bad:#ff453a; }
@@ -485,6 +486,9 @@ async function tick() {
                              li.dataset.code = h.code; ul.appendChild(li); }
   } catch (e) { document.getElementById("state").textContent = "offline"; }
 }
+// The service restarts (an update, the watchdog): reconnect the stream instead of showing a broken image.
+const live = document.getElementById("live");
+live.onerror = () => setTimeout(() => { live.src = "/stream.mjpg?t=" + Date.now(); }, 2000);
 tick(); setInterval(tick, 1000);
 </script>
 </body>
