@@ -17,7 +17,7 @@ venv: $(STAMP)
 
 # Debian packages the tests use: the mosquitto broker, headless chromium (preview test), shellcheck (installer),
 # systemd-analyze (unit checks). Installed only when missing, and only when we are root.
-SYSTEM_BINS := mosquitto:mosquitto chromium:chromium shellcheck:shellcheck systemd-analyze:systemd
+SYSTEM_BINS := mosquitto:mosquitto chromium:chromium shellcheck:shellcheck systemd-analyze:systemd openssl:openssl
 system-deps:
 	@missing=""; for pair in $(SYSTEM_BINS); do bin=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$bin >/dev/null 2>&1 || test -x /usr/sbin/$$bin || missing="$$missing $$pkg"; done; \

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, Bundle, load_public_keys, read_bundle
 from edge.config import Config
@@ -25,6 +25,22 @@ from edge.payloads import (
 )
 from edge.pipeline import FrameResult, ModelSlot, Pipeline
 from edge.types import AlertEvent, Frame, Gap
+
+if TYPE_CHECKING:
+    from edge.capture import CaptureThread
+    from edge.mqtt import MqttLink
+    from edge.outbox import Outbox
+    from edge.topics import Topics
+    from edge.tracker import GapTracker
+
+T = TypeVar("T")
+
+
+def _need(part: T | None) -> T:
+    """A part that start-up has built by now (a programming error otherwise)."""
+    if part is None:
+        raise RuntimeError("the service is not started")
+    return part
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +60,19 @@ def load_model(cfg: Config, path: str | Path | None = None) -> Bundle:
     if cfg.model.dev_allow_unsigned:
         log.warning("DEVELOPMENT MODE: model.dev_allow_unsigned is set; models run WITHOUT a valid signature")
     return read_bundle(p, trusted_keys(cfg), allow_unsigned=cfg.model.dev_allow_unsigned)
+
+
+@dataclass
+class Parts:
+    """The service's parts, filled in by `Service._build` in start-up order (and stopped in reverse)."""
+
+    slot: ModelSlot | None = None
+    outbox: Outbox | None = None
+    topics: Topics | None = None
+    mqtt: MqttLink | None = None
+    tracker: GapTracker | None = None
+    capture: CaptureThread | None = None
+    pipeline: Pipeline | None = None
 
 
 @dataclass
@@ -71,11 +100,11 @@ class Service:
         self.exit_code = 0
         self.preview_url: str | None = None
         self._status_reason: str | None = None
-        self._parts: dict[str, Any] = {}
+        self.parts = Parts()
 
     # ---- commands from MQTT ----------------------------------------------------------------------------------
     def on_command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
-        pipeline: Pipeline = self._parts["pipeline"]
+        pipeline: Pipeline = _need(self.parts.pipeline)
         if name == "pause":
             pipeline.paused.set()
             return {"paused": True}
@@ -98,8 +127,8 @@ class Service:
             raise ValueError("no frame has been processed yet")
         jpeg = render_snapshot(frame.image, None, max_px=self.cfg.mqtt.snapshot_max_px,
                                label=f"{len(self.last.gaps)} gaps")
-        topic = self._parts["topics"].snapshot(f"manual-{int(time.time() * 1000)}")
-        self._parts["mqtt"].publish_direct(topic, jpeg, qos=1, retain=False)
+        topic = _need(self.parts.topics).snapshot(f"manual-{int(time.time() * 1000)}")
+        _need(self.parts.mqtt).publish_direct(topic, jpeg, qos=1, retain=False)
         return {"topic": topic, "bytes": len(jpeg), "frame": frame.index, "gaps": len(self.last.gaps)}
 
     # ---- model swaps (reload and OTA) ------------------------------------------------------------------------
@@ -107,7 +136,7 @@ class Service:
         from edge.detector import Detector
 
         det = Detector(bundle, threads=self.cfg.model.threads, score_threshold=self.cfg.model.score_threshold)
-        self._parts["slot"].request_swap(det, bundle)
+        _need(self.parts.slot).request_swap(det, bundle)
         self._publish_model_state()
 
     def swap_to_path(self, path: Path) -> None:
@@ -127,38 +156,37 @@ class Service:
         self._publish_model_state()
 
     def current_model(self) -> ModelRef:
-        slot: ModelSlot = self._parts["slot"]
+        slot: ModelSlot = _need(self.parts.slot)
         bundle = slot.info
         return model_ref(bundle)
 
     def _publish_model_state(self) -> None:
-        link = self._parts.get("mqtt")
-        if link is None or "slot" not in self._parts:
+        link = self.parts.mqtt
+        if link is None or self.parts.slot is None:
             return
-        pending = self._parts["slot"]._pending
-        bundle = pending[1] if pending else self._parts["slot"].info
-        payload = model_state_payload(model_ref(bundle), self.ota_state, self._parts["topics"], time.time())
+        bundle = _need(self.parts.slot).latest_info
+        payload = model_state_payload(model_ref(bundle), self.ota_state, _need(self.parts.topics), time.time())
         link.publish_model_state(payload)
 
     # ---- status and stats -------------------------------------------------------------------------------------
     def status(self) -> StatusInfo:
         reasons = []
-        capture = self._parts.get("capture")
+        capture = self.parts.capture
         if capture is not None and capture.degraded:
             reasons.append(capture.degraded)
-        outbox = self._parts.get("outbox")
+        outbox = self.parts.outbox
         if outbox is not None and outbox.quarantined is not None:
             reasons.append(f"outbox was corrupt and is quarantined at {outbox.quarantined}")
-        model = self.current_model() if "slot" in self._parts else None
+        model = self.current_model() if self.parts.slot is not None else None
         if reasons:
             return StatusInfo("degraded", "; ".join(reasons), model)
         return StatusInfo("online", None, model)
 
     def stats_info(self) -> StatsInfo:
-        pipeline: Pipeline = self._parts["pipeline"]
-        outbox = self._parts["outbox"]
+        pipeline: Pipeline = _need(self.parts.pipeline)
+        outbox = _need(self.parts.outbox)
         s = pipeline.stats
-        capture = self._parts.get("capture")
+        capture = self.parts.capture
         dropped = capture.dropped if capture is not None else s.dropped
         return StatsInfo(
             fps=s.fps.rate(),
@@ -174,8 +202,8 @@ class Service:
         )
 
     def _stats_loop(self) -> None:
-        link = self._parts["mqtt"]
-        topics = self._parts["topics"]
+        link = _need(self.parts.mqtt)
+        topics = _need(self.parts.topics)
         last_status = None
         while not self.stop_event.wait(self.cfg.mqtt.stats_interval_s):
             link.publish_stats(stats_payload(self.stats_info(), topics, time.time()))
@@ -189,10 +217,13 @@ class Service:
         self.stop_event.set()
 
     def run(self) -> int:
+        from edge.sdnotify import notify
+
         with contextlib.ExitStack() as stack:
             self._build(stack)
             self._loop()
             self._drain()
+            notify("STOPPING=1")
         return self.exit_code
 
     def _build(self, stack: contextlib.ExitStack) -> None:
@@ -216,17 +247,17 @@ class Service:
         log.info("model %s v%d on %s (xnnpack=%s, %d threads)", bundle.manifest.name, bundle.manifest.version,
                  detector.runtime.name, detector.runtime.xnnpack, cfg.model.threads)
         slot = ModelSlot(detector, bundle)
-        self._parts["slot"] = slot
+        self.parts.slot = slot
 
         outbox = Outbox(cfg.outbox.path, cfg.outbox.max_messages, cfg.outbox.max_bytes)
         stack.callback(outbox.close)
-        self._parts["outbox"] = outbox
+        self.parts.outbox = outbox
         topics = Topics.from_config(cfg)
-        self._parts["topics"] = topics
+        self.parts.topics = topics
 
         link = MqttLink(cfg, topics, outbox, on_command=self.on_command,
                         on_release=updater.on_release if updater is not None else None, status=self.status)
-        self._parts["mqtt"] = link
+        self.parts.mqtt = link
         link.start()
         stack.callback(link.stop)
         self._publish_model_state()
@@ -238,7 +269,7 @@ class Service:
         state_dir = Path(cfg.outbox.path).parent
         tracker = GapTracker(cfg.tracking, cfg.device.id, state_dir / "places.json")
         stack.callback(tracker.close)
-        self._parts["tracker"] = tracker
+        self.parts.tracker = tracker
 
         def on_capture_state(state: str, reason: str) -> None:
             status = self.status()
@@ -246,7 +277,7 @@ class Service:
 
         capture = CaptureThread(lambda: open_source(cfg.camera, timeout_s=cfg.camera.stall_s), cfg.camera,
                                 on_capture_state, stall_s=cfg.camera.stall_s)
-        self._parts["capture"] = capture
+        self.parts.capture = capture
         capture.start()
         stack.callback(capture.stop)
 
@@ -267,12 +298,11 @@ class Service:
                 observers.append(_PreviewObserver(preview, self))
         watchdog = Watchdog().start()
         stack.callback(watchdog.stop)
-        observers.append(_WatchdogObserver(watchdog))
         if updater is not None:
             observers.append(_ProbationObserver(updater))
 
-        pipeline = Pipeline(capture, slot, tracker, sink, observers)
-        self._parts["pipeline"] = pipeline
+        pipeline = Pipeline(capture, slot, tracker, sink, observers, heartbeat=watchdog.heartbeat)
+        self.parts.pipeline = pipeline
         threading.Thread(target=self._stats_loop, name="stats", daemon=True).start()
         if self.install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -293,8 +323,8 @@ class Service:
         return Updater(self.cfg, report=self.report_ota, swap=self.swap_to_path)
 
     def _loop(self) -> None:
-        self._parts["pipeline"].run(self.stop_event)
-        capture = self._parts["capture"]
+        _need(self.parts.pipeline).run(self.stop_event)
+        capture = _need(self.parts.capture)
         if capture.ended and capture.error:
             log.error("source gave up: %s", capture.error)
             self.exit_code = 1
@@ -303,8 +333,8 @@ class Service:
         """After a finite source: wait until every committed alert has been acknowledged by the broker."""
         if self.stop_event.is_set():
             return
-        link = self._parts["mqtt"]
-        outbox = self._parts["outbox"]
+        link = _need(self.parts.mqtt)
+        outbox = _need(self.parts.outbox)
         log.info("source ended; draining %d outbox messages", outbox.depth())
         deadline = None if self.drain_timeout_s is None else time.monotonic() + self.drain_timeout_s
         while not self.stop_event.is_set():
@@ -327,14 +357,6 @@ class _LastFrameObserver:
         self.last.gaps = gaps
 
 
-class _WatchdogObserver:
-    def __init__(self, watchdog: Any):
-        self.watchdog = watchdog
-
-    def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None:
-        self.watchdog.heartbeat()
-
-
 class _PreviewObserver:
     """Hands each processed frame to the preview; cheap unless someone is watching."""
 
@@ -347,19 +369,21 @@ class _PreviewObserver:
             self.preview.offer(frame.image, gaps, [], {})
             return
         s = self.service
-        pipeline: Pipeline = s._parts["pipeline"]
-        tracker = s._parts["tracker"]
+        pipeline: Pipeline = _need(s.parts.pipeline)
+        tracker = _need(s.parts.tracker)
         shift = tracker.last_shift
         info = {
             "fps": round(pipeline.stats.fps.rate(), 1),
             "inference_ms": pipeline.stats.invoke.percentile(50),
             "model": f"{s.current_model().name} v{s.current_model().version}",
-            "outbox_depth": s._parts["outbox"].depth(),
+            "outbox_depth": _need(s.parts.outbox).depth(),
             "alerts_opened": pipeline.stats.alerts_opened,
-            "dropped": s._parts["capture"].dropped,
+            "dropped": _need(s.parts.capture).dropped,
             "frame": frame.index,
             "shift_px": None if shift is None else round(float(shift.dx), 1),
             "status": s.status().state,
+            "device": s.cfg.device.id,
+            "store": s.cfg.device.store,
         }
         self.preview.offer(frame.image, gaps, tracker.tracks(), info)
 

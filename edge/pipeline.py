@@ -91,7 +91,14 @@ class ModelSlot:
 
     @property
     def info(self) -> Any:
+        """What describes the running detector (the service keeps its Bundle here)."""
         return self._info
+
+    @property
+    def latest_info(self) -> Any:
+        """The info of the detector that runs from the next frame on (a requested swap counts)."""
+        pending = self._pending
+        return pending[1] if pending is not None else self._info
 
 
 @dataclass
@@ -161,6 +168,7 @@ class Pipeline:
     observers: list[FrameObserver] = field(default_factory=list)
     stats: PipelineStats = field(default_factory=PipelineStats)
     paused: threading.Event = field(default_factory=threading.Event)
+    heartbeat: Callable[[], None] | None = None  # called on every turn of the loop (systemd's watchdog)
 
     def step(self, frame: Frame) -> list[Gap]:
         """Process one frame end to end on the calling thread; returns the gaps the model found."""
@@ -236,6 +244,9 @@ class Pipeline:
         def prepare_loop() -> None:
             try:
                 while not (stop.is_set() or halt.is_set()):
+                    if self.heartbeat is not None:
+                        # alive while paused or while the camera is away; a stuck stage blocks this loop
+                        self.heartbeat()
                     frame = self.feed.latest(timeout=0.5)
                     if frame is None:
                         if self.feed.ended:
