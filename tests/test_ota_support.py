@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL_NAMES = ("ok", "const", "hang")
+MODEL_NAMES = ("ok", "const", "hang", "crash")
 
 
 # ---- model building (child process, TensorFlow) --------------------------------------------------------------------
@@ -77,7 +77,19 @@ def build_models(out: Path) -> None:
         return tf.nn.avg_pool2d(y, 4, 4, "VALID")[..., :1]
 
     conv = tf.lite.TFLiteConverter.from_concrete_functions([hang.get_concrete_function()], hang)
-    (out / "hang.tflite").write_bytes(_convert(conv, rep_bright))
+    hang_bytes = _convert(conv, rep_bright)
+    (out / "hang.tflite").write_bytes(hang_bytes)
+
+    # crash: the hang model with its WHILE condition pointing back at the main graph. The flatbuffer is well formed
+    # and loads; preparing it recurses without end and the interpreter dies of SIGSEGV (LiteRT 2.x).
+    from tensorflow.lite.tools import flatbuffer_utils as fu
+
+    m = fu.read_model_from_bytearray(bytearray(hang_bytes))
+    for sg in m.subgraphs:
+        for op in sg.operators:
+            if hasattr(op.builtinOptions, "condSubgraphIndex"):
+                op.builtinOptions.condSubgraphIndex = 0
+    (out / "crash.tflite").write_bytes(bytes(fu.convert_object_to_bytearray(m)))
 
 
 def tiny_models(pytest_config: Any) -> dict[str, bytes]:
@@ -95,7 +107,7 @@ def tiny_models(pytest_config: Any) -> dict[str, bytes]:
 # ---- bundles and releases --------------------------------------------------------------------------------------------
 def golden_inputs(kind: str) -> np.ndarray:
     rng = np.random.default_rng(7)
-    if kind == "hang":
+    if kind in ("hang", "crash"):
         return np.full((2, 32, 32, 3), 10, np.uint8)  # dark: the WHILE loop never ends
     return rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
 
@@ -118,7 +130,7 @@ def run_raw(model: bytes, inputs: np.ndarray) -> tuple[np.ndarray, tuple[float, 
 
 def golden_npz(model: bytes, kind: str) -> tuple[bytes, tuple[float, int]]:
     inputs = golden_inputs(kind)
-    if kind == "hang":
+    if kind in ("hang", "crash"):  # never run these here; the constructor alone is safe (no allocation)
         from ai_edge_litert.interpreter import Interpreter
 
         it = Interpreter(model_content=model)
