@@ -47,6 +47,15 @@ def test_stall_keeps_the_part_and_the_next_attempt_resumes(tmp_path: Path) -> No
         assert srv.requests == [("s", f"bytes={kept}-")]
 
 
+def test_slow_retrieval_counts_as_stalled(tmp_path: Path) -> None:
+    with BundleServer() as srv:
+        t0 = time.monotonic()
+        with pytest.raises(OtaError) as e:
+            fetch(srv.add("t", DATA, "trickle"), tmp_path / "t.bundle.part", len(DATA), SHA, 1.0)
+    assert e.value.code == "stalled"
+    assert time.monotonic() - t0 < 10  # a 300 kB trickle at 160 B/s would take half an hour
+
+
 @pytest.mark.parametrize("mode,served,code", [
     ("truncated", DATA[:-1], "truncated"),
     ("normal", DATA + b"x", "too-long"),

@@ -288,6 +288,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             except OSError:
                 pass
             return
+        if mode == "trickle":  # TUF's slow retrieval: a few bytes at a time, never silent for long
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                for i in range(0, len(body), 16):
+                    if self.server.closing.wait(0.1):
+                        break
+                    self.wfile.write(body[i:i + 16])
+                    self.wfile.flush()
+            except OSError:
+                pass
+            return
         if mode == "stalled":
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -303,7 +315,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 class BundleServer(http.server.ThreadingHTTPServer):
     """Serves bytes by name. Modes: normal (Range), flaky (first reply cut in half), truncated (short file, Range),
-    no-length (close-delimited body), endless (zeros forever), stalled (a third, then silence), missing."""
+    no-length (close-delimited body), endless (zeros forever), stalled (a third, then silence), trickle (16 bytes
+    every 0.1 s), missing."""
 
     daemon_threads = True
 

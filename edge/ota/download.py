@@ -18,6 +18,7 @@ from typing import BinaryIO, cast
 from edge.ota.errors import OtaError
 
 CHUNK = 64 * 1024
+MIN_PROGRESS_BYTES = 4096  # at least this much per stall timeout, or the download counts as stalled
 MAX_ATTEMPTS = 4  # one request plus up to three resumes after a connection that ended early
 
 FileOpener = Callable[[Path, str], BinaryIO]
@@ -148,8 +149,14 @@ def _copy_bounded(resp: http.client.HTTPResponse, part: Path, have: int, size: i
     with opener(part, "r+b" if have and part.exists() else "wb") as out:
         out.seek(have)
         out.truncate()
+        mark, deadline = have, time.monotonic() + stall_timeout_s
         try:
             while have < size:
+                if have - mark >= MIN_PROGRESS_BYTES:
+                    mark, deadline = have, time.monotonic() + stall_timeout_s
+                elif time.monotonic() > deadline:
+                    # a trickle (TUF's slow-retrieval attack) never trips the socket timeout; this does
+                    raise TimeoutError
                 try:
                     buf = resp.read1(min(CHUNK, size - have))
                 except http.client.IncompleteRead as e:
@@ -177,8 +184,8 @@ def _copy_bounded(resp: http.client.HTTPResponse, part: Path, have: int, size: i
         except TimeoutError:
             out.flush()
             os.fsync(out.fileno())
-            raise OtaError("stalled", f"no data for {stall_timeout_s:g} s after {have} of {size} bytes "
-                                      "(kept for resume)") from None
+            raise OtaError("stalled", f"less than {MIN_PROGRESS_BYTES} bytes in {stall_timeout_s:g} s after {have} "
+                                      f"of {size} bytes (kept for resume)") from None
         except (ConnectionError, http.client.HTTPException) as e:
             out.flush()
             os.fsync(out.fileno())
