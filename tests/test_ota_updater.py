@@ -339,6 +339,20 @@ def test_restarts_during_probation_roll_back(dev: Device) -> None:
     assert dev.reports[-1]["ota"]["error"].startswith("probation-crash")
 
 
+def test_clean_stops_during_probation_are_not_crashes(dev: Device) -> None:
+    up = install_v1(dev)
+    up.apply_release(dev.release(dev.bundle(2)))
+    up.stop()
+    for _ in range(3):  # the operator restarts the service three times while v2 is on probation
+        again = dev.updater()
+        assert again.active_bundle_path().name.startswith("v2-") and again.in_probation
+        assert again.current_path == dev.models_dir / dev.current()
+        again.stop()
+    for _ in range(dev.cfg.ota.probation_frames):
+        again.observe_frame(2.0, True)
+    assert dev.states()[-1] == "active" and dev.current().startswith("v2-")
+
+
 # ---- start-up check ------------------------------------------------------------------------------------------------------
 def test_rotten_current_falls_back_to_previous(dev: Device) -> None:
     up = install_v1(dev)

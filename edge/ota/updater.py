@@ -130,6 +130,21 @@ class Updater:
         err, self._pending_rollback = self._pending_rollback, None
         if err is not None:
             self._rollback(err)
+        with self._lock:
+            # A clean stop during probation is not a crash: undo this run's count of service starts.
+            try:
+                st = self.store.load()
+            except ValueError:
+                return
+            p = st.probation
+            if p is not None and p.starts > 0 and self._window is not None:
+                self.store.save(replace(st, probation=replace(p, starts=p.starts - 1)))
+
+    @property
+    def current_path(self) -> Path | None:
+        """The verified bundle folder running now, as last switched or checked (no start-up side effects)."""
+        a = self._active
+        return None if a is None else a.path
 
     def observe_frame(self, latency_ms: float, outputs_ok: bool) -> None:
         """Pipeline hook, once per frame: feeds the probation window of a freshly switched model."""
