@@ -459,7 +459,8 @@ class Updater:
         if self._handled.get(digest) in ("rejected", "active", "probation", "rolled_back", "skipped"):
             return  # the same announcement again (retained redelivery, the next poll): nothing new to do
         out = self.apply_release(payload)
-        self._handled[digest] = out.state
+        if out.code not in ("no-keys", "bad-key-file"):  # fixed by the operator, not by a new release
+            self._handled[digest] = out.state
         while len(self._handled) > 256:
             self._handled.pop(next(iter(self._handled)))
         if out.state == "failed":
