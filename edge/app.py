@@ -101,6 +101,7 @@ class Service:
         self.preview_url: str | None = None
         self._status_reason: str | None = None
         self.parts = Parts()
+        self.updater: Any = None
 
     # ---- commands from MQTT ----------------------------------------------------------------------------------
     def on_command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +115,8 @@ class Service:
         if name == "snapshot":
             return self._manual_snapshot()
         if name == "reload":
-            bundle = load_model(self.cfg)
+            ota_path = self.updater.current_path if self.updater is not None else None
+            bundle = load_model(self.cfg, ota_path)
             self._swap_bundle(bundle)
             return {"model": model_ref(bundle).short()}
         raise ValueError(f"unknown command {name!r}; expected pause, resume, snapshot or reload")
@@ -242,6 +244,7 @@ class Service:
         cv2.setNumThreads(1)  # OpenCV's own thread pool competes with the interpreter's threads on small boards
         cfg = self.cfg
         updater = self._make_updater()
+        self.updater = updater
         bundle = load_model(cfg, updater.active_bundle_path() if updater is not None else None)
         detector = Detector(bundle, threads=cfg.model.threads, score_threshold=cfg.model.score_threshold)
         log.info("model %s v%d on %s (xnnpack=%s, %d threads)", bundle.manifest.name, bundle.manifest.version,
