@@ -1,0 +1,103 @@
+"""Alert-level accuracy on rendered cart passes: model + tracker, scored against each pass's ground truth.
+
+For each seed it renders an aisle pass (convert.cartpass), decodes the .mp4 as the service would, runs the int8
+model and the GapTracker frame by frame, and scores the `opened` alerts with convert.passcheck: true gaps alerted,
+duplicates (one physical gap alerted twice) and false alarms (alerts on filled shelf). `--thresholds` sweeps the
+model score threshold the device uses (config `model.score_threshold`).
+
+    .venv/bin/python bench/cartpass_eval.py --passes 4 --thresholds 0.3 0.4 0.5 0.6
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from convert.cartpass import CartPass, aisle_length_for, make_aisle, render_cart_pass
+from convert.passcheck import score_pass
+from edge.app import load_model
+from edge.config import Config, TrackingConfig
+from edge.detector import Detector
+from edge.payloads import ModelRef, alert_payload
+from edge.topics import Topics
+from edge.tracker import GapTracker
+from edge.types import Frame
+
+
+def render(seed: int, work: Path, seconds: float = 12.0) -> CartPass:
+    length = aisle_length_for(seconds, 15.0, 10.0)
+    aisle = make_aisle(np.random.default_rng(seed), length_px=length, n_gaps=6)
+    return render_cart_pass(aisle, work / f"pass-{seed}.mp4", fps=15.0, speed_px_per_frame=10.0, seed=seed)
+
+
+def decoded_frames(cp: CartPass) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(cp.path))
+    frames = []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    cap.release()
+    return frames
+
+
+def run_pass(det: Detector, frames: list[np.ndarray], tracking: TrackingConfig) -> list[dict[str, Any]]:
+    tracker = GapTracker(tracking, "bench", None)
+    topics = Topics("shelfscout", "bench", "bench")
+    alerts = []
+    for i, im in enumerate(frames):
+        det.preprocess(im)
+        det.invoke()
+        gaps = det.decode(im.shape[1], im.shape[0])
+        for ev in tracker.update(Frame(im, i, time.monotonic(), time.time()), gaps):
+            alerts.append(alert_payload(ev, topics, ModelRef("m", 0)))
+    return alerts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=100)
+    ap.add_argument("--thresholds", type=float, nargs="*", default=[])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    cfg = Config()
+    bundle = load_model(cfg, args.model)
+    thresholds = args.thresholds or [bundle.manifest.thresholds.score]
+    work = Path(tempfile.mkdtemp(prefix="cartpass-eval-"))
+    passes = [render(args.seed + k, work) for k in range(args.passes)]
+    decoded = [decoded_frames(cp) for cp in passes]
+    rows = []
+    for thr in thresholds:
+        det = Detector(bundle, score_threshold=thr)
+        tot: dict[str, int] = {"gaps": 0, "alerted": 0, "duplicates": 0, "false_alarms": 0}
+        for cp, frames in zip(passes, decoded, strict=True):
+            s = score_pass(cp, run_pass(det, frames, dataclasses.replace(cfg.tracking)))
+            tot["gaps"] += len(s.true_gaps)
+            tot["alerted"] += len(s.found)
+            tot["duplicates"] += len(s.duplicates)
+            tot["false_alarms"] += len(s.false_alarms)
+        row = {"threshold": thr, **tot, "recall": round(tot["alerted"] / max(1, tot["gaps"]), 3),
+               "false_alarms_per_pass": round(tot["false_alarms"] / len(passes), 2)}
+        rows.append(row)
+        if not args.json:
+            print(f"threshold {thr:.2f}: {tot['alerted']}/{tot['gaps']} gaps alerted (recall {row['recall']:.2f}), "
+                  f"{tot['duplicates']} duplicated, {tot['false_alarms']} false alarms "
+                  f"({row['false_alarms_per_pass']} per pass)", flush=True)
+    if args.json:
+        print(json.dumps({"model": f"{bundle.manifest.name} v{bundle.manifest.version}", "passes": len(passes),
+                          "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
