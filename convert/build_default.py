@@ -320,7 +320,9 @@ def _checkpoint_logger(
     return on_checkpoint
 
 
-def default_spec(work: Path, steps: int, synth_train: int, synth_val: int, with_esd: bool) -> BuildSpec:
+def default_spec(
+    work: Path, steps: int, synth_train: int, synth_val: int, with_esd: bool, models: Path = MODELS
+) -> BuildSpec:
     net = NetConfig()
     val_sets: tuple[tuple[str, Path], ...] = ()
     if with_esd and ESD_DEV.is_dir():
@@ -329,7 +331,7 @@ def default_spec(work: Path, steps: int, synth_train: int, synth_val: int, with_
     return BuildSpec(
         name=DEFAULT_NAME,
         version=DEFAULT_VERSION,
-        out_bundle=MODELS / f"{DEFAULT_NAME}.bundle",
+        out_bundle=models / f"{DEFAULT_NAME}.bundle",
         work_dir=work,
         train=TrainConfig(net=net, steps=steps, seed=DEFAULT_SEED),
         synth_train=synth_train,
@@ -438,18 +440,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-esd", action="store_true", help="do not measure on ../shared/data/esd/dev")
     p.add_argument("--reuse-weights", action="store_true", help="re-measure and re-bundle the trained weights")
     p.add_argument("--no-card", action="store_true", help="do not rewrite models/README.md")
+    p.add_argument("--models", type=Path, default=MODELS, help="where the bundle, weights and card go (default models/)")
     p.add_argument("--eval-every", type=int, default=1000, help="log float AP50 every N training steps (0: never)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    spec = default_spec(args.work, args.steps, args.synth_train, args.synth_val, not args.no_esd)
+    spec = default_spec(args.work, args.steps, args.synth_train, args.synth_val, not args.no_esd, args.models)
     spec = replace(spec, reuse_weights=args.reuse_weights, eval_every=args.eval_every)
     report = build(spec)
-    shutil.copy2(args.work / "float-final.weights.h5", MODELS / f"{DEFAULT_NAME}.weights.h5")
-    (MODELS / f"{DEFAULT_NAME}.json").write_text(
+    shutil.copy2(args.work / "float-final.weights.h5", args.models / f"{DEFAULT_NAME}.weights.h5")
+    (args.models / f"{DEFAULT_NAME}.json").write_text(
         json.dumps({"net": spec.train.net.to_dict(), "report": json.loads(report.to_json())}, indent=2) + "\n"
     )
     if not args.no_card:
-        write_card(MODELS / "README.md", report, spec)
+        if args.models != MODELS and (MODELS / "NOTES.md").exists():
+            shutil.copy2(MODELS / "NOTES.md", args.models / "NOTES.md")
+        write_card(args.models / "README.md", report, spec)
     print(report.to_json())
     return 0
 
