@@ -108,9 +108,11 @@ class Service:
         pipeline: Pipeline = _need(self.parts.pipeline)
         if name == "pause":
             pipeline.paused.set()
+            self._refresh_status()
             return {"paused": True}
         if name == "resume":
             pipeline.paused.clear()
+            self._refresh_status()
             return {"paused": False}
         if name == "snapshot":
             return self._manual_snapshot()
@@ -122,13 +124,21 @@ class Service:
         raise ValueError(f"unknown command {name!r}; expected pause, resume, snapshot or reload")
 
     def _manual_snapshot(self) -> dict[str, Any]:
-        from edge.snapshot import render_snapshot
+        import cv2
+
+        from edge.preview import annotate
 
         frame = self.last.frame
         if frame is None:
             raise ValueError("no frame has been processed yet")
-        jpeg = render_snapshot(frame.image, None, max_px=self.cfg.mqtt.snapshot_max_px,
-                               label=f"{len(self.last.gaps)} gaps")
+        model = self.current_model()
+        bgr = annotate(frame.image, self.last.gaps, [], {"model": f"{model.name} v{model.version}",
+                                                         "frame": frame.index},
+                       max_width=self.cfg.mqtt.snapshot_max_px)
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        if not ok:
+            raise ValueError("could not encode the snapshot")
+        jpeg = buf.tobytes()
         topic = _need(self.parts.topics).snapshot(f"manual-{int(time.time() * 1000)}")
         _need(self.parts.mqtt).publish_direct(topic, jpeg, qos=1, retain=False)
         return {"topic": topic, "bytes": len(jpeg), "frame": frame.index, "gaps": len(self.last.gaps)}
@@ -169,20 +179,29 @@ class Service:
         bundle = _need(self.parts.slot).latest_info
         payload = model_state_payload(model_ref(bundle), self.ota_state, _need(self.parts.topics), time.time())
         link.publish_model_state(payload)
+        self._refresh_status()  # the retained status names the model too
 
     # ---- status and stats -------------------------------------------------------------------------------------
+    def _refresh_status(self) -> None:
+        link = self.parts.mqtt
+        if link is not None:
+            status = self.status()
+            link.set_status(status.state, status.reason)
+
     def status(self) -> StatusInfo:
         reasons = []
+        if self.parts.pipeline is not None and self.parts.pipeline.paused.is_set():
+            reasons.append("paused by command (cmd/resume to continue)")
         capture = self.parts.capture
         if capture is not None and capture.degraded:
             reasons.append(capture.degraded)
         outbox = self.parts.outbox
         if outbox is not None and outbox.quarantined is not None:
             reasons.append(f"outbox was corrupt and is quarantined at {outbox.quarantined}")
-        model = self.current_model() if self.parts.slot is not None else None
-        if reasons:
+        model = model_ref(self.parts.slot.latest_info) if self.parts.slot is not None else None
+        if reasons and not (len(reasons) == 1 and reasons[0].startswith("paused")):
             return StatusInfo("degraded", "; ".join(reasons), model)
-        return StatusInfo("online", None, model)
+        return StatusInfo("online", "; ".join(reasons) or None, model)
 
     def stats_info(self) -> StatsInfo:
         pipeline: Pipeline = _need(self.parts.pipeline)
@@ -361,34 +380,36 @@ class _LastFrameObserver:
 
 
 class _PreviewObserver:
-    """Hands each processed frame to the preview; cheap unless someone is watching."""
+    """Hands each processed frame to the preview (cheap unless someone watches); the figures twice a second."""
 
     def __init__(self, preview: Any, service: Service):
         self.preview = preview
         self.service = service
+        self._info: dict[str, Any] = {}
+        self._info_at = 0.0
 
     def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None:
-        if not self.preview.watching:
-            self.preview.offer(frame.image, gaps, [], {})
-            return
         s = self.service
-        pipeline: Pipeline = _need(s.parts.pipeline)
         tracker = _need(s.parts.tracker)
-        shift = tracker.last_shift
-        info = {
-            "fps": round(pipeline.stats.fps.rate(), 1),
-            "inference_ms": pipeline.stats.invoke.percentile(50),
-            "model": f"{s.current_model().name} v{s.current_model().version}",
-            "outbox_depth": _need(s.parts.outbox).depth(),
-            "alerts_opened": pipeline.stats.alerts_opened,
-            "dropped": _need(s.parts.capture).dropped,
-            "frame": frame.index,
-            "shift_px": None if shift is None else round(float(shift.dx), 1),
-            "status": s.status().state,
-            "device": s.cfg.device.id,
-            "store": s.cfg.device.store,
-        }
-        self.preview.offer(frame.image, gaps, tracker.tracks(), info)
+        now = time.monotonic()
+        if now - self._info_at > 0.5:
+            self._info_at = now
+            pipeline = _need(s.parts.pipeline)
+            model = s.current_model()
+            self._info = {
+                "fps": round(pipeline.stats.fps.rate(), 1),
+                "inference_ms": pipeline.stats.invoke.percentile(50),
+                "model": f"{model.name} v{model.version}",
+                "outbox_depth": _need(s.parts.outbox).depth(),
+                "alerts_opened": pipeline.stats.alerts_opened,
+                "dropped": _need(s.parts.capture).dropped,
+                "status": s.status().state,
+                "device": s.cfg.device.id,
+                "store": s.cfg.device.store,
+            }
+        info = {**self._info, "frame": frame.index,
+                "shift_px": None if tracker.last_shift is None else round(float(tracker.last_shift.dx), 1)}
+        self.preview.offer(frame.image, gaps, tracker.tracks() if self.preview.watching else [], info)
 
 
 class _ProbationObserver:

@@ -49,13 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # not built yet
             raise
         mod.register(sub)
+    for sp in sub.choices.values():
+        # `-v` after the subcommand too (`shelfscout run -c x -v`), unless the command uses -v itself
+        if not any("-v" in a.option_strings for a in sp._actions):
+            sp.add_argument("-v", "--verbose", dest="sub_verbose", action="count", default=0,
+                            help="more logging (-vv for debug)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
+    # the service logs what an operator reads in the journal (connections, model, alerts) at INFO by default
+    base = getattr(args, "log_level", logging.WARNING)
+    level = max(logging.DEBUG, base - 10 * (args.verbose + getattr(args, "sub_verbose", 0)))
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from edge.bundle import BundleError
     from edge.config import ConfigError

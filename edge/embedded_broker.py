@@ -49,8 +49,8 @@ class EmbeddedBroker:
     def _main(self) -> None:
         from amqtt.broker import Broker
 
-        for name in ("amqtt", "transitions"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        for name in ("amqtt", "transitions"):  # amqtt warns about every MQTT 5 probe; the client falls back
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)

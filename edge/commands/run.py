@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 
@@ -17,7 +18,7 @@ def register(sub: Any) -> None:
                         "the queued alerts stay in the outbox for the next start")
     p.add_argument("--dev-allow-unsigned-models", action="store_true",
                    help="DEVELOPMENT ONLY: run models whose signature is missing or unknown")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, log_level=logging.INFO)
 
 
 def run(args: argparse.Namespace) -> int:
