@@ -26,7 +26,11 @@ ENV_PREFIX = "SHELFSCOUT_"
 
 
 class ConfigError(ValueError):
-    """A config problem, phrased as one line that names the key."""
+    """A config problem, phrased as one line that names the key. `errors` lists every problem found."""
+
+    def __init__(self, message: str, errors: list[str] | None = None):
+        super().__init__(message)
+        self.errors = errors or [message]
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
 
 
-def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+def _build(cls: type, data: Mapping[str, Any], prefix: str, errors: list[str]) -> Any:
+    """Build the dataclass from a table; problems are appended to `errors` and the key keeps its default."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
@@ -177,21 +182,25 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         if k not in names:
             close = difflib.get_close_matches(k, names, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(names)})"
-            raise ConfigError(f"{key}: unknown key{hint}")
+            errors.append(f"{key}: unknown key{hint}")
+            continue
         tp = hints[k]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(v, dict):
-                raise ConfigError(f"{key}: expected a table [{key}], got {_type_name(v)}")
-            kwargs[k] = _build(typing.cast(type, tp), v, f"{key}.")
-        else:
-            kwargs[k] = _coerce(key, v, tp)
+        try:
+            if dataclasses.is_dataclass(tp):
+                if not isinstance(v, dict):
+                    raise ConfigError(f"{key}: expected a table [{key}], got {_type_name(v)}")
+                kwargs[k] = _build(typing.cast(type, tp), v, f"{key}.", errors)
+            else:
+                kwargs[k] = _coerce(key, v, tp)
+        except ConfigError as e:
+            errors.append(str(e))
     return cls(**kwargs)
 
 
-def _validate(cfg: Config) -> None:
+def _validate(cfg: Config, errors: list[str]) -> None:
     def need(cond: bool, key: str, why: str) -> None:
         if not cond:
-            raise ConfigError(f"{key}: {why}")
+            errors.append(f"{key}: {why}")
 
     for key, val in (("device.id", cfg.device.id), ("device.store", cfg.device.store)):
         need(bool(val), key, "must not be empty")
@@ -217,11 +226,14 @@ def _validate(cfg: Config) -> None:
     need(cfg.outbox.max_bytes > 0, "outbox.max_bytes", "must be positive")
     need(cfg.outbox.inflight >= 1, "outbox.inflight", "must be at least 1")
     host, sep, port = cfg.preview.bind.rpartition(":")
-    need(bool(sep) and port.isdigit() and bool(host), "preview.bind", f"{cfg.preview.bind!r} must be HOST:PORT")
+    need(bool(sep) and port.isdigit() and bool(host) and int(port or 0) <= 65535, "preview.bind",
+         f"{cfg.preview.bind!r} must be HOST:PORT with a port from 0 to 65535")
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The overrides by section and key, and which variable set each `section.key`."""
     out: dict[str, dict[str, Any]] = {}
+    origin: dict[str, str] = {}
     for name, raw in env.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
@@ -231,21 +243,37 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         except tomllib.TOMLDecodeError:
             value = raw  # a bare string such as mqtt://host:1883
         out.setdefault(section, {})[key] = value
-    return out
+        origin[f"{section}.{key}"] = name
+        origin.setdefault(section, name)
+    return out, origin
 
 
 def parse(text: str, env: Mapping[str, str] | None = None, origin: str = "config") -> Config:
-    """Parse TOML text plus environment overrides into a validated `Config`."""
+    """Parse TOML text plus environment overrides into a validated `Config`.
+
+    Raises ConfigError naming the first problem; its `errors` list has one line for every problem found.
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{origin}: not valid TOML: {e}") from e
-    for section, values in _env_overrides(os.environ if env is None else env).items():
+    overrides, set_by = _env_overrides(os.environ if env is None else env)
+    for section, values in overrides.items():
         data.setdefault(section, {})
         if isinstance(data[section], dict):
             data[section].update(values)
-    cfg = _build(Config, data, "")
-    _validate(cfg)
+    errors: list[str] = []
+    cfg = _build(Config, data, "", errors)
+    if not errors:
+        _validate(cfg, errors)
+    if errors:
+        lines = []
+        for line in errors:
+            key = line.split(":", 1)[0].split("[", 1)[0]
+            var = set_by.get(key)
+            lines.append(f"{var} (environment): {line}" if var else line)
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        raise ConfigError(lines[0] + more, lines)
     return typing.cast(Config, cfg)
 
 

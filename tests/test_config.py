@@ -93,3 +93,16 @@ def test_config_check_cli_prints_one_line_error(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "edge.cli", "config", "check", str(p)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "ok" in r.stdout
+
+
+def test_every_error_is_reported_and_env_errors_name_the_variable() -> None:
+    with pytest.raises(ConfigError) as e:
+        config.parse("[mqtt]\nurll = 'x'\n[camera]\nfps = 'fast'\n", env={"SHELFSCOUT_CAMRA__FPS": "3"})
+    assert e.value.errors == [
+        "mqtt.urll: unknown key (did you mean 'mqtt.url'?)",
+        "camera.fps: expected a number, got string 'fast'",
+        "SHELFSCOUT_CAMRA__FPS (environment): camra: unknown key (did you mean 'camera'?)",
+    ]
+    assert str(e.value).endswith("(and 2 more)")
+    with pytest.raises(ConfigError, match="preview.bind: '0.0.0.0:99999' must be HOST:PORT"):
+        config.parse("[preview]\nbind = '0.0.0.0:99999'\n", env={})

@@ -18,9 +18,16 @@ def register(sub: Any) -> None:
 
 
 def check(args: argparse.Namespace) -> int:
+    import sys
+
     from edge import config
 
-    cfg = config.load(args.file)
+    try:
+        cfg = config.load(args.file)
+    except config.ConfigError as e:
+        for line in e.errors:
+            print(f"shelfscout config: error: {line}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(dataclasses.asdict(cfg), indent=2))
     else:
