@@ -267,7 +267,8 @@ def read_bundle(
     sig = members.get(SIGNATURE)
     if sig is None:
         if not allow_unsigned:
-            raise BundleError(f"bundle {path} is unsigned (no {SIGNATURE})")
+            raise BundleError(f"bundle {path} is unsigned (no {SIGNATURE}); sign it with `shelfscout bundle`/"
+                              "`shelfscout release --resign`, or run it with --dev-allow-unsigned-models")
     elif not keys:
         if not allow_unsigned:
             raise BundleError(f"bundle {path}: no trusted keys are configured, so its signature cannot be checked")

@@ -65,6 +65,15 @@ def demo(args: argparse.Namespace) -> int:
     from edge.embedded_broker import EmbeddedBroker
     from edge.mqtt import BrokerAddress
 
+    from edge.cli import CliError
+
+    if args.seconds < 5:
+        raise CliError("--seconds must be at least 5 (a pass needs the aisle's two ends and its gaps)")
+    if args.broker is not None:
+        try:
+            BrokerAddress.parse(args.broker)
+        except ValueError as e:
+            raise CliError(f"--broker: {e}") from None
     args.preview = _free_bind(args.preview)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
