@@ -164,3 +164,107 @@ def test_bench_json_is_one_object_with_the_contract_keys(tiny: tuple[Path, Path,
     for stage in ("preprocess", "invoke", "decode"):
         assert out["stages_ms"][stage]["p50"] <= out["stages_ms"][stage]["p95"]
     print("bench (tiny model):", line)
+
+
+def test_detect_output_into_a_closed_pipe_is_quiet(tiny: tuple[Path, Path, Path], media: Path) -> None:
+    """`shelfscout detect ... --json | head -2`: the reader goes away; no BrokenPipeError traceback.
+
+    The read end is closed before the child writes anything, so its first write is the broken one, every run.
+    """
+    import os
+
+    bundle, keys, _ = tiny
+    code = "import sys; from edge.cli import main; sys.exit(main(sys.argv[1:]))"
+    for extra in (["--json"], []):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            p = subprocess.run([sys.executable, "-c", code, "detect", str(media / "pass.mp4"), "--model", str(bundle),
+                                "--keys", str(keys), *extra], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                               timeout=120, cwd=REPO)
+        finally:
+            os.close(write_end)
+        assert p.returncode == 1, p.stderr
+        assert "Traceback" not in p.stderr and "BrokenPipeError" not in p.stderr and "Exception ignored" not in p.stderr
+
+
+def test_detect_skips_unreadable_files_in_a_folder(tiny: tuple[Path, Path, Path], media: Path, tmp_path: Path) -> None:
+    bundle, keys, _ = tiny
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = cv2.imread(str(media / "photos" / "a.jpg"))
+    assert cv2.imwrite(str(folder / "1.jpg"), good) and cv2.imwrite(str(folder / "4.png"), good)
+    (folder / "2.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "3.jpg").write_bytes(b"")
+    (folder / "5.mp4").write_bytes(b"not a video")
+    r = shelfscout("detect", folder, "--model", bundle, "--keys", keys, "--json")
+    assert r.returncode == 1, r.stderr
+    _check_json_lines(r.stdout, [(str(folder / "1.jpg"), 640, 480), (str(folder / "4.png"), 640, 480)])
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("shelfscout detect: warning: skipped ")]
+    assert [w.split("skipped ", 1)[1].split(":")[0] for w in warnings] == [
+        str(folder / "2.jpg"), str(folder / "3.jpg"), str(folder / "5.mp4")]
+    assert "Traceback" not in r.stderr
+    # every input readable: exit 0; the exit codes are documented in --help
+    r = shelfscout("detect", folder / "1.jpg", folder / "4.png", "--model", bundle, "--keys", keys)
+    assert r.returncode == 0 and "warning" not in r.stderr and len(r.stdout.splitlines()) == 2
+    r = shelfscout("detect", "--help")
+    assert r.returncode == 0 and "exit status" in r.stdout and "skipped" in r.stdout
+
+
+def test_model_commands_reject_a_non_bundle_in_one_line(tmp_path: Path) -> None:
+    toml = tmp_path / "some.toml"
+    toml.write_text("[mqtt]\nurl = 'mqtt://localhost'\n")
+    for cmd in (("model", "verify", toml), ("model", "inspect", toml), ("detect", toml, "--model", toml)):
+        r = shelfscout(*cmd)
+        assert r.returncode == 2 and r.stdout == ""
+        lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("INFO: ")]
+        assert lines == [f"shelfscout {cmd[0]}: error: {toml} is not a model bundle "
+                         "(neither a tar archive nor a bundle folder)"], r.stderr
+
+
+def test_model_verify_prints_one_line_per_check(tiny: tuple[Path, Path, Path]) -> None:
+    bundle, keys, _ = tiny
+    r = shelfscout("model", "verify", bundle, "--keys", keys)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [ln.split(":")[0] for ln in lines[:4]] == ["signature", "hashes", "I/O signature", "golden vectors"]
+    assert lines[0] == "signature: ok (key signer.pub)"
+    assert lines[1] == "hashes: ok (2 files: golden.npz, model.tflite)"
+    assert lines[2].startswith("I/O signature: ok (input ") and "yolo decoding" in lines[2]
+    assert lines[3].startswith("golden vectors: ok (") and "max diff" in lines[3]
+    assert lines[4].startswith("tiny-yolo-uint8 v3: verified on ai-edge-litert ")
+
+
+def test_model_inspect_shows_a_metrics_table_and_the_runtime(tiny: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    from convert.wrap import wrap_external_model
+
+    bundle, keys, key = tiny
+    sets = {
+        "synthetic-val": {"int8": {"ap50": 0.8827, "precision": 0.8518, "recall": 0.8331, "f1": 0.8424, "images": 300},
+                          "float": {"ap50": 0.8855, "precision": 0.8521, "recall": 0.829, "f1": 0.8404, "images": 300}},
+        "esd-dev": {"float": {"ap50": 0.4155, "precision": 0.4897, "recall": 0.4574, "f1": 0.473},
+                    "int8": {"ap50": 0.4141, "precision": 0.4844, "recall": 0.4635, "f1": 0.4737}},
+    }
+    with_metrics = tmp_path / "metrics.bundle"
+    wrap_external_model(bundle.parent / "tiny-yolo-uint8.tflite", "yolo", "tiny-metrics", 4, ["empty"], with_metrics,
+                        key, metrics={"sets": sets, "params": 1234, "parity": {"max_abs_diff": 0.05}})
+    r = shelfscout("model", "inspect", with_metrics, "--keys", keys)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    at = lines.index("  metrics")
+    assert lines[at + 1].split() == ["data", "set", "model", "AP50", "P", "R", "F1"]
+    assert sorted(ln.split() for ln in lines[at + 2:at + 6]) == [  # int8 before float within a set
+        ["esd-dev", "float", "0.415", "0.490", "0.457", "0.473"],
+        ["esd-dev", "int8", "0.414", "0.484", "0.464", "0.474"],
+        ["synthetic-val", "float", "0.885", "0.852", "0.829", "0.840", "(300", "images)"],
+        ["synthetic-val", "int8", "0.883", "0.852", "0.833", "0.842", "(300", "images)"],
+    ]
+    assert [ln.split()[1] for ln in lines[at + 2:at + 4]] == ["int8", "float"]
+    assert "    params: 1234" in lines and "    parity: max_abs_diff 0.05" in lines
+    assert "{" not in r.stdout  # no raw Python dicts
+    (runtime,) = [ln for ln in lines if ln.startswith("  runtime ")]
+    assert re.match(r"  runtime    ai-edge-litert \S+, XNNPACK yes \(\d+/\d+ conv ops", runtime), runtime
+    r = shelfscout("model", "inspect", with_metrics, "--keys", keys, "--json")
+    info = json.loads(r.stdout)
+    assert info["metrics"]["sets"] == sets and info["runtime"]["xnnpack"] is True
+    assert info["runtime"]["name"] == "ai-edge-litert" and info["runtime"]["version"]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from collections.abc import Iterator, Sequence
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,26 @@ def add_model_args(p: argparse.ArgumentParser, threads: bool = True) -> None:
                    help="DEVELOPMENT ONLY: run a model whose signature is missing or unknown")
 
 
+def read_bundle_one_line(read: Callable[..., Any], path: Path, *args: Any, **kwargs: Any) -> Any:
+    """`read(path, ...)` (edge.bundle.read_bundle), with any failure as a one-line error naming the path.
+
+    A file that is not a tar archive at all (a config, a .tflite) is named as such instead of tarfile's list of
+    every compression it tried.
+    """
+    from edge.bundle import BundleError
+    from edge.cli import CliError
+
+    if path.is_file() and not tarfile.is_tarfile(path):
+        raise CliError(f"{path} is not a model bundle (neither a tar archive nor a bundle folder)")
+    try:
+        return read(path, *args, **kwargs)
+    except BundleError as e:
+        lines = str(e).strip().splitlines()
+        if len(lines) <= 1:
+            raise
+        raise CliError(lines[0].rstrip(": ")) from e
+
+
 def load_bundle_from_args(args: argparse.Namespace) -> Any:
     """Read and verify the bundle named by --model (or the default one) against the trusted keys."""
     from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, load_public_keys, read_bundle
@@ -55,7 +77,7 @@ def load_bundle_from_args(args: argparse.Namespace) -> Any:
         raise CliError(f"model bundle {path} does not exist{hint}")
     keys = load_public_keys([BUILTIN_KEYS, *[Path(k) for k in args.keys]])
     allow = bool(getattr(args, "dev_allow_unsigned_models", False))
-    bundle = read_bundle(path, keys, allow_unsigned=allow)
+    bundle = read_bundle_one_line(read_bundle, path, keys, allow_unsigned=allow)
     if bundle.signed_by is None:
         print(f"WARNING: running UNSIGNED/UNVERIFIED model {path} (--dev-allow-unsigned-models); "
               "never do this on a device", file=sys.stderr)
@@ -79,11 +101,29 @@ def load_detector_from_args(args: argparse.Namespace, score_threshold: float | N
         raise CliError(f"cannot load model {bundle.source}: {e}") from e
 
 
+def stdout_gone() -> int:
+    """The reader of stdout has gone (`| head`): point stdout at devnull so the exit flush is quiet; exit code 1.
+
+    The recipe from the Python docs' note on SIGPIPE; the caller returns the code instead of calling sys.exit.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout has no file descriptor (captured); nothing left to flush to
+        pass
+    return 1
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "detect", help="find gaps in images, folders or videos",
         description="Run the model on images, image folders or videos (every frame). With --json, print one "
-                    "JSON line per image or frame and nothing else on stdout; boxes are in original pixels.",
+                    "JSON line per image or frame and nothing else on stdout; boxes are in original pixels. "
+                    "An image or video that cannot be read is skipped with a one-line warning on stderr and "
+                    "the rest still run.",
+        epilog="exit status: 0 when every input was read, 1 when any input was skipped as unreadable (the "
+               "others still ran), 2 on a usage, path or model error (nothing ran).",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder of images/videos, or video file")
     add_model_args(p)
@@ -192,24 +232,33 @@ def run_detect(args: argparse.Namespace) -> int:
             raise CliError(f"cannot create --annotate folder {out_dir}: {e.strerror}") from e
     used: set[str] = set()
     failures = done = total_gaps = 0
-    for item in iter_items(files):
-        if item.image is None:
-            failures += 1
-            print(f"shelfscout detect: error: {item.name}: {item.error}", file=sys.stderr)
-            continue
-        gaps = detector.detect(item.image)
-        done += 1
-        total_gaps += len(gaps)
-        if args.json:
-            print(gaps_json(item, gaps), flush=True)
-        else:
-            h, w = item.image.shape[:2]
-            boxes = ", ".join(f"[{g.x0:.0f},{g.y0:.0f},{g.x1:.0f},{g.y1:.0f}] {g.score:.2f}" for g in gaps)
-            print(f"{item.name} {w}x{h}: {len(gaps)} gap{'s' if len(gaps) != 1 else ''}" + (f": {boxes}" if gaps else ""))
-        if out_dir is not None:
-            target = _annotation_path(out_dir, item, used)
-            if not cv2.imwrite(str(target), annotate(item.image, gaps), [cv2.IMWRITE_JPEG_QUALITY, 90]):
-                raise CliError(f"cannot write {target}")
+    try:
+        for item in iter_items(files):
+            gaps: list[Gap] | None = None
+            if item.image is not None:
+                try:
+                    gaps = list(detector.detect(item.image))
+                except ValueError as e:  # an image the model cannot take; the others still run
+                    item = Item(item.name, None, item.path, item.frame, str(e))
+            if item.image is None or gaps is None:
+                failures += 1
+                print(f"shelfscout detect: warning: skipped {item.name}: {item.error}", file=sys.stderr, flush=True)
+                continue
+            done += 1
+            total_gaps += len(gaps)
+            if args.json:
+                print(gaps_json(item, gaps), flush=True)
+            else:
+                h, w = item.image.shape[:2]
+                boxes = ", ".join(f"[{g.x0:.0f},{g.y0:.0f},{g.x1:.0f},{g.y1:.0f}] {g.score:.2f}" for g in gaps)
+                print(f"{item.name} {w}x{h}: {len(gaps)} gap{'s' if len(gaps) != 1 else ''}"
+                      + (f": {boxes}" if gaps else ""), flush=True)
+            if out_dir is not None:
+                target = _annotation_path(out_dir, item, used)
+                if not cv2.imwrite(str(target), annotate(item.image, gaps), [cv2.IMWRITE_JPEG_QUALITY, 90]):
+                    raise CliError(f"cannot write {target}")
+    except BrokenPipeError:
+        return stdout_gone()
     if not args.json:
         print(f"{done} images/frames, {total_gaps} gaps, model {detector.manifest.name} v{detector.manifest.version} "
               f"on {detector.runtime.describe()}", file=sys.stderr)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.commands.detect import load_bundle_from_args
+from edge.commands.detect import load_bundle_from_args, read_bundle_one_line, stdout_gone
 
 
 def register(sub: Any) -> None:
@@ -37,14 +37,15 @@ def _load_any(args: argparse.Namespace) -> tuple[Any, str]:
     from edge.bundle import BUILTIN_KEYS, BundleError, load_public_keys, read_bundle
 
     keys = load_public_keys([BUILTIN_KEYS, *[Path(k) for k in args.keys]])
+    path = Path(args.bundle)
     try:
-        b = read_bundle(args.bundle, keys)
+        b = read_bundle_one_line(read_bundle, path, keys)
         return b, f"valid, signed by {b.signed_by}"
     except BundleError as e:
         reason = str(e)
         if "signature" not in reason and "unsigned" not in reason and "no trusted keys" not in reason:
             raise
-    b = read_bundle(args.bundle, keys, allow_unsigned=True)
+    b = read_bundle_one_line(read_bundle, path, keys, allow_unsigned=True)
     return b, f"NOT VERIFIED ({reason.split(': ', 1)[-1]})"
 
 
@@ -98,7 +99,10 @@ def inspect_cmd(args: argparse.Namespace) -> int:
                     "conv_ops": rt.heavy_ops, "conv_ops_on_xnnpack": rt.heavy_ops_delegated},
     }
     if args.json:
-        print(json.dumps(summary, indent=2, default=str))
+        try:
+            print(json.dumps(summary, indent=2, default=str), flush=True)
+        except BrokenPipeError:
+            return stdout_gone()
         return 0
     print(f"{m.name} v{m.version} ({m.task}), created {m.created or '?'}")
     print(f"  bundle     {args.bundle}")
@@ -114,25 +118,82 @@ def inspect_cmd(args: argparse.Namespace) -> int:
         label = f" = {r['name']}" if "name" in r else ""
         print(f"  {r['kind']:<6}     {r['tensor']}{label}: {tuple(r['shape'])} {r['dtype']} "
               f"(scale {r['scale']:g}, zp {r['zero_point']})")
-    if m.metrics:
-        print("  metrics    " + ", ".join(f"{k}={v}" for k, v in m.metrics.items()))
-    print(f"  runtime    {rt.describe()}")
+    for line in metrics_lines(m.metrics):
+        print(line)
+    print(f"  runtime    {rt.name} {rt.version}, XNNPACK {'yes' if rt.xnnpack else 'NO'} "
+          f"({rt.heavy_ops_delegated}/{rt.heavy_ops} conv ops, {rt.delegated_partitions} partitions), "
+          f"{rt.threads} threads, {'int8' if rt.quantized else 'float'} model")
     return 0
 
 
+_METRIC_COLUMNS = (("AP50", "ap50"), ("P", "precision"), ("R", "recall"), ("F1", "f1"))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_fmt(x)}" for k, x in v.items())
+    return str(v)
+
+
+def metrics_lines(metrics: Any) -> list[str]:
+    """The manifest's metrics as text: a table of AP50/P/R/F1 per data set and precision, then the other entries.
+
+    `metrics["sets"]` maps a data set to {"int8": {...}, "float": {...}} (convert's evaluation); any other shape
+    is shown as `key: value` lines.
+    """
+    if not isinstance(metrics, dict) or not metrics:
+        return ["  metrics    none in the manifest"]
+    out = ["  metrics"]
+    sets = metrics.get("sets")
+    rest = {k: v for k, v in metrics.items() if k != "sets"}
+    if isinstance(sets, dict) and sets:
+        width = max(8, *(len(str(k)) for k in sets))
+        out.append(f"    {'data set':<{width}}  model " + "".join(f"{h:>8}" for h, _ in _METRIC_COLUMNS))
+        for name, by_kind in sets.items():
+            if not isinstance(by_kind, dict):
+                rest[f"sets.{name}"] = by_kind
+                continue
+            for kind in sorted(by_kind, key=lambda k: (k != "int8", k != "float", k)):
+                row = by_kind[kind]
+                if not isinstance(row, dict):
+                    continue
+                cells = "".join(
+                    f"{row[key]:>8.3f}" if isinstance(row.get(key), (int, float)) else f"{'-':>8}"
+                    for _, key in _METRIC_COLUMNS
+                )
+                n = f"  ({row['images']} images)" if "images" in row else ""
+                out.append(f"    {name:<{width}}  {kind:<5} {cells}{n}")
+    elif sets is not None:
+        rest["sets"] = sets
+    for k, v in rest.items():
+        out.append(f"    {k}: {_fmt(v)}")
+    return out
+
+
 def verify_cmd(args: argparse.Namespace) -> int:
+    from edge.bundle import BundleError
     from edge.cli import CliError
     from edge.detector import Detector
 
     args.model = args.bundle
     bundle = load_bundle_from_args(args)  # signature and hashes; BundleError is the one-line failure
-    print(f"signature: ok (signed by {bundle.signed_by})")
-    print(f"hashes: ok ({len(bundle.manifest.files)} files)")
-    det = Detector(bundle, threads=args.threads)  # ModelSignatureError on an I/O mismatch
-    print(f"I/O signature: ok ({det.runtime.describe()})")
+    print(f"signature: ok (key {bundle.signed_by})", flush=True)
+    print(f"hashes: ok ({len(bundle.manifest.files)} files: {', '.join(sorted(bundle.manifest.files))})", flush=True)
+    try:
+        det = Detector(bundle, threads=args.threads)  # ModelSignatureError on an I/O mismatch
+    except BundleError as e:
+        raise CliError(f"I/O signature: {e}", code=1) from e
+    except (ValueError, RuntimeError) as e:
+        raise CliError(f"I/O signature: the runtime cannot load the model: {e}", code=1) from e
+    m = bundle.manifest  # the Detector has checked the model's tensors against it
+    ins = f"input {m.input.width}x{m.input.height}x{m.input.channels} {m.input.dtype}"
+    outs = ", ".join(t.name for t in m.output.tensors)
+    print(f"I/O signature: ok ({ins}; outputs {outs}; {m.output.decoding} decoding)", flush=True)
     result = det.check_golden()
     if not result.ok:
         raise CliError(f"golden vectors: {result.detail}", code=1)
     print(f"golden vectors: ok ({result.detail})")
-    print(f"{bundle.manifest.name} v{bundle.manifest.version}: verified")
+    print(f"{m.name} v{m.version}: verified on {det.runtime.describe()}")
     return 0
