@@ -15,24 +15,27 @@ import collections
 import json
 import logging
 import queue
+import re
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
+from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.config import Config, read_password
+from edge.config import Config, ConfigError, read_password
 from edge.outbox import Outbox, OutboxError
-from edge.payloads import StatusInfo, command_reply_payload, encode, status_payload
+from edge.payloads import ModelRef, StatusInfo, command_reply_payload, encode, status_payload
 from edge.topics import COMMANDS, Topics
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ _UNSUPPORTED_PROTOCOL = 132  # CONNACK "Unsupported protocol version" (MQTT 3.1.
 # protocol "auto", before the first successful connect: a broker that leaves a CONNECT unanswered this long after
 # TCP connected (amqtt does with an MQTT 5 CONNECT carrying a will) is tried with the other MQTT version.
 CONNACK_TIMEOUT_S = 4.0
+MODEL_POLL_S = 1.0  # how often the sender thread asks the status provider whether the model changed
 _REFUSAL_HINTS = {
     133: "the broker rejected the client id (mqtt.client_id)",
     134: "check mqtt.username and the password file",
@@ -83,14 +87,79 @@ class BrokerAddress:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
-def tls_context(ca_file: str = "", cert_file: str = "", key_file: str = "") -> ssl.SSLContext:
-    """A client TLS context: verify the broker against `ca_file` (or the system CAs), with an optional client cert."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file or None)
+@dataclass(frozen=True)
+class TlsKeys:
+    """How errors name the TLS settings: config keys for the service, option names for a CLI."""
+
+    ca_file: str = "mqtt.ca_file"
+    cert_file: str = "mqtt.cert_file"
+    key_file: str = "mqtt.key_file"
+
+
+CLI_TLS_KEYS = TlsKeys("--ca-file", "--cert-file", "--key-file")
+
+
+def _read_pem(key: str, path: str) -> str:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror or e}") from None
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key}: {path} is not a PEM file (binary data; convert DER with openssl)") from None
+    if "-----BEGIN " not in text:
+        raise ConfigError(f"{key}: {path} is not a PEM file (no -----BEGIN line)")
+    return text
+
+
+def _ssl_why(e: ssl.SSLError) -> str:
+    return re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(e.args[1] if len(e.args) > 1 else e))
+
+
+def _no_passphrase() -> bytes:
+    raise ValueError("the key is encrypted")
+
+
+def tls_context(ca_file: str = "", cert_file: str = "", key_file: str = "",
+                keys: TlsKeys = TlsKeys()) -> ssl.SSLContext:
+    """A client TLS context: verify the broker against `ca_file` (or the system CAs), with an optional client cert.
+
+    Every problem with the files (missing, unreadable, not PEM, key not matching the certificate, an encrypted
+    key) is a ConfigError naming the setting (`keys`) and the path, never a traceback.
+    """
+    if (cert_file or key_file) and not (cert_file and key_file):
+        raise ConfigError(f"{keys.cert_file} and {keys.key_file} must be given together")
+    ca_pem = _read_pem(keys.ca_file, ca_file) if ca_file else None
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca_pem)
+    except ssl.SSLError as e:
+        raise ConfigError(f"{keys.ca_file}: {ca_file} holds no usable CA certificate ({_ssl_why(e)})") from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert_file or key_file:
-        if not (cert_file and key_file):
-            raise ValueError("mqtt.cert_file and mqtt.key_file must be given together")
-        ctx.load_cert_chain(cert_file, key_file)
+    if cert_file and key_file:
+        cert_pem = _read_pem(keys.cert_file, cert_file)
+        try:
+            x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
+        except ValueError as e:
+            raise ConfigError(f"{keys.cert_file}: {cert_file} holds no valid PEM certificate ({e})") from None
+        key_pem = _read_pem(keys.key_file, key_file)
+        if "PRIVATE KEY-----" not in key_pem:
+            raise ConfigError(f"{keys.key_file}: {key_file} holds no PEM private key")
+        try:
+            ctx.load_cert_chain(cert_file, key_file, password=_no_passphrase)
+        except ValueError:
+            raise ConfigError(f"{keys.key_file}: {key_file} is encrypted; the service needs an unencrypted key "
+                              "(readable by its user only)") from None
+        except ssl.SSLError as e:
+            why = _ssl_why(e)
+            if "KEY_VALUES_MISMATCH" in why.upper():
+                raise ConfigError(f"{keys.key_file}: {key_file} is not the private key of {keys.cert_file} "
+                                  f"{cert_file}") from None
+            raise ConfigError(f"{keys.cert_file}/{keys.key_file}: cannot load {cert_file} with {key_file}: "
+                              f"{why}") from None
+        except OSError as e:
+            raise ConfigError(f"{keys.cert_file}/{keys.key_file}: cannot read {cert_file} or {key_file}: "
+                              f"{e.strerror or e}") from None
     return ctx
 
 
@@ -156,6 +225,8 @@ class MqttLink:
         self._retained: dict[str, tuple[bytes, int]] = {}
         self._retained_lock = threading.Lock()
         self._override: tuple[str, str | None] | None = None
+        self._status_model: ModelRef | None = None  # the model in the last published status
+        self._model_check_at = 0.0
         self._work: queue.Queue[tuple[str, bytes, bool, Any] | None] = queue.Queue()
         self._sender: threading.Thread | None = None
         self._worker: threading.Thread | None = None
@@ -269,12 +340,40 @@ class MqttLink:
         self.refresh_status()
 
     def refresh_status(self) -> bool:
-        """Publish the current status (retained) now; it is also published on every connect."""
+        """Re-read the status provider (state, reason and model) and publish the retained `status` now.
+
+        Call it after a model swap. Returns False when not connected; the status is then published, fresh, on the
+        next connect. The link also notices a model change by itself within about a second (`MODEL_POLL_S`).
+        The last will (`offline` with the model) cannot be changed on a live connection (MQTT fixes it in the
+        CONNECT packet): it is rebuilt with the current model before every (re)connect attempt.
+        """
         client = self._client
         if client is None or not self._connected.is_set():
             return False
-        info = client.publish(self.topics.status, self._status_bytes(self._current_status()), qos=1, retain=True)
+        return self._publish_status(client)
+
+    def _publish_status(self, client: mqtt.Client) -> bool:
+        status = self._current_status()
+        self._status_model = status.model
+        info = client.publish(self.topics.status, self._status_bytes(status), qos=1, retain=True)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _check_model_change(self) -> None:
+        """Publish a fresh retained status when the status provider reports another model (sender thread)."""
+        if self._status_fn is None or not self._connected.is_set():
+            return
+        now = time.monotonic()
+        if now < self._model_check_at:
+            return
+        self._model_check_at = now + MODEL_POLL_S
+        try:
+            model = self._status_fn().model
+        except Exception:
+            log.exception("status callback failed")
+            return
+        if model != self._status_model:
+            log.info("model changed to %s; publishing status", model.short() if model else None)
+            self.refresh_status()
 
     # ---- status ----------------------------------------------------------------------------------------------
 
@@ -309,8 +408,7 @@ class MqttLink:
             client.username_pw_set(self.username, self.password)
         if self._tls is not None:
             client.tls_set_context(self._tls)
-        will = StatusInfo("offline", "connection lost", self._current_status().model)
-        client.will_set(self.topics.status, self._status_bytes(will), qos=1, retain=True)
+        self._set_will(client)
         # paho annotates ints but takes seconds as floats
         client.reconnect_delay_set(m.reconnect_min_s, max(m.reconnect_min_s, m.reconnect_max_s))  # type: ignore[arg-type]
         client.max_inflight_messages_set(self._max_inflight + 16)  # room for status, replies and model state
@@ -342,6 +440,11 @@ class MqttLink:
     def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
         if client is self._client:
             self._attempt_started = time.monotonic()
+            self._set_will(client)  # paho sends the will in the CONNECT that follows: carry the current model
+
+    def _set_will(self, client: mqtt.Client) -> None:
+        will = StatusInfo("offline", "connection lost", self._current_status().model)
+        client.will_set(self.topics.status, self._status_bytes(will), qos=1, retain=True)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
                     properties: Any) -> None:
@@ -370,7 +473,7 @@ class MqttLink:
         self._protocol_settled = True
         self._early_closes = 0
         log.info("connected to %s as %s (%s)", self.address, self.client_id, protocol_name(self._protocol))
-        client.publish(self.topics.status, self._status_bytes(self._current_status()), qos=1, retain=True)
+        self._publish_status(client)
         with self._retained_lock:
             retained = list(self._retained.items())
         for topic, (payload, qos) in retained:
@@ -455,6 +558,7 @@ class MqttLink:
                 break
             try:
                 self._check_connack_timeout()
+                self._check_model_change()
                 if self._retry_at is not None and time.monotonic() >= self._retry_at:
                     self._retry_rejected()
                 if self._switch_protocol:

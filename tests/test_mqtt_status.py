@@ -1,0 +1,190 @@
+"""MqttLink's TLS file errors (one line naming the key) and the retained status / last will after a model swap."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+import edge.mqtt
+from edge.config import ConfigError
+from edge.mqtt import MqttLink
+from edge.outbox import Outbox
+from edge.payloads import ModelRef, StatusInfo
+from edge.topics import Topics
+from tests.mosquitto import Mosquitto
+from tests.schema_check import ValidatingSubscriber
+from tests.test_mqtt import _pki, make_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BUNDLE = ROOT / "models" / "shelfgap-default.bundle"
+
+
+def _link_error(tmp_path: Path, **mqtt: Any) -> str:
+    cfg = make_cfg(tmp_path, "mqtts://127.0.0.1:1", **mqtt)
+    ob = Outbox(cfg.outbox.path)
+    try:
+        with pytest.raises(ConfigError) as e:
+            MqttLink(cfg, Topics.from_config(cfg), ob)
+    finally:
+        ob.close()
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_tls_file_problems_are_config_errors_naming_the_key(tmp_path: Path) -> None:
+    pki = _pki(tmp_path / "pki")
+    ca, cert, key = str(pki["ca"]), str(pki["client"]), str(pki["client_key"])
+    missing = str(tmp_path / "tls" / "ca.crt")
+    assert _link_error(tmp_path, ca_file=missing) == f"mqtt.ca_file: cannot read {missing}: No such file or directory"
+    assert _link_error(tmp_path, ca_file=ca, cert_file=str(tmp_path / "nope.crt"), key_file=key) == \
+        f"mqtt.cert_file: cannot read {tmp_path / 'nope.crt'}: No such file or directory"
+    assert _link_error(tmp_path, ca_file=ca, cert_file=cert, key_file=str(tmp_path / "nope.key")) == \
+        f"mqtt.key_file: cannot read {tmp_path / 'nope.key'}: No such file or directory"
+    # malformed PEM: a truncated certificate, a file that is not PEM at all, binary (DER) data
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nZm9v\n-----END CERTIFICATE-----\n")
+    assert _link_error(tmp_path, ca_file=str(bad)).startswith(f"mqtt.ca_file: {bad} holds no usable CA certificate")
+    assert _link_error(tmp_path, ca_file=ca, cert_file=str(bad), key_file=key).startswith(
+        f"mqtt.cert_file: {bad} holds no valid PEM certificate")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    assert _link_error(tmp_path, ca_file=str(text)) == f"mqtt.ca_file: {text} is not a PEM file (no -----BEGIN line)"
+    der = tmp_path / "ca.der"
+    der.write_bytes(serialization.load_pem_private_key(pki["ca_key"].read_bytes(), None)
+                    .private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()))
+    assert "is not a PEM file" in _link_error(tmp_path, ca_file=str(der))
+    assert _link_error(tmp_path, ca_file=ca, cert_file=cert, key_file=str(bad)) == \
+        f"mqtt.key_file: {bad} holds no PEM private key"
+    # a key that does not belong to the certificate, an encrypted key (must not prompt for a passphrase)
+    assert _link_error(tmp_path, ca_file=ca, cert_file=cert, key_file=str(pki["backend_key"])) == \
+        f"mqtt.key_file: {pki['backend_key']} is not the private key of mqtt.cert_file {cert}"
+    enc = tmp_path / "enc.key"
+    enc.write_bytes(serialization.load_pem_private_key(pki["client_key"].read_bytes(), None).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")))
+    assert _link_error(tmp_path, ca_file=ca, cert_file=cert, key_file=str(enc)).startswith(
+        f"mqtt.key_file: {enc} is encrypted")
+    assert _link_error(tmp_path, ca_file=ca, cert_file=cert) == \
+        "mqtt.cert_file and mqtt.key_file must be given together"
+    pw = tmp_path / "pw-missing"
+    assert _link_error(tmp_path, ca_file=ca, username="u", password_file=str(pw)) == \
+        f"mqtt.password_file: cannot read {pw}: No such file or directory"
+
+
+@pytest.mark.skipif(not DEFAULT_BUNDLE.exists(), reason="the default model bundle has not been built")
+def test_run_with_a_missing_ca_file_prints_one_line(tmp_path: Path) -> None:
+    img = tmp_path / "shelf.jpg"
+    cv2.imwrite(str(img), np.full((240, 320, 3), 128, np.uint8))
+    missing = tmp_path / "tls" / "ca.crt"
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[device]\nid = "cart-07"\nstore = "s042"\n[camera]\nsource = "{img}"\n'
+                   f'[mqtt]\nurl = "mqtts://127.0.0.1:1"\nca_file = "{missing}"\n'
+                   f'[outbox]\npath = "{tmp_path / "state" / "outbox.db"}"\n[ota]\nenabled = false\n'
+                   '[preview]\nenabled = false\n')
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "run", "-c", str(cfg)], cwd=ROOT, text=True,
+                       capture_output=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == \
+        f"shelfscout run: error: mqtt.ca_file: cannot read {missing}: No such file or directory"
+
+
+def _statuses(sub: ValidatingSubscriber) -> list[dict[str, Any]]:
+    return sub.json_on("/status")
+
+
+def _has(sub: ValidatingSubscriber, state: str, version: int, reason: str | None = None, after: int = 0) -> bool:
+    return any(p["state"] == state and (p["model"] or {}).get("version") == version
+               and (reason is None or p["reason"] == reason) for p in _statuses(sub)[after:])
+
+
+def test_refresh_status_rereads_the_model_and_republishes_retained(
+        broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(edge.mqtt, "MODEL_POLL_S", 1e6)  # only refresh_status() may publish the new model here
+    cfg = make_cfg(tmp_path, broker.url)
+    t = Topics.from_config(cfg)
+    current = {"model": ModelRef("shelfgap", 1)}
+    sub = ValidatingSubscriber(broker.url, [t.status]).start()
+    link = MqttLink(cfg, t, Outbox(cfg.outbox.path), status=lambda: StatusInfo("online", None, current["model"]))
+    try:
+        link.start()
+        assert link.wait_connected(10)
+        assert sub.wait_for(lambda: _has(sub, "online", 1), 10)
+        link.set_status("degraded", "camera stalled")
+        assert sub.wait_for(lambda: _has(sub, "degraded", 1, "camera stalled"), 10)
+        current["model"] = ModelRef("shelfgap", 2)
+        assert link.refresh_status()
+        assert sub.wait_for(lambda: _has(sub, "degraded", 2, "camera stalled"), 10), _statuses(sub)
+        late = ValidatingSubscriber(broker.url, [t.status], client_id="late").start()
+        assert late.wait_for(lambda: bool(late.on("/status")), 10)
+        assert late.on("/status")[-1].retain and late.json_on("/status")[-1]["model"]["version"] == 2
+        late.stop()
+        link.stop()
+        assert sub.wait_for(lambda: _has(sub, "offline", 2, "stopped"), 10)
+        assert not sub.invalid, sub.invalid
+    finally:
+        link.stop()
+        link.outbox.close()
+        sub.stop()
+
+
+MODEL_CHILD = r"""
+import sys, time
+from pathlib import Path
+from edge.mqtt import MqttLink
+from edge.outbox import Outbox
+from edge.payloads import ModelRef, StatusInfo
+from edge.topics import Topics
+from tests.test_mqtt import make_cfg
+tmp, url = Path(sys.argv[1]), sys.argv[2]
+cfg = make_cfg(tmp, url)
+version_file = tmp / "model-version"
+link = MqttLink(cfg, Topics.from_config(cfg), Outbox(cfg.outbox.path),
+                status=lambda: StatusInfo("online", None, ModelRef("shelfgap", int(version_file.read_text()))))
+link.start()
+print("started", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_model_change_republishes_status_and_the_will_follows_on_reconnect(broker: Mosquitto,
+                                                                           tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, broker.url)
+    t = Topics.from_config(cfg)
+    (tmp_path / "model-version").write_text("1")
+    sub = ValidatingSubscriber(broker.url, [t.status]).start()
+    proc = subprocess.Popen([sys.executable, "-c", MODEL_CHILD, str(tmp_path), broker.url], cwd=ROOT,
+                            stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert sub.wait_for(lambda: _has(sub, "online", 1), 20), _statuses(sub)
+        # The service swaps the model and calls nothing: the link notices and publishes a fresh status.
+        (tmp_path / "model-version").write_text("2")
+        assert sub.wait_for(lambda: _has(sub, "online", 2), 10), _statuses(sub)
+        # The will of the live connection still names model 1 (MQTT fixes it at CONNECT); after a reconnect
+        # it names model 2.
+        n = len(_statuses(sub))
+        broker.restart()
+        assert sub.wait_for(lambda: sub.connected.is_set() and _has(sub, "online", 2, after=n), 20), _statuses(sub)
+        n = len(_statuses(sub))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert sub.wait_for(lambda: _has(sub, "offline", 2, "connection lost", after=n), 20), _statuses(sub)
+        assert not sub.invalid, sub.invalid
+        assert json.loads(sub.on("/status")[-1].payload)["model"] == {"name": "shelfgap", "version": 2}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        sub.stop()
