@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from edge.bundle import MANIFEST, SIGNATURE, BundleError, load_private_key, read_bundle, write_tar
 from edge.ota.release import Release, format_rfc3339, keyid, sign_release
@@ -92,44 +91,96 @@ def release_topic(store: str | None, prefix: str = "shelfscout") -> str:
 
 
 def publish_release(payload: bytes, broker_url: str, topic: str, *, ca_file: str | None = None,
+                    cert_file: str | None = None, key_file: str | None = None,
                     username: str | None = None, password: str | None = None, timeout_s: float = 15.0,
                     clear: bool = False) -> None:
-    """Publish (or with `clear`, remove) a retained release with QoS 1 and wait for the broker's PUBACK."""
+    """Publish (or with `clear`, remove) a retained release with QoS 1 and wait for the broker's PUBACK.
+
+    `mqtts://` verifies the broker with `ca_file` (or the system CAs) and logs in with the client certificate
+    `cert_file`/`key_file` when given (the production broker requires one: CN `release-publisher`). MQTT 5 first,
+    so a release the broker's ACL refuses is an error rather than silently dropped; MQTT 3.1.1 if the broker
+    refuses MQTT 5. File problems raise edge.config.ConfigError naming the option; broker problems
+    ConnectionError with the reason.
+    """
+    from edge.mqtt import BrokerAddress, TlsKeys, tls_context
+
+    try:
+        addr = BrokerAddress.parse(broker_url)
+    except ValueError as e:
+        raise ValueError(str(e).replace("mqtt.password_file", "--password-file")) from None
+    ctx: ssl.SSLContext | None = None
+    if addr.tls:
+        ctx = tls_context(ca_file or "", cert_file or "", key_file or "", TlsKeys("--ca", "--cert-file", "--key-file"))
+    elif cert_file or key_file or ca_file:
+        raise ValueError(f"--ca/--cert-file/--key-file need an mqtts:// broker URL, not {broker_url}")
+    try:
+        _publish_once(payload, addr, topic, ctx, username or addr.username, password, timeout_s, clear, mqtt5=True)
+    except _Mqtt5Refused:
+        _publish_once(payload, addr, topic, ctx, username or addr.username, password, timeout_s, clear, mqtt5=False)
+
+
+class _Mqtt5Refused(Exception):
+    pass
+
+
+def _publish_once(payload: bytes, addr: Any, topic: str, ctx: ssl.SSLContext | None, username: str | None,
+                  password: str | None, timeout_s: float, clear: bool, mqtt5: bool) -> None:
     import paho.mqtt.client as mqtt
 
-    u = urlparse(broker_url)
-    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
-        raise ValueError(f"broker URL {broker_url!r} must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
-    tls = u.scheme in ("mqtts", "ssl")
-    port = u.port or (8883 if tls else 1883)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv311)
-    if tls:
-        client.tls_set(ca_certs=ca_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-    if username or u.username:
-        client.username_pw_set(username or u.username, password or u.password)
+    from edge.mqtt import ssl_reason
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="",
+                         protocol=mqtt.MQTTv5 if mqtt5 else mqtt.MQTTv311)
+    if ctx is not None:
+        client.tls_set_context(ctx)
+    if username:
+        client.username_pw_set(username, password)
     connected = threading.Event()
+    acked = threading.Event()
     failure: list[str] = []
+    refused: list[str] = []
 
     def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
         if reason.is_failure:
             failure.append(str(reason))
         connected.set()
 
+    def on_disconnect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
+        if not connected.is_set():
+            failure.append(f"the broker closed the connection before answering ({reason})")
+            connected.set()
+
+    def on_publish(c: Any, userdata: Any, mid: int, reason: Any, props: Any = None) -> None:
+        if reason.is_failure:
+            refused.append(str(reason))
+        acked.set()
+
     client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
+    client.on_publish = on_publish
     try:
-        client.connect(u.hostname, port, keepalive=30)
+        client.connect(addr.host, addr.port, keepalive=30)
+    except ssl.SSLError as e:
+        raise ConnectionError(f"TLS handshake with {addr} failed: {ssl_reason(e)}") from None
     except OSError as e:
-        raise ConnectionError(f"cannot reach the broker at {broker_url}: {e}") from None
+        raise ConnectionError(f"cannot reach the broker at {addr}: {e.strerror or e}") from None
     client.loop_start()
     try:
         if not connected.wait(timeout_s):
-            raise ConnectionError(f"no CONNACK from {broker_url} within {timeout_s:g} s")
+            raise ConnectionError(f"no CONNACK from {addr} within {timeout_s:g} s")
         if failure:
-            raise ConnectionError(f"the broker refused the connection: {failure[0]}")
-        info = client.publish(topic, b"" if clear else payload, qos=1, retain=True)
-        info.wait_for_publish(timeout_s)
-        if not info.is_published():
+            if mqtt5 and "unsupported protocol" in failure[0].lower():
+                raise _Mqtt5Refused(failure[0])
+            why = failure[0]
+            if ctx is not None and "before answering" in why:
+                why += "; does the broker require a client certificate (--cert-file/--key-file)?"
+            raise ConnectionError(f"the broker refused the connection: {why}")
+        client.publish(topic, b"" if clear else payload, qos=1, retain=True)
+        if not acked.wait(timeout_s):
             raise ConnectionError(f"the broker did not acknowledge the release within {timeout_s:g} s")
+        if refused:
+            raise ConnectionError(f"the broker refused the release on {topic}: {refused[0]} "
+                                  "(check the broker's ACL for this identity)")
     finally:
         client.disconnect()
         client.loop_stop()

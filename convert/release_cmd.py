@@ -42,7 +42,12 @@ def register(sub: Any) -> None:
     where.add_argument("--store", help="publish to {prefix}/STORE/model/release")
     where.add_argument("--fleet", action="store_true", help="publish to {prefix}/fleet/model/release")
     p.add_argument("--prefix", default="shelfscout", help="topic prefix (default shelfscout)")
-    p.add_argument("--ca", default=None, help="CA file for mqtts://")
+    p.add_argument("--ca", default=None, help="CA certificate (PEM) to verify an mqtts:// broker "
+                                              "(default: the system CAs)")
+    p.add_argument("--cert-file", default=None,
+                   help="client certificate (PEM) for mqtts://; the production broker requires one with "
+                        "CN release-publisher (docs/INSTALL.md)")
+    p.add_argument("--key-file", default=None, help="the client certificate's private key (PEM, unencrypted)")
     p.add_argument("--username", default=None)
     p.add_argument("--password-file", type=Path, default=None)
     p.add_argument("--clear", action="store_true", help="remove the retained release instead")
@@ -105,11 +110,16 @@ def _publish(args: argparse.Namespace) -> int:
     if not isinstance(message, dict) or "release" not in message or not message.get("sig"):
         raise CliError(f"{args.release} is not a signed release (run `shelfscout release` first)")
     payload = json.dumps(message, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    password = args.password_file.read_text().strip() if args.password_file else None
+    password = None
+    if args.password_file:
+        try:
+            password = args.password_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise CliError(f"--password-file: cannot read {args.password_file}: {e.strerror or e}") from None
     try:
         topic = release_topic(None if args.fleet else args.store, args.prefix)
-        publish_release(payload, args.broker, topic, ca_file=args.ca, username=args.username,
-                        password=password, clear=args.clear)
+        publish_release(payload, args.broker, topic, ca_file=args.ca, cert_file=args.cert_file,
+                        key_file=args.key_file, username=args.username, password=password, clear=args.clear)
     except (ConnectionError, ValueError) as e:
         raise CliError(str(e)) from None
     r = message["release"]

@@ -117,6 +117,13 @@ def _ssl_why(e: ssl.SSLError) -> str:
     return re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(e.args[1] if len(e.args) > 1 else e))
 
 
+def ssl_reason(e: ssl.SSLError) -> str:
+    """A TLS failure in words: `certificate verify failed: <why>` for the broker's certificate, else the reason."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {e.verify_message}"
+    return e.reason or _ssl_why(e)
+
+
 def _no_passphrase() -> bytes:
     raise ValueError("the key is encrypted")
 
@@ -506,7 +513,7 @@ class MqttLink:
                 with self._tls.wrap_socket(sock, server_hostname=host):
                     return f"{host}:{port}: the MQTT connection failed after the TLS handshake"
             except ssl.SSLError as e:
-                return f"{host}:{port}: TLS handshake failed: {e.reason or e}"
+                return f"{host}:{port}: TLS handshake failed: {ssl_reason(e)}"
             except OSError as e:
                 return f"{host}:{port}: TLS handshake failed: {e.strerror or e}"
 
