@@ -3,6 +3,11 @@
 Order: `ai_edge_litert` (LiteRT, runs int8 graphs through XNNPACK), then `tflite_runtime` (2.14 runs int8 graphs
 on its reference kernels, 10-40x slower), then `tensorflow.lite` (off-device machines only). The imports happen
 inside `make_interpreter`, so importing this module never loads a runtime or TensorFlow.
+
+LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on stderr from C++ (TFLite's minimal
+logger) whenever an interpreter is built. It ignores TF_CPP_MIN_LOG_LEVEL (tried 1-3, set before the import; the
+variable only reaches the separate absl/TSL logger) and ai-edge-litert 2.3 exposes no call to set the minimal
+logger's severity, so the line cannot be silenced short of redirecting file descriptor 2; it is left as it is.
 """
 
 from __future__ import annotations

@@ -152,7 +152,8 @@ def test_model_verify_and_inspect(tiny: tuple[Path, Path, Path], tmp_path: Path)
 
 def test_bench_json_is_one_object_with_the_contract_keys(tiny: tuple[Path, Path, Path]) -> None:
     bundle, keys, _ = tiny
-    r = shelfscout("bench", "--json", "--model", bundle, "--keys", keys, "--frames", "20", "--distinct", "4")
+    r = shelfscout("bench", "--json", "--model", bundle, "--keys", keys, "--frames", "20", "--distinct", "4",
+                   "--repeat", "2")
     assert r.returncode == 0, r.stderr
     (line,) = r.stdout.splitlines()
     out = json.loads(line)
@@ -163,8 +164,24 @@ def test_bench_json_is_one_object_with_the_contract_keys(tiny: tuple[Path, Path,
     assert out["frame_size"] == [640, 480] and out["frames"] == 20
     for stage in ("preprocess", "invoke", "decode"):
         assert out["stages_ms"][stage]["p50"] <= out["stages_ms"][stage]["p95"]
+    # --repeat 2: both runs listed, each figure the median of the runs' figures
+    assert out["repeat"] == 2 and len(out["runs"]) == 2
+    for key in ("invoke_fps", "naive_fps", "detector_fps", "pipeline_fps"):
+        vals = [run[key] for run in out["runs"]]
+        assert out[key] == pytest.approx(sum(vals) / 2, abs=0.01)
+    # the ratios and the pipeline's own stage percentiles, explained in the same object
+    assert out["pipeline_fps"] > 0
+    assert out["pipeline_over_invoke"] == pytest.approx(out["pipeline_fps"] / out["invoke_fps"], abs=0.001)
+    assert out["pipeline_over_naive"] == pytest.approx(out["pipeline_fps"] / out["naive_fps"], abs=0.001)
+    for stage in ("preprocess", "invoke", "decode", "track", "total"):
+        q = out["pipeline_stages_ms"][stage]
+        assert 0 <= q["p50"] <= q["p95"]
+    for key in ("invoke_fps", "naive_fps", "pipeline_fps", "pipeline_over_invoke", "pipeline_over_naive",
+                "pipeline_stages_ms"):
+        assert len(out["explain"][key]) > 40
+    r = shelfscout("bench", "--json", "--model", bundle, "--keys", keys, "--repeat", "0")
+    assert r.returncode == 2 and "--repeat must be at least 1" in r.stderr
     print("bench (tiny model):", line)
-
 
 def test_detect_output_into_a_closed_pipe_is_quiet(tiny: tuple[Path, Path, Path], media: Path) -> None:
     """`shelfscout detect ... --json | head -2`: the reader goes away; no BrokenPipeError traceback.
