@@ -123,7 +123,7 @@ def register(sub: Any) -> None:
                     "An image or video that cannot be read is skipped with a one-line warning on stderr and "
                     "the rest still run.",
         epilog="exit status: 0 when every input was read, 1 when any input was skipped as unreadable (the "
-               "others still ran), 2 on a usage, path or model error (nothing ran).",
+               "others still ran), 2 on a usage, path, model or --annotate write error.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder of images/videos, or video file")
     add_model_args(p)
