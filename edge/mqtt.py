@@ -170,6 +170,25 @@ def tls_context(ca_file: str = "", cert_file: str = "", key_file: str = "",
     return ctx
 
 
+def probe(address: BrokerAddress, tls: ssl.SSLContext | None, timeout_s: float = 3.0) -> str:
+    """Why connecting to `address` fails, found by repeating the TCP and TLS steps (paho's callbacks do not say)."""
+    host, port = address.host, address.port
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+    except OSError as e:
+        return f"{host}:{port}: {e.strerror or e}"
+    with sock:
+        if tls is None:
+            return f"{host}:{port}: the connection failed after TCP connected"
+        try:
+            with tls.wrap_socket(sock, server_hostname=host):
+                return f"{host}:{port}: the MQTT connection failed after the TLS handshake"
+        except ssl.SSLError as e:
+            return f"{host}:{port}: TLS handshake failed: {ssl_reason(e)}"
+        except OSError as e:
+            return f"{host}:{port}: TLS handshake failed: {e.strerror or e}"
+
+
 def protocol_name(protocol: int) -> str:
     return "MQTT 5" if protocol == mqtt.MQTTv5 else "MQTT 3.1.1"
 
@@ -501,21 +520,7 @@ class MqttLink:
 
     def _probe(self) -> str:
         """Why a connection attempt failed, found by repeating its first steps (paho does not say)."""
-        host, port = self.address.host, self.address.port
-        try:
-            sock = socket.create_connection((host, port), timeout=3.0)
-        except OSError as e:
-            return f"{host}:{port}: {e.strerror or e}"
-        with sock:
-            if self._tls is None:
-                return f"{host}:{port}: the connection failed after TCP connected"
-            try:
-                with self._tls.wrap_socket(sock, server_hostname=host):
-                    return f"{host}:{port}: the MQTT connection failed after the TLS handshake"
-            except ssl.SSLError as e:
-                return f"{host}:{port}: TLS handshake failed: {ssl_reason(e)}"
-            except OSError as e:
-                return f"{host}:{port}: TLS handshake failed: {e.strerror or e}"
+        return probe(self.address, self._tls)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
                        properties: Any) -> None:
