@@ -39,6 +39,16 @@ OPEN, OPENING, CLEARING = "open", "opening", "clearing"
 # Boxes on one shelf level overlap vertically; levels are kept apart by the board between them. A detector may box
 # only part of a gap (its top or bottom half), so a small overlap is enough.
 SAME_LEVEL_OVERLAP = 0.2
+# How far odometry may have drifted: this fraction of the distance travelled since the last marker fix (and of the
+# place's distance from its aisle's naming marker, for the drift when it was recorded). A confirmed gap links to an
+# open place within TIGHT_RADIUS * place_radius_m plus that drift (never more than place_radius_m), so two distinct
+# gaps a hand apart stay two alerts while the position is known well.
+DRIFT_RATE = 0.02
+TIGHT_RADIUS = 0.4
+# A place's box is its confirmed box, refined by the median of later whole sightings that overlap it (IoU >=
+# ANCHOR_IOU): a track that slides off its gap cannot drag the place along.
+ANCHOR_IOU = 0.3
+MAX_SAMPLES = 15
 
 
 def offset_box(box: Box, dx: float, dy: float) -> Box:
@@ -120,6 +130,28 @@ class Place:
     seen_path: float | None = None  # Odometry.path when last seen in this run (None: not seen since start-up)
     tracks: set[int] = field(default_factory=set)  # the live tracks currently showing this place
     clear_count: int = 0
+    anchor: Box | None = None  # the box when it was confirmed (or loaded); refinements must overlap it
+    samples: list[Box] = field(default_factory=list)  # recent whole sightings overlapping the anchor
+
+    def __post_init__(self) -> None:
+        if self.anchor is None:
+            self.anchor = self.box
+
+    def refine(self, sighting: Box) -> bool:
+        """Fold a whole sighting (shelf pixels) into the box when it overlaps the anchor; False when it does not."""
+        anchor = self.anchor if self.anchor is not None else self.box
+        if iou(sighting, anchor) < ANCHOR_IOU:
+            return False
+        self.samples.append(sighting)
+        del self.samples[:-MAX_SAMPLES]
+        boxes = [anchor, *self.samples]
+        self.box = (
+            float(statistics.median(b[0] for b in boxes)),
+            float(statistics.median(b[1] for b in boxes)),
+            float(statistics.median(b[2] for b in boxes)),
+            float(statistics.median(b[3] for b in boxes)),
+        )
+        return True
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -204,6 +236,7 @@ class AlertManager:
         self._write_failed = False
         self._by_track: dict[int, Place] = {}
         self._pending: list[Place] = []  # places whose event was returned during the previous frame
+        self._fix_path = 0.0  # Odometry.path at the last marker fix (or start-up)
         if state_path is not None:
             self._load(state_path)
 
@@ -297,13 +330,16 @@ class AlertManager:
         self._pending.clear()
 
     # ---- markers -----------------------------------------------------------------------------------------------
-    def on_marker(self, marker_id: int, x_now: float) -> float:
-        """A marker whose centre is at shelf x `x_now` by odometry: returns the shelf x it must be at.
+    def on_marker(self, marker_id: int, x_now: float, path: float | None = None) -> float:
+        """A marker whose centre is at shelf x `x_now` by odometry: returns the shelf x it must be at. `path` is
+        Odometry.path now (the drift allowance restarts from it).
 
         A known marker restores its aisle and position. An unknown one joins the current aisle at `x_now` when that
         aisle has fewer than two markers (its two ends); otherwise it names a new aisle "aruco-<id>", also at
         `x_now`. Places recorded in this run before any marker was seen (aisle None) join that new aisle.
         """
+        if path is not None:
+            self._fix_path = path
         known = self.markers.get(marker_id)
         if known is not None:
             self.aisle = known.aisle
@@ -331,13 +367,27 @@ class AlertManager:
         d = max(0.0, max(box[0], place.box[0]) - min(box[2], place.box[2]))
         return d if d <= self.radius_px else None
 
+    def drift_px(self, view: View) -> float:
+        """How far odometry may be off now: a fraction of the distance travelled since the last marker fix."""
+        return DRIFT_RATE * max(0.0, view.path - self._fix_path)
+
+    def _link_radius(self, place: Place, view: View) -> float:
+        if place.aisle is None and place.seen_path is None:
+            return self.radius_px  # from an earlier run without markers: its origin is not this run's
+        origin = 0.0
+        if place.aisle is not None:
+            m = self.markers.get(_aisle_marker(place.aisle))
+            origin = m.x if m is not None else origin
+        recorded = DRIFT_RATE * abs(0.5 * (place.box[0] + place.box[2]) - origin)
+        return min(self.radius_px, TIGHT_RADIUS * self.radius_px + self.drift_px(view) + recorded)
+
     def _find(self, box: Box, view: View) -> Place | None:
         best: tuple[float, float, Place] | None = None
         for p in self.places:
             if p.aisle != view.aisle or p.state == CLEARING:
                 continue
             d = self._near(box, p)
-            if d is None:
+            if d is None or d > self._link_radius(p, view):
                 continue
             cdist = abs(0.5 * (box[0] + box[2] - p.box[0] - p.box[2]))
             if best is None or (d, cdist) < (best[0], best[1]):
@@ -350,7 +400,7 @@ class AlertManager:
         mpp = self.cfg.meters_per_pixel
         if aisle is None:
             return Location(aisle=None, offset_m=round(float(x) * mpp, 3), source="odometry")
-        origin = self.markers.get(int(aisle.rsplit("-", 1)[1]))
+        origin = self.markers.get(_aisle_marker(aisle))
         x0 = origin.x if origin is not None else 0.0
         return Location(aisle=aisle, offset_m=round(float(x - x0) * mpp, 3), source="aruco")
 
@@ -373,7 +423,9 @@ class AlertManager:
         place = self._find(shelf_box, view)
         if place is not None:
             self._link(track_id, place)
-            self._touch(place, shelf_box, confidence, hits, view, update_box=True)
+            self._touch(place, confidence, hits, view)
+            if view.reliable and place.aisle == view.aisle:
+                place.refine(shelf_box)
             if place.state == OPENING and place not in self._pending:
                 # written before a restart, maybe never committed: announce it again, same id
                 self._pending.append(place)
@@ -420,26 +472,27 @@ class AlertManager:
         place.tracks.add(track_id)
         self._by_track[track_id] = place
 
-    def _touch(
-        self, place: Place, shelf_box: Box, confidence: float, sightings: int, view: View, update_box: bool
-    ) -> None:
+    def _touch(self, place: Place, confidence: float, sightings: int, view: View) -> None:
         place.last_seen = view.t_wall
         place.seen_path = view.path
         place.confidence = confidence
         place.frames += sightings
         place.clear_count = 0
-        if update_box and place.aisle == view.aisle:
-            place.box = shelf_box
 
-    def seen(
-        self, track_id: int, shelf_box: Box, scores: Sequence[float], full_view: bool, view: View
-    ) -> None:
-        """A confirmed track was matched in this frame (`full_view`: its box is wholly inside the frame)."""
+    def seen(self, track_id: int, sighting: Box | None, scores: Sequence[float], view: View) -> None:
+        """A confirmed track was matched in this frame; `sighting` is its detection (shelf pixels) when wholly
+        inside the frame, else None. A whole sighting that no longer overlaps the place (the track slid off it)
+        unlinks the track: it no longer vouches for the place."""
         place = self._by_track.get(track_id)
         if place is None:
             return
+        if sighting is not None and view.reliable and place.aisle == view.aisle and not place.refine(sighting):
+            if self._near(sighting, place) is None:
+                place.tracks.discard(track_id)
+                del self._by_track[track_id]
+                return
         confidence = float(statistics.median(scores)) if scores else place.confidence
-        self._touch(place, shelf_box, confidence, 1, view, update_box=full_view and view.reliable)
+        self._touch(place, confidence, 1, view)
 
     def track_ended(self, track_id: int) -> None:
         place = self._by_track.pop(track_id, None)
@@ -464,6 +517,9 @@ class AlertManager:
                 continue
             if frac < 0.999 or not view.reliable:
                 continue  # at the edge, or unsure where we are: no evidence either way
+            drift = self.drift_px(view)
+            if drift > 0.5 * (place.box[2] - place.box[0]) or fb[0] < drift or fb[2] > view.width - drift:
+                continue  # odometry may be off by more than the place: it may not be where we look
             if place.state == CLEARING:
                 if place not in self._pending:  # cleared before a restart, maybe never committed: again
                     self._pending.append(place)
@@ -488,3 +544,9 @@ class AlertManager:
     def open_alerts(self) -> list[Place]:
         """The open alerts (places being cleared are left out)."""
         return [p for p in self.places if p.state != CLEARING]
+
+
+def _aisle_marker(aisle: str) -> int:
+    """The id of the marker that names `aisle` ("aruco-<id>"); -1 for another name."""
+    tail = aisle.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1

@@ -30,11 +30,12 @@ class Shift:
 
 @dataclass(frozen=True)
 class Marker:
-    """One detected ArUco marker (DICT_4X4_50): its id and centre in frame pixels."""
+    """One detected ArUco marker (DICT_4X4_50): its id, centre and mean side length in frame pixels."""
 
     id: int
     cx: float
     cy: float
+    side: float = 0.0
 
 
 class ShiftEstimator:
@@ -138,17 +139,50 @@ class Odometry:
         return delta
 
 
+def _marker_looks_printed(frame_rgb: np.ndarray, quad: np.ndarray) -> bool:
+    """A printed marker is black and white: its cells span a wide grey range and carry almost no colour.
+
+    Shelf texture sometimes decodes as a valid 4x4 code (a row of product boxes with dark outlines reads as marker
+    17 on rendered aisles); those false codes are coloured and low in contrast. The quad is warped to 24x24 pixels
+    (inner area only), so the check costs a few microseconds and runs only on decoded candidates.
+    """
+    centre = quad.mean(axis=0)
+    inner = ((quad - centre) * 0.8 + centre).astype(np.float32)  # stay off the quad's own edge
+    dst = np.array([[0, 0], [23, 0], [23, 23], [0, 23]], np.float32)
+    m = cv2.getPerspectiveTransform(inner, dst)
+    patch = cv2.warpPerspective(frame_rgb, m, (24, 24), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    px = patch.reshape(-1, 3).astype(np.int16)
+    chroma = float((px.max(axis=1) - px.min(axis=1)).mean())
+    grey = px.mean(axis=1)
+    lo, hi = np.percentile(grey, (10, 90))
+    contrast = float(hi - lo)
+    return contrast >= MIN_MARKER_CONTRAST and chroma <= MAX_MARKER_CHROMA * contrast
+
+
+# Photometric gate for decoded markers (see _marker_looks_printed). Printed markers on rendered passes: contrast
+# 200-250, chroma 1-2; false codes from shelf texture: contrast 35-80, chroma 40-125.
+MIN_MARKER_CONTRAST = 80.0
+MAX_MARKER_CHROMA = 0.3
+
+
 class MarkerDetector:
     """ArUco DICT_4X4_50 detection on a grey copy scaled by `scale` (half size finds the same markers in a third of
-    the time), run only on every `every`-th call of `maybe_detect` to keep the per-frame cost low."""
+    the time), run only on every `every`-th call of `maybe_detect` to keep the per-frame cost low.
 
-    def __init__(self, every: int = 5, scale: float = 0.5) -> None:
+    A decoded code counts only when it looks like a printed marker: its side is at least `min_side` of the frame
+    height, it does not touch the frame's border (a cut marker's centre is wrong), its id occurs once in the frame,
+    and its cells are black and white (`_marker_looks_printed`). Whether it is seen consistently over several
+    frames is the tracker's check (it knows the odometry).
+    """
+
+    def __init__(self, every: int = 5, scale: float = 0.5, min_side: float = 0.05) -> None:
         if every < 1:
             raise ValueError(f"marker detection interval must be >= 1, got {every}")
         if not 0.1 <= scale <= 1.0:
             raise ValueError(f"marker detection scale must be in [0.1, 1], got {scale}")
         self.every = every
         self.scale = scale
+        self.min_side = min_side
         self._calls = 0
         dictionary = cv2.aruco.getPredefinedDictionary(cv2.aruco.DICT_4X4_50)
         self._detector = cv2.aruco.ArucoDetector(dictionary, cv2.aruco.DetectorParameters())
@@ -178,13 +212,25 @@ class MarkerDetector:
         corners, ids, _rejected = self._detector.detectMarkers(grey)
         if ids is None:
             return []
+        flat = ids.reshape(-1)
         out = []
-        for c, i in zip(corners, ids.reshape(-1), strict=True):
-            centre = np.asarray(c, np.float64).reshape(-1, 2).mean(axis=0)
+        border = 2.0
+        for c, i in zip(corners, flat, strict=True):
+            if int((flat == i).sum()) > 1:
+                continue  # a marker is unique: the same code twice in one frame is texture
             # pixel centres: (u + 0.5) * f - 0.5 maps a small-image coordinate back to the full frame
-            out.append(
-                Marker(int(i), float((centre[0] + 0.5) * fx - 0.5), float((centre[1] + 0.5) * fy - 0.5))
-            )
+            quad = (np.asarray(c, np.float64).reshape(4, 2) + 0.5) * (fx, fy) - 0.5
+            side = float(np.linalg.norm(quad - np.roll(quad, 1, axis=0), axis=1).mean())
+            if side < self.min_side * h:
+                continue
+            if quad[:, 0].min() < border or quad[:, 1].min() < border:
+                continue
+            if quad[:, 0].max() > w - 1 - border or quad[:, 1].max() > h - 1 - border:
+                continue
+            if not _marker_looks_printed(frame_rgb, quad):
+                continue
+            centre = quad.mean(axis=0)
+            out.append(Marker(int(i), float(centre[0]), float(centre[1]), side))
         return sorted(out, key=lambda m: m.id)
 
     def maybe_detect(self, frame_rgb: np.ndarray) -> list[Marker] | None:

@@ -17,12 +17,23 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.alerts import AlertManager, Box, View, iou, visible_fraction
+from edge.alerts import AlertManager, Box, View, iou, offset_box, visible_fraction
 from edge.config import TrackingConfig
 from edge.motion import Marker, MarkerDetector, Odometry, Shift, ShiftEstimator
 from edge.types import AlertEvent, Frame, Gap, Location
 
 EDGE_MARGIN = 0.02  # a detection within this fraction of the width from the left/right edge is cut by it
+# A marker counts once it is seen on two looks within `2 * marker_every` frames at the same shelf x (by odometry)
+# within the larger of these; after a first sighting markers are looked for on the next MARKER_RECHECK frames.
+MARKER_TOLERANCE_PX = 8.0
+MARKER_TOLERANCE = 0.3  # of the marker's side
+MARKER_RECHECK = 3
+# A track is confirmed only after this many sightings wholly inside the frame (capped by confirm_frames) whose shelf
+# positions agree better than their frame positions: a box that stays put in the frame while the shelf moves past
+# (a lens or frame-edge artefact) slides in shelf coordinates and is not a gap.
+FULL_SIGHTINGS = 3
+STILL_PX = 6.0  # shelf-x spread always accepted (the cart standing still), or this fraction of the box width:
+STILL_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,30 @@ class Track:
     confirmed: bool = False
     matched: bool = True  # in the current frame
     full: bool = False  # the last match was wholly inside the frame (not cut by its left/right edge)
+    full_boxes: deque[Box] = field(default_factory=deque)  # recent sightings wholly in the frame, shelf pixels
+    full_frame_x: deque[float] = field(default_factory=deque)  # ... and their centres' x in frame pixels
+
+    def still(self) -> bool:
+        """Its whole sightings stay put on the shelf (spread in shelf x no larger than in frame x, or tiny)."""
+        if len(self.full_boxes) < 2:
+            return True
+        shelf_x = [0.5 * (b[0] + b[2]) for b in self.full_boxes]
+        spread = max(shelf_x) - min(shelf_x)
+        width = statistics.median(b[2] - b[0] for b in self.full_boxes)
+        if spread <= max(STILL_PX, STILL_FRACTION * width):
+            return True
+        return spread <= 0.5 * (max(self.full_frame_x) - min(self.full_frame_x))
+
+    def anchor_box(self) -> Box:
+        """The median of its whole sightings, coordinate by coordinate (shelf pixels): where the gap is."""
+        if not self.full_boxes:
+            return self.box
+        return (
+            float(statistics.median(b[0] for b in self.full_boxes)),
+            float(statistics.median(b[1] for b in self.full_boxes)),
+            float(statistics.median(b[2] for b in self.full_boxes)),
+            float(statistics.median(b[3] for b in self.full_boxes)),
+        )
 
     @property
     def score(self) -> float:
@@ -120,11 +155,14 @@ class GapTracker:
         self._settled = 0  # measured frames since the position became uncertain
         self._search = 0  # frames left in which markers are looked for on every frame
         self.uncertain = False
+        self._frame_no = 0
+        self._marker_seen: dict[int, tuple[float, int]] = {}  # id -> (shelf x, frame number) of its last sighting
 
     # ---- public ------------------------------------------------------------------------------------------------
     def update(self, frame: Frame, gaps: list[Gap]) -> list[AlertEvent]:
         """Advance by one frame with its detections (frame pixels); returns the events this frame caused."""
         self.alerts.begin_frame()  # the previous frame's events have been committed by now
+        self._frame_no += 1
         img = frame.image
         h, w = img.shape[:2]
         shift = self.motion.update(img, frame.dropped_before + 1)  # before the detections: no copies of img
@@ -149,11 +187,26 @@ class GapTracker:
                 found = self.markers.maybe_detect(img)
             for m in found or []:
                 x_now = self.odometry.x + m.cx
-                delta = self.odometry.set_x(self.alerts.on_marker(m.id, x_now) - m.cx)
+                prev = self._marker_seen.get(m.id)
+                self._marker_seen[m.id] = (x_now, self._frame_no)
+                if (
+                    prev is None
+                    or self._frame_no - prev[1] > self._settle_frames
+                    or abs(prev[0] - x_now) > max(MARKER_TOLERANCE_PX, MARKER_TOLERANCE * m.side)
+                ):
+                    # one sighting is not enough (shelf texture can decode as a marker): look again next frames
+                    self._search = max(self._search, MARKER_RECHECK)
+                    continue
+                x_marker = self.alerts.on_marker(m.id, x_now, self.odometry.path)
+                self._marker_seen[m.id] = (x_marker, self._frame_no)
+                delta = self.odometry.set_x(x_marker - m.cx)
                 self.uncertain = False
                 if delta:
                     for t in self._tracks:  # tracks follow what is in view, so they move with the reset
-                        t.box = (t.box[0] + delta, t.box[1], t.box[2] + delta, t.box[3])
+                        t.box = offset_box(t.box, delta, 0.0)
+                        t.full_boxes = deque(
+                            (offset_box(b, delta, 0.0) for b in t.full_boxes), maxlen=t.full_boxes.maxlen
+                        )
         view = View(
             frame_index=frame.index,
             t_wall=frame.t_wall,
@@ -180,16 +233,19 @@ class GapTracker:
                     view.reliable
                     and t.full
                     and sum(t.seen) >= self.cfg.confirm_frames
+                    and len(t.full_boxes) >= min(FULL_SIGHTINGS, self.cfg.confirm_frames)
                     and t.score >= self.min_score
+                    and t.still()
                 ):
                     t.confirmed = True
                     ev = self.alerts.confirm(
-                        t.track_id, t.box, t.frame_box, list(t.scores), t.hits, t.first_seen, view
+                        t.track_id, t.anchor_box(), t.frame_box, list(t.scores), t.hits, t.first_seen, view
                     )
                     if ev is not None:
                         events.append(ev)
             else:
-                self.alerts.seen(t.track_id, t.box, list(t.scores), t.full, view)
+                sighting = t.full_boxes[-1] if t.full and t.full_boxes else None
+                self.alerts.seen(t.track_id, sighting, list(t.scores), view)
         events.extend(self.alerts.check_clear([d.shelf_box for d in dets], view))
         self.alerts.flush()
         return events
@@ -275,8 +331,10 @@ class GapTracker:
                 first_seen=view.t_wall,
                 scores=deque([d.score], maxlen=self.cfg.window_frames),
                 seen=deque([True], maxlen=self.cfg.window_frames),
-                full=_full(d.frame_box, w),
+                full_boxes=deque(maxlen=self.cfg.window_frames),
+                full_frame_x=deque(maxlen=self.cfg.window_frames),
             )
+            _note_full(t, d, w)
             self._next_id += 1
             d.used = True
             alive.append(t)
@@ -316,8 +374,15 @@ class GapTracker:
         t.hits += 1
         t.misses = 0
         t.matched = True
-        t.full = _full(d.frame_box, frame_w)
+        _note_full(t, d, frame_w)
         d.used = True
+
+
+def _note_full(t: Track, d: _Det, frame_w: int) -> None:
+    t.full = _full(d.frame_box, frame_w)
+    if t.full:
+        t.full_boxes.append(d.shelf_box)
+        t.full_frame_x.append(0.5 * (d.frame_box[0] + d.frame_box[2]))
 
 
 def _fragments(a: Box, b: Box) -> bool:
