@@ -1,7 +1,9 @@
 """Builders for the JSON payloads of the MQTT API v1 (alert, status, stats, model state, command reply).
 
-Each payload has a JSON Schema in `edge/schemas/<kind>.json`; `schema_path(kind)` finds it. Timestamps are RFC 3339
-UTC with a `Z`. Payloads are serialised with `encode()` (compact, UTF-8, keys sorted) so a resend is byte-identical.
+Each payload has a JSON Schema in `edge/schemas/<kind>.json`; `schema_path(kind)` finds it. The signed model
+release (`release`) is built by `edge.ota.release.sign_release`, not here, but its schema is listed too.
+Timestamps are RFC 3339 UTC with a `Z`. Payloads are serialised with `encode()` (compact, UTF-8, keys sorted) so
+a resend is byte-identical.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ STATS_SCHEMA = "shelfscout.stats/1"
 MODEL_STATE_SCHEMA = "shelfscout.model_state/1"
 COMMAND_REPLY_SCHEMA = "shelfscout.command_reply/1"
 
-KINDS = ("alert", "status", "stats", "model_state", "command_reply")
+KINDS = ("alert", "status", "stats", "model_state", "command_reply", "release")
 STATES = ("online", "offline", "degraded")
 EVENTS = ("opened", "cleared")
 # The OTA states the updater is expected to report; the schema only asks for a lower-case word, so the

@@ -44,6 +44,8 @@ def kind_of_topic(topic: str) -> str | None:
         return "stats"
     if topic.endswith("/model/state"):
         return "model_state"
+    if topic.endswith("/model/release"):
+        return "release"
     if "/cmd/" in topic and topic.endswith("/reply"):
         return "command_reply"
     return None
@@ -118,6 +120,8 @@ class ValidatingSubscriber:
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         kind = kind_of_topic(msg.topic)
+        if kind == "release" and not msg.payload:
+            kind = None  # an empty retained payload withdraws a release
         if kind is not None:
             try:
                 validate(kind, msg.payload)

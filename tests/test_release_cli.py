@@ -213,3 +213,33 @@ def test_publish_with_a_client_certificate_to_a_broker_that_requires_one(
         assert data is not None and verify_release(data, load_public_keys([dev.keys_dir])).release.version == 2
     finally:
         b.stop()
+
+
+def test_what_release_writes_and_publish_sends_validates_against_the_release_schema(
+        tmp_path: Path, models: dict[str, bytes], broker: Mosquitto) -> None:
+    import jsonschema
+
+    from tests.schema_check import validate
+
+    dev = Device(tmp_path / "dev", models)
+    bundle = dev.bundle(3)
+    assert main(["keygen", str(tmp_path / "fleet")]) == 0
+    out = tmp_path / "release.json"
+    for extra in ([], ["--min-app-version", "0.1.0", "--rollout", "0.5"]):
+        assert main(["release", str(bundle), "--key", str(tmp_path / "fleet.key"), "--url", "file:///srv/m/",
+                     "--resign", "-o", str(out), *extra]) == 0
+        msg = validate("release", out.read_bytes())
+        assert msg["release"]["version"] == 3
+    assert main(["publish", str(out), "--broker", broker.url, "--store", "s042"]) == 0
+    data = _retained(broker.port, "shelfscout/s042/model/release")
+    assert data is not None and validate("release", data) == json.loads(out.read_text())
+    # the schema catches what the device would refuse to parse
+    good = json.loads(out.read_text())
+    for broken in ({k: v for k, v in good.items() if k != "sig"},
+                   {**good, "release": {**good["release"], "sha256": "ABC"}},
+                   {**good, "release": {**good["release"], "url": "ftp://x/b.bundle"}},
+                   {**good, "release": {**good["release"], "rollout": 1.5}},
+                   {**good, "release": {**good["release"], "extra": 1}},
+                   {**good, "keyid": "xyz"}):
+        with pytest.raises(jsonschema.ValidationError):
+            validate("release", broken)
