@@ -70,7 +70,7 @@ def _run(tracker: GapTracker, rec: Recording, start: int) -> list[AlertEvent]:
     return events
 
 
-def _show(events: list[AlertEvent]) -> list[tuple[str, str, int, float]]:
+def _show(events: list[AlertEvent]) -> list[tuple[str, str, int, float | None]]:
     return [(e.alert_id.rsplit("-", 1)[1], e.event, e.frame_index, e.location.offset_m) for e in events]
 
 
