@@ -7,6 +7,9 @@ A sender thread keeps up to `outbox.inflight` messages unacknowledged and delete
 successful PUBACK; paho re-sends the unacknowledged ones (same bytes, same alert id) after a reconnect, and the
 outbox re-sends them after a restart. A message the broker refuses (an MQTT 5 PUBACK with an error, e.g. its ACL)
 stays in the outbox, is retried periodically, and makes `status` degraded with the reason until it goes through.
+The retained `status` carries the running model: it is republished when the status provider reports another model
+(or when `refresh_status()` is called), and the last will is rebuilt with the current model before every
+(re)connect, since MQTT fixes the will in the CONNECT packet.
 """
 
 from __future__ import annotations

@@ -231,13 +231,19 @@ def test_five_broker_restarts_while_putting_lose_nothing(tmp_path: Path, links: 
         assert link.wait_connected(10)
         putter = Putter(link.outbox, t, every_s=0.01).start()
         for _ in range(5):
-            time.sleep(0.7)
+            connects = link.info().connects
+            time.sleep(0.4)
             # SIGTERM, so mosquitto keeps what it already acknowledged (it saves the backend's session): what is
             # under test is the device. To the device a terminated broker and a killed one look the same: the
             # connection drops. The next test kills a frozen broker.
             b.stop()
             time.sleep(0.4)
             b.start()
+            # each restart is reconnected to before the next one (not left to the backoff's timing)
+            deadline = time.monotonic() + 20
+            while link.info().connects <= connects and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert link.info().connects > connects, link.info()
         time.sleep(0.5)
         putter.stop()
         dups = check_delivery(sub, putter.committed, timeout=40)
