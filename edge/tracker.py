@@ -17,6 +17,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from edge.alerts import AlertManager, Box, View, iou, offset_box, visible_fraction
 from edge.config import TrackingConfig
 from edge.motion import Marker, MarkerDetector, Odometry, Shift, ShiftEstimator
@@ -28,6 +30,7 @@ EDGE_MARGIN = 0.02  # a detection within this fraction of the width from the lef
 MARKER_TOLERANCE_PX = 8.0
 MARKER_TOLERANCE = 0.3  # of the marker's side
 MARKER_RECHECK = 3
+MARKER_COVER = 0.5  # a gap box lying this much on a marker seen lately is the marker, not a gap
 # A track is confirmed only after this many sightings wholly inside the frame (capped by confirm_frames) whose shelf
 # positions agree better than their frame positions: a box that stays put in the frame while the shelf moves past
 # (a lens or frame-edge artefact) slides in shelf coordinates and is not a gap.
@@ -157,6 +160,8 @@ class GapTracker:
         self.uncertain = False
         self._frame_no = 0
         self._marker_seen: dict[int, tuple[float, int]] = {}  # id -> (shelf x, frame number) of its last sighting
+        self._marker_boxes: dict[int, Box] = {}  # id -> its box at its last sighting, shelf pixels
+        self._looked = False  # markers were looked for in this frame
 
     # ---- public ------------------------------------------------------------------------------------------------
     def update(self, frame: Frame, gaps: list[Gap]) -> list[AlertEvent]:
@@ -179,14 +184,17 @@ class GapTracker:
             if self._unmeasured >= self.lost_after:
                 self.uncertain, self._settled = True, 0
                 self.odometry.y = 0.0  # the camera's height on the cart is fixed: the best guess after a cut
+        self._looked = False
         if self.markers is not None:
             if self.uncertain or self._search > 0:
                 self._search -= 1
                 found: list[Marker] | None = self.markers.detect(img)
             else:
                 found = self.markers.maybe_detect(img)
+            self._looked = found is not None
             for m in found or []:
                 x_now = self.odometry.x + m.cx
+                self._note_marker_box(m)
                 prev = self._marker_seen.get(m.id)
                 self._marker_seen[m.id] = (x_now, self._frame_no)
                 if (
@@ -202,6 +210,7 @@ class GapTracker:
                 delta = self.odometry.set_x(x_marker - m.cx)
                 self.uncertain = False
                 if delta:
+                    self._marker_boxes = {k: offset_box(b, delta, 0.0) for k, b in self._marker_boxes.items()}
                     for t in self._tracks:  # tracks follow what is in view, so they move with the reset
                         t.box = offset_box(t.box, delta, 0.0)
                         t.full_boxes = deque(
@@ -236,6 +245,7 @@ class GapTracker:
                     and len(t.full_boxes) >= min(FULL_SIGHTINGS, self.cfg.confirm_frames)
                     and t.score >= self.min_score
                     and t.still()
+                    and not self._on_marker(t.anchor_box(), img)
                 ):
                     t.confirmed = True
                     ev = self.alerts.confirm(
@@ -276,6 +286,27 @@ class GapTracker:
     def close(self) -> None:
         """Persist the open alerts (they are also written whenever they change)."""
         self.alerts.save()
+
+    def _note_marker_box(self, m: Marker) -> None:
+        half = 0.5 * m.side
+        x, y = self.odometry.x + m.cx, self.odometry.y + m.cy
+        self._marker_boxes[m.id] = (x - half, y - half, x + half, y + half)
+
+    def _on_marker(self, box: Box, img: np.ndarray) -> bool:
+        """Most of `box` (shelf pixels) covers a marker seen lately: the black square is not an empty shelf.
+
+        Markers are looked for in this frame first unless that was done already (a confirmation is rare)."""
+        if self.markers is not None and not self._looked:
+            self._looked = True
+            for m in self.markers.detect(img):
+                self._note_marker_box(m)
+        area = (box[2] - box[0]) * (box[3] - box[1])
+        for mb in self._marker_boxes.values():
+            iw = min(box[2], mb[2]) - max(box[0], mb[0])
+            ih = min(box[3], mb[3]) - max(box[1], mb[1])
+            if iw > 0 and ih > 0 and iw * ih >= MARKER_COVER * area:
+                return True
+        return False
 
     # ---- association -------------------------------------------------------------------------------------------
     def _associate(self, dets: list[_Det], view: View) -> list[Track]:
