@@ -6,7 +6,9 @@ returns int8 outputs, each with its own scale. TensorFlow is imported inside the
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,13 +50,15 @@ def convert_int8(
         for im in representative:
             yield [im[None].astype(np.float32)]
 
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = rep
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.uint8
-    conv.inference_output_type = tf.int8 if output_type == "int8" else tf.uint8
-    return bytes(conv.convert())
+    # The Keras export prints its signature to stdout; keep stdout for the commands' JSON.
+    with contextlib.redirect_stdout(sys.stderr):
+        conv = tf.lite.TFLiteConverter.from_keras_model(model)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = rep
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.uint8
+        conv.inference_output_type = tf.int8 if output_type == "int8" else tf.uint8
+        return bytes(conv.convert())
 
 
 def make_interpreter(model_bytes: bytes, threads: int = 2) -> Any:
