@@ -49,6 +49,10 @@ TIGHT_RADIUS = 0.4
 # ANCHOR_IOU): a track that slides off its gap cannot drag the place along.
 ANCHOR_IOU = 0.3
 MAX_SAMPLES = 15
+# Some detector false positives appear only where the place sits in the frame (near an edge, say). A place counts
+# as seen filled only while its centre is within its sighting range (fraction of the frame width where it was seen
+# whole), widened by this much: where the detector has shown it can see this gap.
+SEEN_RANGE_MARGIN = 0.1
 
 
 def offset_box(box: Box, dx: float, dy: float) -> Box:
@@ -132,6 +136,12 @@ class Place:
     clear_count: int = 0
     anchor: Box | None = None  # the box when it was confirmed (or loaded); refinements must overlap it
     samples: list[Box] = field(default_factory=list)  # recent whole sightings overlapping the anchor
+    seen_fx: tuple[float, float] | None = None  # range of its whole sightings' centres, fraction of frame width
+
+    def saw_at(self, fx: float) -> None:
+        """It was seen whole with its centre at `fx` (fraction of the frame width)."""
+        lo, hi = self.seen_fx if self.seen_fx is not None else (fx, fx)
+        self.seen_fx = (min(lo, fx), max(hi, fx))
 
     def __post_init__(self) -> None:
         if self.anchor is None:
@@ -163,6 +173,7 @@ class Place:
             "confidence": round(self.confidence, 4),
             "frames": self.frames,
             "state": self.state,
+            **({"seen_fx": [round(v, 3) for v in self.seen_fx]} if self.seen_fx is not None else {}),
         }
 
     @staticmethod
@@ -183,6 +194,7 @@ class Place:
             confidence=float(d["confidence"]),  # type: ignore[arg-type]
             frames=int(d["frames"]),  # type: ignore[call-overload]
             state=state,
+            seen_fx=_range(d.get("seen_fx")),
         )
 
 
@@ -417,12 +429,16 @@ class AlertManager:
         hits: int,
         first_seen: float,
         view: View,
+        frame_xs: Sequence[float] = (),
     ) -> AlertEvent | None:
-        """A track just became confirmed: link it to its open place, or open a new one (returns the `opened`)."""
+        """A track just became confirmed: link it to its open place, or open a new one (returns the `opened`).
+        `frame_xs` are the frame-x centres (pixels) of the track's whole sightings."""
         confidence = float(statistics.median(scores)) if scores else 0.0
         place = self._find(shelf_box, view)
         if place is not None:
             self._link(track_id, place)
+            for x in frame_xs:
+                place.saw_at(x / view.width)
             self._touch(place, confidence, hits, view)
             if view.reliable and place.aisle == view.aisle:
                 place.refine(shelf_box)
@@ -445,6 +461,8 @@ class AlertManager:
             state=OPENING,
             seen_path=view.path,
         )
+        for x in frame_xs:
+            place.saw_at(x / view.width)
         self.places.append(place)
         self._pending.append(place)
         self._link(track_id, place)
@@ -486,8 +504,10 @@ class AlertManager:
         place = self._by_track.get(track_id)
         if place is None:
             return
-        if sighting is not None and view.reliable and place.aisle == view.aisle and not place.refine(sighting):
-            if self._near(sighting, place) is None:
+        if sighting is not None and view.reliable and place.aisle == view.aisle:
+            if place.refine(sighting):
+                place.saw_at((0.5 * (sighting[0] + sighting[2]) - view.ox) / view.width)
+            elif self._near(sighting, place) is None:
                 place.tracks.discard(track_id)
                 del self._by_track[track_id]
                 return
@@ -520,6 +540,10 @@ class AlertManager:
             drift = self.drift_px(view)
             if drift > 0.5 * (place.box[2] - place.box[0]) or fb[0] < drift or fb[2] > view.width - drift:
                 continue  # odometry may be off by more than the place: it may not be where we look
+            if place.seen_fx is not None:
+                fx = 0.5 * (fb[0] + fb[2]) / view.width
+                if not place.seen_fx[0] - SEEN_RANGE_MARGIN <= fx <= place.seen_fx[1] + SEEN_RANGE_MARGIN:
+                    continue  # not where the detector has ever seen this gap: no evidence either way
             if place.state == CLEARING:
                 if place not in self._pending:  # cleared before a restart, maybe never committed: again
                     self._pending.append(place)
@@ -550,3 +574,11 @@ def _aisle_marker(aisle: str) -> int:
     """The id of the marker that names `aisle` ("aruco-<id>"); -1 for another name."""
     tail = aisle.rsplit("-", 1)[-1]
     return int(tail) if tail.isdigit() else -1
+
+
+def _range(v: object) -> tuple[float, float] | None:
+    if v is None:
+        return None
+    if not isinstance(v, list) or len(v) != 2:
+        raise ValueError(f"seen_fx must be 2 numbers, got {v!r}")
+    return (float(v[0]), float(v[1]))

@@ -249,7 +249,14 @@ class GapTracker:
                 ):
                     t.confirmed = True
                     ev = self.alerts.confirm(
-                        t.track_id, t.anchor_box(), t.frame_box, list(t.scores), t.hits, t.first_seen, view
+                        t.track_id,
+                        t.anchor_box(),
+                        t.frame_box,
+                        list(t.scores),
+                        t.hits,
+                        t.first_seen,
+                        view,
+                        list(t.full_frame_x),
                     )
                     if ev is not None:
                         events.append(ev)

@@ -120,7 +120,7 @@ def test_same_place_is_within_the_radius_on_the_same_shelf_level() -> None:
     first = _opened(mgr, 1, (1000, 100, 1100, 200), _view(0.0))
     assert first is not None and first.startswith("cart_01__2-1780000000000-")
     # found again after its track was lost, a second empty facing a hand's width along, or seen again on a later
-    # pass through odometry drift: the same place (whose box follows the latest sighting)
+    # pass through odometry drift: the same place (its box refined by the sightings that overlap it)
     assert _opened(mgr, 2, (1050, 100, 1150, 200), _view(40.0)) is None
     assert _opened(mgr, 3, (1200, 120, 1280, 190), _view(80.0)) is None
     assert _opened(mgr, 4, (1100, 100, 1150, 200), _view(5000.0)) is None
@@ -242,3 +242,50 @@ def test_state_with_wrong_shapes_is_moved_aside(tmp_path: Path) -> None:
     state.write_text(json.dumps({"version": 1, "markers": [1, 2], "places": []}))
     assert AlertManager(TrackingConfig(), "cart-01", state).markers == {}
     assert (tmp_path / "alerts.json.corrupt").exists()
+
+
+def test_a_place_is_not_dragged_by_a_track_that_slides_off_it() -> None:
+    """QA P1: alert 4 opened at 1.37 m was stored at 2.15 m: a confirmed track slid and dragged its place along."""
+    mgr = AlertManager(TrackingConfig(), "cart-01")
+    v = _view(0.0)
+    ev = mgr.confirm(1, (1000, 100, 1100, 200), (300, 100, 400, 200), [0.8], 5, v.t_wall, v, [350.0])
+    assert ev is not None
+    for i in range(60):  # a box fixed in the frame while the cart moves on: 12 px/frame along the shelf
+        x = 1000 + 12.0 * (i + 1)
+        mgr.seen(1, (x, 100, x + 100, 200), [0.8], _view(12.0 * (i + 1), index=i + 1))
+    place = mgr.open_alerts()[0]
+    assert place.box[0] == pytest.approx(1000, abs=30) and place.box[2] == pytest.approx(1100, abs=30)
+    assert mgr.alert_id_for(1) is None  # the track no longer vouches for the place
+    # sightings on the place itself refine its box (median), within the anchor's reach
+    mgr.confirm(2, (1004, 102, 1104, 198), (304, 102, 404, 198), [0.8], 5, v.t_wall, v)
+    for _ in range(5):
+        mgr.seen(2, (1006, 101, 1106, 201), [0.8], v)
+    assert mgr.open_alerts()[0].box == pytest.approx((1005, 101, 1105, 199), abs=2.0)
+
+
+def test_gaps_a_place_apart_stay_apart_while_the_position_is_fresh() -> None:
+    """Two gaps 150 px (0.22 m) apart: two alerts just after a marker fix; far from any fix (odometry may have
+    drifted by more than that) a gap there is the same place as the open alert."""
+    mgr = AlertManager(TrackingConfig(), "cart-01")
+    mgr.on_marker(1, 90.0, path=0.0)
+    first = _opened(mgr, 1, (1530, 230, 1575, 268), _view(0.0, "aruco-1"))
+    second = _opened(mgr, 2, (1725, 232, 1770, 315), _view(100.0, "aruco-1"))
+    assert first is not None and second is not None and first != second
+    assert _opened(mgr, 3, (1390, 230, 1430, 268), _view(9000.0, "aruco-1")) is None
+
+
+def test_a_place_counts_as_filled_only_where_the_detector_has_seen_it() -> None:
+    """A gap the detector sees only near the frame's left edge is not `cleared` while it sits mid-frame."""
+    mgr = AlertManager(TrackingConfig(clear_frames=3), "cart-01")
+
+    def at(ox: float, i: int) -> View:
+        return View(i, 1_780_000_000.0 + i, 640, 480, None, ox, 0.0, 0.0, True)
+
+    v = at(1000.0, 0)
+    ev = mgr.confirm(1, (1030, 100, 1090, 200), (30, 100, 90, 200), [0.8], 5, v.t_wall, v, [50.0, 55.0, 60.0])
+    assert ev is not None
+    mgr.track_ended(1)
+    mid = [e for i in range(1, 20) for e in mgr.check_clear([], at(700.0, i))]  # the place mid-frame
+    assert mid == []
+    left = [e for i in range(20, 24) for e in mgr.check_clear([], at(1000.0, i))]
+    assert [(e.event, e.alert_id, e.frame_index) for e in left] == [("cleared", ev.alert_id, 22)]

@@ -168,3 +168,20 @@ def test_bad_config_and_degenerate_boxes() -> None:
     nan = float("nan")
     assert tracker.update(frame, [Gap(10, 10, 5, 50, 0.9), Gap(nan, 1, 2, 3, 0.9)]) == []
     assert tracker.tracks() == []
+
+
+def test_a_box_that_stays_put_in_the_frame_while_the_shelf_moves_is_not_a_gap() -> None:
+    """QA P1: a detector artefact at a fixed frame position (here near the left edge) slides along the shelf in
+    shelf coordinates; its track must not be confirmed (nor drag a place along). The same box while the cart
+    stands still is indistinguishable from a gap and is confirmed."""
+    aisle = make_aisle(seed=8, gaps=(), marker_ids=())
+    artefact = [Gap(20.0, 120.0, 130.0, 170.0, 0.8)]
+    moving = GapTracker(TrackingConfig(aruco=False), "cart-01")
+    cam = Camera(aisle, seed=8)
+    events = [e for x in offsets(0, 1500, 12.0, seed=8) for e in moving.update(cam.frame(x)[0], artefact)]
+    assert events == []
+    assert any(t.hits >= 20 for t in moving.tracks())  # it was tracked all along, just never confirmed
+    standing = GapTracker(TrackingConfig(aruco=False), "cart-01")
+    cam = Camera(aisle, seed=9)
+    events = [e for _ in range(10) for e in standing.update(cam.frame(400.0)[0], artefact)]
+    assert [e.event for e in events] == ["opened"]
