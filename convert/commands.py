@@ -119,7 +119,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
 def _finetune_cmd(args: argparse.Namespace) -> int:
     from convert.build_default import DEFAULT_NAME, MODELS, BuildSpec, build, split_folder
     from convert.model import NetConfig
-    from convert.train import CONFIG_FILE, TrainConfig
+    from convert.train import TrainConfig, net_config_for
 
     _check_yolo(args.data)
     init: Path | None = None
@@ -128,11 +128,10 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
         init = args.init or MODELS / f"{DEFAULT_NAME}.weights.h5"
         if not init.exists():
             raise CliError(f"float weights {init} do not exist (rebuild the default with `make model`, or --scratch)")
-        cfg_file = init.with_suffix("").with_suffix(".json") if init.name.endswith(".weights.h5") else None
-        for cand in (cfg_file, init.parent / CONFIG_FILE):
-            if cand is not None and cand.exists():
-                net = NetConfig.from_dict(json.loads(cand.read_text())["net"])
-                break
+        try:
+            net = net_config_for(init)
+        except ValueError as e:
+            raise CliError(str(e)) from e
     train_items, val_items = split_folder(args.data, args.val_share, args.split_seed)
     lr = args.lr or (1e-3 if init is not None else 3e-3)
     tcfg = TrainConfig(net=net, steps=args.steps, batch=args.batch, seed=args.seed, lr=lr,
@@ -188,10 +187,14 @@ def _quantize_cmd(args: argparse.Namespace) -> int:
 
     from convert.dataset import IMAGE_SUFFIXES, read_image_rgb
     from convert.quantize import ParityReport, TFLiteRunner, convert_int8, output_diffs, write_parity
-    from convert.train import load_float_model
+    from convert.train import load_float_model, net_config_for
 
     if not args.weights.exists():
         raise CliError(f"weights {args.weights} do not exist")
+    try:
+        net_config_for(args.weights)
+    except ValueError as e:
+        raise CliError(str(e)) from e
     img_dir = args.rep / "images" if (args.rep / "images").is_dir() else args.rep
     paths = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: args.count]
     if not paths:

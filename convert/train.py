@@ -208,10 +208,19 @@ def _train_dict(cfg: TrainConfig) -> dict[str, Any]:
     return d
 
 
+def net_config_for(weights: Path) -> NetConfig:
+    """The net config saved with a weights file: `NAME.json` for `NAME.weights.h5`, else `net.json` beside it."""
+    name = weights.name.removesuffix(".weights.h5") if weights.name.endswith(".weights.h5") else weights.stem
+    for cand in (weights.with_name(name + ".json"), weights.parent / CONFIG_FILE):
+        if cand.exists():
+            return NetConfig.from_dict(json.loads(cand.read_text())["net"])
+    raise ValueError(f"no net config next to {weights} (expected {name}.json or {CONFIG_FILE})")
+
+
 def load_float_model(weights: Path, net: NetConfig | None = None) -> tuple[Any, NetConfig]:
     """The inference-size Keras model with trained weights (net config read next to the weights if not given)."""
     if net is None:
-        net = NetConfig.from_dict(json.loads((weights.parent / CONFIG_FILE).read_text())["net"])
+        net = net_config_for(weights)
     model = build_model(net)
     model.load_weights(str(weights))
     return model, net
