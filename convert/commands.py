@@ -49,8 +49,9 @@ def _register_train(sub: Any) -> None:
     p.add_argument("--val", type=Path, action="append", default=[], help="YOLO folder to measure on (repeatable)")
     p.add_argument("--size", type=int, default=320, help="square model input size (multiple of 32; default 320)")
     p.add_argument("--stride", type=int, choices=(4, 8), default=4, help="output stride (default 4)")
+    p.add_argument("--crop", type=int, default=256, help="training crop size (multiple of 32; default 256)")
     p.add_argument("--init", type=Path, default=None, help="float weights (.weights.h5) to start from")
-    _common_train_args(p, 2000)
+    _common_train_args(p, 3000)
     p.set_defaults(func=_train_cmd)
 
 
@@ -89,7 +90,7 @@ def _print_report(report: Any) -> None:
 
 
 def _train_cmd(args: argparse.Namespace) -> int:
-    from convert.build_default import BuildSpec, build
+    from convert.build_default import BuildSpec
     from convert.model import NetConfig
     from convert.train import TrainConfig
 
@@ -97,8 +98,8 @@ def _train_cmd(args: argparse.Namespace) -> int:
         _check_yolo(d)
     try:
         net = NetConfig(width=args.size, height=args.size, stride=args.stride)
-        tcfg = TrainConfig(net=net, steps=args.steps, batch=args.batch, seed=args.seed,
-                           **({"lr": args.lr} if args.lr else {}))
+        tcfg = TrainConfig(net=net, steps=args.steps, batch=args.batch, seed=args.seed, crop=args.crop,
+                           warmup=min(100, args.steps // 10), **({"lr": args.lr} if args.lr else {}))
     except ValueError as e:
         raise CliError(str(e)) from e
     if args.synth <= 0 and not args.data:
@@ -112,12 +113,12 @@ def _train_cmd(args: argparse.Namespace) -> int:
         public_key_out=pub, progress=not args.quiet,
         threshold_set="synthetic-val" if args.synth_val > 0 else (args.val[0].name if args.val else ""),
     )
-    _print_report(build(spec))
+    _print_report(_run_build(spec))
     return 0
 
 
 def _finetune_cmd(args: argparse.Namespace) -> int:
-    from convert.build_default import DEFAULT_NAME, MODELS, BuildSpec, build, split_folder
+    from convert.build_default import DEFAULT_NAME, MODELS, BuildSpec, split_folder
     from convert.model import NetConfig
     from convert.train import TrainConfig, net_config_for
 
@@ -144,12 +145,23 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
         synth_val=0, train_items=tuple(train_items), val_items=((held, tuple(val_items)),),
         init_weights=init, key_path=key, public_key_out=pub, threshold_set=held, progress=not args.quiet,
     )
-    report = build(spec)
+    report = _run_build(spec)
     out = json.loads(report.to_json())
     out["split"] = {"train": len(train_items), "heldout": len(val_items), "seed": args.split_seed}
     out["baseline"] = _baseline(val_items)
     print(json.dumps(out, indent=2))
     return 0
+
+
+def _run_build(spec: Any) -> Any:
+    from convert.build_default import build
+
+    if spec.synth_val <= 0 and not spec.val_sets and not spec.val_items:
+        raise CliError("nothing to measure on: give --synth-val N or --val DIR")
+    try:
+        return build(spec)
+    except ValueError as e:
+        raise CliError(str(e)) from e
 
 
 def _baseline(val_items: list[Any]) -> dict[str, Any] | None:
