@@ -52,7 +52,7 @@ MAX_SAMPLES = 15
 # Some detector false positives appear only where the place sits in the frame (near an edge, say). A place counts
 # as seen filled only while its centre is within its sighting range (fraction of the frame width where it was seen
 # whole), widened by this much: where the detector has shown it can see this gap.
-SEEN_RANGE_MARGIN = 0.1
+SEEN_RANGE_MARGIN = 0.05
 
 
 def offset_box(box: Box, dx: float, dy: float) -> Box:
