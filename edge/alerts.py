@@ -45,8 +45,8 @@ SAME_LEVEL_OVERLAP = 0.2
 # gaps a hand apart stay two alerts while the position is known well.
 DRIFT_RATE = 0.02
 TIGHT_RADIUS = 0.4
-# A place's box is its confirmed box, refined by the median of later whole sightings that overlap it (IoU >=
-# ANCHOR_IOU): a track that slides off its gap cannot drag the place along.
+# A place's box is its confirmed box, refined by the median of its next MAX_SAMPLES whole sightings that overlap
+# it (IoU >= ANCHOR_IOU), then settled: a track that slides off its gap cannot drag the place along.
 ANCHOR_IOU = 0.3
 MAX_SAMPLES = 15
 # Some detector false positives appear only where the place sits in the frame (near an edge, say). A place counts
@@ -152,8 +152,9 @@ class Place:
         anchor = self.anchor if self.anchor is not None else self.box
         if iou(sighting, anchor) < ANCHOR_IOU:
             return False
+        if len(self.samples) >= MAX_SAMPLES:
+            return True  # settled: the same box on every later pass, and no per-frame cost
         self.samples.append(sighting)
-        del self.samples[:-MAX_SAMPLES]
         boxes = [anchor, *self.samples]
         self.box = (
             float(statistics.median(b[0] for b in boxes)),
