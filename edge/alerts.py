@@ -12,9 +12,15 @@ is sent again, with the same id, after the restart (see `AlertManager.begin_fram
 
 "Near" is the meaning of `place_radius_m`: the boxes overlap vertically by at least a fifth of the smaller height
 (the same shelf level; levels are kept apart by their boards), and the horizontal distance between the two boxes
-(0 when they overlap) is at most `place_radius_m`. So a gap is one alert per place, not per facing: two empty
-facings a hand apart, a gap a detector splits in two, a gap found again after its track was lost, or seen again
-on a later pass through odometry drift, are all the same alert.
+(0 when they overlap) is at most `place_radius_m`. So a gap is one alert per place, not per facing: a gap a
+detector splits in two, a gap found again after its track was lost, or seen again on a later pass through odometry
+drift, are all the same alert. A newly confirmed gap links to an open place only within the drift odometry may
+have had since the last marker fix (plus TIGHT_RADIUS of the radius), so distinct gaps close together stay apart.
+
+A place is anchored: its box is the box it was confirmed with, refined only by sightings that overlap it, so a
+track that slides (a detector artefact fixed in the frame) cannot drag it elsewhere. It counts as seen filled only
+where it is wholly in view, odometry is trusted to within half its width, and it sits where in the frame the
+detector has seen it before (`Place.seen_fx`).
 """
 
 from __future__ import annotations

@@ -115,6 +115,11 @@ class GapTracker:
     until a marker re-anchors the position or `2 * marker_every` measured frames pass without one. After any single
     unmeasured shift (a hard cut such as a replayed video starting over shows up as just one), markers are looked
     for on every frame for `2 * marker_every` frames, so a marker near the new position re-anchors it at once.
+
+    A marker counts (names an aisle, resets odometry) only on its second look within `2 * marker_every` frames at the
+    same shelf x; after a first look markers are looked for on the next MARKER_RECHECK frames. A track is confirmed
+    only with FULL_SIGHTINGS whole sightings that stay put on the shelf (`Track.still`) and not lying on a marker;
+    its place gets the median of those sightings (`Track.anchor_box`), not the smoothed track box.
     """
 
     def __init__(
