@@ -325,7 +325,14 @@ class Service:
 
         pipeline = Pipeline(capture, slot, tracker, sink, observers, heartbeat=watchdog.heartbeat)
         self.parts.pipeline = pipeline
-        threading.Thread(target=self._stats_loop, name="stats", daemon=True).start()
+        stats = threading.Thread(target=self._stats_loop, name="stats", daemon=True)
+        stats.start()
+
+        def stop_stats() -> None:  # before the outbox and the link close (the stack unwinds in reverse)
+            self.stop_event.set()
+            stats.join(5)
+
+        stack.callback(stop_stats)
         if self.install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop_event.set())
