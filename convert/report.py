@@ -136,7 +136,7 @@ img{{max-width:100%;height:auto}} figure{{margin:10px 0}} figcaption{{font-size:
 <p>{html.escape(model_desc)}</p>
 <table>{table}</table>
 <h2>Precision / recall</h2>
-<img src="data:image/png;base64,{_b64(png.tobytes())}" alt="precision-recall curve" style="max-width:480px">
+<img src="data:image/png;base64,{_b64(png.tobytes())}" alt="precision-recall curve" style="width:100%;max-width:480px">
 <p>The circle marks the bundle's threshold ({result.threshold:.2f}).</p>
 <h2>Examples</h2>
 <p class="key"><span style="background:rgb{HIT}">hit</span><span style="background:rgb{MISS};color:#222">missed gap</span><span style="background:rgb{FALSE_ALARM}">false alarm</span></p>
