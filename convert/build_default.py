@@ -34,6 +34,7 @@ MODELS = REPO / "models"
 DEFAULT_NAME = "shelfgap-default"
 DEFAULT_VERSION = 1
 DEFAULT_SEED = 20260429
+DEFAULT_STEPS = 4500  # measured: 3000 steps gave synthetic AP50 0.883 / ESD dev 0.414 (int8), 4500 give 0.919 / 0.435
 ESD_DEV = REPO.parent / "shared" / "data" / "esd" / "dev"
 MIN_SCORE = 0.05  # detections kept for AP
 
@@ -434,7 +435,7 @@ The weights and the bundle are Apache-2.0, like the code: trained only on data t
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m convert.build_default", description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, default=REPO / "build" / "default", help="scratch folder (default build/default)")
-    p.add_argument("--steps", type=int, default=TrainConfig().steps, help="training steps")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps (default {DEFAULT_STEPS})")
     p.add_argument("--synth-train", type=int, default=2500)
     p.add_argument("--synth-val", type=int, default=300)
     p.add_argument("--no-esd", action="store_true", help="do not measure on ../shared/data/esd/dev")
