@@ -133,9 +133,6 @@ def test_cart_pass_gives_one_alert_per_gap(pass_run: dict[str, Any], cart_pass: 
     assert sub.json_on("/stats"), "no stats published"
 
 
-@pytest.mark.xfail(strict=False, reason="the shipped model still raises about 1-2 false alarms per generated pass "
-                                        "(dark headroom strips over short products); see models/README.md and "
-                                        "bench/cartpass_eval.py")
 def test_cart_pass_gives_no_alert_on_filled_shelf(pass_run: dict[str, Any]) -> None:
     assert pass_run["score"].false_alarms == [], f"alerts on filled shelf: {pass_run['score'].false_alarms}"
 
