@@ -331,6 +331,10 @@ class Service:
         def stop_stats() -> None:  # before the outbox and the link close (the stack unwinds in reverse)
             self.stop_event.set()
             stats.join(5)
+            try:  # a last sample, so even a short replay reports its figures
+                link.publish_stats(stats_payload(self.stats_info(), topics, time.time()))
+            except Exception:
+                log.exception("final stats not published")
 
         stack.callback(stop_stats)
         if self.install_signals and threading.current_thread() is threading.main_thread():
