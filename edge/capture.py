@@ -213,6 +213,17 @@ class CaptureThread:
             self._ended = True
             self._cond.notify_all()
 
+    def _after_failure(self, e: BaseException, failures: int, max_attempts: int, backoff: float) -> float | None:
+        """Report a failed open or read as degraded, then give up (None) after `max_attempts`, or wait `backoff`
+        and return the next, doubled backoff. None also when stopped while waiting."""
+        self._set_state(_reason(e))
+        if max_attempts and failures >= max_attempts:
+            self._finish(f"{e} (gave up after {failures} attempts)")
+            return None
+        if not self._sleep(backoff):
+            return None
+        return min(backoff * 2, self._cfg.reopen_max_s)
+
     def _sleep(self, seconds: float) -> bool:
         """Back off; False when stopping."""
         return not self._stop.wait(seconds)
@@ -260,13 +271,10 @@ class CaptureThread:
                 except Exception as e:
                     self._log_unexpected(e)
                     failures += 1
-                    self._set_state(_reason(e))
-                    if max_attempts and failures >= max_attempts:
-                        self._finish(f"{e} (gave up after {failures} attempts)")
+                    next_backoff = self._after_failure(e, failures, max_attempts, backoff)
+                    if next_backoff is None:
                         return
-                    if not self._sleep(backoff):
-                        return
-                    backoff = min(backoff * 2, cfg.reopen_max_s)
+                    backoff = next_backoff
                     continue
                 self._source = src
                 self._base = next_index
@@ -290,13 +298,10 @@ class CaptureThread:
                     return
                 failed_at = next_index
                 failures += 1
-                self._set_state(_reason(e))
-                if max_attempts and failures >= max_attempts:
-                    self._finish(f"{e} (gave up after {failures} attempts)")
+                next_backoff = self._after_failure(e, failures, max_attempts, backoff)
+                if next_backoff is None:
                     return
-                if not self._sleep(backoff):
-                    return
-                backoff = min(backoff * 2, cfg.reopen_max_s)
+                backoff = next_backoff
                 continue
             if image is None:
                 if src.finite:

@@ -11,7 +11,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -21,7 +21,7 @@ class EmbeddedBroker:
     """amqtt's broker, MQTT 3.1.1, anonymous, bound to 127.0.0.1 only."""
 
     def __init__(self, port: int = 0):
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._broker: Any = None
         self._thread: threading.Thread | None = None

@@ -8,12 +8,13 @@ fresh one; `quarantined` tells the caller where it went, so the service reports 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,6 +185,22 @@ class Outbox:
             raise OutboxError(f"outbox {self.path} is closed")
         return self._conn
 
+    @contextlib.contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction (the caller holds the lock): committed on success, rolled back and raised as
+        OutboxError("outbox PATH: cannot WHAT: ...") on any SQLite error."""
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise OutboxError(f"outbox {self.path}: cannot {what}: {e}") from e
+
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call `callback()` (quickly, from the writer's thread) after each committed `put`."""
         self._listeners.append(callback)
@@ -197,9 +214,7 @@ class Outbox:
             return []
         now = time.time()
         with self._lock:
-            db = self._db()
-            try:
-                db.execute("BEGIN IMMEDIATE")
+            with self._transaction(f"store {len(msgs)} message(s)") as db:
                 ids: list[int] = []
                 added = 0
                 for m in msgs:
@@ -219,13 +234,6 @@ class Outbox:
                     count, total, dropped = count - 1, total - int(victim[1]), dropped + 1
                 if dropped:
                     db.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped'", (dropped,))
-                db.execute("COMMIT")
-            except sqlite3.Error as e:
-                try:
-                    db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise OutboxError(f"outbox {self.path}: cannot store {len(msgs)} message(s): {e}") from e
             self._count, self._bytes = count, total
         if dropped:
             log.warning("outbox full (%d messages, %d bytes max): dropped the %d oldest message(s)",
@@ -254,40 +262,22 @@ class Outbox:
         if not ids:
             return
         with self._lock:
-            db = self._db()
-            try:
-                db.execute("BEGIN IMMEDIATE")
+            with self._transaction("delete acknowledged messages") as db:
                 removed, freed = 0, 0
                 for i in ids:
                     row = db.execute("DELETE FROM messages WHERE id = ? RETURNING size", (i,)).fetchone()
                     if row is not None:
                         removed, freed = removed + 1, freed + int(row[0])
-                db.execute("COMMIT")
-            except sqlite3.Error as e:
-                try:
-                    db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise OutboxError(f"outbox {self.path}: cannot delete acknowledged messages: {e}") from e
             self._count -= removed
             self._bytes -= freed
 
     def discard(self, row_id: int, reason: str) -> None:
         """Delete a message that can never be published (counted as dropped, and logged)."""
         with self._lock:
-            db = self._db()
-            try:
-                db.execute("BEGIN IMMEDIATE")
+            with self._transaction(f"discard message {row_id}") as db:
                 row = db.execute("DELETE FROM messages WHERE id = ? RETURNING size", (row_id,)).fetchone()
                 if row is not None:
                     db.execute("UPDATE meta SET value = value + 1 WHERE key = 'dropped'")
-                db.execute("COMMIT")
-            except sqlite3.Error as e:
-                try:
-                    db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise OutboxError(f"outbox {self.path}: cannot discard message {row_id}: {e}") from e
             if row is not None:
                 self._count -= 1
                 self._bytes -= int(row[0])

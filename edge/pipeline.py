@@ -367,7 +367,7 @@ def bench_pipeline(frames: Sequence[Any], detector: GapDetector, n: int = 300) -
 
     from edge.capture import CaptureThread
     from edge.config import Config, MqttConfig, OutboxConfig
-    from edge.embedded_broker import EmbeddedBroker, _free_port
+    from edge.embedded_broker import EmbeddedBroker, free_port
     from edge.mqtt import MqttLink
     from edge.outbox import Outbox
     from edge.payloads import ModelRef
@@ -381,7 +381,7 @@ def bench_pipeline(frames: Sequence[Any], detector: GapDetector, n: int = 300) -
     proc: subprocess.Popen[bytes] | None = None
     embedded: EmbeddedBroker | None = None
     if mosq:
-        port = _free_port()
+        port = free_port()
         conf = work / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
         proc = subprocess.Popen([mosq, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
