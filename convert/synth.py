@@ -317,6 +317,9 @@ _PITCH = (22.0, 54.0)
 _CLOSE_PITCH = (48.0, 96.0)
 _STACK_P = 0.55  # share of box/bag SKUs stacked 2-3 items high
 _PARTIAL_P = 0.7  # share of gaps in stacked facings that leave the bottom items in place
+_HEADER_P = 0.3  # share of bays with a printed header panel above the top row (signs are not gaps)
+_RUN_P = 0.5  # share of gaps started in a stacked facing that span the SKU's run of facings (ESD's long flat boxes)
+_RUN_PARTIAL_P = 0.85  # share of those that leave the bottom items in place (a sold-out top layer)
 _ROW_MIXES: tuple[tuple[str, ...], ...] = (
     ("box",),
     ("box", "box", "bottle"),
@@ -419,6 +422,9 @@ class ShelfPlan:
     talkers: list[tuple[int, int, int, int, RGB]] = field(
         default_factory=list
     )  # promo cards (x, y, w, h, colour)
+    headers: list[tuple[int, int, int, int, RGB, int]] = field(
+        default_factory=list
+    )  # printed header panels above a bay's top row (x, y, w, h, colour, print seed)
 
 
 def _back_colour(rng: Rand) -> RGB:
@@ -506,6 +512,7 @@ def plan_shelves(
     pegboard_p: float = 0.08,
     fence_p: float = 0.12,
     talker_p: float = 0.3,
+    header_p: float = 0.0,
 ) -> ShelfPlan:
     """Lay out bays, shelf rows and products on a width x height canvas (no gaps yet)."""
     if width < 16 or height < 16:
@@ -573,6 +580,19 @@ def plan_shelves(
                 rng.integers(5)
             ]
             talkers.append((tx, ty, tw, th, colour))
+    headers: list[tuple[int, int, int, int, RGB, int]] = []
+    if header_p > 0.0:  # store signs and header panels: printed, often dark, never gaps
+        for bay in bays:
+            if not bay.rows or rng.random() >= header_p:
+                continue
+            hh = int(pitch * rng.uniform(0.3, 0.9))
+            hy = bay.rows[0].top - hh - int(pitch * rng.uniform(0.0, 0.1))
+            if hy + hh <= 0:
+                continue
+            hc = _hsv(rng.random(), rng.uniform(0.0, 0.5), rng.uniform(0.05, 0.3)) if rng.random() < 0.4 else (
+                _product_colour(rng)
+            )
+            headers.append((bay.x0 - upright_w, hy, bay.x1 - bay.x0 + upright_w, hh, hc, rng.integers(1 << 30)))
     return ShelfPlan(
         width,
         height,
@@ -588,6 +608,7 @@ def plan_shelves(
         upright_w,
         lights=lights,
         talkers=talkers,
+        headers=headers,
     )
 
 
@@ -616,7 +637,10 @@ def add_gap(
             look = LOOK_PEG if rng.random() < 0.8 else LOOK_DARK
         else:
             u = rng.random()
-            look = LOOK_DARK if u < 0.5 else LOOK_BACK if u < 0.88 else LOOK_PUSHED
+            if keep:  # a sold-out top layer: the strip above the stack shows shadow or the back panel
+                look = LOOK_DARK if u < 0.57 else LOOK_BACK
+            else:
+                look = LOOK_DARK if u < 0.5 else LOOK_BACK if u < 0.88 else LOOK_PUSHED
     if look not in GAP_LOOKS:
         raise ValueError(f"unknown gap look {look!r}")
     x0 = r.facings[first - 1].right(plan.skus) if first > 0 else r.x0
@@ -708,8 +732,32 @@ def add_random_gaps(
         count = min(_count_choice(rng), max(1, len(facings) - 1))
         idx = [i for i, f in enumerate(facings) if rx0 <= f.x and f.right(plan.skus) <= rx1]
         first = idx[rng.integers(len(idx))]
-        if add_gap(plan, rng, bi, ri, first, min(count, len(facings) - first)) is not None:
+        keep: int | None = None
+        sku = plan.skus[facings[first].sku]
+        if sku.layers > 1 and rng.random() < _RUN_P:
+            first, count, keep = _stack_run(rng, facings, first, sku.layers)
+        if add_gap(plan, rng, bi, ri, first, min(count, len(facings) - first), keep=keep) is not None:
             added += 1
+
+
+def _stack_run(rng: Rand, facings: list[Facing], first: int, layers: int) -> tuple[int, int, int | None]:
+    """A gap over (most of) the run of same-SKU stacked facings around `first`, usually with its top items gone.
+
+    ESD labels the strip left above a stack whose top layer is sold out as one long, flat box across all the
+    facings it spans (not one box per facing); this draws that case. Returns (first, count, keep)."""
+    a = b = first
+    while a > 0 and facings[a - 1].sku == facings[first].sku:
+        a -= 1
+    while b + 1 < len(facings) and facings[b + 1].sku == facings[first].sku:
+        b += 1
+    n = b - a + 1
+    if n > 2 and rng.random() < 0.6:  # part of the run, at least two facings
+        count = rng.integers(2, n + 1)
+        a += rng.integers(0, n - count + 1)
+        n = count
+    n = min(n, max(1, len(facings) - 1))
+    keep = rng.integers(1, layers) if rng.random() < _RUN_PARTIAL_P else None
+    return a, n, keep
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -775,6 +823,8 @@ def paint_shelves(
     if plan.sign is not None:
         sx, sy, sw, sh, sc = plan.sign
         cv2.rectangle(img, (sx, sy), (sx + sw, sy + sh), sc, -1)
+    for hx, hy, hw, hh, hc, hseed in plan.headers:
+        _paint_header(img, hx, hy, hw, hh, hc, Rand(np.random.default_rng(hseed)))
     open_gaps = [(k, g) for k, g in enumerate(plan.gaps) if k not in filled]
     removed: dict[tuple[int, int], dict[int, int]] = {}  # (bay, row) -> {facing: items kept}
     for _, g in open_gaps:
@@ -857,6 +907,31 @@ def paint_shelves(
         if pmask is not None:  # they occlude like products do
             pmask[max(0, ty) : max(0, ty + th), max(0, tx) : max(0, tx + tw)] = True
     return img, gmask, pmask
+
+
+def _paint_header(img: np.ndarray, x: int, y: int, w: int, h: int, colour: RGB, rng: Rand) -> None:
+    """A printed header panel: a plain board with a few words, a logo and sometimes a picture."""
+    H, W = img.shape[:2]
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(W, x + w), min(H, y + h)
+    if x1 - x0 < 4 or y1 - y0 < 3:
+        return
+    panel = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+    panel[:] = colour
+    ph, pw = panel.shape[:2]
+    ink = _contrast(colour, rng)
+    for _ in range(rng.integers(1, 4)):  # words in big print
+        tx = rng.integers(0, max(1, pw - 8))
+        tw = min(pw - tx, int(pw * rng.uniform(0.1, 0.4)))
+        ty = int(ph * rng.uniform(0.2, 0.5))
+        _text_marks(panel, rng, tx, ty, tx + tw, min(ph, ty + max(3, int(ph * rng.uniform(0.2, 0.5)))), ink)
+    if rng.random() < 0.5 and ph > 6:
+        cx, r = rng.integers(0, pw), max(2, int(ph * rng.uniform(0.2, 0.4)))
+        cv2.circle(panel, (cx, ph // 2), r, _product_colour(rng), -1)
+    if rng.random() < 0.3:
+        px = rng.integers(0, max(1, pw - 4))
+        _photo_patch(panel, rng, px, 1, px + int(pw * rng.uniform(0.1, 0.3)), ph - 1)
+    cv2.line(panel, (0, ph - 1), (pw - 1, ph - 1), _scale(colour, 0.5), 1)
+    img[y0:y1, x0:x1] = panel
 
 
 def _paint_edge(img: np.ndarray, row: Row, bx0: int, bx1: int) -> None:
@@ -1012,7 +1087,7 @@ def render_sample(
     # mostly ESD-like framing (many rows, small gaps); some close-ups like a cart camera a metre from the shelf
     close = rng.random() < 0.1
     lo, hi = _CLOSE_PITCH if close else _PITCH
-    plan = plan_shelves(rng, cw, ch, pitch_range=(lo * s, hi * s))
+    plan = plan_shelves(rng, cw, ch, pitch_range=(lo * s, hi * s), header_p=_HEADER_P)
     add_random_gaps(plan, rng, _sample_gap_count(rng), (m, m, m + width, m + height))
     canvas, gmask, pmask = paint_shelves(plan, debug=debug)
     # mild homography: jitter the source quad inside the margin, squash it onto the output

@@ -10,7 +10,12 @@ import pytest
 
 from convert.synth import (
     GAP_LOOKS,
+    ShelfPlan,
+    add_gap,
+    add_random_gaps,
     make_shelf_image,
+    paint_shelves,
+    plan_shelves,
     read_yolo_labels,
     render_sample,
     sample_rng,
@@ -139,3 +144,80 @@ def test_synth_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert len(list((tmp_path / "out" / "labels").glob("*.txt"))) == 3
     assert "wrote 3 images" in capsys.readouterr().out
     assert cli_main(["synth", str(tmp_path / "bad"), "--n", "0"]) == 2
+
+
+def _stacked_run(plan: ShelfPlan) -> tuple[int, int, int, int, int] | None:
+    """(bay, row, first, count, layers) of the first run of >= 3 same-SKU stacked facings in a plan."""
+    for bi, bay in enumerate(plan.bays):
+        for ri, row in enumerate(bay.rows):
+            fs = row.facings
+            a = 0
+            while a < len(fs):
+                b = a
+                while b + 1 < len(fs) and fs[b + 1].sku == fs[a].sku:
+                    b += 1
+                layers = plan.skus[fs[a].sku].layers
+                inside = a > 0 and fs[a - 1].x >= 0 and b + 1 < len(fs) and fs[b + 1].x < plan.width
+                if layers > 1 and b - a + 1 >= 3 and inside and 0 <= row.top and row.bottom <= plan.height:
+                    return bi, ri, a, b - a + 1, layers
+                a = b + 1
+    return None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sold_out_top_layer_is_one_flat_box_over_the_whole_run(seed: int) -> None:
+    """ESD labels the strip above a run of stacks whose top layer is gone as ONE box across all its facings."""
+    rng = np.random.default_rng(seed)
+    for _ in range(20):
+        plan = plan_shelves(rng, 600, 400, pitch_range=(50.0, 70.0))
+        run = _stacked_run(plan)
+        if run is not None:
+            break
+    assert run is not None, "no stacked run of 3 facings in 20 plans"
+    bi, ri, first, count, layers = run
+    g = add_gap(plan, rng, bi, ri, first, count, keep=layers - 1)
+    assert g is not None and g.look in ("dark", "back")  # never a pushed-back row over kept items
+    img, gmask, pmask = paint_shelves(plan, debug=True)
+    assert gmask is not None and pmask is not None
+    row = plan.bays[bi].rows[ri]
+    fs = row.facings[first : first + count]
+    x0, y0, x1, y1 = g.box
+    # one box from the right side of the facing before the run to the left side of the facing after it
+    assert x0 == row.facings[first - 1].right(plan.skus)
+    assert x1 == row.facings[first + count].x
+    sku = plan.skus[fs[0].sku]
+    assert y0 == row.top and y1 == row.bottom - (layers - 1) * sku.layer_h
+    assert (x1 - x0) / (y1 - y0) > 1.0  # flat: wider than high
+    ys, xs = np.nonzero(gmask == 1)
+    assert xs.min() == int(x0) and xs.max() + 1 == int(x1) and ys.min() == int(y0) and ys.max() + 1 == int(y1)
+    assert not np.any(pmask & (gmask > 0))
+    # the kept items are drawn right under the box, on every facing of the run
+    for f in fs:
+        assert pmask[int(y1) : row.bottom, f.x : f.right(plan.skus)].mean() > 0.9
+
+
+def test_generator_draws_long_flat_boxes_like_esd() -> None:
+    """ESD dev: 13.8 % of boxes are more than 3x wider than high, 5.2 % more than 5x."""
+    ar = []
+    for i in range(80):
+        b = make_shelf_image(sample_rng(21, i)).boxes
+        ar += list((b[:, 2] - b[:, 0]) / (b[:, 3] - b[:, 1]))
+    flat3, flat5 = np.mean(np.array(ar) > 3.0), np.mean(np.array(ar) > 5.0)
+    print(f"{len(ar)} boxes: w/h > 3: {flat3:.3f}, > 5: {flat5:.3f}")
+    assert 0.08 <= flat3 <= 0.25 and 0.025 <= flat5 <= 0.12
+
+
+def test_header_panels_are_drawn_and_never_labelled() -> None:
+    rng = np.random.default_rng(3)
+    plan = plan_shelves(rng, 600, 400, pitch_range=(40.0, 60.0), top_range=(0.2, 0.3), header_p=1.0)
+    assert plan.headers, "header_p=1 gave no header"
+    add_random_gaps(plan, rng, 10, (0, 0, 600, 400))
+    img, gmask, _ = paint_shelves(plan, debug=True)
+    assert gmask is not None
+    for hx, hy, hw, hh, colour, _ in plan.headers:
+        y0, y1, x0, x1 = max(0, hy), max(0, hy + hh), max(0, hx), min(600, hx + hw)
+        assert not np.any(gmask[y0:y1, x0:x1]), "a header panel overlaps a labelled gap"
+        assert np.any(np.all(img[y0:y1, x0:x1] == colour, axis=-1)), "header panel not drawn"
+        assert np.any(np.all(img[y0:y1, x0:x1] != colour, axis=-1)), "header panel has no print on it"
+    # other callers (cart passes) get no headers unless they ask, so their aisles stay as they were
+    assert plan_shelves(np.random.default_rng(3), 600, 400).headers == []
