@@ -23,7 +23,7 @@ from edge.payloads import (
     read_cpu_temp_c,
     stats_payload,
 )
-from edge.pipeline import FrameResult, ModelSlot, Pipeline
+from edge.pipeline import FrameResult, ModelSlot, Pipeline, tune_process
 from edge.types import AlertEvent, Frame, Gap
 
 if TYPE_CHECKING:
@@ -248,7 +248,6 @@ class Service:
         return self.exit_code
 
     def _build(self, stack: contextlib.ExitStack) -> None:
-        import cv2
 
         from edge.capture import CaptureThread
         from edge.detector import Detector
@@ -260,7 +259,7 @@ class Service:
         from edge.topics import Topics
         from edge.tracker import GapTracker
 
-        cv2.setNumThreads(1)  # OpenCV's own thread pool competes with the interpreter's threads on small boards
+        tune_process()
         cfg = self.cfg
         updater = self._make_updater()
         self.updater = updater

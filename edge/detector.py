@@ -61,7 +61,12 @@ class _OutputPlan:
 
 
 def resize_interpolation(src_w: int, src_h: int, dst_w: int, dst_h: int) -> int:
-    """INTER_AREA when shrinking (as the training code resizes), else INTER_LINEAR."""
+    """INTER_AREA when shrinking, exactly as the training code resizes, else INTER_LINEAR.
+
+    Bilinear would be 4x cheaper at 640x480 -> 320x320 (0.31 vs 1.26 ms) and differs by only ~1 grey level on
+    average, but measured: it tipped a filled-shelf spot of the end-to-end cart pass into a confirmed false alarm.
+    The model sees the pixels it was trained on; the cost is hidden on the pipeline's prepare thread instead.
+    """
     return cv2.INTER_AREA if src_w > dst_w or src_h > dst_h else cv2.INTER_LINEAR
 
 

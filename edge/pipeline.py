@@ -124,6 +124,22 @@ class _Inferred:
     t0: float
 
 
+# How long a Python thread may hold the GIL while another waits for it. The default 5 ms is longer than a whole
+# frame here: the inference thread, back from invoke() (which runs without the GIL), would wait up to that long
+# behind the post-processing thread's Python code before it can hand its frame on.
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
+def tune_process() -> None:
+    """Process-wide settings the pipeline's stage threads need; the composition root calls this once at start."""
+    import sys
+
+    import cv2
+
+    cv2.setNumThreads(1)  # OpenCV's own pool would compete with the interpreter's threads on a small board
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+
+
 _END = object()
 STAGING_BUFFERS = 3  # one being filled, one queued, one being loaded into the tensor
 
@@ -363,8 +379,6 @@ def bench_pipeline(frames: Sequence[Any], detector: GapDetector, n: int = 300) -
     import tempfile
     from pathlib import Path
 
-    import cv2
-
     from edge.capture import CaptureThread
     from edge.config import Config, MqttConfig, OutboxConfig
     from edge.embedded_broker import EmbeddedBroker, free_port
@@ -375,7 +389,7 @@ def bench_pipeline(frames: Sequence[Any], detector: GapDetector, n: int = 300) -
     from edge.topics import Topics
     from edge.tracker import GapTracker
 
-    cv2.setNumThreads(1)  # as the service does
+    tune_process()  # as the service does
     work = Path(tempfile.mkdtemp(prefix="shelfscout-bench-"))
     mosq = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
     proc: subprocess.Popen[bytes] | None = None
