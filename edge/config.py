@@ -53,10 +53,24 @@ class CameraConfig:
     stall_s: float = 5.0  # no frame for this long means the source is stalled: degraded, then reopened
 
 
+def default_threads() -> int:
+    """Interpreter threads when the config does not say: the usable cores less one, at most 4.
+
+    The pipeline's prepare and post-processing stages run on their own threads beside the interpreter; with every
+    core given to the interpreter they preempt its workers and the whole loop slows down (on 2 cores, 2 interpreter
+    threads: pipeline no faster than with 1, see `shelfscout bench`). 3 on a Pi 4/5 or Zero 2 W, 1 on a 2-core box.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))  # what systemd's CPUAffinity or a container leaves us
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 2
+    return max(1, min(4, cores - 1))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     bundle: str = ""  # empty: the bundled default model
-    threads: int = 2
+    threads: int = field(default_factory=default_threads)
     score_threshold: float | None = None  # None: the bundle's own threshold
     dev_allow_unsigned: bool = False  # DEVELOPMENT ONLY: run models without a valid signature
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,15 @@ def test_every_error_is_reported_and_env_errors_name_the_variable() -> None:
     assert str(e.value).endswith("(and 2 more)")
     with pytest.raises(ConfigError, match="preview.bind: '0.0.0.0:99999' must be HOST:PORT"):
         config.parse("[preview]\nbind = '0.0.0.0:99999'\n", env={})
+
+
+@pytest.mark.parametrize(("cores", "threads"), [(1, 1), (2, 1), (4, 3), (8, 4)])
+def test_default_threads_leave_a_core_for_the_pipeline_stages(
+    monkeypatch: pytest.MonkeyPatch, cores: int, threads: int
+) -> None:
+    from edge.config import ModelConfig, default_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert default_threads() == threads
+    assert ModelConfig().threads == threads
+    assert config.parse("[model]\nbundle = \"x\"\n", env={}).model.threads == threads  # no threads key: default

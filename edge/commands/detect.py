@@ -16,6 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge.config import default_threads
 from edge.types import Gap
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ def add_model_args(p: argparse.ArgumentParser, threads: bool = True) -> None:
     p.add_argument("--keys", metavar="DIR", action="append", default=[],
                    help="extra folder of trusted *.pub keys (repeatable); the built-in keys are always trusted")
     if threads:
-        p.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
+        p.add_argument("--threads", type=int, default=default_threads(),
+                   help="interpreter threads (default: usable cores - 1, at most 4)")
     p.add_argument("--dev-allow-unsigned-models", action="store_true",
                    help="DEVELOPMENT ONLY: run a model whose signature is missing or unknown")
 
@@ -90,11 +92,11 @@ def load_detector_from_args(args: argparse.Namespace, score_threshold: float | N
     from edge.cli import CliError
     from edge.detector import Detector
 
-    if getattr(args, "threads", 2) < 1:
+    if getattr(args, "threads", default_threads()) < 1:
         raise CliError("--threads must be at least 1")
     bundle = load_bundle_from_args(args)
     try:
-        return Detector(bundle, threads=getattr(args, "threads", 2), score_threshold=score_threshold)
+        return Detector(bundle, threads=getattr(args, "threads", default_threads()), score_threshold=score_threshold)
     except BundleError:
         raise  # ModelSignatureError names the I/O difference itself
     except (ValueError, RuntimeError) as e:

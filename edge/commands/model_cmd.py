@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from edge.commands.detect import load_bundle_from_args, read_bundle_one_line, stdout_gone
+from edge.config import default_threads
 
 
 def register(sub: Any) -> None:
@@ -20,7 +21,8 @@ def register(sub: Any) -> None:
     i.add_argument("bundle", metavar="BUNDLE", help="bundle tar or folder")
     i.add_argument("--keys", metavar="DIR", action="append", default=[], help="extra folder of trusted *.pub keys")
     i.add_argument("--json", action="store_true", help="print one JSON object")
-    i.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
+    i.add_argument("--threads", type=int, default=default_threads(),
+                   help="interpreter threads (default: usable cores - 1, at most 4)")
     i.set_defaults(func=inspect_cmd)
 
     v = msub.add_parser(
@@ -28,7 +30,8 @@ def register(sub: Any) -> None:
     )
     v.add_argument("bundle", metavar="BUNDLE", help="bundle tar or folder")
     v.add_argument("--keys", metavar="DIR", action="append", default=[], help="extra folder of trusted *.pub keys")
-    v.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
+    v.add_argument("--threads", type=int, default=default_threads(),
+                   help="interpreter threads (default: usable cores - 1, at most 4)")
     v.set_defaults(func=verify_cmd)
 
 
