@@ -39,6 +39,7 @@ from edge.payloads import (
 from edge.topics import Topics
 from edge.types import AlertEvent, Location
 from tests.mosquitto import Mosquitto
+from tests.pki import make_pki
 from tests.schema_check import ValidatingSubscriber, validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -369,76 +370,26 @@ def test_acl_refused_alerts_are_kept_reported_and_retried(tmp_path: Path, links:
 
 
 def _pki(d: Path) -> dict[str, Path]:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, made with `cryptography`."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    d.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    out: dict[str, Path] = {}
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    def write(key_name: str, key: Any, cert: x509.Certificate) -> None:
-        (d / f"{key_name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                              serialization.PrivateFormat.PKCS8,
-                                                              serialization.NoEncryption()))
-        (d / f"{key_name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        out[key_name] = d / f"{key_name}.pem"
-        out[key_name + "_key"] = d / f"{key_name}.key"
-
-    def ca(cn: str) -> tuple[Any, x509.Certificate]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(name(cn)).public_key(key.public_key())
-                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-                .not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .sign(key, hashes.SHA256()))
-        return key, cert
-
-    ca_key, ca_cert = ca("shelfscout test CA")
-    write("ca", ca_key, ca_cert)
-    other_key, other_cert = ca("some other CA")
-    write("other_ca", other_key, other_cert)
-    for cn, usage, san in (("127.0.0.1", ExtendedKeyUsageOID.SERVER_AUTH, True),
-                           ("cart-07", ExtendedKeyUsageOID.CLIENT_AUTH, False),
-                           ("backend", ExtendedKeyUsageOID.CLIENT_AUTH, False)):
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca_cert.subject)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(hours=1))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
-        if san:
-            builder = builder.add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
-        write({"127.0.0.1": "server", "cart-07": "client", "backend": "backend"}[cn], key,
-              builder.sign(ca_key, hashes.SHA256()))
-    return out
+    """The test PKI of tests.pki as a dict, for the tests that still index it (test_alerts_cli*, test_mqtt_status)."""
+    return dataclasses.asdict(make_pki(d))
 
 
 def test_tls_with_ca_and_client_certificate(tmp_path: Path, links: Callable[..., MqttLink],
                                             caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="edge.mqtt")
-    pki = _pki(tmp_path / "pki")
+    pki = make_pki(tmp_path / "pki")
     b = Mosquitto(tmp_path / "broker", extra=RUN_AS_ROOT)
-    b.listener_block = (f"listener {b.port} 127.0.0.1\ncafile {pki['ca']}\ncertfile {pki['server']}\n"
-                        f"keyfile {pki['server_key']}\nrequire_certificate true\nuse_identity_as_username true\n"
+    b.listener_block = (f"listener {b.port} 127.0.0.1\ncafile {pki.ca}\ncertfile {pki.server}\n"
+                        f"keyfile {pki.server_key}\nrequire_certificate true\nuse_identity_as_username true\n"
                         "allow_anonymous false\n")
     b.start()
     try:
         url = f"mqtts://127.0.0.1:{b.port}"
-        cfg = make_cfg(tmp_path, url, ca_file=str(pki["ca"]), cert_file=str(pki["client"]),
-                       key_file=str(pki["client_key"]))
+        cfg = make_cfg(tmp_path, url, ca_file=str(pki.ca), cert_file=str(pki.client),
+                       key_file=str(pki.client_key))
         t = Topics.from_config(cfg)
         sub = _sub(f"mqtt://127.0.0.1:{b.port}", t, client_id="backend",
-                   tls=tls_context(str(pki["ca"]), str(pki["backend"]), str(pki["backend_key"]))).start()
+                   tls=tls_context(str(pki.ca), str(pki.backend), str(pki.backend_key))).start()
         link = links(cfg)
         link.start()
         assert link.wait_connected(10)
@@ -448,8 +399,8 @@ def test_tls_with_ca_and_client_certificate(tmp_path: Path, links: Callable[...,
 
         # A device that trusts another CA refuses the broker, says why, and keeps its messages.
         (tmp_path / "bad").mkdir()
-        bad_cfg = dataclasses.replace(make_cfg(tmp_path / "bad", url, ca_file=str(pki["other_ca"]),
-                                               cert_file=str(pki["client"]), key_file=str(pki["client_key"])),
+        bad_cfg = dataclasses.replace(make_cfg(tmp_path / "bad", url, ca_file=str(pki.other_ca),
+                                               cert_file=str(pki.client), key_file=str(pki.client_key)),
                                       device=dataclasses.replace(cfg.device, id="cart-08"))
         bad = links(bad_cfg)
         bad.start()

@@ -105,32 +105,6 @@ def test_publish_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "cannot reach the broker" in err and len(err.splitlines()) == 1
 
 
-def _client_cert(pki: dict[str, Path], cn: str) -> tuple[Path, Path]:
-    """A client certificate with common name `cn`, signed by the test CA of tests.test_mqtt._pki."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    ca_key = serialization.load_pem_private_key(pki["ca_key"].read_bytes(), None)
-    ca_cert = x509.load_pem_x509_certificate(pki["ca"].read_bytes())
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
-    d = pki["ca"].parent
-    crt, keyf = d / f"{cn}.crt", d / f"{cn}.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    keyf.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    return crt, keyf
-
-
 def _retained_tls(port: int, topic: str, ctx: object, timeout: float = 5.0) -> bytes | None:
     got: list[bytes] = []
     ev = threading.Event()
@@ -156,28 +130,29 @@ def test_publish_with_a_client_certificate_to_a_broker_that_requires_one(
         tmp_path: Path, models: dict[str, bytes], capsys: pytest.CaptureFixture[str]) -> None:
     """Like the production broker (deploy/mosquitto): certificates required, CN is the user, ACL per CN."""
     from edge.mqtt import tls_context
-    from tests.test_mqtt import RUN_AS_ROOT, _pki
+    from tests.pki import client_cert, make_pki
+    from tests.test_mqtt import RUN_AS_ROOT
 
-    pki = _pki(tmp_path / "pki")
-    pub_crt, pub_key = _client_cert(pki, "release-publisher")
+    pki = make_pki(tmp_path / "pki")
+    pub_crt, pub_key = client_cert(pki, "release-publisher", tmp_path / "pki")
     acl = tmp_path / "acl"
     acl.write_text("user release-publisher\ntopic readwrite shelfscout/fleet/model/release\n"
                    "topic readwrite shelfscout/+/model/release\n")
     b = Mosquitto(tmp_path / "broker", extra=RUN_AS_ROOT)
-    b.listener_block = (f"listener {b.port} 127.0.0.1\ncafile {pki['ca']}\ncertfile {pki['server']}\n"
-                        f"keyfile {pki['server_key']}\nrequire_certificate true\nuse_identity_as_username true\n"
+    b.listener_block = (f"listener {b.port} 127.0.0.1\ncafile {pki.ca}\ncertfile {pki.server}\n"
+                        f"keyfile {pki.server_key}\nrequire_certificate true\nuse_identity_as_username true\n"
                         f"allow_anonymous false\nacl_file {acl}\n")
     b.start()
     dev = Device(tmp_path / "dev", models)
     rel = tmp_path / "release.json"
     rel.write_bytes(dev.release(dev.bundle(2)))
     url = f"mqtts://127.0.0.1:{b.port}"
-    base = ["publish", str(rel), "--broker", url, "--fleet", "--ca", str(pki["ca"])]
+    base = ["publish", str(rel), "--broker", url, "--fleet", "--ca", str(pki.ca)]
     try:
         capsys.readouterr()
         assert main([*base, "--cert-file", str(pub_crt), "--key-file", str(pub_key)]) == 0, capsys.readouterr().err
         data = _retained_tls(b.port, "shelfscout/fleet/model/release",
-                             tls_context(str(pki["ca"]), str(pub_crt), str(pub_key)))
+                             tls_context(str(pki.ca), str(pub_crt), str(pub_key)))
         assert data is not None
         assert verify_release(data, load_public_keys([dev.keys_dir])).release.version == 2
 
@@ -191,11 +166,11 @@ def test_publish_with_a_client_certificate_to_a_broker_that_requires_one(
         # no client certificate: the broker closes the connection; the error says so and suggests the options
         assert "--cert-file/--key-file" in one_line_error(base)
         # a valid certificate whose CN the ACL does not allow: the broker's MQTT 5 PUBACK refusal is reported
-        err = one_line_error(["publish", str(rel), "--broker", url, "--store", "s042", "--ca", str(pki["ca"]),
-                              "--cert-file", str(pki["backend"]), "--key-file", str(pki["backend_key"])])
+        err = one_line_error(["publish", str(rel), "--broker", url, "--store", "s042", "--ca", str(pki.ca),
+                              "--cert-file", str(pki.backend), "--key-file", str(pki.backend_key)])
         assert "refused the release" in err and "Not authorized" in err, err
         # a broker certificate from another CA
-        err = one_line_error(["publish", str(rel), "--broker", url, "--fleet", "--ca", str(pki["other_ca"]),
+        err = one_line_error(["publish", str(rel), "--broker", url, "--fleet", "--ca", str(pki.other_ca),
                               "--cert-file", str(pub_crt), "--key-file", str(pub_key)])
         assert "certificate verify failed" in err.lower(), err
         # missing files: one line naming the option and the path
@@ -209,7 +184,7 @@ def test_publish_with_a_client_certificate_to_a_broker_that_requires_one(
         assert "--password-file: cannot read" in one_line_error([*base, "--password-file", str(tmp_path / "pw")])
         # the retained release is still the good one
         data = _retained_tls(b.port, "shelfscout/fleet/model/release",
-                             tls_context(str(pki["ca"]), str(pub_crt), str(pub_key)))
+                             tls_context(str(pki.ca), str(pub_crt), str(pub_key)))
         assert data is not None and verify_release(data, load_public_keys([dev.keys_dir])).release.version == 2
     finally:
         b.stop()
