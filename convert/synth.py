@@ -318,7 +318,8 @@ _CLOSE_PITCH = (48.0, 96.0)
 _STACK_P = 0.55  # share of box/bag SKUs stacked 2-3 items high
 _PARTIAL_P = 0.7  # share of gaps in stacked facings that leave the bottom items in place
 _HEADER_P = 0.3  # share of bays with a printed header panel above the top row (signs are not gaps)
-_RUN_P = 0.5  # share of gaps started in a stacked facing that span the SKU's run of facings (ESD's long flat boxes)
+_MIN_FILL = 0.72  # products fill most of their row: ESD labels wide dark strips above products as empty space
+_RUN_P = 0.7  # share of gaps started in a stacked facing that span the SKU's run of facings (ESD's long flat boxes)
 _RUN_PARTIAL_P = 0.85  # share of those that leave the bottom items in place (a sold-out top layer)
 _ROW_MIXES: tuple[tuple[str, ...], ...] = (
     ("box",),
@@ -452,7 +453,13 @@ def _edge_colour(rng: Rand) -> RGB:
 
 
 def _fill_row(
-    rng: Rand, row: Row, skus: list[Sku], pitch: float, kinds: tuple[str, ...], stack_p: float | None = None
+    rng: Rand,
+    row: Row,
+    skus: list[Sku],
+    pitch: float,
+    kinds: tuple[str, ...],
+    stack_p: float | None = None,
+    min_fill: float = 0.0,
 ) -> None:
     inner = row.bottom - row.top
     if stack_p is None:
@@ -464,7 +471,7 @@ def _fill_row(
         kind = "pack" if row.hanging else kinds[rng.integers(len(kinds))]
         w0, w1, h0, h1 = _SIZES[kind]
         w = max(3, int(pitch * rng.uniform(w0, w1)))
-        h = max(3, min(inner - 1, int(inner * rng.uniform(h0, h1))))
+        h = max(3, min(inner - 1, int(inner * rng.uniform(max(h0, min_fill), max(h1, min_fill)))))
         n = rng.geometric(0.2) if not row.hanging else rng.integers(1, 6)
         n = max(1, min(n, 12))
         if x + w > row.x1:
@@ -513,8 +520,11 @@ def plan_shelves(
     fence_p: float = 0.12,
     talker_p: float = 0.3,
     header_p: float = 0.0,
+    min_fill: float = 0.0,
 ) -> ShelfPlan:
-    """Lay out bays, shelf rows and products on a width x height canvas (no gaps yet)."""
+    """Lay out bays, shelf rows and products on a width x height canvas (no gaps yet).
+
+    `min_fill` is the least share of a row's inner height a product fills (0: each kind's own range)."""
     if width < 16 or height < 16:
         raise ValueError(f"canvas too small: {width}x{height}")
     rng = as_rand(rng_in)
@@ -563,7 +573,7 @@ def plan_shelves(
             row.shade = float(rng.uniform(0.15, 0.6))
             row.shade_depth = float(rng.uniform(0.15, 0.5))
             kinds = _ROW_MIXES[int(rng.integers(len(_ROW_MIXES)))]
-            _fill_row(rng, row, skus, pitch, kinds)
+            _fill_row(rng, row, skus, pitch, kinds, min_fill=min_fill)
             bay.rows.append(row)
             y = bottom + (int(p * 0.12) if peg else edge_h)
         bays.append(bay)
@@ -1069,7 +1079,7 @@ def _clip_quads(quads: np.ndarray, width: int, height: int) -> tuple[np.ndarray,
         if inside <= 0 or poly is None:
             continue
         poly = poly.reshape(-1, 2)
-        boxes[i] = (*poly.min(0), *poly.max(0))
+        boxes[i] = (*np.maximum(poly.min(0), 0.0), *np.minimum(poly.max(0), (width, height)))  # no -1e-15
         frac[i] = inside / full
     return boxes, frac
 
@@ -1087,7 +1097,7 @@ def render_sample(
     # mostly ESD-like framing (many rows, small gaps); some close-ups like a cart camera a metre from the shelf
     close = rng.random() < 0.1
     lo, hi = _CLOSE_PITCH if close else _PITCH
-    plan = plan_shelves(rng, cw, ch, pitch_range=(lo * s, hi * s), header_p=_HEADER_P)
+    plan = plan_shelves(rng, cw, ch, pitch_range=(lo * s, hi * s), header_p=_HEADER_P, min_fill=_MIN_FILL)
     add_random_gaps(plan, rng, _sample_gap_count(rng), (m, m, m + width, m + height))
     canvas, gmask, pmask = paint_shelves(plan, debug=debug)
     # mild homography: jitter the source quad inside the margin, squash it onto the output

@@ -221,3 +221,19 @@ def test_header_panels_are_drawn_and_never_labelled() -> None:
         assert np.any(np.all(img[y0:y1, x0:x1] != colour, axis=-1)), "header panel has no print on it"
     # other callers (cart passes) get no headers unless they ask, so their aisles stay as they were
     assert plan_shelves(np.random.default_rng(3), 600, 400).headers == []
+
+
+def test_min_fill_keeps_products_tall_and_defaults_unchanged() -> None:
+    """Training shelves leave no wide unlabelled strip above products; cart passes (the default) keep theirs."""
+    plan = plan_shelves(np.random.default_rng(8), 600, 400, pitch_range=(40.0, 60.0), min_fill=0.72)
+    for bay in plan.bays:
+        for row in bay.rows:
+            if row.hanging:
+                continue
+            inner = row.bottom - row.top
+            for f in row.facings:
+                h = plan.skus[f.sku].sprite.shape[0]
+                assert h >= min(inner - 1, int(0.72 * inner)) - 1, (h, inner)
+    a = plan_shelves(np.random.default_rng(8), 600, 400)
+    b = plan_shelves(np.random.default_rng(8), 600, 400, min_fill=0.0, header_p=0.0)
+    np.testing.assert_array_equal(paint_shelves(a)[0], paint_shelves(b)[0])
