@@ -117,19 +117,20 @@ def test_bad_broker_url_is_one_line_error() -> None:
 
 
 def test_over_tls_with_a_client_certificate(tmp_path: Path) -> None:
-    from tests.test_mqtt import RUN_AS_ROOT, _pki
+    from tests.pki import make_pki
+    from tests.test_mqtt import RUN_AS_ROOT
 
-    pki = _pki(tmp_path / "pki")
+    pki = make_pki(tmp_path / "pki")
     b = Mosquitto(tmp_path / "broker", extra=RUN_AS_ROOT)
-    b.listener_block = (f"listener {b.port} 127.0.0.1\ncafile {pki['ca']}\ncertfile {pki['server']}\n"
-                        f"keyfile {pki['server_key']}\nrequire_certificate true\nallow_anonymous true\n")
+    b.listener_block = (f"listener {b.port} 127.0.0.1\ncafile {pki.ca}\ncertfile {pki.server}\n"
+                        f"keyfile {pki.server_key}\nrequire_certificate true\nallow_anonymous true\n")
     b.start()
     try:
         url = f"mqtts://127.0.0.1:{b.port}"
-        proc = _alerts_cmd("--broker", url, "--ca-file", str(pki["ca"]), "--cert-file", str(pki["backend"]),
-                           "--key-file", str(pki["backend_key"]), "--json", "--count", "1", "--timeout", "30")
-        cfg = make_cfg(tmp_path, url, ca_file=str(pki["ca"]), cert_file=str(pki["client"]),
-                       key_file=str(pki["client_key"]))
+        proc = _alerts_cmd("--broker", url, "--ca-file", str(pki.ca), "--cert-file", str(pki.backend),
+                           "--key-file", str(pki.backend_key), "--json", "--count", "1", "--timeout", "30")
+        cfg = make_cfg(tmp_path, url, ca_file=str(pki.ca), cert_file=str(pki.client),
+                       key_file=str(pki.client_key))
         link = MqttLink(cfg, Topics.from_config(cfg), Outbox(cfg.outbox.path))
         link.start()
         try:

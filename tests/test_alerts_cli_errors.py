@@ -15,8 +15,9 @@ from edge.outbox import Outbox
 from edge.payloads import ModelRef, StatusInfo
 from edge.topics import Topics
 from tests.mosquitto import Mosquitto, free_port
+from tests.pki import make_pki
 from tests.test_alerts_cli import SHELFSCOUT, _put
-from tests.test_mqtt import RUN_AS_ROOT, _pki, make_cfg
+from tests.test_mqtt import RUN_AS_ROOT, make_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -49,10 +50,10 @@ def test_without_broker_says_which_one_it_uses() -> None:
 
 @pytest.fixture
 def tls_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, dict[str, Path]]]:
-    pki = _pki(tmp_path / "pki")
+    pki = make_pki(tmp_path / "pki")
     b = Mosquitto(tmp_path / "broker", extra=RUN_AS_ROOT)
-    b.listener_block = (f"listener {b.port} 127.0.0.1\ncafile {pki['ca']}\ncertfile {pki['server']}\n"
-                        f"keyfile {pki['server_key']}\nrequire_certificate true\nallow_anonymous true\n")
+    b.listener_block = (f"listener {b.port} 127.0.0.1\ncafile {pki.ca}\ncertfile {pki.server}\n"
+                        f"keyfile {pki.server_key}\nrequire_certificate true\nallow_anonymous true\n")
     b.start()
     yield b, pki
     b.stop()
@@ -62,8 +63,8 @@ def test_tls_failures_and_bad_files_say_why(tls_broker: tuple[Mosquitto, dict[st
     b, pki = tls_broker
     url = f"mqtts://127.0.0.1:{b.port}"
     # the broker's certificate is from a CA we do not trust
-    r = _alerts("--broker", url, "--ca-file", str(pki["other_ca"]), "--cert-file", str(pki["backend"]),
-                "--key-file", str(pki["backend_key"]), "--timeout", "4")
+    r = _alerts("--broker", url, "--ca-file", str(pki.other_ca), "--cert-file", str(pki.backend),
+                "--key-file", str(pki.backend_key), "--timeout", "4")
     assert r.returncode == 1, r
     assert "certificate verify failed" in r.stderr.strip().splitlines()[-1], r.stderr
     # files: one line naming the option and the path, exit 2
@@ -71,11 +72,11 @@ def test_tls_failures_and_bad_files_say_why(tls_broker: tuple[Mosquitto, dict[st
     r = _alerts("--broker", url, "--ca-file", str(missing))
     assert r.returncode == 2 and r.stderr.strip() == \
         f"shelfscout alerts: error: --ca-file: cannot read {missing}: No such file or directory", r.stderr
-    r = _alerts("--broker", url, "--ca-file", str(pki["ca"]), "--cert-file", str(pki["backend"]),
-                "--key-file", str(pki["client_key"]))
+    r = _alerts("--broker", url, "--ca-file", str(pki.ca), "--cert-file", str(pki.backend),
+                "--key-file", str(pki.client_key))
     assert r.returncode == 2 and "--key-file:" in r.stderr and "is not the private key of --cert-file" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-    r = _alerts("--broker", url, "--ca-file", str(pki["ca"]), "--password-file", str(tmp_path / "pw"),
+    r = _alerts("--broker", url, "--ca-file", str(pki.ca), "--password-file", str(tmp_path / "pw"),
                 "--username", "u")
     assert r.returncode == 2 and "--password-file: cannot read" in r.stderr
 

@@ -369,11 +369,6 @@ def test_acl_refused_alerts_are_kept_reported_and_retried(tmp_path: Path, links:
         b.stop()
 
 
-def _pki(d: Path) -> dict[str, Path]:
-    """The test PKI of tests.pki as a dict, for the tests that still index it (test_alerts_cli*, test_mqtt_status)."""
-    return dataclasses.asdict(make_pki(d))
-
-
 def test_tls_with_ca_and_client_certificate(tmp_path: Path, links: Callable[..., MqttLink],
                                             caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="edge.mqtt")

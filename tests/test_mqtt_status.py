@@ -22,8 +22,9 @@ from edge.outbox import Outbox
 from edge.payloads import ModelRef, StatusInfo
 from edge.topics import Topics
 from tests.mosquitto import Mosquitto
+from tests.pki import make_pki
 from tests.schema_check import ValidatingSubscriber
-from tests.test_mqtt import _pki, make_cfg
+from tests.test_mqtt import make_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = ROOT / "models" / "shelfgap-default.bundle"
@@ -43,8 +44,8 @@ def _link_error(tmp_path: Path, **mqtt: Any) -> str:
 
 
 def test_tls_file_problems_are_config_errors_naming_the_key(tmp_path: Path) -> None:
-    pki = _pki(tmp_path / "pki")
-    ca, cert, key = str(pki["ca"]), str(pki["client"]), str(pki["client_key"])
+    pki = make_pki(tmp_path / "pki")
+    ca, cert, key = str(pki.ca), str(pki.client), str(pki.client_key)
     missing = str(tmp_path / "tls" / "ca.crt")
     assert _link_error(tmp_path, ca_file=missing) == f"mqtt.ca_file: cannot read {missing}: No such file or directory"
     assert _link_error(tmp_path, ca_file=ca, cert_file=str(tmp_path / "nope.crt"), key_file=key) == \
@@ -61,17 +62,17 @@ def test_tls_file_problems_are_config_errors_naming_the_key(tmp_path: Path) -> N
     text.write_text("hello\n")
     assert _link_error(tmp_path, ca_file=str(text)) == f"mqtt.ca_file: {text} is not a PEM file (no -----BEGIN line)"
     der = tmp_path / "ca.der"
-    der.write_bytes(serialization.load_pem_private_key(pki["ca_key"].read_bytes(), None)
+    der.write_bytes(serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
                     .private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                    serialization.NoEncryption()))
     assert "is not a PEM file" in _link_error(tmp_path, ca_file=str(der))
     assert _link_error(tmp_path, ca_file=ca, cert_file=cert, key_file=str(bad)) == \
         f"mqtt.key_file: {bad} holds no PEM private key"
     # a key that does not belong to the certificate, an encrypted key (must not prompt for a passphrase)
-    assert _link_error(tmp_path, ca_file=ca, cert_file=cert, key_file=str(pki["backend_key"])) == \
-        f"mqtt.key_file: {pki['backend_key']} is not the private key of mqtt.cert_file {cert}"
+    assert _link_error(tmp_path, ca_file=ca, cert_file=cert, key_file=str(pki.backend_key)) == \
+        f"mqtt.key_file: {pki.backend_key} is not the private key of mqtt.cert_file {cert}"
     enc = tmp_path / "enc.key"
-    enc.write_bytes(serialization.load_pem_private_key(pki["client_key"].read_bytes(), None).private_bytes(
+    enc.write_bytes(serialization.load_pem_private_key(pki.client_key.read_bytes(), None).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")))
     assert _link_error(tmp_path, ca_file=ca, cert_file=cert, key_file=str(enc)).startswith(
         f"mqtt.key_file: {enc} is encrypted")
