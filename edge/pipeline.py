@@ -167,6 +167,37 @@ class _StagingPool:
             q.put(buf)
 
 
+OUTPUT_BUFFERS = 3  # one being decoded, one queued for the post stage, one being written after the next invoke
+
+
+class _OutputRing:
+    """Preallocated copies of one detector's outputs, reused in turn, so handing outputs on allocates nothing.
+
+    The post stage holds at most two frames' outputs (one being decoded, one queued: the hand-off queue has room for
+    one), so the third buffer is always free when the inference stage writes the next frame's outputs into it.
+    """
+
+    def __init__(self) -> None:
+        self._key: int | None = None
+        self._bufs: list[dict[str, Any]] = []
+        self._next = 0
+
+    def copy(self, det: Any) -> dict[str, Any]:
+        outputs = getattr(det, "outputs", None)
+        if outputs is None:
+            return {}
+        current = outputs()
+        if self._key != id(det):  # a swapped-out model's buffers are dropped with it
+            self._key = id(det)
+            self._bufs = [{k: np.empty_like(v) for k, v in current.items()} for _ in range(OUTPUT_BUFFERS)]
+            self._next = 0
+        dst = self._bufs[self._next]
+        self._next = (self._next + 1) % OUTPUT_BUFFERS
+        for k, v in current.items():
+            np.copyto(dst[k], v)
+        return dst
+
+
 @dataclass
 class Pipeline:
     """Runs the loop until `stop` is set or a finite feed has ended.
@@ -192,9 +223,9 @@ class Pipeline:
         t0 = time.perf_counter()
         det.preprocess(frame.image)
         t1 = time.perf_counter()
-        return self._post(self._invoke(_Prepared(frame, det, None, (t1 - t0) * 1e3, t0), None))
+        return self._post(self._invoke(_Prepared(frame, det, None, (t1 - t0) * 1e3, t0), None, None))
 
-    def _invoke(self, item: _Prepared, pool: _StagingPool | None) -> _Inferred:
+    def _invoke(self, item: _Prepared, pool: _StagingPool | None, ring: _OutputRing | None) -> _Inferred:
         det: Any = item.detector
         t1 = time.perf_counter()
         if item.staging is not None:
@@ -203,7 +234,7 @@ class Pipeline:
                 pool.give_back(det, item.staging)
         t2 = time.perf_counter()
         det.invoke()
-        outs = _copy_outputs(det)
+        outs = ring.copy(det) if ring is not None else _copy_outputs(det)
         t3 = time.perf_counter()
         return _Inferred(item.frame, det, outs, item.prepare_ms + (t2 - t1) * 1e3, (t3 - t2) * 1e3, item.t0)
 
@@ -247,6 +278,7 @@ class Pipeline:
         failure: list[BaseException] = []
         halt = threading.Event()  # the inference stage has left: the prepare stage must not wait for it
         pool = _StagingPool()
+        ring = _OutputRing()
 
         def put(q: queue.Queue[Any], item: Any, alive: Callable[[], bool]) -> bool:
             while alive():
@@ -313,7 +345,7 @@ class Pipeline:
                     continue
                 if item is _END:
                     break
-                if not put(to_post, self._invoke(item, pool), post.is_alive):
+                if not put(to_post, self._invoke(item, pool, ring), post.is_alive):
                     break
         finally:
             halt.set()
