@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import resource
 import sys
 import time
@@ -46,7 +47,9 @@ EXPLAIN: dict[str, str] = {
                     "capture hand-off, resize, invoke, output copy, decode, tracking, and JPEG snapshot + MQTT "
                     "publish for each alert to a local broker. It does more work per frame than the other loops, "
                     "and its threads compete with the interpreter's threads for the same cores, so it can be below "
-                    "naive_fps on a small or busy machine; overlapping stages only pay off when cores are free.",
+                    "naive_fps on a small or busy machine; overlapping stages only pay off when cores are free. "
+                    "With the default `threads` (usable cores - 1) the interpreter keeps its cores and the prepare "
+                    "and post stages share the last one: the pipeline runs at the pace of the slower of the two.",
     "pipeline_over_invoke": "pipeline_fps / invoke_fps: the share of the interpreter ceiling the whole service "
                             "reaches.",
     "pipeline_over_naive": "pipeline_fps / naive_fps: above 1 the threaded pipeline (with tracking and publishing) "
@@ -57,6 +60,14 @@ EXPLAIN: dict[str, str] = {
     "repeat": "with repeat > 1 the fps figures are medians of the runs (each run: detector and naive loops "
               "interleaved in blocks, then the pipeline); `runs` lists each run's figures.",
 }
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (affinity), which bound what overlapping stages can gain."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,7 @@ class BenchResult:
     pipeline_stages_ms: dict[str, dict[str, float | None]] = field(default_factory=dict)
     repeat: int = 1
     runs: list[RunFigures] = field(default_factory=list)
+    cores: int = field(default_factory=usable_cores)
 
     @property
     def pipeline_over_invoke(self) -> float | None:
@@ -417,7 +429,8 @@ def _print_result(r: BenchResult, as_json: bool) -> None:
         print(json.dumps(r.to_json()), flush=True)
         return
     runs = f", median of {r.repeat} runs" if r.repeat > 1 else ""
-    print(f"model {r.model} on {r.runtime}, XNNPACK {'yes' if r.xnnpack else 'NO'}, {r.threads} threads; "
+    print(f"model {r.model} on {r.runtime}, XNNPACK {'yes' if r.xnnpack else 'NO'}, {r.threads} threads "
+          f"on {r.cores} cores; "
           f"{r.frames} frames {r.frame_size[0]}x{r.frame_size[1]} -> {r.input_size[0]}x{r.input_size[1]}{runs}")
     print(f"  invoke_fps    {r.invoke_fps:8.1f}   interpreter alone on a filled tensor: the ceiling")
     pipe = f"{r.pipeline_fps:8.1f}" if r.pipeline_fps is not None else f"{'n/a':>8}"
