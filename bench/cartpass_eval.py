@@ -50,7 +50,9 @@ def decoded_frames(cp: CartPass) -> list[np.ndarray]:
     return frames
 
 
-def run_pass(det: Detector, frames: list[np.ndarray], tracking: TrackingConfig) -> list[dict[str, Any]]:
+def run_pass(
+    det: Detector, frames: list[np.ndarray], tracking: TrackingConfig, events: list[Any] | None = None
+) -> list[dict[str, Any]]:
     tracker = GapTracker(tracking, "bench", None)
     topics = Topics("shelfscout", "bench", "bench")
     alerts = []
@@ -60,7 +62,24 @@ def run_pass(det: Detector, frames: list[np.ndarray], tracking: TrackingConfig) 
         gaps = det.decode(im.shape[1], im.shape[0])
         for ev in tracker.update(Frame(im, i, time.monotonic(), time.time()), gaps):
             alerts.append(alert_payload(ev, topics, ModelRef("m", 0)))
+            if events is not None:
+                events.append(ev)
     return alerts
+
+
+def dump_false_alarms(out: Path, tag: str, frames: list[np.ndarray], events: list[Any], ids: list[str]) -> None:
+    """Each false alarm's frame with its box in red, as `out/{tag}-{alert id}.jpg`, to see what the model took."""
+    out.mkdir(parents=True, exist_ok=True)
+    for ev in events:
+        if ev.event != "opened" or ev.alert_id not in ids:
+            continue
+        im = cv2.cvtColor(frames[ev.frame_index], cv2.COLOR_RGB2BGR)
+        h, w = im.shape[:2]
+        x0, y0, x1, y1 = ev.bbox_norm
+        cv2.rectangle(im, (round(x0 * w), round(y0 * h)), (round(x1 * w), round(y1 * h)), (0, 0, 255), 2)
+        cv2.putText(im, f"{ev.confidence:.2f}", (round(x0 * w), max(12, round(y0 * h) - 4)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1)
+        cv2.imwrite(str(out / f"{tag}-{ev.alert_id}.jpg"), im)
 
 
 def main() -> None:
@@ -70,6 +89,7 @@ def main() -> None:
     ap.add_argument("--thresholds", type=float, nargs="*", default=[])
     ap.add_argument("--model", default=None)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--dump", type=Path, default=None, help="write each false alarm's frame, box marked, here")
     args = ap.parse_args()
     cfg = Config()
     bundle = load_model(cfg, args.model)
@@ -81,8 +101,11 @@ def main() -> None:
     for thr in thresholds:
         det = Detector(bundle, score_threshold=thr)
         tot: dict[str, int] = {"gaps": 0, "alerted": 0, "duplicates": 0, "false_alarms": 0}
-        for cp, frames in zip(passes, decoded, strict=True):
-            s = score_pass(cp, run_pass(det, frames, dataclasses.replace(cfg.tracking)))
+        for k, (cp, frames) in enumerate(zip(passes, decoded, strict=True)):
+            events: list[Any] = []
+            s = score_pass(cp, run_pass(det, frames, dataclasses.replace(cfg.tracking), events))
+            if args.dump is not None:
+                dump_false_alarms(args.dump, f"t{thr:.2f}-pass{args.seed + k}", frames, events, s.false_alarms)
             tot["gaps"] += len(s.true_gaps)
             tot["alerted"] += len(s.found)
             tot["duplicates"] += len(s.duplicates)
