@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import json
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,10 @@ import cv2
 import numpy as np
 
 from convert.cartpass import CartPass, aisle_length_for, make_aisle, render_cart_pass
-from convert.passcheck import score_pass
+from convert.passcheck import dump_alert_frames, replay_pass, score_pass
 from edge.app import load_model
-from edge.config import Config, TrackingConfig
+from edge.config import Config
 from edge.detector import Detector
-from edge.payloads import ModelRef, alert_payload
-from edge.topics import Topics
-from edge.tracker import GapTracker
-from edge.types import Frame
 
 
 def render(seed: int, work: Path, seconds: float = 12.0) -> CartPass:
@@ -48,38 +43,6 @@ def decoded_frames(cp: CartPass) -> list[np.ndarray]:
         frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     cap.release()
     return frames
-
-
-def run_pass(
-    det: Detector, frames: list[np.ndarray], tracking: TrackingConfig, events: list[Any] | None = None
-) -> list[dict[str, Any]]:
-    tracker = GapTracker(tracking, "bench", None)
-    topics = Topics("shelfscout", "bench", "bench")
-    alerts = []
-    for i, im in enumerate(frames):
-        det.preprocess(im)
-        det.invoke()
-        gaps = det.decode(im.shape[1], im.shape[0])
-        for ev in tracker.update(Frame(im, i, time.monotonic(), time.time()), gaps):
-            alerts.append(alert_payload(ev, topics, ModelRef("m", 0)))
-            if events is not None:
-                events.append(ev)
-    return alerts
-
-
-def dump_false_alarms(out: Path, tag: str, frames: list[np.ndarray], events: list[Any], ids: list[str]) -> None:
-    """Each false alarm's frame with its box in red, as `out/{tag}-{alert id}.jpg`, to see what the model took."""
-    out.mkdir(parents=True, exist_ok=True)
-    for ev in events:
-        if ev.event != "opened" or ev.alert_id not in ids:
-            continue
-        im = cv2.cvtColor(frames[ev.frame_index], cv2.COLOR_RGB2BGR)
-        h, w = im.shape[:2]
-        x0, y0, x1, y1 = ev.bbox_norm
-        cv2.rectangle(im, (round(x0 * w), round(y0 * h)), (round(x1 * w), round(y1 * h)), (0, 0, 255), 2)
-        cv2.putText(im, f"{ev.confidence:.2f}", (round(x0 * w), max(12, round(y0 * h) - 4)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1)
-        cv2.imwrite(str(out / f"{tag}-{ev.alert_id}.jpg"), im)
 
 
 def main() -> None:
@@ -103,9 +66,9 @@ def main() -> None:
         tot: dict[str, int] = {"gaps": 0, "alerted": 0, "duplicates": 0, "false_alarms": 0}
         for k, (cp, frames) in enumerate(zip(passes, decoded, strict=True)):
             events: list[Any] = []
-            s = score_pass(cp, run_pass(det, frames, dataclasses.replace(cfg.tracking), events))
+            s = score_pass(cp, replay_pass(det, frames, dataclasses.replace(cfg.tracking), events))
             if args.dump is not None:
-                dump_false_alarms(args.dump, f"t{thr:.2f}-pass{args.seed + k}", frames, events, s.false_alarms)
+                dump_alert_frames(args.dump, f"t{thr:.2f}-pass{args.seed + k}", frames, events, s.false_alarms)
             tot["gaps"] += len(s.true_gaps)
             tot["alerted"] += len(s.found)
             tot["duplicates"] += len(s.duplicates)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from convert.cartpass import CartPass
 
@@ -74,3 +78,48 @@ def score_pass(cp: CartPass, alerts: Iterable[Mapping[str, Any]]) -> PassScore:
         else:
             result.matched.setdefault(gap, []).append(a["id"])
     return result
+
+
+def replay_pass(
+    det: Any, frames: Sequence[np.ndarray], tracking: Any, events: list[Any] | None = None
+) -> list[dict[str, Any]]:
+    """Run the model and a fresh GapTracker over a pass's RGB frames, serially; returns the alert payloads.
+
+    `det` is an edge.detector.Detector; `events`, when given, collects the raw AlertEvents (for dumping frames).
+    """
+    from edge.payloads import ModelRef, alert_payload
+    from edge.topics import Topics
+    from edge.tracker import GapTracker
+    from edge.types import Frame
+
+    tracker = GapTracker(tracking, "bench", None)
+    topics = Topics("shelfscout", "bench", "bench")
+    alerts = []
+    for i, im in enumerate(frames):
+        det.preprocess(im)
+        det.invoke()
+        gaps = det.decode(im.shape[1], im.shape[0])
+        for ev in tracker.update(Frame(im, i, time.monotonic(), time.time()), gaps):
+            alerts.append(alert_payload(ev, topics, ModelRef("m", 0)))
+            if events is not None:
+                events.append(ev)
+    return alerts
+
+
+def dump_alert_frames(out: Path, tag: str, frames: Sequence[np.ndarray], events: Iterable[Any],
+                      ids: Iterable[str]) -> None:
+    """The frame of each `opened` alert in `ids`, its box in red and its score, as `out/{tag}-{alert id}.jpg`."""
+    import cv2
+
+    wanted = set(ids)
+    out.mkdir(parents=True, exist_ok=True)
+    for ev in events:
+        if ev.event != "opened" or ev.alert_id not in wanted:
+            continue
+        im = cv2.cvtColor(frames[ev.frame_index], cv2.COLOR_RGB2BGR)
+        h, w = im.shape[:2]
+        x0, y0, x1, y1 = ev.bbox_norm
+        cv2.rectangle(im, (round(x0 * w), round(y0 * h)), (round(x1 * w), round(y1 * h)), (0, 0, 255), 2)
+        cv2.putText(im, f"{ev.confidence:.2f}", (round(x0 * w), max(12, round(y0 * h) - 4)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1)
+        cv2.imwrite(str(out / f"{tag}-{ev.alert_id}.jpg"), im)
