@@ -248,6 +248,11 @@ class Detector:
         """Run the model on the current input tensor (the runtime releases the GIL while it runs)."""
         self._interpreter.invoke()
 
+    @property
+    def outputs_always_finite(self) -> bool:
+        """Every output is an integer tensor, so its dequantized values cannot be NaN or infinite."""
+        return all(o.quantized for o in self._outputs)
+
     def raw_outputs(self) -> dict[str, np.ndarray]:
         """Copies of the raw (quantized) output tensors by manifest name."""
         out = {}

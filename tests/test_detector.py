@@ -253,3 +253,9 @@ def test_wrap_refuses_what_it_cannot_wrap(tmp_path_factory: pytest.TempPathFacto
     with pytest.raises(ValueError, match="4 outputs"):
         wrap_external_model(model, "ssd", "x", 1, ["empty"], tmp_path / "x.bundle", None)
     assert not (tmp_path / "x.bundle").exists()
+
+
+def test_only_integer_outputs_skip_the_nan_scan(tiny: Bundle, tiny_float_io: Bundle) -> None:
+    """The pipeline scans outputs for NaN/inf (an OTA probation failure) only where they can occur: float tensors."""
+    assert Detector(tiny, threads=1).outputs_always_finite
+    assert not Detector(tiny_float_io, threads=1).outputs_always_finite
