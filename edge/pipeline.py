@@ -376,7 +376,12 @@ def _decode(det: Any, outputs: dict[str, Any], w: int, h: int) -> list[Gap]:
 
 
 class MemorySource:
-    """A finite FrameSource over frames held in memory, cycled until `count` frames were read (for bench)."""
+    """A finite FrameSource over frames held in memory, played forth and back until `count` were read (for bench).
+
+    Forth and back, not round: jumping from the last frame to the first is a hard cut that a camera never makes, and
+    the tracker answers a cut by looking for ArUco markers on every frame for a while (measured: a third more
+    marker detections in a 1,500-frame bench run over 48 distinct frames played round).
+    """
 
     def __init__(self, frames: Sequence[Any], count: int, fps: float | None = None):
         if not frames:
@@ -394,9 +399,10 @@ class MemorySource:
     def read(self) -> Any:
         if self._i >= self.count:
             return None
-        f = self.frames[self._i % len(self.frames)]
+        n = len(self.frames)
+        k = self._i % (2 * n - 2) if n > 1 else 0
         self._i += 1
-        return f
+        return self.frames[k if k < n else 2 * n - 2 - k]
 
     def close(self) -> None:
         pass

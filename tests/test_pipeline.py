@@ -160,3 +160,16 @@ def test_a_failing_stage_surfaces_and_stops(images: list[np.ndarray]) -> None:
     with pytest.raises(RuntimeError, match="tracker exploded"):
         pipe.run(threading.Event())
     assert pipe.stats.frames == 7
+
+
+def test_memory_source_plays_forth_and_back_without_a_cut() -> None:
+    from edge.pipeline import MemorySource
+
+    src = MemorySource(["a", "b", "c"], count=9)
+    src.open()
+    got = [src.read() for _ in range(10)]
+    # consecutive frames are always neighbours in the recording: no jump from the last frame to the first
+    assert got == ["a", "b", "c", "b", "a", "b", "c", "b", "a", None]
+    one = MemorySource(["x"], count=2)
+    one.open()
+    assert [one.read(), one.read(), one.read()] == ["x", "x", None]
