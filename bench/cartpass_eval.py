@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from convert.cartpass import CartPass, aisle_length_for, make_aisle, render_cart_pass
-from convert.passcheck import dump_alert_frames, replay_pass, score_pass
+from convert.passcheck import PassTally, dump_alert_frames, replay_pass, score_pass
 from edge.app import load_model
 from edge.config import Config
 from edge.detector import Detector
@@ -63,23 +63,16 @@ def main() -> None:
     rows = []
     for thr in thresholds:
         det = Detector(bundle, score_threshold=thr)
-        tot: dict[str, int] = {"gaps": 0, "alerted": 0, "duplicates": 0, "false_alarms": 0}
+        tally = PassTally()
         for k, (cp, frames) in enumerate(zip(passes, decoded, strict=True)):
             events: list[Any] = []
             s = score_pass(cp, replay_pass(det, frames, dataclasses.replace(cfg.tracking), events))
+            tally.add(s)
             if args.dump is not None:
                 dump_alert_frames(args.dump, f"t{thr:.2f}-pass{args.seed + k}", frames, events, s.false_alarms)
-            tot["gaps"] += len(s.true_gaps)
-            tot["alerted"] += len(s.found)
-            tot["duplicates"] += len(s.duplicates)
-            tot["false_alarms"] += len(s.false_alarms)
-        row = {"threshold": thr, **tot, "recall": round(tot["alerted"] / max(1, tot["gaps"]), 3),
-               "false_alarms_per_pass": round(tot["false_alarms"] / len(passes), 2)}
-        rows.append(row)
+        rows.append(tally.row(thr))
         if not args.json:
-            print(f"threshold {thr:.2f}: {tot['alerted']}/{tot['gaps']} gaps alerted (recall {row['recall']:.2f}), "
-                  f"{tot['duplicates']} duplicated, {tot['false_alarms']} false alarms "
-                  f"({row['false_alarms_per_pass']} per pass)", flush=True)
+            print(tally.line(thr), flush=True)
     if args.json:
         print(json.dumps({"model": f"{bundle.manifest.name} v{bundle.manifest.version}", "passes": len(passes),
                           "rows": rows}))

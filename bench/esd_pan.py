@@ -24,7 +24,7 @@ import numpy as np
 
 from convert.cartpass import MIN_VISIBLE, AisleGap, CartPass, FrameGap, FrameTruth
 from convert.dataset import list_yolo_images, load_yolo_folder
-from convert.passcheck import dump_alert_frames, replay_pass, score_pass
+from convert.passcheck import PassTally, dump_alert_frames, replay_pass, score_pass
 from edge.app import load_model
 from edge.config import Config
 from edge.detector import Detector
@@ -98,25 +98,17 @@ def main() -> None:
     rows = []
     for thr in thresholds:
         det = Detector(bundle, score_threshold=thr)
-        tot = {"gaps": 0, "alerted": 0, "duplicates": 0, "false_alarms": 0, "frames": 0}
+        tally = PassTally()
         for k, (cp, frames) in enumerate(passes):
             events: list[Any] = []
             s = score_pass(cp, replay_pass(det, frames, replace(cfg.tracking), events))
-            tot["gaps"] += len(s.true_gaps)
-            tot["alerted"] += len(s.found)
-            tot["duplicates"] += len(s.duplicates)
-            tot["false_alarms"] += len(s.false_alarms)
-            tot["frames"] += len(frames)
+            tally.add(s)
             if args.dump is not None:
                 dump_alert_frames(args.dump, f"t{thr:.2f}-pass{k}", frames, events, s.false_alarms)
-        row = {"threshold": thr, **tot, "recall": round(tot["alerted"] / max(1, tot["gaps"]), 3),
-               "false_alarms_per_pass": round(tot["false_alarms"] / len(passes), 2),
-               "duplicate_rate": round(tot["duplicates"] / max(1, tot["alerted"]), 3)}
-        rows.append(row)
+        rows.append(tally.row(thr))
         if not args.json:
-            print(f"threshold {thr:.2f}: {tot['alerted']}/{tot['gaps']} labelled gaps alerted "
-                  f"(recall {row['recall']:.2f}), {tot['duplicates']} duplicated, {tot['false_alarms']} alerts on "
-                  f"no labelled gap ({row['false_alarms_per_pass']} per pass of {args.photos} photos)", flush=True)
+            print(tally.line(thr, "labelled gaps", f"alerts on no labelled gap, passes of {args.photos} photos"),
+                  flush=True)
     if args.json:
         print(json.dumps({"model": f"{bundle.manifest.name} v{bundle.manifest.version}", "passes": len(passes),
                           "photos_per_pass": args.photos, "rows": rows}))

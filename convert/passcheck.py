@@ -38,6 +38,40 @@ class PassScore:
                 f"{len(self.false_alarms)} false alarms")
 
 
+@dataclass
+class PassTally:
+    """Scores of several passes added up, for a benchmark row."""
+
+    passes: int = 0
+    gaps: int = 0
+    alerted: int = 0
+    duplicates: int = 0
+    false_alarms: int = 0
+
+    def add(self, s: PassScore) -> None:
+        self.passes += 1
+        self.gaps += len(s.true_gaps)
+        self.alerted += len(s.found)
+        self.duplicates += len(s.duplicates)
+        self.false_alarms += len(s.false_alarms)
+
+    def row(self, threshold: float) -> dict[str, Any]:
+        return {
+            "threshold": threshold,
+            "gaps": self.gaps,
+            "alerted": self.alerted,
+            "duplicates": self.duplicates,
+            "false_alarms": self.false_alarms,
+            "recall": round(self.alerted / max(1, self.gaps), 3),
+            "false_alarms_per_pass": round(self.false_alarms / max(1, self.passes), 2),
+        }
+
+    def line(self, threshold: float, gap_word: str = "gaps", fa_words: str = "false alarms") -> str:
+        r = self.row(threshold)
+        return (f"threshold {threshold:.2f}: {self.alerted}/{self.gaps} {gap_word} alerted (recall {r['recall']:.2f}), "
+                f"{self.duplicates} duplicated, {self.false_alarms} {fa_words} ({r['false_alarms_per_pass']} per pass)")
+
+
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
