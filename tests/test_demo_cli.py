@@ -1,0 +1,60 @@
+"""`shelfscout demo` end to end (what `make demo` runs): embedded amqtt broker, the real service and model, alerts
+received, summary and contact sheet written; also panning across a folder of labelled photos (generated here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from convert.synth import make_shelf_image, yolo_lines
+from edge.bundle import DEFAULT_BUNDLE
+
+pytestmark = pytest.mark.skipif(not DEFAULT_BUNDLE.exists(), reason="the default model bundle has not been built")
+
+
+def _demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge", "demo", "--fast", "--no-preview", *args],
+                          capture_output=True, text=True, timeout=240)
+
+
+def test_demo_on_a_generated_aisle(tmp_path: Path) -> None:
+    r = _demo("--seconds", "8", "--gaps", "3", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["labelled"] and summary["true_gaps"] == 3 and summary["exit_code"] == 0
+    assert summary["gaps_alerted"], r.stdout  # the shipped model finds gaps on the scene it was made for
+    assert not summary["duplicates"]
+    assert "ALERT opened" in r.stdout and "done:" in r.stdout
+    snaps = list((tmp_path / "snapshots").glob("*.jpg"))
+    assert len(snaps) == summary["alerts_opened"] and (tmp_path / "alerts.jpg").is_file()
+    assert all(cv2.imread(str(p)) is not None for p in snaps)
+
+
+def test_demo_pans_across_a_folder_of_photos(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    (photos / "images").mkdir(parents=True)
+    (photos / "labels").mkdir()
+    rng = np.random.default_rng(11)
+    for i in range(3):
+        s = make_shelf_image(rng, 416, 416)
+        cv2.imwrite(str(photos / "images" / f"s{i}.jpg"), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
+        (photos / "labels" / f"s{i}.txt").write_text(yolo_lines(s.boxes, 416, 416))
+    out = tmp_path / "out"
+    r = _demo("--photos", str(photos), "--photos-count", "3", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "panning across 3 photos" in r.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["source"] == str(photos) and summary["labelled"]
+    assert summary["true_gaps"] > 0 and summary["gaps_alerted"] and not summary["duplicates"]
+
+
+def test_demo_photos_folder_errors_are_one_line(tmp_path: Path) -> None:
+    r = _demo("--photos", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
+    assert r.returncode != 0
+    assert "--photos:" in r.stderr and "no photos" in r.stderr and "Traceback" not in r.stderr
