@@ -293,6 +293,7 @@ class Pipeline:
             return False
 
         def prepare_loop() -> None:
+            cpu0 = time.thread_time()
             try:
                 while not (stop.is_set() or halt.is_set()):
                     if self.heartbeat is not None:
@@ -320,24 +321,30 @@ class Pipeline:
             except BaseException as e:  # surfaced on the calling thread
                 failure.append(e)
             finally:
+                self.stats.thread_cpu_s["prepare"] = time.thread_time() - cpu0
                 put(to_infer, _END, lambda: not halt.is_set())
 
         def post_loop() -> None:
-            while True:
-                item = to_post.get()
-                if item is _END:
-                    return
-                try:
-                    self._post(item)
-                except BaseException as e:  # surfaced on the calling thread, which then stops
-                    failure.append(e)
-                    halt.set()
-                    return
+            cpu0 = time.thread_time()
+            try:
+                while True:
+                    item = to_post.get()
+                    if item is _END:
+                        return
+                    try:
+                        self._post(item)
+                    except BaseException as e:  # surfaced on the calling thread, which then stops
+                        failure.append(e)
+                        halt.set()
+                        return
+            finally:
+                self.stats.thread_cpu_s["post"] = time.thread_time() - cpu0
 
         post = threading.Thread(target=post_loop, name="postprocess", daemon=True)
         prep = threading.Thread(target=prepare_loop, name="prepare", daemon=True)
         post.start()
         prep.start()
+        cpu0 = time.thread_time()  # this thread is the inference stage
         try:
             while not halt.is_set():
                 try:
@@ -351,6 +358,7 @@ class Pipeline:
                 if not put(to_post, self._invoke(item, pool, ring), post.is_alive):
                     break
         finally:
+            self.stats.thread_cpu_s["infer"] = time.thread_time() - cpu0
             halt.set()
             prep.join()
             # the post stage finishes every frame already inferred: their alerts must be committed
@@ -482,4 +490,6 @@ def bench_pipeline(frames: Sequence[Any], detector: GapDetector, n: int = 300) -
         "alerts": s.alerts_opened + s.alerts_cleared,
         "broker": broker,
         "stages_ms": s.stage_percentiles(),
+        # CPU per frame by stage thread: their sum over the usable cores bounds pipeline_fps from above
+        "cpu_ms_per_frame": s.cpu_ms_per_frame(),
     }

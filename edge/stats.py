@@ -79,6 +79,12 @@ class PipelineStats:
         self.track = LatencyWindow()
         self.total = LatencyWindow()
         self.started = time.monotonic()
+        self.thread_cpu_s: dict[str, float] = {}  # CPU seconds each stage thread used in its last run
+
+    def cpu_ms_per_frame(self) -> dict[str, float]:
+        """CPU milliseconds per processed frame, by stage thread (what the stages cost the cores, waits excluded)."""
+        n = max(1, self.frames)
+        return {k: round(v * 1e3 / n, 3) for k, v in self.thread_cpu_s.items()}
 
     def stage_percentiles(self) -> dict[str, dict[str, float | None]]:
         stages = {"preprocess": self.preprocess, "invoke": self.invoke, "decode": self.decode,

@@ -118,6 +118,8 @@ def test_every_frame_once_in_order_with_a_swap_between_frames(images: list[np.nd
     assert any(n > 0 for _, n in tracker.seen), "the real model found no gap in a pass with gaps"
     p = pipe.stats.stage_percentiles()
     assert p["invoke"]["p50"] is not None and p["invoke"]["p50"] > 0
+    cpu = pipe.stats.cpu_ms_per_frame()  # each stage thread measured its own CPU time
+    assert set(cpu) == {"prepare", "infer", "post"} and all(v > 0 for v in cpu.values())
 
 
 class GapRecorder:

@@ -15,7 +15,6 @@ interleaved, and reports the medians. `EXPLAIN` (also in the JSON) says what eac
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import resource
@@ -57,6 +56,11 @@ EXPLAIN: dict[str, str] = {
     "pipeline_stages_ms": "the pipeline's own per-frame stage percentiles; its `total` is the latency from the start "
                           "of preprocessing to the end of tracking/publishing, queue waits between threads included, "
                           "so it exceeds the sum of the stages.",
+    "pipeline_cpu_ms_per_frame": "CPU time per frame of each pipeline stage thread (prepare, infer with the "
+                                 "interpreter's own threads not counted, post): what each stage costs the cores.",
+    "pipeline_cpu_bound_fps": "usable cores x 1000 / the sum of pipeline_cpu_ms_per_frame: the frame rate the "
+                              "pipeline's CPU work allows if every core were busy all the time; pipeline_fps cannot "
+                              "exceed it, whatever the threading.",
     "repeat": "with repeat > 1 the fps figures are medians of the runs (each run: detector and naive loops "
               "interleaved in blocks, then the pipeline); `runs` lists each run's figures.",
 }
@@ -143,6 +147,17 @@ class BenchResult:
     cores: int = field(default_factory=usable_cores)
 
     @property
+    def pipeline_cpu_ms_per_frame(self) -> dict[str, float]:
+        """CPU ms per frame by pipeline stage thread (from the median pipeline run)."""
+        return dict((self.pipeline or {}).get("cpu_ms_per_frame") or {})
+
+    @property
+    def pipeline_cpu_bound_fps(self) -> float | None:
+        """The most frames/s the pipeline's CPU work per frame allows on the usable cores (all busy, no waits)."""
+        total = sum(self.pipeline_cpu_ms_per_frame.values())
+        return round(1000.0 * self.cores / total, 1) if total > 0 else None
+
+    @property
     def pipeline_over_invoke(self) -> float | None:
         return _ratio(self.pipeline_fps, self.invoke_fps)
 
@@ -155,6 +170,8 @@ class BenchResult:
         d["stages_ms"] = {k: asdict(v) for k, v in self.stages_ms.items()}
         d["pipeline_over_invoke"] = self.pipeline_over_invoke
         d["pipeline_over_naive"] = self.pipeline_over_naive
+        d["pipeline_cpu_ms_per_frame"] = self.pipeline_cpu_ms_per_frame
+        d["pipeline_cpu_bound_fps"] = self.pipeline_cpu_bound_fps
         d["ratios"] = {
             "pipeline_over_invoke": self.pipeline_over_invoke,
             "pipeline_over_naive": self.pipeline_over_naive,
@@ -259,29 +276,11 @@ class NaiveLoop:
 
 
 def _pipeline_bench(frames: Sequence[np.ndarray], det: Any, n: int) -> tuple[float | None, dict[str, Any] | None, str]:
-    """Run `edge.pipeline.bench_pipeline` when the pipeline module provides it."""
-    try:
-        from edge import pipeline
-    except ImportError as e:
-        return None, None, f"edge.pipeline is not importable ({e})"
-    fn: Callable[..., Any] | None = getattr(pipeline, "bench_pipeline", None)
-    if fn is None:
-        return None, None, "edge.pipeline.bench_pipeline does not exist yet, so pipeline_fps is null"
-    params = inspect.signature(fn).parameters
-    kwargs: dict[str, Any] = {}
-    for key in ("n", "n_frames", "count", "frames_count"):
-        if key in params:
-            kwargs[key] = n
-            break
-    out = fn(list(frames), det, **kwargs)
-    if isinstance(out, (int, float)):
-        return float(out), None, ""
-    if isinstance(out, dict):
-        fps = out.get("pipeline_fps", out.get("fps"))
-        return (float(fps) if fps is not None else None), out, ""
-    fps = getattr(out, "pipeline_fps", getattr(out, "fps", None))
-    extra = asdict(out) if hasattr(out, "__dataclass_fields__") else None
-    return (float(fps) if fps is not None else None), extra, ""
+    """The service's threaded pipeline on the same frames (`edge.pipeline.bench_pipeline`)."""
+    from edge.pipeline import bench_pipeline
+
+    out = bench_pipeline(list(frames), det, n)
+    return out["pipeline_fps"], out, ""
 
 
 def run_bench(
@@ -442,6 +441,9 @@ def _print_result(r: BenchResult, as_json: bool) -> None:
     if r.pipeline_over_invoke is not None:
         print(f"  pipeline/invoke {r.pipeline_over_invoke:.2f}, pipeline/naive {r.pipeline_over_naive:.2f} "
               "(the pipeline also tracks and publishes, and shares the cores with the interpreter)")
+    if r.pipeline_cpu_ms_per_frame:
+        cells = ", ".join(f"{k} {v:.2f}" for k, v in r.pipeline_cpu_ms_per_frame.items())
+        print(f"  pipeline CPU ms/frame: {cells}; at most {r.pipeline_cpu_bound_fps} fps on {r.cores} cores")
     for k, q in r.stages_ms.items():
         print(f"  {k:<15} p50 {q.p50:7.2f} ms  p95 {q.p95:7.2f} ms  min {q.min:7.2f} ms")
     for k, qs in r.pipeline_stages_ms.items():
