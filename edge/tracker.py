@@ -128,7 +128,7 @@ class GapTracker:
         device: str,
         state_path: Path | None = None,
         *,
-        marker_every: int = 5,
+        marker_every: int = 10,
         min_score: float = 0.0,
         min_response: float = 0.2,
         in_view: float = 0.5,
