@@ -26,6 +26,7 @@ import numpy as np
 
 from edge.bundle import GOLDEN, Bundle, BundleError, Manifest
 from edge.decoders import DECODERS
+from edge.resize import AreaResizer
 from edge.runtime import RuntimeInfo, make_interpreter
 from edge.types import Gap
 
@@ -107,6 +108,7 @@ class Detector:
         self._in_dtype = _dtype_name(in_detail["dtype"])
         self._lut = self._pixel_lut()
         self._bgr = spec.color.upper() == "BGR"
+        self._resizer: AreaResizer | None = None  # INTER_AREA for the last frame size (one preparing thread)
         # float inputs need one uint8 scratch image; quantized ones are written in place
         self._scratch = (
             np.empty((spec.height, spec.width, 3), np.uint8) if self._in_dtype not in _QUANT_INPUTS else None
@@ -223,10 +225,17 @@ class Detector:
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 RGB image, got {image_rgb.dtype} {image_rgb.shape}")
         w, h = self.input_size
-        interp = resize_interpolation(image_rgb.shape[1], image_rgb.shape[0], w, h)
-        out = cv2.resize(image_rgb, (w, h), dst=dst, interpolation=interp)
-        if out is not dst and out.ctypes.data != dst.ctypes.data:  # OpenCV allocated instead of writing in place
-            np.copyto(dst, out)
+        src_w, src_h = image_rgb.shape[1], image_rgb.shape[0]
+        interp = resize_interpolation(src_w, src_h, w, h)
+        if interp == cv2.INTER_AREA:
+            resizer = self._resizer
+            if resizer is None or resizer.src != (src_w, src_h):
+                resizer = self._resizer = AreaResizer(src_w, src_h, w, h)
+            resizer(image_rgb, dst)
+        else:
+            out = cv2.resize(image_rgb, (w, h), dst=dst, interpolation=interp)
+            if out is not dst and out.ctypes.data != dst.ctypes.data:  # OpenCV allocated instead of in place
+                np.copyto(dst, out)
         if self._bgr:
             cv2.cvtColor(dst, cv2.COLOR_RGB2BGR, dst=dst)
         if self._lut is not None:

@@ -1,0 +1,86 @@
+"""Shrinks camera frames to the model input as cv2.INTER_AREA does, about 3x faster for 4:3 frames into a square input.
+
+INTER_AREA (what the model was trained on) averages the source pixels each output pixel covers, and that average is
+separable: rows first, then columns. OpenCV's generic INTER_AREA path does not exploit it for a non-integer ratio
+such as 640x480 -> 320x320 (1.3-1.7 ms here). When the width shrinks by exactly 2 and the height by a ratio p/q
+in (1, 2), each output row is a weighted sum of at most two source rows, with weights that repeat every q rows:
+one `cv2.addWeighted` per row phase over strided row views does the height, and a 2:1 bilinear resize (which at
+exactly 2x is the mean of each pixel pair) does the width (0.5 ms). Rounding twice puts a pixel at most 1 grey
+level away from cv2.INTER_AREA. Any other geometry uses cv2.INTER_AREA itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import cv2
+import numpy as np
+
+MAX_PHASES = 8  # q of the height ratio p/q: the row pattern repeats every q output rows
+
+
+@dataclass(frozen=True)
+class _Phase:
+    """Output rows r, r+q, r+2q, ... = w0 * source row (m*p + o0) + w1 * source row (m*p + o1)."""
+
+    r: int
+    o0: int
+    w0: float
+    o1: int
+    w1: float
+
+
+def _row_phases(src_h: int, dst_h: int) -> tuple[int, int, list[_Phase]] | None:
+    """(p, q, phases) for a height shrink p/q in (1, 2) with q <= MAX_PHASES, else None (an integer ratio is
+    OpenCV's own fast path already)."""
+    f = Fraction(src_h, dst_h)
+    if not 1 < f < 2 or f.denominator > MAX_PHASES:
+        return None
+    p, q = f.numerator, f.denominator
+    phases = []
+    for r in range(q):
+        lo, hi = r * f, (r + 1) * f  # the source-row interval output row r covers, in rows from m*p
+        rows = []
+        k = int(lo)
+        while k < hi:
+            overlap = min(hi, Fraction(k + 1)) - max(lo, Fraction(k))
+            if overlap > 0:
+                rows.append((k, float(overlap / f)))
+            k += 1
+        if len(rows) == 1:
+            rows.append((rows[0][0], 0.0))
+        if len(rows) != 2:
+            return None
+        (o0, w0), (o1, w1) = rows
+        phases.append(_Phase(r, o0, w0, o1, w1))
+    return p, q, phases
+
+
+class AreaResizer:
+    """INTER_AREA from (src_w, src_h) RGB frames into (dst_w, dst_h) buffers, separably where the sizes allow it."""
+
+    def __init__(self, src_w: int, src_h: int, dst_w: int, dst_h: int):
+        self.src = (src_w, src_h)
+        self.dst = (dst_w, dst_h)
+        plan = _row_phases(src_h, dst_h) if src_w == 2 * dst_w else None
+        self.separable = plan is not None
+        self._p, self._q, self._phases = plan if plan is not None else (0, 0, [])
+        self._mid = np.empty((dst_h, src_w, 3), np.uint8) if plan is not None else np.empty((0, 0, 3), np.uint8)
+
+    def __call__(self, src: np.ndarray, dst: np.ndarray) -> None:
+        """Write the shrunk `src` (HxWx3 uint8, C-contiguous) into `dst` (hxwx3 uint8)."""
+        if not self.separable:
+            out = cv2.resize(src, self.dst, dst=dst, interpolation=cv2.INTER_AREA)
+            if out.ctypes.data != dst.ctypes.data:  # OpenCV allocated instead of writing in place
+                np.copyto(dst, out)
+            return
+        w, _ = self.src
+        groups = self.dst[1] // self._q
+        rows = np.ascontiguousarray(src).reshape(groups, self._p, w, 3)
+        mid = self._mid.reshape(groups, self._q, w, 3)
+        for ph in self._phases:
+            cv2.addWeighted(rows[:, ph.o0], ph.w0, rows[:, ph.o1], ph.w1, 0.0, dst=mid[:, ph.r])
+        out = cv2.resize(self._mid, self.dst, dst=dst, interpolation=cv2.INTER_LINEAR)  # exactly 2:1 = pair mean
+        if out.ctypes.data != dst.ctypes.data:
+            np.copyto(dst, out)
