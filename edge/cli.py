@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "edge.commands.bench",
     "edge.commands.config_cmd",
     "edge.commands.model_cmd",
+    "edge.commands.markers",
     "convert.synth_cmd",
     "convert.commands",
     "convert.release_cmd",
