@@ -133,6 +133,33 @@ def tune_process() -> None:
     cv2.setNumThreads(1)  # OpenCV's own pool would compete with the interpreter's threads on a small board
 
 
+class _Handoff:
+    """A one-slot hand-off between two stage threads, built on C-level SimpleQueues (a token for the free slot, and
+    the item): the same at-most-one-waiting semantics as queue.Queue(maxsize=1) without its Python-level locks."""
+
+    def __init__(self) -> None:
+        self._slot: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._slot.put(True)
+
+    def put(self, item: Any, timeout: float) -> None:
+        """Wait up to `timeout` s for the slot to be free, then hand `item` on; raises queue.Full otherwise."""
+        try:
+            self._slot.get(timeout=timeout)
+        except queue.Empty:
+            raise queue.Full from None
+        self._items.put(item)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The waiting item (raises queue.Empty after `timeout` s); frees the slot for the next one."""
+        item = self._items.get(timeout=timeout)
+        self._slot.put(True)
+        return item
+
+    def empty(self) -> bool:
+        return self._items.empty()
+
+
 _END = object()
 STAGING_BUFFERS = 3  # one being filled, one queued, one being loaded into the tensor
 
@@ -269,14 +296,14 @@ class Pipeline:
         return gaps
 
     def run(self, stop: threading.Event) -> None:
-        to_infer: queue.Queue[Any] = queue.Queue(maxsize=1)
-        to_post: queue.Queue[Any] = queue.Queue(maxsize=1)
+        to_infer = _Handoff()
+        to_post = _Handoff()
         failure: list[BaseException] = []
         halt = threading.Event()  # the inference stage has left: the prepare stage must not wait for it
         pool = _StagingPool()
         ring = _OutputRing()
 
-        def put(q: queue.Queue[Any], item: Any, alive: Callable[[], bool]) -> bool:
+        def put(q: _Handoff, item: Any, alive: Callable[[], bool]) -> bool:
             while alive():
                 try:
                     q.put(item, timeout=0.2)
