@@ -86,11 +86,31 @@ class BuildReport:
         return json.dumps(asdict(self), indent=2)
 
 
+SYNTH_STAMP = "generator.json"
+
+
+def generator_stamp(n: int, seed: int) -> dict[str, Any]:
+    """What a generated folder depends on: count, seed and the generator's source (a changed generator regenerates)."""
+    import hashlib
+
+    import convert.synth
+
+    src = Path(convert.synth.__file__).read_bytes()
+    return {"n": n, "seed": seed, "synth_sha256": hashlib.sha256(src).hexdigest()}
+
+
 def synth_folder(path: Path, n: int, seed: int, workers: int, progress: bool) -> Path:
-    """A generated YOLO folder with n images, reused when it is already complete."""
+    """A generated YOLO folder with n images, reused only when complete and made by this generator and seed."""
     from convert.synth import write_yolo_dataset
 
-    if (path / "images").is_dir() and len(list((path / "images").glob("*.jpg"))) == n:
+    stamp = generator_stamp(n, seed)
+    stamp_path = path / SYNTH_STAMP
+    if (
+        stamp_path.is_file()
+        and json.loads(stamp_path.read_text()) == stamp
+        and (path / "images").is_dir()
+        and len(list((path / "images").glob("*.jpg"))) == n
+    ):
         return path
     if path.exists():
         shutil.rmtree(path)
@@ -98,6 +118,7 @@ def synth_folder(path: Path, n: int, seed: int, workers: int, progress: bool) ->
 
     with tqdm(total=n, desc=f"synth {path.name}", unit="img", disable=not progress, mininterval=2.0) as bar:
         write_yolo_dataset(path, n, seed, workers=workers, progress=bar.update)
+    stamp_path.write_text(json.dumps(stamp) + "\n")
     return path
 
 
