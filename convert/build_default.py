@@ -90,7 +90,7 @@ SYNTH_STAMP = "generator.json"
 
 
 def generator_stamp(n: int, seed: int) -> dict[str, Any]:
-    """What a generated folder depends on: count, seed and the generator's source (a changed generator regenerates)."""
+    """What a generated folder depends on: count, seed and the generator's source code."""
     import hashlib
 
     import convert.synth
@@ -100,7 +100,7 @@ def generator_stamp(n: int, seed: int) -> dict[str, Any]:
 
 
 def synth_folder(path: Path, n: int, seed: int, workers: int, progress: bool) -> Path:
-    """A generated YOLO folder with n images, reused only when complete and made by this generator and seed."""
+    """A generated YOLO folder with n images, reused only when this generator made it, complete, with this seed."""
     from convert.synth import write_yolo_dataset
 
     stamp = generator_stamp(n, seed)
