@@ -100,7 +100,7 @@ def generator_stamp(n: int, seed: int) -> dict[str, Any]:
 
 
 def synth_folder(path: Path, n: int, seed: int, workers: int, progress: bool) -> Path:
-    """A generated YOLO folder with n images, reused only when this generator made it, complete, with this seed."""
+    """A generated YOLO folder of n images; reused only if complete and made by this generator and seed."""
     from convert.synth import write_yolo_dataset
 
     stamp = generator_stamp(n, seed)
