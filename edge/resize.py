@@ -67,6 +67,10 @@ class AreaResizer:
         self.separable = plan is not None
         self._p, self._q, self._phases = plan if plan is not None else (0, 0, [])
         self._mid = np.empty((dst_h, src_w, 3), np.uint8) if plan is not None else np.empty((0, 0, 3), np.uint8)
+        self._groups = dst_h // self._q if plan is not None else 0
+        # the output-row views of each phase, made once (no per-frame objects beyond the source views)
+        mid4 = self._mid.reshape(self._groups, self._q, src_w, 3) if plan is not None else None
+        self._steps = [(ph.o0, ph.w0, ph.o1, ph.w1, mid4[:, ph.r]) for ph in self._phases] if mid4 is not None else []
 
     def __call__(self, src: np.ndarray, dst: np.ndarray) -> None:
         """Write the shrunk `src` (HxWx3 uint8, C-contiguous) into `dst` (hxwx3 uint8)."""
@@ -75,12 +79,9 @@ class AreaResizer:
             if out.ctypes.data != dst.ctypes.data:  # OpenCV allocated instead of writing in place
                 np.copyto(dst, out)
             return
-        w, _ = self.src
-        groups = self.dst[1] // self._q
-        rows = np.ascontiguousarray(src).reshape(groups, self._p, w, 3)
-        mid = self._mid.reshape(groups, self._q, w, 3)
-        for ph in self._phases:
-            cv2.addWeighted(rows[:, ph.o0], ph.w0, rows[:, ph.o1], ph.w1, 0.0, dst=mid[:, ph.r])
+        rows = np.ascontiguousarray(src).reshape(self._groups, self._p, self.src[0], 3)
+        for o0, w0, o1, w1, target in self._steps:
+            cv2.addWeighted(rows[:, o0], w0, rows[:, o1], w1, 0.0, dst=target)
         out = cv2.resize(self._mid, self.dst, dst=dst, interpolation=cv2.INTER_LINEAR)  # exactly 2:1 = pair mean
         if out.ctypes.data != dst.ctypes.data:
             np.copyto(dst, out)

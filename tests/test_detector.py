@@ -125,8 +125,10 @@ def test_hot_path_allocates_no_arrays(tiny: Bundle) -> None:
         peak = tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
+    # a copy of any tensor would show up as at least its size; numpy view headers (the resize's strided row views,
+    # the tensor views) come and go at a few hundred bytes each
     smallest_tensor = min(64 * 64 * 3, 5 * 256 * 4)
-    assert peak < smallest_tensor // 2, f"{peak} bytes allocated on the hot path"
+    assert peak < smallest_tensor, f"{peak} bytes allocated on the hot path"
 
 
 def test_preprocess_bgr_and_int8_input_mapping(tiny: Bundle, tiny_int8_input: Bundle) -> None:
