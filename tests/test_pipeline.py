@@ -165,7 +165,7 @@ def test_a_failing_stage_surfaces_and_stops(images: list[np.ndarray]) -> None:
 
 
 def test_memory_source_plays_forth_and_back_without_a_cut() -> None:
-    from edge.pipeline import MemorySource
+    from edge.pipeline_bench import MemorySource
 
     src = MemorySource(["a", "b", "c"], count=9)
     src.open()

@@ -6,7 +6,7 @@ same model, runtime and thread count:
 - `naive_fps`: Google's Raspberry Pi example pattern: a fresh capture array, `cv2.resize` into a new array (the same
   interpolation as the Detector, so both feed the model the same pixels),
   `np.expand_dims`, `set_tensor`, `invoke`, `get_tensor` and dequantize into new arrays, decode, all serial;
-- `pipeline_fps`: the service's own threaded pipeline (`edge.pipeline.bench_pipeline`), null until it exists.
+- `pipeline_fps`: the service's own threaded pipeline (`edge.pipeline_bench.bench_pipeline`), null until it exists.
 Per-stage p50/p95 come from the in-place Detector path (preprocess into the tensor view, invoke, decode); the
 pipeline's own stage percentiles are `pipeline_stages_ms`. `--repeat K` runs the three measurements K times,
 interleaved, and reports the medians. `EXPLAIN` (also in the JSON) says what each figure does and does not count.
@@ -276,8 +276,8 @@ class NaiveLoop:
 
 
 def _pipeline_bench(frames: Sequence[np.ndarray], det: Any, n: int) -> tuple[float | None, dict[str, Any] | None, str]:
-    """The service's threaded pipeline on the same frames (`edge.pipeline.bench_pipeline`)."""
-    from edge.pipeline import bench_pipeline
+    """The service's threaded pipeline on the same frames (`edge.pipeline_bench.bench_pipeline`)."""
+    from edge.pipeline_bench import bench_pipeline
 
     out = bench_pipeline(list(frames), det, n)
     return out["pipeline_fps"], out, ""
