@@ -283,8 +283,16 @@ class Detector:
 
         The arrays are buffers reused by the next call: copy what you keep beyond the next frame.
         """
+        return self.outputs_into(self._out_buffers)
+
+    def output_buffers(self) -> dict[str, np.ndarray]:
+        """A new set of float32 buffers shaped like the outputs, for `outputs_into` (allocate a few once)."""
+        return {k: np.empty_like(v) for k, v in self._out_buffers.items()}
+
+    def outputs_into(self, dst: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Dequantize the current outputs straight into `dst` (buffers from `output_buffers`); returns `dst`."""
         for o in self._outputs:
-            buf = self._out_buffers[o.name]
+            buf = dst[o.name]
             view = self._interpreter.tensor(o.index)()
             np.copyto(buf, view, casting="unsafe")
             del view
@@ -292,7 +300,7 @@ class Detector:
                 if o.zero_point:
                     buf -= np.float32(o.zero_point)
                 buf *= np.float32(o.scale)
-        return self._out_buffers
+        return dst
 
     def decode(self, orig_w: int, orig_h: int) -> list[Gap]:
         """The gaps in the current outputs, with boxes scaled to an original image of orig_w x orig_h pixels."""

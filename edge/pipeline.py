@@ -30,11 +30,19 @@ class FrameFeed(Protocol):
 class GapDetector(Protocol):
     """The part of edge.detector.Detector the loop uses."""
 
-    def preprocess(self, image_rgb: Any) -> None: ...
+    def staging_buffer(self) -> Any: ...
+
+    def prepare(self, image_rgb: Any, staging: Any) -> None: ...
+
+    def load(self, staging: Any) -> None: ...
 
     def invoke(self) -> None: ...
 
-    def decode(self, orig_w: int, orig_h: int) -> list[Gap]: ...
+    def output_buffers(self) -> dict[str, Any]: ...
+
+    def outputs_into(self, dst: dict[str, Any]) -> dict[str, Any]: ...
+
+    def decode_outputs(self, outputs: dict[str, Any], orig_w: int, orig_h: int) -> list[Gap]: ...
 
 
 class Tracker(Protocol):
@@ -107,7 +115,7 @@ class _Prepared:
 
     frame: Frame
     detector: GapDetector
-    staging: Any  # np.ndarray, or None when the detector cannot prepare off-thread
+    staging: Any  # np.ndarray from the detector's staging_buffer()
     prepare_ms: float
     t0: float
 
@@ -170,9 +178,7 @@ class _StagingPool:
     def __init__(self) -> None:
         self._free: dict[int, queue.SimpleQueue[Any]] = {}
 
-    def take(self, det: Any) -> Any:
-        if not hasattr(det, "prepare"):
-            return None
+    def take(self, det: GapDetector) -> Any:
         key = id(det)
         if key not in self._free:
             self._free.clear()  # a swapped-out model's buffers are dropped with it
@@ -181,9 +187,9 @@ class _StagingPool:
                 self._free[key].put(det.staging_buffer())
         return self._free[key].get()
 
-    def give_back(self, det: Any, buf: Any) -> None:
+    def give_back(self, det: GapDetector, buf: Any) -> None:
         q = self._free.get(id(det))
-        if q is not None and buf is not None:
+        if q is not None:
             q.put(buf)
 
 
@@ -202,20 +208,15 @@ class _OutputRing:
         self._bufs: list[dict[str, Any]] = []
         self._next = 0
 
-    def copy(self, det: Any) -> dict[str, Any]:
-        outputs = getattr(det, "outputs", None)
-        if outputs is None:
-            return {}
-        current = outputs()
+    def copy(self, det: GapDetector) -> dict[str, Any]:
+        """The detector's current outputs, dequantized straight into the next buffer of the ring."""
         if self._key != id(det):  # a swapped-out model's buffers are dropped with it
             self._key = id(det)
-            self._bufs = [{k: np.empty_like(v) for k, v in current.items()} for _ in range(OUTPUT_BUFFERS)]
+            self._bufs = [det.output_buffers() for _ in range(OUTPUT_BUFFERS)]
             self._next = 0
         dst = self._bufs[self._next]
         self._next = (self._next + 1) % OUTPUT_BUFFERS
-        for k, v in current.items():
-            np.copyto(dst[k], v)
-        return dst
+        return det.outputs_into(dst)
 
 
 @dataclass
@@ -237,24 +238,14 @@ class Pipeline:
     paused: threading.Event = field(default_factory=threading.Event)
     heartbeat: Callable[[], None] | None = None  # called on every turn of the loop (systemd's watchdog)
 
-    def step(self, frame: Frame) -> list[Gap]:
-        """Process one frame end to end on the calling thread; returns the gaps the model found."""
-        det = self.slot.current()
-        t0 = time.perf_counter()
-        det.preprocess(frame.image)
+    def _invoke(self, item: _Prepared, pool: _StagingPool, ring: _OutputRing) -> _Inferred:
+        det = item.detector
         t1 = time.perf_counter()
-        return self._post(self._invoke(_Prepared(frame, det, None, (t1 - t0) * 1e3, t0), None, None))
-
-    def _invoke(self, item: _Prepared, pool: _StagingPool | None, ring: _OutputRing | None) -> _Inferred:
-        det: Any = item.detector
-        t1 = time.perf_counter()
-        if item.staging is not None:
-            det.load(item.staging)
-            if pool is not None:
-                pool.give_back(det, item.staging)
+        det.load(item.staging)
+        pool.give_back(det, item.staging)
         t2 = time.perf_counter()
         det.invoke()
-        outs = ring.copy(det) if ring is not None else _copy_outputs(det)
+        outs = ring.copy(det)
         t3 = time.perf_counter()
         return _Inferred(item.frame, det, outs, item.prepare_ms + (t2 - t1) * 1e3, (t3 - t2) * 1e3, item.t0)
 
@@ -262,7 +253,7 @@ class Pipeline:
         frame = item.frame
         h, w = frame.image.shape[:2]
         t2 = time.perf_counter()
-        gaps = _decode(item.detector, item.outputs, w, h)
+        gaps = item.detector.decode_outputs(item.outputs, w, h)
         t3 = time.perf_counter()
         events = self.tracker.update(frame, gaps)
         if events:
@@ -331,10 +322,7 @@ class Pipeline:
                     det: Any = self.slot.current()
                     t0 = time.perf_counter()
                     buf = pool.take(det)
-                    if buf is not None:
-                        det.prepare(frame.image, buf)
-                    else:
-                        det.preprocess(frame.image)  # a detector without staging: the tensor is written here
+                    det.prepare(frame.image, buf)
                     item = _Prepared(frame, det, buf, (time.perf_counter() - t0) * 1e3, t0)
                     if not put(to_infer, item, lambda: not halt.is_set()):
                         return
@@ -386,18 +374,3 @@ class Pipeline:
             post.join()
         if failure:
             raise failure[0]
-
-
-def _copy_outputs(det: Any) -> dict[str, Any]:
-    """The dequantized outputs, copied, so the next invoke cannot overwrite them before they are decoded."""
-    outputs = getattr(det, "outputs", None)
-    if outputs is None:
-        return {}
-    return {k: np.array(v, copy=True) for k, v in outputs().items()}
-
-
-def _decode(det: Any, outputs: dict[str, Any], w: int, h: int) -> list[Gap]:
-    fn = getattr(det, "decode_outputs", None)
-    if fn is not None and outputs:
-        return list(fn(outputs, w, h))
-    return list(det.decode(w, h))
