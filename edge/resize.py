@@ -1,4 +1,5 @@
-"""Shrinks camera frames to the model input as cv2.INTER_AREA does, about 3x faster for 4:3 frames into a square input.
+"""Resizes camera frames to the model input with the interpolation the model was trained with (INTER_AREA when
+shrinking), about 3x faster than cv2 for 4:3 frames into a square input.
 
 INTER_AREA (what the model was trained on) averages the source pixels each output pixel covers, and that average is
 separable: rows first, then columns. OpenCV's generic INTER_AREA path does not exploit it for a non-integer ratio
@@ -16,6 +17,17 @@ from fractions import Fraction
 
 import cv2
 import numpy as np
+
+
+def resize_interpolation(src_w: int, src_h: int, dst_w: int, dst_h: int) -> int:
+    """INTER_AREA when shrinking, exactly as the training code resizes, else INTER_LINEAR.
+
+    Bilinear would be 4x cheaper at 640x480 -> 320x320 (0.31 vs 1.26 ms) and differs by only ~1 grey level on
+    average, but measured: it tipped a filled-shelf spot of the end-to-end cart pass into a confirmed false alarm.
+    The model sees the pixels it was trained on; `Resizer` makes that cheap instead.
+    """
+    return cv2.INTER_AREA if src_w > dst_w or src_h > dst_h else cv2.INTER_LINEAR
+
 
 MAX_PHASES = 8  # q of the height ratio p/q: the row pattern repeats every q output rows
 
@@ -57,13 +69,16 @@ def _row_phases(src_h: int, dst_h: int) -> tuple[int, int, list[_Phase]] | None:
     return p, q, phases
 
 
-class AreaResizer:
-    """INTER_AREA from (src_w, src_h) RGB frames into (dst_w, dst_h) buffers, separably where the sizes allow it."""
+class Resizer:
+    """(src_w, src_h) RGB frames into (dst_w, dst_h) buffers with `resize_interpolation`'s choice; INTER_AREA is
+    done separably where the sizes allow it."""
 
     def __init__(self, src_w: int, src_h: int, dst_w: int, dst_h: int):
         self.src = (src_w, src_h)
         self.dst = (dst_w, dst_h)
-        plan = _row_phases(src_h, dst_h) if src_w == 2 * dst_w else None
+        self.interpolation = resize_interpolation(src_w, src_h, dst_w, dst_h)
+        shrink = self.interpolation == cv2.INTER_AREA
+        plan = _row_phases(src_h, dst_h) if shrink and src_w == 2 * dst_w else None
         self.separable = plan is not None
         self._p, self._q, self._phases = plan if plan is not None else (0, 0, [])
         self._mid = np.empty((dst_h, src_w, 3), np.uint8) if plan is not None else np.empty((0, 0, 3), np.uint8)
@@ -75,7 +90,7 @@ class AreaResizer:
     def __call__(self, src: np.ndarray, dst: np.ndarray) -> None:
         """Write the shrunk `src` (HxWx3 uint8, C-contiguous) into `dst` (hxwx3 uint8)."""
         if not self.separable:
-            out = cv2.resize(src, self.dst, dst=dst, interpolation=cv2.INTER_AREA)
+            out = cv2.resize(src, self.dst, dst=dst, interpolation=self.interpolation)
             if out.ctypes.data != dst.ctypes.data:  # OpenCV allocated instead of writing in place
                 np.copyto(dst, out)
             return

@@ -1,4 +1,4 @@
-"""edge.resize.AreaResizer gives cv2.INTER_AREA's pixels (within 1 grey level, from rounding twice) for the frame
+"""edge.resize.Resizer gives cv2.INTER_AREA's pixels (within 1 grey level, from rounding twice) for the frame
 sizes it speeds up, and exactly cv2's pixels for every other size."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from convert.synth import make_shelf_image
-from edge.resize import AreaResizer
+from edge.resize import Resizer
 
 
 @pytest.mark.parametrize(
@@ -26,7 +26,7 @@ def test_area_resize_matches_opencv(src: tuple[int, int], dst: tuple[int, int], 
     rng = np.random.default_rng(1)
     noise = rng.integers(0, 256, (src[1], src[0], 3), dtype=np.uint8)
     shelf = np.ascontiguousarray(make_shelf_image(rng, src[0], src[1]).image)
-    r = AreaResizer(*src, *dst)
+    r = Resizer(*src, *dst)
     assert r.separable == separable
     for img in (noise, shelf):
         out = np.full((dst[1], dst[0], 3), 7, np.uint8)
@@ -40,7 +40,7 @@ def test_area_resize_matches_opencv(src: tuple[int, int], dst: tuple[int, int], 
 def test_writes_into_the_given_buffer_without_allocating_per_frame() -> None:
     import tracemalloc
 
-    r = AreaResizer(640, 480, 320, 320)
+    r = Resizer(640, 480, 320, 320)
     img = np.random.default_rng(2).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     out = np.empty((320, 320, 3), np.uint8)
     r(img, out)  # warm up

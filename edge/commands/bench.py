@@ -29,7 +29,7 @@ import numpy as np
 
 from edge.commands.detect import add_model_args, load_detector_from_args, stdout_gone
 from edge.decoders import DECODERS
-from edge.detector import resize_interpolation
+from edge.resize import resize_interpolation
 from edge.types import Gap
 
 FRAME_SIZE = (640, 480)
