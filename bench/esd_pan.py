@@ -18,13 +18,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from convert.build_default import ESD_DEV
 from convert.passcheck import PassTally, dump_alert_frames, replay_pass, score_pass
 from convert.photopan import load_photos, pan_pass
 from edge.app import load_model
 from edge.config import Config
 from edge.detector import Detector
-
-ESD_DEV = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "esd" / "dev"
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -299,12 +299,14 @@ def _geometry(
     return scale, [(k * speed, float(ys[k])) for k in range(n)]
 
 
-def _frame_truth(
-    aisle: Aisle, k: int, x: float, y: float, scale: float, frame_size: tuple[int, int]
-) -> FrameTruth:
+def frame_gaps(
+    gaps: Sequence[AisleGap], x: float, y: float, scale: float, frame_size: tuple[int, int]
+) -> list[FrameGap]:
+    """The gaps a frame whose top-left corner is at aisle (x, y) shows, clipped to it, in frame pixels: those with
+    at least MIN_VISIBLE of their width in view."""
     fw, fh = frame_size
-    gaps: list[FrameGap] = []
-    for g in aisle.gaps:
+    out: list[FrameGap] = []
+    for g in gaps:
         x0, y0, x1, y1 = (
             (g.box[0] - x) * scale,
             (g.box[1] - y) * scale,
@@ -316,11 +318,19 @@ def _frame_truth(
             continue
         frac = (cx1 - cx0) / max(1e-6, x1 - x0)
         if frac >= MIN_VISIBLE:
-            gaps.append(
-                FrameGap(
-                    g.gap_id, (round(cx0, 2), round(cy0, 2), round(cx1, 2), round(cy1, 2)), round(frac, 3)
-                )
-            )
+            out.append(FrameGap(g.gap_id, (cx0, cy0, cx1, cy1), frac))
+    return out
+
+
+def _frame_truth(
+    aisle: Aisle, k: int, x: float, y: float, scale: float, frame_size: tuple[int, int]
+) -> FrameTruth:
+    fw, fh = frame_size
+    gaps = [  # rounded as the truth JSON stores them
+        FrameGap(g.gap_id, (round(g.box[0], 2), round(g.box[1], 2), round(g.box[2], 2), round(g.box[3], 2)),
+                 round(g.visible_fraction, 3))
+        for g in frame_gaps(aisle.gaps, x, y, scale, frame_size)
+    ]
     markers: list[FrameMarker] = []
     for mid, (mx0, my0, mx1, my1) in aisle.marker_boxes:
         if (mx0 - x) * scale >= 0 and (mx1 - x) * scale <= fw:

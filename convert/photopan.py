@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from convert.cartpass import MIN_VISIBLE, AisleGap, CartPass, FrameGap, FrameTruth
+from convert.cartpass import AisleGap, CartPass, FrameTruth, frame_gaps
 from convert.dataset import IMAGE_SUFFIXES, LabeledImage, read_image_rgb, read_yolo_labels
 
 FRAME_SIZE = (640, 480)
@@ -82,23 +82,10 @@ def pan_pass(
         f = cv2.warpAffine(pano, m, (fw, fh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         noisy = f.astype(np.float32) + rng.normal(0.0, SENSOR_NOISE, f.shape).astype(np.float32)
         frames.append(np.clip(noisy, 0, 255).astype(np.uint8))
-        truth.append(FrameTruth(k, x0, 0.0, _visible(gaps, x0, fw, fh), []))
+        truth.append(FrameTruth(k, x0, 0.0, frame_gaps(gaps, x0, 0.0, 1.0, frame_size), []))
     p = path or Path("photo-pan.mp4")
     cp = CartPass(p, p.with_suffix(".json"), n, fps, frame_size, speed_px_per_frame, 1.0, gaps, [], truth)
     return cp, frames
-
-
-def _visible(gaps: Sequence[AisleGap], x0: float, fw: int, fh: int) -> list[FrameGap]:
-    out = []
-    for g in gaps:
-        bx0, by0, bx1, by1 = g.box[0] - x0, g.box[1], g.box[2] - x0, g.box[3]
-        cx0, cx1 = max(0.0, bx0), min(float(fw), bx1)
-        if cx1 <= cx0:
-            continue
-        frac = (cx1 - cx0) / max(1e-6, bx1 - bx0)
-        if frac >= MIN_VISIBLE:
-            out.append(FrameGap(g.gap_id, (cx0, max(0.0, by0), cx1, min(float(fh), by1)), frac))
-    return out
 
 
 def write_pan(photos: Sequence[LabeledImage], out_path: Path, fps: float = 15.0, speed_px_per_frame: float = 12.0,
