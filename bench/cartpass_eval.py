@@ -17,10 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from convert.cartpass import CartPass, aisle_length_for, make_aisle, render_cart_pass
+from convert.cartpass import CartPass, aisle_length_for, iter_video_rgb, make_aisle, render_cart_pass
 from convert.passcheck import PassTally, dump_alert_frames, replay_pass, score_pass
 from edge.app import load_model
 from edge.config import Config
@@ -31,18 +30,6 @@ def render(seed: int, work: Path, seconds: float = 12.0) -> CartPass:
     length = aisle_length_for(seconds, 15.0, 10.0)
     aisle = make_aisle(np.random.default_rng(seed), length_px=length, n_gaps=6)
     return render_cart_pass(aisle, work / f"pass-{seed}.mp4", fps=15.0, speed_px_per_frame=10.0, seed=seed)
-
-
-def decoded_frames(cp: CartPass) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(cp.path))
-    frames = []
-    while True:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    cap.release()
-    return frames
 
 
 def main() -> None:
@@ -59,7 +46,7 @@ def main() -> None:
     thresholds = args.thresholds or [bundle.manifest.thresholds.score]
     work = Path(tempfile.mkdtemp(prefix="cartpass-eval-"))
     passes = [render(args.seed + k, work) for k in range(args.passes)]
-    decoded = [decoded_frames(cp) for cp in passes]
+    decoded = [list(iter_video_rgb(cp.path)) for cp in passes]
     rows = []
     for thr in thresholds:
         det = Detector(bundle, score_threshold=thr)

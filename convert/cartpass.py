@@ -342,6 +342,22 @@ def _frame_truth(
     return FrameTruth(k, round(x, 4), round(y, 4), gaps, markers)
 
 
+def iter_video_rgb(path: Path | str) -> Iterator[np.ndarray]:
+    """Every frame of a video file as RGB, decoded straight through OpenCV (the reference a replay is compared
+    with). Raises OSError when the file cannot be opened."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise OSError(f"cannot open {path}")
+    try:
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                return
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    finally:
+        cap.release()
+
+
 def iter_cart_pass(
     aisle: Aisle,
     fps: float = 15.0,

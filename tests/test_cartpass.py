@@ -13,6 +13,7 @@ from convert.cartpass import (
     Aisle,
     CartPass,
     iter_cart_pass,
+    iter_video_rgb,
     load_cart_pass,
     make_aisle,
     render_cart_pass,
@@ -24,16 +25,7 @@ SPEED = 12.0
 
 
 def _decode(path: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    assert cap.isOpened(), f"cannot open {path}"
-    frames = []
-    while True:
-        ok, fr = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(fr, cv2.COLOR_BGR2RGB))
-    cap.release()
-    return frames
+    return list(iter_video_rgb(path))
 
 
 @pytest.fixture(scope="module")

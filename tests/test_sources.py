@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from convert.cartpass import iter_video_rgb
 from edge.config import CameraConfig
 from edge.sources import (
     FolderSource,
@@ -64,15 +65,7 @@ def write_video(path: Path, n: int, fps: float = 15.0) -> Path:
 
 def decode_all(path: Path) -> list[np.ndarray]:
     """Every frame of a video as RGB, decoded straight through OpenCV (the reference)."""
-    cap = cv2.VideoCapture(str(path))
-    out: list[np.ndarray] = []
-    while True:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    cap.release()
-    return out
+    return list(iter_video_rgb(path))
 
 
 def read_all(src: FrameSource, limit: int = 10_000) -> list[np.ndarray]:

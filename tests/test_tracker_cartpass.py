@@ -12,11 +12,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
-from convert.cartpass import Aisle, CartPass, make_aisle, render_cart_pass, restock
+from convert.cartpass import Aisle, CartPass, iter_video_rgb, make_aisle, render_cart_pass, restock
 from edge.alerts import iou
 from edge.config import TrackingConfig
 from edge.motion import Odometry, ShiftEstimator
@@ -45,18 +44,10 @@ def passes(tmp_path_factory: pytest.TempPathFactory) -> Passes:
 
 
 def video_frames(cp: CartPass, start_index: int = 0) -> Iterator[Frame]:
-    cap = cv2.VideoCapture(str(cp.path))
-    try:
-        k = 0
-        while True:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            i = start_index + k
-            yield Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), i, i / cp.fps, T0_WALL + i / cp.fps)
-            k += 1
-    finally:
-        cap.release()
+    k = 0
+    for k, rgb in enumerate(iter_video_rgb(cp.path), 1):
+        i = start_index + k - 1
+        yield Frame(rgb, i, i / cp.fps, T0_WALL + i / cp.fps)
     assert k == cp.frames
 
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
-from convert.cartpass import CartPass, make_aisle, render_cart_pass
+from convert.cartpass import CartPass, iter_video_rgb, make_aisle, render_cart_pass
 from convert.passcheck import match_alert, score_pass
 from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, load_public_keys, read_bundle
 from edge.config import TrackingConfig
@@ -32,22 +31,14 @@ def _payload(e: AlertEvent) -> dict[str, object]:
 
 
 def _run(tracker: GapTracker, detector: Detector, cp: CartPass, start: int) -> list[AlertEvent]:
-    cap = cv2.VideoCapture(str(cp.path))
     events: list[AlertEvent] = []
     k = 0
-    try:
-        while True:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            i = start + k
-            frame = Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), i, i / cp.fps, T0_WALL + i / cp.fps)
-            for e in tracker.update(frame, detector.detect(frame.image)):
-                e.frame_index -= start  # index into this pass's truth
-                events.append(e)
-            k += 1
-    finally:
-        cap.release()
+    for k, rgb in enumerate(iter_video_rgb(cp.path), 1):
+        i = start + k - 1
+        frame = Frame(rgb, i, i / cp.fps, T0_WALL + i / cp.fps)
+        for e in tracker.update(frame, detector.detect(frame.image)):
+            e.frame_index -= start  # index into this pass's truth
+            events.append(e)
     assert k == cp.frames
     return events
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from convert.cartpass import CartPass, aisle_length_for, make_aisle, render_cart_pass
+from convert.cartpass import CartPass, aisle_length_for, iter_video_rgb, make_aisle, render_cart_pass
 from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, load_public_keys, read_bundle
 from edge.config import TrackingConfig
 from edge.detector import Detector
@@ -36,16 +36,7 @@ class Recording:
 
 
 def _decode(cp: CartPass) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(cp.path))
-    frames = []
-    try:
-        while True:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    finally:
-        cap.release()
+    frames = list(iter_video_rgb(cp.path))
     assert len(frames) == cp.frames
     return frames
 
