@@ -101,3 +101,32 @@ class Mosquitto:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def first_messages(port: int, topic: str, timeout: float = 5.0, tls_context: object | None = None,
+                   retained_only: bool = False) -> list[bytes]:
+    """Subscribe to `topic` on 127.0.0.1:`port` (TLS with `tls_context` when given), wait up to `timeout` s for the
+    first message, and return what arrived by then (only messages with the retain flag when `retained_only`)."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    got: list[bytes] = []
+    ev = threading.Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    if tls_context is not None:
+        c.tls_set_context(tls_context)  # type: ignore[arg-type]
+
+    def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.retain or not retained_only:
+            got.append(bytes(msg.payload))
+        ev.set()
+
+    c.on_message = on_message
+    c.on_connect = lambda client, u, f, rc, p=None: client.subscribe(topic, qos=1)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    ev.wait(timeout)
+    c.disconnect()
+    c.loop_stop()
+    return got

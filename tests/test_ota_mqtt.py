@@ -10,12 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from convert.release import publish_release
 from edge.config import MqttConfig, OutboxConfig
-from tests.mosquitto import Mosquitto
+from tests.mosquitto import Mosquitto, first_messages
 from tests.schema_check import validate
 from tests.test_ota_support import Device, tiny_models, wait_for
 
@@ -26,21 +25,7 @@ def models(request: pytest.FixtureRequest) -> dict[str, bytes]:
 
 
 def _retained_state(port: int, topic: str) -> dict[str, Any] | None:
-    got: list[bytes] = []
-    ev = threading.Event()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-
-    def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        got.append(bytes(msg.payload))
-        ev.set()
-
-    c.on_message = on_message
-    c.on_connect = lambda client, u, f, rc, p=None: client.subscribe(topic, qos=1)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    ev.wait(5)
-    c.disconnect()
-    c.loop_stop()
+    got = first_messages(port, topic)
     return json.loads(got[-1]) if got else None
 
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import stat
-import threading
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from edge.bundle import load_public_keys, read_bundle
 from edge.cli import main
 from edge.ota.release import verify_release
-from tests.mosquitto import Mosquitto
+from tests.mosquitto import Mosquitto, first_messages
 from tests.test_ota_support import Device, tiny_models
 
 
@@ -61,22 +59,7 @@ def test_release_signs_and_resigns(tmp_path: Path, models: dict[str, bytes],
 
 
 def _retained(url_port: int, topic: str, timeout: float = 5.0) -> bytes | None:
-    got: list[bytes] = []
-    ev = threading.Event()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-
-    def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        if msg.retain:
-            got.append(bytes(msg.payload))
-        ev.set()
-
-    c.on_message = on_message
-    c.on_connect = lambda client, u, f, rc, p=None: client.subscribe(topic, qos=1)
-    c.connect("127.0.0.1", url_port)
-    c.loop_start()
-    ev.wait(timeout)
-    c.disconnect()
-    c.loop_stop()
+    got = first_messages(url_port, topic, timeout, retained_only=True)
     return got[0] if got else None
 
 
@@ -106,23 +89,7 @@ def test_publish_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def _retained_tls(port: int, topic: str, ctx: object, timeout: float = 5.0) -> bytes | None:
-    got: list[bytes] = []
-    ev = threading.Event()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    c.tls_set_context(ctx)  # type: ignore[arg-type]
-
-    def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        if msg.retain:
-            got.append(bytes(msg.payload))
-        ev.set()
-
-    c.on_message = on_message
-    c.on_connect = lambda client, u, f, rc, p=None: client.subscribe(topic, qos=1)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    ev.wait(timeout)
-    c.disconnect()
-    c.loop_stop()
+    got = first_messages(port, topic, timeout, tls_context=ctx, retained_only=True)
     return got[0] if got else None
 
 
