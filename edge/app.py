@@ -23,7 +23,7 @@ from edge.payloads import (
     read_cpu_temp_c,
     stats_payload,
 )
-from edge.pipeline import FrameResult, ModelSlot, Pipeline, tune_process
+from edge.pipeline import CorePlan, FrameResult, ModelSlot, Pipeline, tune_process
 from edge.types import AlertEvent, Frame, Gap
 
 if TYPE_CHECKING:
@@ -322,7 +322,10 @@ class Service:
         if updater is not None:
             observers.append(_ProbationObserver(updater))
 
-        pipeline = Pipeline(capture, slot, tracker, sink, observers, heartbeat=watchdog.heartbeat)
+        cores = CorePlan.for_process(cfg.model.threads)
+        if cores is not None:
+            log.info("interpreter on cores %s, every other thread on %s", sorted(cores.infer), sorted(cores.light))
+        pipeline = Pipeline(capture, slot, tracker, sink, observers, heartbeat=watchdog.heartbeat, cores=cores)
         self.parts.pipeline = pipeline
         stats = threading.Thread(target=self._stats_loop, name="stats", daemon=True)
         stats.start()

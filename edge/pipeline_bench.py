@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from edge.pipeline import GapDetector, ModelSlot, Pipeline, tune_process
+from edge.pipeline import CorePlan, GapDetector, ModelSlot, Pipeline, tune_process
 
 
 class MemorySource:
@@ -43,7 +43,9 @@ class MemorySource:
         pass
 
 
-def bench_pipeline(frames: Sequence[Any], detector: GapDetector, n: int = 300) -> dict[str, Any]:
+def bench_pipeline(
+    frames: Sequence[Any], detector: GapDetector, n: int = 300, cores: CorePlan | None = None
+) -> dict[str, Any]:
     """The service's real threaded pipeline on in-memory frames, publishing to a local broker.
 
     Capture thread (lossless hand-off, so no decode and no spinning is counted) → detector → tracker → outbox →
@@ -91,7 +93,7 @@ def bench_pipeline(frames: Sequence[Any], detector: GapDetector, n: int = 300) -
     capture = CaptureThread(lambda: MemorySource(frames, n), cam, lambda s, r: None, lossless=True)
     tracker = GapTracker(cfg.tracking, cfg.device.id, None)
     sink = OutboxSink(outbox, topics, lambda: ModelRef("bench", 0))
-    pipe = Pipeline(capture, ModelSlot(detector), tracker, sink)
+    pipe = Pipeline(capture, ModelSlot(detector), tracker, sink, cores=cores)
     stop = threading.Event()
     try:
         capture.start()

@@ -16,7 +16,7 @@ from edge.app import load_model
 from edge.bundle import DEFAULT_BUNDLE
 from edge.config import Config
 from edge.detector import Detector
-from edge.pipeline import OUTPUT_BUFFERS, FrameResult, ModelSlot, Pipeline
+from edge.pipeline import OUTPUT_BUFFERS, POST_QUEUE, CorePlan, FrameResult, ModelSlot, Pipeline, _Handoff
 from edge.types import AlertEvent, Frame, Gap, Location
 
 pytestmark = pytest.mark.skipif(not DEFAULT_BUNDLE.exists(), reason="the default model bundle has not been built")
@@ -175,3 +175,65 @@ def test_memory_source_plays_forth_and_back_without_a_cut() -> None:
     one = MemorySource(["x"], count=2)
     one.open()
     assert [one.read(), one.read(), one.read()] == ["x", "x", None]
+
+
+def test_handoff_holds_as_many_items_as_slots_then_refuses() -> None:
+    import queue
+
+    h = _Handoff(POST_QUEUE)
+    for i in range(POST_QUEUE):
+        h.put(i, timeout=0.01)
+    with pytest.raises(queue.Full):
+        h.put("one too many", timeout=0.01)
+    assert [h.get(timeout=0.01) for _ in range(POST_QUEUE)] == list(range(POST_QUEUE))  # in order
+    with pytest.raises(queue.Empty):
+        h.get(timeout=0.01)
+    with pytest.raises(ValueError, match="at least one slot"):
+        _Handoff(0)
+
+
+def test_core_plan_splits_the_last_core_off_only_for_a_single_interpreter_thread() -> None:
+    plan = CorePlan.for_cores([3, 0, 2, 1], interpreter_threads=1)
+    assert plan == CorePlan(frozenset({0, 1, 2}), frozenset({3}))
+    assert CorePlan.for_cores([0], interpreter_threads=1) is None  # nothing to split
+    # a worker pool made by a pinned thread would be confined to its cores: no pinning then
+    assert CorePlan.for_cores([0, 1, 2, 3], interpreter_threads=3) is None
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="no thread affinity on this OS")
+def test_pinned_run_confines_each_thread_and_gives_the_caller_its_cores_back(images: list[np.ndarray]) -> None:
+    import os
+
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("needs two usable cores")
+    plan = CorePlan.for_cores(cores, interpreter_threads=1)
+    assert plan is not None
+    seen: dict[str, set[int]] = {}
+
+    class AffinityRecorder(GapRecorder):
+        def update(self, frame: Frame, gaps: list[Gap]) -> list[AlertEvent]:
+            seen["post"] = set(os.sched_getaffinity(0))
+            return super().update(frame, gaps)
+
+    bystander_cores: list[set[int]] = []
+    release = threading.Event()
+    bystander_ready = threading.Event()
+
+    def bystander() -> None:  # another thread of the process, e.g. the capture thread
+        bystander_ready.set()
+        release.wait(30)
+        bystander_cores.append(set(os.sched_getaffinity(0)))
+
+    other = threading.Thread(target=bystander, daemon=True)
+    other.start()
+    bystander_ready.wait(5)
+    det = Detector(load_model(Config()), threads=1)
+    tracker = AffinityRecorder()
+    Pipeline(ListFeed(images[:6]), ModelSlot(det), tracker, RecordingSink(), cores=plan).run(threading.Event())
+    release.set()
+    other.join(5)
+    assert len(tracker.gaps) == 6  # every frame went through
+    assert seen["post"] == set(plan.light)
+    assert bystander_cores == [set(plan.light)]
+    assert set(os.sched_getaffinity(0)) == set(cores), "the inference thread kept its pinning after the run"

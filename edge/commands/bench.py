@@ -61,8 +61,11 @@ EXPLAIN: dict[str, str] = {
     "pipeline_cpu_bound_fps": "usable cores x 1000 / the sum of pipeline_cpu_ms_per_frame: the frame rate the "
                               "pipeline's CPU work allows if every core were busy all the time; pipeline_fps cannot "
                               "exceed it, whatever the threading.",
-    "repeat": "with repeat > 1 the fps figures are medians of the runs (each run: detector and naive loops "
-              "interleaved in blocks, then the pipeline); `runs` lists each run's figures.",
+    "repeat": "with repeat > 1 the fps figures are medians of the runs (each run: half the detector and naive "
+              "loops, interleaved in blocks, then the pipeline, then the other half, so a drift in machine speed "
+              "during the run hits all three alike); `runs` lists each run's figures and ratios.",
+    "ratios": "pipeline_over_invoke and pipeline_over_naive are the medians of each run's own ratio (figures "
+              "measured minutes apart on a shared machine are not compared with each other).",
 }
 
 
@@ -98,6 +101,14 @@ class RunFigures:
     detector_fps: float
     naive_fps: float
     pipeline_fps: float | None
+
+    @property
+    def pipeline_over_invoke(self) -> float | None:
+        return _ratio(self.pipeline_fps, self.invoke_fps)
+
+    @property
+    def pipeline_over_naive(self) -> float | None:
+        return _ratio(self.pipeline_fps, self.naive_fps)
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -159,14 +170,20 @@ class BenchResult:
 
     @property
     def pipeline_over_invoke(self) -> float | None:
-        return _ratio(self.pipeline_fps, self.invoke_fps)
+        """Median over runs of each run's own ratio: the machine's speed drifts between runs, not within one."""
+        return _median_ratio([r.pipeline_over_invoke for r in self.runs]) if self.runs else _ratio(
+            self.pipeline_fps, self.invoke_fps)
 
     @property
     def pipeline_over_naive(self) -> float | None:
-        return _ratio(self.pipeline_fps, self.naive_fps)
+        return _median_ratio([r.pipeline_over_naive for r in self.runs]) if self.runs else _ratio(
+            self.pipeline_fps, self.naive_fps)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        for run, fig in zip(d["runs"], self.runs, strict=True):
+            run["pipeline_over_invoke"] = fig.pipeline_over_invoke
+            run["pipeline_over_naive"] = fig.pipeline_over_naive
         d["stages_ms"] = {k: asdict(v) for k, v in self.stages_ms.items()}
         d["pipeline_over_invoke"] = self.pipeline_over_invoke
         d["pipeline_over_naive"] = self.pipeline_over_naive
@@ -183,6 +200,11 @@ class BenchResult:
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
+
+
+def _median_ratio(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return round(float(np.median(vals)), 3) if vals else None
 
 
 def peak_rss_mb() -> float:
@@ -214,6 +236,26 @@ def cart_pass_frames(count: int, seed: int = 0, frame_size: tuple[int, int] = FR
         return [np.ascontiguousarray(make_shelf_image(rng, width=w, height=h).image, np.uint8) for _ in range(count)]
     except ImportError:
         return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(count)]
+
+
+@dataclass
+class _SerialTimes:
+    """Per-frame ms of the in-place detector loop's stages and of the naive loop, over one run."""
+
+    pre: list[float] = field(default_factory=list)
+    inv: list[float] = field(default_factory=list)
+    dec: list[float] = field(default_factory=list)
+    naive: list[float] = field(default_factory=list)
+
+    def run_blocks(self, det: Any, naive_loop: NaiveLoop, frames: Sequence[np.ndarray], first: int, last: int) -> None:
+        """Frames first..last-1 through both loops, alternating blocks so a change in machine load hits both."""
+        for start in range(first, last, BLOCK):
+            k = min(BLOCK, last - start)
+            p, i_, d = _timed_invoke(det, frames, k, start)
+            self.pre += p
+            self.inv += i_
+            self.dec += d
+            self.naive += naive_loop.run(frames, k, start)
 
 
 def _timed_invoke(
@@ -277,9 +319,10 @@ class NaiveLoop:
 
 def _pipeline_bench(frames: Sequence[np.ndarray], det: Any, n: int) -> tuple[float | None, dict[str, Any] | None, str]:
     """The service's threaded pipeline on the same frames (`edge.pipeline_bench.bench_pipeline`)."""
+    from edge.pipeline import CorePlan
     from edge.pipeline_bench import bench_pipeline
 
-    out = bench_pipeline(list(frames), det, n)
+    out = bench_pipeline(list(frames), det, n, cores=CorePlan.for_process(det.runtime.threads))
     return out["pipeline_fps"], out, ""
 
 
@@ -305,20 +348,15 @@ def run_bench(
     for r in range(repeat):
         tag = f"run {r + 1}/{repeat}: " if repeat > 1 else ""
         say(f"{tag}in-place detector loop and naive serial loop, {n} frames each, interleaved in blocks of {BLOCK}")
-        r_pre: list[float] = []
-        r_inv: list[float] = []
-        r_dec: list[float] = []
-        r_naive: list[float] = []
-        # alternate blocks, so a change in machine load hits both loops alike
-        for start in range(0, n, BLOCK):
-            k = min(BLOCK, n - start)
-            p, i_, d = _timed_invoke(det, frames, k, start)
-            r_pre += p
-            r_inv += i_
-            r_dec += d
-            r_naive += naive_loop.run(frames, k, start)
+        t = _SerialTimes()
+        # the serial loops run half before and half after the pipeline, so a drift in the shared machine's speed
+        # during the run hits the baselines and the pipeline alike (an A-B-A design)
+        t.run_blocks(det, naive_loop, frames, 0, n // 2)
         say(f"{tag}pipeline")
         pipeline_fps, pipeline_extra, note = _pipeline_bench(frames, det, n)
+        say(f"{tag}serial loops, second half")
+        t.run_blocks(det, naive_loop, frames, n // 2, n)
+        r_pre, r_inv, r_dec, r_naive = t.pre, t.inv, t.dec, t.naive
         runs.append(RunFigures(
             invoke_fps=round(1000.0 * n / sum(r_inv), 2),
             detector_fps=round(1000.0 * n / (sum(r_pre) + sum(r_inv) + sum(r_dec)), 2),
