@@ -189,20 +189,38 @@ class CorePlan:
 
 
     @staticmethod
-    def pin_others(cores: frozenset[int]) -> None:
-        """Restrict every other Python thread of the process (capture, MQTT network loop, ...) to `cores`."""
+    def pin_others(cores: frozenset[int]) -> dict[int, frozenset[int]]:
+        """Restrict every other Python thread of the process (capture, MQTT network loop, ...) to `cores`; returns
+        each pinned thread's previous cores by native thread id, for `restore`."""
         import os
 
+        getter = getattr(os, "sched_getaffinity", None)
         setter = getattr(os, "sched_setaffinity", None)
-        if setter is None:
-            return
+        if getter is None or setter is None:
+            return {}
         me = threading.get_ident()
+        before: dict[int, frozenset[int]] = {}
         for t in threading.enumerate():
             if t.ident != me and t.native_id is not None:
                 try:
+                    before[t.native_id] = frozenset(getter(t.native_id))
                     setter(t.native_id, cores)
                 except OSError:
-                    pass  # it ended meanwhile
+                    before.pop(t.native_id, None)  # it ended meanwhile
+        return before
+
+    @staticmethod
+    def restore(before: dict[int, frozenset[int]]) -> None:
+        """Give threads pinned by `pin_others` their previous cores back (those that still run)."""
+        import os
+
+        setter = getattr(os, "sched_setaffinity", None)
+        for tid, cores in before.items():
+            try:
+                if setter is not None:
+                    setter(tid, cores)
+            except OSError:
+                pass  # it ended meanwhile
 
 
 class _Handoff:
@@ -431,11 +449,10 @@ class Pipeline:
         prep = threading.Thread(target=prepare_loop, name="prepare", daemon=True)
         post.start()
         prep.start()
-        # this thread is the inference stage; it gets its own cores back when the loop ends (threads it starts
-        # later would inherit the pinning)
+        # this thread is the inference stage; it and every thread pinned here get their cores back when the loop
+        # ends (threads started later would inherit the pinning)
         restore = CorePlan.pin(self.cores.infer) if self.cores is not None else None
-        if self.cores is not None:
-            self.cores.pin_others(self.cores.light)
+        others = CorePlan.pin_others(self.cores.light) if self.cores is not None else {}
         cpu0 = time.thread_time()
         try:
             while not halt.is_set():
@@ -458,5 +475,6 @@ class Pipeline:
             post.join()
             if restore is not None:
                 CorePlan.pin(restore)
+            CorePlan.restore(others)
         if failure:
             raise failure[0]
