@@ -11,19 +11,16 @@ model score threshold the device uses (config `model.score_threshold`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from convert.cartpass import CartPass, aisle_length_for, iter_video_rgb, make_aisle, render_cart_pass
-from convert.passcheck import PassTally, dump_alert_frames, replay_pass, score_pass
+from convert.passcheck import sweep_thresholds
 from edge.app import load_model
 from edge.config import Config
-from edge.detector import Detector
 
 
 def render(seed: int, work: Path, seconds: float = 12.0) -> CartPass:
@@ -46,17 +43,10 @@ def main() -> None:
     thresholds = args.thresholds or [bundle.manifest.thresholds.score]
     work = Path(tempfile.mkdtemp(prefix="cartpass-eval-"))
     passes = [render(args.seed + k, work) for k in range(args.passes)]
-    decoded = [list(iter_video_rgb(cp.path)) for cp in passes]
+    decoded = [(cp, list(iter_video_rgb(cp.path))) for cp in passes]
     rows = []
-    for thr in thresholds:
-        det = Detector(bundle, score_threshold=thr)
-        tally = PassTally()
-        for k, (cp, frames) in enumerate(zip(passes, decoded, strict=True)):
-            events: list[Any] = []
-            s = score_pass(cp, replay_pass(det, frames, dataclasses.replace(cfg.tracking), events))
-            tally.add(s)
-            if args.dump is not None:
-                dump_alert_frames(args.dump, f"t{thr:.2f}-pass{args.seed + k}", frames, events, s.false_alarms)
+    names = [f"pass{args.seed + k}" for k in range(args.passes)]
+    for thr, tally in sweep_thresholds(bundle, decoded, names, thresholds, cfg.tracking, args.dump):
         rows.append(tally.row(thr))
         if not args.json:
             print(tally.line(thr), flush=True)

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from convert.build_default import ESD_DEV
-from convert.passcheck import PassTally, dump_alert_frames, replay_pass, score_pass
+from convert.passcheck import sweep_thresholds
 from convert.photopan import load_photos, pan_pass
 from edge.app import load_model
 from edge.config import Config
-from edge.detector import Detector
 
 
 def main() -> None:
@@ -48,15 +45,8 @@ def main() -> None:
         for k in range(args.passes)
     ]
     rows = []
-    for thr in thresholds:
-        det = Detector(bundle, score_threshold=thr)
-        tally = PassTally()
-        for k, (cp, frames) in enumerate(passes):
-            events: list[Any] = []
-            s = score_pass(cp, replay_pass(det, frames, replace(cfg.tracking), events))
-            tally.add(s)
-            if args.dump is not None:
-                dump_alert_frames(args.dump, f"t{thr:.2f}-pass{k}", frames, events, s.false_alarms)
+    names = [f"pass{k}" for k in range(args.passes)]
+    for thr, tally in sweep_thresholds(bundle, passes, names, thresholds, cfg.tracking, args.dump):
         rows.append(tally.row(thr))
         if not args.json:
             print(tally.line(thr, "labelled gaps", f"alerts on no labelled gap, passes of {args.photos} photos"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +138,32 @@ def replay_pass(
             if events is not None:
                 events.append(ev)
     return alerts
+
+
+def sweep_thresholds(
+    bundle: Any,
+    passes: Sequence[tuple[CartPass, Sequence[np.ndarray]]],
+    names: Sequence[str],
+    thresholds: Sequence[float],
+    tracking: Any,
+    dump: Path | None = None,
+) -> Iterator[tuple[float, PassTally]]:
+    """For each score threshold, the bundle's model + a fresh tracker over every (pass, RGB frames), scored and
+    added up; with `dump`, each false alarm's frame is written there as `t{threshold}-{name}-{alert id}.jpg`."""
+    from dataclasses import replace
+
+    from edge.detector import Detector
+
+    for thr in thresholds:
+        det = Detector(bundle, score_threshold=thr)
+        tally = PassTally()
+        for (cp, frames), name in zip(passes, names, strict=True):
+            events: list[Any] = []
+            s = score_pass(cp, replay_pass(det, frames, replace(tracking), events))
+            tally.add(s)
+            if dump is not None:
+                dump_alert_frames(dump, f"t{thr:.2f}-{name}", frames, events, s.false_alarms)
+        yield thr, tally
 
 
 def dump_alert_frames(out: Path, tag: str, frames: Sequence[np.ndarray], events: Iterable[Any],

@@ -38,9 +38,8 @@ def load_photos(folder: Path | str, count: int, seed: int = 0) -> list[LabeledIm
     out = []
     for i in sorted(int(k) for k in picks):
         img = read_image_rgb(paths[i])
-        label = root / "labels" / (paths[i].stem + ".txt")
-        boxes = read_yolo_labels(label, img.shape[1], img.shape[0]) if label.is_file() else np.zeros((0, 4))
-        out.append(LabeledImage(paths[i], img, boxes))
+        boxes = read_yolo_labels(root / "labels" / (paths[i].stem + ".txt"), img.shape[1], img.shape[0])
+        out.append(LabeledImage(paths[i], img, boxes))  # no label file: no boxes
     return out
 
 

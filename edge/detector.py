@@ -104,6 +104,7 @@ class Detector:
             np.empty((spec.height, spec.width, 3), np.uint8) if self._in_dtype not in _QUANT_INPUTS else None
         )
         self._outputs = self._plan_outputs()
+        self._outputs_integer = all(o.quantized for o in self._outputs)  # read per frame by the pipeline
         self._out_buffers = {o.name: np.empty(o.shape, np.float32) for o in self._outputs}
         self._decode_fn = DECODERS[self.manifest.output.decoding]
 
@@ -251,7 +252,7 @@ class Detector:
     @property
     def outputs_always_finite(self) -> bool:
         """Every output is an integer tensor, so its dequantized values cannot be NaN or infinite."""
-        return all(o.quantized for o in self._outputs)
+        return self._outputs_integer
 
     def raw_outputs(self) -> dict[str, np.ndarray]:
         """Copies of the raw (quantized) output tensors by manifest name."""

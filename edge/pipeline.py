@@ -44,6 +44,9 @@ class GapDetector(Protocol):
 
     def decode_outputs(self, outputs: dict[str, Any], orig_w: int, orig_h: int) -> list[Gap]: ...
 
+    @property
+    def outputs_always_finite(self) -> bool: ...
+
 
 class Tracker(Protocol):
     def update(self, frame: Frame, gaps: list[Gap]) -> list[AlertEvent]: ...
@@ -169,58 +172,42 @@ class CorePlan:
         getter = getattr(os, "sched_getaffinity", None)
         return CorePlan.for_cores(sorted(getter(0)), interpreter_threads) if getter is not None else None
 
-    @staticmethod
-    def pin(cores: frozenset[int]) -> frozenset[int] | None:
-        """Restrict the calling thread (not the process) to `cores`; returns the cores it had, to restore them, or
-        None where the OS has no thread affinity (then nothing changed)."""
-        import os
-
-        getter = getattr(os, "sched_getaffinity", None)
-        setter = getattr(os, "sched_setaffinity", None)
-        if getter is None or setter is None:
-            return None
-        try:
-            before = frozenset(getter(0))
-            setter(0, cores)  # Linux: pid 0 is the calling thread
-            return before
-        except OSError as e:
-            log.warning("could not pin a stage thread to cores %s: %s", sorted(cores), e)
-            return None
-
-
-    @staticmethod
-    def pin_others(cores: frozenset[int]) -> dict[int, frozenset[int]]:
-        """Restrict every other Python thread of the process (capture, MQTT network loop, ...) to `cores`; returns
-        each pinned thread's previous cores by native thread id, for `restore`."""
-        import os
-
-        getter = getattr(os, "sched_getaffinity", None)
-        setter = getattr(os, "sched_setaffinity", None)
-        if getter is None or setter is None:
-            return {}
-        me = threading.get_ident()
+    def apply(self) -> dict[int, frozenset[int]]:
+        """Pin the calling thread (the inference stage) to `infer` and every other Python thread of the process
+        (prepare, post, capture, MQTT network loop, ...) to `light`; returns each pinned thread's previous cores by
+        native thread id, for `restore`. Threads started later inherit their starter's cores."""
+        me = threading.get_native_id()
         before: dict[int, frozenset[int]] = {}
         for t in threading.enumerate():
-            if t.ident != me and t.native_id is not None:
-                try:
-                    before[t.native_id] = frozenset(getter(t.native_id))
-                    setter(t.native_id, cores)
-                except OSError:
-                    before.pop(t.native_id, None)  # it ended meanwhile
+            if t.native_id is None:
+                continue
+            prev = _set_affinity(t.native_id, self.infer if t.native_id == me else self.light)
+            if prev is not None:
+                before[t.native_id] = prev
         return before
 
     @staticmethod
     def restore(before: dict[int, frozenset[int]]) -> None:
-        """Give threads pinned by `pin_others` their previous cores back (those that still run)."""
-        import os
-
-        setter = getattr(os, "sched_setaffinity", None)
+        """Give the threads `apply` pinned their previous cores back (those that still run)."""
         for tid, cores in before.items():
-            try:
-                if setter is not None:
-                    setter(tid, cores)
-            except OSError:
-                pass  # it ended meanwhile
+            _set_affinity(tid, cores)
+
+
+def _set_affinity(tid: int, cores: frozenset[int]) -> frozenset[int] | None:
+    """Restrict one thread (by native id) to `cores`; its previous cores, or None where the OS has no thread
+    affinity or the thread has ended."""
+    import os
+
+    getter = getattr(os, "sched_getaffinity", None)
+    setter = getattr(os, "sched_setaffinity", None)
+    if getter is None or setter is None:
+        return None
+    try:
+        before = frozenset(getter(tid))
+        setter(tid, cores)  # Linux: a thread id pins that thread only
+        return before
+    except OSError:
+        return None  # it ended meanwhile
 
 
 class _Handoff:
@@ -366,7 +353,7 @@ class Pipeline:
         s.total.add((t4 - item.t0) * 1e3)
         s.model_swaps = self.slot.swaps
         # NaN/inf outputs fail an OTA probation; dequantized integer outputs cannot have them, so skip the scan
-        ok = getattr(item.detector, "outputs_always_finite", False) or all(
+        ok = item.detector.outputs_always_finite or all(
             bool(np.isfinite(v).all()) for v in item.outputs.values()
         )
         result = FrameResult(item.preprocess_ms, item.invoke_ms, (t3 - t2) * 1e3, (t4 - t3) * 1e3, len(events), ok)
@@ -394,12 +381,7 @@ class Pipeline:
                     continue
             return False
 
-        def pin_light() -> None:
-            if self.cores is not None:
-                CorePlan.pin(self.cores.light)
-
         def prepare_loop() -> None:
-            pin_light()
             cpu0 = time.thread_time()
             try:
                 while not (stop.is_set() or halt.is_set()):
@@ -429,7 +411,6 @@ class Pipeline:
                 put(to_infer, _END, lambda: not halt.is_set())
 
         def post_loop() -> None:
-            pin_light()
             cpu0 = time.thread_time()
             try:
                 while True:
@@ -449,10 +430,9 @@ class Pipeline:
         prep = threading.Thread(target=prepare_loop, name="prepare", daemon=True)
         post.start()
         prep.start()
-        # this thread is the inference stage; it and every thread pinned here get their cores back when the loop
-        # ends (threads started later would inherit the pinning)
-        restore = CorePlan.pin(self.cores.infer) if self.cores is not None else None
-        others = CorePlan.pin_others(self.cores.light) if self.cores is not None else {}
+        # this thread is the inference stage; the stage threads above have started, so `apply` pins them too, and
+        # every pinned thread gets its cores back when the loop ends
+        pinned = self.cores.apply() if self.cores is not None else {}
         cpu0 = time.thread_time()
         try:
             while not halt.is_set():
@@ -473,8 +453,6 @@ class Pipeline:
             # the post stage finishes every frame already inferred: their alerts must be committed
             put(to_post, _END, post.is_alive)
             post.join()
-            if restore is not None:
-                CorePlan.pin(restore)
-            CorePlan.restore(others)
+            CorePlan.restore(pinned)
         if failure:
             raise failure[0]

@@ -356,18 +356,17 @@ def run_bench(
         pipeline_fps, pipeline_extra, note = _pipeline_bench(frames, det, n)
         say(f"{tag}serial loops, second half")
         t.run_blocks(det, naive_loop, frames, n // 2, n)
-        r_pre, r_inv, r_dec, r_naive = t.pre, t.inv, t.dec, t.naive
         runs.append(RunFigures(
-            invoke_fps=round(1000.0 * n / sum(r_inv), 2),
-            detector_fps=round(1000.0 * n / (sum(r_pre) + sum(r_inv) + sum(r_dec)), 2),
-            naive_fps=round(1000.0 * n / sum(r_naive), 2),
+            invoke_fps=round(1000.0 * n / sum(t.inv), 2),
+            detector_fps=round(1000.0 * n / (sum(t.pre) + sum(t.inv) + sum(t.dec)), 2),
+            naive_fps=round(1000.0 * n / sum(t.naive), 2),
             pipeline_fps=None if pipeline_fps is None else round(pipeline_fps, 2),
         ))
         extras.append(pipeline_extra)
-        pre += r_pre
-        inv += r_inv
-        dec += r_dec
-        naive += r_naive
+        pre += t.pre
+        inv += t.inv
+        dec += t.dec
+        naive += t.naive
     ref_fps = None
     if reference_kernels:
         from edge.detector import Detector
