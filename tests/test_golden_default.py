@@ -23,7 +23,7 @@ def test_manifest_describes_the_model(detector) -> None:  # type: ignore[no-unty
     m = detector.manifest
     assert m.output.decoding == "gap-heatmap" and m.output.stride in (4, 8)
     assert sorted(t.name for t in m.output.tensors) == ["heatmap", "ltrb"]
-    assert (m.input.dtype, m.input.scale, m.input.zero_point) == ("uint8", 1.0, 0)
+    assert (m.input.dtype, m.input.scale, m.input.zero_point) == ("int8", 1.0, -128)  # pixel p goes in as p - 128
     assert 0.0 < m.thresholds.score < 1.0
     assert "synthetic-val" in m.metrics["sets"]
 

@@ -1,4 +1,4 @@
-"""int8 conversion of a tiny gap-heatmap model: raw uint8 input, named int8 outputs close to float, bundle runs."""
+"""int8 conversion of a tiny gap-heatmap model: int8 (p - 128) input, named int8 outputs close to float, bundle runs."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_int8_outputs_stay_close_to_float(tiny: tuple[object, bytes, list[np.nda
 
     model, tfl, images = tiny
     ins, outs = describe(tfl)
-    assert (ins.dtype, ins.scale, ins.zero_point) == ("uint8", 1.0, 0)  # raw camera pixels go in as they are
+    assert (ins.dtype, ins.scale, ins.zero_point) == ("int8", 1.0, -128)  # camera pixel p goes in as p - 128
     assert {o.name for o in outs} == {"heatmap", "ltrb"} and all(o.dtype == "int8" for o in outs)
     runner = TFLiteRunner(tfl, threads=1)
 
@@ -72,3 +72,38 @@ def test_tiny_model_bundles_and_runs_on_the_device_path(tmp_path: Path, tiny: tu
     gaps = det.detect(make_shelf_image(np.random.default_rng(5), 200, 150).image)
     for g in gaps:
         assert 0 <= g.x0 <= g.x1 <= 200 and 0 <= g.y0 <= g.y1 <= 150 and 0.3 <= g.score <= 1
+
+
+def test_int8_input_gives_the_same_outputs_as_a_uint8_input(tiny: tuple[object, bytes, list[np.ndarray]]) -> None:
+    """The int8 input (pixels XORed with 0x80 on the device) is exact: the same weights converted with a raw uint8
+    input, whose graph starts with a QUANTIZE op, give bit-identical outputs, through TFLiteRunner and Detector."""
+    from convert.bundler import heatmap_manifest
+    from convert.quantize import TFLiteRunner, convert_int8, describe
+    from edge.bundle import MODEL, Bundle, Thresholds
+    from edge.detector import Detector
+
+    model, tfl_i8, images = tiny
+    tfl_u8 = convert_int8(model, images[:8], input_type="uint8")
+    assert describe(tfl_u8)[0].dtype == "uint8"
+    r8, ru = TFLiteRunner(tfl_i8, threads=1), TFLiteRunner(tfl_u8, threads=1)
+    dets = []
+    for tfl in (tfl_i8, tfl_u8):
+        m = heatmap_manifest(tfl, "tiny", 1, 8, Thresholds(score=0.3))
+        dets.append(Detector(Bundle(m, m.to_json_bytes(), {MODEL: tfl}, None, "<test>"), threads=1))
+    staging = dets[0].staging_buffer()
+    for im in images:
+        a, b = r8.raw(im), ru.raw(im)
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        outs = []
+        for det in dets:
+            det.prepare(im, staging)  # the pipeline's path: prepare on one thread, load on the inference thread
+            det.load(staging)
+            det.invoke()
+            outs.append(det.raw_outputs())
+        for k in outs[0]:
+            np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)
+            np.testing.assert_array_equal(outs[0][k], a[k], err_msg=k)
+    with pytest.raises(ValueError, match="input_type"):
+        convert_int8(model, images[:8], input_type="float32")
