@@ -43,6 +43,24 @@ class MemorySource:
         pass
 
 
+def _wait_listening(proc: Any, port: int, timeout: float) -> None:
+    """Wait until the broker process accepts connections on the loopback port; ValueError if it exits or times out."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise ValueError(f"mosquitto exited with code {proc.returncode} before listening on port {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.terminate()
+                raise ValueError(f"mosquitto did not listen on port {port} within {timeout:g} s") from None
+            time.sleep(0.02)
+
+
 def bench_pipeline(
     frames: Sequence[Any], detector: GapDetector, n: int = 300, cores: CorePlan | None = None
 ) -> dict[str, Any]:
@@ -78,7 +96,7 @@ def bench_pipeline(
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
         proc = subprocess.Popen([mosq, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         broker, url = "mosquitto", f"mqtt://127.0.0.1:{port}"
-        time.sleep(0.3)
+        _wait_listening(proc, port, 10.0)
     else:
         embedded = EmbeddedBroker().start()
         broker, url = "amqtt", embedded.url

@@ -90,13 +90,16 @@ class Resizer:
     def __call__(self, src: np.ndarray, dst: np.ndarray) -> None:
         """Write the shrunk `src` (HxWx3 uint8, C-contiguous) into `dst` (hxwx3 uint8)."""
         if not self.separable:
-            out = cv2.resize(src, self.dst, dst=dst, interpolation=self.interpolation)
-            if out.ctypes.data != dst.ctypes.data:  # OpenCV allocated instead of writing in place
-                np.copyto(dst, out)
+            _resize_into(src, dst, self.dst, self.interpolation)
             return
         rows = np.ascontiguousarray(src).reshape(self._groups, self._p, self.src[0], 3)
         for o0, w0, o1, w1, target in self._steps:
             cv2.addWeighted(rows[:, o0], w0, rows[:, o1], w1, 0.0, dst=target)
-        out = cv2.resize(self._mid, self.dst, dst=dst, interpolation=cv2.INTER_LINEAR)  # exactly 2:1 = pair mean
-        if out.ctypes.data != dst.ctypes.data:
-            np.copyto(dst, out)
+        _resize_into(self._mid, dst, self.dst, cv2.INTER_LINEAR)  # exactly 2:1 = pair mean
+
+
+def _resize_into(src: np.ndarray, dst: np.ndarray, size: tuple[int, int], interpolation: int) -> None:
+    """cv2.resize into `dst`, copying when OpenCV allocated a new array instead of writing in place."""
+    out = cv2.resize(src, size, dst=dst, interpolation=interpolation)
+    if out.ctypes.data != dst.ctypes.data:
+        np.copyto(dst, out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -171,6 +172,9 @@ def test_bench_json_is_one_object_with_the_contract_keys(tiny: tuple[Path, Path,
         assert out[key] == pytest.approx(sum(vals) / 2, abs=0.01)
     # the ratios and the pipeline's own stage percentiles, explained in the same object
     assert out["pipeline_fps"] > 0
+    # the note says where the pipeline's threads ran (the tiny model runs 1 interpreter thread: pinned on >= 2 cores)
+    cores = len(os.sched_getaffinity(0))
+    assert out["note"].startswith("inference thread pinned to cores" if cores >= 2 else "threads not pinned")
     # each ratio is the median of the runs' own ratios (a run compares figures measured in the same minute)
     for run in out["runs"]:
         assert run["pipeline_over_invoke"] == pytest.approx(run["pipeline_fps"] / run["invoke_fps"], abs=0.001)

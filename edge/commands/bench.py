@@ -317,13 +317,19 @@ class NaiveLoop:
         return per_frame
 
 
-def _pipeline_bench(frames: Sequence[np.ndarray], det: Any, n: int) -> tuple[float | None, dict[str, Any] | None, str]:
-    """The service's threaded pipeline on the same frames (`edge.pipeline_bench.bench_pipeline`)."""
+def _pipeline_bench(frames: Sequence[np.ndarray], det: Any, n: int) -> tuple[float | None, dict[str, Any], str]:
+    """The service's threaded pipeline on the same frames (`edge.pipeline_bench.bench_pipeline`), and a note on
+    where its threads ran."""
     from edge.pipeline import CorePlan
     from edge.pipeline_bench import bench_pipeline
 
-    out = bench_pipeline(list(frames), det, n, cores=CorePlan.for_process(det.runtime.threads))
-    return out["pipeline_fps"], out, ""
+    plan = CorePlan.for_process(det.runtime.threads)
+    out = bench_pipeline(list(frames), det, n, cores=plan)
+    if plan is None:
+        note = "threads not pinned (one usable core, or an interpreter worker pool)"
+    else:
+        note = f"inference thread pinned to cores {sorted(plan.infer)}, the other threads to {sorted(plan.light)}"
+    return out["pipeline_fps"], out, note
 
 
 def run_bench(
@@ -382,7 +388,7 @@ def run_bench(
     pipeline_fps_med = _median([x.pipeline_fps for x in runs])
     # the pipeline details of the run whose pipeline_fps is the (lower) median
     with_fps = [(x.pipeline_fps, e) for x, e in zip(runs, extras, strict=True) if x.pipeline_fps is not None]
-    pipeline_extra = sorted(with_fps, key=lambda t: t[0])[(len(with_fps) - 1) // 2][1] if with_fps else extras[-1]
+    median_extra = sorted(with_fps, key=lambda t: t[0])[(len(with_fps) - 1) // 2][1] if with_fps else extras[-1]
     stage_runs = [e["stages_ms"] for e in extras if e and isinstance(e.get("stages_ms"), dict)]
     return BenchResult(
         model=f"{det.manifest.name} v{det.manifest.version}",
@@ -406,7 +412,7 @@ def run_bench(
             "detector_total": Quantiles.of(totals),
             "naive_total": Quantiles.of(naive),
         },
-        pipeline=pipeline_extra,
+        pipeline=median_extra,
         note=note,
         invoke_fps_reference_kernels=ref_fps,
         pipeline_stages_ms=_median_stages(stage_runs),
@@ -470,7 +476,7 @@ def _print_result(r: BenchResult, as_json: bool) -> None:
           f"{r.frames} frames {r.frame_size[0]}x{r.frame_size[1]} -> {r.input_size[0]}x{r.input_size[1]}{runs}")
     print(f"  invoke_fps    {r.invoke_fps:8.1f}   interpreter alone on a filled tensor: the ceiling")
     pipe = f"{r.pipeline_fps:8.1f}" if r.pipeline_fps is not None else f"{'n/a':>8}"
-    print(f"  pipeline_fps  {pipe}   {r.note or 'threaded service pipeline end to end, incl. tracking + MQTT'}")
+    print(f"  pipeline_fps  {pipe}   threaded service pipeline end to end, incl. tracking + MQTT ({r.note})")
     print(f"  detector_fps  {r.detector_fps:8.1f}   serial, in place (preprocess + invoke + decode)")
     print(f"  naive_fps     {r.naive_fps:8.1f}   serial, Google Pi example pattern")
     if r.invoke_fps_reference_kernels is not None:
