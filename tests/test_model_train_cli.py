@@ -29,3 +29,39 @@ def test_train_writes_a_signed_bundle_that_the_device_runs(tmp_path: Path, capsy
     b = read_bundle(out, load_public_keys([tmp_path / "keys"]))
     assert (b.manifest.version, b.manifest.input.width, b.manifest.output.stride) == (3, 64, 8)
     assert Detector(b, threads=1).check_golden().ok
+
+
+@pytest.mark.slow
+def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_after(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`finetune DATA --from W --size N`: fully-convolutional weights carry over to a new input size; the report
+    gives the split and the held-out figures; a size that is not a multiple of 32 is a one-line error."""
+    from convert.build_default import synth_folder
+    from edge.bundle import generate_keypair, load_public_keys, read_bundle
+    from edge.detector import Detector
+
+    generate_keypair(tmp_path / "k.key", tmp_path / "keys" / "k.pub")
+    key = ["--key", str(tmp_path / "k.key")]
+    assert main(["train", str(tmp_path / "base.bundle"), "--synth", "8", "--synth-val", "4", "--steps", "2",
+                 "--batch", "2", "--size", "64", "--crop", "64", "--stride", "8", "--work", str(tmp_path / "w0"),
+                 "--quiet", *key]) == 0
+    capsys.readouterr()
+    data = synth_folder(tmp_path / "frames", 10, seed=5, workers=1, progress=False)  # stands in for a user's frames
+    weights = tmp_path / "w0" / "float" / "model.weights.h5"
+    out = tmp_path / "store.bundle"
+    code = main(["finetune", str(data), "--out", str(out), "--from", str(weights), "--size", "96", "--steps", "3",
+                 "--batch", "2", "--val-share", "0.3", "--work", str(tmp_path / "w1"), "--quiet", *key])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == {"train": 7, "heldout": 3, "seed": 0}
+    held = report["metrics"]["sets"]["frames-heldout"]
+    assert held["int8"]["images"] == 3 and 0.0 <= held["int8"]["ap50"] <= 1.0
+    b = read_bundle(out, load_public_keys([tmp_path / "keys"]))
+    assert (b.manifest.input.width, b.manifest.input.height, b.manifest.output.stride) == (96, 96, 8)
+    assert (b.manifest.input.dtype, b.manifest.input.zero_point) == ("int8", -128)
+    assert Detector(b, threads=1).check_golden().ok
+
+    code = main(["finetune", str(data), "--out", str(tmp_path / "bad.bundle"), "--from", str(weights),
+                 "--size", "100", "--steps", "1", "--quiet", *key])
+    assert code != 0 and "--size" in capsys.readouterr().err and not (tmp_path / "bad.bundle").exists()
