@@ -35,8 +35,17 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+SERIES_COLOURS = ((30, 90, 200), (230, 120, 20), (40, 160, 60), (150, 60, 180))  # RGB, one per curve
+
+
 def draw_pr_curve(curve: Sequence[PRPoint], threshold: float, size: int = 480) -> np.ndarray:
     """An RGB image of the precision/recall curve, with the operating point at `threshold` marked."""
+    return draw_pr_curves([("", curve, threshold)], size)
+
+
+def draw_pr_curves(series: Sequence[tuple[str, Sequence[PRPoint], float]], size: int = 480) -> np.ndarray:
+    """An RGB image of several precision/recall curves (label, curve, threshold), each with its operating point
+    circled and, when labelled, a legend entry."""
     pad = 48
     img = np.full((size, size, 3), 255, np.uint8)
     x0, y0, x1, y1 = pad, pad // 2, size - pad // 2, size - pad
@@ -55,13 +64,20 @@ def draw_pr_curve(curve: Sequence[PRPoint], threshold: float, size: int = 480) -
     cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), 1)
     cv2.putText(img, "recall", (x0 + span_x // 2 - 20, size - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
     cv2.putText(img, "precision", (4, y0 - 6 if y0 > 14 else 14), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    if curve:
-        pts = np.array([pt(c.recall, c.precision) for c in curve], np.int32)
-        cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, (30, 90, 200), 2, cv2.LINE_AA)
-        above = [c for c in curve if c.score >= threshold]
-        if above:
-            op = above[-1]
-            cv2.circle(img, pt(op.recall, op.precision), 6, FALSE_ALARM, 2, cv2.LINE_AA)
+    for i, (label, curve, threshold) in enumerate(series):
+        colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
+        if curve:
+            pts = np.array([pt(c.recall, c.precision) for c in curve], np.int32)
+            cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, colour, 2, cv2.LINE_AA)
+            above = [c for c in curve if c.score >= threshold]
+            if above:
+                op = above[-1]
+                cv2.circle(img, pt(op.recall, op.precision), 6, FALSE_ALARM if len(series) == 1 else colour, 2,
+                           cv2.LINE_AA)
+        if label:
+            ly = y1 - 12 - 18 * (len(series) - 1 - i)
+            cv2.line(img, (x0 + 10, ly - 4), (x0 + 34, ly - 4), colour, 3)
+            cv2.putText(img, label, (x0 + 40, ly), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
     return img
 
 

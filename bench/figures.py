@@ -1,0 +1,117 @@
+"""Draws the README's model figures: what the model sees on a generated shelf, and its PR curves by data set.
+
+- `model-view.png`: a generated 640x480 shelf (never trained on), the model's gap heatmap over it, and the decoded
+  gaps against the generator's labels (green hit, amber missed, red false alarm).
+- `pr-curves.png`: precision/recall of the bundle on generated validation shelves and on the real ESD `dev/`
+  photos, and, with `--finetuned`, of a fine-tuned bundle on the held-out share of its folder (the split
+  `shelfscout finetune` used). Only curves are drawn from ESD: its photos are not redistributable, so none is
+  written.
+
+Usage: .venv/bin/python bench/figures.py [--model BUNDLE] [--out docs/img] [--esd DIR] [--finetuned BUNDLE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+ESD_DEV = REPO.parent / "shared" / "data" / "esd" / "dev"
+VIEW_SEED = 20261129
+
+
+def model_view(bundle: Any, seed: int = VIEW_SEED) -> np.ndarray:
+    """Three panels side by side (RGB): the frame, the heatmap over it, the gaps against the labels."""
+    from convert.evaluate import ImageDetections, match_images
+    from convert.report import Example, annotate
+    from convert.synth import make_shelf_image
+    from edge.detector import Detector
+
+    sample = make_shelf_image(np.random.default_rng(seed), width=640, height=480)
+    det = Detector(bundle, threads=2)
+    gaps = det.detect(sample.image)
+    heat = det.outputs()["heatmap"][0, :, :, 0]
+    h, w = sample.image.shape[:2]
+    heat_big = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
+    colour = cv2.applyColorMap(np.clip(heat_big * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
+    overlay = cv2.addWeighted(sample.image, 0.45, cv2.cvtColor(colour, cv2.COLOR_BGR2RGB), 0.55, 0.0)
+    dets = ImageDetections(np.array([g.box for g in gaps], np.float32).reshape(-1, 4),
+                           np.array([g.score for g in gaps], np.float32))
+    match = match_images([dets], [sample.boxes], det.score_threshold)[0]
+    boxes = annotate(Example("view", sample.image, sample.boxes, match), max_side=max(w, h))
+    panels = []
+    for img, title in ((sample.image, "camera frame (generated shelf)"), (overlay, "gap heatmap (model output)"),
+                       (boxes, f"gaps: {int(match.det_tp.sum())} hit, {int((~match.gt_hit).sum())} missed, "
+                               f"{int((~match.det_tp).sum())} false")):
+        p = np.full((h + 28, w, 3), 255, np.uint8)
+        p[28:] = img
+        cv2.putText(p, title, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+        panels.append(p)
+    return np.hstack(panels)
+
+
+def pr_series(bundle: Any, esd: Path | None, finetuned: Any | None, split_seed: int, val_share: float
+              ) -> list[tuple[str, Any, float]]:
+    """(label, PR curve, threshold) for each data set that is there."""
+    from convert.build_default import DEFAULT_SEED, split_folder, synth_folder
+    from convert.dataset import load_yolo_folder
+    from convert.evaluate import detect_with_bundle, evaluate
+
+    def curve(b: Any, items: list[Any], name: str) -> tuple[str, Any, float]:
+        thr = b.manifest.thresholds.score
+        r = evaluate(detect_with_bundle(b, [it.image for it in items]), [it.boxes for it in items], thr)
+        label = f"{b.manifest.name} v{b.manifest.version}, {name}: AP50 {r.ap50:.2f}"
+        print(label, f"(P {r.precision:.2f} R {r.recall:.2f} at {thr:.2f})")
+        return label, r.pr_curve, thr
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        synth = load_yolo_folder(synth_folder(Path(tmp) / "val", 300, DEFAULT_SEED + 1, 2, False))
+        out.append(curve(bundle, synth, "generated shelves"))
+    if esd is not None:
+        out.append(curve(bundle, load_yolo_folder(esd), f"real photos ({esd.parent.name} {esd.name})"))
+        if finetuned is not None:
+            _, held = split_folder(esd, val_share, split_seed)
+            out.append(curve(bundle, list(held), f"held-out {val_share:.0%} of them"))
+            out.append(curve(finetuned, list(held), f"held-out {val_share:.0%}, fine-tuned on the rest"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--model", type=Path, default=None, help="bundle (default: the built-in default bundle)")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "img", help="where the PNGs go (default docs/img)")
+    ap.add_argument("--esd", type=Path, default=ESD_DEV if ESD_DEV.exists() else None, help="real YOLO folder")
+    ap.add_argument("--finetuned", type=Path, default=None, help="a bundle fine-tuned on 70%% of --esd")
+    ap.add_argument("--keys", type=Path, action="append", default=[], help="extra trusted key folder")
+    ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--val-share", type=float, default=0.3)
+    args = ap.parse_args(argv)
+
+    from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, load_public_keys, read_bundle
+
+    keys = load_public_keys([BUILTIN_KEYS, *args.keys])
+    bundle = read_bundle(args.model or DEFAULT_BUNDLE, keys)
+    finetuned = read_bundle(args.finetuned, keys) if args.finetuned else None
+    if finetuned is not None and args.esd is None:
+        print("figures: error: --finetuned needs --esd (the folder it was fine-tuned on)", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    view = model_view(bundle)
+    cv2.imwrite(str(args.out / "model-view.png"), cv2.cvtColor(view, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    from convert.report import draw_pr_curves
+
+    pr = draw_pr_curves(pr_series(bundle, args.esd, finetuned, args.split_seed, args.val_share), size=560)
+    cv2.imwrite(str(args.out / "pr-curves.png"), cv2.cvtColor(pr, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    print(f"wrote {args.out / 'model-view.png'} and {args.out / 'pr-curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
