@@ -106,3 +106,30 @@ def test_match_images_marks_hits_misses_and_false_alarms() -> None:
 def test_mismatched_lengths_are_refused() -> None:
     with pytest.raises(ValueError):
         evaluate([dets((*A, 0.9))], [boxes(A), boxes(B)], 0.5)
+
+
+def test_pr_curves_are_drawn_in_their_colours_with_their_operating_points() -> None:
+    """Two labelled curves: each one's pixels are in its own colour along its path, and each operating point
+    (the last curve point at or above its threshold) is circled."""
+    from convert.evaluate import PRPoint
+    from convert.report import SERIES_COLOURS, draw_pr_curves
+
+    high = [PRPoint(0.9 - 0.1 * i, 1.0, 0.1 * (i + 1)) for i in range(8)]  # precision 1.0, recall 0.1 .. 0.8
+    low = [PRPoint(0.9 - 0.1 * i, 0.3, 0.1 * (i + 1)) for i in range(8)]  # precision 0.3
+    img = draw_pr_curves([("a", high, 0.5), ("b", low, 0.5)], size=480)
+    assert img.shape == (480, 480, 3) and img.dtype == np.uint8
+    pad, size = 48, 480
+    x0, y0, x1, y1 = pad, pad // 2, size - pad // 2, size - pad
+
+    def px(r: float, p: float) -> tuple[int, int]:  # (row, col) of a curve point, as the drawing maps it
+        return int(round(y1 - p * (y1 - y0))), int(round(x0 + r * (x1 - x0)))
+
+    for curve, colour in ((high, SERIES_COLOURS[0]), (low, SERIES_COLOURS[1])):
+        row, col = px(0.35, curve[0].precision)  # between two points, on the line
+        assert tuple(int(v) for v in img[row, col]) == colour
+    # the operating point at 0.5 is the point with score 0.5 (recall 0.5): a ring around it, in the curve's colour
+    row, col = px(0.5, 0.3)
+    colour = np.array(SERIES_COLOURS[1], np.uint8)
+    above, below = img[row - 6, col], img[row + 6, col]  # on the ring (radius 6), off the horizontal curve
+    assert (above == colour).all() and (below == colour).all()
+    assert (img[row - 6, col + 40] == 255).all()  # and not just a thicker line: further along, white
