@@ -30,6 +30,7 @@ class NetConfig:
     fpn: int = 48  # channels of the top-down merge
     head: int = 32  # channels of the stride-4 head
     bn_momentum: float = 0.9
+    shared_head: bool = False  # one head block feeding both output convs, instead of one block per output
 
     def __post_init__(self) -> None:
         if self.stride not in (4, 8):
@@ -104,12 +105,13 @@ def build_model(cfg: NetConfig, input_shape: tuple[int | None, int | None] | Non
         p = layers.UpSampling2D(2, name="up4")(p)
         p = layers.Add(name="merge4")([p, conv_bn(f4, cfg.head, 1, 1, "lat4")])
         p = dws(p, cfg.head, 1, "td4")
-    hm = dws(p, p.shape[-1], 1, "hm_head")
+    shared = dws(p, p.shape[-1], 1, "head") if cfg.shared_head else None
+    hm = shared if shared is not None else dws(p, p.shape[-1], 1, "hm_head")
     prior = -float(__import__("math").log((1 - HEATMAP_PRIOR) / HEATMAP_PRIOR))
     hm = layers.Conv2D(
         1, 1, activation="sigmoid", bias_initializer=keras.initializers.Constant(prior), name=HEATMAP
     )(hm)
-    bx = dws(p, p.shape[-1], 1, "box_head")
+    bx = shared if shared is not None else dws(p, p.shape[-1], 1, "box_head")
     bx = layers.Conv2D(4, 1, bias_initializer=keras.initializers.Constant(1.0), name="ltrb_conv")(bx)
     bx = layers.ReLU(name=LTRB)(bx)
     return keras.Model(inp, {HEATMAP: hm, LTRB: bx}, name="shelfgap")
