@@ -1,6 +1,6 @@
 """Draws the README's model figures: what the model sees on a generated shelf, and its PR curves by data set.
 
-- `model-view.png`: a generated 640x480 shelf (never trained on), the model's gap heatmap over it, and the decoded
+- `model-view.jpg`: a generated 640x480 shelf (never trained on), the model's gap heatmap over it, and the decoded
   gaps against the generator's labels (green hit, amber missed, red false alarm).
 - `pr-curves.png`: precision/recall of the bundle on generated validation shelves and on the real ESD `dev/`
   photos, and, with `--finetuned`, of a fine-tuned bundle on the held-out share of its folder (the split
@@ -104,12 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     view = model_view(bundle)
-    cv2.imwrite(str(args.out / "model-view.png"), cv2.cvtColor(view, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    view = cv2.resize(view, (1440, round(view.shape[0] * 1440 / view.shape[1])), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(args.out / "model-view.jpg"), cv2.cvtColor(view, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
     from convert.report import draw_pr_curves
 
     pr = draw_pr_curves(pr_series(bundle, args.esd, finetuned, args.split_seed, args.val_share), size=560)
     cv2.imwrite(str(args.out / "pr-curves.png"), cv2.cvtColor(pr, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
-    print(f"wrote {args.out / 'model-view.png'} and {args.out / 'pr-curves.png'}")
+    print(f"wrote {args.out / 'model-view.jpg'} and {args.out / 'pr-curves.png'}")
     return 0
 
 
