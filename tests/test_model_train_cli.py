@@ -19,7 +19,7 @@ def test_train_writes_a_signed_bundle_that_the_device_runs(tmp_path: Path, capsy
     out = tmp_path / "small.bundle"
     code = main(["train", str(out), "--synth", "12", "--synth-val", "4", "--steps", "4", "--batch", "2",
                  "--size", "64", "--crop", "64", "--stride", "8", "--key", str(tmp_path / "k.key"),
-                 "--work", str(tmp_path / "work"), "--quiet", "--version", "3"])
+                 "--work", str(tmp_path / "work"), "--quiet", "--version", "3", "--shared-head"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)  # stdout holds the report and nothing else
     assert report["bundle"] == str(out) and report["train_images"] == 12
@@ -28,6 +28,7 @@ def test_train_writes_a_signed_bundle_that_the_device_runs(tmp_path: Path, capsy
     assert (tmp_path / "work" / "parity.md").exists()
     b = read_bundle(out, load_public_keys([tmp_path / "keys"]))
     assert (b.manifest.version, b.manifest.input.width, b.manifest.output.stride) == (3, 64, 8)
+    assert json.loads((tmp_path / "work" / "float" / "net.json").read_text())["net"]["shared_head"] is True
     assert Detector(b, threads=1).check_golden().ok
 
 
