@@ -59,13 +59,14 @@ def model_view(bundle: Any, seed: int = VIEW_SEED) -> np.ndarray:
 def pr_series(bundle: Any, esd: Path | None, finetuned: Any | None, split_seed: int, val_share: float
               ) -> list[tuple[str, Any, float]]:
     """(label, PR curve, threshold) for each data set that is there."""
-    from convert.build_default import DEFAULT_SEED, split_folder, synth_folder
+    from convert.build_default import DEFAULT_SEED, split_items, synth_folder
     from convert.dataset import load_yolo_folder
     from convert.evaluate import detect_with_bundle, evaluate
 
-    def curve(b: Any, items: list[Any], name: str) -> tuple[str, Any, float]:
+    def curve(b: Any, items: list[Any], name: str, dets: list[Any] | None = None) -> tuple[str, Any, float]:
         thr = b.manifest.thresholds.score
-        r = evaluate(detect_with_bundle(b, [it.image for it in items]), [it.boxes for it in items], thr)
+        dets = dets if dets is not None else detect_with_bundle(b, [it.image for it in items])
+        r = evaluate(dets, [it.boxes for it in items], thr)
         label = f"{b.manifest.name} v{b.manifest.version}, {name}: AP50 {r.ap50:.2f}"
         print(label, f"(P {r.precision:.2f} R {r.recall:.2f} at {thr:.2f})")
         return label, r.pr_curve, thr
@@ -75,11 +76,15 @@ def pr_series(bundle: Any, esd: Path | None, finetuned: Any | None, split_seed: 
         synth = load_yolo_folder(synth_folder(Path(tmp) / "val", 300, DEFAULT_SEED + 1, 2, False))
         out.append(curve(bundle, synth, "generated shelves"))
     if esd is not None:
-        out.append(curve(bundle, load_yolo_folder(esd), f"real photos ({esd.parent.name} {esd.name})"))
+        items = load_yolo_folder(esd)
+        dets = detect_with_bundle(bundle, [it.image for it in items])
+        out.append(curve(bundle, items, f"real photos ({esd.parent.name} {esd.name})", dets))
         if finetuned is not None:
-            _, held = split_folder(esd, val_share, split_seed)
-            out.append(curve(bundle, list(held), f"held-out {val_share:.0%} of them"))
-            out.append(curve(finetuned, list(held), f"held-out {val_share:.0%}, fine-tuned on the rest"))
+            # the held-out share `shelfscout finetune` measured on: the same split of the same (items, detections)
+            _, held = split_items(list(zip(items, dets, strict=True)), val_share, split_seed)
+            held_items = [it for it, _ in held]
+            out.append(curve(bundle, held_items, f"held-out {val_share:.0%} of them", [d for _, d in held]))
+            out.append(curve(finetuned, held_items, f"held-out {val_share:.0%}, fine-tuned on the rest"))
     return out
 
 

@@ -101,11 +101,14 @@ def _fill_input(interpreter: Any, frame: np.ndarray) -> None:
     d = interpreter.get_input_details()[0]
     _, h, w, _ = (int(v) for v in d["shape"])
     img = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
-    if d["dtype"] == np.int8:
-        img = (img.astype(np.int16) - 128).astype(np.int8)
-    elif d["dtype"] == np.float32:
-        img = img.astype(np.float32) / 255.0
-    interpreter.set_tensor(d["index"], img[None])
+    if d["dtype"] == np.float32:
+        interpreter.set_tensor(d["index"], (img.astype(np.float32) / 255.0)[None])
+        return
+    from edge.detector import PixelMap  # the device's own mapping for a quantized input
+
+    dtype = np.dtype(d["dtype"])
+    PixelMap.for_input(dtype.name, float(d["quantization"][0]), int(d["quantization"][1])).apply(img)
+    interpreter.set_tensor(d["index"], img.view(dtype)[None])
 
 
 def time_models(models: dict[str, bytes], threads: int, runs: int, frame: np.ndarray) -> dict[str, Any]:

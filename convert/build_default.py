@@ -128,7 +128,12 @@ def split_folder(folder: Path, val_share: float, seed: int) -> tuple[list[Labele
     """A fixed random split of a YOLO folder (by seed) into training and measuring images."""
     if not 0.0 < val_share < 1.0:
         raise ValueError(f"the validation share must be between 0 and 1, got {val_share}")
-    items = load_yolo_folder(folder)
+    return split_items(load_yolo_folder(folder), val_share, seed)
+
+
+def split_items(items: Sequence[Any], val_share: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """`split_folder`'s split of a folder's items (in `load_yolo_folder` order), or of anything listed alongside
+    them, such as their detections."""
     order = np.random.default_rng(seed).permutation(len(items))
     n_val = max(1, int(round(len(items) * val_share)))
     val = [items[i] for i in sorted(order[:n_val])]

@@ -111,7 +111,7 @@ class TFLiteRunner:
     device maps them): raw (quantized) and dequantized outputs by name."""
 
     def __init__(self, model_bytes: bytes, threads: int = 2) -> None:
-        from edge.detector import pixel_lut
+        from edge.detector import PixelMap
 
         self.it = make_interpreter(model_bytes, threads)
         self.names = output_names(self.it)
@@ -119,10 +119,11 @@ class TFLiteRunner:
         self.outs = self.it.get_output_details()
         self._dtype = np.dtype(self.inp["dtype"])
         scale, zp = self.inp["quantization"]
-        self._lut = pixel_lut(self._dtype.name, float(scale), int(zp))
+        self._pixels = PixelMap.for_input(self._dtype.name, float(scale), int(zp))
 
     def raw(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        bits = image if self._lut is None else self._lut[image]
+        bits = np.array(image, np.uint8, copy=True)
+        self._pixels.apply(bits)
         self.it.set_tensor(self.inp["index"], bits.view(self._dtype)[None])
         self.it.invoke()
         return {n: self.it.get_tensor(d["index"]).copy() for n, d in zip(self.names, self.outs, strict=True)}

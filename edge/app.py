@@ -324,7 +324,7 @@ class Service:
 
         cores = CorePlan.for_process(cfg.model.threads)
         if cores is not None:
-            log.info("interpreter on cores %s, every other thread on %s", sorted(cores.infer), sorted(cores.light))
+            log.info("%s", CorePlan.describe(cores))
         pipeline = Pipeline(capture, slot, tracker, sink, observers, heartbeat=watchdog.heartbeat, cores=cores)
         self.parts.pipeline = pipeline
         stats = threading.Thread(target=self._stats_loop, name="stats", daemon=True)

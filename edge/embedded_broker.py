@@ -1,4 +1,5 @@
-"""A small MQTT broker (amqtt) on a loopback port in a background thread, for `shelfscout demo` without --broker."""
+"""Local brokers: amqtt on a loopback port in a background thread (`shelfscout demo` without --broker), a free
+port, and waiting until a broker process (mosquitto for the bench and the tests) listens."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import logging
 import socket
 import threading
+import time
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -15,6 +17,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_listening(proc: Any, port: int, timeout: float) -> None:
+    """Wait until the broker process `proc` (a subprocess.Popen) accepts connections on the loopback `port`;
+    RuntimeError when it exits first or does not listen within `timeout` seconds (the caller stops it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the broker exited with code {proc.returncode} before listening on port {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the broker did not listen on port {port} within {timeout:g} s") from None
+            time.sleep(0.02)
 
 
 class EmbeddedBroker:

@@ -172,6 +172,13 @@ class CorePlan:
         getter = getattr(os, "sched_getaffinity", None)
         return CorePlan.for_cores(sorted(getter(0)), interpreter_threads) if getter is not None else None
 
+    @staticmethod
+    def describe(plan: CorePlan | None) -> str:
+        """Where the threads run under `plan` (None: not pinned), for logs and the bench."""
+        if plan is None:
+            return "threads not pinned (one usable core, or an interpreter worker pool)"
+        return f"inference thread pinned to cores {sorted(plan.infer)}, the other threads to {sorted(plan.light)}"
+
     def apply(self) -> dict[int, frozenset[int]]:
         """Pin the calling thread (the inference stage) to `infer` and every other Python thread of the process
         (prepare, post, capture, MQTT network loop, ...) to `light`; returns each pinned thread's previous cores by

@@ -43,24 +43,6 @@ class MemorySource:
         pass
 
 
-def _wait_listening(proc: Any, port: int, timeout: float) -> None:
-    """Wait until the broker process accepts connections on the loopback port; ValueError if it exits or times out."""
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise ValueError(f"mosquitto exited with code {proc.returncode} before listening on port {port}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.terminate()
-                raise ValueError(f"mosquitto did not listen on port {port} within {timeout:g} s") from None
-            time.sleep(0.02)
-
-
 def bench_pipeline(
     frames: Sequence[Any], detector: GapDetector, n: int = 300, cores: CorePlan | None = None
 ) -> dict[str, Any]:
@@ -77,7 +59,7 @@ def bench_pipeline(
 
     from edge.capture import CaptureThread
     from edge.config import Config, MqttConfig, OutboxConfig
-    from edge.embedded_broker import EmbeddedBroker, free_port
+    from edge.embedded_broker import EmbeddedBroker, free_port, wait_listening
     from edge.mqtt import MqttLink
     from edge.outbox import Outbox
     from edge.payloads import ModelRef
@@ -96,7 +78,11 @@ def bench_pipeline(
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
         proc = subprocess.Popen([mosq, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         broker, url = "mosquitto", f"mqtt://127.0.0.1:{port}"
-        _wait_listening(proc, port, 10.0)
+        try:
+            wait_listening(proc, port, 10.0)
+        except RuntimeError:
+            proc.terminate()
+            raise
     else:
         embedded = EmbeddedBroker().start()
         broker, url = "amqtt", embedded.url

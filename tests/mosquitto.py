@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
+from edge.embedded_broker import free_port, wait_listening
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Mosquitto:
@@ -61,19 +58,15 @@ class Mosquitto:
         self._write_conf()
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                log = self.log.read_text() if self.log.exists() else ""
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {err}\n{log}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout}s")
+        try:
+            wait_listening(self.proc, self.port, timeout)
+        except RuntimeError as e:
+            exited = self.proc.poll() is not None
+            err = self.proc.stderr.read().decode() if exited and self.proc.stderr else ""
+            log = self.log.read_text() if self.log.exists() else ""
+            self.stop()
+            raise RuntimeError(f"mosquitto: {e}: {err}\n{log}") from None
+        return self
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -325,11 +325,7 @@ def _pipeline_bench(frames: Sequence[np.ndarray], det: Any, n: int) -> tuple[flo
 
     plan = CorePlan.for_process(det.runtime.threads)
     out = bench_pipeline(list(frames), det, n, cores=plan)
-    if plan is None:
-        note = "threads not pinned (one usable core, or an interpreter worker pool)"
-    else:
-        note = f"inference thread pinned to cores {sorted(plan.infer)}, the other threads to {sorted(plan.light)}"
-    return out["pipeline_fps"], out, note
+    return out["pipeline_fps"], out, CorePlan.describe(plan)
 
 
 def run_bench(
@@ -349,7 +345,7 @@ def run_bench(
     dec: list[float] = []
     naive: list[float] = []
     runs: list[RunFigures] = []
-    extras: list[dict[str, Any] | None] = []
+    extras: list[dict[str, Any]] = []
     note = ""
     for r in range(repeat):
         tag = f"run {r + 1}/{repeat}: " if repeat > 1 else ""
@@ -389,7 +385,7 @@ def run_bench(
     # the pipeline details of the run whose pipeline_fps is the (lower) median
     with_fps = [(x.pipeline_fps, e) for x, e in zip(runs, extras, strict=True) if x.pipeline_fps is not None]
     median_extra = sorted(with_fps, key=lambda t: t[0])[(len(with_fps) - 1) // 2][1] if with_fps else extras[-1]
-    stage_runs = [e["stages_ms"] for e in extras if e and isinstance(e.get("stages_ms"), dict)]
+    stage_runs = [e["stages_ms"] for e in extras]
     return BenchResult(
         model=f"{det.manifest.name} v{det.manifest.version}",
         runtime=f"{rt.name} {rt.version}",
