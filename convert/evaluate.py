@@ -170,6 +170,26 @@ def evaluate(
     )
 
 
+def best_fbeta(result: EvalResult, beta: float) -> tuple[float, float]:
+    """The highest F-beta over all thresholds of `result`'s PR curve, and the threshold (a detection score) giving it.
+
+    beta < 1 weighs precision more than recall (F0.5: precision counts twice), beta 1 is `best_f1`.
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    if not result.pr_curve:
+        return 0.0, result.threshold
+    scores = np.array([p.score for p in result.pr_curve])
+    precision = np.array([p.precision for p in result.pr_curve])
+    recall = np.array([p.recall for p in result.pr_curve])
+    last = np.nonzero(np.append(scores[1:] != scores[:-1], True))[0]  # the last detection of each equal-score run
+    b2 = beta * beta
+    p, r = precision[last], recall[last]
+    f = (1 + b2) * p * r / np.maximum(b2 * p + r, 1e-12)
+    k = int(np.argmax(f))
+    return float(f[k]), float(scores[last[k]])
+
+
 def match_images(
     dets: Sequence[ImageDetections], gts: Sequence[np.ndarray], threshold: float, iou_thr: float = 0.5
 ) -> list[ImageMatch]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convert.evaluate import ImageDetections, average_precision, evaluate, iou_matrix, match_images
+from convert.evaluate import ImageDetections, average_precision, best_fbeta, evaluate, iou_matrix, match_images
 
 
 def dets(*rows: tuple[float, float, float, float, float]) -> ImageDetections:
@@ -43,6 +43,22 @@ def test_one_image_hit_false_alarm_hit() -> None:
     assert (r2.tp, r2.fp, r2.fn) == (2, 1, 0)
     assert r2.f1 == pytest.approx(0.8)
     assert r2.best_f1 == pytest.approx(0.8) and r2.best_f1_threshold == pytest.approx(0.7)
+
+
+def test_best_fbeta_weighs_precision_by_hand() -> None:
+    # scores 0.9 TP, 0.8 FP, 0.7 TP, 0.6 FP, 0.5 FP on 2 gaps, three cut-offs worth comparing:
+    #   at 0.9: P 1,   R 1/2 -> F1 2/3, F0.5 = 1.25 * 0.5 / (0.25 + 0.5) = 5/6
+    #   at 0.7: P 2/3, R 1   -> F1 0.8, F0.5 = 1.25 * (2/3) / (1/6 + 1) = 5/7
+    #   at 0.5: P 2/5, R 1   -> F1 4/7, F0.5 = 1.25 * 0.4 / (0.1 + 1) = 5/11
+    d = [dets((*A, 0.9), (50, 50, 60, 60, 0.8), (21, 20, 31, 30, 0.7), (70, 70, 80, 80, 0.6), (90, 0, 99, 9, 0.5))]
+    r = evaluate(d, [boxes(A, B)], threshold=0.5)
+    assert best_fbeta(r, 1.0) == pytest.approx((0.8, 0.7))
+    assert (r.best_f1, r.best_f1_threshold) == pytest.approx((0.8, 0.7))
+    assert best_fbeta(r, 0.5) == pytest.approx((5 / 6, 0.9))
+    # recall-weighted F2 also picks 0.7: 5 * (2/3) / (8/3 + 1) = 10/11, against 5 * 0.5 / (4 + 0.5) = 5/9 at 0.9
+    assert best_fbeta(r, 2.0) == pytest.approx((10 / 11, 0.7))
+    with pytest.raises(ValueError, match="beta"):
+        best_fbeta(r, 0.0)
 
 
 def test_duplicate_detection_is_a_false_alarm() -> None:
