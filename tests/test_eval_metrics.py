@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convert.evaluate import ImageDetections, average_precision, best_fbeta, evaluate, iou_matrix, match_images
+from convert.evaluate import (
+    ImageDetections,
+    average_precision,
+    best_fbeta,
+    evaluate,
+    iou_matrix,
+    match_images,
+)
 
 
 def dets(*rows: tuple[float, float, float, float, float]) -> ImageDetections:
