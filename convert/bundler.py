@@ -32,7 +32,10 @@ from edge.bundle import (
 
 TASK = "shelf-gap-detection"
 LABELS = ("empty",)
-DEFAULT_KEY_NAME = "shelfscout-default"
+# The project's signing key. The first, "shelfscout-default", signed the default bundles v1-v3; its private half was
+# lost with a build machine (not leaked), so v4 on are signed with "shelfscout-default-2". Both public keys stay in
+# models/keys: devices keep verifying the v3 bundle in their rollback slot, and learn the new key from the installer.
+DEFAULT_KEY_NAME = "shelfscout-default-2"
 KEY_ENV = "SHELFSCOUT_SIGNING_KEY"
 USER_KEY_DIR = Path.home() / ".config" / "shelfscout" / "keys"
 HEATMAP_TENSORS = ("heatmap", "ltrb")
@@ -122,7 +125,7 @@ def signing_key_path(explicit: Path | str | None = None) -> Path:
 def load_or_create_key(path: Path, public_out: Path | None = None) -> Ed25519PrivateKey:
     """Load an ed25519 private key, creating the pair (PEM, 0600) when it does not exist yet.
 
-    `public_out`, when given, receives the matching public key (e.g. models/keys/shelfscout-default.pub).
+    `public_out`, when given, receives the matching public key (e.g. models/keys/shelfscout-default-2.pub).
     """
     if not path.exists():
         generate_keypair(path, path.with_suffix(".pub"))

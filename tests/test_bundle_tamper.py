@@ -40,7 +40,7 @@ def verify_exit(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, st
 
 def test_shipped_bundle_verifies(capsys: pytest.CaptureFixture[str]) -> None:
     b = read_bundle(DEFAULT_BUNDLE, load_public_keys([BUILTIN_KEYS]))
-    assert b.signed_by == "shelfscout-default.pub"
+    assert b.signed_by == "shelfscout-default-2.pub"
     assert DEFAULT_BUNDLE.stat().st_size <= 1024 * 1024
     code, _ = verify_exit(DEFAULT_BUNDLE, capsys)
     assert code == 0

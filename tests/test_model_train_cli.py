@@ -29,6 +29,7 @@ def test_train_writes_a_signed_bundle_that_the_device_runs(tmp_path: Path, capsy
     b = read_bundle(out, load_public_keys([tmp_path / "keys"]))
     assert (b.manifest.version, b.manifest.input.width, b.manifest.output.stride) == (3, 64, 8)
     assert json.loads((tmp_path / "work" / "float" / "net.json").read_text())["net"]["shared_head"] is True
+    assert report["metrics"]["threshold_rule"] == "best F0.5"
     assert Detector(b, threads=1).check_golden().ok
 
 
@@ -52,11 +53,15 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     weights = tmp_path / "w0" / "float" / "model.weights.h5"
     out = tmp_path / "store.bundle"
     code = main(["finetune", str(data), "--out", str(out), "--from", str(weights), "--size", "96", "--steps", "3",
-                 "--batch", "2", "--val-share", "0.3", "--work", str(tmp_path / "w1"), "--quiet", *key])
+                 "--batch", "2", "--val-share", "0.3", "--work", str(tmp_path / "w1"), "--quiet", "--threshold-beta",
+                 "1", *key])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["split"] == {"train": 7, "heldout": 3, "seed": 0}
     held = report["metrics"]["sets"]["frames-heldout"]
+    assert report["metrics"]["threshold_rule"] == "best F1"
+    # the best-F1 threshold on the held-out share, rounded to 2 places and kept within [0.15, 0.8] by the build
+    assert report["threshold"] == pytest.approx(min(0.8, max(0.15, held["int8"]["best_f1_threshold"])), abs=0.011)
     assert held["int8"]["images"] == 3 and 0.0 <= held["int8"]["ap50"] <= 1.0
     b = read_bundle(out, load_public_keys([tmp_path / "keys"]))
     assert (b.manifest.input.width, b.manifest.input.height, b.manifest.output.stride) == (96, 96, 8)
@@ -66,3 +71,6 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     code = main(["finetune", str(data), "--out", str(tmp_path / "bad.bundle"), "--from", str(weights),
                  "--size", "100", "--steps", "1", "--quiet", *key])
     assert code != 0 and "--size" in capsys.readouterr().err and not (tmp_path / "bad.bundle").exists()
+    code = main(["finetune", str(data), "--out", str(tmp_path / "bad.bundle"), "--from", str(weights),
+                 "--threshold-beta", "0", "--steps", "1", "--quiet", *key])
+    assert code != 0 and "--threshold-beta" in capsys.readouterr().err and not (tmp_path / "bad.bundle").exists()
