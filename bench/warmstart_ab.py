@@ -15,17 +15,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from convert.build_default import DEFAULT_NAME, ESD_DEV, MODELS, BuildSpec, build, synth_folder  # noqa: E402
-from convert.dataset import AugmentConfig  # noqa: E402
-from convert.train import TrainConfig, net_config_for  # noqa: E402
+from convert.build_default import (
+    DEFAULT_NAME,
+    DEFAULT_SEED,
+    ESD_DEV,
+    MODELS,
+    REPO,
+    BuildSpec,
+    build,
+    synth_folder,
+)
+from convert.dataset import AugmentConfig
+from convert.train import TrainConfig, net_config_for
 
 
 def parse_arm(name: str, text: str) -> tuple[str, AugmentConfig]:
@@ -55,11 +60,12 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     arms = [parse_arm(n, t) for n, t in args.arm]
     net = net_config_for(args.init)
-    val = synth_folder(args.work / "synth-val", args.val, 20260430, workers=2, progress=False)
+    # the default model's validation seed, so its synthetic-val figures compare with the model card's
+    val = synth_folder(args.work / "synth-val", args.val, DEFAULT_SEED + 1, workers=2, progress=False)
     val_sets: list[tuple[str, Path]] = [("synthetic-val", val)]
     if not args.no_esd and ESD_DEV.is_dir():
         val_sets.append(("esd-dev", ESD_DEV))
-    rows: list[dict[str, Any]] = []
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
     for seed in args.seeds:
         data = synth_folder(args.work / f"synth-train-{seed}", args.images, seed, workers=2, progress=False)
         for name, aug in arms:
@@ -76,7 +82,7 @@ def main() -> None:
             row = {"arm": name, "seed": seed, "threshold": report.threshold, "train_s": report.train_seconds,
                    **{f"{s}_ap50_int8": m["int8"]["ap50"] for s, m in sets.items()},
                    **{f"{s}_ap50_float": m["float"]["ap50"] for s, m in sets.items()}}
-            rows.append(row)
+            rows[name, seed] = row
             if args.json:
                 print(json.dumps(row), flush=True)
             else:
@@ -89,8 +95,7 @@ def main() -> None:
         for name, _ in arms[1:]:
             for s, _p in val_sets:
                 key = f"{s}_ap50_int8"
-                diffs = [next(r[key] for r in rows if r["arm"] == name and r["seed"] == sd)
-                         - next(r[key] for r in rows if r["arm"] == base and r["seed"] == sd) for sd in args.seeds]
+                diffs = [rows[name, sd][key] - rows[base, sd][key] for sd in args.seeds]
                 print(f"  {name} {s}: " + ", ".join(f"{d:+.4f}" for d in diffs))
 
 

@@ -37,8 +37,6 @@ DEFAULT_SEED = 20260429
 # measured: v1 (2500 images) ESD dev AP50 0.414 (int8) after 3000 steps, 0.435 after 4500; v2 (5000 images) 0.443
 DEFAULT_STEPS = 6000
 DEFAULT_SYNTH_TRAIN = 5000
-# two heads: the shared-head variant is 11-13 % faster, but its two runs measured 0.445 and 0.427 ESD AP50
-DEFAULT_NET = NetConfig()
 ESD_DEV = REPO.parent / "shared" / "data" / "esd" / "dev"
 MIN_SCORE = 0.05  # detections kept for AP
 
@@ -362,7 +360,8 @@ def default_spec(
 ) -> BuildSpec:
     from convert.bundler import DEFAULT_KEY_NAME
 
-    net = DEFAULT_NET
+    # two heads: the shared-head variant is 11-13 % faster, but its two runs measured 0.445 and 0.427 ESD AP50
+    net = NetConfig()
     val_sets: tuple[tuple[str, Path], ...] = ()
     if with_esd and ESD_DEV.is_dir():
         list_yolo_images(ESD_DEV)

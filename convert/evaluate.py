@@ -143,13 +143,7 @@ def evaluate(
     p = t / above if above else 0.0
     r = t / n_gt if n_gt else 0.0
     f1 = 2 * p * r / (p + r) if p + r > 0 else 0.0
-    # F1 at every distinct score (the last detection of each run of equal scores)
-    best_f1, best_thr = 0.0, threshold
-    if len(scores):
-        last = np.nonzero(np.append(scores[1:] != scores[:-1], True))[0]
-        f1s = 2 * precision[last] * recall[last] / np.maximum(precision[last] + recall[last], 1e-12)
-        k = int(np.argmax(f1s))
-        best_f1, best_thr = float(f1s[k]), float(scores[last[k]])
+    best_f1, best_thr = _best_f(scores, precision, recall, 1.0, threshold)
     curve = [PRPoint(float(s), float(pp), float(rr)) for s, pp, rr in zip(scores, precision, recall, strict=True)]
     return EvalResult(
         threshold=float(threshold),
@@ -177,12 +171,18 @@ def best_fbeta(result: EvalResult, beta: float) -> tuple[float, float]:
     """
     if beta <= 0:
         raise ValueError(f"beta must be positive, got {beta}")
-    if not result.pr_curve:
-        return 0.0, result.threshold
-    scores = np.array([p.score for p in result.pr_curve])
-    precision = np.array([p.precision for p in result.pr_curve])
-    recall = np.array([p.recall for p in result.pr_curve])
-    last = np.nonzero(np.append(scores[1:] != scores[:-1], True))[0]  # the last detection of each equal-score run
+    c = result.pr_curve
+    return _best_f(np.array([p.score for p in c]), np.array([p.precision for p in c]),
+                   np.array([p.recall for p in c]), beta, result.threshold)
+
+
+def _best_f(
+    scores: np.ndarray, precision: np.ndarray, recall: np.ndarray, beta: float, default_threshold: float
+) -> tuple[float, float]:
+    """F-beta at every distinct score (the last detection of each run of equal scores): the best and its score."""
+    if not len(scores):
+        return 0.0, default_threshold
+    last = np.nonzero(np.append(scores[1:] != scores[:-1], True))[0]
     b2 = beta * beta
     p, r = precision[last], recall[last]
     f = (1 + b2) * p * r / np.maximum(b2 * p + r, 1e-12)
