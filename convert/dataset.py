@@ -111,6 +111,7 @@ class AugmentConfig:
     blur: float = 0.2  # probability of a Gaussian or motion blur
     noise: float = 6.0  # max std of additive noise
     jpeg: float = 0.3  # probability of a JPEG round trip
+    randconv: float = 0.0  # probability of a random-convolution restyle (`random_conv`)
     min_visible: float = 0.5  # a box cut by the crop keeps its label only if this share of it is visible
 
 
@@ -179,6 +180,8 @@ def photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig)
     if cfg.noise:
         f += rng.normal(0, rng.uniform(0, cfg.noise), f.shape).astype(np.float32)
     img = np.clip(f, 0, 255).astype(np.uint8)
+    if cfg.randconv and rng.random() < cfg.randconv:  # no draw when off: the other arms' streams stay as they were
+        img = random_conv(img, rng)
     if rng.random() < cfg.blur:
         if rng.random() < 0.5:
             k = int(rng.integers(1, 3)) * 2 + 1
@@ -194,6 +197,29 @@ def photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig)
         if dec is not None:
             img = dec
     return img
+
+
+def random_conv(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Restyle an RGB image through a random 3-in, 3-out convolution (1x1, 3x3 or 5x5; RandConv, Xu et al. 2021),
+    blended with the original by a random share: local colour and brightness relations change (a gap need not be
+    darker than its neighbours), shapes and edges stay. Each output channel keeps the input's mean and spread."""
+    k = int(rng.choice([1, 3, 5]))
+    w = rng.normal(0.0, 1.0 / np.sqrt(3 * k * k), (3, 3, k, k)).astype(np.float32)  # (out, in, ky, kx)
+    f = image.astype(np.float32)
+    mean = f.reshape(-1, 3).mean(0)
+    std = f.reshape(-1, 3).std(0) + 1e-3
+    z = (f - mean) / std
+    planes = [z[..., c] for c in range(3)]
+    out = np.empty_like(z)
+    for o in range(3):
+        acc = np.zeros(z.shape[:2], np.float32)
+        for i in range(3):
+            acc += cv2.filter2D(planes[i], -1, w[o, i], borderType=cv2.BORDER_REFLECT)
+        out[..., o] = (acc - acc.mean()) / (acc.std() + 1e-6)
+    a = float(rng.uniform(0.0, 1.0))
+    mixed = a * z + (1.0 - a) * out
+    mixed = (mixed - mixed.reshape(-1, 3).mean(0)) / (mixed.reshape(-1, 3).std(0) + 1e-6)
+    return np.clip(mixed * std + mean, 0, 255).astype(np.uint8)
 
 
 def encode_targets(boxes: np.ndarray, out_w: int, out_h: int, stride: int, min_sigma: float = 0.6) -> Targets:

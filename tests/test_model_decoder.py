@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convert.dataset import AugmentConfig, augment, encode_targets, read_yolo_labels
+from convert.dataset import AugmentConfig, augment, encode_targets, random_conv, read_yolo_labels
 from edge.bundle import InputSpec, Manifest, OutputSpec, TensorSpec, Thresholds
 from edge.decoders import DECODERS
 from edge.decoders.heatmap import decode_gap_heatmap, heatmap_peaks
@@ -90,6 +90,29 @@ def test_augment_keeps_boxes_on_the_drawn_gaps() -> None:
                 seen += 1
                 assert inner.mean() < 40
     assert seen > 5
+
+
+def test_random_conv_restyles_colours_but_keeps_shapes_and_channel_statistics() -> None:
+    # a blue-ish rectangle on a green-grey wall, with a little noise
+    rng = np.random.default_rng(0)
+    img = np.full((96, 96, 3), (120, 140, 100), np.float64)
+    img[30:60, 20:70] = (40, 60, 200)
+    img = np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+    moved = []
+    for seed in range(10):
+        out = random_conv(img, np.random.default_rng(seed))
+        assert out.shape == img.shape and out.dtype == np.uint8
+        # each channel keeps its mean and spread (the floor to uint8 costs half a level)
+        np.testing.assert_allclose(out.reshape(-1, 3).mean(0), img.reshape(-1, 3).mean(0), atol=1.0)
+        np.testing.assert_allclose(out.reshape(-1, 3).std(0), img.reshape(-1, 3).std(0), rtol=0.15)
+        # the rectangle is still a rectangle: inside and outside still differ strongly
+        inside = out[35:55, 25:65].reshape(-1, 3).mean(0)
+        outside = out[5:20, 5:90].reshape(-1, 3).mean(0)
+        assert np.abs(inside - outside).max() > 60
+        moved.append(np.abs(out.astype(int) - img).mean())
+    assert sum(m > 5 for m in moved) >= 5  # most draws really change the colours
+    again = random_conv(img, np.random.default_rng(3))
+    np.testing.assert_array_equal(again, random_conv(img, np.random.default_rng(3)))
 
 
 def test_yolo_labels_to_pixels(tmp_path) -> None:  # type: ignore[no-untyped-def]
