@@ -191,6 +191,8 @@ def build(spec: BuildSpec) -> BuildReport:
     from convert.train import FloatPredictor, load_float_model, train
     from edge.bundle import MODEL, Bundle, Thresholds, read_bundle
 
+    if not (spec.threshold_beta > 0 and np.isfinite(spec.threshold_beta)):  # before any data or training
+        raise ValueError(f"threshold_beta must be a positive number, got {spec.threshold_beta}")
     t_start = time.monotonic()
     work = spec.work_dir
     work.mkdir(parents=True, exist_ok=True)
