@@ -19,7 +19,8 @@ def test_train_writes_a_signed_bundle_that_the_device_runs(tmp_path: Path, capsy
     out = tmp_path / "small.bundle"
     code = main(["train", str(out), "--synth", "12", "--synth-val", "4", "--steps", "4", "--batch", "2",
                  "--size", "64", "--crop", "64", "--stride", "8", "--key", str(tmp_path / "k.key"),
-                 "--work", str(tmp_path / "work"), "--quiet", "--version", "3", "--shared-head"])
+                 "--work", str(tmp_path / "work"), "--quiet", "--version", "3", "--shared-head",
+                 "--randconv", "0.5"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)  # stdout holds the report and nothing else
     assert report["bundle"] == str(out) and report["train_images"] == 12
@@ -28,7 +29,8 @@ def test_train_writes_a_signed_bundle_that_the_device_runs(tmp_path: Path, capsy
     assert (tmp_path / "work" / "parity.md").exists()
     b = read_bundle(out, load_public_keys([tmp_path / "keys"]))
     assert (b.manifest.version, b.manifest.input.width, b.manifest.output.stride) == (3, 64, 8)
-    assert json.loads((tmp_path / "work" / "float" / "net.json").read_text())["net"]["shared_head"] is True
+    saved = json.loads((tmp_path / "work" / "float" / "net.json").read_text())
+    assert saved["net"]["shared_head"] is True and saved["train"]["aug"]["randconv"] == 0.5
     assert report["metrics"]["threshold_rule"] == "best F0.5"
     assert Detector(b, threads=1).check_golden().ok
 
@@ -84,3 +86,11 @@ def test_a_library_build_with_a_bad_threshold_beta_fails_before_it_trains(tmp_pa
     with pytest.raises(ValueError, match="threshold_beta"):
         build(spec)
     assert not (tmp_path / "w").exists() and not (tmp_path / "t.bundle").exists()
+
+
+@pytest.mark.parametrize("p", ["1.5", "-0.1"])
+def test_train_refuses_a_randconv_share_outside_0_to_1(tmp_path: Path, capsys: pytest.CaptureFixture[str], p: str) -> None:
+    code = main(["train", str(tmp_path / "x.bundle"), "--synth", "4", "--randconv", p, "--unsigned", "--quiet",
+                 "--work", str(tmp_path / "w")])
+    assert code != 0 and "--randconv" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "x.bundle").exists()
