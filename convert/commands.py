@@ -59,8 +59,8 @@ def _register_train(sub: Any) -> None:
                         "ESD AP50 against the default's 0.443 (models/NOTES.md)")
     p.add_argument("--randconv", type=float, default=0.0, metavar="P",
                    help="restyle this share of training crops through a random convolution (0..1, default 0). "
-                        "From scratch at 0.5: the same real-photo AP50, and a better start for `finetune` in one "
-                        "run (models/NOTES.md)")
+                        "From scratch at 0.5 (two runs): no better on real photos alone, but `finetune --from` its "
+                        "weights gained about 2 held-out AP50 points (models/NOTES.md)")
     p.add_argument("--init", type=Path, default=None, help="float weights (.weights.h5) to start from")
     _common_train_args(p, 3000)
     p.set_defaults(func=_train_cmd)
