@@ -69,6 +69,10 @@ class BuildSpec:
     progress: bool = True
     eval_every: int = 0  # log float AP50 on (up to 100 images of) each validation set every N steps
 
+    def __post_init__(self) -> None:  # checked when the spec is made, long before any training
+        if not (self.threshold_beta > 0 and np.isfinite(self.threshold_beta)):
+            raise ValueError(f"threshold_beta must be a positive number, got {self.threshold_beta}")
+
 
 @dataclass
 class BuildReport:
@@ -191,8 +195,6 @@ def build(spec: BuildSpec) -> BuildReport:
     from convert.train import FloatPredictor, load_float_model, train
     from edge.bundle import MODEL, Bundle, Thresholds, read_bundle
 
-    if not (spec.threshold_beta > 0 and np.isfinite(spec.threshold_beta)):  # before any data or training
-        raise ValueError(f"threshold_beta must be a positive number, got {spec.threshold_beta}")
     t_start = time.monotonic()
     work = spec.work_dir
     work.mkdir(parents=True, exist_ok=True)

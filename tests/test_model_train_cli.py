@@ -82,9 +82,9 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
 def test_a_library_build_with_a_bad_threshold_beta_fails_before_it_trains(tmp_path: Path, beta: float) -> None:
     from convert.build_default import BuildSpec, build
 
-    spec = BuildSpec(name="t", version=1, out_bundle=tmp_path / "t.bundle", work_dir=tmp_path / "w", threshold_beta=beta)
     with pytest.raises(ValueError, match="threshold_beta"):
-        build(spec)
+        build(BuildSpec(name="t", version=1, out_bundle=tmp_path / "t.bundle", work_dir=tmp_path / "w",
+                        threshold_beta=beta))
     assert not (tmp_path / "w").exists() and not (tmp_path / "t.bundle").exists()
 
 
