@@ -169,8 +169,8 @@ def best_fbeta(result: EvalResult, beta: float) -> tuple[float, float]:
 
     beta < 1 weighs precision more than recall (F0.5: precision counts twice), beta 1 is `best_f1`.
     """
-    if beta <= 0:
-        raise ValueError(f"beta must be positive, got {beta}")
+    if not (beta > 0 and np.isfinite(beta)):  # NaN would pick an arbitrary threshold
+        raise ValueError(f"beta must be a positive number, got {beta}")
     c = result.pr_curve
     return _best_f(np.array([p.score for p in c]), np.array([p.precision for p in c]),
                    np.array([p.recall for p in c]), beta, result.threshold)

@@ -66,6 +66,8 @@ def test_best_fbeta_weighs_precision_by_hand() -> None:
     assert best_fbeta(r, 2.0) == pytest.approx((10 / 11, 0.7))
     with pytest.raises(ValueError, match="beta"):
         best_fbeta(r, 0.0)
+    with pytest.raises(ValueError, match="beta"):
+        best_fbeta(r, float("nan"))
 
 
 def test_duplicate_detection_is_a_false_alarm() -> None:
