@@ -36,6 +36,9 @@ def _common_train_args(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--threshold-beta", type=float, default=0.5,
                    help="ship the threshold with the best F-beta on the threshold set (default 0.5: precision "
                         "counts twice, as a cart sees each gap in many frames; 1: best F1, for more found gaps)")
+    p.add_argument("--randconv", type=float, default=0.0, metavar="P",
+                   help="restyle this share of training crops through a random convolution (0..1, default 0): "
+                        "colours and local brightness change, shapes stay (measured in models/NOTES.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -57,10 +60,6 @@ def _register_train(sub: Any) -> None:
     p.add_argument("--shared-head", action="store_true",
                    help="one head block for both outputs: 11-13%% less invoke time; two runs measured 0.445 and 0.427 "
                         "ESD AP50 against the default's 0.443 (models/NOTES.md)")
-    p.add_argument("--randconv", type=float, default=0.0, metavar="P",
-                   help="restyle this share of training crops through a random convolution (0..1, default 0). "
-                        "From scratch at 0.5 (two runs): no better on real photos alone, but `finetune --from` its "
-                        "weights gained about 2 held-out AP50 points (models/NOTES.md)")
     p.add_argument("--init", type=Path, default=None, help="float weights (.weights.h5) to start from")
     _common_train_args(p, 3000)
     p.set_defaults(func=_train_cmd)
@@ -106,18 +105,16 @@ def _print_report(report: Any) -> None:
 
 def _train_cmd(args: argparse.Namespace) -> int:
     from convert.build_default import BuildSpec
-    from convert.dataset import AugmentConfig
     from convert.model import NetConfig
     from convert.train import TrainConfig
 
     for d in [*args.data, *args.val]:
         _check_yolo(d)
-    if not 0.0 <= args.randconv <= 1.0:
-        raise CliError(f"--randconv is a probability between 0 and 1, got {args.randconv}")
+    aug = _augment(args)
     try:
         net = NetConfig(width=args.size, height=args.size, stride=args.stride, shared_head=args.shared_head)
         tcfg = TrainConfig(net=net, steps=args.steps, batch=args.batch, seed=args.seed, crop=args.crop,
-                           warmup=min(100, args.steps // 10), aug=AugmentConfig(randconv=args.randconv),
+                           warmup=min(100, args.steps // 10), aug=aug,
                            **({"lr": args.lr} if args.lr else {}))
     except ValueError as e:
         raise CliError(str(e)) from e
@@ -143,6 +140,7 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
     from convert.train import TrainConfig, net_config_for
 
     _check_yolo(args.data)
+    aug = _augment(args)
     init: Path | None = None
     net = NetConfig()
     if not args.scratch:
@@ -161,7 +159,7 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
     train_items, val_items = split_folder(args.data, args.val_share, args.split_seed)
     lr = args.lr or (1e-3 if init is not None else 3e-3)
     tcfg = TrainConfig(net=net, steps=args.steps, batch=args.batch, seed=args.seed, lr=lr,
-                       warmup=min(100, args.steps // 10))
+                       warmup=min(100, args.steps // 10), aug=aug)
     key, pub = _key_args(args)
     held = f"{args.data.name}-heldout"
     spec = BuildSpec(
@@ -177,6 +175,16 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
     out["baseline"] = _baseline(val_items)
     print(json.dumps(out, indent=2))
     return 0
+
+
+def _augment(args: argparse.Namespace) -> Any:
+    """The training augmentation the flags ask for; a bad value is a one-line error naming the flag."""
+    from convert.dataset import AugmentConfig
+
+    try:
+        return AugmentConfig(randconv=args.randconv)
+    except ValueError as e:
+        raise CliError(f"--randconv: {e}") from e
 
 
 def _beta(beta: float) -> float:

@@ -114,6 +114,20 @@ class AugmentConfig:
     randconv: float = 0.0  # probability of a random-convolution restyle (`random_conv`)
     min_visible: float = 0.5  # a box cut by the crop keeps its label only if this share of it is visible
 
+    def __post_init__(self) -> None:
+        for name in ("flip", "blur", "jpeg", "randconv", "min_visible"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:  # also refuses NaN
+                raise ValueError(f"{name} is a probability between 0 and 1, got {v}")
+        for name in ("brightness", "contrast", "saturation", "hue", "noise"):
+            v = getattr(self, name)
+            if not 0.0 <= v < float("inf"):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        for name in ("scale", "aspect"):
+            lo, hi = getattr(self, name)
+            if not 0.0 < lo <= hi < float("inf"):
+                raise ValueError(f"{name} must be a range 0 < low <= high, got {(lo, hi)}")
+
 
 def augment(
     image: np.ndarray,

@@ -115,6 +115,18 @@ def test_random_conv_restyles_colours_but_keeps_shapes_and_channel_statistics() 
     np.testing.assert_array_equal(again, random_conv(img, np.random.default_rng(3)))
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("randconv", 2.0), ("randconv", -0.1), ("flip", float("nan")), ("jpeg", 1.5), ("noise", -1.0),
+     ("hue", float("inf")), ("scale", (1.5, 0.7)), ("aspect", (0.0, 1.0))],
+)
+def test_augment_config_refuses_values_it_cannot_mean(field: str, value: object) -> None:
+    # a share above 1 would silently mean "always", a reversed range would draw from nothing sensible
+    with pytest.raises(ValueError, match=field):
+        AugmentConfig(**{field: value})  # type: ignore[arg-type]
+    assert AugmentConfig(randconv=1.0, flip=0.0, scale=(1.0, 1.0)).randconv == 1.0  # the edges are allowed
+
+
 def test_yolo_labels_to_pixels(tmp_path) -> None:  # type: ignore[no-untyped-def]
     p = tmp_path / "a.txt"
     p.write_text("0 0.5 0.25 0.2 0.1\n\n0 0.05 0.1 0.2 0.2\n")

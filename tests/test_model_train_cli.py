@@ -56,10 +56,11 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     out = tmp_path / "store.bundle"
     code = main(["finetune", str(data), "--out", str(out), "--from", str(weights), "--size", "96", "--steps", "3",
                  "--batch", "2", "--val-share", "0.3", "--work", str(tmp_path / "w1"), "--quiet", "--threshold-beta",
-                 "1", *key])
+                 "1", "--randconv", "0.5", *key])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["split"] == {"train": 7, "heldout": 3, "seed": 0}
+    assert json.loads((tmp_path / "w1" / "float" / "net.json").read_text())["train"]["aug"]["randconv"] == 0.5
     held = report["metrics"]["sets"]["frames-heldout"]
     assert report["metrics"]["threshold_rule"] == "best F1"
     # the best-F1 threshold on the held-out share, rounded to 2 places and kept within [0.15, 0.8] by the build
@@ -76,6 +77,9 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     code = main(["finetune", str(data), "--out", str(tmp_path / "bad.bundle"), "--from", str(weights),
                  "--threshold-beta", "0", "--steps", "1", "--quiet", *key])
     assert code != 0 and "--threshold-beta" in capsys.readouterr().err and not (tmp_path / "bad.bundle").exists()
+    code = main(["finetune", str(data), "--out", str(tmp_path / "bad.bundle"), "--from", str(weights),
+                 "--randconv", "1.5", "--steps", "1", "--quiet", *key])
+    assert code != 0 and "--randconv" in capsys.readouterr().err and not (tmp_path / "bad.bundle").exists()
 
 
 @pytest.mark.parametrize("beta", [0.0, -1.0, float("nan")])
