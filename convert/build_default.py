@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from convert.dataset import LabeledImage, list_yolo_images, load_yolo_folder
+from convert.dataset import AugmentConfig, LabeledImage, list_yolo_images, load_yolo_folder
 from convert.evaluate import EvalResult, ImageDetections, best_fbeta, detect_with_bundle, evaluate
 from convert.model import NetConfig
 from convert.train import TrainConfig, preresize
@@ -34,6 +34,7 @@ MODELS = REPO / "models"
 DEFAULT_NAME = "shelfgap-default"
 DEFAULT_VERSION = 4  # v4: v3's weights, threshold by best F0.5, signed by shelfscout-default-2 (v3: int8 input)
 DEFAULT_SEED = 20260429
+DEFAULT_RANDCONV = 0.0  # share of training crops restyled by a random convolution (`convert.dataset.random_conv`)
 # measured: v1 (2500 images) ESD dev AP50 0.414 (int8) after 3000 steps, 0.435 after 4500; v2 (5000 images) 0.443
 DEFAULT_STEPS = 6000
 DEFAULT_SYNTH_TRAIN = 5000
@@ -360,7 +361,8 @@ def _checkpoint_logger(
 
 
 def default_spec(
-    work: Path, steps: int, synth_train: int, synth_val: int, with_esd: bool, models: Path = MODELS
+    work: Path, steps: int, synth_train: int, synth_val: int, with_esd: bool, models: Path = MODELS,
+    seed: int = DEFAULT_SEED, randconv: float = DEFAULT_RANDCONV,
 ) -> BuildSpec:
     from convert.bundler import DEFAULT_KEY_NAME
 
@@ -375,7 +377,7 @@ def default_spec(
         version=DEFAULT_VERSION,
         out_bundle=models / f"{DEFAULT_NAME}.bundle",
         work_dir=work,
-        train=TrainConfig(net=net, steps=steps, seed=DEFAULT_SEED),
+        train=TrainConfig(net=net, steps=steps, seed=seed, aug=AugmentConfig(randconv=randconv)),
         synth_train=synth_train,
         synth_val=synth_val,
         val_sets=val_sets,
@@ -449,7 +451,7 @@ below) or the build instead.
 - Keras 3 on the CPU, {t.steps} steps of {t.batch} random {t.crop}x{t.crop} crops (the net is fully convolutional),
   AdamW (lr {t.lr}, cosine, {t.warmup} warm-up steps), BatchNorm momentum {net.bn_momentum}; focal loss on Gaussian
   centre targets plus {t.box_weight} x GIoU on the box sides near each centre. Augmentation: zoom, aspect, flips,
-  colour/white balance, blur, noise, JPEG. Seeded (op determinism on). Training took {report.train_seconds / 60:.1f}
+  colour/white balance, blur, noise, JPEG{f", random-convolution restyling of {t.aug.randconv:.0%} of the crops" if t.aug.randconv else ""}. Seeded (op determinism on). Training took {report.train_seconds / 60:.1f}
   min here on 2 shared cores.
 - int8: full-integer post-training quantization with 200 training images as the representative set; int8 input
   (a uint8 input would put a QUANTIZE op at the head of the graph that XNNPACK does not run), int8 outputs.
@@ -487,9 +489,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-card", action="store_true", help="do not rewrite models/README.md")
     p.add_argument("--models", type=Path, default=MODELS, help="where the bundle, weights and card go (default models/)")
     p.add_argument("--eval-every", type=int, default=1000, help="log float AP50 every N training steps (0: never)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"seed of the generated images and the training (default {DEFAULT_SEED}, the shipped one)")
+    p.add_argument("--randconv", type=float, default=DEFAULT_RANDCONV, metavar="P",
+                   help=f"share of training crops restyled by a random convolution (default {DEFAULT_RANDCONV:g})")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    spec = default_spec(args.work, args.steps, args.synth_train, args.synth_val, not args.no_esd, args.models)
+    try:
+        spec = default_spec(args.work, args.steps, args.synth_train, args.synth_val, not args.no_esd, args.models,
+                            seed=args.seed, randconv=args.randconv)
+    except ValueError as e:
+        p.error(str(e))
     spec = replace(spec, reuse_weights=args.reuse_weights, eval_every=args.eval_every)
     report = build(spec)
     shutil.copy2(args.work / "float-final.weights.h5", args.models / f"{DEFAULT_NAME}.weights.h5")

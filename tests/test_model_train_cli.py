@@ -98,3 +98,18 @@ def test_train_refuses_a_randconv_share_outside_0_to_1(tmp_path: Path, capsys: p
                  "--work", str(tmp_path / "w")])
     assert code != 0 and "--randconv" in capsys.readouterr().err
     assert not (tmp_path / "w").exists() and not (tmp_path / "x.bundle").exists()
+
+
+def test_the_default_build_takes_a_seed_and_randconv_and_refuses_a_bad_share(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from convert.build_default import DEFAULT_SEED, default_spec
+    from convert.build_default import main as build_main
+
+    spec = default_spec(tmp_path / "w", 10, 4, 2, False, tmp_path, seed=11, randconv=0.5)
+    assert (spec.train.seed, spec.train.aug.randconv) == (11, 0.5)
+    assert default_spec(tmp_path / "w", 10, 4, 2, False, tmp_path).train.seed == DEFAULT_SEED
+    with pytest.raises(SystemExit) as e:
+        build_main(["--work", str(tmp_path / "w"), "--models", str(tmp_path), "--no-esd", "--randconv", "1.5"])
+    assert e.value.code == 2 and "randconv" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
