@@ -80,7 +80,8 @@ def _register_finetune(sub: Any) -> None:
     p.add_argument("--from", dest="init", type=Path, default=None,
                    help="float weights to start from (default models/shelfgap-default.weights.h5)")
     p.add_argument("--synth-mix", type=int, default=0,
-                   help="also train on this many generated images (default 0)")
+                   help="also train on this many generated images (default 0; 600 next to 300 real photos "
+                        "lowered held-out AP50 from 0.697 to 0.638, models/NOTES.md)")
     p.add_argument("--scratch", action="store_true", help="train from random weights instead of the default model")
     p.add_argument("--size", type=int, default=None,
                    help="square model input size, a multiple of 32 (default: the starting weights' size, 320). "
