@@ -7,9 +7,12 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.cli import CliError
+
+if TYPE_CHECKING:
+    from convert.dataset import AugmentConfig
 
 
 def register(sub: Any) -> None:
@@ -38,7 +41,8 @@ def _common_train_args(p: argparse.ArgumentParser, steps: int) -> None:
                         "counts twice, as a cart sees each gap in many frames; 1: best F1, for more found gaps)")
     p.add_argument("--randconv", type=float, default=0.0, metavar="P",
                    help="restyle this share of training crops through a random convolution (0..1, default 0): "
-                        "colours and local brightness change, shapes stay (measured in models/NOTES.md)")
+                        "colours and local brightness change, shapes stay. The default model is trained with 0.5 "
+                        "(a better start for finetune); while fine-tuning it measured no gain (models/NOTES.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -178,7 +182,7 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _augment(args: argparse.Namespace) -> Any:
+def _augment(args: argparse.Namespace) -> AugmentConfig:
     """The training augmentation the flags ask for; a bad value is a one-line error naming the flag."""
     from convert.dataset import AugmentConfig
 
