@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from convert.dataset import AugmentConfig, LabeledImage, list_yolo_images, load_yolo_folder
-from convert.evaluate import EvalResult, ImageDetections, best_fbeta, detect_with_bundle, evaluate
+from convert.evaluate import EvalResult, ImageDetections, best_fbeta, check_beta, detect_with_bundle, evaluate
 from convert.model import NetConfig
 from convert.train import TrainConfig, preresize
 
@@ -71,8 +71,7 @@ class BuildSpec:
     eval_every: int = 0  # log float AP50 on (up to 100 images of) each validation set every N steps
 
     def __post_init__(self) -> None:  # checked when the spec is made, long before any training
-        if not (self.threshold_beta > 0 and np.isfinite(self.threshold_beta)):
-            raise ValueError(f"threshold_beta must be a positive number, got {self.threshold_beta}")
+        check_beta(self.threshold_beta, "threshold_beta")
 
 
 @dataclass
@@ -414,6 +413,7 @@ def write_card(path: Path, report: BuildReport, spec: BuildSpec) -> None:
             curve = "\nLearning curve (float AP50 on up to 100 images of each set, during training):\n\n"
             curve += "| step | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
             curve += "".join(f"| {p['step']} | " + " | ".join(f"{p[n]:.3f}" for n in names) + " |\n" for p in pts)
+    restyle = f", random-convolution restyling of {t.aug.randconv:.0%} of the crops" if t.aug.randconv else ""
     extra = ""
     notes = path.parent / "NOTES.md"
     if notes.exists():
@@ -451,7 +451,7 @@ below) or the build instead.
 - Keras 3 on the CPU, {t.steps} steps of {t.batch} random {t.crop}x{t.crop} crops (the net is fully convolutional),
   AdamW (lr {t.lr}, cosine, {t.warmup} warm-up steps), BatchNorm momentum {net.bn_momentum}; focal loss on Gaussian
   centre targets plus {t.box_weight} x GIoU on the box sides near each centre. Augmentation: zoom, aspect, flips,
-  colour/white balance, blur, noise, JPEG{f", random-convolution restyling of {t.aug.randconv:.0%} of the crops" if t.aug.randconv else ""}. Seeded (op determinism on). Training took {report.train_seconds / 60:.1f}
+  colour/white balance, blur, noise, JPEG{restyle}. Seeded (op determinism on). Training took {report.train_seconds / 60:.1f}
   min here on 2 shared cores.
 - int8: full-integer post-training quantization with 200 training images as the representative set; int8 input
   (a uint8 input would put a QUANTIZE op at the head of the graph that XNNPACK does not run), int8 outputs.

@@ -193,9 +193,13 @@ def _augment(args: argparse.Namespace) -> AugmentConfig:
 
 
 def _beta(beta: float) -> float:
-    if not beta > 0:
-        raise CliError(f"--threshold-beta must be positive, got {beta}")
-    return beta
+    """The build's own rule (`check_beta`), reported as a one-line error naming the flag."""
+    from convert.evaluate import check_beta
+
+    try:
+        return check_beta(beta, "--threshold-beta")
+    except ValueError as e:
+        raise CliError(str(e)) from e
 
 
 def _run_build(spec: Any) -> Any:

@@ -164,13 +164,20 @@ def evaluate(
     )
 
 
+def check_beta(beta: float, name: str = "beta") -> float:
+    """`beta` if it is a usable F-beta weight (positive and finite; NaN would pick an arbitrary threshold), else a
+    ValueError naming `name` (the parameter, field or flag the caller took it from)."""
+    if not (beta > 0 and np.isfinite(beta)):
+        raise ValueError(f"{name} must be a positive number, got {beta}")
+    return beta
+
+
 def best_fbeta(result: EvalResult, beta: float) -> tuple[float, float]:
     """The highest F-beta over all thresholds of `result`'s PR curve, and the threshold (a detection score) giving it.
 
     beta < 1 weighs precision more than recall (F0.5: precision counts twice), beta 1 is `best_f1`.
     """
-    if not (beta > 0 and np.isfinite(beta)):  # NaN would pick an arbitrary threshold
-        raise ValueError(f"beta must be a positive number, got {beta}")
+    check_beta(beta)
     c = result.pr_curve
     return _best_f(np.array([p.score for p in c]), np.array([p.precision for p in c]),
                    np.array([p.recall for p in c]), beta, result.threshold)
