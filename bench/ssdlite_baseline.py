@@ -10,7 +10,7 @@ int8 input like the default model's. The like-for-like ratio (both int8 inputs) 
 the uint8-input export is printed too. Its post-processing (TFLite_Detection_PostProcess) is not included, which
 flatters the baseline.
 
-Usage: .venv/bin/python bench/ssdlite_baseline.py [--model BUNDLE] [--threads 2] [--runs 60] [--json]
+Usage: .venv/bin/python bench/ssdlite_baseline.py [--model BUNDLE] [--also OTHER_BUNDLE] [--threads 2] [--runs 60] [--json]
 """
 
 from __future__ import annotations
@@ -133,7 +133,8 @@ def time_models(models: dict[str, bytes], threads: int, runs: int, frame: np.nda
         info = infos[name]
         out[name] = {"min_ms": round(float(a.min()), 3), "p50_ms": round(float(np.percentile(a, 50)), 3), "p95_ms": round(float(np.percentile(a, 95)), 3),
                      "mean_ms": round(float(a.mean()), 3), "runtime": f"{info.name} {info.version}",
-                     "xnnpack": info.xnnpack, "threads": info.threads, "model_bytes": len(models[name]),
+                     "xnnpack": info.xnnpack, "partitions": info.delegated_partitions, "threads": info.threads,
+                     "model_bytes": len(models[name]),
                      "input_dtype": np.dtype(its[name].get_input_details()[0]["dtype"]).name}
     return out
 
@@ -141,6 +142,8 @@ def time_models(models: dict[str, bytes], threads: int, runs: int, frame: np.nda
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--model", help="bundle to compare (default: the built-in default bundle)")
+    ap.add_argument("--also", action="append", default=[], metavar="BUNDLE",
+                    help="another bundle timed in the same interleaved run, e.g. the previous version (repeatable)")
     ap.add_argument("--keys", action="append", default=[], help="extra trusted key folder")
     ap.add_argument("--dev-allow-unsigned-models", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
@@ -151,11 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, load_public_keys, read_bundle
 
     path = Path(args.model) if args.model else DEFAULT_BUNDLE
-    if not path.exists():
-        print(f"ssdlite_baseline: error: bundle {path} does not exist", file=sys.stderr)
-        return 2
-    bundle = read_bundle(path, load_public_keys([BUILTIN_KEYS, *args.keys]),
-                         allow_unsigned=args.dev_allow_unsigned_models)
+    for p in (path, *map(Path, args.also)):
+        if not p.exists():
+            print(f"ssdlite_baseline: error: bundle {p} does not exist", file=sys.stderr)
+            return 2
+    keys = load_public_keys([BUILTIN_KEYS, *args.keys])
+    bundle = read_bundle(path, keys, allow_unsigned=args.dev_allow_unsigned_models)
+    others = {f"{b.manifest.name} v{b.manifest.version} ({p.name})": b.model_bytes
+              for p in map(Path, args.also)
+              for b in [read_bundle(p, keys, allow_unsigned=args.dev_allow_unsigned_models)]}
     if not args.json:
         print("building/loading the int8 SSDLite-MobileNetV2-300 (cached in build/) ...", file=sys.stderr)
     t0 = time.monotonic()
@@ -169,13 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     label = f"{bundle.manifest.name} v{bundle.manifest.version}"
-    res = time_models({SSD_U8: ssd, SSD_I8: ssd_i8, label: bundle.model_bytes}, args.threads, args.runs, frame)
+    res = time_models({SSD_U8: ssd, SSD_I8: ssd_i8, label: bundle.model_bytes, **others}, args.threads, args.runs, frame)
     base = SSD_I8 if res[label]["input_dtype"] == "int8" else SSD_U8  # like for like: the same input type
     ratio = res[label]["p50_ms"] / res[base]["p50_ms"]
     ratio_min = res[label]["min_ms"] / res[base]["min_ms"]
     report = {"models": res, "baseline": base, "default_over_ssdlite_p50": round(ratio, 4),
               "default_over_ssdlite_min": round(ratio_min, 4),
               "default_over_ssdlite_uint8_input_p50": round(res[label]["p50_ms"] / res[SSD_U8]["p50_ms"], 4),
+              "also_over_ssdlite_p50": {n: round(res[n]["p50_ms"] / res[base]["p50_ms"], 4) for n in others},
               "target": 0.25, "meets_target": ratio <= 0.25,
               "runs": args.runs, "threads": args.threads, "ssdlite_build_or_load_s": round(build_s, 1)}
     if args.json:
@@ -183,10 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for name, r in res.items():
             print(f"{name:<28} min {r['min_ms']:7.2f} ms  p50 {r['p50_ms']:8.2f} ms  p95 {r['p95_ms']:8.2f} ms  {r['model_bytes'] / 1e6:.2f} MB  "
-                  f"{r['runtime']}, XNNPACK {r['xnnpack']}, {r['threads']} threads")
+                  f"{r['runtime']}, XNNPACK {r['xnnpack']} ({r['partitions']} partitions), {r['threads']} threads")
         print(f"default / SSDLite with a uint8 input: p50 {report['default_over_ssdlite_uint8_input_p50']:.3f}")
         print(f"default / {base} latency (same input type): p50 {ratio:.3f}, min {ratio_min:.3f}  "
               f"(target <= 0.25 at p50: {'met' if ratio <= 0.25 else 'NOT met'}; min is the less load-sensitive figure)")
+        for n, r in report["also_over_ssdlite_p50"].items():
+            print(f"{n} / {base}: p50 {r:.3f}")
     return 0
 
 

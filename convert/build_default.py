@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
 DEFAULT_NAME = "shelfgap-default"
-DEFAULT_VERSION = 5  # v5: trained with RandConv restyling, a better start for `finetune` (v4: threshold by F0.5)
+DEFAULT_VERSION = 6  # v6: v5's weights in a graph XNNPACK runs whole (v5: RandConv restyling; v4: threshold by F0.5)
 DEFAULT_SEED = 20260429
 DEFAULT_RANDCONV = 0.5  # share of training crops restyled by a random convolution (`convert.dataset.random_conv`)
 # measured: v1 (2500 images) ESD dev AP50 0.414 (int8) after 3000 steps, 0.435 after 4500; v2 (5000 images) 0.443

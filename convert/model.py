@@ -6,6 +6,11 @@ the graph, and returns two tensors so that each gets its own int8 scale:
 - `ltrb` (1, H/s, W/s, 4): ReLU distances from the cell centre to the box's left, top, right and bottom sides,
   in units of the stride `s`.
 TensorFlow/Keras is imported inside the functions, so importing this module stays cheap.
+
+The 2x nearest upsamplings of the top-down path are built as CONCATENATION(x, x, x, x) + DEPTH_TO_SPACE, which is
+exactly nearest upsampling and which XNNPACK runs: Keras's `UpSampling2D` converts to 36 small shape ops that it does
+not, so the int8 graph ran as 4 delegated partitions instead of 1 (models/NOTES.md, version 6). The layer holds no
+weights, so weights trained with either graph load into the other.
 """
 
 from __future__ import annotations
@@ -56,6 +61,24 @@ class NetConfig:
         return NetConfig(**d)
 
 
+def nearest_up2(name: str) -> Any:
+    """A Keras layer doubling height and width by nearest-neighbour repetition, as ops XNNPACK delegates."""
+    from keras import layers
+
+    class NearestUp2(layers.Layer):
+        def call(self, x: Any) -> Any:
+            import tensorflow as tf
+
+            # depth_to_space puts channel block (2i + j) at pixel (2h + i, 2w + j): four copies of x = nearest
+            return tf.nn.depth_to_space(tf.concat([x, x, x, x], axis=-1), 2)
+
+        def compute_output_shape(self, input_shape: Any) -> Any:
+            b, h, w, c = input_shape
+            return (b, None if h is None else 2 * h, None if w is None else 2 * w, c)
+
+    return NearestUp2(name=name)
+
+
 def build_model(cfg: NetConfig, input_shape: tuple[int | None, int | None] | None = None) -> Any:
     """Build the Keras model. `input_shape` (h, w) overrides the config size, e.g. (None, None) for training crops."""
     import keras
@@ -96,15 +119,15 @@ def build_model(cfg: NetConfig, input_shape: tuple[int | None, int | None] | Non
     f32 = dws(x, c32, 1, "b32c")
 
     p = conv_bn(f32, cfg.fpn, 1, 1, "lat32")
-    p = layers.UpSampling2D(2, name="up16")(p)
+    p = nearest_up2("up16")(p)
     p = layers.Add(name="merge16")([p, conv_bn(f16, cfg.fpn, 1, 1, "lat16")])
     p = dws(p, cfg.fpn, 1, "td16")
-    p = layers.UpSampling2D(2, name="up8")(p)
+    p = nearest_up2("up8")(p)
     p = layers.Add(name="merge8")([p, conv_bn(f8, cfg.fpn, 1, 1, "lat8")])
     p = dws(p, cfg.fpn, 1, "td8")
     if cfg.stride == 4:
         p = conv_bn(p, cfg.head, 1, 1, "red8")
-        p = layers.UpSampling2D(2, name="up4")(p)
+        p = nearest_up2("up4")(p)
         p = layers.Add(name="merge4")([p, conv_bn(f4, cfg.head, 1, 1, "lat4")])
         p = dws(p, cfg.head, 1, "td4")
     shared = dws(p, p.shape[-1], 1, "head") if cfg.shared_head else None

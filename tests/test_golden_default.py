@@ -76,3 +76,11 @@ def test_finds_most_gaps_on_generated_shelves(detector) -> None:  # type: ignore
     print(f"6 generated shelves: {r.ground_truth} gaps, recall {r.recall:.2f}, precision {r.precision:.2f}")
     assert r.ground_truth > 0
     assert r.recall >= 0.5 and r.precision >= 0.5
+
+
+def test_xnnpack_runs_the_whole_graph(detector) -> None:  # type: ignore[no-untyped-def]
+    """One delegated partition: no op of the shipped graph falls back to the single-threaded reference kernels."""
+    pytest.importorskip("ai_edge_litert")
+    rt = detector.runtime
+    assert rt.xnnpack and rt.delegated_partitions == 1
+    assert rt.heavy_ops == rt.heavy_ops_delegated

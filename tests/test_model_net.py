@@ -44,3 +44,40 @@ def test_the_shipped_weights_load_with_their_own_net_config() -> None:
     model, loaded = load_float_model(weights)
     assert loaded == net
     assert model.count_params() == json.loads((MODELS / f"{DEFAULT_NAME}.json").read_text())["report"]["params"]
+
+
+def test_nearest_up2_repeats_each_pixel_like_upsampling2d() -> None:
+    """The XNNPACK-friendly upsampling (concat + depth_to_space) is exactly Keras's nearest UpSampling2D."""
+    import keras
+    import numpy as np
+
+    from convert.model import nearest_up2
+
+    x = np.random.default_rng(0).normal(size=(2, 5, 7, 3)).astype(np.float32)
+    ours = np.asarray(nearest_up2("up")(x))
+    assert ours.shape == (2, 10, 14, 3)
+    np.testing.assert_array_equal(ours, np.asarray(keras.layers.UpSampling2D(2)(x)))
+    np.testing.assert_array_equal(ours[:, 1::2, 0::2], x)  # and by hand: every 2x2 block is its source pixel
+    # training crops have no fixed size: the layer keeps the unknown dimensions unknown
+    inp = keras.Input((None, None, 3))
+    assert tuple(nearest_up2("up")(inp).shape) == (None, None, None, 3)
+
+
+def test_int8_graph_runs_as_one_xnnpack_partition() -> None:
+    """Every op of the converted net is one XNNPACK takes, so the delegate runs the graph as one piece (with Keras's
+    UpSampling2D it was four, with single-threaded shape ops between them)."""
+    pytest.importorskip("ai_edge_litert")
+    import numpy as np
+
+    from convert.model import build_model
+    from convert.quantize import convert_int8
+    from convert.synth import make_shelf_image
+    from edge.runtime import make_interpreter
+
+    cfg = NetConfig(**{**SMALL, "stride": 4})  # type: ignore[arg-type]  # three upsamplings, as in the default net
+    rng = np.random.default_rng(0)
+    tfl = convert_int8(build_model(cfg), [make_shelf_image(rng, 64, 64).image for _ in range(4)])
+    _, info = make_interpreter(tfl, threads=2)
+    assert info.xnnpack and info.quantized
+    assert info.delegated_partitions == 1
+    assert info.heavy_ops == info.heavy_ops_delegated > 0
