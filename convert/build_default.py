@@ -487,6 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-esd", action="store_true", help="do not measure on ../shared/data/esd/dev")
     p.add_argument("--reuse-weights", action="store_true", help="re-measure and re-bundle the trained weights")
     p.add_argument("--no-card", action="store_true", help="do not rewrite models/README.md")
+    p.add_argument("--card-only", action="store_true",
+                   help="only rewrite the model card from the last build's report (MODELS/shelfgap-default.json) "
+                        "and models/NOTES.md: after editing the notes, without re-bundling")
     p.add_argument("--models", type=Path, default=MODELS, help="where the bundle, weights and card go (default models/)")
     p.add_argument("--eval-every", type=int, default=1000, help="log float AP50 every N training steps (0: never)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
@@ -501,6 +504,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     spec = replace(spec, reuse_weights=args.reuse_weights, eval_every=args.eval_every)
+    if args.card_only:
+        saved = args.models / f"{DEFAULT_NAME}.json"
+        if not saved.exists():
+            p.error(f"--card-only: no build report at {saved}; run a build first")
+        write_card(args.models / "README.md", BuildReport(**json.loads(saved.read_text())["report"]), spec)
+        return 0
     report = build(spec)
     shutil.copy2(args.work / "float-final.weights.h5", args.models / f"{DEFAULT_NAME}.weights.h5")
     (args.models / f"{DEFAULT_NAME}.json").write_text(

@@ -113,3 +113,28 @@ def test_the_default_build_takes_a_seed_and_randconv_and_refuses_a_bad_share(
         build_main(["--work", str(tmp_path / "w"), "--models", str(tmp_path), "--no-esd", "--randconv", "1.5"])
     assert e.value.code == 2 and "randconv" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_card_only_rewrites_the_card_from_the_saved_report_without_rebuilding(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After editing models/NOTES.md the card is redrawn from the last build's report; the bundle is not touched."""
+    import json
+
+    from convert.build_default import DEFAULT_NAME, MODELS
+    from convert.build_default import main as build_main
+
+    models = tmp_path / "models"
+    with pytest.raises(SystemExit) as e:  # nothing built there yet: a clear error, not a traceback
+        build_main(["--card-only", "--models", str(models), "--no-esd", "--work", str(tmp_path / "w")])
+    assert e.value.code == 2 and "no build report" in capsys.readouterr().err
+    models.mkdir()
+    saved = json.loads((MODELS / f"{DEFAULT_NAME}.json").read_text())
+    saved["report"]["threshold"] = 0.61
+    (models / f"{DEFAULT_NAME}.json").write_text(json.dumps(saved))
+    (models / "NOTES.md").write_text("## A note written after the build\n")
+    assert build_main(["--card-only", "--models", str(models), "--no-esd", "--work", str(tmp_path / "w")]) == 0
+    card = (models / "README.md").read_text()
+    assert "Threshold shipped: 0.61" in card and card.rstrip().endswith("## A note written after the build")
+    assert sorted(p.name for p in models.iterdir()) == ["NOTES.md", "README.md", f"{DEFAULT_NAME}.json"]
+    assert not (tmp_path / "w").exists()
