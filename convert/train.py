@@ -43,8 +43,12 @@ class TrainConfig:
     threads: int = 2
     deterministic: bool = True
     aug: AugmentConfig = field(default_factory=AugmentConfig)
+    # momentum of an exponential moving average of the weights, saved instead of the last step's (0: off)
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.ema < 1.0:  # NaN fails this too
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.crop % 32:
             raise ValueError(f"crop must be a multiple of 32, got {self.crop}")
         if self.steps < 1 or self.batch < 1:
@@ -151,7 +155,8 @@ def train(
         warmup_target=cfg.lr,
         warmup_steps=cfg.warmup,
     )
-    opt = keras.optimizers.AdamW(learning_rate=lr, weight_decay=cfg.weight_decay, clipnorm=5.0)
+    opt = keras.optimizers.AdamW(learning_rate=lr, weight_decay=cfg.weight_decay, clipnorm=5.0,
+                                 use_ema=cfg.ema > 0, ema_momentum=cfg.ema or 0.99)
 
     @tf.function
     def step(x: Any, hm_t: Any, lt_t: Any, wt: Any) -> tuple[Any, Any]:
@@ -189,6 +194,8 @@ def train(
         if on_checkpoint is not None and checkpoint_every and (i + 1) % checkpoint_every == 0:
             on_checkpoint(i + 1, model)
     pool.shutdown()
+    if cfg.ema:
+        opt.finalize_variable_values(model.trainable_variables)  # the averaged weights replace the last step's
     seconds = time.monotonic() - t0
 
     out_dir.mkdir(parents=True, exist_ok=True)

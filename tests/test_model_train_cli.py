@@ -138,3 +138,11 @@ def test_card_only_rewrites_the_card_from_the_saved_report_without_rebuilding(
     assert "Threshold shipped: 0.61" in card and card.rstrip().endswith("## A note written after the build")
     assert sorted(p.name for p in models.iterdir()) == ["NOTES.md", "README.md", f"{DEFAULT_NAME}.json"]
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("m", ["1.0", "-0.5", "nan"])
+def test_train_refuses_an_ema_momentum_outside_0_to_1(tmp_path: Path, capsys: pytest.CaptureFixture[str], m: str) -> None:
+    code = main(["train", str(tmp_path / "x.bundle"), "--synth", "4", "--ema", m, "--unsigned", "--quiet",
+                 "--work", str(tmp_path / "w")])
+    assert code != 0 and "--ema" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "x.bundle").exists()
