@@ -45,7 +45,7 @@ def _common_train_args(p: argparse.ArgumentParser, steps: int) -> None:
                         "(a better start for finetune); while fine-tuning it measured no gain (models/NOTES.md)")
     p.add_argument("--ema", type=float, default=0.0, metavar="M",
                    help="save an exponential moving average of the weights with momentum M (e.g. 0.995) instead "
-                        "of the last step's (default 0: off)")
+                        "of the last step's (default 0: off; measured no gain while fine-tuning, models/NOTES.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -122,10 +122,10 @@ def _train_cmd(args: argparse.Namespace) -> int:
     try:
         net = NetConfig(width=args.size, height=args.size, stride=args.stride, shared_head=args.shared_head)
         tcfg = TrainConfig(net=net, steps=args.steps, batch=args.batch, seed=args.seed, crop=args.crop,
-                           warmup=min(100, args.steps // 10), aug=aug, ema=args.ema,
+                           warmup=min(100, args.steps // 10), aug=aug, ema=_ema(args.ema),
                            **({"lr": args.lr} if args.lr else {}))
     except ValueError as e:
-        raise CliError(f"--ema: {e}" if "ema" in str(e) else str(e)) from e
+        raise CliError(str(e)) from e
     if args.synth <= 0 and not args.data:
         raise CliError("nothing to train on: give --synth N or --data DIR")
     key, pub = _key_args(args)
@@ -166,11 +166,8 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
             raise CliError(f"--size: {e}") from e
     train_items, val_items = split_folder(args.data, args.val_share, args.split_seed)
     lr = args.lr or (1e-3 if init is not None else 3e-3)
-    try:
-        tcfg = TrainConfig(net=net, steps=args.steps, batch=args.batch, seed=args.seed, lr=lr,
-                           warmup=min(100, args.steps // 10), aug=aug, ema=args.ema)
-    except ValueError as e:
-        raise CliError(f"--ema: {e}" if "ema" in str(e) else str(e)) from e
+    tcfg = TrainConfig(net=net, steps=args.steps, batch=args.batch, seed=args.seed, lr=lr,
+                       warmup=min(100, args.steps // 10), aug=aug, ema=_ema(args.ema))
     key, pub = _key_args(args)
     held = f"{args.data.name}-heldout"
     spec = BuildSpec(
@@ -196,6 +193,16 @@ def _augment(args: argparse.Namespace) -> AugmentConfig:
         return AugmentConfig(randconv=args.randconv)
     except ValueError as e:
         raise CliError(f"--randconv: {e}") from e
+
+
+def _ema(m: float) -> float:
+    """The training's own rule (`check_ema`), reported as a one-line error naming the flag."""
+    from convert.train import check_ema
+
+    try:
+        return check_ema(m, "--ema")
+    except ValueError as e:
+        raise CliError(str(e)) from e
 
 
 def _beta(beta: float) -> float:

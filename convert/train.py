@@ -27,6 +27,13 @@ WEIGHTS_FILE = "model.weights.h5"
 CONFIG_FILE = "net.json"
 
 
+def check_ema(momentum: float, name: str = "ema") -> float:
+    """A weight-averaging momentum must be in [0, 1) (0: off); `name` is what the error calls it."""
+    if not 0.0 <= momentum < 1.0:  # NaN fails this too
+        raise ValueError(f"{name} must be in [0, 1), got {momentum}")
+    return momentum
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train: crop size, batch, steps, learning rate, loss weights, seed and augmentation."""
@@ -47,8 +54,7 @@ class TrainConfig:
     ema: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.ema < 1.0:  # NaN fails this too
-            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        check_ema(self.ema)
         if self.crop % 32:
             raise ValueError(f"crop must be a multiple of 32, got {self.crop}")
         if self.steps < 1 or self.batch < 1:
