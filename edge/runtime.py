@@ -51,7 +51,7 @@ class RuntimeInfo:
 
     def describe(self) -> str:
         if self.xnnpack:
-            xnn = f"XNNPACK ({self.heavy_ops_delegated}/{self.heavy_ops} conv ops, {self.delegated_partitions} partitions)"
+            xnn = f"XNNPACK ({self.heavy_ops_delegated}/{self.heavy_ops} conv ops, {self.delegated_partitions} partition{'' if self.delegated_partitions == 1 else 's'})"
         else:
             xnn = "no XNNPACK"
         return f"{self.name} {self.version}, {xnn}, {self.threads} threads"
