@@ -65,7 +65,7 @@ def nearest_up2(name: str) -> Any:
     """A Keras layer doubling height and width by nearest-neighbour repetition, as ops XNNPACK delegates."""
     from keras import layers
 
-    class NearestUp2(layers.Layer):
+    class NearestUp2(layers.Layer):  # defined here so that importing this module does not import Keras
         def call(self, x: Any) -> Any:
             import tensorflow as tf
 

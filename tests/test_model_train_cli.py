@@ -42,7 +42,7 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     """`finetune DATA --from W --size N`: fully-convolutional weights carry over to a new input size; the report
     gives the split and the held-out figures; a size that is not a multiple of 32 is a one-line error."""
     from convert.build_default import synth_folder
-    from convert.commands import FINETUNE_LR
+    from convert.commands import PEAK_LR
     from edge.bundle import generate_keypair, load_public_keys, read_bundle
     from edge.detector import Detector
 
@@ -63,7 +63,7 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     assert report["split"] == {"train": 7, "heldout": 3, "seed": 0}
     saved = json.loads((tmp_path / "w1" / "float" / "net.json").read_text())["train"]
     assert saved["aug"]["randconv"] == 0.5
-    assert saved["lr"] == FINETUNE_LR == 3e-3  # from the default weights as from scratch (measured, models/NOTES.md)
+    assert saved["lr"] == PEAK_LR == 3e-3  # from the default weights as from scratch (measured, models/NOTES.md)
     held = report["metrics"]["sets"]["frames-heldout"]
     assert report["metrics"]["threshold_rule"] == "best F1"
     # the best-F1 threshold on the held-out share, rounded to 2 places and kept within [0.15, 0.8] by the build
