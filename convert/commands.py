@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -198,24 +199,24 @@ def _augment(args: argparse.Namespace) -> AugmentConfig:
         raise CliError(f"--randconv: {e}") from e
 
 
-def _ema(m: float) -> float:
-    """The training's own rule (`check_ema`), reported as a one-line error naming the flag."""
-    from convert.train import check_ema
-
+def _by_rule(rule: Callable[[float, str], float], value: float, flag: str) -> float:
+    """`value` checked by the library's own rule (`check_beta`, `check_ema`), a one-line error naming the flag."""
     try:
-        return check_ema(m, "--ema")
+        return rule(value, flag)
     except ValueError as e:
         raise CliError(str(e)) from e
+
+
+def _ema(m: float) -> float:
+    from convert.train import check_ema
+
+    return _by_rule(check_ema, m, "--ema")
 
 
 def _beta(beta: float) -> float:
-    """The build's own rule (`check_beta`), reported as a one-line error naming the flag."""
     from convert.evaluate import check_beta
 
-    try:
-        return check_beta(beta, "--threshold-beta")
-    except ValueError as e:
-        raise CliError(str(e)) from e
+    return _by_rule(check_beta, beta, "--threshold-beta")
 
 
 def _run_build(spec: Any) -> Any:

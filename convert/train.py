@@ -162,7 +162,7 @@ def train(
         warmup_steps=cfg.warmup,
     )
     opt = keras.optimizers.AdamW(learning_rate=lr, weight_decay=cfg.weight_decay, clipnorm=5.0,
-                                 use_ema=cfg.ema > 0, ema_momentum=cfg.ema or 0.99)
+                                 use_ema=cfg.ema > 0, ema_momentum=cfg.ema)
 
     @tf.function
     def step(x: Any, hm_t: Any, lt_t: Any, wt: Any) -> tuple[Any, Any]:

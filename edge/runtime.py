@@ -49,9 +49,15 @@ class RuntimeInfo:
     heavy_ops: int = 0  # convolution and fully-connected nodes in the model
     heavy_ops_delegated: int = 0  # of those, how many XNNPACK runs
 
+    @property
+    def delegation(self) -> str:
+        """How much of the graph the delegate runs, e.g. "38/38 conv ops, 1 partition"."""
+        n = self.delegated_partitions
+        return f"{self.heavy_ops_delegated}/{self.heavy_ops} conv ops, {n} partition{'' if n == 1 else 's'}"
+
     def describe(self) -> str:
         if self.xnnpack:
-            xnn = f"XNNPACK ({self.heavy_ops_delegated}/{self.heavy_ops} conv ops, {self.delegated_partitions} partition{'' if self.delegated_partitions == 1 else 's'})"
+            xnn = f"XNNPACK ({self.delegation})"
         else:
             xnn = "no XNNPACK"
         return f"{self.name} {self.version}, {xnn}, {self.threads} threads"

@@ -124,7 +124,7 @@ def inspect_cmd(args: argparse.Namespace) -> int:
     for line in metrics_lines(m.metrics):
         print(line)
     print(f"  runtime    {rt.name} {rt.version}, XNNPACK {'yes' if rt.xnnpack else 'NO'} "
-          f"({rt.heavy_ops_delegated}/{rt.heavy_ops} conv ops, {rt.delegated_partitions} partition{'' if rt.delegated_partitions == 1 else 's'}), "
+          f"({rt.delegation}), "
           f"{rt.threads} threads, {'int8' if rt.quantized else 'float'} model")
     return 0
 
