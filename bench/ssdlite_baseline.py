@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for name, r in res.items():
             print(f"{name:<28} min {r['min_ms']:7.2f} ms  p50 {r['p50_ms']:8.2f} ms  p95 {r['p95_ms']:8.2f} ms  {r['model_bytes'] / 1e6:.2f} MB  "
-                  f"{r['runtime']}, XNNPACK {r['xnnpack']} ({r['partitions']} partitions), {r['threads']} threads")
+                  f"{r['runtime']}, XNNPACK {r['xnnpack']} ({r['partitions']} partition{'' if r['partitions'] == 1 else 's'}), {r['threads']} threads")
         print(f"default / SSDLite with a uint8 input: p50 {report['default_over_ssdlite_uint8_input_p50']:.3f}")
         print(f"default / {base} latency (same input type): p50 {ratio:.3f}, min {ratio_min:.3f}  "
               f"(target <= 0.25 at p50: {'met' if ratio <= 0.25 else 'NOT met'}; min is the less load-sensitive figure)")

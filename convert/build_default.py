@@ -90,6 +90,9 @@ class BuildReport:
     parity: dict[str, Any]
     invoke_ms: float
     seconds: float
+    # float AP50 of each validation set at every checkpoint ({"step", "seconds", set: AP50}), empty without
+    # eval_every; kept in the report so that the card can be redrawn without the build's work folder
+    learning_curve: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -322,9 +325,17 @@ def build(spec: BuildSpec) -> BuildReport:
         model_bytes=len(tflite), params=int(model.count_params()), train_seconds=round(train_seconds, 1),
         train_images=len(train_items), threshold=threshold, metrics=dict(manifest.metrics),
         parity=json.loads(parity.to_json()), invoke_ms=round(ms, 3), seconds=round(time.monotonic() - t_start, 1),
+        learning_curve=read_learning_curve(work / "learning-curve.jsonl"),
     )
     (work / "build-report.json").write_text(report.to_json())
     return report
+
+
+def read_learning_curve(path: Path) -> list[dict[str, Any]]:
+    """The checkpoints `_checkpoint_logger` wrote, oldest first; none if it did not run."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _checkpoint_logger(
@@ -405,14 +416,12 @@ def write_card(path: Path, report: BuildReport, spec: BuildSpec) -> None:
     t = spec.train
     par = report.parity
     curve = ""
-    lc = spec.work_dir / "learning-curve.jsonl"
-    if lc.exists():
-        pts = [json.loads(line) for line in lc.read_text().splitlines() if line.strip()]
-        names = [k for k in (pts[0] if pts else {}) if k not in ("step", "seconds")]
-        if pts and names:
-            curve = "\nLearning curve (float AP50 on up to 100 images of each set, during training):\n\n"
-            curve += "| step | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
-            curve += "".join(f"| {p['step']} | " + " | ".join(f"{p[n]:.3f}" for n in names) + " |\n" for p in pts)
+    pts = report.learning_curve
+    names = [k for k in (pts[0] if pts else {}) if k not in ("step", "seconds")]
+    if pts and names:
+        curve = "\nLearning curve (float AP50 on up to 100 images of each set, during training):\n\n"
+        curve += "| step | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
+        curve += "".join(f"| {p['step']} | " + " | ".join(f"{p[n]:.3f}" for n in names) + " |\n" for p in pts)
     restyle = f", random-convolution restyling of {t.aug.randconv:.0%} of the crops" if t.aug.randconv else ""
     extra = ""
     notes = path.parent / "NOTES.md"

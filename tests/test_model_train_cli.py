@@ -85,6 +85,25 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     assert code != 0 and "--randconv" in capsys.readouterr().err and not (tmp_path / "bad.bundle").exists()
 
 
+@pytest.mark.slow
+def test_a_build_keeps_its_learning_curve_in_the_report(tmp_path: Path) -> None:
+    """The float AP50 logged every eval_every steps is part of the build report, not only of the work folder, so
+    `--card-only` can redraw the card's learning-curve table on a machine without that folder."""
+    from convert.build_default import BuildReport, BuildSpec, build
+    from convert.model import NetConfig
+    from convert.train import TrainConfig
+
+    net = NetConfig(width=64, height=64, stride=8)
+    spec = BuildSpec(name="t", version=1, out_bundle=tmp_path / "t.bundle", work_dir=tmp_path / "w",
+                     train=TrainConfig(net=net, steps=4, batch=2, crop=64, warmup=1), synth_train=6, synth_val=3,
+                     eval_every=2, workers=1, progress=False)
+    report = build(spec)
+    assert [p["step"] for p in report.learning_curve] == [2, 4]
+    assert all(0.0 <= p["synthetic-val"] <= 1.0 for p in report.learning_curve)
+    saved = json.loads((tmp_path / "w" / "build-report.json").read_text())
+    assert BuildReport(**saved) == report
+
+
 @pytest.mark.parametrize("beta", [0.0, -1.0, float("nan")])
 def test_a_library_build_with_a_bad_threshold_beta_fails_before_it_trains(tmp_path: Path, beta: float) -> None:
     from convert.build_default import BuildSpec, build
@@ -121,7 +140,9 @@ def test_the_default_build_takes_a_seed_and_randconv_and_refuses_a_bad_share(
 def test_card_only_rewrites_the_card_from_the_saved_report_without_rebuilding(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """After editing models/NOTES.md the card is redrawn from the last build's report; the bundle is not touched."""
+    """After editing models/NOTES.md the card is redrawn from the last build's report; the bundle is not touched.
+
+    Without the build's work folder too (a fresh clone): the learning curve is part of the saved report."""
     import json
 
     from convert.build_default import DEFAULT_NAME, MODELS
@@ -134,11 +155,13 @@ def test_card_only_rewrites_the_card_from_the_saved_report_without_rebuilding(
     models.mkdir()
     saved = json.loads((MODELS / f"{DEFAULT_NAME}.json").read_text())
     saved["report"]["threshold"] = 0.61
+    saved["report"]["learning_curve"] = [{"step": 500, "seconds": 9.0, "synthetic-val": 0.4321}]
     (models / f"{DEFAULT_NAME}.json").write_text(json.dumps(saved))
     (models / "NOTES.md").write_text("## A note written after the build\n")
     assert build_main(["--card-only", "--models", str(models), "--no-esd", "--work", str(tmp_path / "w")]) == 0
     card = (models / "README.md").read_text()
     assert "Threshold shipped: 0.61" in card and card.rstrip().endswith("## A note written after the build")
+    assert "| 500 | 0.432 |" in card  # the learning curve comes from the saved report: the work folder is gone
     assert sorted(p.name for p in models.iterdir()) == ["NOTES.md", "README.md", f"{DEFAULT_NAME}.json"]
     assert not (tmp_path / "w").exists()
 
