@@ -315,6 +315,11 @@ def _register_eval(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
     p.add_argument("--curve-points", type=int, default=50, help="PR-curve points in the JSON (default 50)")
+    p.add_argument("--against", default=None, metavar="BUNDLE",
+                   help="also measure BUNDLE on the same images and give AP50(--model) - AP50(BUNDLE) with its "
+                        "paired bootstrap interval: is a new model better on these photos, or within the noise?")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="resamples of the images for the 95%% AP50 intervals (default 1000; 0: none)")
     p.set_defaults(func=_eval_cmd)
 
 
@@ -326,16 +331,33 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     _check_yolo(args.data)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise CliError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    if args.bootstrap < 0:
+        raise CliError(f"--bootstrap must be 0 (no intervals) or a number of resamples, got {args.bootstrap}")
+    if args.against and not args.bootstrap:
+        raise CliError("--against compares by the bootstrap: give --bootstrap N with N > 0")
     bundle = load_bundle_from_args(args)
+    other = load_bundle_from_args(argparse.Namespace(**{**vars(args), "model": args.against})) if args.against else None
     items = load_yolo_folder(args.data, args.limit)
     thr = bundle.manifest.thresholds.score if args.threshold is None else args.threshold
     dets = detect_with_bundle(bundle, [it.image for it in items], threads=args.threads, min_score=min(0.05, thr))
     gts = [it.boxes for it in items]
     res = evaluate(dets, gts, thr)
-    out: dict[str, Any] = {"data": str(args.data), "model": {"name": bundle.manifest.name,
-                                                             "version": bundle.manifest.version,
-                                                             "source": bundle.source}}
+    out: dict[str, Any] = {"data": str(args.data), "model": _model_info(bundle)}
     out.update(res.to_dict(args.curve_points))
+    if args.bootstrap:
+        from convert.bootstrap import Matched, ap50_interval, compare_ap50
+
+        matched = Matched.of(dets, gts)
+        out["ap50_interval"] = ap50_interval(matched, args.bootstrap).to_dict()
+        if other is not None:
+            other_thr = other.manifest.thresholds.score if args.threshold is None else args.threshold
+            other_dets = detect_with_bundle(other, [it.image for it in items], threads=args.threads,
+                                            min_score=min(0.05, other_thr))
+            other_res = evaluate(other_dets, gts, other_thr)
+            other_matched = Matched.of(other_dets, gts)
+            out["against"] = {"model": _model_info(other), "ap50": other_res.ap50,
+                              "ap50_interval": ap50_interval(other_matched, args.bootstrap).to_dict(),
+                              **compare_ap50(matched, other_matched, args.bootstrap).to_dict()}
     if args.report is not None:
         from convert.report import Example, write_report
 
@@ -351,10 +373,22 @@ def _eval_cmd(args: argparse.Namespace) -> int:
               f"v{bundle.manifest.version}")
         print(f"  threshold {thr:.2f}: precision {res.precision:.3f}, recall {res.recall:.3f}, F1 {res.f1:.3f} "
               f"(TP {res.tp}, FP {res.fp}, FN {res.fn})")
-        print(f"  AP50 {res.ap50:.3f}; best F1 {res.best_f1:.3f} at threshold {res.best_f1_threshold:.2f}")
+        ci = out.get("ap50_interval")
+        band = f" (95 % interval over images {ci['low']:.3f}-{ci['high']:.3f})" if ci else ""
+        print(f"  AP50 {res.ap50:.3f}{band}; best F1 {res.best_f1:.3f} at threshold {res.best_f1_threshold:.2f}")
+        if "against" in out:
+            a = out["against"]
+            d = a["ap50_diff"]
+            print(f"  against {a['model']['name']} v{a['model']['version']}: AP50 {a['ap50']:.3f}; difference "
+                  f"{d['value']:+.3f} (95 % paired interval {d['low']:+.3f} to {d['high']:+.3f}), "
+                  f"higher in {a['share_a_higher']:.0%} of {d['resamples']} resamples")
         if "report" in out:
             print(f"  report: {out['report']}")
     return 0
+
+
+def _model_info(bundle: Any) -> dict[str, Any]:
+    return {"name": bundle.manifest.name, "version": bundle.manifest.version, "source": bundle.source}
 
 
 # ---- bundle -----------------------------------------------------------------------------------------------------

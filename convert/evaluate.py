@@ -79,7 +79,7 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def _match_all(
+def match_all(
     dets: Sequence[ImageDetections], gts: Sequence[np.ndarray], iou_thr: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
     """Global greedy matching; returns scores, tp flags, image index and per-image index of each detection (in
@@ -119,9 +119,7 @@ def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
     if recall.size == 0:
         return 0.0
     mrec = np.concatenate([[0.0], recall, [recall[-1]]])
-    mpre = np.concatenate([[1.0], precision, [0.0]])
-    for k in range(len(mpre) - 2, -1, -1):
-        mpre[k] = max(mpre[k], mpre[k + 1])
+    mpre = np.maximum.accumulate(np.concatenate([[1.0], precision, [0.0]])[::-1])[::-1]  # monotone from the right
     idx = np.nonzero(mrec[1:] != mrec[:-1])[0]
     return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
 
@@ -130,7 +128,7 @@ def evaluate(
     dets: Sequence[ImageDetections], gts: Sequence[np.ndarray], threshold: float, iou_thr: float = 0.5
 ) -> EvalResult:
     """Precision, recall and F1 of the detections scoring >= `threshold`, and AP over all detections."""
-    scores, tp, _, _, _ = _match_all(dets, gts, iou_thr)
+    scores, tp, _, _, _ = match_all(dets, gts, iou_thr)
     n_gt = int(sum(len(np.asarray(g).reshape(-1, 4)) for g in gts))
     ctp = np.cumsum(tp)
     cfp = np.cumsum(~tp)
@@ -206,7 +204,7 @@ def match_images(
         s = np.asarray(d.scores).reshape(-1)
         m = s >= threshold
         kept.append(ImageDetections(np.asarray(d.boxes).reshape(-1, 4)[m], s[m]))
-    scores, tp, img, local, hit = _match_all(kept, gts, iou_thr)
+    scores, tp, img, local, hit = match_all(kept, gts, iou_thr)
     out = []
     for i, d in enumerate(kept):
         sel = img == i

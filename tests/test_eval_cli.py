@@ -64,3 +64,35 @@ def test_eval_rejects_a_folder_without_labels(tmp_path: Path, capsys: pytest.Cap
     assert code != 0
     err = capsys.readouterr().err
     assert "labels/" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_gives_a_bootstrap_interval_and_a_paired_comparison(
+    data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """AP50 comes with its 95 % interval over images; --against measures a second bundle on the same images (here
+    the shipped bundle against itself: a difference of exactly zero in every resample)."""
+    code = main(["eval", str(data), "--json", "--bootstrap", "200", "--against", str(DEFAULT_BUNDLE)])
+    res = json.loads(capsys.readouterr().out)
+    assert code == 0
+    iv = res["ap50_interval"]
+    assert iv["low"] <= round(res["ap50"], 4) <= iv["high"] and (iv["level"], iv["resamples"]) == (0.95, 200)
+    against = res["against"]
+    assert against["ap50"] == pytest.approx(res["ap50"]) and against["ap50_interval"] == iv
+    assert against["ap50_diff"] == {"value": 0.0, "low": 0.0, "high": 0.0, "level": 0.95, "resamples": 200}
+    assert against["share_a_higher"] == 0.0
+
+    assert main(["eval", str(data), "--bootstrap", "50"]) == 0
+    assert "95 % interval over images" in capsys.readouterr().out
+    assert main(["eval", str(data), "--json", "--bootstrap", "0"]) == 0
+    assert "ap50_interval" not in json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("args", [["--bootstrap", "-1"], ["--bootstrap", "0", "--against", "x.bundle"],
+                                  ["--against", "missing.bundle"]])
+def test_eval_refuses_a_bad_bootstrap_or_comparison(
+    data: Path, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    code = main(["eval", str(data), "--json", *args])
+    err = capsys.readouterr().err
+    assert code != 0 and len(err.strip().splitlines()) == 1
+    assert ("--bootstrap" in err) or ("missing.bundle" in err)
