@@ -184,7 +184,7 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
     report = _run_build(spec)
     out = json.loads(report.to_json())
     out["split"] = {"train": len(train_items), "heldout": len(val_items), "seed": args.split_seed}
-    out["baseline"] = _baseline(val_items)
+    out["baseline"] = _baseline(val_items, args.out)
     print(json.dumps(out, indent=2))
     return 0
 
@@ -230,8 +230,10 @@ def _run_build(spec: Any) -> Any:
         raise CliError(str(e)) from e
 
 
-def _baseline(val_items: list[Any]) -> dict[str, Any] | None:
-    """The shipped default bundle measured on the same held-out images, for comparison."""
+def _baseline(val_items: list[Any], tuned_path: Path) -> dict[str, Any] | None:
+    """The shipped default bundle measured on the same held-out images, and the fine-tuned bundle's AP50 gain over
+    it with its paired bootstrap interval (are these frames enough to tell the two apart?)."""
+    from convert.bootstrap import Matched, compare_ap50
     from convert.evaluate import detect_with_bundle, evaluate
     from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, BundleError, load_public_keys, read_bundle
 
@@ -239,10 +241,14 @@ def _baseline(val_items: list[Any]) -> dict[str, Any] | None:
         bundle = read_bundle(DEFAULT_BUNDLE, load_public_keys([BUILTIN_KEYS]))
     except BundleError:
         return None
-    dets = detect_with_bundle(bundle, [it.image for it in val_items])
-    r = evaluate(dets, [it.boxes for it in val_items], bundle.manifest.thresholds.score)
+    images, gts = [it.image for it in val_items], [it.boxes for it in val_items]
+    dets = detect_with_bundle(bundle, images)
+    r = evaluate(dets, gts, bundle.manifest.thresholds.score)
+    tuned = read_bundle(tuned_path, None, allow_unsigned=True)  # just written and checked by the build
+    gain = compare_ap50(Matched.of(detect_with_bundle(tuned, images), gts), Matched.of(dets, gts))
     return {"model": f"{bundle.manifest.name} v{bundle.manifest.version}", "ap50": round(r.ap50, 4),
-            "f1": round(r.f1, 4), "precision": round(r.precision, 4), "recall": round(r.recall, 4)}
+            "f1": round(r.f1, 4), "precision": round(r.precision, 4), "recall": round(r.recall, 4),
+            "finetuned_minus_default": gain.to_dict()}
 
 
 # ---- quantize ---------------------------------------------------------------------------------------------------

@@ -69,6 +69,12 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     # the best-F1 threshold on the held-out share, rounded to 2 places and kept within [0.15, 0.8] by the build
     assert report["threshold"] == pytest.approx(min(0.8, max(0.15, held["int8"]["best_f1_threshold"])), abs=0.011)
     assert held["int8"]["images"] == 3 and 0.0 <= held["int8"]["ap50"] <= 1.0
+    # the shipped model on the same held-out frames, and the gain with its paired bootstrap interval
+    base = report["baseline"]
+    assert base["model"].startswith("shelfgap-default v")
+    gain = base["finetuned_minus_default"]
+    assert gain["ap50_diff"]["value"] == pytest.approx(held["int8"]["ap50"] - base["ap50"], abs=2e-4)
+    assert gain["ap50_diff"]["low"] <= gain["ap50_diff"]["value"] <= gain["ap50_diff"]["high"]
     b = read_bundle(out, load_public_keys([tmp_path / "keys"]))
     assert (b.manifest.input.width, b.manifest.input.height, b.manifest.output.stride) == (96, 96, 8)
     assert (b.manifest.input.dtype, b.manifest.input.zero_point) == ("int8", -128)
