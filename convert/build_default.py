@@ -193,11 +193,12 @@ def _summary(r: EvalResult) -> dict[str, Any]:
 
 def build(spec: BuildSpec) -> BuildReport:
     """Train (or reuse) the float model, convert it to int8, measure both, and write the signed bundle."""
-    from convert.bundler import build_heatmap_bundle, heatmap_manifest, load_or_create_key
+    from convert.bundler import build_heatmap_bundle, build_time, heatmap_manifest, load_or_create_key
     from convert.quantize import ParityReport, output_diffs, write_parity
     from convert.train import FloatPredictor, load_float_model, train
     from edge.bundle import MODEL, Bundle, Thresholds, read_bundle
 
+    build_time()  # a bad $SOURCE_DATE_EPOCH is refused now, not after the training
     t_start = time.monotonic()
     work = spec.work_dir
     work.mkdir(parents=True, exist_ok=True)
@@ -305,7 +306,8 @@ def build(spec: BuildSpec) -> BuildReport:
         "params": int(model.count_params()),
         "train_images": len(train_items),
         "train_steps": spec.train.steps,
-        "invoke_ms_build_host": round(ms, 3),
+        # not the build host's invoke time: it differs run to run, and the manifest (so the bundle) should not
+        # (the time is in the build report and the model card)
     })
 
     # ---- bundle ----

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,6 +60,31 @@ def _tflite_io(model_bytes: bytes) -> tuple[dict[str, Any], list[tuple[str, tupl
     return inp, outs
 
 
+def build_time() -> str:
+    """The manifest's `created` time, UTC: $SOURCE_DATE_EPOCH when set (reproducible builds), else now."""
+    env = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if not env:
+        return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        t = datetime.fromtimestamp(int(env), timezone.utc)
+    except (ValueError, OverflowError, OSError) as e:
+        raise ValueError(f"SOURCE_DATE_EPOCH must be whole seconds since 1970-01-01, got {env!r}") from e
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """A compressed .npz (what np.load reads) whose bytes depend only on the arrays: `np.savez_compressed` stamps
+    each member with the time of writing, so the same golden vectors made twice differed."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, a in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
 def heatmap_manifest(
     model_bytes: bytes,
     name: str,
@@ -88,7 +114,7 @@ def heatmap_manifest(
         labels=LABELS,
         thresholds=thresholds,
         metrics=dict(metrics or {}),
-        created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        created=build_time(),
         latency_budget_ms=latency_budget_ms,
     )
 
@@ -106,10 +132,7 @@ def golden_npz(manifest: Manifest, model_bytes: bytes, images: Sequence[np.ndarr
         det.invoke()
         for k, v in det.raw_outputs().items():
             outs[k].append(v)
-    buf = io.BytesIO()
-    arrays: dict[str, Any] = {"input_0": inputs, **{f"output_{k}": np.stack(v) for k, v in outs.items()}}
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
+    return npz_bytes({"input_0": inputs, **{f"output_{k}": np.stack(v) for k, v in outs.items()}})
 
 
 def signing_key_path(explicit: Path | str | None = None) -> Path:

@@ -7,16 +7,15 @@ code path the device uses, and `edge.bundle.write_bundle` signs and writes the t
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from convert.bundler import build_time, npz_bytes
 from edge.bundle import (
     GOLDEN,
     MODEL,
@@ -189,7 +188,7 @@ def wrap_external_model(
         labels=tuple(str(x) for x in labels),
         thresholds=Thresholds(score=score, nms_iou=nms, max_detections=max_detections),
         metrics=dict(metrics or {"source": f"external {decoding} model {Path(tflite_path).name}"}),
-        created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        created=build_time(),
     )
     golden = make_golden(manifest, model_bytes, golden_count)
     key = load_private_key(private_key) if isinstance(private_key, (str, Path)) else private_key
@@ -209,7 +208,4 @@ def make_golden(manifest: Manifest, model_bytes: bytes, n: int = 3, seed: int = 
         det.invoke()
         for k, v in det.raw_outputs().items():
             outputs[k].append(v)
-    arrays = {"input_0": images, **{f"output_{k}": np.stack(v) for k, v in outputs.items()}}
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
-    return buf.getvalue()
+    return npz_bytes({"input_0": images, **{f"output_{k}": np.stack(v) for k, v in outputs.items()}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -92,22 +93,38 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
 
 
 @pytest.mark.slow
-def test_a_build_keeps_its_learning_curve_in_the_report(tmp_path: Path) -> None:
+def test_a_build_keeps_its_learning_curve_and_rebundles_its_weights_byte_for_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The float AP50 logged every eval_every steps is part of the build report, not only of the work folder, so
-    `--card-only` can redraw the card's learning-curve table on a machine without that folder."""
+    `--card-only` can redraw the card's learning-curve table on a machine without that folder. And with
+    $SOURCE_DATE_EPOCH set, re-bundling the same weights (`--reuse-weights`) writes the same bytes: anyone can check
+    that a bundle is what its weights give."""
     from convert.build_default import BuildReport, BuildSpec, build
     from convert.model import NetConfig
     from convert.train import TrainConfig
+    from edge.bundle import generate_keypair, read_bundle
 
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1790000000")
+    generate_keypair(tmp_path / "k.key", tmp_path / "k.pub")
     net = NetConfig(width=64, height=64, stride=8)
     spec = BuildSpec(name="t", version=1, out_bundle=tmp_path / "t.bundle", work_dir=tmp_path / "w",
                      train=TrainConfig(net=net, steps=4, batch=2, crop=64, warmup=1), synth_train=6, synth_val=3,
-                     eval_every=2, workers=1, progress=False)
+                     eval_every=2, workers=1, progress=False, key_path=tmp_path / "k.key")
     report = build(spec)
     assert [p["step"] for p in report.learning_curve] == [2, 4]
     assert all(0.0 <= p["synthetic-val"] <= 1.0 for p in report.learning_curve)
     saved = json.loads((tmp_path / "w" / "build-report.json").read_text())
     assert BuildReport(**saved) == report
+
+    again = build(replace(spec, out_bundle=tmp_path / "again.bundle", reuse_weights=True))
+    assert (tmp_path / "again.bundle").read_bytes() == (tmp_path / "t.bundle").read_bytes()
+    assert again.manifest_sha256 == report.manifest_sha256
+    assert read_bundle(tmp_path / "t.bundle", None, allow_unsigned=True).manifest.created == "2026-09-21T14:13:20Z"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(ValueError, match="SOURCE_DATE_EPOCH"):  # before it trains or writes anything
+        build(replace(spec, out_bundle=tmp_path / "bad.bundle", work_dir=tmp_path / "w2"))
+    assert not (tmp_path / "bad.bundle").exists() and not (tmp_path / "w2").exists()
 
 
 @pytest.mark.parametrize("beta", [0.0, -1.0, float("nan")])
