@@ -348,13 +348,15 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     dets = detect_with_bundle(bundle, [it.image for it in items], threads=args.threads, min_score=min(0.05, thr))
     gts = [it.boxes for it in items]
     res = evaluate(dets, gts, thr)
+    interval = None
     out: dict[str, Any] = {"data": str(args.data), "model": _model_info(bundle)}
     out.update(res.to_dict(args.curve_points))
     if args.bootstrap:
         from convert.bootstrap import Matched, ap50_interval, compare_ap50
 
         matched = Matched.of(dets, gts)
-        out["ap50_interval"] = ap50_interval(matched, args.bootstrap).to_dict()
+        interval = ap50_interval(matched, args.bootstrap)
+        out["ap50_interval"] = interval.to_dict()
         if other is not None:
             other_thr = other.manifest.thresholds.score if args.threshold is None else args.threshold
             other_dets = detect_with_bundle(other, [it.image for it in items], threads=args.threads,
@@ -370,7 +372,8 @@ def _eval_cmd(args: argparse.Namespace) -> int:
         matches = match_images(dets, gts, thr)
         examples = [Example(it.path.name, it.image, it.boxes, m) for it, m in zip(items, matches, strict=True)]
         path = write_report(args.report, res, examples, f"shelfscout eval: {args.data.name}",
-                            f"{bundle.manifest.name} v{bundle.manifest.version} on {len(items)} images of {args.data}")
+                            f"{bundle.manifest.name} v{bundle.manifest.version} on {len(items)} images of {args.data}",
+                            ap_interval=interval)
         out["report"] = str(path)
     if args.json:
         print(json.dumps(out))

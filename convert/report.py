@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from convert.bootstrap import Interval
 from convert.evaluate import EvalResult, ImageMatch, PRPoint
 
 HIT = (40, 200, 60)  # RGB
@@ -114,8 +115,11 @@ def pick_examples(examples: Sequence[Example], n: int) -> list[Example]:
     return worst + clean
 
 
-def render_html(result: EvalResult, examples: Sequence[Example], title: str, model_desc: str, n_examples: int = 16) -> str:
-    """The whole report as one HTML string."""
+def render_html(
+    result: EvalResult, examples: Sequence[Example], title: str, model_desc: str, n_examples: int = 16,
+    ap_interval: Interval | None = None,
+) -> str:
+    """The whole report as one HTML string; `ap_interval`, when given, is shown next to the AP."""
     ok, png = cv2.imencode(".png", cv2.cvtColor(draw_pr_curve(result.pr_curve, result.threshold), cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError("could not encode the PR curve")
@@ -124,7 +128,9 @@ def render_html(result: EvalResult, examples: Sequence[Example], title: str, mod
         (f"detections (score ≥ {result.threshold:.2f})", result.detections),
         ("true positives", result.tp), ("false alarms", result.fp), ("misses", result.fn),
         ("precision", f"{result.precision:.3f}"), ("recall", f"{result.recall:.3f}"), ("F1", f"{result.f1:.3f}"),
-        (f"AP at IoU {result.iou:.2f}", f"{result.ap50:.3f}"),
+        (f"AP at IoU {result.iou:.2f}", f"{result.ap50:.3f}" + (
+            f" ({ap_interval.level:.0%} interval over the images {ap_interval.low:.3f}-{ap_interval.high:.3f})"
+            if ap_interval is not None else "")),
         ("best F1 (threshold)", f"{result.best_f1:.3f} ({result.best_f1_threshold:.2f})"),
     ]
     table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
@@ -162,9 +168,10 @@ img{{max-width:100%;height:auto}} figure{{margin:10px 0}} figcaption{{font-size:
 
 
 def write_report(
-    out_dir: Path, result: EvalResult, examples: Sequence[Example], title: str, model_desc: str
+    out_dir: Path, result: EvalResult, examples: Sequence[Example], title: str, model_desc: str,
+    ap_interval: Interval | None = None,
 ) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "report.html"
-    path.write_text(render_html(result, examples, title, model_desc), encoding="utf-8")
+    path.write_text(render_html(result, examples, title, model_desc, ap_interval=ap_interval), encoding="utf-8")
     return path

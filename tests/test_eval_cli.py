@@ -56,6 +56,8 @@ def test_eval_json_agrees_with_the_detector_and_writes_a_report(
     assert res["report"] == str(tmp_path / "rep" / "report.html")
     assert "data:image/png;base64," in html and "data:image/jpeg;base64," in html  # self-contained
     assert 'name="viewport"' in html and "AP at IoU 0.50" in html
+    iv = res["ap50_interval"]  # the bootstrap interval, shown next to the AP
+    assert f"95% interval over the images {iv['low']:.3f}-{iv['high']:.3f}" in html
 
 
 def test_eval_rejects_a_folder_without_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
