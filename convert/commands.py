@@ -342,12 +342,20 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     if args.against and not args.bootstrap:
         raise CliError("--against compares by the bootstrap: give --bootstrap N with N > 0")
     bundle = load_bundle_from_args(args)
-    other = load_bundle_from_args(argparse.Namespace(**{**vars(args), "model": args.against})) if args.against else None
+    other = None
+    if args.against:  # the same keys and unsigned-model rule as --model
+        other = load_bundle_from_args(argparse.Namespace(**{**vars(args), "model": args.against}))
     items = load_yolo_folder(args.data, args.limit)
-    thr = bundle.manifest.thresholds.score if args.threshold is None else args.threshold
-    dets = detect_with_bundle(bundle, [it.image for it in items], threads=args.threads, min_score=min(0.05, thr))
     gts = [it.boxes for it in items]
-    res = evaluate(dets, gts, thr)
+
+    def measure(b: Any) -> tuple[list[Any], Any]:
+        """Detections (down to 0.05, for AP) and figures of bundle b, at its own threshold unless --threshold."""
+        t = b.manifest.thresholds.score if args.threshold is None else args.threshold
+        d = detect_with_bundle(b, [it.image for it in items], threads=args.threads, min_score=min(0.05, t))
+        return d, evaluate(d, gts, t)
+
+    dets, res = measure(bundle)
+    thr = res.threshold
     interval = None
     out: dict[str, Any] = {"data": str(args.data), "model": _model_info(bundle)}
     out.update(res.to_dict(args.curve_points))
@@ -358,10 +366,7 @@ def _eval_cmd(args: argparse.Namespace) -> int:
         interval = ap50_interval(matched, args.bootstrap)
         out["ap50_interval"] = interval.to_dict()
         if other is not None:
-            other_thr = other.manifest.thresholds.score if args.threshold is None else args.threshold
-            other_dets = detect_with_bundle(other, [it.image for it in items], threads=args.threads,
-                                            min_score=min(0.05, other_thr))
-            other_res = evaluate(other_dets, gts, other_thr)
+            other_dets, other_res = measure(other)
             other_matched = Matched.of(other_dets, gts)
             out["against"] = {"model": _model_info(other), "ap50": other_res.ap50,
                               "ap50_interval": ap50_interval(other_matched, args.bootstrap).to_dict(),
@@ -383,13 +388,13 @@ def _eval_cmd(args: argparse.Namespace) -> int:
         print(f"  threshold {thr:.2f}: precision {res.precision:.3f}, recall {res.recall:.3f}, F1 {res.f1:.3f} "
               f"(TP {res.tp}, FP {res.fp}, FN {res.fn})")
         ci = out.get("ap50_interval")
-        band = f" (95 % interval over images {ci['low']:.3f}-{ci['high']:.3f})" if ci else ""
+        band = f" ({ci['level'] * 100:.0f} % interval over images {ci['low']:.3f}-{ci['high']:.3f})" if ci else ""
         print(f"  AP50 {res.ap50:.3f}{band}; best F1 {res.best_f1:.3f} at threshold {res.best_f1_threshold:.2f}")
         if "against" in out:
             a = out["against"]
             d = a["ap50_diff"]
             print(f"  against {a['model']['name']} v{a['model']['version']}: AP50 {a['ap50']:.3f}; difference "
-                  f"{d['value']:+.3f} (95 % paired interval {d['low']:+.3f} to {d['high']:+.3f}), "
+                  f"{d['value']:+.3f} ({d['level'] * 100:.0f} % paired interval {d['low']:+.3f} to {d['high']:+.3f}), "
                   f"higher in {a['share_a_higher']:.0%} of {d['resamples']} resamples")
         if "report" in out:
             print(f"  report: {out['report']}")
