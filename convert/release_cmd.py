@@ -33,6 +33,12 @@ def register(sub: Any) -> None:
     r.add_argument("--resign", action="store_true",
                    help="first re-sign the bundle's manifest with --key (rewrites BUNDLE in place)")
     r.add_argument("-o", "--output", type=Path, default=Path("release.json"), help="default release.json")
+    r.add_argument("--gate", type=Path, default=None, metavar="DATA",
+                   help="first measure BUNDLE against the model the fleet runs (--gate-against) on this labelled "
+                        "YOLO folder, and refuse the release when BUNDLE's AP50 is lower across the whole 95 %% "
+                        "paired bootstrap interval (needs the [convert] extra)")
+    r.add_argument("--gate-against", type=Path, default=None, metavar="BUNDLE",
+                   help="the bundle the fleet runs now (default: the built-in default bundle)")
     r.set_defaults(func=_release)
 
     p = sub.add_parser("publish", help="publish a signed release, retained (QoS 1), to the fleet or one store")
@@ -79,6 +85,8 @@ def _release(args: argparse.Namespace) -> int:
         raise CliError(f"--rollout must be between 0 and 1, got {args.rollout}")
     if not args.key.exists():
         raise CliError(f"key file {args.key} not found (create one with `shelfscout keygen`)")
+    if args.gate is not None:
+        _gate(args)
     try:
         expires = parse_duration(args.expires_in)
         build = make_release(args.bundle, args.key, args.url, expires, args.rollout, args.min_app_version,
@@ -96,6 +104,26 @@ def _release(args: argparse.Namespace) -> int:
     print(f"wrote {out}: {r.name} v{r.version}, {r.size} bytes, sha256 {r.sha256[:12]}…, rollout {r.rollout:g}, "
           f"expires {r.not_after}, key {build.message['keyid']}", file=sys.stderr)
     return 0
+
+
+def _gate(args: argparse.Namespace) -> None:
+    """Refuse (CliError, nothing written) a bundle that measures worse than the current one on --gate DATA."""
+    from convert.dataset import list_yolo_images
+    from convert.gate import gate
+    from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, load_public_keys, read_bundle
+
+    current_path = args.gate_against or DEFAULT_BUNDLE
+    try:
+        list_yolo_images(args.gate)
+        # only measured here; the release's own signature check comes next
+        new = read_bundle(args.bundle, None, allow_unsigned=True)
+        current = read_bundle(current_path, load_public_keys([BUILTIN_KEYS]), allow_unsigned=True)
+        result = gate(new, current, args.gate)
+    except ValueError as e:  # a BundleError, a folder that is not YOLO, no images
+        raise CliError(f"--gate: {e}") from None
+    if not result.passed:
+        raise CliError(result.describe())
+    print(result.describe(), file=sys.stderr)
 
 
 def _publish(args: argparse.Namespace) -> int:

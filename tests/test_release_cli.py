@@ -185,3 +185,48 @@ def test_what_release_writes_and_publish_sends_validates_against_the_release_sch
                    {**good, "keyid": "xyz"}):
         with pytest.raises(jsonschema.ValidationError):
             validate("release", broken)
+
+
+@pytest.mark.slow
+def test_the_release_gate_refuses_a_worse_model_and_passes_an_equal_one(
+    tmp_path: Path, models: dict[str, bytes], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`release --gate DATA` measures the bundle against the fleet's current one on labelled frames (here generated
+    shelves): a model trained for two steps is far worse than the shipped one, so no release is written; the
+    shipped model against itself differs by nothing and is released."""
+    import shutil
+
+    from convert.synth import write_yolo_dataset
+    from edge.bundle import DEFAULT_BUNDLE
+
+    data = write_yolo_dataset(tmp_path / "frames", 6, seed=31)
+    assert main(["keygen", str(tmp_path / "fleet")]) == 0
+    key = ["--key", str(tmp_path / "fleet.key"), "--url", "https://m.example/b/", "--resign"]
+    weak = tmp_path / "weak.bundle"
+    assert main(["train", str(weak), "--synth", "6", "--synth-val", "2", "--steps", "2", "--batch", "2",
+                 "--size", "64", "--crop", "64", "--stride", "8", "--key", str(tmp_path / "fleet.key"),
+                 "--work", str(tmp_path / "w"), "--quiet"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "release.json"
+    assert main(["release", str(weak), *key, "--gate", str(data), "-o", str(out)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "REFUSED" in err and "shelfgap-default" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+    same = tmp_path / "same.bundle"
+    shutil.copy2(DEFAULT_BUNDLE, same)
+    assert main(["release", str(same), *key, "--gate", str(data), "--gate-against", str(DEFAULT_BUNDLE),
+                 "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "release gate passed" in err and "difference +0.000" in err
+    assert verify_release(out.read_bytes(), load_public_keys([tmp_path])).release.version == 6
+
+    tiny = Device(tmp_path / "dev", models).bundle(2)  # not a gap-heatmap model: it cannot be measured
+    assert main(["release", str(tiny), *key, "--gate", str(data), "-o", str(tmp_path / "x.json")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "--gate" in err and len(err.splitlines()) == 1 and not (tmp_path / "x.json").exists()
+    (tmp_path / "nolabels" / "images").mkdir(parents=True)
+    assert main(["release", str(same), *key, "--gate", str(tmp_path / "nolabels"), "-o", str(tmp_path / "x.json")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "--gate" in err and "labels" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "x.json").exists()
