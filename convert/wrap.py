@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from convert.bundler import build_time, npz_bytes
+from convert.bundler import build_time, golden_npz
 from edge.bundle import (
     GOLDEN,
     MODEL,
-    Bundle,
     InputSpec,
     Manifest,
     OutputSpec,
@@ -197,15 +196,4 @@ def wrap_external_model(
 
 def make_golden(manifest: Manifest, model_bytes: bytes, n: int = 3, seed: int = 0) -> bytes:
     """golden.npz bytes: `n` generated input images and the raw outputs the device code path gives for them."""
-    from edge.detector import Detector  # the same preprocessing and runtime as on the device
-
-    probe = Bundle(manifest, manifest.to_json_bytes(), {MODEL: model_bytes}, None, "<wrap>")
-    det = Detector(probe, threads=1)
-    images = golden_images(manifest.input.width, manifest.input.height, n, seed)
-    outputs: dict[str, list[np.ndarray]] = {t.name: [] for t in manifest.output.tensors}
-    for img in images:
-        det.preprocess(img)
-        det.invoke()
-        for k, v in det.raw_outputs().items():
-            outputs[k].append(v)
-    return npz_bytes({"input_0": images, **{f"output_{k}": np.stack(v) for k, v in outputs.items()}})
+    return golden_npz(manifest, model_bytes, list(golden_images(manifest.input.width, manifest.input.height, n, seed)))
