@@ -321,6 +321,7 @@ _HEADER_P = 0.3  # share of bays with a printed header panel above the top row (
 _MIN_FILL = 0.0  # 0.72 labelled ESD's strips better but cost ESD AP50 and cart-pass false alarms (models/NOTES.md)
 _RUN_P = 0.5  # share of gaps started in a stacked facing that span the SKU's run of facings (ESD's long flat boxes)
 _RUN_PARTIAL_P = 0.85  # share of those that leave the bottom items in place (a sold-out top layer)
+_DRESS_P = 0.0  # share of generated gaps whose inside is dressed (`dress_gaps`); cart passes never dress theirs
 _ROW_MIXES: tuple[tuple[str, ...], ...] = (
     ("box",),
     ("box", "box", "bottle"),
@@ -400,6 +401,7 @@ class PlannedGap:
     deck: float  # fraction of the gap height showing the shelf deck (back look)
     pushed_scale: float
     keep: int = 0  # stacked facings: bottom items left in place (0 = the whole facing is gone)
+    dress: int = 0  # seed of what else shows inside (`_paint_dress`); 0 = a plain gap
 
 
 @dataclass
@@ -750,6 +752,72 @@ def add_random_gaps(
             added += 1
 
 
+def dress_gaps(plan: ShelfPlan, rng_in: np.random.Generator | Rand, p: float) -> None:
+    """Dress the inside of a share p of the plan's gaps the way real empty spots look (`_paint_dress`).
+
+    Measured on ESD `dev/` against plain generated gaps (`bench/gap_looks.py`): real gaps are less dark against
+    their neighbours and about twice as varied inside (uneven light, the back panel's holes and seams, things
+    left at the back, the sides of the neighbours), so a dressed dark hole is also lighter."""
+    rng = as_rand(rng_in)
+    for g in plan.gaps:
+        if rng.random() < p:
+            g.dress = rng.integers(1, 2**31 - 1)
+            if g.look in (LOOK_DARK, LOOK_PUSHED) and rng.random() < 0.7:
+                g.dark = rng.uniform(0.35, 0.85)
+
+
+def _paint_dress(img: np.ndarray, g: PlannedGap, x0: int, y0: int, x1: int, y1: int) -> None:
+    """What else shows inside a dressed gap: uneven light, back-panel structure, left-overs and neighbours' sides.
+
+    Painted before the neighbours are pasted, so their outlines stay on top; everything is drawn from the gap's
+    own seed, so a plan paints the same with any other gaps filled."""
+    rng = Rand(np.random.default_rng(g.dress))
+    w, h = x1 - x0, y1 - y0
+    if w < 3 or h < 3:
+        return
+    reg = img[y0:y1, x0:x1].astype(np.float32)
+    if rng.random() < 0.4:  # back-panel structure: pegboard holes, panel seams or a rail
+        u = rng.random()
+        tone = rng.uniform(0.45, 0.75)
+        if u < 0.45:
+            pp = rng.integers(3, 7)
+            reg[rng.integers(0, pp) :: pp, rng.integers(0, pp) :: pp] *= tone
+        elif u < 0.75:
+            for _ in range(rng.integers(1, 3)):
+                sx = rng.integers(0, w)
+                reg[:, sx : sx + 1] *= tone
+        else:
+            ry = rng.integers(h // 5, max(h // 5 + 1, 4 * h // 5))
+            reg[ry : ry + max(1, h // 12)] = reg[ry : ry + max(1, h // 12)] * 0.3 + rng.uniform(90, 200) * 0.7
+    if rng.random() < 0.3:  # left at the back: one or two dim items standing on the deck
+        for _ in range(rng.integers(1, 3)):
+            iw = max(2, int(w * rng.uniform(0.12, 0.35)))
+            ih = max(2, int(h * rng.uniform(0.3, 0.75)))
+            ix = rng.integers(0, max(1, w - iw))
+            col = np.array(_product_colour(rng), np.float32) * rng.uniform(0.25, 0.6)
+            reg[h - ih :, ix : ix + iw] = col
+            reg[h - ih : h - ih + 1, ix : ix + iw] *= 1.4  # the lit top edge
+    if rng.random() < 0.4:  # the side of a neighbour, seen at an angle
+        sw = max(1, int(w * rng.uniform(0.05, 0.16)))
+        col = np.array(_product_colour(rng), np.float32) * rng.uniform(0.35, 0.7)
+        if rng.random() < 0.5:
+            reg[:, :sw] = col
+        else:
+            reg[:, w - sw :] = col
+    if rng.random() < 0.5:  # light falling off from the front or from one side
+        b = rng.uniform(0.1, 0.4)
+        if rng.random() < 0.6:
+            ramp = np.linspace(1 - b, 1 + b, h, dtype=np.float32)[:, None, None]
+        else:
+            ramp = np.linspace(1 - b, 1 + b, w, dtype=np.float32)[None, :, None]
+        reg *= ramp[::-1] if rng.random() < 0.5 else ramp
+    if rng.random() < 0.7:  # uneven light and dirt
+        a = rng.uniform(0.15, 0.45)
+        field_ = rng.gen.uniform(1 - a, 1 + a, (rng.integers(2, 6), rng.integers(2, 6))).astype(np.float32)
+        reg *= cv2.resize(field_, (w, h), interpolation=cv2.INTER_CUBIC)[:, :, None]
+    img[y0:y1, x0:x1] = np.clip(reg, 0, 255).astype(np.uint8)
+
+
 def _stack_run(rng: Rand, facings: list[Facing], first: int, layers: int) -> tuple[int, int, int | None]:
     """A gap over (most of) the run of same-SKU stacked facings around `first`, usually with its top items gone.
 
@@ -997,6 +1065,8 @@ def _paint_gap(
             px = f.x + (w0 - nw) // 2
             py = row.bottom - nh - int((row.bottom - row.top) * 0.08)
             _paste(img, spr, m, px, py, None)
+    if g.dress:
+        _paint_dress(img, g, x0, y0, x1, y1)
     if gmask is not None:
         gmask[y0:y1, x0:x1] = k + 1
 
@@ -1099,6 +1169,8 @@ def render_sample(
     lo, hi = _CLOSE_PITCH if close else _PITCH
     plan = plan_shelves(rng, cw, ch, pitch_range=(lo * s, hi * s), header_p=_HEADER_P, min_fill=_MIN_FILL)
     add_random_gaps(plan, rng, _sample_gap_count(rng), (m, m, m + width, m + height))
+    if _DRESS_P > 0.0:  # no draw when off: the rest of the stream stays as it was
+        dress_gaps(plan, rng, _DRESS_P)
     canvas, gmask, pmask = paint_shelves(plan, debug=debug)
     # mild homography: jitter the source quad inside the margin, squash it onto the output
     j = m * rng.uniform(0.2, 0.9)
