@@ -33,6 +33,9 @@ class ImageStats:
     rest_edges: float
     luma_hist: np.ndarray  # 32-bin histogram of all pixels' luma (normalised)
     gap_luma_hist: np.ndarray  # 32-bin luma histogram of gap pixels (unnormalised counts)
+    # per gap, on the image squashed to 416 x 416 (so camera resolution does not count)
+    gap_side_ratio: list[float] = field(default_factory=list)  # gap luma / luma of the strips left and right of it
+    gap_inner_std: list[float] = field(default_factory=list)  # luma spread over the middle 60 % of the gap
 
 
 @dataclass
@@ -72,6 +75,7 @@ def image_stats(image_rgb: np.ndarray, boxes: np.ndarray) -> ImageStats:
     rest = ~m
     bins = np.linspace(0, 256, 33)
     lh = np.histogram(luma, bins)[0].astype(np.float64)
+    ratio, inner = _per_gap(luma, b)
     return ImageStats(
         n_boxes=len(b),
         box_w=list((b[:, 2] - b[:, 0]) * 416.0 / w),
@@ -85,7 +89,31 @@ def image_stats(image_rgb: np.ndarray, boxes: np.ndarray) -> ImageStats:
         rest_edges=float(edges[rest].mean()),
         luma_hist=lh / lh.sum(),
         gap_luma_hist=np.histogram(luma[m], bins)[0].astype(np.float64),
+        gap_side_ratio=ratio,
+        gap_inner_std=inner,
     )
+
+
+def _per_gap(luma: np.ndarray, boxes: np.ndarray, side: int = 416) -> tuple[list[float], list[float]]:
+    """Each gap's luma against its left and right neighbours (strips as wide as the gap is high), and how varied
+    its inside is: the two looks the model keys on (a plain gap much darker than the products beside it)."""
+    h, w = luma.shape
+    small = cv2.resize(luma, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
+    ratio: list[float] = []
+    inner: list[float] = []
+    for x0, y0, x1, y1 in np.asarray(boxes, np.float64).reshape(-1, 4) * [side / w, side / h, side / w, side / h]:
+        a, b = int(max(0.0, x0)), int(min(side, np.ceil(x1)))
+        c, d = int(max(0.0, y0)), int(min(side, np.ceil(y1)))
+        if b - a < 3 or d - c < 3:
+            continue
+        gap = small[c:d, a:b]
+        sw = max(3, d - c)
+        sides = np.concatenate([small[c:d, max(0, a - sw) : a].ravel(), small[c:d, b : min(side, b + sw)].ravel()])
+        if sides.size >= 4:
+            ratio.append(float(gap.mean() / max(float(sides.mean()), 1.0)))
+        iw, ih = (b - a) // 5, (d - c) // 5
+        inner.append(float(gap[ih : d - c - ih, iw : b - a - iw].std()))
+    return ratio, inner
 
 
 def _w1(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
@@ -183,6 +211,14 @@ def compare(real: Sequence[ImageStats], synth: Sequence[ImageStats]) -> RealismR
     rg = np.mean(col(real, "gap_luma")) / np.mean(col(real, "rest_luma"))
     sg = np.mean(col(synth, "gap_luma")) / np.mean(col(synth, "rest_luma"))
     rep.rows.append(Row("gap/non-gap luma ratio", float(rg), float(sg), _rel(rg, sg)))
+    for name, label in (("gap_side_ratio", "per gap: luma / sides"), ("gap_inner_std", "per gap: inner luma std")):
+        a, b = col(real, name), col(synth, name)
+        if a and b:
+            rep.rows.append(Row(label, float(np.median(a)), float(np.median(b)), _w1(a, b), "value: median; W1"))
+    ra_, sa_ = col(real, "gap_side_ratio"), col(synth, "gap_side_ratio")
+    if ra_ and sa_:
+        rep.rows.append(Row("per gap: not darker than sides %", 100 * float(np.mean(np.greater(ra_, 0.8))),
+                            100 * float(np.mean(np.greater(sa_, 0.8))), 0.0, "luma / sides > 0.8"))
     rh = np.sum([s.luma_hist for s in real], axis=0)
     sh = np.sum([s.luma_hist for s in synth], axis=0)
     rep.rows.append(Row("luma histogram (all px)", 0.0, 0.0, _overlap_distance(rh, sh), "dist: 1 - overlap"))
@@ -216,13 +252,18 @@ def load_real(real_dir: Path, limit: int | None = None) -> list[tuple[np.ndarray
 
 
 def measure_realism(
-    real_dir: Path = DEFAULT_REAL, n_synth: int = 300, seed: int = 0, real_limit: int | None = None
+    real_dir: Path = DEFAULT_REAL,
+    n_synth: int = 300,
+    seed: int = 0,
+    real_limit: int | None = None,
+    dress_p: float | None = None,
 ) -> tuple[RealismReport, list[tuple[np.ndarray, np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]:
-    """Compare n_synth generated images (seed) with the real folder; returns the report and both image sets."""
+    """Compare n_synth generated images (seed; `dress_p`: share of dressed gaps, None = the generator's own) with
+    the real folder; returns the report and both image sets."""
     real = load_real(real_dir, real_limit)
     synth = []
     for i in range(n_synth):
-        s = make_shelf_image(sample_rng(seed, i), 416, 416)
+        s = make_shelf_image(sample_rng(seed, i), 416, 416, dress_p=dress_p)
         synth.append((s.image, s.boxes))
     rep = compare([image_stats(i, b) for i, b in real], [image_stats(i, b) for i, b in synth])
     return rep, real, synth
@@ -272,9 +313,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out", type=Path, default=Path("build/realism.png"), help="montage PNG (default build/realism.png)"
     )
     ap.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    ap.add_argument("--dress", type=float, default=None, metavar="P",
+                    help="share of generated gaps with a dressed inside (default: the generator's own)")
     args = ap.parse_args(argv)
     try:
-        rep, real, synth = measure_realism(args.real, args.n, args.seed)
+        rep, real, synth = measure_realism(args.real, args.n, args.seed, dress_p=args.dress)
     except ValueError as e:
         print(f"realism: error: {e}", file=sys.stderr)
         return 2

@@ -1155,10 +1155,17 @@ def _clip_quads(quads: np.ndarray, width: int, height: int) -> tuple[np.ndarray,
 
 
 def render_sample(
-    rng_in: np.random.Generator | Rand, width: int = 416, height: int = 416, debug: bool = False
+    rng_in: np.random.Generator | Rand,
+    width: int = 416,
+    height: int = 416,
+    debug: bool = False,
+    dress_p: float | None = None,
 ) -> Sample:
-    """make_shelf_image with optional debug masks (see Sample)."""
+    """make_shelf_image with optional debug masks (see Sample); `dress_p` overrides the share of dressed gaps."""
     rng = as_rand(rng_in)
+    dress = _DRESS_P if dress_p is None else dress_p
+    if not 0.0 <= dress <= 1.0:
+        raise ValueError(f"dress_p is a share between 0 and 1, got {dress}")
     if width < 32 or height < 32:
         raise ValueError(f"image too small: {width}x{height}")
     s = min(width, height) / 416.0
@@ -1169,8 +1176,8 @@ def render_sample(
     lo, hi = _CLOSE_PITCH if close else _PITCH
     plan = plan_shelves(rng, cw, ch, pitch_range=(lo * s, hi * s), header_p=_HEADER_P, min_fill=_MIN_FILL)
     add_random_gaps(plan, rng, _sample_gap_count(rng), (m, m, m + width, m + height))
-    if _DRESS_P > 0.0:  # no draw when off: the rest of the stream stays as it was
-        dress_gaps(plan, rng, _DRESS_P)
+    if dress > 0.0:  # no draw when off: the rest of the stream stays as it was
+        dress_gaps(plan, rng, dress)
     canvas, gmask, pmask = paint_shelves(plan, debug=debug)
     # mild homography: jitter the source quad inside the margin, squash it onto the output
     j = m * rng.uniform(0.2, 0.9)
@@ -1212,9 +1219,11 @@ def render_sample(
     return Sample(img, clipped[keep].astype(np.float32).reshape(-1, 4), gm_out, pm_out, looks)
 
 
-def make_shelf_image(rng: np.random.Generator, width: int = 416, height: int = 416) -> Sample:
+def make_shelf_image(
+    rng: np.random.Generator, width: int = 416, height: int = 416, dress_p: float | None = None
+) -> Sample:
     """One procedural shelf photo (RGB uint8) with the boxes of its empty spots."""
-    return render_sample(rng, width, height, debug=False)
+    return render_sample(rng, width, height, debug=False, dress_p=dress_p)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -46,5 +46,29 @@ def test_cli_prints_a_table_and_writes_the_montage(
     assert main(["--real", str(folder), "--n", "6", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "boxes/image mean" in text and "gap/non-gap luma ratio" in text
+    assert "per gap: luma / sides" in text and "per gap: inner luma std" in text
     assert out.stat().st_size > 0
+    assert main(["--real", str(folder), "--n", "2", "--dress", "1", "--out", str(out)]) == 0
     assert main(["--real", str(tmp_path / "missing"), "--n", "2", "--out", str(out)]) == 2
+
+
+def _flatten_gaps(img: np.ndarray, boxes: np.ndarray, brighten: float = 1.0) -> np.ndarray:
+    out = img.astype(np.float32)
+    for x0, y0, x1, y1 in boxes.astype(int):
+        reg = out[y0:y1, x0:x1]
+        reg[:] = reg.reshape(-1, 3).mean(0) * brighten
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def test_per_gap_rows_tell_plain_gaps_and_lighter_gaps_apart() -> None:
+    items = [(s.image, s.boxes) for s in (make_shelf_image(sample_rng(4, i), dress_p=1.0) for i in range(20))]
+    a = [image_stats(img, b) for img, b in items]
+    same = [image_stats(s.image, s.boxes) for s in (make_shelf_image(sample_rng(5, i), dress_p=1.0) for i in range(20))]
+    flat = [image_stats(_flatten_gaps(img, b), b) for img, b in items]
+    light = [image_stats(_flatten_gaps(img, b, 1.8), b) for img, b in items]
+    near, far_flat, far_light = _rows(compare(a, same)), _rows(compare(a, flat)), _rows(compare(a, light))
+    # painting each gap with its own mean removes all inside variation and keeps its brightness
+    assert all(v == 0.0 for st in flat for v in st.gap_inner_std)
+    assert far_flat["per gap: inner luma std"] > 2 * near["per gap: inner luma std"]
+    assert far_flat["per gap: luma / sides"] < 0.5 * far_light["per gap: luma / sides"]
+    assert far_light["per gap: luma / sides"] > 3 * near["per gap: luma / sides"]
