@@ -2,6 +2,8 @@
 
 - `model-view.jpg`: a generated 640x480 shelf (never trained on), the model's gap heatmap over it, and the decoded
   gaps against the generator's labels (green hit, amber missed, red false alarm).
+- `gap-dressing.jpg`: the same generated gaps plain (top) and dressed (bottom; `convert.synth.dress_gaps`), the
+  way they differ from real ones on the realism report's per-gap rows.
 - `pr-curves.png`: precision/recall of the bundle on generated validation shelves and on the real ESD `dev/`
   photos, and, with `--finetuned`, of a fine-tuned bundle on the held-out share of its folder (the split
   `shelfscout finetune` used). Only curves are drawn from ESD: its photos are not redistributable, so none is
@@ -54,6 +56,38 @@ def model_view(bundle: Any, seed: int = VIEW_SEED) -> np.ndarray:
         cv2.putText(p, title, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
         panels.append(p)
     return np.hstack(panels)
+
+
+def gap_dressing(seed: int = VIEW_SEED, n: int = 8, tile: int = 150) -> np.ndarray:
+    """Crops around n generated gaps, painted plain (top row) and dressed (bottom row), RGB."""
+    import copy
+
+    from convert.synth import add_random_gaps, dress_gaps, paint_shelves, plan_shelves
+
+    rng = np.random.default_rng(seed)
+    plan = plan_shelves(rng, 1400, 700, pitch_range=(70.0, 90.0), top_range=(0.05, 0.1))
+    add_random_gaps(plan, rng, 3 * n, (0, 0, 1400, 700))
+    dressed = copy.deepcopy(plan)
+    dress_gaps(dressed, np.random.default_rng(seed + 1), 1.0)
+    rows = []
+    for p in (plan, dressed):
+        img = paint_shelves(p)[0]
+        tiles = []
+        for g in p.gaps[:n]:
+            x0, y0, x1, y1 = g.box
+            cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * 0.8 + 10
+            a, b = int(max(0, cx - r)), int(min(img.shape[1], cx + r))
+            c, d = int(max(0, cy - r)), int(min(img.shape[0], cy + r))
+            t = np.ascontiguousarray(img[c:d, a:b])
+            cv2.rectangle(t, (int(x0) - a, int(y0) - c), (int(x1) - a - 1, int(y1) - c - 1), (255, 0, 255), 1)
+            tiles.append(cv2.resize(t, (tile, tile), interpolation=cv2.INTER_AREA))
+        rows.append(np.hstack(tiles))
+    head = np.full((24, rows[0].shape[1], 3), 255, np.uint8)
+    mid = head.copy()
+    cv2.putText(head, "plain generated gaps", (6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(mid, "the same gaps dressed: uneven light, back panel, left-overs, neighbours' sides, lighter holes",
+                (6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.vstack([head, rows[0], mid, rows[1]])
 
 
 def pr_series(bundle: Any, esd: Path | None, finetuned: Any | None, split_seed: int, val_share: float
@@ -111,11 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     view = model_view(bundle)
     view = cv2.resize(view, (1440, round(view.shape[0] * 1440 / view.shape[1])), interpolation=cv2.INTER_AREA)
     cv2.imwrite(str(args.out / "model-view.jpg"), cv2.cvtColor(view, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    dressing = gap_dressing()
+    cv2.imwrite(str(args.out / "gap-dressing.jpg"), cv2.cvtColor(dressing, cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_JPEG_QUALITY, 85])
     from convert.report import draw_pr_curves
 
     pr = draw_pr_curves(pr_series(bundle, args.esd, finetuned, args.split_seed, args.val_share), size=560)
     cv2.imwrite(str(args.out / "pr-curves.png"), cv2.cvtColor(pr, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
-    print(f"wrote {args.out / 'model-view.jpg'} and {args.out / 'pr-curves.png'}")
+    print(f"wrote {args.out / 'model-view.jpg'}, {args.out / 'gap-dressing.jpg'} and {args.out / 'pr-curves.png'}")
     return 0
 
 
