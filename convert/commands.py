@@ -95,6 +95,10 @@ def _register_finetune(sub: Any) -> None:
                    help="also train on this many generated images (default 0; 600 next to 300 real photos "
                         "lowered held-out AP50 from 0.697 to 0.638, models/NOTES.md)")
     p.add_argument("--scratch", action="store_true", help="train from random weights instead of the default model")
+    p.add_argument("--soup", type=int, default=1, metavar="N",
+                   help="fine-tune N times (seeds SEED..SEED+N-1) and ship the average of their weights: one model, "
+                        "the same invoke time, N times the training (default 1; 3 measured +1.4 to +2.5 held-out "
+                        "AP50 points over each run alone, models/NOTES.md)")
     p.add_argument("--size", type=int, default=None,
                    help="square model input size, a multiple of 32 (default: the starting weights' size, 320). "
                         "The net is fully convolutional, so the weights carry over; a bigger input finds smaller "
@@ -152,6 +156,8 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
     from convert.train import TrainConfig, net_config_for
 
     _check_yolo(args.data)
+    if args.soup < 1:
+        raise CliError(f"--soup is a number of fine-tuning runs (1: no soup), got {args.soup}")
     aug = _augment(args)
     init: Path | None = None
     net = NetConfig()
@@ -181,8 +187,20 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
         init_weights=init, key_path=key, public_key_out=pub, threshold_set=held, progress=not args.quiet,
         threshold_beta=_beta(args.threshold_beta),
     )
-    report = _run_build(spec)
+    soup = None
+    if args.soup > 1:
+        from convert.soup import build_soup
+
+        try:
+            soup = build_soup(spec, args.soup)
+        except ValueError as e:
+            raise CliError(str(e)) from e
+        report = soup.report
+    else:
+        report = _run_build(spec)
     out = json.loads(report.to_json())
+    if soup is not None:
+        out["soup"] = soup.to_dict()
     out["split"] = {"train": len(train_items), "heldout": len(val_items), "seed": args.split_seed}
     out["baseline"] = _baseline(val_items, args.out)
     print(json.dumps(out, indent=2))
