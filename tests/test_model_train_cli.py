@@ -195,3 +195,64 @@ def test_train_refuses_an_ema_momentum_outside_0_to_1(tmp_path: Path, capsys: py
                  "--work", str(tmp_path / "w")])
     assert code != 0 and "--ema" in capsys.readouterr().err
     assert not (tmp_path / "w").exists() and not (tmp_path / "x.bundle").exists()
+
+
+@pytest.mark.slow
+def test_finetune_soup_ships_the_mean_of_its_members_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`finetune --soup 2`: two fine-tuning runs with seeds 0 and 1 from the same weights, measured each, and a
+    signed bundle made from the element-wise mean of their float weights."""
+    import shutil
+
+    import numpy as np
+
+    from convert.build_default import synth_folder
+    from convert.soup import average_weights
+    from convert.train import load_float_model
+    from edge.bundle import generate_keypair, load_public_keys, read_bundle
+    from edge.detector import Detector
+
+    generate_keypair(tmp_path / "k.key", tmp_path / "keys" / "k.pub")
+    key = ["--key", str(tmp_path / "k.key")]
+    assert main(["train", str(tmp_path / "base.bundle"), "--synth", "8", "--synth-val", "4", "--steps", "2",
+                 "--batch", "2", "--size", "64", "--crop", "64", "--stride", "8", "--work", str(tmp_path / "w0"),
+                 "--quiet", *key]) == 0
+    capsys.readouterr()
+    data = synth_folder(tmp_path / "frames", 10, seed=5, workers=1, progress=False)
+    weights = tmp_path / "w0" / "float" / "model.weights.h5"
+    out, work = tmp_path / "soup.bundle", tmp_path / "w1"
+    assert main(["finetune", str(data), "--out", str(out), "--from", str(weights), "--steps", "3", "--batch", "2",
+                 "--work", str(work), "--quiet", "--soup", "2", "--seed", "4", *key]) == 0
+    report = json.loads(capsys.readouterr().out)
+    members = report["soup"]["members"]
+    assert [m["seed"] for m in members] == [4, 5]
+    assert all(0.0 <= m["ap50"] <= 1.0 for m in members)
+    assert report["soup"]["members_mean_ap50"] == pytest.approx(np.mean([m["ap50"] for m in members]), abs=1e-4)
+    # the two runs differ (different seeds), and the shipped weights are exactly their mean
+    a, _ = load_float_model(work / "member-0" / "float" / "model.weights.h5")
+    b, _ = load_float_model(work / "member-1" / "float" / "model.weights.h5")
+    soup, _ = load_float_model(work / "float" / "model.weights.h5")
+    assert any(not np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights(), strict=True))
+    for x, y, m in zip(a.get_weights(), b.get_weights(), soup.get_weights(), strict=True):
+        np.testing.assert_allclose(m, (x + y) / 2, rtol=1e-6, atol=1e-7)
+    saved = json.loads((work / "float" / "net.json").read_text())
+    member_seconds = [json.loads((work / f"member-{k}" / "float" / "net.json").read_text())["seconds"] for k in (0, 1)]
+    assert saved["seconds"] == pytest.approx(sum(member_seconds), abs=0.11) and len(saved["soup"]) == 2
+    bundle = read_bundle(out, load_public_keys([tmp_path / "keys"]))  # signed; the members' bundles are not
+    assert Detector(bundle, threads=1).check_golden().ok
+    assert "baseline" in report and "split" in report
+
+    code = main(["finetune", str(data), "--out", str(tmp_path / "bad.bundle"), "--from", str(weights),
+                 "--soup", "0", "--quiet", *key])
+    assert code != 0 and "--soup" in capsys.readouterr().err and not (tmp_path / "bad.bundle").exists()
+    with pytest.raises(ValueError, match="no weights"):
+        average_weights([], tmp_path / "x.weights.h5")
+    other = tmp_path / "w2" / "float"  # the same weights file, saved with another net's config (a 96 input)
+    shutil.copytree(weights.parent, other)
+    config = json.loads((other / "net.json").read_text())
+    config["net"]["width"] = config["net"]["height"] = 96
+    (other / "net.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="another net config"):
+        average_weights([weights, other / "model.weights.h5"], tmp_path / "x.weights.h5")
+    assert not (tmp_path / "x.weights.h5").exists()
