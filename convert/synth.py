@@ -321,7 +321,7 @@ _HEADER_P = 0.3  # share of bays with a printed header panel above the top row (
 _MIN_FILL = 0.0  # 0.72 labelled ESD's strips better but cost ESD AP50 and cart-pass false alarms (models/NOTES.md)
 _RUN_P = 0.5  # share of gaps started in a stacked facing that span the SKU's run of facings (ESD's long flat boxes)
 _RUN_PARTIAL_P = 0.85  # share of those that leave the bottom items in place (a sold-out top layer)
-_DRESS_P = 0.0  # share of generated gaps whose inside is dressed (`dress_gaps`); cart passes never dress theirs
+_DRESS_P = 0.0  # share of gaps dressed (`dress_gaps`); 0.8 cost 4 ESD AP50 points in two seeds (models/NOTES.md)
 _ROW_MIXES: tuple[tuple[str, ...], ...] = (
     ("box",),
     ("box", "box", "bottle"),
@@ -755,9 +755,11 @@ def add_random_gaps(
 def dress_gaps(plan: ShelfPlan, rng_in: np.random.Generator | Rand, p: float) -> None:
     """Dress the inside of a share p of the plan's gaps the way real empty spots look (`_paint_dress`).
 
-    Measured on ESD `dev/` against plain generated gaps (`bench/gap_looks.py`): real gaps are less dark against
-    their neighbours and about twice as varied inside (uneven light, the back panel's holes and seams, things
-    left at the back, the sides of the neighbours), so a dressed dark hole is also lighter."""
+    Measured on ESD `dev/` against plain generated gaps (`python -m convert.realism`, per-gap rows): real gaps are
+    less dark against their neighbours and more varied inside (uneven light, the back panel's holes and seams,
+    things left at the back, the sides of the neighbours), so a dressed dark hole is also lighter. Dressing 80 %
+    brings those figures close, yet nets trained on it lost about 4 ESD AP50 points in two seeds (models/NOTES.md),
+    so the generator leaves it off."""
     rng = as_rand(rng_in)
     for g in plan.gaps:
         if rng.random() < p:
