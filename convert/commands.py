@@ -158,6 +158,8 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
     _check_yolo(args.data)
     if args.soup < 1:
         raise CliError(f"--soup is a number of fine-tuning runs (1: no soup), got {args.soup}")
+    if args.soup > 1 and args.scratch:  # each seed would start from other random weights: nothing to average
+        raise CliError("--soup averages runs that start from the same weights; it cannot be used with --scratch")
     aug = _augment(args)
     init: Path | None = None
     net = NetConfig()

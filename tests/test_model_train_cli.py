@@ -246,6 +246,9 @@ def test_finetune_soup_ships_the_mean_of_its_members_weights(
     code = main(["finetune", str(data), "--out", str(tmp_path / "bad.bundle"), "--from", str(weights),
                  "--soup", "0", "--quiet", *key])
     assert code != 0 and "--soup" in capsys.readouterr().err and not (tmp_path / "bad.bundle").exists()
+    code = main(["finetune", str(data), "--out", str(tmp_path / "bad.bundle"), "--scratch", "--soup", "2", "--quiet",
+                 *key])
+    assert code != 0 and "--scratch" in capsys.readouterr().err and not (tmp_path / "bad.bundle").exists()
     with pytest.raises(ValueError, match="no weights"):
         average_weights([], tmp_path / "x.weights.h5")
     other = tmp_path / "w2" / "float"  # the same weights file, saved with another net's config (a 96 input)
