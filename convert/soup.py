@@ -8,6 +8,7 @@ ESD split it measured 1.4-2.5 AP50 points over each of its three members (models
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -34,11 +35,12 @@ class SoupReport:
 
     report: BuildReport
     members: tuple[Member, ...]
+    seconds: float  # the whole soup: every member's build and the average's
 
     def to_dict(self) -> dict[str, Any]:
         ms = [m.ap50 for m in self.members]
         return {"members": [asdict(m) for m in self.members], "members_mean_ap50": round(float(np.mean(ms)), 4),
-                "members_best_ap50": round(max(ms), 4)}
+                "members_best_ap50": round(max(ms), 4), "seconds": round(self.seconds, 1)}
 
 
 def average_weights(sources: Sequence[Path], out: Path) -> Path:
@@ -70,6 +72,7 @@ def build_soup(spec: BuildSpec, runs: int) -> SoupReport:
     the weights into WORK/float and build the signed bundle from them, measured like any build."""
     if runs < 2:
         raise ValueError(f"a soup needs at least 2 runs, got {runs}")
+    t0 = time.monotonic()
     members: list[Member] = []
     weights: list[Path] = []
     for k in range(runs):
@@ -81,4 +84,5 @@ def build_soup(spec: BuildSpec, runs: int) -> SoupReport:
         members.append(Member(seed, str(work), float(rep.metrics["sets"][spec.threshold_set]["int8"]["ap50"])))
         weights.append(work / "float" / "model.weights.h5")
     average_weights(weights, spec.work_dir / "float" / "model.weights.h5")
-    return SoupReport(build(replace(spec, reuse_weights=True)), tuple(members))
+    report = build(replace(spec, reuse_weights=True))
+    return SoupReport(report, tuple(members), time.monotonic() - t0)

@@ -229,6 +229,7 @@ def test_finetune_soup_ships_the_mean_of_its_members_weights(
     assert [m["seed"] for m in members] == [4, 5]
     assert all(0.0 <= m["ap50"] <= 1.0 for m in members)
     assert report["soup"]["members_mean_ap50"] == pytest.approx(np.mean([m["ap50"] for m in members]), abs=1e-4)
+    assert report["soup"]["seconds"] >= report["train_seconds"] >= 0.0  # the whole soup, not the last build
     # the two runs differ (different seeds), and the shipped weights are exactly their mean
     a, _ = load_float_model(work / "member-0" / "float" / "model.weights.h5")
     b, _ = load_float_model(work / "member-1" / "float" / "model.weights.h5")
