@@ -97,8 +97,8 @@ def _register_finetune(sub: Any) -> None:
     p.add_argument("--scratch", action="store_true", help="train from random weights instead of the default model")
     p.add_argument("--soup", type=int, default=1, metavar="N",
                    help="fine-tune N times (seeds SEED..SEED+N-1) and ship the average of their weights: one model, "
-                        "the same invoke time, N times the training (default 1; 3 measured +1.4 to +2.5 held-out "
-                        "AP50 points over each run alone, models/NOTES.md)")
+                        "the same invoke time, N times the training (default 1; soups of 2, 3 and 5 runs measured +1.0 "
+                        "to +1.9 held-out AP50 points over their runs' mean, models/NOTES.md)")
     p.add_argument("--size", type=int, default=None,
                    help="square model input size, a multiple of 32 (default: the starting weights' size, 320). "
                         "The net is fully convolutional, so the weights carry over; a bigger input finds smaller "
