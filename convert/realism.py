@@ -211,11 +211,12 @@ def compare(real: Sequence[ImageStats], synth: Sequence[ImageStats]) -> RealismR
     rg = np.mean(col(real, "gap_luma")) / np.mean(col(real, "rest_luma"))
     sg = np.mean(col(synth, "gap_luma")) / np.mean(col(synth, "rest_luma"))
     rep.rows.append(Row("gap/non-gap luma ratio", float(rg), float(sg), _rel(rg, sg)))
+    per_gap = {n: (col(real, n), col(synth, n)) for n in ("gap_side_ratio", "gap_inner_std")}
     for name, label in (("gap_side_ratio", "per gap: luma / sides"), ("gap_inner_std", "per gap: inner luma std")):
-        a, b = col(real, name), col(synth, name)
+        a, b = per_gap[name]
         if a and b:
             rep.rows.append(Row(label, float(np.median(a)), float(np.median(b)), _w1(a, b), "value: median; W1"))
-    ra_, sa_ = col(real, "gap_side_ratio"), col(synth, "gap_side_ratio")
+    ra_, sa_ = per_gap["gap_side_ratio"]
     if ra_ and sa_:
         rep.rows.append(Row("per gap: not darker than sides %", 100 * float(np.mean(np.greater(ra_, 0.8))),
                             100 * float(np.mean(np.greater(sa_, 0.8))), 0.0, "luma / sides > 0.8"))

@@ -11,6 +11,22 @@ import pytest
 from edge.cli import main
 
 
+def _base_and_frames(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[list[str], Path, Path]:
+    """A signing key, a tiny trained base model and ten generated frames standing in for a user's: the start of
+    every fine-tuning test. Returns (key arguments, frames folder, base float weights)."""
+    from convert.build_default import synth_folder
+    from edge.bundle import generate_keypair
+
+    generate_keypair(tmp_path / "k.key", tmp_path / "keys" / "k.pub")
+    key = ["--key", str(tmp_path / "k.key")]
+    assert main(["train", str(tmp_path / "base.bundle"), "--synth", "8", "--synth-val", "4", "--steps", "2",
+                 "--batch", "2", "--size", "64", "--crop", "64", "--stride", "8", "--work", str(tmp_path / "w0"),
+                 "--quiet", *key]) == 0
+    capsys.readouterr()
+    data = synth_folder(tmp_path / "frames", 10, seed=5, workers=1, progress=False)  # stands in for a user's frames
+    return key, data, tmp_path / "w0" / "float" / "model.weights.h5"
+
+
 @pytest.mark.slow
 def test_train_writes_a_signed_bundle_that_the_device_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from edge.bundle import generate_keypair, load_public_keys, read_bundle
@@ -42,19 +58,11 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
 ) -> None:
     """`finetune DATA --from W --size N`: fully-convolutional weights carry over to a new input size; the report
     gives the split and the held-out figures; a size that is not a multiple of 32 is a one-line error."""
-    from convert.build_default import synth_folder
     from convert.commands import PEAK_LR
-    from edge.bundle import generate_keypair, load_public_keys, read_bundle
+    from edge.bundle import load_public_keys, read_bundle
     from edge.detector import Detector
 
-    generate_keypair(tmp_path / "k.key", tmp_path / "keys" / "k.pub")
-    key = ["--key", str(tmp_path / "k.key")]
-    assert main(["train", str(tmp_path / "base.bundle"), "--synth", "8", "--synth-val", "4", "--steps", "2",
-                 "--batch", "2", "--size", "64", "--crop", "64", "--stride", "8", "--work", str(tmp_path / "w0"),
-                 "--quiet", *key]) == 0
-    capsys.readouterr()
-    data = synth_folder(tmp_path / "frames", 10, seed=5, workers=1, progress=False)  # stands in for a user's frames
-    weights = tmp_path / "w0" / "float" / "model.weights.h5"
+    key, data, weights = _base_and_frames(tmp_path, capsys)
     out = tmp_path / "store.bundle"
     code = main(["finetune", str(data), "--out", str(out), "--from", str(weights), "--size", "96", "--steps", "3",
                  "--batch", "2", "--val-share", "0.3", "--work", str(tmp_path / "w1"), "--quiet", "--threshold-beta",
@@ -207,20 +215,12 @@ def test_finetune_soup_ships_the_mean_of_its_members_weights(
 
     import numpy as np
 
-    from convert.build_default import synth_folder
     from convert.soup import average_weights
     from convert.train import load_float_model
-    from edge.bundle import generate_keypair, load_public_keys, read_bundle
+    from edge.bundle import load_public_keys, read_bundle
     from edge.detector import Detector
 
-    generate_keypair(tmp_path / "k.key", tmp_path / "keys" / "k.pub")
-    key = ["--key", str(tmp_path / "k.key")]
-    assert main(["train", str(tmp_path / "base.bundle"), "--synth", "8", "--synth-val", "4", "--steps", "2",
-                 "--batch", "2", "--size", "64", "--crop", "64", "--stride", "8", "--work", str(tmp_path / "w0"),
-                 "--quiet", *key]) == 0
-    capsys.readouterr()
-    data = synth_folder(tmp_path / "frames", 10, seed=5, workers=1, progress=False)
-    weights = tmp_path / "w0" / "float" / "model.weights.h5"
+    key, data, weights = _base_and_frames(tmp_path, capsys)
     out, work = tmp_path / "soup.bundle", tmp_path / "w1"
     assert main(["finetune", str(data), "--out", str(out), "--from", str(weights), "--steps", "3", "--batch", "2",
                  "--work", str(work), "--quiet", "--soup", "2", "--seed", "4", *key]) == 0
