@@ -197,17 +197,9 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
         init_weights=init, key_path=key, public_key_out=pub, threshold_set=held, progress=not args.quiet,
         threshold_beta=_beta(args.threshold_beta),
     )
-    soup = None
-    if args.soup > 1:
-        from convert.soup import build_soup
-
-        try:
-            soup = build_soup(spec, args.soup)
-        except ValueError as e:
-            raise CliError(str(e)) from e
-        report = soup.report
-    else:
-        report = _run_build(spec)
+    built = _run_build(spec, soup=args.soup)
+    soup = built if args.soup > 1 else None
+    report = built.report if soup is not None else built
     out = json.loads(report.to_json())
     if soup is not None:
         out["soup"] = soup.to_dict()
@@ -247,13 +239,15 @@ def _beta(beta: float) -> float:
     return _by_rule(check_beta, beta, "--threshold-beta")
 
 
-def _run_build(spec: Any) -> Any:
+def _run_build(spec: Any, soup: int = 1) -> Any:
+    """build(spec), or with soup > 1 build_soup(spec, soup) (a SoupReport); a ValueError is a one-line error."""
     from convert.build_default import build
+    from convert.soup import build_soup
 
     if spec.synth_val <= 0 and not spec.val_sets and not spec.val_items:
         raise CliError("nothing to measure on: give --synth-val N or --val DIR")
     try:
-        return build(spec)
+        return build_soup(spec, soup) if soup > 1 else build(spec)
     except ValueError as e:
         raise CliError(str(e)) from e
 
@@ -370,9 +364,7 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     if args.against and not args.bootstrap:
         raise CliError("--against compares by the bootstrap: give --bootstrap N with N > 0")
     bundle = load_bundle_from_args(args)
-    other = None
-    if args.against:  # the same keys and unsigned-model rule as --model
-        other = load_bundle_from_args(argparse.Namespace(**{**vars(args), "model": args.against}))
+    other = load_bundle_from_args(args, model=args.against) if args.against else None
     items = load_yolo_folder(args.data, args.limit)
     gts = [it.boxes for it in items]
 

@@ -68,14 +68,16 @@ def read_bundle_one_line(read: Callable[..., Any], path: Path, *args: Any, **kwa
         raise CliError(lines[0].rstrip(": ")) from e
 
 
-def load_bundle_from_args(args: argparse.Namespace) -> Any:
-    """Read and verify the bundle named by --model (or the default one) against the trusted keys."""
+def load_bundle_from_args(args: argparse.Namespace, model: str | None = None) -> Any:
+    """Read and verify the bundle `model` (default: --model, else the built-in one) against the trusted keys of
+    --keys, under the same --dev-allow-unsigned-models rule."""
     from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, load_public_keys, read_bundle
     from edge.cli import CliError
 
-    path = Path(args.model) if args.model else DEFAULT_BUNDLE
+    named = model or args.model
+    path = Path(named) if named else DEFAULT_BUNDLE
     if not path.exists():
-        hint = "" if args.model else " (build it with `make model`, or pass --model BUNDLE)"
+        hint = "" if named else " (build it with `make model`, or pass --model BUNDLE)"
         raise CliError(f"model bundle {path} does not exist{hint}")
     keys = load_public_keys([BUILTIN_KEYS, *[Path(k) for k in args.keys]])
     allow = bool(getattr(args, "dev_allow_unsigned_models", False))
