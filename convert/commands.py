@@ -51,9 +51,6 @@ def _common_train_args(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--ema", type=float, default=0.0, metavar="M",
                    help="save an exponential moving average of the weights with momentum M (e.g. 0.995) instead "
                         "of the last step's (default 0: off; measured no gain while fine-tuning, models/NOTES.md)")
-    p.add_argument("--positive-heat", type=float, default=1.0, metavar="H",
-                   help="cells whose target heat is at least H (0..1] count as a gap's positives (default 1: "
-                        "its centre cell only; lower: a patch around it, longer along a flat gap)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -134,8 +131,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
     try:
         net = NetConfig(width=args.size, height=args.size, stride=args.stride, shared_head=args.shared_head)
         tcfg = TrainConfig(net=net, steps=args.steps, batch=args.batch, seed=args.seed, crop=args.crop,
-                           warmup=min(100, args.steps // 10), aug=aug, ema=_ema(args.ema), lr=args.lr or PEAK_LR,
-                           positive_heat=args.positive_heat)
+                           warmup=min(100, args.steps // 10), aug=aug, ema=_ema(args.ema), lr=args.lr or PEAK_LR)
     except ValueError as e:
         raise CliError(str(e)) from e
     if args.synth <= 0 and not args.data:
@@ -182,12 +178,8 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
             raise CliError(f"--size: {e}") from e
     train_items, val_items = split_folder(args.data, args.val_share, args.split_seed)
     lr = args.lr or PEAK_LR
-    try:
-        tcfg = TrainConfig(net=net, steps=args.steps, batch=args.batch, seed=args.seed, lr=lr,
-                           warmup=min(100, args.steps // 10), aug=aug, ema=_ema(args.ema),
-                           positive_heat=args.positive_heat)
-    except ValueError as e:
-        raise CliError(str(e)) from e
+    tcfg = TrainConfig(net=net, steps=args.steps, batch=args.batch, seed=args.seed, lr=lr,
+                       warmup=min(100, args.steps // 10), aug=aug, ema=_ema(args.ema))
     key, pub = _key_args(args)
     held = f"{args.data.name}-heldout"
     spec = BuildSpec(

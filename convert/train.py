@@ -52,14 +52,9 @@ class TrainConfig:
     aug: AugmentConfig = field(default_factory=AugmentConfig)
     # momentum of an exponential moving average of the weights, saved instead of the last step's (0: off)
     ema: float = 0.0
-    # cells whose target heat is at least this count as positives of the focal loss (1: each box's centre cell
-    # only, as in CenterNet; lower: a patch around the centre, longer along a flat box's long side)
-    positive_heat: float = 1.0
 
     def __post_init__(self) -> None:
         check_ema(self.ema)
-        if not 0.0 < self.positive_heat <= 1.0:  # NaN fails this too
-            raise ValueError(f"positive_heat must be in (0, 1], got {self.positive_heat}")
         if self.crop % 32:
             raise ValueError(f"crop must be a multiple of 32, got {self.crop}")
         if self.steps < 1 or self.batch < 1:
@@ -112,15 +107,12 @@ def make_batch(
     return x, hm, lt, wt
 
 
-def _losses(
-    tf: Any, hm_t: Any, lt_t: Any, wt: Any, hm_p: Any, lt_p: Any, positive_heat: float = 1.0
-) -> tuple[Any, Any]:
+def _losses(tf: Any, hm_t: Any, lt_t: Any, wt: Any, hm_p: Any, lt_p: Any) -> tuple[Any, Any]:
     p = tf.clip_by_value(hm_p, 1e-4, 1.0 - 1e-4)
-    centre = tf.cast(hm_t >= 0.999, tf.float32)
-    pos = tf.cast(hm_t >= min(positive_heat, 0.999), tf.float32)
+    pos = tf.cast(hm_t >= 0.999, tf.float32)
     pos_l = -tf.math.log(p) * tf.square(1.0 - p) * pos
     neg_l = -tf.math.log(1.0 - p) * tf.square(p) * tf.pow(1.0 - hm_t, 4.0) * (1.0 - pos)
-    n = tf.maximum(tf.reduce_sum(centre), 1.0)  # per box, however many cells count as positive
+    n = tf.maximum(tf.reduce_sum(pos), 1.0)
     focal = (tf.reduce_sum(pos_l) + tf.reduce_sum(neg_l)) / n
 
     tl, tt, tr, tb = tf.unstack(lt_t, axis=-1)
@@ -176,7 +168,7 @@ def train(
     def step(x: Any, hm_t: Any, lt_t: Any, wt: Any) -> tuple[Any, Any]:
         with tf.GradientTape() as tape:
             out = model(x, training=True)
-            focal, box = _losses(tf, hm_t, lt_t, wt, out[HEATMAP], out[LTRB], cfg.positive_heat)
+            focal, box = _losses(tf, hm_t, lt_t, wt, out[HEATMAP], out[LTRB])
             loss = focal + cfg.box_weight * box
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
