@@ -99,6 +99,9 @@ def _register_finetune(sub: Any) -> None:
                    help="fine-tune N times (seeds SEED..SEED+N-1) and ship the average of their weights: one model, "
                         "the same invoke time, N times the training (default 1; soups of 2, 3 and 5 runs measured +1.0 "
                         "to +1.9 held-out AP50 points over their runs' mean, models/NOTES.md)")
+    p.add_argument("--report", type=Path, default=None, metavar="DIR",
+                   help="write DIR/report.html: the fine-tuned bundle on the held-out frames (hits, misses, false "
+                        "alarms) with its PR curve beside the shipped model's")
     p.add_argument("--size", type=int, default=None,
                    help="square model input size, a multiple of 32 (default: the starting weights' size, 320). "
                         "The net is fully convolutional, so the weights carry over; a bigger input finds smaller "
@@ -196,7 +199,9 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
     if soup is not None:
         out["soup"] = soup.to_dict()
     out["split"] = {"train": len(train_items), "heldout": len(val_items), "seed": args.split_seed}
-    out["baseline"] = _baseline(val_items, args.out)
+    out["baseline"], report = _baseline(val_items, args.out, args.report, f"shelfscout finetune: {held}")
+    if report is not None:
+        out["report"] = str(report)
     print(json.dumps(out, indent=2))
     return 0
 
@@ -244,25 +249,43 @@ def _run_build(spec: Any, soup: int = 1) -> Any:
         raise CliError(str(e)) from e
 
 
-def _baseline(val_items: list[Any], tuned_path: Path) -> dict[str, Any] | None:
+def _baseline(val_items: list[Any], tuned_path: Path, report_dir: Path | None = None,
+              title: str = "") -> tuple[dict[str, Any] | None, Path | None]:
     """The shipped default bundle measured on the same held-out images, and the fine-tuned bundle's AP50 gain over
-    it with its paired bootstrap interval (are these frames enough to tell the two apart?)."""
+    it with its paired bootstrap interval (are these frames enough to tell the two apart?); with `report_dir`, the
+    fine-tuned bundle's HTML report on those images, against the default's PR curve when there is one."""
     from convert.bootstrap import Matched, compare_ap50
-    from convert.evaluate import detect_with_bundle, evaluate
+    from convert.evaluate import detect_with_bundle, evaluate, match_images
+    from convert.report import Against, Example, write_report
     from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, BundleError, load_public_keys, read_bundle
 
+    images, gts = [it.image for it in val_items], [it.boxes for it in val_items]
+    tuned = read_bundle(tuned_path, None, allow_unsigned=True)  # just written and checked by the build
+    tuned_dets = detect_with_bundle(tuned, images)
+    baseline = against = None
     try:
         bundle = read_bundle(DEFAULT_BUNDLE, load_public_keys([BUILTIN_KEYS]))
     except BundleError:
-        return None
-    images, gts = [it.image for it in val_items], [it.boxes for it in val_items]
-    dets = detect_with_bundle(bundle, images)
-    r = evaluate(dets, gts, bundle.manifest.thresholds.score)
-    tuned = read_bundle(tuned_path, None, allow_unsigned=True)  # just written and checked by the build
-    gain = compare_ap50(Matched.of(detect_with_bundle(tuned, images), gts), Matched.of(dets, gts))
-    return {"model": f"{bundle.manifest.name} v{bundle.manifest.version}", "ap50": round(r.ap50, 4),
-            "f1": round(r.f1, 4), "precision": round(r.precision, 4), "recall": round(r.recall, 4),
-            "finetuned_minus_default": gain.to_dict()}
+        bundle = None
+    if bundle is not None:
+        dets = detect_with_bundle(bundle, images)
+        r = evaluate(dets, gts, bundle.manifest.thresholds.score)
+        gain = compare_ap50(Matched.of(tuned_dets, gts), Matched.of(dets, gts))
+        against = Against(f"{_model_desc(bundle)} (shipped)", r, gain)
+        baseline = {"model": _model_desc(bundle), "ap50": round(r.ap50, 4), "f1": round(r.f1, 4),
+                    "precision": round(r.precision, 4), "recall": round(r.recall, 4),
+                    "finetuned_minus_default": gain.to_dict()}
+    path = None
+    if report_dir is not None:
+        from convert.bootstrap import DEFAULT_RESAMPLES, ap50_interval
+
+        res = evaluate(tuned_dets, gts, tuned.manifest.thresholds.score)
+        matches = match_images(tuned_dets, gts, res.threshold)
+        examples = [Example(it.path.name, it.image, it.boxes, m) for it, m in zip(val_items, matches, strict=True)]
+        path = write_report(report_dir, res, examples, title,
+                            f"{_model_desc(tuned)} (fine-tuned) on {len(val_items)} held-out images",
+                            ap_interval=ap50_interval(Matched.of(tuned_dets, gts), DEFAULT_RESAMPLES), against=against, model_label=f"{_model_desc(tuned)} (fine-tuned)")
+    return baseline, path
 
 
 # ---- quantize ---------------------------------------------------------------------------------------------------
@@ -369,10 +392,12 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     dets, res = measure(bundle)
     thr = res.threshold
     interval = None
+    against = None
     out: dict[str, Any] = {"data": str(args.data), "model": _model_info(bundle)}
     out.update(res.to_dict(args.curve_points))
     if args.bootstrap:
         from convert.bootstrap import Matched, ap50_interval, compare_ap50
+        from convert.report import Against
 
         matched = Matched.of(dets, gts)
         interval = ap50_interval(matched, args.bootstrap)
@@ -380,17 +405,19 @@ def _eval_cmd(args: argparse.Namespace) -> int:
         if other is not None:
             other_dets, other_res = measure(other)
             other_matched = Matched.of(other_dets, gts)
+            comparison = compare_ap50(matched, other_matched, args.bootstrap)
+            against = Against(_model_desc(other), other_res, comparison)
             out["against"] = {"model": _model_info(other), "ap50": other_res.ap50,
                               "ap50_interval": ap50_interval(other_matched, args.bootstrap).to_dict(),
-                              **compare_ap50(matched, other_matched, args.bootstrap).to_dict()}
+                              **comparison.to_dict()}
     if args.report is not None:
         from convert.report import Example, write_report
 
         matches = match_images(dets, gts, thr)
         examples = [Example(it.path.name, it.image, it.boxes, m) for it, m in zip(items, matches, strict=True)]
         path = write_report(args.report, res, examples, f"shelfscout eval: {args.data.name}",
-                            f"{bundle.manifest.name} v{bundle.manifest.version} on {len(items)} images of {args.data}",
-                            ap_interval=interval)
+                            f"{_model_desc(bundle)} on {len(items)} images of {args.data}",
+                            ap_interval=interval, against=against, model_label=_model_desc(bundle))
         out["report"] = str(path)
     if args.json:
         print(json.dumps(out))
@@ -411,6 +438,10 @@ def _eval_cmd(args: argparse.Namespace) -> int:
         if "report" in out:
             print(f"  report: {out['report']}")
     return 0
+
+
+def _model_desc(bundle: Any) -> str:
+    return f"{bundle.manifest.name} v{bundle.manifest.version}"
 
 
 def _model_info(bundle: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from convert.bootstrap import Interval
+from convert.bootstrap import Comparison, Interval
 from convert.evaluate import EvalResult, ImageMatch, PRPoint
 
 HIT = (40, 200, 60)  # RGB
@@ -30,6 +30,15 @@ class Example:
     image: np.ndarray  # RGB
     gt: np.ndarray  # (M, 4) boxes in image pixels
     match: ImageMatch
+
+
+@dataclass(frozen=True)
+class Against:
+    """A second model measured on the same images, for the report: its figures and the paired AP50 difference."""
+
+    desc: str  # e.g. "shelfgap-default v6"
+    result: EvalResult
+    comparison: Comparison  # this report's model minus this one
 
 
 def _b64(data: bytes) -> str:
@@ -117,10 +126,16 @@ def pick_examples(examples: Sequence[Example], n: int) -> list[Example]:
 
 def render_html(
     result: EvalResult, examples: Sequence[Example], title: str, model_desc: str, n_examples: int = 16,
-    ap_interval: Interval | None = None,
+    ap_interval: Interval | None = None, against: Against | None = None, model_label: str = "this model",
 ) -> str:
-    """The whole report as one HTML string; `ap_interval`, when given, is shown next to the AP."""
-    ok, png = cv2.imencode(".png", cv2.cvtColor(draw_pr_curve(result.pr_curve, result.threshold), cv2.COLOR_RGB2BGR))
+    """The whole report as one HTML string; `ap_interval`, when given, is shown next to the AP; `against` adds the
+    other model's AP, the paired difference and its PR curve beside this one's (labelled `model_label`)."""
+    if against is None:
+        curve = draw_pr_curve(result.pr_curve, result.threshold)
+    else:
+        curve = draw_pr_curves([(model_label, result.pr_curve, result.threshold),
+                                (against.desc, against.result.pr_curve, against.result.threshold)])
+    ok, png = cv2.imencode(".png", cv2.cvtColor(curve, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError("could not encode the PR curve")
     rows = [
@@ -133,6 +148,15 @@ def render_html(
             if ap_interval is not None else "")),
         ("best F1 (threshold)", f"{result.best_f1:.3f} ({result.best_f1_threshold:.2f})"),
     ]
+    if against is not None:
+        d, o = against.comparison.diff, against.result
+        rows += [
+            (f"{against.desc}: AP at IoU {o.iou:.2f}", f"{o.ap50:.3f}"),
+            (f"{against.desc}: P / R / F1 at {o.threshold:.2f}", f"{o.precision:.3f} / {o.recall:.3f} / {o.f1:.3f}"),
+            (f"AP difference, {model_label} minus {against.desc}",
+             f"{d.value:+.3f} ({d.level:.0%} paired interval {d.low:+.3f} to {d.high:+.3f}; higher in "
+             f"{against.comparison.share_a_higher:.0%} of {d.resamples} resamples)"),
+        ]
     table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     figs = []
     for ex in pick_examples(examples, n_examples):
@@ -159,7 +183,7 @@ img{{max-width:100%;height:auto}} figure{{margin:10px 0}} figcaption{{font-size:
 <table>{table}</table>
 <h2>Precision / recall</h2>
 <img src="data:image/png;base64,{_b64(png.tobytes())}" alt="precision-recall curve" style="width:100%;max-width:480px">
-<p>The circle marks the bundle's threshold ({result.threshold:.2f}).</p>
+<p>{"The circle marks the bundle's threshold" if against is None else "Each circle marks that bundle's threshold"} ({result.threshold:.2f}{"" if against is None else f" and {against.result.threshold:.2f}"}).{"" if against is None else " The paired interval covers which images were drawn: if it includes 0, these images do not tell the two models apart."}</p>
 <h2>Examples</h2>
 <p class="key"><span style="background:rgb{HIT}">hit</span><span style="background:rgb{MISS};color:#222">missed gap</span><span style="background:rgb{FALSE_ALARM}">false alarm</span></p>
 <div class="grid">{''.join(figs)}</div>
@@ -169,9 +193,11 @@ img{{max-width:100%;height:auto}} figure{{margin:10px 0}} figcaption{{font-size:
 
 def write_report(
     out_dir: Path, result: EvalResult, examples: Sequence[Example], title: str, model_desc: str,
-    ap_interval: Interval | None = None,
+    ap_interval: Interval | None = None, against: Against | None = None, model_label: str = "this model",
 ) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "report.html"
-    path.write_text(render_html(result, examples, title, model_desc, ap_interval=ap_interval), encoding="utf-8")
+    page = render_html(result, examples, title, model_desc, ap_interval=ap_interval, against=against,
+                       model_label=model_label)
+    path.write_text(page, encoding="utf-8")
     return path

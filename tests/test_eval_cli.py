@@ -89,6 +89,44 @@ def test_eval_gives_a_bootstrap_interval_and_a_paired_comparison(
     assert "ap50_interval" not in json.loads(capsys.readouterr().out)
 
 
+def _pr_png(page: str) -> np.ndarray:
+    """The PR-curve image embedded in a report page, RGB."""
+    import base64
+    import re
+
+    import cv2
+
+    b64 = re.search(r'<img src="data:image/png;base64,([^"]+)" alt="precision-recall curve"', page)
+    assert b64 is not None
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(base64.b64decode(b64.group(1)), np.uint8), cv2.IMREAD_COLOR),
+                        cv2.COLOR_BGR2RGB)
+
+
+def test_the_report_of_a_comparison_shows_both_models(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """eval --against --report: the page gives the other model's AP and the paired difference, and the PR figure
+    draws a second curve in the second series colour (here the shipped bundle against itself: difference 0)."""
+    from convert.report import SERIES_COLOURS
+
+    assert main(["eval", str(data), "--json", "--bootstrap", "100", "--report", str(tmp_path / "one")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(data), "--json", "--bootstrap", "100", "--against", str(DEFAULT_BUNDLE),
+                 "--report", str(tmp_path / "two")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    page = (tmp_path / "two" / "report.html").read_text()
+    name = f"{res['model']['name']} v{res['model']['version']}"
+    assert f"{name}: AP at IoU 0.50</th><td>{res['against']['ap50']:.3f}" in page
+    assert f"AP difference, {name} minus {name}</th><td>+0.000 (95% paired interval +0.000 to +0.000" in page
+    single = (tmp_path / "one" / "report.html").read_text()
+    assert "AP difference" not in single
+
+    def has(img: np.ndarray, rgb: tuple[int, int, int]) -> bool:
+        return bool((np.abs(img.astype(int) - rgb).sum(-1) < 30).any())
+
+    assert has(_pr_png(page), SERIES_COLOURS[1]) and not has(_pr_png(single), SERIES_COLOURS[1])
+
+
 @pytest.mark.parametrize("args", [["--bootstrap", "-1"], ["--bootstrap", "0", "--against", "x.bundle"],
                                   ["--against", "missing.bundle"]])
 def test_eval_refuses_a_bad_bootstrap_or_comparison(

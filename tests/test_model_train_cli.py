@@ -66,7 +66,7 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     out = tmp_path / "store.bundle"
     code = main(["finetune", str(data), "--out", str(out), "--from", str(weights), "--size", "96", "--steps", "3",
                  "--batch", "2", "--val-share", "0.3", "--work", str(tmp_path / "w1"), "--quiet", "--threshold-beta",
-                 "1", "--randconv", "0.5", *key])
+                 "1", "--randconv", "0.5", "--report", str(tmp_path / "rep"), *key])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["split"] == {"train": 7, "heldout": 3, "seed": 0}
@@ -84,6 +84,13 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     gain = base["finetuned_minus_default"]
     assert gain["ap50_diff"]["value"] == pytest.approx(held["int8"]["ap50"] - base["ap50"], abs=2e-4)
     assert gain["ap50_diff"]["low"] <= gain["ap50_diff"]["value"] <= gain["ap50_diff"]["high"]
+    # --report: the held-out frames' page, the fine-tuned model's figures beside the shipped model's
+    assert report["report"] == str(tmp_path / "rep" / "report.html")
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "(fine-tuned) on 3 held-out images" in page
+    assert f"{base['model']} (shipped): AP at IoU 0.50</th><td>{base['ap50']:.3f}" in page
+    assert f"minus {base['model']} (shipped)</th><td>{gain['ap50_diff']['value']:+.3f}" in page
+    assert 1 <= page.count("<figure>") <= 3  # annotated held-out frames
     b = read_bundle(out, load_public_keys([tmp_path / "keys"]))
     assert (b.manifest.input.width, b.manifest.input.height, b.manifest.output.stride) == (96, 96, 8)
     assert (b.manifest.input.dtype, b.manifest.input.zero_point) == ("int8", -128)
