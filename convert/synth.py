@@ -321,6 +321,7 @@ _HEADER_P = 0.3  # share of bays with a printed header panel above the top row (
 _MIN_FILL = 0.0  # 0.72 labelled ESD's strips better but cost ESD AP50 and cart-pass false alarms (models/NOTES.md)
 _RUN_P = 0.5  # share of gaps started in a stacked facing that span the SKU's run of facings (ESD's long flat boxes)
 _RUN_PARTIAL_P = 0.85  # share of those that leave the bottom items in place (a sold-out top layer)
+_DISTRACT_P = 0.0  # share of scenes with store clutter that is not a gap (`_plan_distractors`): posters, price cards, boxes
 _DRESS_P = 0.0  # share of gaps dressed (`dress_gaps`); 0.8 cost 4 ESD AP50 points in two seeds (models/NOTES.md)
 _ROW_MIXES: tuple[tuple[str, ...], ...] = (
     ("box",),
@@ -428,6 +429,20 @@ class ShelfPlan:
     headers: list[tuple[int, int, int, int, RGB, int]] = field(
         default_factory=list
     )  # printed header panels above a bay's top row (x, y, w, h, colour, print seed)
+    distractors: list[Distractor] = field(default_factory=list)  # clutter that is never a gap, painted last
+
+
+@dataclass(frozen=True)
+class Distractor:
+    """Store clutter that looks a little like a gap and never is one: a poster with a dark photo, a price card,
+    or a plain box on top of the shelving. Painted over the shelves, but never over an open gap."""
+
+    kind: str  # "poster", "card" or "box"
+    x: int
+    y: int
+    w: int
+    h: int
+    seed: int
 
 
 def _back_colour(rng: Rand) -> RGB:
@@ -523,6 +538,7 @@ def plan_shelves(
     talker_p: float = 0.3,
     header_p: float = 0.0,
     min_fill: float = 0.0,
+    distract_p: float = 0.0,
 ) -> ShelfPlan:
     """Lay out bays, shelf rows and products on a width x height canvas (no gaps yet).
 
@@ -605,6 +621,8 @@ def plan_shelves(
                 _product_colour(rng)
             )
             headers.append((bay.x0 - upright_w, hy, bay.x1 - bay.x0 + upright_w, hh, hc, rng.integers(1 << 30)))
+    distractors = _plan_distractors(rng, bays, width, height, pitch, top_y) if (
+        distract_p > 0.0 and rng.random() < distract_p) else []  # no draw when off: cart passes stay as they were
     return ShelfPlan(
         width,
         height,
@@ -621,7 +639,97 @@ def plan_shelves(
         lights=lights,
         talkers=talkers,
         headers=headers,
+        distractors=distractors,
     )
+
+
+def _plan_distractors(
+    rng: Rand, bays: list[Bay], width: int, height: int, pitch: float, top_y: int
+) -> list[Distractor]:
+    """One to four pieces of clutter of the kinds the shipped model took for gaps on ESD (models/NOTES.md):
+    posters and promotional panels, big price cards, and plain boxes standing on the top shelf."""
+    out = []
+    for _ in range(int(rng.integers(1, 5))):
+        u = rng.random()
+        kind = "poster" if u < 0.45 else "card" if u < 0.75 else "box"
+        seed = int(rng.integers(1 << 30))
+        if kind == "poster":
+            w, h = int(pitch * rng.uniform(1.5, 6.0)), int(pitch * rng.uniform(1.0, 3.5))
+            x = int(rng.integers(-w // 3, width))
+            # above the shelving when there is wall to hang it on, else in front of it (an end-cap display)
+            y = int(top_y - h * rng.uniform(0.3, 1.1)) if top_y > pitch and rng.random() < 0.6 else int(
+                rng.integers(0, max(1, height - h)))
+        elif kind == "card":
+            w, h = int(pitch * rng.uniform(0.8, 2.0)), int(pitch * rng.uniform(0.5, 1.1))
+            x, y = int(rng.integers(-w // 3, width)), int(rng.integers(0, max(1, height - h)))
+        else:
+            tops = [(b, b.rows[0].top) for b in bays if b.rows and b.rows[0].top > pitch * 0.5]
+            if not tops:
+                continue
+            bay, top = tops[int(rng.integers(len(tops)))]
+            w, h = int(pitch * rng.uniform(0.8, 2.5)), int(pitch * rng.uniform(0.5, 1.4))
+            x, y = int(rng.integers(bay.x0, max(bay.x0 + 1, bay.x1 - w // 2))), top - h
+        out.append(Distractor(kind, x, y, max(w, 4), max(h, 4), seed))
+    return out
+
+
+def _paint_distractor(img: np.ndarray, d: Distractor) -> None:
+    H, W = img.shape[:2]
+    x0, y0, x1, y1 = max(0, d.x), max(0, d.y), min(W, d.x + d.w), min(H, d.y + d.h)
+    if x1 - x0 < 3 or y1 - y0 < 3:
+        return
+    rng = Rand(np.random.default_rng(d.seed))
+    pw, ph = d.w, d.h
+    panel = np.empty((ph, pw, 3), np.uint8)
+    if d.kind == "box":  # plain cardboard or white stock boxes: a flat face, a darker side, tape and a little print
+        base = _hsv(rng.uniform(0.07, 0.11), rng.uniform(0.3, 0.6), rng.uniform(0.45, 0.8)) if rng.random() < 0.7 \
+            else _hsv(rng.random(), rng.uniform(0, 0.1), rng.uniform(0.75, 0.95))
+        panel[:] = base
+        side = int(pw * rng.uniform(0.0, 0.3))
+        if side:
+            panel[:, pw - side:] = _scale(base, rng.uniform(0.55, 0.8))
+        if rng.random() < 0.5:
+            ty = int(ph * rng.uniform(0.1, 0.3))
+            panel[ty : ty + max(1, ph // 12)] = _scale(base, 1.15)
+        _text_marks(panel, rng, pw // 5, ph // 2, pw // 2, ph // 2 + max(3, ph // 6), _scale(base, 0.4))
+    elif d.kind == "card":  # a big price card: a pale card, large dark figures, a coloured band
+        base = (250, 250, 245) if rng.random() < 0.6 else _hsv(rng.uniform(0.1, 0.17), 0.85, 0.98)
+        panel[:] = base
+        ink = (20, 20, 20) if rng.random() < 0.8 else (200, 20, 30)
+        fx0, fy0 = int(pw * rng.uniform(0.1, 0.3)), int(ph * rng.uniform(0.3, 0.45))
+        fx1, fy1 = int(pw * rng.uniform(0.7, 0.9)), int(ph * rng.uniform(0.75, 0.9))
+        n = int(rng.integers(3, 5))
+        for k in range(n):  # digits as thick strokes
+            a = fx0 + (fx1 - fx0) * k // n
+            b = fx0 + (fx1 - fx0) * (k + 1) // n - max(1, pw // 30)
+            cv2.rectangle(panel, (a, fy0), (b, fy1), ink, max(1, ph // 10))
+        _text_marks(panel, rng, pw // 10, ph // 10, pw - pw // 10, max(ph // 10 + 3, fy0 - 2), (90, 90, 90))
+        if rng.random() < 0.5:
+            panel[ph - max(2, ph // 6):] = _product_colour(rng)
+    else:  # a poster: a photo on a dark or coloured ground, big words, sometimes a face
+        dark = rng.random() < 0.6
+        base = _hsv(rng.random(), rng.uniform(0.0, 0.6), rng.uniform(0.05, 0.3)) if dark else _product_colour(rng)
+        panel[:] = base
+        _photo_patch(panel, rng, int(pw * rng.uniform(0.0, 0.5)), 0, pw, ph)
+        if dark:  # the photo fades into the dark ground: a dark area with no edge to a product
+            fx = int(pw * rng.uniform(0.3, 0.7))
+            ramp = np.clip((np.arange(pw, dtype=np.float32) - fx) / max(1.0, pw * 0.15), 0, 1)
+            if rng.random() < 0.5:
+                ramp = ramp[::-1]
+            panel[:] = (panel * ramp[None, :, None] + np.array(base, np.float32) * (1 - ramp[None, :, None])).astype(
+                np.uint8)
+        for _ in range(int(rng.integers(0, 3))):  # faces: a skin-toned oval and darker hair
+            cx, cy = int(rng.integers(0, pw)), int(rng.integers(ph // 4, ph))
+            r = max(2, int(ph * rng.uniform(0.15, 0.3)))
+            cv2.ellipse(panel, (cx, cy - r // 2), (int(r * 1.05), int(r * 1.3)), 0, 0, 360,
+                        _hsv(rng.uniform(0.02, 0.1), rng.uniform(0.2, 0.6), rng.uniform(0.2, 0.6)), -1)
+            cv2.ellipse(panel, (cx, cy), (int(r * 0.8), r), 0, 0, 360,
+                        _hsv(rng.uniform(0.03, 0.09), rng.uniform(0.25, 0.5), rng.uniform(0.6, 0.95)), -1)
+        ink = _contrast(base, rng)
+        for _ in range(int(rng.integers(1, 4))):
+            ty = int(rng.integers(0, max(1, ph - 4)))
+            _text_marks(panel, rng, int(pw * 0.05), ty, int(pw * rng.uniform(0.4, 0.95)), ty + max(3, ph // 6), ink)
+    img[y0:y1, x0:x1] = panel[y0 - d.y : y1 - d.y, x0 - d.x : x1 - d.x]
 
 
 def add_gap(
@@ -986,6 +1094,12 @@ def paint_shelves(
             )
         if pmask is not None:  # they occlude like products do
             pmask[max(0, ty) : max(0, ty + th), max(0, tx) : max(0, tx + tw)] = True
+    for c in plan.distractors:  # never over an open gap, like the talkers
+        if any(c.x < b[2] and b[0] < c.x + c.w and c.y < b[3] and b[1] < c.y + c.h for b in boxes):
+            continue
+        _paint_distractor(img, c)
+        if pmask is not None:
+            pmask[max(0, c.y) : max(0, c.y + c.h), max(0, c.x) : max(0, c.x + c.w)] = True
     return img, gmask, pmask
 
 
@@ -1176,7 +1290,8 @@ def render_sample(
     # mostly ESD-like framing (many rows, small gaps); some close-ups like a cart camera a metre from the shelf
     close = rng.random() < 0.1
     lo, hi = _CLOSE_PITCH if close else _PITCH
-    plan = plan_shelves(rng, cw, ch, pitch_range=(lo * s, hi * s), header_p=_HEADER_P, min_fill=_MIN_FILL)
+    plan = plan_shelves(rng, cw, ch, pitch_range=(lo * s, hi * s), header_p=_HEADER_P, min_fill=_MIN_FILL,
+                        distract_p=_DISTRACT_P)
     add_random_gaps(plan, rng, _sample_gap_count(rng), (m, m, m + width, m + height))
     if dress > 0.0:  # no draw when off: the rest of the stream stays as it was
         dress_gaps(plan, rng, dress)

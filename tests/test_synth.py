@@ -297,3 +297,28 @@ def test_dress_share_is_checked_and_off_changes_nothing() -> None:
     c = make_shelf_image(sample_rng(5, 3), dress_p=1.0)
     if len(a.boxes):
         assert not np.array_equal(a.image, c.image)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_distractors_change_the_picture_but_never_a_gap(seed: int) -> None:
+    """Posters, price cards and stock boxes (`distract_p`) are clutter that is never labelled: painted, they leave
+    every gap's pixels and mask as they were."""
+    import dataclasses
+
+    rng = np.random.default_rng(seed)
+    plan = plan_shelves(rng, 600, 400, pitch_range=(40.0, 60.0), top_range=(0.2, 0.3), distract_p=1.0)
+    add_random_gaps(plan, rng, 8, (0, 0, 600, 400))
+    assert plan.distractors and {d.kind for d in plan.distractors} <= {"poster", "card", "box"}
+    a, amask, apmask = paint_shelves(plan, debug=True)
+    b, bmask, _ = paint_shelves(dataclasses.replace(plan, distractors=[]), debug=True)
+    assert amask is not None and bmask is not None and apmask is not None
+    np.testing.assert_array_equal(amask, bmask)
+    inside = amask > 0
+    np.testing.assert_array_equal(a[inside], b[inside])
+    changed = np.any(a != b, axis=-1)
+    assert not np.any(changed & ~apmask), "a distractor drew where the product mask does not say so"
+    boxes = [g.box for g in plan.gaps]
+    shown = [d for d in plan.distractors
+             if not any(d.x < g[2] and g[0] < d.x + d.w and d.y < g[3] and g[1] < d.y + d.h for g in boxes)]
+    assert changed.any() == any(
+        min(600, d.x + d.w) - max(0, d.x) >= 3 and min(400, d.y + d.h) - max(0, d.y) >= 3 for d in shown)
