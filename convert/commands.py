@@ -271,7 +271,7 @@ def _baseline(val_items: list[Any], tuned_path: Path, report_dir: Path | None = 
         dets = detect_with_bundle(bundle, images)
         r = evaluate(dets, gts, bundle.manifest.thresholds.score)
         gain = compare_ap50(Matched.of(tuned_dets, gts), Matched.of(dets, gts))
-        against = Against(f"{_model_desc(bundle)} (shipped)", r, gain)
+        against = Against(f"{_model_desc(bundle)} (shipped)", r, gain, match_images(dets, gts, r.threshold))
         baseline = {"model": _model_desc(bundle), "ap50": round(r.ap50, 4), "f1": round(r.f1, 4),
                     "precision": round(r.precision, 4), "recall": round(r.recall, 4),
                     "finetuned_minus_default": gain.to_dict()}
@@ -406,7 +406,8 @@ def _eval_cmd(args: argparse.Namespace) -> int:
             other_dets, other_res = measure(other)
             other_matched = Matched.of(other_dets, gts)
             comparison = compare_ap50(matched, other_matched, args.bootstrap)
-            against = Against(_model_desc(other), other_res, comparison)
+            against = Against(_model_desc(other), other_res, comparison,
+                              match_images(other_dets, gts, other_res.threshold))
             out["against"] = {"model": _model_info(other), "ap50": other_res.ap50,
                               "ap50_interval": ap50_interval(other_matched, args.bootstrap).to_dict(),
                               **comparison.to_dict()}

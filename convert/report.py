@@ -39,6 +39,7 @@ class Against:
     desc: str  # e.g. "shelfgap-default v6"
     result: EvalResult
     comparison: Comparison  # this report's model minus this one
+    matches: Sequence[ImageMatch] = ()  # per image, in the report's image order, at this model's own threshold
 
 
 def _b64(data: bytes) -> str:
@@ -115,13 +116,56 @@ def annotate(ex: Example, max_side: int = 560) -> np.ndarray:
 
 def pick_examples(examples: Sequence[Example], n: int) -> list[Example]:
     """The worst images (most misses + false alarms) first, then a few clean ones for contrast."""
-    def errors(e: Example) -> int:
-        return int((~e.match.gt_hit).sum() + (~e.match.det_tp).sum())
-
-    ranked = sorted(examples, key=lambda e: (-errors(e), e.name))
-    worst = [e for e in ranked if errors(e) > 0][: max(n - n // 4, 1)]
-    clean = [e for e in examples if errors(e) == 0 and len(e.gt)][: n - len(worst)]
+    ranked = sorted(examples, key=lambda e: (-errors(e.match), e.name))
+    worst = [e for e in ranked if errors(e.match) > 0][: max(n - n // 4, 1)]
+    clean = [e for e in examples if errors(e.match) == 0 and len(e.gt)][: n - len(worst)]
     return worst + clean
+
+
+def errors(m: ImageMatch) -> int:
+    """Misses plus false alarms of one image."""
+    return int((~m.gt_hit).sum() + (~m.det_tp).sum())
+
+
+def pick_differences(
+    examples: Sequence[Example], other: Sequence[ImageMatch], n: int
+) -> tuple[list[tuple[Example, ImageMatch]], list[tuple[Example, ImageMatch]]]:
+    """The images where this model makes the most fewer errors than the other (gains) and the most more (losses),
+    each at most n, largest difference first; images where both make as many are left out."""
+    if len(examples) != len(other):
+        raise ValueError(f"{len(examples)} examples but {len(other)} matches of the other model")
+    diff = [(errors(o) - errors(e.match), e.name, k) for k, (e, o) in enumerate(zip(examples, other, strict=True))]
+    gains = sorted((d for d in diff if d[0] > 0), key=lambda d: (-d[0], d[1]))[:n]
+    losses = sorted((d for d in diff if d[0] < 0), key=lambda d: (d[0], d[1]))[:n]
+    return ([(examples[k], other[k]) for _, _, k in gains], [(examples[k], other[k]) for _, _, k in losses])
+
+
+def _figure(ex: Example, cap: str) -> str:
+    ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(annotate(ex), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    if not ok:
+        return ""
+    return (f'<figure><img src="data:image/jpeg;base64,{_b64(jpg.tobytes())}" alt="{html.escape(cap)}">'
+            f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+
+
+def _caption(name: str, m: ImageMatch) -> str:
+    hits, fa, miss = int(m.det_tp.sum()), int((~m.det_tp).sum()), int((~m.gt_hit).sum())
+    return f"{name}: {hits} hit, {miss} missed, {fa} false alarm"
+
+
+def _differences_html(examples: Sequence[Example], against: Against, model_label: str, n: int = 4) -> str:
+    if not against.matches:
+        return ""
+    gains, losses = pick_differences(examples, against.matches, n)
+    parts = [f"<h2>Where the two differ</h2><p>Each pair: {html.escape(model_label)} on the left, "
+             f"{html.escape(against.desc)} on the right, each at its own threshold.</p>"]
+    for title, pairs in ((f"Fewer errors with {model_label}", gains), (f"More errors with {model_label}", losses)):
+        parts.append(f"<h3>{html.escape(title)} ({len(pairs)})</h3>")
+        for ex, om in pairs:
+            other = Example(ex.name, ex.image, ex.gt, om)
+            parts.append('<div class="pair">' + _figure(ex, _caption(f"{ex.name}, {model_label}", ex.match))
+                         + _figure(other, _caption(f"{ex.name}, {against.desc}", om)) + "</div>")
+    return "".join(parts)
 
 
 def render_html(
@@ -158,16 +202,8 @@ def render_html(
              f"{against.comparison.share_a_higher:.0%} of {d.resamples} resamples)"),
         ]
     table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
-    figs = []
-    for ex in pick_examples(examples, n_examples):
-        ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(annotate(ex), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
-        if not ok:
-            continue
-        hits = int(ex.match.det_tp.sum())
-        fa = int((~ex.match.det_tp).sum())
-        miss = int((~ex.match.gt_hit).sum())
-        cap = f"{html.escape(ex.name)}: {hits} hit, {miss} missed, {fa} false alarm"
-        figs.append(f'<figure><img src="data:image/jpeg;base64,{_b64(jpg.tobytes())}" alt="{cap}"><figcaption>{cap}</figcaption></figure>')
+    figs = [_figure(ex, _caption(ex.name, ex.match)) for ex in pick_examples(examples, n_examples)]
+    differences = _differences_html(examples, against, model_label) if against is not None else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
@@ -177,6 +213,7 @@ table{{border-collapse:collapse;margin:8px 0}} th,td{{padding:4px 10px;border-bo
 img{{max-width:100%;height:auto}} figure{{margin:10px 0}} figcaption{{font-size:14px;color:#555}}
 .key span{{display:inline-block;padding:2px 8px;margin-right:6px;border-radius:4px;color:#fff}}
 .grid{{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:10px}}
+.pair{{display:grid;grid-template-columns:repeat(auto-fit,minmax(280px,1fr));gap:8px;border-top:1px solid #ddd}}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>{html.escape(model_desc)}</p>
@@ -187,6 +224,7 @@ img{{max-width:100%;height:auto}} figure{{margin:10px 0}} figcaption{{font-size:
 <h2>Examples</h2>
 <p class="key"><span style="background:rgb{HIT}">hit</span><span style="background:rgb{MISS};color:#222">missed gap</span><span style="background:rgb{FALSE_ALARM}">false alarm</span></p>
 <div class="grid">{''.join(figs)}</div>
+{differences}
 </body></html>
 """
 

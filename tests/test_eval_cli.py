@@ -118,8 +118,10 @@ def test_the_report_of_a_comparison_shows_both_models(
     name = f"{res['model']['name']} v{res['model']['version']}"
     assert f"{name}: AP at IoU 0.50</th><td>{res['against']['ap50']:.3f}" in page
     assert f"AP difference, {name} minus {name}</th><td>+0.000 (95% paired interval +0.000 to +0.000" in page
+    # the same model twice: no image where the two differ
+    assert f"Fewer errors with {name} (0)</h3><h3>More errors with {name} (0)</h3>" in page
     single = (tmp_path / "one" / "report.html").read_text()
-    assert "AP difference" not in single
+    assert "AP difference" not in single and "Where the two differ" not in single
 
     def has(img: np.ndarray, rgb: tuple[int, int, int]) -> bool:
         return bool((np.abs(img.astype(int) - rgb).sum(-1) < 30).any())

@@ -158,3 +158,27 @@ def test_pr_curves_are_drawn_in_their_colours_with_their_operating_points() -> N
     above, below = img[row - 6, col], img[row + 6, col]  # on the ring (radius 6), off the horizontal curve
     assert (above == colour).all() and (below == colour).all()
     assert (img[row - 6, col + 40] == 255).all()  # and not just a thicker line: further along, white
+
+
+def test_the_images_where_two_models_differ_are_picked_by_their_difference_in_errors() -> None:
+    """Errors = misses + false alarms. This model: 1, 3, 2, 0 errors; the other: 3, 1, 2, 1. Gains (fewer errors
+    here) are images 0 (+2) then 3 (+1); the one loss is image 1 (-2); image 2 (as many) is in neither list."""
+    from convert.evaluate import ImageMatch
+    from convert.report import Example, errors, pick_differences
+
+    def match(missed: int, false_alarms: int) -> ImageMatch:
+        tp = np.array([True] + [False] * false_alarms)
+        return ImageMatch(tp, np.zeros((len(tp), 4), np.float32), np.ones(len(tp), np.float32),
+                          np.array([True] + [False] * missed))
+
+    mine = [match(1, 0), match(2, 1), match(0, 2), match(0, 0)]
+    theirs = [match(2, 1), match(0, 1), match(1, 1), match(1, 0)]
+    assert [errors(m) for m in mine] == [1, 3, 2, 0] and [errors(m) for m in theirs] == [3, 1, 2, 1]
+    img = np.zeros((8, 8, 3), np.uint8)
+    examples = [Example(f"im{k}", img, np.zeros((1, 4), np.float32), m) for k, m in enumerate(mine)]
+    gains, losses = pick_differences(examples, theirs, 4)
+    assert [(e.name, o is theirs[int(e.name[2])]) for e, o in gains] == [("im0", True), ("im3", True)]
+    assert [e.name for e, _ in losses] == ["im1"]
+    assert [e.name for e, _ in pick_differences(examples, theirs, 1)[0]] == ["im0"]
+    with pytest.raises(ValueError, match="matches"):
+        pick_differences(examples, theirs[:2], 4)
