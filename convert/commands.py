@@ -199,9 +199,10 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
     if soup is not None:
         out["soup"] = soup.to_dict()
     out["split"] = {"train": len(train_items), "heldout": len(val_items), "seed": args.split_seed}
-    out["baseline"], report = _baseline(val_items, args.out, args.report, f"shelfscout finetune: {held}")
-    if report is not None:
-        out["report"] = str(report)
+    heldout = _baseline(val_items, args.out)
+    out["baseline"] = heldout.baseline
+    if args.report is not None:
+        out["report"] = str(_finetune_report(args.report, val_items, heldout, f"shelfscout finetune: {held}"))
     print(json.dumps(out, indent=2))
     return 0
 
@@ -249,43 +250,55 @@ def _run_build(spec: Any, soup: int = 1) -> Any:
         raise CliError(str(e)) from e
 
 
-def _baseline(val_items: list[Any], tuned_path: Path, report_dir: Path | None = None,
-              title: str = "") -> tuple[dict[str, Any] | None, Path | None]:
+@dataclasses.dataclass(frozen=True)
+class _HeldOut:
+    """The fine-tuned bundle's detections on the held-out frames, and the shipped model's figures beside them."""
+
+    tuned: Any  # the fine-tuned Bundle
+    dets: list[Any]  # its ImageDetections per frame
+    baseline: dict[str, Any] | None  # the shipped model's figures and the paired gain (None: no shipped model)
+    against: Any  # report.Against for the shipped model, or None
+
+
+def _baseline(val_items: list[Any], tuned_path: Path) -> _HeldOut:
     """The shipped default bundle measured on the same held-out images, and the fine-tuned bundle's AP50 gain over
-    it with its paired bootstrap interval (are these frames enough to tell the two apart?); with `report_dir`, the
-    fine-tuned bundle's HTML report on those images, against the default's PR curve when there is one."""
+    it with its paired bootstrap interval (are these frames enough to tell the two apart?)."""
     from convert.bootstrap import Matched, compare_ap50
     from convert.evaluate import detect_with_bundle, evaluate, match_images
-    from convert.report import Against, Example, write_report
+    from convert.report import Against
     from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, BundleError, load_public_keys, read_bundle
 
     images, gts = [it.image for it in val_items], [it.boxes for it in val_items]
     tuned = read_bundle(tuned_path, None, allow_unsigned=True)  # just written and checked by the build
     tuned_dets = detect_with_bundle(tuned, images)
-    baseline = against = None
     try:
         bundle = read_bundle(DEFAULT_BUNDLE, load_public_keys([BUILTIN_KEYS]))
     except BundleError:
-        bundle = None
-    if bundle is not None:
-        dets = detect_with_bundle(bundle, images)
-        r = evaluate(dets, gts, bundle.manifest.thresholds.score)
-        gain = compare_ap50(Matched.of(tuned_dets, gts), Matched.of(dets, gts))
-        against = Against(f"{_model_desc(bundle)} (shipped)", r, gain, match_images(dets, gts, r.threshold))
-        baseline = {"model": _model_desc(bundle), "ap50": round(r.ap50, 4), "f1": round(r.f1, 4),
-                    "precision": round(r.precision, 4), "recall": round(r.recall, 4),
-                    "finetuned_minus_default": gain.to_dict()}
-    path = None
-    if report_dir is not None:
-        from convert.bootstrap import DEFAULT_RESAMPLES, ap50_interval
+        return _HeldOut(tuned, tuned_dets, None, None)
+    dets = detect_with_bundle(bundle, images)
+    r = evaluate(dets, gts, bundle.manifest.thresholds.score)
+    gain = compare_ap50(Matched.of(tuned_dets, gts), Matched.of(dets, gts))
+    baseline = {"model": _model_desc(bundle), "ap50": round(r.ap50, 4), "f1": round(r.f1, 4),
+                "precision": round(r.precision, 4), "recall": round(r.recall, 4),
+                "finetuned_minus_default": gain.to_dict()}
+    against = Against(f"{_model_desc(bundle)} (shipped)", r, gain, match_images(dets, gts, r.threshold))
+    return _HeldOut(tuned, tuned_dets, baseline, against)
 
-        res = evaluate(tuned_dets, gts, tuned.manifest.thresholds.score)
-        matches = match_images(tuned_dets, gts, res.threshold)
-        examples = [Example(it.path.name, it.image, it.boxes, m) for it, m in zip(val_items, matches, strict=True)]
-        path = write_report(report_dir, res, examples, title,
-                            f"{_model_desc(tuned)} (fine-tuned) on {len(val_items)} held-out images",
-                            ap_interval=ap50_interval(Matched.of(tuned_dets, gts), DEFAULT_RESAMPLES), against=against, model_label=f"{_model_desc(tuned)} (fine-tuned)")
-    return baseline, path
+
+def _finetune_report(report_dir: Path, val_items: list[Any], held: _HeldOut, title: str) -> Path:
+    """The fine-tuned bundle's HTML report on the held-out frames, beside the shipped model when there is one."""
+    from convert.bootstrap import DEFAULT_RESAMPLES, Matched, ap50_interval
+    from convert.evaluate import evaluate, match_images
+    from convert.report import Example, write_report
+
+    gts = [it.boxes for it in val_items]
+    res = evaluate(held.dets, gts, held.tuned.manifest.thresholds.score)
+    matches = match_images(held.dets, gts, res.threshold)
+    examples = [Example(it.path.name, it.image, it.boxes, m) for it, m in zip(val_items, matches, strict=True)]
+    label = f"{_model_desc(held.tuned)} (fine-tuned)"
+    return write_report(report_dir, res, examples, title, f"{label} on {len(val_items)} held-out images",
+                        ap_interval=ap50_interval(Matched.of(held.dets, gts), DEFAULT_RESAMPLES),
+                        against=held.against, model_label=label)
 
 
 # ---- quantize ---------------------------------------------------------------------------------------------------

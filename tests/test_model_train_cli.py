@@ -90,7 +90,9 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     assert "(fine-tuned) on 3 held-out images" in page
     assert f"{base['model']} (shipped): AP at IoU 0.50</th><td>{base['ap50']:.3f}" in page
     assert f"minus {base['model']} (shipped)</th><td>{gain['ap50_diff']['value']:+.3f}" in page
-    assert 1 <= page.count("<figure>") <= 3  # annotated held-out frames
+    grid = page.split('<div class="grid">')[1].split("</div>")[0]
+    assert 1 <= grid.count("<figure>") <= 3  # annotated held-out frames
+    assert "<h2>Where the two differ</h2>" in page  # and the frames where the two models differ, side by side
     b = read_bundle(out, load_public_keys([tmp_path / "keys"]))
     assert (b.manifest.input.width, b.manifest.input.height, b.manifest.output.stride) == (96, 96, 8)
     assert (b.manifest.input.dtype, b.manifest.input.zero_point) == ("int8", -128)
