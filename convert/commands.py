@@ -288,15 +288,14 @@ def _baseline(val_items: list[Any], tuned_path: Path) -> _HeldOut:
 def _finetune_report(report_dir: Path, val_items: list[Any], held: _HeldOut, title: str) -> Path:
     """The fine-tuned bundle's HTML report on the held-out frames, beside the shipped model when there is one."""
     from convert.bootstrap import DEFAULT_RESAMPLES, Matched, ap50_interval
-    from convert.evaluate import evaluate, match_images
-    from convert.report import Example, write_report
+    from convert.evaluate import evaluate
+    from convert.report import write_report
 
     gts = [it.boxes for it in val_items]
     res = evaluate(held.dets, gts, held.tuned.manifest.thresholds.score)
-    matches = match_images(held.dets, gts, res.threshold)
-    examples = [Example(it.path.name, it.image, it.boxes, m) for it, m in zip(val_items, matches, strict=True)]
     label = f"{_model_desc(held.tuned)} (fine-tuned)"
-    return write_report(report_dir, res, examples, title, f"{label} on {len(val_items)} held-out images",
+    return write_report(report_dir, res, _examples(val_items, held.dets, res.threshold), title,
+                        f"{label} on {len(val_items)} held-out images",
                         ap_interval=ap50_interval(Matched.of(held.dets, gts), DEFAULT_RESAMPLES),
                         against=held.against, model_label=label)
 
@@ -425,11 +424,9 @@ def _eval_cmd(args: argparse.Namespace) -> int:
                               "ap50_interval": ap50_interval(other_matched, args.bootstrap).to_dict(),
                               **comparison.to_dict()}
     if args.report is not None:
-        from convert.report import Example, write_report
+        from convert.report import write_report
 
-        matches = match_images(dets, gts, thr)
-        examples = [Example(it.path.name, it.image, it.boxes, m) for it, m in zip(items, matches, strict=True)]
-        path = write_report(args.report, res, examples, f"shelfscout eval: {args.data.name}",
+        path = write_report(args.report, res, _examples(items, dets, thr), f"shelfscout eval: {args.data.name}",
                             f"{_model_desc(bundle)} on {len(items)} images of {args.data}",
                             ap_interval=interval, against=against, model_label=_model_desc(bundle))
         out["report"] = str(path)
@@ -452,6 +449,15 @@ def _eval_cmd(args: argparse.Namespace) -> int:
         if "report" in out:
             print(f"  report: {out['report']}")
     return 0
+
+
+def _examples(items: list[Any], dets: list[Any], threshold: float) -> list[Any]:
+    """The report's examples: each labelled image with its detections matched at `threshold`."""
+    from convert.evaluate import match_images
+    from convert.report import Example
+
+    matches = match_images(dets, [it.boxes for it in items], threshold)
+    return [Example(it.path.name, it.image, it.boxes, m) for it, m in zip(items, matches, strict=True)]
 
 
 def _model_desc(bundle: Any) -> str:

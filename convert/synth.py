@@ -1083,8 +1083,16 @@ def paint_shelves(
         cv2.line(img, (bay.x0 - 1, ytop), (bay.x0 - 1, ybot), _scale(plan.upright, 0.6), 1)
     # promotional shelf talkers, never over an open gap (they would hide what the label says is there)
     boxes = [g.box for _, g in open_gaps]
+
+    def over_gap(x: int, y: int, w: int, h: int) -> bool:
+        return any(x < b[2] and b[0] < x + w and y < b[3] and b[1] < y + h for b in boxes)
+
+    def occlude(x: int, y: int, w: int, h: int) -> None:
+        if pmask is not None:  # they occlude like products do
+            pmask[max(0, y) : max(0, y + h), max(0, x) : max(0, x + w)] = True
+
     for tx, ty, tw, th, tc in plan.talkers:
-        if any(tx < b[2] and b[0] < tx + tw and ty < b[3] and b[1] < ty + th for b in boxes):
+        if over_gap(tx, ty, tw, th):
             continue
         cv2.rectangle(img, (tx, ty), (tx + tw - 1, ty + th - 1), tc, -1)
         cv2.rectangle(img, (tx, ty), (tx + tw - 1, ty + th - 1), _scale(tc, 0.6), 1)
@@ -1092,14 +1100,12 @@ def paint_shelves(
             cv2.line(
                 img, (tx + 2, ty + th // 2), (tx + tw - 3, ty + th // 2), _scale(tc, 0.3), max(1, th // 8)
             )
-        if pmask is not None:  # they occlude like products do
-            pmask[max(0, ty) : max(0, ty + th), max(0, tx) : max(0, tx + tw)] = True
+        occlude(tx, ty, tw, th)
     for c in plan.distractors:  # never over an open gap, like the talkers
-        if any(c.x < b[2] and b[0] < c.x + c.w and c.y < b[3] and b[1] < c.y + c.h for b in boxes):
+        if over_gap(c.x, c.y, c.w, c.h):
             continue
         _paint_distractor(img, c)
-        if pmask is not None:
-            pmask[max(0, c.y) : max(0, c.y + c.h), max(0, c.x) : max(0, c.x + c.w)] = True
+        occlude(c.x, c.y, c.w, c.h)
     return img, gmask, pmask
 
 
