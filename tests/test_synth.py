@@ -322,3 +322,49 @@ def test_distractors_change_the_picture_but_never_a_gap(seed: int) -> None:
              if not any(d.x < g[2] and g[0] < d.x + d.w and d.y < g[3] and g[1] < d.y + d.h for g in boxes)]
     assert changed.any() == any(
         min(600, d.x + d.w) - max(0, d.x) >= 3 and min(400, d.y + d.h) - max(0, d.y) >= 3 for d in shown)
+
+
+def test_photo_artwork_uses_only_the_listed_public_domain_photos() -> None:
+    """Every photo the generator can print is listed with its licence in convert/photos/SOURCES.md, and each
+    loads as an RGB image."""
+    import re
+
+    import convert.synth as synth
+
+    listed = set(re.findall(r"^\| (\w+\.jpg) \|", (synth._PHOTO_DIR / "SOURCES.md").read_text(), re.M))
+    on_disk = {p.name for p in synth._PHOTO_DIR.glob("*.jpg")}
+    assert listed == on_disk and len(on_disk) == 10
+    bank = synth._photo_bank()
+    assert len(bank) == 10
+    for im in bank:
+        assert im.dtype == np.uint8 and im.ndim == 3 and im.shape[2] == 3 and max(im.shape[:2]) == 320
+
+
+@pytest.mark.parametrize(("w", "h"), [(2, 2), (300, 5), (5, 300), (400, 400), (37, 23)])
+def test_photo_crop_fills_any_shape(w: int, h: int) -> None:
+    import convert.synth as synth
+
+    rng = synth.as_rand(np.random.default_rng(w * 1000 + h))
+    for _ in range(20):
+        crop = synth._photo_crop(rng, w, h)
+        assert crop.shape == (h, w, 3) and crop.dtype == np.uint8
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_photo_artwork_prints_on_products_and_labels_still_match(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every picture cut from a photo, the labels still cover exactly the drawn gaps, the products never
+    cover a gap, and the picture differs from the blotch-only one (off by default, so `make model` is unchanged)."""
+    import convert.synth as synth
+
+    assert synth._PHOTO_P == 0.0
+    plain = render_sample(sample_rng(100, seed))
+    monkeypatch.setattr(synth, "_PHOTO_P", 1.0)
+    s = render_sample(sample_rng(100, seed), debug=True)
+    assert s.gap_mask is not None and s.product_mask is not None
+    assert not np.array_equal(s.image, plain.image)
+    assert int(s.gap_mask.max(initial=0)) == len(s.boxes)
+    assert not np.any(s.product_mask & (s.gap_mask > 0))
+    for k, (x0, y0, x1, y1) in enumerate(s.boxes):
+        ys, xs = np.nonzero(s.gap_mask == k + 1)
+        assert xs.min() >= x0 - 1.5 and xs.max() + 1 <= x1 + 1.5
+        assert ys.min() >= y0 - 1.5 and ys.max() + 1 <= y1 + 1.5
