@@ -379,6 +379,9 @@ def _register_eval(sub: Any) -> None:
 
 
 def _eval_cmd(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from convert.calibration import score_bins
     from convert.dataset import load_yolo_folder
     from convert.evaluate import detect_with_bundle, evaluate, match_images
     from edge.commands.detect import load_bundle_from_args
@@ -407,6 +410,8 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     against = None
     out: dict[str, Any] = {"data": str(args.data), "model": _model_info(bundle)}
     out.update(res.to_dict(args.curve_points))
+    bins = score_bins(dets, gts, [it.image.shape[0] for it in items], bundle.manifest.input.height)
+    out["score_bins"] = [asdict(b) for b in bins]
     if args.bootstrap:
         from convert.bootstrap import Matched, ap50_interval, compare_ap50
         from convert.report import Against
@@ -428,7 +433,8 @@ def _eval_cmd(args: argparse.Namespace) -> int:
 
         path = write_report(args.report, res, _examples(items, dets, thr), f"shelfscout eval: {args.data.name}",
                             f"{_model_desc(bundle)} on {len(items)} images of {args.data}",
-                            ap_interval=interval, against=against, model_label=_model_desc(bundle))
+                            ap_interval=interval, against=against, model_label=_model_desc(bundle),
+                            score_bins=bins)
         out["report"] = str(path)
     if args.json:
         print(json.dumps(out))

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from convert.bootstrap import Comparison, Interval
+from convert.calibration import ScoreBins
 from convert.evaluate import EvalResult, ImageMatch, PRPoint
 
 HIT = (40, 200, 60)  # RGB
@@ -168,12 +169,32 @@ def _differences_html(examples: Sequence[Example], against: Against, model_label
     return "".join(parts)
 
 
+def _score_bins_html(bins: Sequence[ScoreBins]) -> str:
+    """Tables of detections by box height and by place in the frame: where a score says more than the labels do."""
+    if not bins:
+        return ""
+    parts = ["<h2>Where the scores mislead</h2><p>Detections scoring at least 0.3, binned. Where the share that are "
+             "labelled gaps falls below half the mean score (in red), this model is over-confident: a region of interest or "
+             "fine-tuning on frames like these pays most there.</p>"]
+    for b in bins:
+        over = ' class="over"'
+        rows = "".join(
+            f"<tr><td>{x.low:g}-{x.high:g}</td><td>{x.detections}</td><td>{x.mean_score:.2f}</td>"
+            f"<td{over if x.detections and x.share_gaps < 0.5 * x.mean_score else ''}>{x.share_gaps:.2f}</td></tr>"
+            for x in b.bins)
+        parts.append(f"<table><caption>{html.escape(b.measure)}</caption><tr><th>range</th><th>detections</th>"
+                     f"<th>mean score</th><th>share that are gaps</th></tr>{rows}</table>")
+    return "".join(parts)
+
+
 def render_html(
     result: EvalResult, examples: Sequence[Example], title: str, model_desc: str, n_examples: int = 16,
     ap_interval: Interval | None = None, against: Against | None = None, model_label: str = "this model",
+    score_bins: Sequence[ScoreBins] = (),
 ) -> str:
     """The whole report as one HTML string; `ap_interval`, when given, is shown next to the AP; `against` adds the
-    other model's AP, the paired difference and its PR curve beside this one's (labelled `model_label`)."""
+    other model's AP, the paired difference and its PR curve beside this one's (labelled `model_label`);
+    `score_bins` adds the tables of `convert.calibration`."""
     if against is None:
         curve = draw_pr_curve(result.pr_curve, result.threshold)
     else:
@@ -213,6 +234,7 @@ table{{border-collapse:collapse;margin:8px 0}} th,td{{padding:4px 10px;border-bo
 img{{max-width:100%;height:auto}} figure{{margin:10px 0}} figcaption{{font-size:14px;color:#555}}
 .key span{{display:inline-block;padding:2px 8px;margin-right:6px;border-radius:4px;color:#fff}}
 .grid{{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:10px}}
+.over{{color:#b00;font-weight:600}}
 .pair{{display:grid;grid-template-columns:repeat(auto-fit,minmax(280px,1fr));gap:8px;border-top:1px solid #ddd}}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
@@ -225,6 +247,7 @@ img{{max-width:100%;height:auto}} figure{{margin:10px 0}} figcaption{{font-size:
 <p class="key"><span style="background:rgb{HIT}">hit</span><span style="background:rgb{MISS};color:#222">missed gap</span><span style="background:rgb{FALSE_ALARM}">false alarm</span></p>
 <div class="grid">{''.join(figs)}</div>
 {differences}
+{_score_bins_html(score_bins)}
 </body></html>
 """
 
@@ -232,10 +255,11 @@ img{{max-width:100%;height:auto}} figure{{margin:10px 0}} figcaption{{font-size:
 def write_report(
     out_dir: Path, result: EvalResult, examples: Sequence[Example], title: str, model_desc: str,
     ap_interval: Interval | None = None, against: Against | None = None, model_label: str = "this model",
+    score_bins: Sequence[ScoreBins] = (),
 ) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "report.html"
     page = render_html(result, examples, title, model_desc, ap_interval=ap_interval, against=against,
-                       model_label=model_label)
+                       model_label=model_label, score_bins=score_bins)
     path.write_text(page, encoding="utf-8")
     return path

@@ -59,6 +59,17 @@ def test_eval_json_agrees_with_the_detector_and_writes_a_report(
     iv = res["ap50_interval"]  # the bootstrap interval, shown next to the AP
     assert f"95% interval over the images {iv['low']:.3f}-{iv['high']:.3f}" in html
 
+    # the score tables: every detection at >= 0.3 lands in exactly one bin of each table, as on the page
+    from convert.calibration import score_bins
+
+    want_bins = score_bins(dets, [it.boxes for it in items], [it.image.shape[0] for it in items], 320)
+    assert [b["measure"] for b in res["score_bins"]] == [b.measure for b in want_bins]
+    n_kept = int(sum((d.scores >= 0.3).sum() for d in dets))
+    for got, want_b in zip(res["score_bins"], want_bins, strict=True):
+        assert sum(x["detections"] for x in got["bins"]) == n_kept > 0
+        assert [x["detections"] for x in got["bins"]] == [x.detections for x in want_b.bins]
+    assert "Where the scores mislead" in html and html.count("share that are gaps</th>") == 2
+
 
 def test_eval_rejects_a_folder_without_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "images").mkdir()

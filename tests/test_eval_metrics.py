@@ -182,3 +182,31 @@ def test_the_images_where_two_models_differ_are_picked_by_their_difference_in_er
     assert [e.name for e, _ in pick_differences(examples, theirs, 1)[0]] == ["im0"]
     with pytest.raises(ValueError, match="matches"):
         pick_differences(examples, theirs[:2], 4)
+
+
+def test_score_bins_by_hand() -> None:
+    """Detections binned by box height at the model input and by place in the frame, worked out by hand."""
+    from convert.calibration import score_bins
+
+    gts = [np.array([[10, 5, 30, 10]], np.float32), np.array([[0, 100, 50, 110]], np.float32)]
+    dets = [
+        ImageDetections(np.array([[10, 5, 30, 10], [50, 40, 60, 50], [0, 0, 5, 5]], np.float32),
+                        np.array([0.9, 0.5, 0.2], np.float32)),  # hit; false alarm; under min_score
+        ImageDetections(np.array([[0, 100, 50, 110], [0, 100, 50, 110], [0, 190, 10, 200]], np.float32),
+                        np.array([0.4, 0.35, 0.6], np.float32)),  # hit; its duplicate; false alarm at the bottom
+    ]
+    by_height, by_place = score_bins(dets, gts, [100, 200], 320)
+    # heights at 320: 16, 32 | 16, 16, 16
+    got = {(b.low, b.high): (b.detections, b.mean_score, b.share_gaps) for b in by_height.bins if b.detections}
+    assert got == {(12.0, 18.0): (4, pytest.approx((0.9 + 0.4 + 0.35 + 0.6) / 4), 0.5), (26.0, 40.0): (1, 0.5, 0.0)}
+    # centres: 0.075, 0.45 | 0.525, 0.525, 0.975
+    got = {(b.low, b.high): (b.detections, b.mean_score, b.share_gaps) for b in by_place.bins if b.detections}
+    assert got == {
+        (0.0, 0.1): (1, pytest.approx(0.9), 1.0),
+        (0.35, 0.5): (1, 0.5, 0.0),
+        (0.5, 0.65): (2, pytest.approx(0.375), 0.5),
+        (0.9, 1.0): (1, pytest.approx(0.6), 0.0),
+    }
+    assert sum(b.detections for b in by_height.bins) == sum(b.detections for b in by_place.bins) == 5
+    with pytest.raises(ValueError, match="heights"):
+        score_bins(dets, gts, [100], 320)

@@ -1,0 +1,77 @@
+"""Where a model's scores overstate or understate how often its detections are gaps: by box height and by place.
+
+A score is only useful for ranking if a detection scored 0.6 is a gap about as often wherever it is. A model trained
+on generated shelves and measured on real photos is not: on ESD its detections near the top of the frame (signs,
+wall, ceiling) and its very small and very large boxes are gaps far less often than their scores say
+(models/NOTES.md). These tables show that for any model on any labelled folder, so an ML engineer sees where a
+fine-tuning or a region of interest would pay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from convert.evaluate import ImageDetections, match_all
+
+# box height in model-input pixels: ESD's gaps are mostly 12-40 px tall at 320 (models/NOTES.md)
+HEIGHT_EDGES = (0.0, 12.0, 18.0, 26.0, 40.0, float("inf"))
+# centre of the box, as a share of the frame's height from the top
+PLACE_EDGES = (0.0, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0)
+
+
+@dataclass(frozen=True)
+class ScoreBin:
+    """The detections whose measure lies in [low, high): how many, their mean score, and the share that are gaps."""
+
+    low: float
+    high: float
+    detections: int
+    mean_score: float
+    share_gaps: float  # matched to a labelled gap at the IoU threshold (greedy, as for AP)
+
+
+@dataclass(frozen=True)
+class ScoreBins:
+    measure: str
+    bins: list[ScoreBin]
+
+
+def score_bins(
+    dets: Sequence[ImageDetections],
+    gts: Sequence[np.ndarray],
+    frame_heights: Sequence[int],
+    input_height: int,
+    min_score: float = 0.3,
+    iou_thr: float = 0.5,
+) -> list[ScoreBins]:
+    """Bins of the detections scoring >= `min_score`, by box height at the model's input and by vertical place."""
+    if not (len(dets) == len(gts) == len(frame_heights)):
+        raise ValueError(f"{len(dets)} detection lists, {len(gts)} label lists and {len(frame_heights)} heights")
+    kept = []
+    for d in dets:
+        s = np.asarray(d.scores, np.float64).reshape(-1)
+        m = s >= min_score
+        kept.append(ImageDetections(np.asarray(d.boxes, np.float64).reshape(-1, 4)[m], s[m]))
+    scores, tp, img, local, _ = match_all(kept, gts, iou_thr)
+    boxes = np.array([kept[i].boxes[j] for i, j in zip(img, local, strict=True)]).reshape(-1, 4)
+    fh = np.asarray(frame_heights, np.float64)[img.astype(int)] if len(img) else np.zeros(0)
+    height = (boxes[:, 3] - boxes[:, 1]) / np.maximum(fh, 1.0) * input_height
+    place = np.clip(0.5 * (boxes[:, 1] + boxes[:, 3]) / np.maximum(fh, 1.0), 0.0, 1.0)
+    return [
+        ScoreBins(f"box height in model-input pixels (input {input_height} px high)", _bins(height, scores, tp, HEIGHT_EDGES)),
+        ScoreBins("box centre, share of the frame's height from the top", _bins(place, scores, tp, PLACE_EDGES)),
+    ]
+
+
+def _bins(v: np.ndarray, scores: np.ndarray, tp: np.ndarray, edges: Sequence[float]) -> list[ScoreBin]:
+    out = []
+    for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        last = k == len(edges) - 2
+        sel = (v >= lo) & ((v <= hi) if last else (v < hi))
+        n = int(sel.sum())
+        out.append(ScoreBin(float(lo), float(hi), n, float(scores[sel].mean()) if n else 0.0,
+                            float(tp[sel].mean()) if n else 0.0))
+    return out
