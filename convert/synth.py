@@ -161,23 +161,6 @@ def _photo_crop(rng: Rand, w: int, h: int) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _print_artwork(spr: np.ndarray, rng: Rand) -> None:
-    """Print a natural photo's crop over a large part of a pack's face (the product shot of real packaging),
-    keeping the pack's shading (cylinders stay round)."""
-    h, w = spr.shape[:2]
-    x0, x1 = int(w * rng.uniform(0.0, 0.3)), int(w * rng.uniform(0.7, 1.0))
-    y0 = int(h * rng.uniform(0.1, 0.5))
-    y1 = min(h, y0 + int(h * rng.uniform(0.25, 0.6)))
-    if x1 - x0 < 3 or y1 - y0 < 3:
-        return
-    region = spr[y0:y1, x0:x1].astype(np.float32)
-    shade = region.mean(axis=(0, 2), keepdims=True)[..., None].reshape(1, -1, 1)
-    shade = shade / max(1.0, float(shade.max()))
-    a = rng.uniform(0.6, 1.0)
-    art = _photo_crop(rng, x1 - x0, y1 - y0).astype(np.float32) * (0.4 + 0.6 * shade)
-    spr[y0:y1, x0:x1] = np.clip(region * (1.0 - a) + art * a, 0, 255).astype(np.uint8)
-
-
 def _photo_patch(spr: np.ndarray, rng: Rand, x0: int, y0: int, x1: int, y1: int) -> None:
     """A photo-like picture (food, faces, product shots) printed on the pack: a natural photo's crop in a share
     `_PHOTO_P` of them, random blotches otherwise."""
@@ -559,16 +542,12 @@ def _fill_row(
             layers = 2 if rng.random() < 0.65 else 3
             lh = max(4, int(inner * rng.uniform(0.8, 0.97) / layers))
             item, im = _SPRITES[kind](rng, w, lh)
-            if _PHOTO_P > 0.0 and rng.random() < _PHOTO_P:
-                _print_artwork(item, rng)
             item[-1] = (item[-1] * 0.55).astype(np.uint8)  # the seam between stacked packs
             spr, m = np.concatenate([item] * layers, 0), np.concatenate([im] * layers, 0)
             skus.append(Sku(spr, m, bool(m.all()), layers, lh))
             h = layers * lh
         else:
             spr, m = _SPRITES[kind](rng, w, h)
-            if _PHOTO_P > 0.0 and rng.random() < _PHOTO_P:
-                _print_artwork(spr, rng)
             skus.append(Sku(spr, m, bool(m.all())))
         tag_col = (255, 230, 40) if rng.random() < 0.35 else (248, 248, 244)
         row.tags.append((x, max(3, int(pitch * rng.uniform(0.25, 0.45))), tag_col))
