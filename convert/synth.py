@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import multiprocessing
 from collections.abc import Callable, Iterator
@@ -134,41 +133,10 @@ def _cyl_shade(spr: np.ndarray, rng: Rand) -> np.ndarray:
     return np.clip(spr.astype(np.float32) * prof[None, :, None], 0, 255).astype(np.uint8)
 
 
-@functools.cache
-def _photo_bank() -> tuple[np.ndarray, ...]:
-    """The public-domain and CC0 photos of convert/photos (see its SOURCES.md), RGB, read once per process."""
-    paths = sorted(_PHOTO_DIR.glob("*.jpg"))
-    if not paths:
-        raise FileNotFoundError(f"no photos in {_PHOTO_DIR}: the generator's photo artwork needs them")
-    return tuple(cv2.cvtColor(cv2.imread(str(q), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for q in paths)
-
-
-def _photo_crop(rng: Rand, w: int, h: int) -> np.ndarray:
-    """A w x h crop of one natural photo, at a random zoom, sometimes mirrored, pulled towards a print colour."""
-    bank = _photo_bank()
-    src = bank[rng.integers(len(bank))]
-    sh, sw = src.shape[:2]
-    aspect = w / max(1, h)
-    ch = max(2, int(min(sh, sw / aspect) * rng.uniform(0.15, 1.0)))
-    cw = max(2, min(sw, int(ch * aspect)))
-    y, x = rng.integers(0, sh - ch + 1), rng.integers(0, sw - cw + 1)
-    crop = src[y : y + ch, x : x + cw]
-    if rng.random() < 0.5:
-        crop = crop[:, ::-1]
-    out = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if ch > h else cv2.INTER_LINEAR).astype(np.float32)
-    a = rng.uniform(0.0, 0.6)  # greyscale photos take a colour, colour ones drift
-    out = out * (1.0 - a) + np.array(_product_colour(rng), np.float32) * a
-    return np.clip(out, 0, 255).astype(np.uint8)
-
-
 def _photo_patch(spr: np.ndarray, rng: Rand, x0: int, y0: int, x1: int, y1: int) -> None:
-    """A photo-like picture (food, faces, product shots) printed on the pack: a natural photo's crop in a share
-    `_PHOTO_P` of them, random blotches otherwise."""
+    """A blotchy, photo-like picture (food, faces, product shots) printed on the pack."""
     x0, y0, x1, y1 = max(0, x0), max(0, y0), min(spr.shape[1], x1), min(spr.shape[0], y1)
     if x1 - x0 < 3 or y1 - y0 < 3:
-        return
-    if _PHOTO_P > 0.0 and rng.random() < _PHOTO_P:
-        spr[y0:y1, x0:x1] = _photo_crop(rng, x1 - x0, y1 - y0)
         return
     cell = 2 + rng.integers(3)
     small = rng.gen.integers(
@@ -182,9 +150,6 @@ def _photo_patch(spr: np.ndarray, rng: Rand, x0: int, y0: int, x1: int, y1: int)
 def _texture(spr: np.ndarray, rng: Rand) -> np.ndarray:
     """Blend a smooth random colour field over the pack (gradients, large artwork)."""
     h, w = spr.shape[:2]
-    if _PHOTO_P > 0.0 and rng.random() < _PHOTO_P:  # full-bleed artwork from a natural photo
-        a = rng.uniform(0.3, 0.8)
-        return cv2.addWeighted(spr, 1.0 - a, _photo_crop(rng, w, h), a, 0.0)
     small = rng.gen.integers(0, 256, (2 + rng.integers(3), 2 + rng.integers(3), 3), dtype=np.uint8)
     field_ = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     a = rng.uniform(0.1, 0.4)
@@ -357,8 +322,6 @@ _MIN_FILL = 0.0  # 0.72 labelled ESD's strips better but cost ESD AP50 and cart-
 _RUN_P = 0.5  # share of gaps started in a stacked facing that span the SKU's run of facings (ESD's long flat boxes)
 _RUN_PARTIAL_P = 0.85  # share of those that leave the bottom items in place (a sold-out top layer)
 _DISTRACT_P = 0.0  # share of scenes with store clutter that is not a gap (`_plan_distractors`): posters, price cards, boxes
-_PHOTO_P = 0.0  # share of printed pictures and artwork cut from natural photos (`_photo_crop`, convert/photos)
-_PHOTO_DIR = Path(__file__).with_name("photos")
 _DRESS_P = 0.0  # share of gaps dressed (`dress_gaps`); 0.8 cost 4 ESD AP50 points in two seeds (models/NOTES.md)
 _ROW_MIXES: tuple[tuple[str, ...], ...] = (
     ("box",),
