@@ -93,6 +93,34 @@ def draw_pr_curves(series: Sequence[tuple[str, Sequence[PRPoint], float]], size:
     return img
 
 
+def draw_score_bins(bins: ScoreBins, width: int = 480, height: int = 220) -> np.ndarray:
+    """An RGB bar chart of one score table: per bin, the mean score (grey outline) and the share of detections
+    that are labelled gaps (filled; red where it is under half the mean score)."""
+    img = np.full((height, width, 3), 255, np.uint8)
+    x0, y0, x1, y1 = 36, 12, width - 8, height - 40
+    for k in range(0, 11, 2):
+        y = int(round(y1 - k / 10 * (y1 - y0)))
+        cv2.line(img, (x0, y), (x1, y), (230, 230, 230), 1)
+        cv2.putText(img, f"{k / 10:.1f}", (4, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (80, 80, 80), 1)
+    n = max(1, len(bins.bins))
+    slot = (x1 - x0) / n
+    for i, b in enumerate(bins.bins):
+        a = int(round(x0 + i * slot + slot * 0.15))
+        c = int(round(x0 + (i + 1) * slot - slot * 0.15))
+        if b.detections:
+            over = b.share_gaps < 0.5 * b.mean_score
+            ys = int(round(y1 - b.share_gaps * (y1 - y0)))
+            cv2.rectangle(img, (a, ys), (c, y1), FALSE_ALARM if over else SERIES_COLOURS[0], -1)
+            ym = int(round(y1 - b.mean_score * (y1 - y0)))
+            cv2.rectangle(img, (a - 2, ym), (c + 2, y1), (90, 90, 90), 2)
+        label = f"{b.low:g}-{b.high:g}".replace("-inf", "+")
+        cv2.putText(img, label, (a - 4, y1 + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(img, str(b.detections), (a, y1 + 32), cv2.FONT_HERSHEY_SIMPLEX, 0.34, (110, 110, 110), 1,
+                    cv2.LINE_AA)
+    cv2.line(img, (x0, y1), (x1, y1), (0, 0, 0), 1)
+    return img
+
+
 def annotate(ex: Example, max_side: int = 560) -> np.ndarray:
     """The image with hits in green, misses (ground truth not found) in amber and false alarms in red."""
     img = ex.image.copy()
@@ -173,10 +201,16 @@ def _score_bins_html(bins: Sequence[ScoreBins]) -> str:
     """Tables of detections by box height and by place in the frame: where a score says more than the labels do."""
     if not bins:
         return ""
-    parts = ["<h2>Where the scores mislead</h2><p>Detections scoring at least 0.3, binned. Where the share that are "
-             "labelled gaps falls below half the mean score (in red), this model is over-confident: a region of interest or "
-             "fine-tuning on frames like these pays most there.</p>"]
+    parts = ["<h2>Where the scores mislead</h2><p>Detections scoring at least 0.3, binned (the number under each "
+             "bar). Grey outline: their mean score; filled bar: the share that are labelled gaps. Where that share is "
+             "below half the mean score (red), this model is over-confident: fine-tuning on frames like these, or a "
+             "region of interest, pays most there.</p>"]
     for b in bins:
+        ok, png = cv2.imencode(".png", cv2.cvtColor(draw_score_bins(b), cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise ValueError("could not encode a score chart")
+        parts.append(f'<img src="data:image/png;base64,{_b64(png.tobytes())}" alt="{html.escape(b.measure)}" '
+                     'style="width:100%;max-width:480px">')
         over = ' class="over"'
         rows = "".join(
             f"<tr><td>{x.low:g}-{x.high:g}</td><td>{x.detections}</td><td>{x.mean_score:.2f}</td>"

@@ -69,6 +69,7 @@ def test_eval_json_agrees_with_the_detector_and_writes_a_report(
         assert sum(x["detections"] for x in got["bins"]) == n_kept > 0
         assert [x["detections"] for x in got["bins"]] == [x.detections for x in want_b.bins]
     assert "Where the scores mislead" in html and html.count("share that are gaps</th>") == 2
+    assert html.count("data:image/png;base64,") == 3  # the PR curve and one chart per table
 
 
 def test_eval_rejects_a_folder_without_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -210,3 +210,19 @@ def test_score_bins_by_hand() -> None:
     assert sum(b.detections for b in by_height.bins) == sum(b.detections for b in by_place.bins) == 5
     with pytest.raises(ValueError, match="heights"):
         score_bins(dets, gts, [100], 320)
+
+
+def test_score_chart_draws_each_bin_to_scale() -> None:
+    """The chart's filled bar reaches the share that are gaps, red where that is under half the mean score."""
+    from convert.calibration import ScoreBin, ScoreBins
+    from convert.report import FALSE_ALARM, SERIES_COLOURS, draw_score_bins
+
+    bins = ScoreBins("test", [ScoreBin(0, 1, 10, 0.8, 0.5), ScoreBin(1, 2, 10, 0.8, 0.2), ScoreBin(2, 3, 0, 0, 0)])
+    img = draw_score_bins(bins, width=336, height=240)  # plot area x 36..328 (three slots of 97 px), y 12..200
+    col = img[:, 36 + 48]  # the middle of the first slot
+    filled = np.nonzero(np.all(col == SERIES_COLOURS[0], axis=-1))[0]
+    assert abs(filled.min() - (200 - 0.5 * 188)) <= 1 and filled.max() >= 197  # down to the axis (under the outline)
+    col = img[:, 36 + 97 + 48]
+    assert np.all(col[200 - int(0.2 * 188) + 2 : 198] == FALSE_ALARM)  # 0.2 < 0.4: over-confident, red
+    col = img[:, 36 + 2 * 97 + 48]
+    assert not np.any(np.all(col == SERIES_COLOURS[0], axis=-1)) and not np.any(np.all(col == FALSE_ALARM, axis=-1))
