@@ -288,16 +288,18 @@ def _baseline(val_items: list[Any], tuned_path: Path) -> _HeldOut:
 def _finetune_report(report_dir: Path, val_items: list[Any], held: _HeldOut, title: str) -> Path:
     """The fine-tuned bundle's HTML report on the held-out frames, beside the shipped model when there is one."""
     from convert.bootstrap import DEFAULT_RESAMPLES, Matched, ap50_interval
+    from convert.calibration import score_bins
     from convert.evaluate import evaluate
     from convert.report import write_report
 
     gts = [it.boxes for it in val_items]
     res = evaluate(held.dets, gts, held.tuned.manifest.thresholds.score)
     label = f"{_model_desc(held.tuned)} (fine-tuned)"
+    bins = score_bins(held.dets, gts, [it.image.shape[0] for it in val_items], held.tuned.manifest.input.height)
     return write_report(report_dir, res, _examples(val_items, held.dets, res.threshold), title,
                         f"{label} on {len(val_items)} held-out images",
                         ap_interval=ap50_interval(Matched.of(held.dets, gts), DEFAULT_RESAMPLES),
-                        against=held.against, model_label=label)
+                        against=held.against, model_label=label, score_bins=bins)
 
 
 # ---- quantize ---------------------------------------------------------------------------------------------------

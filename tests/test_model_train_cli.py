@@ -93,6 +93,7 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     grid = page.split('<div class="grid">')[1].split("</div>")[0]
     assert 1 <= grid.count("<figure>") <= 3  # annotated held-out frames
     assert "<h2>Where the two differ</h2>" in page  # and the frames where the two models differ, side by side
+    assert "<h2>Where the scores mislead</h2>" in page and "(input 96 px high)" in page  # the fine-tuned net's bins
     b = read_bundle(out, load_public_keys([tmp_path / "keys"]))
     assert (b.manifest.input.width, b.manifest.input.height, b.manifest.output.stride) == (96, 96, 8)
     assert (b.manifest.input.dtype, b.manifest.input.zero_point) == ("int8", -128)
