@@ -8,6 +8,8 @@
   photos, and, with `--finetuned`, of a fine-tuned bundle on the held-out share of its folder (the split
   `shelfscout finetune` used). Only curves are drawn from ESD: its photos are not redistributable, so none is
   written.
+- `score-by-place.png`: for the generated shelves and the real photos, the bundle's detections binned by their
+  height in the frame, each bin's mean score against the share that are labelled gaps (`convert.calibration`).
 
 Usage: .venv/bin/python bench/figures.py [--model BUNDLE] [--out docs/img] [--esd DIR] [--finetuned BUNDLE]
 """
@@ -90,9 +92,10 @@ def gap_dressing(seed: int = VIEW_SEED, n: int = 8, tile: int = 150) -> np.ndarr
     return np.vstack([head, rows[0], mid, rows[1]])
 
 
-def pr_series(bundle: Any, esd: Path | None, finetuned: Any | None, split_seed: int, val_share: float
-              ) -> list[tuple[str, Any, float]]:
-    """(label, PR curve, threshold) for each data set that is there."""
+def pr_series(bundle: Any, esd: Path | None, finetuned: Any | None, split_seed: int, val_share: float,
+              measured: list[tuple[str, list[Any], list[Any]]] | None = None) -> list[tuple[str, Any, float]]:
+    """(label, PR curve, threshold) for each data set that is there; `measured`, when given, collects the
+    bundle's (data set name, items, detections) for the generated shelves and the real photos."""
     from convert.build_default import DEFAULT_SEED, split_items, synth_folder
     from convert.dataset import load_yolo_folder
     from convert.evaluate import detect_with_bundle, evaluate
@@ -108,11 +111,16 @@ def pr_series(bundle: Any, esd: Path | None, finetuned: Any | None, split_seed: 
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         synth = load_yolo_folder(synth_folder(Path(tmp) / "val", 300, DEFAULT_SEED + 1, 2, False))
-        out.append(curve(bundle, synth, "generated shelves"))
+        synth_dets = detect_with_bundle(bundle, [it.image for it in synth])
+        out.append(curve(bundle, synth, "generated shelves", synth_dets))
+        if measured is not None:
+            measured.append(("generated shelves", synth, synth_dets))
     if esd is not None:
         items = load_yolo_folder(esd)
         dets = detect_with_bundle(bundle, [it.image for it in items])
         out.append(curve(bundle, items, f"real photos ({esd.parent.name} {esd.name})", dets))
+        if measured is not None:
+            measured.append((f"real photos ({esd.parent.name} {esd.name})", items, dets))
         if finetuned is not None:
             # the held-out share `shelfscout finetune` measured on: the same split of the same (items, detections)
             _, held = split_items(list(zip(items, dets, strict=True)), val_share, split_seed)
@@ -120,6 +128,22 @@ def pr_series(bundle: Any, esd: Path | None, finetuned: Any | None, split_seed: 
             out.append(curve(bundle, held_items, f"held-out {val_share:.0%} of them", [d for _, d in held]))
             out.append(curve(finetuned, held_items, f"held-out {val_share:.0%}, fine-tuned on the rest"))
     return out
+
+
+def place_charts(bundle: Any, measured: list[tuple[str, list[Any], list[Any]]], width: int = 560) -> np.ndarray:
+    """The bundle's score chart by place in the frame (`convert.calibration`), one per data set, stacked."""
+    from convert.calibration import score_bins
+    from convert.report import draw_score_bins
+
+    rows = []
+    for name, items, dets in measured:
+        by_place = score_bins(dets, [it.boxes for it in items], [it.image.shape[0] for it in items],
+                              bundle.manifest.input.height)[1]
+        band = np.full((30, width, 3), 255, np.uint8)
+        cv2.putText(band, f"{name}: detections >= 0.3 by height in the frame (top 0, bottom 1)", (6, 21),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        rows += [band, draw_score_bins(by_place, width=width, height=190)]
+    return np.vstack(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,9 +174,14 @@ def main(argv: list[str] | None = None) -> int:
                 [cv2.IMWRITE_JPEG_QUALITY, 85])
     from convert.report import draw_pr_curves
 
-    pr = draw_pr_curves(pr_series(bundle, args.esd, finetuned, args.split_seed, args.val_share), size=560)
+    measured: list[tuple[str, list[Any], list[Any]]] = []
+    pr = draw_pr_curves(pr_series(bundle, args.esd, finetuned, args.split_seed, args.val_share, measured), size=560)
     cv2.imwrite(str(args.out / "pr-curves.png"), cv2.cvtColor(pr, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
-    print(f"wrote {args.out / 'model-view.jpg'}, {args.out / 'gap-dressing.jpg'} and {args.out / 'pr-curves.png'}")
+    places = place_charts(bundle, measured)
+    cv2.imwrite(str(args.out / "score-by-place.png"), cv2.cvtColor(places, cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    print(f"wrote {args.out / 'model-view.jpg'}, {args.out / 'gap-dressing.jpg'}, {args.out / 'pr-curves.png'} "
+          f"and {args.out / 'score-by-place.png'}")
     return 0
 
 
