@@ -20,6 +20,7 @@ from convert.evaluate import ImageDetections, match_all
 HEIGHT_EDGES = (0.0, 12.0, 18.0, 26.0, 40.0, float("inf"))
 # centre of the box, as a share of the frame's height from the top
 PLACE_EDGES = (0.0, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0)
+MIN_SCORE = 0.3  # detections below it are left out: they are not what a cart alerts on
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,11 @@ class ScoreBin:
     detections: int
     mean_score: float
     share_gaps: float  # matched to a labelled gap at the IoU threshold (greedy, as for AP)
+
+    @property
+    def overconfident(self) -> bool:
+        """Fewer than half as many of these detections are gaps as their mean score says."""
+        return self.detections > 0 and self.share_gaps < 0.5 * self.mean_score
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ def score_bins(
     gts: Sequence[np.ndarray],
     frame_heights: Sequence[int],
     input_height: int,
-    min_score: float = 0.3,
+    min_score: float = MIN_SCORE,
     iou_thr: float = 0.5,
 ) -> list[ScoreBins]:
     """Bins of the detections scoring >= `min_score`, by box height at the model's input and by vertical place."""

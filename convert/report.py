@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from convert.bootstrap import Comparison, Interval
-from convert.calibration import ScoreBins
+from convert.calibration import MIN_SCORE, ScoreBins
 from convert.evaluate import EvalResult, ImageMatch, PRPoint
 
 HIT = (40, 200, 60)  # RGB
@@ -108,9 +108,8 @@ def draw_score_bins(bins: ScoreBins, width: int = 480, height: int = 220) -> np.
         a = int(round(x0 + i * slot + slot * 0.15))
         c = int(round(x0 + (i + 1) * slot - slot * 0.15))
         if b.detections:
-            over = b.share_gaps < 0.5 * b.mean_score
             ys = int(round(y1 - b.share_gaps * (y1 - y0)))
-            cv2.rectangle(img, (a, ys), (c, y1), FALSE_ALARM if over else SERIES_COLOURS[0], -1)
+            cv2.rectangle(img, (a, ys), (c, y1), FALSE_ALARM if b.overconfident else SERIES_COLOURS[0], -1)
             ym = int(round(y1 - b.mean_score * (y1 - y0)))
             cv2.rectangle(img, (a - 2, ym), (c + 2, y1), (90, 90, 90), 2)
         label = f"{b.low:g}-{b.high:g}".replace("-inf", "+")
@@ -201,7 +200,7 @@ def _score_bins_html(bins: Sequence[ScoreBins]) -> str:
     """Tables of detections by box height and by place in the frame: where a score says more than the labels do."""
     if not bins:
         return ""
-    parts = ["<h2>Where the scores mislead</h2><p>Detections scoring at least 0.3, binned (the number under each "
+    parts = [f"<h2>Where the scores mislead</h2><p>Detections scoring at least {MIN_SCORE:g}, binned (the number under each "
              "bar). Grey outline: their mean score; filled bar: the share that are labelled gaps. Where that share is "
              "below half the mean score (red), this model is over-confident: fine-tuning on frames like these, or a "
              "region of interest, pays most there.</p>"]
@@ -214,7 +213,7 @@ def _score_bins_html(bins: Sequence[ScoreBins]) -> str:
         over = ' class="over"'
         rows = "".join(
             f"<tr><td>{x.low:g}-{x.high:g}</td><td>{x.detections}</td><td>{x.mean_score:.2f}</td>"
-            f"<td{over if x.detections and x.share_gaps < 0.5 * x.mean_score else ''}>{x.share_gaps:.2f}</td></tr>"
+            f"<td{over if x.overconfident else ''}>{x.share_gaps:.2f}</td></tr>"
             for x in b.bins)
         parts.append(f"<table><caption>{html.escape(b.measure)}</caption><tr><th>range</th><th>detections</th>"
                      f"<th>mean score</th><th>share that are gaps</th></tr>{rows}</table>")

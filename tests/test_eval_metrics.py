@@ -208,6 +208,9 @@ def test_score_bins_by_hand() -> None:
         (0.9, 1.0): (1, pytest.approx(0.6), 0.0),
     }
     assert sum(b.detections for b in by_height.bins) == sum(b.detections for b in by_place.bins) == 5
+    # over-confident: fewer than half as many are gaps as the mean score says (an empty bin never is)
+    assert [b.overconfident for b in by_place.bins if b.detections] == [False, True, False, True]
+    assert not any(b.overconfident for b in by_place.bins if not b.detections)
     with pytest.raises(ValueError, match="heights"):
         score_bins(dets, gts, [100], 320)
 
