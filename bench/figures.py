@@ -132,7 +132,7 @@ def pr_series(bundle: Any, esd: Path | None, finetuned: Any | None, split_seed: 
 
 def place_charts(bundle: Any, measured: list[tuple[str, list[Any], list[Any]]], width: int = 560) -> np.ndarray:
     """The bundle's score chart by place in the frame (`convert.calibration`), one per data set, stacked."""
-    from convert.calibration import score_bins
+    from convert.calibration import MIN_SCORE, score_bins
     from convert.report import draw_score_bins
 
     rows = []
@@ -140,7 +140,7 @@ def place_charts(bundle: Any, measured: list[tuple[str, list[Any], list[Any]]], 
         by_place = score_bins(dets, [it.boxes for it in items], [it.image.shape[0] for it in items],
                               bundle.manifest.input.height)[1]
         band = np.full((30, width, 3), 255, np.uint8)
-        cv2.putText(band, f"{name}: detections >= 0.3 by height in the frame (top 0, bottom 1)", (6, 21),
+        cv2.putText(band, f"{name}: detections >= {MIN_SCORE:g} by height in the frame (top 0, bottom 1)", (6, 21),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
         rows += [band, draw_score_bins(by_place, width=width, height=190)]
     return np.vstack(rows)

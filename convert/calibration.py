@@ -56,16 +56,21 @@ def score_bins(
     """Bins of the detections scoring >= `min_score`, by box height at the model's input and by vertical place."""
     if not (len(dets) == len(gts) == len(frame_heights)):
         raise ValueError(f"{len(dets)} detection lists, {len(gts)} label lists and {len(frame_heights)} heights")
-    kept = []
-    for d in dets:
+    kept: list[ImageDetections] = []
+    heights: list[np.ndarray] = []
+    places: list[np.ndarray] = []
+    for d, fh in zip(dets, frame_heights, strict=True):
         s = np.asarray(d.scores, np.float64).reshape(-1)
         m = s >= min_score
-        kept.append(ImageDetections(np.asarray(d.boxes, np.float64).reshape(-1, 4)[m], s[m]))
+        b = np.asarray(d.boxes, np.float64).reshape(-1, 4)[m]
+        kept.append(ImageDetections(b, s[m]))
+        heights.append((b[:, 3] - b[:, 1]) / max(fh, 1) * input_height)
+        places.append(np.clip(0.5 * (b[:, 1] + b[:, 3]) / max(fh, 1), 0.0, 1.0))
     scores, tp, img, local, _ = match_all(kept, gts, iou_thr)
-    boxes = np.array([kept[i].boxes[j] for i, j in zip(img, local, strict=True)]).reshape(-1, 4)
-    fh = np.asarray(frame_heights, np.float64)[img.astype(int)] if len(img) else np.zeros(0)
-    height = (boxes[:, 3] - boxes[:, 1]) / np.maximum(fh, 1.0) * input_height
-    place = np.clip(0.5 * (boxes[:, 1] + boxes[:, 3]) / np.maximum(fh, 1.0), 0.0, 1.0)
+    # match_all lists the detections in score order by (image, index in image): find each one's measures
+    at = np.concatenate([[0], np.cumsum([len(k.scores) for k in kept])])[img.astype(int)] + local.astype(int)
+    height = np.concatenate(heights)[at] if heights else np.zeros(0)
+    place = np.concatenate(places)[at] if places else np.zeros(0)
     return [
         ScoreBins(f"box height in model-input pixels (input {input_height} px high)", _bins(height, scores, tp, HEIGHT_EDGES)),
         ScoreBins("box centre, share of the frame's height from the top", _bins(place, scores, tp, PLACE_EDGES)),
