@@ -112,10 +112,11 @@ class AugmentConfig:
     noise: float = 6.0  # max std of additive noise
     jpeg: float = 0.3  # probability of a JPEG round trip
     randconv: float = 0.0  # probability of a random-convolution restyle (`random_conv`)
+    mosaic: float = 0.0  # probability that a crop is four views of four images, one per quadrant (`augment_mosaic`)
     min_visible: float = 0.5  # a box cut by the crop keeps its label only if this share of it is visible
 
     def __post_init__(self) -> None:
-        for name in ("flip", "blur", "jpeg", "randconv", "min_visible"):
+        for name in ("flip", "blur", "jpeg", "randconv", "mosaic", "min_visible"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:  # also refuses NaN
                 raise ValueError(f"{name} is a probability between 0 and 1, got {v}")
@@ -170,12 +171,41 @@ def augment(
         keep = (carea >= cfg.min_visible * np.maximum(area, 1e-6)) & (cb[:, 2] - cb[:, 0] >= 2) & (cb[:, 3] - cb[:, 1] >= 2)
         # Boxes mostly cut away are dropped; their visible rest is painted over with the fill so no unlabeled gap
         # stays in view.
-        for box in cb[~keep & (carea > 0)]:
-            x0, y0, x1, y1 = (int(round(v)) for v in box)
+        # Painted outward to whole pixels and one more, which interpolation blends the edge into: no sliver of
+        # the gap stays in view.
+        for box in nb[~keep & (carea > 0)]:
+            x0, y0 = (max(int(np.floor(v)) - 1, 0) for v in box[:2])
+            x1, y1 = (int(np.ceil(v)) + 1 for v in box[2:])
             out[y0:y1, x0:x1] = rng.integers(0, 256, 3, dtype=np.uint8)
         boxes = cb[keep].astype(np.float32)
     out = photometric(out, rng, cfg)
     return out, boxes
+
+
+def augment_mosaic(
+    samples: Sequence[tuple[np.ndarray, np.ndarray]],
+    rng: np.random.Generator,
+    out_w: int,
+    out_h: int,
+    base_w: int,
+    base_h: int,
+    cfg: AugmentConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """An out_w x out_h crop cut into four tiles at a random point, each tile an `augment` view of one of the four
+    (image, boxes) samples at the usual zoom: four photos' gaps and surroundings in one crop, at the sizes a plain
+    crop would show them (YOLO's mosaic, without its shrinking)."""
+    if len(samples) != 4:
+        raise ValueError(f"a mosaic takes 4 samples, got {len(samples)}")
+    cx = int(round(rng.uniform(0.25, 0.75) * out_w))
+    cy = int(round(rng.uniform(0.25, 0.75) * out_h))
+    out = np.empty((out_h, out_w, 3), np.uint8)
+    parts = []
+    tiles = ((0, 0, cx, cy), (cx, 0, out_w, cy), (0, cy, cx, out_h), (cx, cy, out_w, out_h))
+    for (image, boxes), (x0, y0, x1, y1) in zip(samples, tiles, strict=True):
+        tile, tb = augment(image, boxes, rng, x1 - x0, y1 - y0, base_w, base_h, cfg)
+        out[y0:y1, x0:x1] = tile
+        parts.append(tb + np.array([x0, y0, x0, y0], np.float32))
+    return out, np.concatenate(parts).reshape(-1, 4).astype(np.float32)
 
 
 def photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:

@@ -18,7 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from convert.dataset import AugmentConfig, LabeledImage, augment, encode_targets, resize_with_boxes
+from convert.dataset import (
+    AugmentConfig,
+    LabeledImage,
+    augment,
+    augment_mosaic,
+    encode_targets,
+    resize_with_boxes,
+)
 from convert.model import HEATMAP, LTRB, NetConfig, build_model
 
 log = logging.getLogger(__name__)
@@ -101,7 +108,13 @@ def make_batch(
     wt = np.empty((len(idx), g, g, 1), np.float32)
     for k, i in enumerate(idx):
         item = data[int(i)]
-        img, boxes = augment(item.image, item.boxes, rng, c, c, cfg.net.width, cfg.net.height, cfg.aug)
+        # no draw when mosaic is off, so runs without it keep the random streams they always had
+        if cfg.aug.mosaic and rng.random() < cfg.aug.mosaic:
+            others = [data[int(j)] for j in rng.integers(0, len(data), 3)]
+            samples = [(d.image, d.boxes) for d in (item, *others)]
+            img, boxes = augment_mosaic(samples, rng, c, c, cfg.net.width, cfg.net.height, cfg.aug)
+        else:
+            img, boxes = augment(item.image, item.boxes, rng, c, c, cfg.net.width, cfg.net.height, cfg.aug)
         t = encode_targets(boxes, g, g, s)
         x[k], hm[k], lt[k], wt[k] = img, t.heatmap, t.ltrb, t.weight
     return x, hm, lt, wt

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convert.dataset import AugmentConfig, augment, encode_targets, random_conv, read_yolo_labels
+from convert.dataset import (
+    AugmentConfig,
+    augment,
+    augment_mosaic,
+    encode_targets,
+    random_conv,
+    read_yolo_labels,
+)
 from edge.bundle import InputSpec, Manifest, OutputSpec, TensorSpec, Thresholds
 from edge.decoders import DECODERS
 from edge.decoders.heatmap import decode_gap_heatmap, heatmap_peaks
@@ -92,6 +99,53 @@ def test_augment_keeps_boxes_on_the_drawn_gaps() -> None:
     assert seen > 5
 
 
+def test_mosaic_boxes_each_photos_gaps_and_leaves_no_gap_unboxed() -> None:
+    # four grey photos, each with two gaps of its own colour: every box of a mosaic must cover one photo's gap
+    # colour only, and no gap pixel may stay in view outside the boxes (a gap cut by a tile edge is either kept,
+    # if half of it shows, or painted over). Colours are told apart by which channels are full and which empty,
+    # since the white balance still moves each channel by up to 10 %.
+    patterns = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0)]
+    samples, blanks = [], []
+    for k, pattern in enumerate(patterns):
+        img = np.full((416, 416, 3), 128, np.uint8)
+        blanks.append((img.copy(), np.zeros((0, 4), np.float32)))
+        gt = np.array([[40 + 30 * k, 60, 140 + 30 * k, 110], [220, 250 - 20 * k, 330, 320 - 20 * k]], np.float32)
+        for x0, y0, x1, y1 in gt.astype(int):
+            img[y0:y1, x0:x1] = np.array(pattern) * 255
+        samples.append((img, gt))
+
+    def painted(pixels: np.ndarray, pattern: tuple[int, int, int]) -> np.ndarray:
+        want = np.array(pattern, bool)
+        return np.all(np.where(want, pixels > 200, pixels < 40), axis=-1)
+
+    cfg = AugmentConfig(hue=0, saturation=0, brightness=0, contrast=0, noise=0, blur=0, jpeg=0)
+    rng = np.random.default_rng(3)
+    found: set[int] = set()
+    for _ in range(30):
+        state = rng.bit_generator.state
+        out, boxes = augment_mosaic(samples, rng, 256, 256, 320, 320, cfg)
+        assert out.shape == (256, 256, 3) and boxes.dtype == np.float32
+        covered = np.zeros((256, 256), bool)
+        for x0, y0, x1, y1 in boxes:
+            assert 0 <= x0 < x1 <= 256 and 0 <= y0 < y1 <= 256
+            covered[max(int(y0) - 2, 0) : int(y1) + 2, max(int(x0) - 2, 0) : int(x1) + 2] = True
+            inner = out[int(y0) + 2 : int(y1) - 2, int(x0) + 2 : int(x1) - 2].reshape(-1, 3)
+            if len(inner):
+                which = [k for k, p in enumerate(patterns) if painted(inner, p).all()]
+                assert len(which) == 1  # one photo's gap, not across a tile edge
+                found.add(which[0])
+        # the same draws over the same photos without their gaps: the pixels that differ are the gaps in view
+        # (a cut gap painted over gets the same random colour in both), and all of them must be inside boxes
+        twin = np.random.default_rng()
+        twin.bit_generator.state = state
+        blank, _ = augment_mosaic([(b, g) for (b, _), (_, g) in zip(blanks, samples, strict=True)], twin,
+                                  256, 256, 320, 320, cfg)
+        assert not ((np.abs(out.astype(int) - blank).max(-1) > 0) & ~covered).any()
+    assert found == {0, 1, 2, 3}  # every photo shows up in some mosaic
+    with pytest.raises(ValueError, match="4 samples"):
+        augment_mosaic(samples[:3], rng, 256, 256, 320, 320, cfg)
+
+
 def test_random_conv_restyles_colours_but_keeps_shapes_and_channel_statistics() -> None:
     # a blue-ish rectangle on a green-grey wall, with a little noise
     rng = np.random.default_rng(0)
@@ -117,7 +171,7 @@ def test_random_conv_restyles_colours_but_keeps_shapes_and_channel_statistics() 
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("randconv", 2.0), ("randconv", -0.1), ("flip", float("nan")), ("jpeg", 1.5), ("noise", -1.0),
+    [("randconv", 2.0), ("randconv", -0.1), ("mosaic", 1.5), ("flip", float("nan")), ("jpeg", 1.5), ("noise", -1.0),
      ("hue", float("inf")), ("scale", (1.5, 0.7)), ("aspect", (0.0, 1.0))],
 )
 def test_augment_config_refuses_values_it_cannot_mean(field: str, value: object) -> None:
@@ -133,3 +187,41 @@ def test_yolo_labels_to_pixels(tmp_path) -> None:  # type: ignore[no-untyped-def
     b = read_yolo_labels(p, 400, 200)
     np.testing.assert_allclose(b, [[160, 40, 240, 60], [0, 0, 60, 40]], atol=1e-4)  # the second is clipped at 0
     assert read_yolo_labels(tmp_path / "missing.txt", 10, 10).shape == (0, 4)
+
+
+def test_training_batches_are_mosaics_at_the_asked_share_and_plain_crops_keep_their_draws() -> None:
+    from pathlib import Path
+
+    from convert.dataset import LabeledImage
+    from convert.model import NetConfig
+    from convert.train import TrainConfig, make_batch
+
+    # four one-colour photos without gaps: a crop's distinct colours tell how many photos it shows
+    data = [LabeledImage(Path(f"{k}.jpg"), np.full((300, 400, 3), 40 + 60 * k, np.uint8), np.zeros((0, 4), np.float32))
+            for k in range(4)]
+    quiet = dict(hue=0.0, saturation=0.0, brightness=0.0, contrast=0.0, noise=0.0, blur=0.0, jpeg=0.0, flip=0.0,
+                 scale=(1.2, 1.5))  # zoomed in: a plain crop never shows its fill border
+
+    def photos_per_crop(mosaic: float, seed: int) -> list[int]:
+        cfg = TrainConfig(net=NetConfig(stride=8), crop=128, aug=AugmentConfig(mosaic=mosaic, **quiet))  # type: ignore[arg-type]
+        rng = np.random.default_rng(seed)
+        x, hm, _, _ = make_batch(data, rng.integers(0, 4, 16), rng, cfg)
+        assert x.shape == (16, 128, 128, 3) and hm.shape == (16, 16, 16, 1) and not hm.any()
+        # white balance moves a grey level by up to 10 %: count the photos by the levels 40, 100, 160, 220
+        levels = x.mean(-1).round()
+        return [sum(bool((np.abs(levels[i] - (40 + 60 * k)) < 20).any()) for k in range(4)) for i in range(16)]
+
+    assert photos_per_crop(0.0, 1) == [1] * 16
+    mixed = photos_per_crop(1.0, 1)
+    # four tiles drawn from four photos show 2.7 distinct ones on average, one photo once in 64
+    assert sum(n >= 2 for n in mixed) >= 14 and np.mean(mixed) > 2.2
+    half = photos_per_crop(0.5, 2)
+    assert 3 <= sum(n == 1 for n in half) <= 13  # about half plain
+
+    # mosaic 0 draws nothing extra: each crop is augment() of its photo on the same random stream
+    cfg = TrainConfig(net=NetConfig(stride=8), crop=128, aug=AugmentConfig(**quiet))  # type: ignore[arg-type]
+    rng, again = np.random.default_rng(5), np.random.default_rng(5)
+    x, _, _, _ = make_batch(data, np.array([0, 3, 1]), rng, cfg)
+    for k, i in enumerate([0, 3, 1]):
+        img, _ = augment(data[i].image, data[i].boxes, again, 128, 128, 320, 320, cfg.aug)
+        np.testing.assert_array_equal(x[k], img)

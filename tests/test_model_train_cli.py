@@ -48,6 +48,7 @@ def test_train_writes_a_signed_bundle_that_the_device_runs(tmp_path: Path, capsy
     assert (b.manifest.version, b.manifest.input.width, b.manifest.output.stride) == (3, 64, 8)
     saved = json.loads((tmp_path / "work" / "float" / "net.json").read_text())
     assert saved["net"]["shared_head"] is True and saved["train"]["aug"]["randconv"] == 0.5
+    assert saved["train"]["aug"]["mosaic"] == 0.0  # train's default: never measured on generated shelves
     assert report["metrics"]["threshold_rule"] == "best F0.5"
     assert Detector(b, threads=1).check_golden().ok
 
@@ -58,7 +59,7 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
 ) -> None:
     """`finetune DATA --from W --size N`: fully-convolutional weights carry over to a new input size; the report
     gives the split and the held-out figures; a size that is not a multiple of 32 is a one-line error."""
-    from convert.commands import PEAK_LR
+    from convert.commands import FINETUNE_MOSAIC, PEAK_LR
     from edge.bundle import load_public_keys, read_bundle
     from edge.detector import Detector
 
@@ -72,6 +73,7 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     assert report["split"] == {"train": 7, "heldout": 3, "seed": 0}
     saved = json.loads((tmp_path / "w1" / "float" / "net.json").read_text())["train"]
     assert saved["aug"]["randconv"] == 0.5
+    assert saved["aug"]["mosaic"] == FINETUNE_MOSAIC == 0.5  # finetune's own default (measured, models/NOTES.md)
     assert saved["lr"] == PEAK_LR == 3e-3  # from the default weights as from scratch (measured, models/NOTES.md)
     held = report["metrics"]["sets"]["frames-heldout"]
     assert report["metrics"]["threshold_rule"] == "best F1"
@@ -108,6 +110,9 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     code = main(["finetune", str(data), "--out", str(tmp_path / "bad.bundle"), "--from", str(weights),
                  "--randconv", "1.5", "--steps", "1", "--quiet", *key])
     assert code != 0 and "--randconv" in capsys.readouterr().err and not (tmp_path / "bad.bundle").exists()
+    code = main(["finetune", str(data), "--out", str(tmp_path / "bad.bundle"), "--from", str(weights),
+                 "--mosaic", "-0.5", "--steps", "1", "--quiet", *key])
+    assert code != 0 and "--mosaic" in capsys.readouterr().err and not (tmp_path / "bad.bundle").exists()
 
 
 @pytest.mark.slow
