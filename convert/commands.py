@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 # peak learning rate of `train` and `finetune` when --lr is not given. Fine-tuning from the default weights used
 # 1e-3 until measured: 3e-3 gives +1.3-1.4 held-out AP50 points on ESD (two seeds), 3e-4 -2 (models/NOTES.md)
 PEAK_LR = 3e-3
-# share of `finetune`'s training crops built as mosaics of four photos when --mosaic is not given; `train` uses 0.
-# Measured on ESD's held-out 30 % against 0 in three paired seeds (models/NOTES.md)
+# share of `finetune`'s training crops built as mosaics of four photos when --mosaic is not given and there is no
+# soup; `train` and `finetune --soup N` use 0. On ESD's held-out 30 %: +1.7 / +0.5 / +0.9 points over 0 in three
+# paired seeds, but a soup of those three runs lost 0.8 points to the soup of the three without (models/NOTES.md)
 FINETUNE_MOSAIC = 0.5
 
 
@@ -51,10 +52,11 @@ def _common_train_args(p: argparse.ArgumentParser, steps: int) -> None:
                    help="restyle this share of training crops through a random convolution (0..1, default 0): "
                         "colours and local brightness change, shapes stay. The default model is trained with 0.5 "
                         "(a better start for finetune); while fine-tuning it measured no gain (models/NOTES.md)")
-    p.add_argument("--mosaic", type=float, default=0.0, metavar="P",
+    p.add_argument("--mosaic", type=float, default=None, metavar="P",
                    help="build this share of training crops from four photos, one tile each, at the usual zoom "
-                        f"(0..1; default {FINETUNE_MOSAIC:g} for finetune, where it measured about a held-out point "
-                        "over 0 on ESD, and 0 for train, never measured on generated shelves; models/NOTES.md)")
+                        f"(0..1; default {FINETUNE_MOSAIC:g} for finetune, where one run measured about a held-out "
+                        "point over 0 on ESD; 0 for finetune --soup N, whose average lost that point and more, and "
+                        "for train, never measured on generated shelves; models/NOTES.md)")
     p.add_argument("--ema", type=float, default=0.0, metavar="M",
                    help="save an exponential moving average of the weights with momentum M (e.g. 0.995) instead "
                         "of the last step's (default 0: off; measured no gain while fine-tuning, models/NOTES.md)")
@@ -114,7 +116,7 @@ def _register_finetune(sub: Any) -> None:
                         "The net is fully convolutional, so the weights carry over; a bigger input finds smaller "
                         "gaps and costs about (size/320)^2 of the invoke time")
     _common_train_args(p, 800)
-    p.set_defaults(func=_finetune_cmd, mosaic=FINETUNE_MOSAIC)
+    p.set_defaults(func=_finetune_cmd)
 
 
 def _key_args(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
@@ -137,7 +139,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
 
     for d in [*args.data, *args.val]:
         _check_yolo(d)
-    aug = _augment(args)
+    aug = _augment(args, 0.0)
     try:
         net = NetConfig(width=args.size, height=args.size, stride=args.stride, shared_head=args.shared_head)
         tcfg = TrainConfig(net=net, steps=args.steps, batch=args.batch, seed=args.seed, crop=args.crop,
@@ -170,7 +172,7 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
         raise CliError(f"--soup is a number of fine-tuning runs (1: no soup), got {args.soup}")
     if args.soup > 1 and args.scratch:  # each seed would start from other random weights: nothing to average
         raise CliError("--soup averages runs that start from the same weights; it cannot be used with --scratch")
-    aug = _augment(args)
+    aug = _augment(args, FINETUNE_MOSAIC if args.soup == 1 else 0.0)  # measured defaults
     init: Path | None = None
     net = NetConfig()
     if not args.scratch:
@@ -214,12 +216,14 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _augment(args: argparse.Namespace) -> AugmentConfig:
-    """The training augmentation the flags ask for; a bad value is a one-line error naming the flag."""
+def _augment(args: argparse.Namespace, default_mosaic: float) -> AugmentConfig:
+    """The training augmentation the flags ask for (`default_mosaic` without --mosaic); a bad value is a one-line
+    error naming the flag."""
     from convert.dataset import AugmentConfig
 
+    mosaic = default_mosaic if args.mosaic is None else args.mosaic
     try:
-        return AugmentConfig(randconv=args.randconv, mosaic=args.mosaic)
+        return AugmentConfig(randconv=args.randconv, mosaic=mosaic)
     except ValueError as e:
         raise CliError(f"--{str(e).split()[0]}: {e}") from e
 
