@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 # 1e-3 until measured: 3e-3 gives +1.3-1.4 held-out AP50 points on ESD (two seeds), 3e-4 -2 (models/NOTES.md)
 PEAK_LR = 3e-3
 # share of `finetune`'s training crops built as mosaics of four photos when --mosaic is not given and there is no
-# soup; `train` and `finetune --soup N` use 0. On ESD's held-out 30 %: +1.7 / +0.5 / +0.9 points over 0 in three
-# paired seeds, but a soup of those three runs lost 0.8 points to the soup of the three without (models/NOTES.md)
+# soup; `train` and `finetune --soup N` use 0. On ESD's held-out 30 %: +1.7 / +0.5 / +0.9 / -0.8 points over 0 in
+# four paired seeds, but a soup of those three runs lost 0.8 points to the soup of the three without (models/NOTES.md)
 FINETUNE_MOSAIC = 0.5
 
 
@@ -54,8 +54,8 @@ def _common_train_args(p: argparse.ArgumentParser, steps: int) -> None:
                         "(a better start for finetune); while fine-tuning it measured no gain (models/NOTES.md)")
     p.add_argument("--mosaic", type=float, default=None, metavar="P",
                    help="build this share of training crops from four photos, one tile each, at the usual zoom "
-                        f"(0..1; default {FINETUNE_MOSAIC:g} for finetune, where one run measured about a held-out "
-                        "point over 0 on ESD; 0 for finetune --soup N, whose average lost that point and more, and "
+                        f"(0..1; default {FINETUNE_MOSAIC:g} for finetune, where single runs measured +0.6 held-out "
+                        "points over 0 on ESD in four seeds; 0 for finetune --soup N, whose average of mosaic runs measured no gain, and "
                         "for train, never measured on generated shelves; models/NOTES.md)")
     p.add_argument("--ema", type=float, default=0.0, metavar="M",
                    help="save an exponential moving average of the weights with momentum M (e.g. 0.995) instead "
