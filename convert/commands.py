@@ -55,8 +55,8 @@ def _common_train_args(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--mosaic", type=float, default=None, metavar="P",
                    help="build this share of training crops from four photos, one tile each, at the usual zoom "
                         f"(0..1; default {FINETUNE_MOSAIC:g} for finetune, where single runs measured +0.6 held-out "
-                        "points over 0 on ESD in four seeds; 0 for finetune --soup N, whose average of mosaic runs measured no gain, and "
-                        "for train, never measured on generated shelves; models/NOTES.md)")
+                        "points over 0 on ESD in four seeds; 0 for finetune --soup N, whose average of mosaic runs "
+                        "measured no gain, and for train, never measured on generated shelves; models/NOTES.md)")
     p.add_argument("--ema", type=float, default=0.0, metavar="M",
                    help="save an exponential moving average of the weights with momentum M (e.g. 0.995) instead "
                         "of the last step's (default 0: off; measured no gain while fine-tuning, models/NOTES.md)")

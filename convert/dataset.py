@@ -169,10 +169,8 @@ def augment(
         cb[:, 1::2] = np.clip(cb[:, 1::2], 0, out_h)
         carea = np.maximum(cb[:, 2] - cb[:, 0], 0) * np.maximum(cb[:, 3] - cb[:, 1], 0)
         keep = (carea >= cfg.min_visible * np.maximum(area, 1e-6)) & (cb[:, 2] - cb[:, 0] >= 2) & (cb[:, 3] - cb[:, 1] >= 2)
-        # Boxes mostly cut away are dropped; their visible rest is painted over with the fill so no unlabeled gap
-        # stays in view.
-        # Painted outward to whole pixels and one more, which interpolation blends the edge into: no sliver of
-        # the gap stays in view.
+        # Boxes mostly cut away are dropped; their visible rest is painted over, outward to whole pixels and one
+        # more (interpolation blends the edge into it), so no sliver of an unlabelled gap stays in view.
         for box in nb[~keep & (carea > 0)]:
             x0, y0 = (max(int(np.floor(v)) - 1, 0) for v in box[:2])
             x1, y1 = (int(np.ceil(v)) + 1 for v in box[2:])
