@@ -221,11 +221,13 @@ def _augment(args: argparse.Namespace, default_mosaic: float) -> AugmentConfig:
     error naming the flag."""
     from convert.dataset import AugmentConfig
 
-    mosaic = default_mosaic if args.mosaic is None else args.mosaic
-    try:
-        return AugmentConfig(randconv=args.randconv, mosaic=mosaic)
-    except ValueError as e:
-        raise CliError(f"--{str(e).split()[0]}: {e}") from e
+    shares = {"randconv": args.randconv, "mosaic": default_mosaic if args.mosaic is None else args.mosaic}
+    for flag, value in shares.items():
+        try:
+            AugmentConfig(**{flag: value})
+        except ValueError as e:
+            raise CliError(f"--{flag}: {e}") from e
+    return AugmentConfig(**shares)
 
 
 def _by_rule(rule: Callable[[float, str], float], value: float, flag: str) -> float:
