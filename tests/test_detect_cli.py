@@ -294,3 +294,58 @@ def test_model_inspect_shows_a_metrics_table_and_the_runtime(tiny: tuple[Path, P
     info = json.loads(r.stdout)
     assert info["metrics"]["sets"] == sets and info["runtime"]["xnnpack"] is True
     assert info["runtime"]["name"] == "ai-edge-litert" and info["runtime"]["version"]
+
+
+def test_prelabel_turns_a_recorded_pass_into_a_yolo_folder_and_keeps_corrected_labels(tmp_path: Path) -> None:
+    """A cart pass (a real .mp4 rendered by the generator) and a photo through the default int8 model: every 10th
+    frame and its gaps become a YOLO folder that finetune and eval read; a second run keeps what a person corrected."""
+    from convert.cartpass import make_aisle, render_cart_pass
+    from convert.dataset import load_yolo_folder, read_yolo_labels
+    from convert.synth import make_shelf_image
+
+    cp = render_cart_pass(make_aisle(np.random.default_rng(3), length_px=1600, n_gaps=3), tmp_path / "pass.mp4",
+                          speed_px_per_frame=24.0)
+    photo = tmp_path / "shelf.png"
+    assert cv2.imwrite(str(photo), cv2.cvtColor(make_shelf_image(np.random.default_rng(4)).image, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "frames"
+    r = shelfscout("detect", cp.path, photo, "--every", "10", "--prelabel", out, "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    picked = list(range(0, cp.frames, 10))
+    assert cp.frames > 30 and [row["image"] for row in rows] == [f"{cp.path}#{k}" for k in picked] + [str(photo)]
+    assert sum(len(row["gaps"]) for row in rows) >= 3  # the model found gaps to pre-label
+
+    assert (out / "classes.txt").read_text() == "gap\n"
+    items = {it.path.name: it for it in load_yolo_folder(out)}  # what finetune and eval read
+    names = [f"pass_f{k:06d}.jpg" for k in picked] + ["shelf.png"]
+    assert sorted(items) == sorted(names)
+    for name, row in zip(names, rows, strict=True):
+        want = np.array([g["box"] for g in row["gaps"]], np.float32).reshape(-1, 4)
+        np.testing.assert_allclose(items[name].boxes, want, atol=0.1)  # --json rounds to 0.1 px
+    assert (out / "images" / "shelf.png").read_bytes() == photo.read_bytes()  # a photo is copied as it is
+    cap = cv2.VideoCapture(str(cp.path))
+    for k in range(picked[-1] + 1):
+        ok, bgr = cap.read()
+        assert ok
+        if k in picked:  # each frame image is that frame of the video, JPEG-encoded
+            diff = np.abs(items[f"pass_f{k:06d}.jpg"].image.astype(np.int16) - bgr[..., ::-1].astype(np.int16))
+            assert diff.mean() < 3.0
+    cap.release()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+    corrected = out / "labels" / "pass_f000010.txt"
+    corrected.write_text("0 0.500000 0.500000 0.200000 0.100000\n")  # a person fixed this frame's labels
+    (out / "labels" / "pass_f000020.txt").unlink()  # and this one was never labelled
+    r = shelfscout("detect", cp.path, photo, "--every", "10", "--prelabel", out)
+    assert r.returncode == 0, r.stderr
+    assert corrected.read_text() == "0 0.500000 0.500000 0.200000 0.100000\n"
+    again = read_yolo_labels(out / "labels" / "pass_f000020.txt", *cp.frame_size)
+    np.testing.assert_allclose(again, items["pass_f000020.jpg"].boxes, atol=0.1)  # the unlabelled frame, written again
+    assert "wrote 1 images/frames" in r.stderr and f"kept {len(names) - 1} existing label files" in r.stderr
+
+    r = shelfscout("detect", cp.path, "--every", "0", "--prelabel", out)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == "shelfscout detect: error: --every must be at least 1, got 0"
+    r = shelfscout("detect", cp.path, "--prelabel", photo)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == f"shelfscout detect: error: --prelabel {photo}: not a folder"

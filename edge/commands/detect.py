@@ -1,4 +1,5 @@
-"""`shelfscout detect PATH...`: offline gap detection on images, folders and videos, as JSON lines or annotated JPEGs."""
+"""`shelfscout detect PATH...`: offline gap detection on images, folders and videos, as JSON lines, annotated JPEGs
+or a YOLO folder of pre-labels."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge.commands.prelabel import PrelabelFolder
 from edge.config import default_threads
 from edge.types import Gap
 
@@ -122,10 +124,11 @@ def stdout_gone() -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "detect", help="find gaps in images, folders or videos",
-        description="Run the model on images, image folders or videos (every frame). With --json, print one "
-                    "JSON line per image or frame and nothing else on stdout; boxes are in original pixels. "
-                    "An image or video that cannot be read is skipped with a one-line warning on stderr and "
-                    "the rest still run.",
+        description="Run the model on images, image folders or videos (every frame, or every Nth with --every). "
+                    "With --json, print one JSON line per image or frame and nothing else on stdout; boxes are in "
+                    "original pixels. An image or video that cannot be read is skipped with a one-line warning on "
+                    "stderr and the rest still run. --prelabel turns a store's own recordings into a YOLO folder "
+                    "to label for `shelfscout finetune`, starting from the model's guesses.",
         epilog="exit status: 0 when every input was read, 1 when any input was skipped as unreadable (the "
                "others still ran), 2 on a usage, path, model or --annotate write error.",
     )
@@ -134,6 +137,12 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per image/frame on stdout")
     p.add_argument("--annotate", metavar="DIR", help="write annotated JPEGs (boxes and scores) into DIR")
     p.add_argument("--threshold", type=float, default=None, help="score threshold (default: the bundle's)")
+    p.add_argument("--every", type=int, default=1, metavar="N",
+                   help="of each video, run every Nth frame only (default 1: every frame)")
+    p.add_argument("--prelabel", metavar="DIR",
+                   help="also write each image or frame and the gaps found in it as a YOLO folder (DIR/images, "
+                        "DIR/labels, DIR/classes.txt) to correct in a labelling tool and fine-tune on; an existing "
+                        "label file is never overwritten")
     p.set_defaults(func=run_detect)
 
 
@@ -155,8 +164,8 @@ def _expand(paths: Sequence[str]) -> list[Path]:
     return out
 
 
-def iter_items(files: Sequence[Path]) -> Iterator[Item]:
-    """Every image, and every frame of every video, as RGB arrays, in order."""
+def iter_items(files: Sequence[Path], every: int = 1) -> Iterator[Item]:
+    """Every image, and every `every`-th frame of every video (from its first), as RGB arrays, in order."""
     for f in files:
         if f.suffix.lower() in VIDEO_EXTS:
             cap = cv2.VideoCapture(str(f))
@@ -166,6 +175,11 @@ def iter_items(files: Sequence[Path]) -> Iterator[Item]:
             idx = 0
             try:
                 while True:
+                    if idx % every:
+                        if not cap.grab():  # a skipped frame is read but not decoded
+                            break
+                        idx += 1
+                        continue
                     ok, bgr = cap.read()
                     if not ok or bgr is None:
                         break
@@ -221,11 +235,24 @@ def _annotation_path(out_dir: Path, item: Item, used: set[str]) -> Path:
     return out_dir / name
 
 
+def _open_prelabel(root: Path) -> PrelabelFolder:
+    from edge.cli import CliError
+
+    if root.exists() and not root.is_dir():
+        raise CliError(f"--prelabel {root}: not a folder")
+    try:
+        return PrelabelFolder.open(root)
+    except OSError as e:
+        raise CliError(f"cannot create --prelabel folder {root}: {e.strerror or e}") from e
+
+
 def run_detect(args: argparse.Namespace) -> int:
     from edge.cli import CliError
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise CliError("--threshold must be between 0 and 1")
+    if args.every < 1:
+        raise CliError(f"--every must be at least 1, got {args.every}")
     files = _expand(args.paths)
     detector = load_detector_from_args(args, args.threshold)
     out_dir = Path(args.annotate) if args.annotate else None
@@ -234,10 +261,11 @@ def run_detect(args: argparse.Namespace) -> int:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CliError(f"cannot create --annotate folder {out_dir}: {e.strerror}") from e
+    labels = _open_prelabel(Path(args.prelabel)) if args.prelabel else None
     used: set[str] = set()
     failures = done = total_gaps = 0
     try:
-        for item in iter_items(files):
+        for item in iter_items(files, args.every):
             gaps: list[Gap] | None = None
             if item.image is not None:
                 try:
@@ -261,8 +289,18 @@ def run_detect(args: argparse.Namespace) -> int:
                 target = _annotation_path(out_dir, item, used)
                 if not cv2.imwrite(str(target), annotate(item.image, gaps), [cv2.IMWRITE_JPEG_QUALITY, 90]):
                     raise CliError(f"cannot write {target}")
+            if labels is not None:
+                try:
+                    labels.add(item.path, item.frame, item.image, gaps)
+                except OSError as e:
+                    raise CliError(f"cannot write --prelabel folder {labels.root}: {e.strerror or e}") from e
     except BrokenPipeError:
         return stdout_gone()
+    if labels is not None:
+        print(f"--prelabel {labels.root}: wrote {labels.written} images/frames with {labels.gaps} gaps; kept "
+              f"{labels.kept} existing label file{'s' if labels.kept != 1 else ''} as they were. Correct every label "
+              f"file (the model misses gaps and finds false ones), then: shelfscout finetune {labels.root} --out "
+              f"BUNDLE", file=sys.stderr)
     if not args.json:
         print(f"{done} images/frames, {total_gaps} gaps, model {detector.manifest.name} v{detector.manifest.version} "
               f"on {detector.runtime.describe()}", file=sys.stderr)

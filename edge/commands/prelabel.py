@@ -1,0 +1,109 @@
+"""Writes frames and the model's gaps as a YOLO folder (`images/`, `labels/`, `classes.txt`) to correct in a labelling
+tool, so that labelling a store's own recordings for `shelfscout finetune` starts from the model's guesses.
+
+A frame's label file, once there, is never overwritten: a second run over the same recordings adds the frames it
+has not written before and keeps every label a person has corrected since. Each file is written whole or not at
+all (temporary file, fsync, rename), so a power cut leaves no half-written label.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.types import Gap
+
+CLASSES = "gap\n"  # the one class; Label Studio's YOLO import reads its names from classes.txt
+JPEG_QUALITY = 95
+COPY_AS_IS = frozenset({".jpg", ".jpeg", ".png"})  # image files kept byte for byte, the rest become JPEG
+
+
+def yolo_lines(gaps: Sequence[Gap], width: int, height: int) -> str:
+    """One `0 cx cy w h` line (normalised to the image) per gap, clipped to the image."""
+    lines = []
+    for g in gaps:
+        x0, x1 = min(max(g.x0, 0.0), width), min(max(g.x1, 0.0), width)
+        y0, y1 = min(max(g.y0, 0.0), height), min(max(g.y1, 0.0), height)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        lines.append(f"0 {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} "
+                     f"{(x1 - x0) / width:.6f} {(y1 - y0) / height:.6f}\n")
+    return "".join(lines)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """`data` into `path` via a temporary file in the same folder, fsync and rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class PrelabelFolder:
+    """A YOLO folder being filled with frames and the model's gaps; counts what it wrote and what it kept."""
+
+    root: Path
+    written: int = 0
+    gaps: int = 0
+    kept: int = 0  # frames whose label file was already there (left as it was)
+    _names: set[str] = field(default_factory=set)
+
+    @classmethod
+    def open(cls, root: Path) -> PrelabelFolder:
+        """Create `root/images`, `root/labels` and `root/classes.txt` (an existing classes.txt is left alone)."""
+        for sub in ("images", "labels"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        if not (root / "classes.txt").exists():
+            write_atomic(root / "classes.txt", CLASSES.encode())
+        return cls(root)
+
+    def stem(self, path: Path, frame: int | None) -> str:
+        """The file stem of an image or a video frame (`pass_f000030`), unique within this run."""
+        base = path.stem if frame is None else f"{path.stem}_f{frame:06d}"
+        name, n = base, 1
+        while name in self._names:
+            n += 1
+            name = f"{base}_{n}"
+        self._names.add(name)
+        return name
+
+    def add(self, path: Path, frame: int | None, img: np.ndarray, gaps: Sequence[Gap]) -> bool:
+        """Write the RGB image (then its labels) unless its label file exists; True when written."""
+        stem = self.stem(path, frame)
+        label = self.root / "labels" / f"{stem}.txt"
+        if label.exists():
+            self.kept += 1
+            return False
+        suffix = path.suffix.lower()
+        if frame is None and suffix in COPY_AS_IS:
+            image = self.root / "images" / f"{stem}{suffix}"
+            tmp = image.with_name(f".{image.name}.{os.getpid()}.tmp")
+            try:
+                shutil.copyfile(path, tmp)
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, image)
+            finally:
+                tmp.unlink(missing_ok=True)
+        else:
+            ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            if not ok:
+                raise OSError(f"cannot encode {stem} as JPEG")
+            write_atomic(self.root / "images" / f"{stem}.jpg", jpg.tobytes())
+        h, w = img.shape[:2]
+        write_atomic(label, yolo_lines(gaps, w, h).encode())  # last: a label never points at a missing image
+        self.written += 1
+        self.gaps += len(gaps)
+        return True
