@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.commands.prelabel import PrelabelFolder
+from edge.commands.prelabel import PrelabelFolder, unique_stem
 from edge.config import default_threads
 from edge.types import Gap
 
@@ -130,7 +130,7 @@ def register(sub: Any) -> None:
                     "stderr and the rest still run. --prelabel turns a store's own recordings into a YOLO folder "
                     "to label for `shelfscout finetune`, starting from the model's guesses.",
         epilog="exit status: 0 when every input was read, 1 when any input was skipped as unreadable (the "
-               "others still ran), 2 on a usage, path, model or --annotate write error.",
+               "others still ran), 2 on a usage, path, model, --annotate or --prelabel write error.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder of images/videos, or video file")
     add_model_args(p)
@@ -226,13 +226,7 @@ def annotate(image_rgb: np.ndarray, gaps: Sequence[Gap]) -> np.ndarray:
 
 
 def _annotation_path(out_dir: Path, item: Item, used: set[str]) -> Path:
-    stem = item.path.stem if item.frame is None else f"{item.path.stem}_f{item.frame:06d}"
-    name, n = f"{stem}.jpg", 1
-    while name in used:
-        n += 1
-        name = f"{stem}_{n}.jpg"
-    used.add(name)
-    return out_dir / name
+    return out_dir / f"{unique_stem(item.path, item.frame, used)}.jpg"
 
 
 def _open_prelabel(root: Path) -> PrelabelFolder:

@@ -37,6 +37,17 @@ def yolo_lines(gaps: Sequence[Gap], width: int, height: int) -> str:
     return "".join(lines)
 
 
+def unique_stem(path: Path, frame: int | None, used: set[str]) -> str:
+    """The file stem of an image or a video frame (`pass_f000030`), made unique among `used` (and added to it)."""
+    base = path.stem if frame is None else f"{path.stem}_f{frame:06d}"
+    name, n = base, 1
+    while name in used:
+        n += 1
+        name = f"{base}_{n}"
+    used.add(name)
+    return name
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """`data` into `path` via a temporary file in the same folder, fsync and rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -69,19 +80,9 @@ class PrelabelFolder:
             write_atomic(root / "classes.txt", CLASSES.encode())
         return cls(root)
 
-    def stem(self, path: Path, frame: int | None) -> str:
-        """The file stem of an image or a video frame (`pass_f000030`), unique within this run."""
-        base = path.stem if frame is None else f"{path.stem}_f{frame:06d}"
-        name, n = base, 1
-        while name in self._names:
-            n += 1
-            name = f"{base}_{n}"
-        self._names.add(name)
-        return name
-
     def add(self, path: Path, frame: int | None, img: np.ndarray, gaps: Sequence[Gap]) -> bool:
         """Write the RGB image (then its labels) unless its label file exists; True when written."""
-        stem = self.stem(path, frame)
+        stem = unique_stem(path, frame, self._names)
         label = self.root / "labels" / f"{stem}.txt"
         if label.exists():
             self.kept += 1
