@@ -67,12 +67,12 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     out = tmp_path / "store.bundle"
     code = main(["finetune", str(data), "--out", str(out), "--from", str(weights), "--size", "96", "--steps", "3",
                  "--batch", "2", "--val-share", "0.3", "--work", str(tmp_path / "w1"), "--quiet", "--threshold-beta",
-                 "1", "--randconv", "0.5", "--report", str(tmp_path / "rep"), *key])
+                 "1", "--randconv", "0.5", "--crop", "64", "--report", str(tmp_path / "rep"), *key])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["split"] == {"train": 7, "heldout": 3, "seed": 0}
     saved = json.loads((tmp_path / "w1" / "float" / "net.json").read_text())["train"]
-    assert saved["aug"]["randconv"] == 0.5
+    assert saved["aug"]["randconv"] == 0.5 and saved["crop"] == 64
     assert saved["aug"]["mosaic"] == FINETUNE_MOSAIC == 0.5  # finetune's own default (measured, models/NOTES.md)
     assert saved["lr"] == PEAK_LR == 3e-3  # from the default weights as from scratch (measured, models/NOTES.md)
     held = report["metrics"]["sets"]["frames-heldout"]
@@ -113,6 +113,10 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     code = main(["finetune", str(data), "--out", str(tmp_path / "bad.bundle"), "--from", str(weights),
                  "--mosaic", "-0.5", "--steps", "1", "--quiet", *key])
     assert code != 0 and "--mosaic" in capsys.readouterr().err and not (tmp_path / "bad.bundle").exists()
+    for crop in ("100", "0"):
+        code = main(["finetune", str(data), "--out", str(tmp_path / "bad.bundle"), "--from", str(weights),
+                     "--crop", crop, "--steps", "1", "--quiet", *key])
+        assert code != 0 and "--crop" in capsys.readouterr().err and not (tmp_path / "bad.bundle").exists()
 
 
 @pytest.mark.slow
