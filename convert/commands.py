@@ -22,8 +22,9 @@ PEAK_LR = 3e-3
 # soup; `train` and `finetune --soup N` use 0. On ESD's held-out 30 %: +1.7 / +0.5 / +0.9 / -0.8 points over 0 in
 # four paired seeds, but a soup of those three runs lost 0.8 points to the soup of the three without (models/NOTES.md)
 FINETUNE_MOSAIC = 0.5
-# `finetune`'s default length: on ESD's held-out 30 % (300 training photos), 800 and 1200 steps both measured 2.1
-# points under 2000 (paired, interval -3.6..-0.6); 4000 were no better than 2000 in an older recipe (models/NOTES.md)
+# `finetune`'s default length: on ESD's held-out 30 % (300 training photos), 800 steps measured 2.1 and 1.3 points
+# under 2000 at seeds 0 and 1 (paired), 1200 steps 2.1 at seed 0; 4000 were no better than 2000 in an older recipe
+# (models/NOTES.md)
 FINETUNE_STEPS = 2000
 
 
