@@ -9,7 +9,6 @@ all (temporary file, fsync, rename), so a power cut leaves no half-written label
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,15 +88,7 @@ class PrelabelFolder:
             return False
         suffix = path.suffix.lower()
         if frame is None and suffix in COPY_AS_IS:
-            image = self.root / "images" / f"{stem}{suffix}"
-            tmp = image.with_name(f".{image.name}.{os.getpid()}.tmp")
-            try:
-                shutil.copyfile(path, tmp)
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.replace(tmp, image)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_atomic(self.root / "images" / f"{stem}{suffix}", path.read_bytes())
         else:
             ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             if not ok:
