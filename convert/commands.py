@@ -8,12 +8,14 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from edge.cli import CliError
 
 if TYPE_CHECKING:
     from convert.dataset import AugmentConfig
+
+_V = TypeVar("_V", int, float)  # a flag's value, checked by a library rule
 
 # peak learning rate of `train` and `finetune` when --lr is not given. Fine-tuning from the default weights used
 # 1e-3 until measured: 3e-3 gives +1.3-1.4 held-out AP50 points on ESD (two seeds), 3e-4 -2 (models/NOTES.md)
@@ -148,7 +150,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
     aug = _augment(args, 0.0)
     try:
         net = NetConfig(width=args.size, height=args.size, stride=args.stride, shared_head=args.shared_head)
-        tcfg = TrainConfig(net=net, steps=args.steps, batch=args.batch, seed=args.seed, crop=_check_crop(args.crop),
+        tcfg = TrainConfig(net=net, steps=args.steps, batch=args.batch, seed=args.seed, crop=_crop(args.crop),
                            warmup=min(100, args.steps // 10), aug=aug, ema=_ema(args.ema), lr=args.lr or PEAK_LR)
     except ValueError as e:
         raise CliError(str(e)) from e
@@ -198,7 +200,7 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
     lr = args.lr or PEAK_LR
     try:
         tcfg = TrainConfig(net=net, steps=args.steps, batch=args.batch, seed=args.seed, lr=lr,
-                           crop=_check_crop(args.crop),
+                           crop=_crop(args.crop),
                            warmup=min(100, args.steps // 10), aug=aug, ema=_ema(args.ema))
     except ValueError as e:
         raise CliError(str(e)) from e
@@ -226,10 +228,10 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_crop(crop: int) -> int:
-    if crop < 32 or crop % 32:
-        raise CliError(f"--crop must be a positive multiple of 32, got {crop}")
-    return crop
+def _crop(crop: int) -> int:
+    from convert.train import check_crop
+
+    return _by_rule(check_crop, crop, "--crop")
 
 
 def _augment(args: argparse.Namespace, default_mosaic: float) -> AugmentConfig:
@@ -246,7 +248,7 @@ def _augment(args: argparse.Namespace, default_mosaic: float) -> AugmentConfig:
     return AugmentConfig(**shares)
 
 
-def _by_rule(rule: Callable[[float, str], float], value: float, flag: str) -> float:
+def _by_rule(rule: Callable[[_V, str], _V], value: _V, flag: str) -> _V:
     """`value` checked by the library's own rule (`check_beta`, `check_ema`), a one-line error naming the flag."""
     try:
         return rule(value, flag)

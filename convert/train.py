@@ -41,6 +41,14 @@ def check_ema(momentum: float, name: str = "ema") -> float:
     return momentum
 
 
+def check_crop(crop: int, name: str = "crop") -> int:
+    """A training crop side must be a positive multiple of 32 (the net's largest stride); `name` is what the error
+    calls it."""
+    if crop < 32 or crop % 32:
+        raise ValueError(f"{name} must be a positive multiple of 32, got {crop}")
+    return crop
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train: crop size, batch, steps, learning rate, loss weights, seed and augmentation."""
@@ -62,8 +70,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_ema(self.ema)
-        if self.crop % 32:
-            raise ValueError(f"crop must be a multiple of 32, got {self.crop}")
+        check_crop(self.crop)
         if self.steps < 1 or self.batch < 1:
             raise ValueError("steps and batch must be positive")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -52,6 +53,11 @@ class Mosquitto:
             f"{listener}\n{self.extra}\n"
         )
 
+    def listener_ports(self) -> list[int]:
+        """The ports of the config's `listener` lines (written by start()), the main port first."""
+        found = [int(m) for m in re.findall(r"^listener\s+(\d+)", self.conf.read_text(), flags=re.MULTILINE)]
+        return [self.port, *(p for p in found if p != self.port)]
+
     def start(self, timeout: float = 10.0) -> Mosquitto:
         if not Path(MOSQUITTO).exists():
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
@@ -59,7 +65,8 @@ class Mosquitto:
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         try:
-            wait_listening(self.proc, self.port, timeout)
+            for port in self.listener_ports():  # a second listener may open a moment after the first
+                wait_listening(self.proc, port, timeout)
         except RuntimeError as e:
             exited = self.proc.poll() is not None
             err = self.proc.stderr.read().decode() if exited and self.proc.stderr else ""
