@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.atomic import write_atomic
 from edge.config import TrackingConfig
 from edge.types import AlertEvent, Location
 
@@ -206,22 +207,8 @@ class Place:
 
 
 def write_json_atomic(path: Path, data: object) -> None:
-    """Write `data` as JSON to `path` via tmp file + fsync + rename (+ fsync of the directory)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Write `data` as compact JSON to `path`, whole or not at all (`edge.atomic.write_atomic`)."""
+    write_atomic(path, json.dumps(data, separators=(",", ":")).encode())
 
 
 class AlertManager:

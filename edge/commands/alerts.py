@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from edge.atomic import write_atomic
 from edge.topics import parse_topic, subscriber_filters
 
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
@@ -165,9 +166,7 @@ class AlertViewer:
         if self.opts.save_dir is not None and sha not in self.state.saved:
             name = f"{alert_id}.cleared.jpg" if self.state.cleared_sha.get(sha) == alert_id else f"{alert_id}.jpg"
             path = self.opts.save_dir / name
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(payload)
-            os.replace(tmp, path)
+            write_atomic(path, payload)
             saved = str(path)
             self.state.saved.add(sha)
             self.state.awaiting.discard(sha)

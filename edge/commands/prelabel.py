@@ -8,7 +8,6 @@ all (temporary file, fsync, rename), so a power cut leaves no half-written label
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.atomic import write_atomic
 from edge.types import Gap
 
 CLASSES = "gap\n"  # the one class; Label Studio's YOLO import reads its names from classes.txt
@@ -45,19 +45,6 @@ def unique_stem(path: Path, frame: int | None, used: set[str]) -> str:
         name = f"{base}_{n}"
     used.add(name)
     return name
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """`data` into `path` via a temporary file in the same folder, fsync and rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass

@@ -7,9 +7,9 @@ import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
 
+from edge.atomic import fsync_dir
 from edge.bundle import Bundle
 from edge.ota.errors import OtaError
-from edge.ota.state import fsync_dir
 
 MAX_MEMBERS = 16
 

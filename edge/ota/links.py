@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edge.ota.state import fsync_dir
+from edge.atomic import fsync_dir
 
 CURRENT = "current"
 PREVIOUS = "previous"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from edge.atomic import write_atomic
 
 SCHEMA = "shelfscout.ota-state/1"
 MAX_SEEN = 64
@@ -73,20 +74,4 @@ class StateStore:
     def save(self, state: OtaState) -> None:
         d = asdict(state)
         d["schema"] = SCHEMA
-        data = (json.dumps(d, indent=1, sort_keys=True) + "\n").encode()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        write_atomic(self.path, (json.dumps(d, indent=1, sort_keys=True) + "\n").encode())
