@@ -12,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.yolo import read_yolo_labels
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -49,28 +51,6 @@ def list_yolo_images(folder: Path | str) -> list[tuple[Path, Path]]:
     if not pairs:
         raise ValueError(f"{img_dir} holds no images")
     return pairs
-
-
-def read_yolo_labels(path: Path, width: int, height: int, classes: Sequence[int] | None = None) -> np.ndarray:
-    """Boxes (N, 4) x0, y0, x1, y1 in pixels from a YOLO label file (`class cx cy w h`, normalised)."""
-    if not path.exists():
-        return np.zeros((0, 4), np.float32)
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) < 5:
-            raise ValueError(f"{path}:{n}: expected 'class cx cy w h', got {line!r}")
-        cls = int(float(parts[0]))
-        if classes is not None and cls not in classes:
-            continue
-        cx, cy, w, h = (float(v) for v in parts[1:5])
-        rows.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
-    boxes = np.asarray(rows, np.float32).reshape(-1, 4)
-    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
-    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
-    return boxes
 
 
 def read_image_rgb(path: Path) -> np.ndarray:

@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 
 from convert.cartpass import AisleGap, CartPass, FrameTruth, frame_gaps
-from convert.dataset import IMAGE_SUFFIXES, LabeledImage, read_image_rgb, read_yolo_labels
+from convert.dataset import IMAGE_SUFFIXES, LabeledImage, read_image_rgb
+from edge.yolo import read_yolo_labels
 
 FRAME_SIZE = (640, 480)
 SENSOR_NOISE = 2.0  # grey levels, standard deviation

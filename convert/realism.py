@@ -12,7 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from convert.synth import make_shelf_image, read_yolo_labels, sample_rng
+from convert.synth import make_shelf_image, sample_rng
+from edge.yolo import read_yolo_labels
 
 DEFAULT_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "esd" / "dev"
 

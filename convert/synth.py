@@ -11,6 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.yolo import yolo_lines
+
 RGB = tuple[int, int, int]
 
 
@@ -1356,29 +1358,6 @@ def make_shelf_image(
 def sample_rng(seed: int, index: int) -> np.random.Generator:
     """The generator for image `index` of a dataset made with `seed` (independent of worker count)."""
     return np.random.default_rng([int(seed), int(index)])
-
-
-def yolo_lines(boxes: np.ndarray, width: int, height: int) -> str:
-    lines = []
-    for x0, y0, x1, y1 in np.asarray(boxes, np.float64).reshape(-1, 4):
-        cx, cy = (x0 + x1) / 2 / width, (y0 + y1) / 2 / height
-        w, h = (x1 - x0) / width, (y1 - y0) / height
-        lines.append(f"0 {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n")
-    return "".join(lines)
-
-
-def read_yolo_labels(path: Path, width: int, height: int) -> np.ndarray:
-    """Read a YOLO label file back into (N, 4) float32 pixel boxes."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        parts = line.split()
-        if len(parts) != 5:
-            continue
-        _, cx, cy, w, h = (float(p) for p in parts)
-        rows.append(
-            [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
-        )
-    return np.asarray(rows, np.float32).reshape(-1, 4)
 
 
 def _write_one(args: tuple[Path, int, int, int, int]) -> int:

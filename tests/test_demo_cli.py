@@ -12,8 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from convert.synth import make_shelf_image, yolo_lines
+from convert.synth import make_shelf_image
 from edge.bundle import DEFAULT_BUNDLE
+from edge.yolo import yolo_lines
 
 pytestmark = pytest.mark.skipif(not DEFAULT_BUNDLE.exists(), reason="the default model bundle has not been built")
 

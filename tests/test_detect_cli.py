@@ -300,8 +300,9 @@ def test_prelabel_turns_a_recorded_pass_into_a_yolo_folder_and_keeps_corrected_l
     """A cart pass (a real .mp4 rendered by the generator) and a photo through the default int8 model: every 10th
     frame and its gaps become a YOLO folder that finetune and eval read; a second run keeps what a person corrected."""
     from convert.cartpass import make_aisle, render_cart_pass
-    from convert.dataset import load_yolo_folder, read_yolo_labels
+    from convert.dataset import load_yolo_folder
     from convert.synth import make_shelf_image
+    from edge.yolo import read_yolo_labels
 
     cp = render_cart_pass(make_aisle(np.random.default_rng(3), length_px=1600, n_gaps=3), tmp_path / "pass.mp4",
                           speed_px_per_frame=24.0)

@@ -11,7 +11,6 @@ from convert.dataset import (
     augment_mosaic,
     encode_targets,
     random_conv,
-    read_yolo_labels,
 )
 from edge.bundle import InputSpec, Manifest, OutputSpec, TensorSpec, Thresholds
 from edge.decoders import DECODERS
@@ -179,14 +178,6 @@ def test_augment_config_refuses_values_it_cannot_mean(field: str, value: object)
     with pytest.raises(ValueError, match=field):
         AugmentConfig(**{field: value})  # type: ignore[arg-type]
     assert AugmentConfig(randconv=1.0, flip=0.0, scale=(1.0, 1.0)).randconv == 1.0  # the edges are allowed
-
-
-def test_yolo_labels_to_pixels(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    p = tmp_path / "a.txt"
-    p.write_text("0 0.5 0.25 0.2 0.1\n\n0 0.05 0.1 0.2 0.2\n")
-    b = read_yolo_labels(p, 400, 200)
-    np.testing.assert_allclose(b, [[160, 40, 240, 60], [0, 0, 60, 40]], atol=1e-4)  # the second is clipped at 0
-    assert read_yolo_labels(tmp_path / "missing.txt", 10, 10).shape == (0, 4)
 
 
 def test_training_batches_are_mosaics_at_the_asked_share_and_plain_crops_keep_their_draws() -> None:

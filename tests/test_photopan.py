@@ -12,7 +12,8 @@ import pytest
 from convert.cartpass import iter_video_rgb
 from convert.dataset import LabeledImage
 from convert.photopan import load_photos, pan_pass, write_pan
-from convert.synth import make_shelf_image, yolo_lines
+from convert.synth import make_shelf_image
+from edge.yolo import yolo_lines
 
 
 def _photos(n: int, seed: int = 5) -> list[LabeledImage]:

@@ -17,12 +17,12 @@ from convert.synth import (
     make_shelf_image,
     paint_shelves,
     plan_shelves,
-    read_yolo_labels,
     render_sample,
     sample_rng,
     write_yolo_dataset,
 )
 from edge.cli import main as cli_main
+from edge.yolo import read_yolo_labels
 
 
 @pytest.mark.parametrize("seed", range(24))

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from convert.build_default import SYNTH_STAMP, generator_stamp, synth_folder
-from convert.synth import make_shelf_image, read_yolo_labels, sample_rng
+from convert.synth import make_shelf_image, sample_rng
+from edge.yolo import read_yolo_labels
 
 
 def test_generated_folder_is_reused_only_for_the_same_generator_and_seed(tmp_path: Path) -> None:

@@ -17,23 +17,11 @@ import numpy as np
 
 from edge.atomic import write_atomic
 from edge.types import Gap
+from edge.yolo import yolo_lines
 
 CLASSES = "gap\n"  # the one class; Label Studio's YOLO import reads its names from classes.txt
 JPEG_QUALITY = 95
 COPY_AS_IS = frozenset({".jpg", ".jpeg", ".png"})  # image files kept byte for byte, the rest become JPEG
-
-
-def yolo_lines(gaps: Sequence[Gap], width: int, height: int) -> str:
-    """One `0 cx cy w h` line (normalised to the image) per gap, clipped to the image."""
-    lines = []
-    for g in gaps:
-        x0, x1 = min(max(g.x0, 0.0), width), min(max(g.x1, 0.0), width)
-        y0, y1 = min(max(g.y0, 0.0), height), min(max(g.y1, 0.0), height)
-        if x1 <= x0 or y1 <= y0:
-            continue
-        lines.append(f"0 {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} "
-                     f"{(x1 - x0) / width:.6f} {(y1 - y0) / height:.6f}\n")
-    return "".join(lines)
 
 
 def unique_stem(path: Path, frame: int | None, used: set[str]) -> str:
@@ -82,7 +70,8 @@ class PrelabelFolder:
                 raise OSError(f"cannot encode {stem} as JPEG")
             write_atomic(self.root / "images" / f"{stem}.jpg", jpg.tobytes())
         h, w = img.shape[:2]
-        write_atomic(label, yolo_lines(gaps, w, h).encode())  # last: a label never points at a missing image
+        boxes = np.array([[g.x0, g.y0, g.x1, g.y1] for g in gaps], np.float32)
+        write_atomic(label, yolo_lines(boxes, w, h).encode())  # last: a label never points at a missing image
         self.written += 1
         self.gaps += len(gaps)
         return True

@@ -1,0 +1,44 @@
+"""YOLO label files, both ways: one `class cx cy w h` line per box, normalised to the image (class 0 is a gap)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def yolo_lines(boxes: np.ndarray, width: int, height: int) -> str:
+    """The label file for pixel boxes (N, 4) x0, y0, x1, y1 of a width x height image: clipped to the image, boxes
+    with nothing inside it left out."""
+    lines = []
+    for x0, y0, x1, y1 in np.asarray(boxes, np.float64).reshape(-1, 4):
+        x0, x1 = min(max(x0, 0.0), width), min(max(x1, 0.0), width)
+        y0, y1 = min(max(y0, 0.0), height), min(max(y1, 0.0), height)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        lines.append(f"0 {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} "
+                     f"{(x1 - x0) / width:.6f} {(y1 - y0) / height:.6f}\n")
+    return "".join(lines)
+
+
+def read_yolo_labels(path: Path, width: int, height: int, classes: Sequence[int] | None = None) -> np.ndarray:
+    """Pixel boxes (N, 4) x0, y0, x1, y1, clipped to the image, from a label file; no file means no boxes."""
+    if not path.exists():
+        return np.zeros((0, 4), np.float32)
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 5:
+            raise ValueError(f"{path}:{n}: expected 'class cx cy w h', got {line!r}")
+        cls = int(float(parts[0]))
+        if classes is not None and cls not in classes:
+            continue
+        cx, cy, w, h = (float(v) for v in parts[1:5])
+        rows.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
+    boxes = np.asarray(rows, np.float32).reshape(-1, 4)
+    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
+    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
+    return boxes
