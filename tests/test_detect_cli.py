@@ -350,3 +350,31 @@ def test_prelabel_turns_a_recorded_pass_into_a_yolo_folder_and_keeps_corrected_l
     r = shelfscout("detect", cp.path, "--prelabel", photo)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == f"shelfscout detect: error: --prelabel {photo}: not a folder"
+
+
+def test_spacing_runs_a_frame_per_stretch_of_shelf_not_per_second_of_standing_still(tmp_path: Path) -> None:
+    """A recorded stop-and-go pass (a real .mp4 cut from a generated aisle): the cart stands still for 2 s, moves a
+    frame width in 40 frames, and stands still again. `--spacing 0.25` runs the first frame and then one frame per
+    quarter frame width travelled, by the service's own motion estimate: nothing while standing."""
+    from convert.cartpass import make_aisle
+
+    aisle = make_aisle(np.random.default_rng(5), length_px=1400, n_gaps=3)
+    xs = [0] * 30 + [16 * (k + 1) for k in range(40)] + [640] * 30  # the view's left edge in aisle pixels
+    video = tmp_path / "stop-and-go.mp4"
+    vw = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"mp4v"), 15.0, (640, 480))
+    for x in xs:
+        vw.write(cv2.cvtColor(np.ascontiguousarray(aisle.image[:, x : x + 640]), cv2.COLOR_RGB2BGR))
+    vw.release()
+
+    r = shelfscout("detect", video, "--spacing", "0.25", "--json")
+    assert r.returncode == 0, r.stderr
+    frames = [int(json.loads(line)["image"].rsplit("#", 1)[1]) for line in r.stdout.splitlines()]
+    assert frames[0] == 0 and all(30 <= k < 70 for k in frames[1:])  # none while standing still
+    assert len(frames) in (4, 5)  # 640 px of travel, a frame per 160 px (5 only if the estimate hits 160 exactly)
+    for a, b in zip(frames, frames[1:], strict=False):
+        assert 160 <= xs[b] - xs[a] < 160 + 2 * 16  # at the first frame past a quarter width (1 frame of slack)
+
+    r = shelfscout("detect", video, "--spacing", "0")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == (
+        "shelfscout detect: error: --spacing is a share of the frame between 0 and 1 (e.g. 0.5), got 0.0")

@@ -139,6 +139,11 @@ def register(sub: Any) -> None:
     p.add_argument("--threshold", type=float, default=None, help="score threshold (default: the bundle's)")
     p.add_argument("--every", type=int, default=1, metavar="N",
                    help="of each video, run every Nth frame only (default 1: every frame)")
+    p.add_argument("--spacing", type=float, default=None, metavar="F",
+                   help="of each video, run a frame only once the view has moved F frame widths (or heights) "
+                        "since the last frame run, measured by the service's phase-correlation motion; a cart "
+                        "standing still gives one frame, not hundreds of copies (0 < F <= 1; with --every N, "
+                        "motion is measured on every Nth frame)")
     p.add_argument("--prelabel", metavar="DIR",
                    help="also write each image or frame and the gaps found in it as a YOLO folder (DIR/images, "
                         "DIR/labels, DIR/classes.txt) to correct in a labelling tool and fine-tune on; an existing "
@@ -164,37 +169,56 @@ def _expand(paths: Sequence[str]) -> list[Path]:
     return out
 
 
-def iter_items(files: Sequence[Path], every: int = 1) -> Iterator[Item]:
-    """Every image, and every `every`-th frame of every video (from its first), as RGB arrays, in order."""
+def iter_items(files: Sequence[Path], every: int = 1, spacing: float | None = None) -> Iterator[Item]:
+    """Every image, and every `every`-th frame of every video (from its first), as RGB arrays, in order. With
+    `spacing`, a video frame is yielded only when the view has moved `spacing` of the frame's width or height since
+    the last frame yielded (the first always is)."""
     for f in files:
         if f.suffix.lower() in VIDEO_EXTS:
-            cap = cv2.VideoCapture(str(f))
-            if not cap.isOpened():
-                yield Item(str(f), None, f, None, "cannot open video")
-                continue
-            idx = 0
-            try:
-                while True:
-                    if idx % every:
-                        if not cap.grab():  # a skipped frame is read but not decoded
-                            break
-                        idx += 1
-                        continue
-                    ok, bgr = cap.read()
-                    if not ok or bgr is None:
-                        break
-                    yield Item(f"{f}#{idx}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f, idx)
-                    idx += 1
-            finally:
-                cap.release()
-            if idx == 0:
-                yield Item(str(f), None, f, None, "video has no readable frames")
+            yield from _video_items(f, every, spacing)
         else:
             bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
             if bgr is None:
                 yield Item(str(f), None, f, None, "not a readable image")
             else:
                 yield Item(str(f), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f)
+
+
+def _video_items(f: Path, every: int, spacing: float | None) -> Iterator[Item]:
+    from edge.motion import ShiftEstimator
+
+    cap = cv2.VideoCapture(str(f))
+    if not cap.isOpened():
+        yield Item(str(f), None, f, None, "cannot open video")
+        return
+    motion = ShiftEstimator() if spacing is not None else None
+    moved_x = moved_y = 0.0  # content shift since the last frame yielded
+    idx = 0
+    try:
+        while True:
+            if idx % every:
+                if not cap.grab():  # a skipped frame is read but not decoded
+                    break
+                idx += 1
+                continue
+            ok, bgr = cap.read()
+            if not ok or bgr is None:
+                break
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            if motion is not None and spacing is not None:
+                shift = motion.update(rgb, frames_elapsed=every if idx else 1)
+                moved_x, moved_y = moved_x + shift.dx, moved_y + shift.dy
+                h, w = rgb.shape[:2]
+                if idx and abs(moved_x) < spacing * w and abs(moved_y) < spacing * h:
+                    idx += 1
+                    continue
+                moved_x = moved_y = 0.0
+            yield Item(f"{f}#{idx}", rgb, f, idx)
+            idx += 1
+    finally:
+        cap.release()
+    if idx == 0:
+        yield Item(str(f), None, f, None, "video has no readable frames")
 
 
 def gaps_json(item: Item, gaps: Sequence[Gap]) -> str:
@@ -247,6 +271,8 @@ def run_detect(args: argparse.Namespace) -> int:
         raise CliError("--threshold must be between 0 and 1")
     if args.every < 1:
         raise CliError(f"--every must be at least 1, got {args.every}")
+    if args.spacing is not None and not 0.0 < args.spacing <= 1.0:  # also refuses NaN
+        raise CliError(f"--spacing is a share of the frame between 0 and 1 (e.g. 0.5), got {args.spacing}")
     files = _expand(args.paths)
     detector = load_detector_from_args(args, args.threshold)
     out_dir = Path(args.annotate) if args.annotate else None
@@ -259,7 +285,7 @@ def run_detect(args: argparse.Namespace) -> int:
     used: set[str] = set()
     failures = done = total_gaps = 0
     try:
-        for item in iter_items(files, args.every):
+        for item in iter_items(files, args.every, args.spacing):
             gaps: list[Gap] | None = None
             if item.image is not None:
                 try:
