@@ -11,6 +11,7 @@ model score threshold the device uses (config `model.score_threshold`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -35,10 +36,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=100)
     ap.add_argument("--thresholds", type=float, nargs="*", default=[])
     ap.add_argument("--model", default=None)
+    ap.add_argument("--keys", default=None, metavar="DIR",
+                    help="folder of trusted *.pub keys besides the built-in ones (e.g. for a fine-tuned bundle)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--dump", type=Path, default=None, help="write each false alarm's frame, box marked, here")
     args = ap.parse_args()
     cfg = Config()
+    if args.keys:
+        cfg = dataclasses.replace(cfg, ota=dataclasses.replace(cfg.ota, keys_dir=args.keys))
     bundle = load_model(cfg, args.model)
     thresholds = args.thresholds or [bundle.manifest.thresholds.score]
     work = Path(tempfile.mkdtemp(prefix="cartpass-eval-"))

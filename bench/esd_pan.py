@@ -13,6 +13,7 @@ so this over-counts). Nothing is copied: ESD is read where it lies and is for ev
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -32,12 +33,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--thresholds", type=float, nargs="*", default=[])
     ap.add_argument("--model", default=None)
+    ap.add_argument("--keys", default=None, metavar="DIR",
+                    help="folder of trusted *.pub keys besides the built-in ones (e.g. for a fine-tuned bundle)")
     ap.add_argument("--dump", type=Path, default=None, help="write each false alarm's frame, box marked, here")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"no photos at {args.data} (ESD is not part of the repository)")
     cfg = Config()
+    if args.keys:
+        cfg = dataclasses.replace(cfg, ota=dataclasses.replace(cfg.ota, keys_dir=args.keys))
     bundle = load_model(cfg, args.model)
     thresholds = args.thresholds or [bundle.manifest.thresholds.score]
     passes = [
