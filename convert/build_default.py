@@ -399,9 +399,9 @@ def default_spec(
 
 
 def _key_path() -> Path:
-    from convert.bundler import signing_key_path
+    from convert.bundler import DEFAULT_KEY_NAME, signing_key_path
 
-    return signing_key_path(None)
+    return signing_key_path(None, DEFAULT_KEY_NAME)  # the project's release key, not a user's
 
 
 def write_card(path: Path, report: BuildReport, spec: BuildSpec) -> None:

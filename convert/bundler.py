@@ -37,6 +37,10 @@ LABELS = ("empty",)
 # lost with a build machine (not leaked), so v4 on are signed with "shelfscout-default-2". Both public keys stay in
 # models/keys: devices keep verifying the v3 bundle in their rollback slot, and learn the new key from the installer.
 DEFAULT_KEY_NAME = "shelfscout-default-2"
+# What `train`, `finetune` and `bundle` sign with by default: a key of the user's own, never the project's release
+# key (on the build machine an experiment signed with that would install on every cart that trusts the project), and
+# under a name of its own, so `model verify` never names a user's key after the project's.
+USER_KEY_NAME = "my-models"
 KEY_ENV = "SHELFSCOUT_SIGNING_KEY"
 USER_KEY_DIR = Path.home() / ".config" / "shelfscout" / "keys"
 HEATMAP_TENSORS = ("heatmap", "ltrb")
@@ -135,14 +139,15 @@ def golden_npz(manifest: Manifest, model_bytes: bytes, images: Sequence[np.ndarr
     return npz_bytes({"input_0": inputs, **{f"output_{k}": np.stack(v) for k, v in outs.items()}})
 
 
-def signing_key_path(explicit: Path | str | None = None) -> Path:
-    """The private key to sign with: the given path, else $SHELFSCOUT_SIGNING_KEY, else the per-user default."""
+def signing_key_path(explicit: Path | str | None = None, name: str = USER_KEY_NAME) -> Path:
+    """The private key to sign with: the given path, else $SHELFSCOUT_SIGNING_KEY, else ~/.config/shelfscout/keys/
+    NAME.key (the user's own key; `make model` asks for the project's, DEFAULT_KEY_NAME)."""
     if explicit:
         return Path(explicit)
     env = os.environ.get(KEY_ENV)
     if env:
         return Path(env)
-    return USER_KEY_DIR / f"{DEFAULT_KEY_NAME}.key"
+    return USER_KEY_DIR / f"{name}.key"
 
 
 def load_or_create_key(path: Path, public_out: Path | None = None) -> Ed25519PrivateKey:

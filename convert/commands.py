@@ -52,7 +52,8 @@ def _common_train_args(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--version", type=int, default=1, help="model version, a monotonic integer (default 1)")
     p.add_argument("--key", type=Path, default=None,
                    help="ed25519 private key (PEM) to sign with (default $SHELFSCOUT_SIGNING_KEY, else "
-                        "~/.config/shelfscout/keys/shelfscout-default-2.key, created if missing)")
+                        "~/.config/shelfscout/keys/my-models.key, created if missing; carts trust it once "
+                        "my-models.pub is in their /etc/shelfscout/keys)")
     p.add_argument("--unsigned", action="store_true", help="write an unsigned bundle (runs only in dev mode)")
     p.add_argument("--threshold-beta", type=float, default=0.5,
                    help="ship the threshold with the best F-beta on the threshold set (default 0.5: precision "
@@ -140,6 +141,15 @@ def _print_report(report: Any) -> None:
     print(report.to_json())
 
 
+def _say_key(key: Path | None) -> None:
+    """Tell the user which key signed the bundle and what a cart needs to run it (stderr: stdout is the JSON)."""
+    if key is None:
+        print("the bundle is unsigned: it runs only with --dev-allow-unsigned-models", file=sys.stderr)
+        return
+    print(f"signed with {key}; carts run the bundle once {key.with_suffix('.pub').name} is in their "
+          f"/etc/shelfscout/keys (here: --keys {key.parent})", file=sys.stderr)
+
+
 def _train_cmd(args: argparse.Namespace) -> int:
     from convert.build_default import BuildSpec
     from convert.model import NetConfig
@@ -167,6 +177,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
         threshold_beta=_beta(args.threshold_beta),
     )
     _print_report(_run_build(spec))
+    _say_key(key)
     return 0
 
 
@@ -225,6 +236,7 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
     if args.report is not None:
         out["report"] = str(_finetune_report(args.report, val_items, heldout, f"shelfscout finetune: {held}"))
     print(json.dumps(out, indent=2))
+    _say_key(key)
     return 0
 
 

@@ -165,8 +165,13 @@ def sha256_hex(data: bytes) -> str:
 
 
 def load_public_keys(dirs: Iterable[Path | str]) -> dict[str, Ed25519PublicKey]:
-    """Every `*.pub` (PEM) file in the given folders, by file name. Missing folders are skipped."""
+    """Every `*.pub` (PEM) file in the given folders, by file name. Missing folders are skipped.
+
+    No key is ever dropped: a file whose name an earlier folder already used for a different key (an operator's
+    own `shelfscout-default-2.pub`, say) is kept under its full path, so each key still verifies what it signed and
+    the name in `signed_by` says which file that was. The same key under the same name counts once."""
     keys: dict[str, Ed25519PublicKey] = {}
+    raw: dict[str, bytes] = {}
     for d in dirs:
         p = Path(d)
         if not p.is_dir():
@@ -178,7 +183,9 @@ def load_public_keys(dirs: Iterable[Path | str]) -> dict[str, Ed25519PublicKey]:
                 raise BundleError(f"key file {f} is not a PEM public key: {e}") from e
             if not isinstance(key, Ed25519PublicKey):
                 raise BundleError(f"key file {f} is not an ed25519 public key")
-            keys[f.name] = key
+            der = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            name = f.name if raw.get(f.name, der) == der else str(f)
+            keys[name], raw[name] = key, der
     return keys
 
 

@@ -50,3 +50,21 @@ def test_bundle_with_the_wrong_decoding_is_one_clear_error(tflite: Path, tmp_pat
 def test_bundle_missing_model_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["bundle", str(tmp_path / "nope.tflite"), "--out", str(tmp_path / "x.bundle"), "--version", "1"])
     assert code != 0 and "does not exist" in capsys.readouterr().err
+
+
+def test_a_users_bundles_are_signed_with_their_own_key_not_the_projects(
+    tflite: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --key, `bundle` (like train and finetune) creates and signs with ~/.config/shelfscout/keys/
+    my-models.key, never the project's release key, which only `make model` uses."""
+    import convert.bundler as bundler
+    from convert.build_default import _key_path
+
+    monkeypatch.setattr(bundler, "USER_KEY_DIR", tmp_path / "home-keys")
+    monkeypatch.delenv(bundler.KEY_ENV, raising=False)
+    assert _key_path() == tmp_path / "home-keys" / "shelfscout-default-2.key"  # make model: the project's key
+    out = tmp_path / "mine.bundle"
+    assert main(["bundle", str(tflite), "--out", str(out), "--version", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "home-keys").iterdir()) == ["my-models.key", "my-models.pub"]
+    assert read_bundle(out, load_public_keys([tmp_path / "home-keys"])).signed_by == "my-models.pub"
+    assert json.loads(capsys.readouterr().out)["signed"] is True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tarfile
 from pathlib import Path
@@ -13,6 +14,7 @@ from edge.bundle import (
     DEFAULT_BUNDLE,
     MANIFEST,
     MODEL,
+    SIGNATURE,
     BundleError,
     load_public_keys,
     read_bundle,
@@ -99,3 +101,29 @@ def test_unknown_signer_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="does not list"):
         read_bundle(bad, load_public_keys([BUILTIN_KEYS]))
 
+
+
+def test_an_operators_key_named_like_the_projects_does_not_shadow_it_or_get_shadowed(tmp_path: Path) -> None:
+    """A cart's keys folder holding the operator's own `shelfscout-default-2.pub` (a different key under the
+    project's key's name): the service trusts both, so the operator's re-signed model and the shipped one both run,
+    and `signed_by` names which file verified each."""
+    from edge.app import trusted_keys
+    from edge.bundle import Manifest, generate_keypair, load_private_key, write_bundle
+    from edge.config import Config
+
+    keys_dir = tmp_path / "etc-keys"
+    generate_keypair(tmp_path / "operator.key", keys_dir / "shelfscout-default-2.pub")
+    shipped = members(DEFAULT_BUNDLE)
+    files = {k: v for k, v in shipped.items() if k not in (MANIFEST, SIGNATURE)}
+    manifest = Manifest.from_dict(json.loads(shipped[MANIFEST]))
+    mine = tmp_path / "mine.bundle"
+    write_bundle(mine, manifest, files, load_private_key(tmp_path / "operator.key"))
+
+    cfg = Config()
+    cfg = dataclasses.replace(cfg, ota=dataclasses.replace(cfg.ota, keys_dir=str(keys_dir)))
+    keys = trusted_keys(cfg)
+    assert len(keys) == 3  # the operator's, and both of the project's
+    assert read_bundle(mine, keys).signed_by == "shelfscout-default-2.pub"  # the keys folder's file, read first
+    assert read_bundle(DEFAULT_BUNDLE, keys).signed_by == str(BUILTIN_KEYS / "shelfscout-default-2.pub")
+    # the same key twice under one name counts once
+    assert len(load_public_keys([BUILTIN_KEYS, BUILTIN_KEYS])) == 2

@@ -69,8 +69,10 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
                  "--batch", "2", "--val-share", "0.3", "--work", str(tmp_path / "w1"), "--quiet", "--threshold-beta",
                  "1", "--randconv", "0.5", "--crop", "64", "--report", str(tmp_path / "rep"), *key])
     assert code == 0
-    report = json.loads(capsys.readouterr().out)
+    said = capsys.readouterr()
+    report = json.loads(said.out)
     assert report["split"] == {"train": 7, "heldout": 3, "seed": 0}
+    assert f"signed with {tmp_path / 'k.key'}; carts run the bundle once k.pub is in their" in said.err
     saved = json.loads((tmp_path / "w1" / "float" / "net.json").read_text())["train"]
     assert saved["aug"]["randconv"] == 0.5 and saved["crop"] == 64
     assert saved["aug"]["mosaic"] == FINETUNE_MOSAIC == 0.5  # finetune's own default (measured, models/NOTES.md)
