@@ -7,7 +7,11 @@ and the `opened` alerts are scored as in `bench/cartpass_eval.py`: labelled gaps
 labelled gap alerted twice) and false alarms (an alert on no labelled gap; ESD leaves some empty spots unlabelled,
 so this over-counts). Nothing is copied: ESD is read where it lies and is for evaluation only (see its README).
 
+Several `--model`s run over the same passes (a paired comparison); `--plot PNG` draws each one's trade-off between
+gaps alerted and false alerts across `--thresholds`, its own threshold circled.
+
     .venv/bin/python bench/esd_pan.py --passes 8 --thresholds 0.3 0.46 0.6 [--dump DIR]
+    .venv/bin/python bench/esd_pan.py --data DIR --model A --model B --keys K --thresholds ... --plot out.png
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 from convert.build_default import ESD_DEV
-from convert.passcheck import sweep_thresholds
+from convert.passcheck import PassTally, labelled_pass, score_pass, sweep_thresholds, track_pass
 from convert.photopan import load_photos, pan_pass
 from edge.app import load_model
 from edge.config import Config
@@ -31,34 +36,63 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=5, help="photos per pass")
     ap.add_argument("--speed", type=float, default=12.0, help="window travel per frame, pixels")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--thresholds", type=float, nargs="*", default=[])
-    ap.add_argument("--model", default=None)
+    ap.add_argument("--thresholds", type=float, nargs="*", default=[],
+                    help="score thresholds to run (default: each model's own)")
+    ap.add_argument("--model", action="append", default=[], metavar="BUNDLE",
+                    help="bundle to measure (repeatable; default: the built-in model)")
+    ap.add_argument("--label", action="append", default=[], help="a name per --model for the plot (repeatable)")
     ap.add_argument("--keys", default=None, metavar="DIR",
                     help="folder of trusted *.pub keys besides the built-in ones (e.g. for a fine-tuned bundle)")
     ap.add_argument("--dump", type=Path, default=None, help="write each false alarm's frame, box marked, here")
+    ap.add_argument("--plot", type=Path, default=None, metavar="PNG", help="draw the models' alert trade-offs here")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"no photos at {args.data} (ESD is not part of the repository)")
+    if args.label and len(args.label) != max(len(args.model), 1):
+        raise SystemExit("give one --label per --model")
     cfg = Config()
     if args.keys:
         cfg = dataclasses.replace(cfg, ota=dataclasses.replace(cfg.ota, keys_dir=args.keys))
-    bundle = load_model(cfg, args.model)
-    thresholds = args.thresholds or [bundle.manifest.thresholds.score]
+    bundles = [load_model(cfg, m) for m in args.model] if args.model else [load_model(cfg)]
     passes = [
         pan_pass(load_photos(args.data, args.photos, seed=args.seed + k), args.speed, seed=args.seed + k)
         for k in range(args.passes)
     ]
-    rows = []
     names = [f"pass{k}" for k in range(args.passes)]
-    for thr, tally in sweep_thresholds(bundle, passes, names, thresholds, cfg.tracking, args.dump):
-        rows.append(tally.row(thr))
-        if not args.json:
-            print(tally.line(thr, "labelled gaps", f"alerts on no labelled gap, passes of {args.photos} photos"),
-                  flush=True)
+    ceiling = PassTally()
+    for cp, frames in passes:  # the labelled boxes as detections: one alert per place caps what any model scores
+        ceiling.add(score_pass(cp, track_pass(frames, labelled_pass(cp), dataclasses.replace(cfg.tracking))))
+    if not args.json:
+        print("labelled boxes as detections (the most one alert per place allows): "
+              + ceiling.line(1.0, "labelled gaps", "alerts on no labelled gap"), flush=True)
+    results: list[dict[str, Any]] = []
+    for n, bundle in enumerate(bundles):
+        own = bundle.manifest.thresholds.score
+        label = args.label[n] if args.label else f"{bundle.manifest.name} v{bundle.manifest.version}"
+        rows = []
+        dump = args.dump / f"model{n}" if args.dump is not None and len(bundles) > 1 else args.dump
+        for thr, tally in sweep_thresholds(bundle, passes, names, args.thresholds or [own], cfg.tracking, dump):
+            rows.append(tally.row(thr))
+            if not args.json:
+                print(f"{label}: " + tally.line(thr, "labelled gaps",
+                                                f"alerts on no labelled gap, passes of {args.photos} photos"),
+                      flush=True)
+        results.append({"model": f"{bundle.manifest.name} v{bundle.manifest.version}", "label": label,
+                        "own_threshold": own, "rows": rows})
     if args.json:
-        print(json.dumps({"model": f"{bundle.manifest.name} v{bundle.manifest.version}", "passes": len(passes),
-                          "photos_per_pass": args.photos, "rows": rows}))
+        print(json.dumps({"data": str(args.data), "passes": len(passes), "photos_per_pass": args.photos,
+                          "labelled_as_detections": ceiling.row(1.0), "models": results}))
+    if args.plot is not None:
+        import cv2
+
+        from convert.report import AlertPoint, draw_alert_tradeoff
+
+        series = [(r["label"], [AlertPoint(row["threshold"], row["recall"], row["false_alarms_per_pass"])
+                                for row in r["rows"]], r["own_threshold"]) for r in results]
+        img = draw_alert_tradeoff(series, size=560, ceiling=ceiling.row(1.0)["recall"])
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(args.plot), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
 
 
 if __name__ == "__main__":

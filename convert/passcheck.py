@@ -114,13 +114,30 @@ def score_pass(cp: CartPass, alerts: Iterable[Mapping[str, Any]]) -> PassScore:
     return result
 
 
-def replay_pass(
-    det: Any, frames: Sequence[np.ndarray], tracking: Any, events: list[Any] | None = None
-) -> list[dict[str, Any]]:
-    """Run the model and a fresh GapTracker over a pass's RGB frames, serially; returns the alert payloads.
+def detect_pass(det: Any, frames: Sequence[np.ndarray]) -> list[list[Any]]:
+    """The gaps `det` (an edge.detector.Detector) finds in each RGB frame of a pass, at its score threshold."""
+    out = []
+    for im in frames:
+        det.preprocess(im)
+        det.invoke()
+        out.append(det.decode(im.shape[1], im.shape[0]))
+    return out
 
-    `det` is an edge.detector.Detector; `events`, when given, collects the raw AlertEvents (for dumping frames).
-    """
+
+def labelled_pass(cp: CartPass) -> list[list[Any]]:
+    """Each frame's labelled gaps as detections of score 1: what a perfect model would hand the tracker. The alerts
+    they give are the most a pass can score; with one alert per place, neighbouring labelled gaps share one."""
+    from edge.types import Gap
+
+    return [[Gap(*g.box, 1.0) for g in t.gaps] for t in cp.truth]
+
+
+def track_pass(
+    frames: Sequence[np.ndarray], gaps: Sequence[Sequence[Any]], tracking: Any, events: list[Any] | None = None
+) -> list[dict[str, Any]]:
+    """A fresh GapTracker over a pass's frames and each frame's gaps, serially; returns the alert payloads.
+
+    `events`, when given, collects the raw AlertEvents (for dumping frames)."""
     from edge.payloads import ModelRef, alert_payload
     from edge.topics import Topics
     from edge.tracker import GapTracker
@@ -129,11 +146,8 @@ def replay_pass(
     tracker = GapTracker(tracking, "bench", None)
     topics = Topics("shelfscout", "bench", "bench")
     alerts = []
-    for i, im in enumerate(frames):
-        det.preprocess(im)
-        det.invoke()
-        gaps = det.decode(im.shape[1], im.shape[0])
-        for ev in tracker.update(Frame(im, i, time.monotonic(), time.time()), gaps):
+    for i, (im, found) in enumerate(zip(frames, gaps, strict=True)):
+        for ev in tracker.update(Frame(im, i, time.monotonic(), time.time()), list(found)):
             alerts.append(alert_payload(ev, topics, ModelRef("m", 0)))
             if events is not None:
                 events.append(ev)
@@ -149,17 +163,24 @@ def sweep_thresholds(
     dump: Path | None = None,
 ) -> Iterator[tuple[float, PassTally]]:
     """For each score threshold, the bundle's model + a fresh tracker over every (pass, RGB frames), scored and
-    added up; with `dump`, each false alarm's frame is written there as `t{threshold}-{name}-{alert id}.jpg`."""
+    added up; with `dump`, each false alarm's frame is written there as `t{threshold}-{name}-{alert id}.jpg`.
+
+    The model runs once per frame, at the lowest threshold: the gaps at a higher one are those scoring at least
+    that (the decoder keeps the highest-scoring peaks and boxes, so a higher threshold only drops from its end)."""
     from dataclasses import replace
 
     from edge.detector import Detector
 
+    if not thresholds:
+        return
+    det = Detector(bundle, score_threshold=min(thresholds))
+    found = [detect_pass(det, frames) for _, frames in passes]
     for thr in thresholds:
-        det = Detector(bundle, score_threshold=thr)
         tally = PassTally()
-        for (cp, frames), name in zip(passes, names, strict=True):
+        for (cp, frames), gaps, name in zip(passes, found, names, strict=True):
             events: list[Any] = []
-            s = score_pass(cp, replay_pass(det, frames, replace(tracking), events))
+            kept = [[g for g in frame_gaps if g.score >= thr] for frame_gaps in gaps]
+            s = score_pass(cp, track_pass(frames, kept, replace(tracking), events))
             tally.add(s)
             if dump is not None:
                 dump_alert_frames(dump, f"t{thr:.2f}-{name}", frames, events, s.false_alarms)

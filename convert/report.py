@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,28 +55,45 @@ def draw_pr_curve(curve: Sequence[PRPoint], threshold: float, size: int = 480) -
     return draw_pr_curves([("", curve, threshold)], size)
 
 
-def draw_pr_curves(series: Sequence[tuple[str, Sequence[PRPoint], float]], size: int = 480) -> np.ndarray:
-    """An RGB image of several precision/recall curves (label, curve, threshold), each with its operating point
-    circled and, when labelled, a legend entry."""
+def _chart(size: int, x_max: float, x_label: str, y_label: str) -> tuple[np.ndarray, Callable[[float, float], tuple[int, int]]]:
+    """A white size x size RGB chart with a grid, x from 0 to `x_max` and y from 0 to 1, and its point mapper."""
     pad = 48
     img = np.full((size, size, 3), 255, np.uint8)
     x0, y0, x1, y1 = pad, pad // 2, size - pad // 2, size - pad
     span_x, span_y = x1 - x0, y1 - y0
 
-    def pt(r: float, p: float) -> tuple[int, int]:
-        return int(round(x0 + r * span_x)), int(round(y1 - p * span_y))
+    def pt(x: float, y: float) -> tuple[int, int]:
+        return int(round(x0 + x / x_max * span_x)), int(round(y1 - y * span_y))
 
     for k in range(11):
         v = k / 10
-        cv2.line(img, pt(v, 0), pt(v, 1), (230, 230, 230), 1)
-        cv2.line(img, pt(0, v), pt(1, v), (230, 230, 230), 1)
+        cv2.line(img, pt(v * x_max, 0), pt(v * x_max, 1), (230, 230, 230), 1)
+        cv2.line(img, pt(0, v), pt(x_max, v), (230, 230, 230), 1)
         if k % 2 == 0:
-            cv2.putText(img, f"{v:.1f}", (pt(v, 0)[0] - 10, y1 + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (80, 80, 80), 1)
+            xv = v * x_max
+            cv2.putText(img, f"{xv:.1f}" if x_max <= 2 else f"{xv:g}", (pt(xv, 0)[0] - 10, y1 + 18),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.4, (80, 80, 80), 1)
             cv2.putText(img, f"{v:.1f}", (4, pt(0, v)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (80, 80, 80), 1)
     cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), 1)
-    cv2.putText(img, "recall", (x0 + span_x // 2 - 20, size - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    cv2.putText(img, "precision", (4, y0 - 6 if y0 > 14 else 14), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    for i, (label, curve, threshold) in enumerate(series):
+    (tw, _), _ = cv2.getTextSize(x_label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+    cv2.putText(img, x_label, (x0 + (span_x - tw) // 2, size - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    cv2.putText(img, y_label, (4, y0 - 6 if y0 > 14 else 14), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    return img, pt
+
+
+def _legend(img: np.ndarray, labels: Sequence[str], x: int, bottom: int) -> None:
+    for i, label in enumerate(labels):
+        if label:
+            ly = bottom - 12 - 18 * (len(labels) - 1 - i)
+            cv2.line(img, (x + 10, ly - 4), (x + 34, ly - 4), SERIES_COLOURS[i % len(SERIES_COLOURS)], 3)
+            cv2.putText(img, label, (x + 40, ly), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+
+
+def draw_pr_curves(series: Sequence[tuple[str, Sequence[PRPoint], float]], size: int = 480) -> np.ndarray:
+    """An RGB image of several precision/recall curves (label, curve, threshold), each with its operating point
+    circled and, when labelled, a legend entry."""
+    img, pt = _chart(size, 1.0, "recall", "precision")
+    for i, (_, curve, threshold) in enumerate(series):
         colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
         if curve:
             pts = np.array([pt(c.recall, c.precision) for c in curve], np.int32)
@@ -86,10 +103,50 @@ def draw_pr_curves(series: Sequence[tuple[str, Sequence[PRPoint], float]], size:
                 op = above[-1]
                 cv2.circle(img, pt(op.recall, op.precision), 6, FALSE_ALARM if len(series) == 1 else colour, 2,
                            cv2.LINE_AA)
-        if label:
-            ly = y1 - 12 - 18 * (len(series) - 1 - i)
-            cv2.line(img, (x0 + 10, ly - 4), (x0 + 34, ly - 4), colour, 3)
-            cv2.putText(img, label, (x0 + 40, ly), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+    _legend(img, [label for label, _, _ in series], pt(0, 0)[0], pt(0, 0)[1])
+    return img
+
+
+@dataclass(frozen=True)
+class AlertPoint:
+    """One score threshold's alert-level figures over a set of passes."""
+
+    threshold: float
+    recall: float  # share of the labelled gaps alerted
+    false_alarms_per_pass: float  # alerts on no labelled gap
+
+
+def draw_alert_tradeoff(series: Sequence[tuple[str, Sequence[AlertPoint], float]], size: int = 480,
+                        ceiling: float | None = None) -> np.ndarray:
+    """An RGB chart of labelled gaps alerted against alerts on no labelled gap per pass, one line per model
+    (label, points, its own threshold), each point labelled with its threshold and the model's own circled;
+    `ceiling`, the most any model can alert, as a dashed line."""
+    x_max = max((p.false_alarms_per_pass for _, pts, _ in series for p in pts), default=1.0)
+    x_max = max(1.0, float(np.ceil(x_max * 1.1 / 5.0) * 5.0))  # room for the last point's label
+    img, pt = _chart(size, x_max, "alerts on no labelled gap, per pass", "labelled gaps alerted")
+    if ceiling is not None:
+        (xa, y), (xb, _) = pt(0, ceiling), pt(x_max, ceiling)
+        for x in range(xa, xb, 12):
+            cv2.line(img, (x, y), (min(x + 6, xb), y), (90, 90, 90), 1)
+        cv2.putText(img, "a perfect model (labelled boxes as detections)", (xa + 8, y - 6), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4, (90, 90, 90), 1, cv2.LINE_AA)
+    for i, (_, points, own) in enumerate(series):
+        colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
+        pts = sorted(points, key=lambda p: p.threshold)
+        if not pts:
+            continue
+        line = np.array([pt(p.false_alarms_per_pass, p.recall) for p in pts], np.int32)
+        cv2.polylines(img, [line.reshape(-1, 1, 2)], False, colour, 2, cv2.LINE_AA)
+        for k, p in enumerate(pts):
+            x, y = pt(p.false_alarms_per_pass, p.recall)
+            cv2.circle(img, (x, y), 3, colour, -1, cv2.LINE_AA)
+            if k % 2 == 0:
+                cv2.putText(img, f"{p.threshold:.2f}", (x + 5, y - 5 if i == 0 else y + 14),
+                            cv2.FONT_HERSHEY_SIMPLEX, 0.36, colour, 1, cv2.LINE_AA)
+        near = min(pts, key=lambda p: abs(p.threshold - own))
+        cv2.circle(img, pt(near.false_alarms_per_pass, near.recall), 7, colour, 2, cv2.LINE_AA)
+    x0, y1 = pt(0, 0)
+    _legend(img, [label for label, _, _ in series], pt(x_max * 0.45, 0)[0], y1)
     return img
 
 

@@ -160,6 +160,30 @@ def test_pr_curves_are_drawn_in_their_colours_with_their_operating_points() -> N
     assert (img[row - 6, col + 40] == 255).all()  # and not just a thicker line: further along, white
 
 
+def test_the_alert_tradeoff_is_drawn_per_model_with_its_own_threshold_circled_and_the_ceiling_dashed() -> None:
+    """Two models' (false alerts per pass, share alerted) points: each model's line is in its colour between its
+    points, its own threshold's point is ringed, and the most any model can score is a dashed grey line."""
+    from convert.report import SERIES_COLOURS, AlertPoint, draw_alert_tradeoff
+
+    a = [AlertPoint(0.3, 0.5, 8.0), AlertPoint(0.5, 0.4, 4.0), AlertPoint(0.7, 0.2, 1.0)]
+    b = [AlertPoint(0.3, 0.3, 8.0), AlertPoint(0.5, 0.3, 4.0), AlertPoint(0.7, 0.1, 1.0)]
+    img = draw_alert_tradeoff([("a", a, 0.5), ("b", b, 0.7)], size=480, ceiling=0.7)
+    assert img.shape == (480, 480, 3) and img.dtype == np.uint8
+    pad, size, x_max = 48, 480, 10.0  # 8 false alerts per pass, with 10 % room, rounded up to a multiple of 5
+    x0, y0, x1, y1 = pad, pad // 2, size - pad // 2, size - pad
+
+    def px(fa: float, r: float) -> tuple[int, int]:  # (row, col) as the drawing maps a point
+        return int(round(y1 - r * (y1 - y0))), int(round(x0 + fa / x_max * (x1 - x0)))
+
+    row, col = px(6.0, 0.3)  # between b's two points at 0.3: on b's line
+    assert tuple(int(v) for v in img[row, col]) == SERIES_COLOURS[1]
+    row, col = px(4.0, 0.4)  # a's own threshold 0.5: a ring of radius 7 around its point
+    assert tuple(int(v) for v in img[row - 7, col]) == SERIES_COLOURS[0]
+    row = px(0, 0.7)[0]  # the ceiling: dashes 7 px long every 12 px, grey over the light grid line
+    dashes = (img[row, x0 : x0 + 120] == 90).all(axis=1)
+    assert dashes.sum() == 70 and (img[row, x0 : x0 + 120][~dashes] == 230).all()
+
+
 def test_the_images_where_two_models_differ_are_picked_by_their_difference_in_errors() -> None:
     """Errors = misses + false alarms. This model: 1, 3, 2, 0 errors; the other: 3, 1, 2, 1. Gains (fewer errors
     here) are images 0 (+2) then 3 (+1); the one loss is image 1 (-2); image 2 (as many) is in neither list."""

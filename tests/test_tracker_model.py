@@ -66,3 +66,27 @@ def test_model_detections_give_one_alert_per_gap_and_none_again(tmp_path: Path) 
     assert all(set(score.matched[g]) & cleared for g in reopened), "a gap with an open alert was opened again"
     ids = [(e.alert_id, e.event) for e in first + second]
     assert len(ids) == len(set(ids))
+
+
+def test_a_threshold_sweep_runs_the_model_once_and_scores_as_a_model_run_at_each_threshold(tmp_path: Path) -> None:
+    """The benches' sweep (`convert.passcheck.sweep_thresholds`) runs the model once per frame at the lowest
+    threshold and keeps, for each higher one, the gaps scoring at least that. It must score the same alerts as the
+    model decoded at each threshold on its own."""
+    from dataclasses import replace
+
+    from convert.passcheck import PassTally, detect_pass, sweep_thresholds, track_pass
+
+    bundle = read_bundle(DEFAULT_BUNDLE, load_public_keys([BUILTIN_KEYS]))
+    cp = render_cart_pass(make_aisle(np.random.default_rng(6), length_px=1800, n_gaps=4), tmp_path / "p.mp4",
+                          speed_px_per_frame=14.0, seed=4)
+    frames = list(iter_video_rgb(cp.path))
+    thresholds = [0.3, 0.45, 0.6]
+    swept = {thr: tally.row(thr) for thr, tally in sweep_thresholds(bundle, [(cp, frames)], ["p"], thresholds,
+                                                                      TrackingConfig())}
+    for thr in thresholds:
+        alone = detect_pass(Detector(bundle, score_threshold=thr), frames)
+        alerts = track_pass(frames, alone, replace(TrackingConfig()))
+        tally = PassTally()
+        tally.add(score_pass(cp, alerts))
+        assert swept[thr] == tally.row(thr)
+    assert swept[0.3]["alerted"] >= swept[0.6]["alerted"] > 0  # the thresholds do differ, and the model finds gaps
