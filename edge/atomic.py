@@ -2,7 +2,9 @@
 
 A reader sees the old file or the new one, never half of either. The temporary name is fixed per target
 (`.NAME.tmp`), so a write cut short leaves at most one stray file, which the next write to the same target
-replaces; a write that fails with an error removes it.
+replaces; a write that fails with an error removes it. Each file has one writer (the service's alert state, the OTA
+updater's state, one `detect --prelabel` run): two processes writing the same file at once would share the
+temporary.
 """
 
 from __future__ import annotations
