@@ -567,6 +567,7 @@ def _bundle_cmd(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from e
     print(json.dumps({"bundle": str(args.out), "name": manifest.name, "version": manifest.version,
                       "decoding": manifest.output.decoding, "signed": key_path is not None,
+                      "key": str(key_path) if key_path is not None else None,
                       "thresholds": {"score": manifest.thresholds.score, "nms_iou": manifest.thresholds.nms_iou}}))
     return 0
 

@@ -30,7 +30,7 @@ def test_bundle_gap_heatmap_model_signs_and_verifies(tflite: Path, tmp_path: Pat
     assert code == 0
     info = json.loads(capsys.readouterr().out)
     assert info == {"bundle": str(out), "name": "mine", "version": 5, "decoding": "gap-heatmap", "signed": True,
-                    "thresholds": {"score": 0.35, "nms_iou": 0.5}}
+                    "key": str(tmp_path / "me.key"), "thresholds": {"score": 0.35, "nms_iou": 0.5}}
     b = read_bundle(out, load_public_keys([tmp_path / "keys"]))
     assert b.manifest.output.stride == read_bundle(DEFAULT_BUNDLE, None, allow_unsigned=True).manifest.output.stride
     assert main(["model", "verify", str(out), "--keys", str(tmp_path / "keys")]) == 0
@@ -67,4 +67,5 @@ def test_a_users_bundles_are_signed_with_their_own_key_not_the_projects(
     assert main(["bundle", str(tflite), "--out", str(out), "--version", "1"]) == 0
     assert sorted(p.name for p in (tmp_path / "home-keys").iterdir()) == ["my-models.key", "my-models.pub"]
     assert read_bundle(out, load_public_keys([tmp_path / "home-keys"])).signed_by == "my-models.pub"
-    assert json.loads(capsys.readouterr().out)["signed"] is True
+    said = json.loads(capsys.readouterr().out)
+    assert said["signed"] is True and said["key"] == str(tmp_path / "home-keys" / "my-models.key")
