@@ -145,8 +145,7 @@ def draw_alert_tradeoff(series: Sequence[tuple[str, Sequence[AlertPoint], float]
                             cv2.FONT_HERSHEY_SIMPLEX, 0.36, colour, 1, cv2.LINE_AA)
         near = min(pts, key=lambda p: abs(p.threshold - own))
         cv2.circle(img, pt(near.false_alarms_per_pass, near.recall), 7, colour, 2, cv2.LINE_AA)
-    x0, y1 = pt(0, 0)
-    _legend(img, [label for label, _, _ in series], pt(x_max * 0.45, 0)[0], y1)
+    _legend(img, [label for label, _, _ in series], pt(x_max * 0.45, 0)[0], pt(0, 0)[1])
     return img
 
 
