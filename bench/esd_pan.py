@@ -62,7 +62,7 @@ def main() -> None:
     names = [f"pass{k}" for k in range(args.passes)]
     ceiling = PassTally()
     for cp, frames in passes:  # the labelled boxes as detections: one alert per place caps what any model scores
-        ceiling.add(score_pass(cp, track_pass(frames, labelled_pass(cp), dataclasses.replace(cfg.tracking))))
+        ceiling.add(score_pass(cp, track_pass(frames, labelled_pass(cp), cfg.tracking)))
     if not args.json:
         print("labelled boxes as detections (the most one alert per place allows): "
               + ceiling.line(1.0, "labelled gaps", "alerts on no labelled gap"), flush=True)

@@ -206,11 +206,6 @@ class Place:
         )
 
 
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write `data` as compact JSON to `path`, whole or not at all (`edge.atomic.write_atomic`)."""
-    write_atomic(path, json.dumps(data, separators=(",", ":")).encode())
-
-
 class AlertManager:
     """Owns the open places and the marker registry; emits `opened`/`cleared` AlertEvents.
 
@@ -302,18 +297,14 @@ class AlertManager:
         self._write_failed = False
 
     def _write(self, path: Path) -> None:
-        write_json_atomic(
-            path,
-            {
-                "version": STATE_VERSION,
-                "device": self.device,
-                "seq": self._seq,
-                "markers": {
-                    str(k): {"aisle": v.aisle, "x": round(v.x, 2)} for k, v in sorted(self.markers.items())
-                },
-                "places": [p.to_json() for p in self.places],
-            },
-        )
+        state = {
+            "version": STATE_VERSION,
+            "device": self.device,
+            "seq": self._seq,
+            "markers": {str(k): {"aisle": v.aisle, "x": round(v.x, 2)} for k, v in sorted(self.markers.items())},
+            "places": [p.to_json() for p in self.places],
+        }
+        write_atomic(path, json.dumps(state, separators=(",", ":")).encode())  # whole or not at all
 
     def flush(self) -> None:
         """Write the state file if anything changed since the last write."""

@@ -191,7 +191,7 @@ def _video_items(f: Path, every: int, spacing: float | None) -> Iterator[Item]:
     if not cap.isOpened():
         yield Item(str(f), None, f, None, "cannot open video")
         return
-    motion = ShiftEstimator() if spacing is not None else None
+    motion = ShiftEstimator()  # used only with spacing; allocates its buffers on the first frame
     moved_x = moved_y = 0.0  # content shift since the last frame yielded
     idx = 0
     try:
@@ -205,7 +205,7 @@ def _video_items(f: Path, every: int, spacing: float | None) -> Iterator[Item]:
             if not ok or bgr is None:
                 break
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            if motion is not None and spacing is not None:
+            if spacing is not None:
                 shift = motion.update(rgb, frames_elapsed=every if idx else 1)
                 moved_x, moved_y = moved_x + shift.dx, moved_y + shift.dy
                 h, w = rgb.shape[:2]
