@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, Bundle, load_public_keys, read_bundle
 from edge.config import Config
+from edge.instance_lock import acquire
 from edge.payloads import (
     ModelRef,
     OtaState,
@@ -60,6 +61,17 @@ def load_model(cfg: Config, path: str | Path | None = None) -> Bundle:
     if cfg.model.dev_allow_unsigned:
         log.warning("DEVELOPMENT MODE: model.dev_allow_unsigned is set; models run WITHOUT a valid signature")
     return read_bundle(p, trusted_keys(cfg), allow_unsigned=cfg.model.dev_allow_unsigned)
+
+
+def state_folders(cfg: Config) -> list[tuple[Path, str]]:
+    """The folders one service owns (the outbox's, which also holds the alert places, and the OTA models folder
+    when it lies elsewhere), each with what it is called in an error."""
+    state = Path(cfg.outbox.path).parent
+    folders = [(state, "state folder")]
+    models = Path(cfg.ota.models_dir)
+    if cfg.ota.enabled and not models.resolve().is_relative_to(state.resolve()):
+        folders.append((models, "OTA models folder"))
+    return folders
 
 
 @dataclass
@@ -259,8 +271,10 @@ class Service:
         from edge.topics import Topics
         from edge.tracker import GapTracker
 
-        tune_process()
         cfg = self.cfg
+        for folder, what in state_folders(cfg):  # before anything in them is read or written
+            stack.callback(acquire(folder, what).release)
+        tune_process()
         updater = self._make_updater()
         self.updater = updater
         bundle = load_model(cfg, updater.active_bundle_path() if updater is not None else None)

@@ -67,11 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from edge.bundle import BundleError
     from edge.config import ConfigError
+    from edge.instance_lock import InstanceLockError
     from edge.sources import SourceError
 
     try:
         return int(args.func(args) or 0)
-    except (CliError, ConfigError, BundleError, SourceError) as e:
+    except (CliError, ConfigError, BundleError, SourceError, InstanceLockError) as e:
         print(f"shelfscout {args.command}: error: {e}", file=sys.stderr)
         return e.code if isinstance(e, CliError) else 2
     except KeyboardInterrupt:
