@@ -11,7 +11,6 @@ model score threshold the device uses (config `model.score_threshold`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -19,9 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from convert.cartpass import CartPass, aisle_length_for, iter_video_rgb, make_aisle, render_cart_pass
-from convert.passcheck import sweep_thresholds
+from convert.passcheck import add_keys_argument, bench_config, sweep_thresholds
 from edge.app import load_model
-from edge.config import Config
 
 
 def render(seed: int, work: Path, seconds: float = 12.0) -> CartPass:
@@ -36,14 +34,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=100)
     ap.add_argument("--thresholds", type=float, nargs="*", default=[])
     ap.add_argument("--model", default=None)
-    ap.add_argument("--keys", default=None, metavar="DIR",
-                    help="folder of trusted *.pub keys besides the built-in ones (e.g. for a fine-tuned bundle)")
+    add_keys_argument(ap)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--dump", type=Path, default=None, help="write each false alarm's frame, box marked, here")
     args = ap.parse_args()
-    cfg = Config()
-    if args.keys:
-        cfg = dataclasses.replace(cfg, ota=dataclasses.replace(cfg.ota, keys_dir=args.keys))
+    cfg = bench_config(args.keys)
     bundle = load_model(cfg, args.model)
     thresholds = args.thresholds or [bundle.manifest.thresholds.score]
     work = Path(tempfile.mkdtemp(prefix="cartpass-eval-"))

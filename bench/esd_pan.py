@@ -17,16 +17,22 @@ gaps alerted and false alerts across `--thresholds`, its own threshold circled.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from convert.build_default import ESD_DEV
-from convert.passcheck import PassTally, labelled_pass, score_pass, sweep_thresholds, track_pass
+from convert.passcheck import (
+    PassTally,
+    add_keys_argument,
+    bench_config,
+    labelled_pass,
+    score_pass,
+    sweep_thresholds,
+    track_pass,
+)
 from convert.photopan import load_photos, pan_pass
 from edge.app import load_model
-from edge.config import Config
 
 
 def main() -> None:
@@ -41,8 +47,7 @@ def main() -> None:
     ap.add_argument("--model", action="append", default=[], metavar="BUNDLE",
                     help="bundle to measure (repeatable; default: the built-in model)")
     ap.add_argument("--label", action="append", default=[], help="a name per --model for the plot (repeatable)")
-    ap.add_argument("--keys", default=None, metavar="DIR",
-                    help="folder of trusted *.pub keys besides the built-in ones (e.g. for a fine-tuned bundle)")
+    add_keys_argument(ap)
     ap.add_argument("--dump", type=Path, default=None, help="write each false alarm's frame, box marked, here")
     ap.add_argument("--plot", type=Path, default=None, metavar="PNG", help="draw the models' alert trade-offs here")
     ap.add_argument("--json", action="store_true")
@@ -51,9 +56,7 @@ def main() -> None:
         raise SystemExit(f"no photos at {args.data} (ESD is not part of the repository)")
     if args.label and len(args.label) != max(len(args.model), 1):
         raise SystemExit("give one --label per --model")
-    cfg = Config()
-    if args.keys:
-        cfg = dataclasses.replace(cfg, ota=dataclasses.replace(cfg.ota, keys_dir=args.keys))
+    cfg = bench_config(args.keys)
     bundles = [load_model(cfg, m) for m in args.model] if args.model else [load_model(cfg)]
     passes = [
         pan_pass(load_photos(args.data, args.photos, seed=args.seed + k), args.speed, seed=args.seed + k)

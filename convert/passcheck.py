@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from convert.cartpass import CartPass
+from edge.config import Config
 
 
 @dataclass
@@ -154,6 +156,18 @@ def track_pass(
     return alerts
 
 
+def add_keys_argument(ap: argparse.ArgumentParser) -> None:
+    """The benches' `--keys DIR`: trust a locally signed bundle, such as one `shelfscout finetune` wrote."""
+    ap.add_argument("--keys", default=None, metavar="DIR",
+                    help="folder of trusted *.pub keys besides the built-in ones (e.g. for a fine-tuned bundle)")
+
+
+def bench_config(keys: str | None) -> Config:
+    """The service's default config, trusting the keys in `keys` (when given) besides the built-in ones."""
+    cfg = Config()
+    return cfg.replace(ota=replace(cfg.ota, keys_dir=keys)) if keys else cfg
+
+
 def sweep_thresholds(
     bundle: Any,
     passes: Sequence[tuple[CartPass, Sequence[np.ndarray]]],
@@ -167,8 +181,6 @@ def sweep_thresholds(
 
     The model runs once per frame, at the lowest threshold: the gaps at a higher one are those scoring at least
     that (the decoder keeps the highest-scoring peaks and boxes, so a higher threshold only drops from its end)."""
-    from dataclasses import replace
-
     from edge.detector import Detector
 
     if not thresholds:
@@ -180,7 +192,7 @@ def sweep_thresholds(
         for (cp, frames), gaps, name in zip(passes, found, names, strict=True):
             events: list[Any] = []
             kept = [[g for g in frame_gaps if g.score >= thr] for frame_gaps in gaps]
-            s = score_pass(cp, track_pass(frames, kept, replace(tracking), events))
+            s = score_pass(cp, track_pass(frames, kept, tracking, events))
             tally.add(s)
             if dump is not None:
                 dump_alert_frames(dump, f"t{thr:.2f}-{name}", frames, events, s.false_alarms)

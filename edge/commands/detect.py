@@ -138,12 +138,14 @@ def register(sub: Any) -> None:
     p.add_argument("--annotate", metavar="DIR", help="write annotated JPEGs (boxes and scores) into DIR")
     p.add_argument("--threshold", type=float, default=None, help="score threshold (default: the bundle's)")
     p.add_argument("--every", type=int, default=1, metavar="N",
-                   help="of each video, run every Nth frame only (default 1: every frame)")
+                   help="of each video, run every Nth frame only (default 1: every frame; at a "
+                        "recording's R fps, N = R x seconds between frames)")
     p.add_argument("--spacing", type=float, default=None, metavar="F",
                    help="of each video, run a frame only once the view has moved F frame widths (or heights) "
                         "since the last frame run, measured by the service's phase-correlation motion; a cart "
-                        "standing still gives one frame, not hundreds of copies (0 < F <= 1; with --every N, "
-                        "motion is measured on every Nth frame)")
+                        "standing still gives one frame, not hundreds of copies (0 < F <= 1). With --every N too, "
+                        "motion is measured from one Nth frame to the next: keep N small "
+                        "enough that the view moves under a third of a frame between them")
     p.add_argument("--prelabel", metavar="DIR",
                    help="also write each image or frame and the gaps found in it as a YOLO folder (DIR/images, "
                         "DIR/labels, DIR/classes.txt) to correct in a labelling tool and fine-tune on; an existing "
