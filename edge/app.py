@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from edge.capture import CaptureThread
     from edge.mqtt import MqttLink
     from edge.outbox import Outbox
+    from edge.sink import OutboxSink
     from edge.topics import Topics
     from edge.tracker import GapTracker
 
@@ -84,6 +85,7 @@ class Parts:
     mqtt: MqttLink | None = None
     tracker: GapTracker | None = None
     capture: CaptureThread | None = None
+    sink: OutboxSink | None = None
     pipeline: Pipeline | None = None
 
 
@@ -210,6 +212,9 @@ class Service:
         outbox = self.parts.outbox
         if outbox is not None and outbox.quarantined is not None:
             reasons.append(f"outbox was corrupt and is quarantined at {outbox.quarantined}")
+        sink = self.parts.sink
+        if sink is not None and sink.error is not None:
+            reasons.append(f"alerts held in memory ({sink.held} messages): {sink.error}")
         model = model_ref(self.parts.slot.latest_info) if self.parts.slot is not None else None
         if reasons and not (len(reasons) == 1 and reasons[0].startswith("paused")):
             return StatusInfo("degraded", "; ".join(reasons), model)
@@ -318,6 +323,8 @@ class Service:
 
         sink = OutboxSink(outbox, topics, self.current_model, cfg.mqtt.snapshot_max_px,
                           main_frame=capture.snapshot_frame, on_event=self.on_event)
+        stack.callback(sink.close)  # after the pipeline has stopped, before the outbox closes
+        self.parts.sink = sink
         observers: list[Any] = [_LastFrameObserver(self.last)]
         if self.preview_enabled:
             from edge.preview import PreviewServer
@@ -384,15 +391,18 @@ class Service:
             return
         link = _need(self.parts.mqtt)
         outbox = _need(self.parts.outbox)
-        log.info("source ended; draining %d outbox messages", outbox.depth())
+        sink = _need(self.parts.sink)
+        log.info("source ended; draining %d outbox messages", outbox.depth() + sink.held)
         deadline = None if self.drain_timeout_s is None else time.monotonic() + self.drain_timeout_s
         while not self.stop_event.is_set():
-            if link.wait_idle(0.5):
+            if not sink.retry():  # held alerts first: the disk may have room again
+                self.stop_event.wait(0.5)
+            elif link.wait_idle(0.5):
                 log.info("outbox drained")
                 return
             if deadline is not None and time.monotonic() > deadline:
                 log.error("outbox not drained after %.0f s: %d messages stay queued for the next start",
-                          self.drain_timeout_s, outbox.depth())
+                          self.drain_timeout_s, outbox.depth())  # held ones, if any, are reported at close
                 self.exit_code = 3
                 return
 

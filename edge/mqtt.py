@@ -246,6 +246,9 @@ class MqttLink:
         self._acks: collections.deque[tuple[mqtt.Client, int, bool, str]] = collections.deque()
         self._inflight: dict[int, tuple[int, str]] = {}  # paho mid -> (outbox row id, topic); sender thread only
         self._rejected_rows: set[int] = set()  # refused by the broker (e.g. its ACL); retried every retry_s
+        # acknowledged by the broker but not yet deleted from the outbox (the disk was full): deleted on a later pass
+        self._delivered: list[int] = []
+        self._delete_error: str | None = None
         self._rejection: str | None = None
         self._retry_at: float | None = None
         self._retry_s = max(1.0, cfg.mqtt.reconnect_max_s)
@@ -634,8 +637,21 @@ class MqttLink:
                 done.append(entry[0])
             else:
                 refused.append((entry[0], entry[1], reason))
+        self._delivered.extend(done)
+        if self._delivered:
+            try:
+                self.outbox.ack_many(self._delivered)
+            except OutboxError as e:  # kept, and not sent again, until a later pass can delete them
+                if self._delete_error is None:
+                    log.error("%s; retrying", e)
+                self._delete_error = str(e)
+                done = []
+            else:
+                done, self._delivered = self._delivered, []
+                if self._delete_error is not None:
+                    log.warning("acknowledged messages are deleted from the outbox again")
+                    self._delete_error = None
         if done:
-            self.outbox.ack_many(done)
             if self._rejected_rows and self._rejected_rows.intersection(done):
                 self._rejected_rows.difference_update(done)
                 if not self._rejected_rows:
@@ -664,6 +680,7 @@ class MqttLink:
         if room <= 0:
             return
         in_flight = {row for row, _ in self._inflight.values()}
+        in_flight.update(self._delivered)  # the broker has them already
         for row in self.outbox.pending(room + len(in_flight), after=self._cursor):
             if row.row_id in in_flight:  # paho still holds it and re-sends it itself after a reconnect
                 self._cursor = row.row_id

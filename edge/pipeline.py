@@ -53,7 +53,7 @@ class Tracker(Protocol):
 
 
 class AlertSink(Protocol):
-    """Takes the tracker's events for a frame: renders snapshots and commits them durably."""
+    """Takes the tracker's events for every frame (often none): renders snapshots and commits them durably."""
 
     def emit(self, frame: Frame, events: Sequence[AlertEvent]) -> None: ...
 
@@ -341,13 +341,12 @@ class Pipeline:
         gaps = item.detector.decode_outputs(item.outputs, w, h)
         t3 = time.perf_counter()
         events = self.tracker.update(frame, gaps)
-        if events:
-            self.sink.emit(frame, events)
-            for e in events:
-                if e.event == "opened":
-                    self.stats.alerts_opened += 1
-                else:
-                    self.stats.alerts_cleared += 1
+        self.sink.emit(frame, events)  # every frame: a sink may be holding earlier events to retry
+        for e in events:
+            if e.event == "opened":
+                self.stats.alerts_opened += 1
+            else:
+                self.stats.alerts_cleared += 1
         t4 = time.perf_counter()
         s = self.stats
         s.frames += 1

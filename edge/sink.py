@@ -1,11 +1,20 @@
-"""The alert sink: renders each event's snapshot and commits alert + snapshot to the outbox in one transaction."""
+"""The alert sink: renders each event's snapshot and commits alert + snapshot to the outbox in one transaction.
+
+When the outbox cannot store (the disk is full, an I/O error), the sink holds the frame's messages in memory, in
+order, and commits them once it can again, retrying at most once a second; the service runs on, `degraded`. Held
+messages survive a broker outage but not the process: they are the only alerts a crash during a full disk loses, and
+they are logged as lost when the service stops before it could store them.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from edge.outbox import Outbox
+from edge.outbox import Outbox, OutboxError, OutMessage
 from edge.payloads import ModelRef, alert_messages
 from edge.snapshot import render_snapshot
 from edge.sources import MainFrame
@@ -14,32 +23,99 @@ from edge.types import AlertEvent, Frame
 
 log = logging.getLogger(__name__)
 
+RETRY_S = 1.0  # at most one commit attempt per second while the outbox cannot store
+HOLD_MAX_BYTES = 32 * 1024 * 1024  # memory for held messages; beyond it the oldest frame's are dropped, counted
+
+
+@dataclass(frozen=True)
+class _Held:
+    """One frame's events and their messages, to be committed in one transaction."""
+
+    events: tuple[AlertEvent, ...]
+    msgs: tuple[OutMessage, ...]
+    size: int
+
 
 class OutboxSink:
     """Turns tracker events into durable outbox messages; nothing is published before it is committed."""
 
     def __init__(self, outbox: Outbox, topics: Topics, model: Callable[[], ModelRef], snapshot_max_px: int = 640,
                  main_frame: Callable[[int], MainFrame | None] | None = None,
-                 on_event: Callable[[AlertEvent], None] | None = None):
+                 on_event: Callable[[AlertEvent], None] | None = None, hold_max_bytes: int = HOLD_MAX_BYTES):
         self.outbox = outbox
         self.topics = topics
         self.model = model
         self.snapshot_max_px = snapshot_max_px
         self.main_frame = main_frame
         self.on_event = on_event
+        self.hold_max_bytes = hold_max_bytes
+        self._held: deque[_Held] = deque()
+        self._held_bytes = 0
+        self._retry_at = 0.0
+        self.error: str | None = None  # why the outbox cannot store, while it cannot
+        self.dropped = 0  # messages dropped from memory because too many were held
+
+    @property
+    def held(self) -> int:
+        """Messages waiting in memory for the outbox."""
+        return sum(len(h.msgs) for h in self._held)
 
     def emit(self, frame: Frame, events: Sequence[AlertEvent]) -> None:
-        msgs = []
-        for ev in events:
-            if ev.snapshot_jpeg is None:
-                ev.snapshot_jpeg = self._snapshot(frame, ev)
-            msgs.extend(alert_messages(ev, self.topics, self.model()))
-        self.outbox.put(msgs)  # one durable transaction for the whole frame's events
-        for ev in events:
-            log.info("alert %s %s frame=%d bbox=%s", ev.event, ev.alert_id, ev.frame_index,
-                     [round(v, 3) for v in ev.bbox_norm])
-            if self.on_event is not None:
-                self.on_event(ev)
+        """Commit this frame's events (after any held ones); called for every frame, so held ones are retried."""
+        if events:
+            msgs: list[OutMessage] = []
+            for ev in events:
+                if ev.snapshot_jpeg is None:
+                    ev.snapshot_jpeg = self._snapshot(frame, ev)
+                msgs.extend(alert_messages(ev, self.topics, self.model()))
+            size = sum(len(m.payload) + len(m.topic) for m in msgs)
+            self._held.append(_Held(tuple(events), tuple(msgs), size))
+            self._held_bytes += size
+            self._bound()
+            self.retry(force=self.error is None)
+        elif self._held:
+            self.retry()
+
+    def retry(self, force: bool = False) -> bool:
+        """Commit held messages, oldest first, each frame's in one transaction; True once none are held."""
+        if not self._held:
+            return True
+        if not force and time.monotonic() < self._retry_at:
+            return False
+        while self._held:
+            h = self._held[0]
+            try:
+                self.outbox.put(h.msgs)
+            except OutboxError as e:
+                self._retry_at = time.monotonic() + RETRY_S
+                if self.error is None:
+                    log.error("%s; holding the alerts in memory and retrying every %.0f s", e, RETRY_S)
+                self.error = str(e)
+                return False
+            self._held.popleft()
+            self._held_bytes -= h.size
+            for ev in h.events:
+                log.info("alert %s %s frame=%d bbox=%s", ev.event, ev.alert_id, ev.frame_index,
+                         [round(v, 3) for v in ev.bbox_norm])
+                if self.on_event is not None:
+                    self.on_event(ev)
+        if self.error is not None:
+            log.warning("the outbox stores again: every held alert is committed")
+            self.error = None
+        return True
+
+    def close(self) -> None:
+        """A last try at stopping; whatever is still held is lost, and said so."""
+        if not self.retry(force=True):
+            log.error("%d alert message(s) lost at stop: the outbox could not store them (%s)", self.held, self.error)
+
+    def _bound(self) -> None:
+        while self._held_bytes > self.hold_max_bytes and len(self._held) > 1:
+            h = self._held.popleft()
+            self._held_bytes -= h.size
+            self.dropped += len(h.msgs)
+            log.error("too many alerts held in memory (%d bytes max): dropped %d message(s) of frame %d",
+                      self.hold_max_bytes, len(h.msgs), h.events[0].frame_index)
 
     def _snapshot(self, frame: Frame, ev: AlertEvent) -> bytes:
         image = frame.image

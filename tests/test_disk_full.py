@@ -1,0 +1,181 @@
+"""A full disk under the outbox: the service runs on, holds the alerts it cannot store in memory, says `degraded`
+and why, and commits and delivers every one of them once there is room again.
+
+The disk is a real one: a small tmpfs mounted over the state folder and filled with a file, so SQLite meets a real
+ENOSPC. Mounting needs root (as this project's CI and development machines run); elsewhere these tests skip and say so.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from convert.cartpass import CartPass, make_aisle, render_cart_pass
+from edge import sink as sink_mod
+from edge.outbox import Outbox
+from edge.payloads import ModelRef
+from edge.sink import OutboxSink
+from edge.topics import Topics
+from edge.types import AlertEvent, Frame, Location
+from tests.mosquitto import Mosquitto
+from tests.schema_check import ValidatingSubscriber
+from tests.test_e2e import DEVICE, STORE, alerts_of, check_payloads_and_snapshots, start_service, write_config
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: a real file system that really fills up."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(where)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill up (needs root): {r.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(disk: Path, leave: int = 0) -> Path:
+    """Write a file that takes all the free space of `disk` but about `leave` bytes; returns it."""
+    filler = disk / "filler"
+    chunk = b"\0" * 65536
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+    if leave:
+        with open(filler, "r+b") as f:
+            f.truncate(max(0, filler.stat().st_size - leave))
+    return filler
+
+
+def event(alert_id: str, frame: int) -> AlertEvent:
+    return AlertEvent(alert_id, "opened", 0.0, 0.0, 0.0, (0.1, 0.1, 0.3, 0.3), 0.9, 5, frame,
+                      Location(None, None, "none"))
+
+
+def frame(index: int) -> Frame:
+    # noise: a snapshot JPEG of some tens of kB, as a real frame gives
+    image = np.random.default_rng(index).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    return Frame(image, index, time.monotonic(), time.time())
+
+
+def test_the_sink_holds_what_a_full_disk_refuses_and_commits_it_in_order_once_there_is_room(
+    tiny_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sink_mod, "RETRY_S", 0.0)  # retry on every frame instead of once a second
+    outbox = Outbox(tiny_disk / "outbox.db")
+    seen: list[str] = []
+    sink = OutboxSink(outbox, Topics("shelfscout", STORE, DEVICE), lambda: ModelRef("m", 1),
+                      on_event=lambda ev: seen.append(ev.alert_id))
+    try:
+        sink.emit(frame(0), [event("a", 0)])
+        assert outbox.depth() == 2 and sink.error is None and seen == ["a"]  # the alert and its snapshot
+
+        filler = fill(tiny_disk)
+        sink.emit(frame(1), [event("b", 1)])
+        sink.emit(frame(2), [])
+        sink.emit(frame(3), [event("c", 3), event("d", 3)])
+        assert sink.error is not None and "full" in sink.error, sink.error  # SQLite's "database or disk is full"
+        assert sink.held == 6 and outbox.depth() == 2
+        assert seen == ["a"]  # nothing is reported as sent before it is stored
+
+        filler.unlink()
+        sink.emit(frame(4), [])  # any frame retries
+        assert sink.held == 0 and sink.error is None
+        topics = [m.topic.rsplit("/", 2)[-2:] for m in outbox.pending()]
+        assert [t[-1] for t in topics if t[0] == "snapshots"] == ["a", "b", "c", "d"]  # in order
+        assert seen == ["a", "b", "c", "d"]
+    finally:
+        outbox.close()
+
+
+def test_held_alerts_are_bounded_in_memory_oldest_dropped_and_counted(tiny_disk: Path) -> None:
+    outbox = Outbox(tiny_disk / "outbox.db")
+    sink = OutboxSink(outbox, Topics("shelfscout", STORE, DEVICE), lambda: ModelRef("m", 1), hold_max_bytes=1)
+    try:
+        fill(tiny_disk)
+        for i in range(3):
+            sink.emit(frame(i), [event(f"x{i}", i)])
+        assert sink.dropped == 4  # two frames' alert + snapshot
+        assert sink.held == 2  # the newest frame's stay
+    finally:
+        outbox.close()
+
+
+@pytest.fixture(scope="module")
+def cart_pass(tmp_path_factory: pytest.TempPathFactory) -> CartPass:
+    d = tmp_path_factory.mktemp("pass")
+    aisle = make_aisle(np.random.default_rng(11), length_px=1500, n_gaps=4)
+    return render_cart_pass(aisle, d / "aisle.mp4", fps=15.0, speed_px_per_frame=10.0, seed=3)
+
+
+def run_pass(tmp: Path, cart_pass: CartPass, state: Path | None = None,
+             while_running: Any = None) -> tuple[int, Path, ValidatingSubscriber]:
+    with Mosquitto(tmp / "broker") as broker:
+        sub = ValidatingSubscriber(broker.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="backend").start()
+        cfg = write_config(tmp, cart_pass.path, broker.url)
+        if state is not None:
+            cfg.write_text(cfg.read_text().replace(str(tmp / "state" / "outbox.db"), str(state / "outbox.db")))
+        log = tmp / "service.log"
+        proc = start_service(cfg, log)
+        try:
+            if while_running is not None:
+                while_running(proc, log, sub)
+            code = proc.wait(180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        sub.wait_for(lambda: len(alerts_of(sub)) >= log.read_text().count("alert opened"), 10)
+        sub.stop()
+    return code, log, sub
+
+
+def test_a_full_disk_during_a_cart_pass_loses_no_alert(tmp_path: Path, tiny_disk: Path, cart_pass: CartPass) -> None:
+    """The same recorded pass twice: once with room, once on a disk that fills up after the first alert or so. A
+    replay from a file is lossless, so both runs must deliver the same events, frame for frame."""
+    code, _, ref_sub = run_pass(tmp_path / "ref", cart_pass)
+    assert code == 0
+    reference = sorted((a["event"], a["frame"]) for a in alerts_of(ref_sub))
+    assert len(reference) >= 2, "the reference run gave too few alerts to test with"
+
+    filler = fill(tiny_disk, leave=160 * 1024)  # room for the outbox itself and about one alert
+
+    def free_the_disk_once_it_is_full(proc: subprocess.Popen[bytes], log: Path, sub: ValidatingSubscriber) -> None:
+        deadline = time.monotonic() + 120
+        while "holding the alerts in memory" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert "holding the alerts in memory" in log.read_text(), "the disk never filled up: " + log.read_text()[-2000:]
+        assert sub.wait_for(lambda: any("alerts held in memory" in (s.get("reason") or "")
+                                        for s in sub.json_on("/status") if s["state"] == "degraded"), 15), (
+            f"status never said why: {sub.json_on('/status')}")
+        assert proc.poll() is None  # still running (or draining), not crashed
+        filler.unlink()
+
+    run = tmp_path / "full"
+    run.mkdir()
+    code, log, sub = run_pass(run, cart_pass, state=tiny_disk, while_running=free_the_disk_once_it_is_full)
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "the outbox stores again" in text
+    assert "lost" not in text
+    got = sorted((a["event"], a["frame"]) for a in alerts_of(sub))
+    assert got == reference
+    check_payloads_and_snapshots(sub)
+    statuses = sub.json_on("/status")
+    assert statuses[-1]["state"] == "offline"
+    print(json.dumps({"reference": reference, "statuses": [s["state"] for s in statuses]}))
