@@ -226,13 +226,14 @@ class Service:
         s = pipeline.stats
         capture = self.parts.capture
         dropped = capture.dropped if capture is not None else s.dropped
+        sink = self.parts.sink
         return StatsInfo(
             fps=s.fps.rate(),
             dropped_frames=dropped,
             inference_p50_ms=s.invoke.percentile(50),
             inference_p95_ms=s.invoke.percentile(95),
-            outbox_depth=outbox.depth(),
-            outbox_dropped=outbox.dropped(),
+            outbox_depth=outbox.depth() + (sink.held if sink else 0),  # held: waiting in memory for room on disk
+            outbox_dropped=outbox.dropped() + (sink.dropped if sink else 0),
             model=self.current_model(),
             uptime_s=time.monotonic() - self.started,
             cpu_temp_c=read_cpu_temp_c(),

@@ -51,6 +51,7 @@ class OutboxSink:
         self.hold_max_bytes = hold_max_bytes
         self._held: deque[_Held] = deque()
         self._held_bytes = 0
+        self._held_msgs = 0  # a count, not a walk over the deque: the stats thread reads it while frames append
         self._retry_at = 0.0
         self.error: str | None = None  # why the outbox cannot store, while it cannot
         self.dropped = 0  # messages dropped from memory because too many were held
@@ -58,7 +59,7 @@ class OutboxSink:
     @property
     def held(self) -> int:
         """Messages waiting in memory for the outbox."""
-        return sum(len(h.msgs) for h in self._held)
+        return self._held_msgs
 
     def emit(self, frame: Frame, events: Sequence[AlertEvent]) -> None:
         """Commit this frame's events (after any held ones); called for every frame, so held ones are retried."""
@@ -71,6 +72,7 @@ class OutboxSink:
             size = sum(len(m.payload) + len(m.topic) for m in msgs)
             self._held.append(_Held(tuple(events), tuple(msgs), size))
             self._held_bytes += size
+            self._held_msgs += len(msgs)
             self._bound()
             self.retry(force=self.error is None)
         elif self._held:
@@ -94,6 +96,7 @@ class OutboxSink:
                 return False
             self._held.popleft()
             self._held_bytes -= h.size
+            self._held_msgs -= len(h.msgs)
             for ev in h.events:
                 log.info("alert %s %s frame=%d bbox=%s", ev.event, ev.alert_id, ev.frame_index,
                          [round(v, 3) for v in ev.bbox_norm])
@@ -113,6 +116,7 @@ class OutboxSink:
         while self._held_bytes > self.hold_max_bytes and len(self._held) > 1:
             h = self._held.popleft()
             self._held_bytes -= h.size
+            self._held_msgs -= len(h.msgs)
             self.dropped += len(h.msgs)
             log.error("too many alerts held in memory (%d bytes max): dropped %d message(s) of frame %d",
                       self.hold_max_bytes, len(h.msgs), h.events[0].frame_index)
