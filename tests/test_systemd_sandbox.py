@@ -4,7 +4,8 @@ systemd implements `SystemCallFilter=@system-service` + `SystemCallFilter=~@priv
 `SystemCallErrorNumber=EPERM` as a seccomp allow-list, and `RestrictAddressFamilies=` and `MemoryDenyWriteExecute=`
 as seccomp rules too. This test expands the same syscall groups with `systemd-analyze syscall-filter`, loads that
 allow-list and the address families with libseccomp (and the kernel's PR_SET_MDWE for W^X) into a child process, and runs what the service does: load and run the
-signed default model through the Detector, the hints, the preview's HTTP server, the SQLite outbox and sd_notify.
+signed default model through the Detector, the hints, the state folder's flock, the preview's HTTP server, the SQLite
+outbox and sd_notify.
 Device access (DevicePolicy=) and the namespaces cannot be rebuilt this way; they are covered by `verify` and the
 exposure score in test_systemd_unit.py.
 """
@@ -129,6 +130,7 @@ PROBE = textwrap.dedent(r"""
     from edge.bundle import BUILTIN_KEYS, load_public_keys, read_bundle
     from edge.detector import Detector
     from edge.hints import mounting_hints
+    from edge.instance_lock import acquire
     from edge.outbox import OutMessage, Outbox
     from edge.preview import PreviewServer
     from edge.sdnotify import notify
@@ -138,10 +140,12 @@ PROBE = textwrap.dedent(r"""
     img = draw_shelf(np.random.default_rng(0))
     gaps = det.detect(img)
     hints = [h.code for h in mounting_hints(img, 3.0)]
+    lock = acquire(workdir)  # the state folder's flock
     ob = Outbox(Path(workdir) / "outbox.db")
     ob.put([OutMessage("shelfscout/s/d/alerts", b"{}")])
     depth = ob.depth()
     ob.close()
+    lock.release()
     p = PreviewServer("127.0.0.1:0").start()
     p.offer(img, gaps, [], {"fps": 1.0})
     with urllib.request.urlopen(p.url + "snapshot.jpg", timeout=10) as r:
@@ -153,7 +157,8 @@ PROBE = textwrap.dedent(r"""
     ssl.create_default_context()
     print(json.dumps({"runtime": det.runtime.name, "xnnpack": det.runtime.xnnpack,
                       "gaps": [[round(v, 1) for v in g.box] for g in gaps], "hints": hints, "outbox": depth,
-                      "jpeg": jpeg > 1000, "notified": notified == b"READY=1"}))
+                      "jpeg": jpeg > 1000, "notified": notified == b"READY=1",
+                      "locked": (Path(workdir) / "shelfscout.lock").read_text().strip() == str(os.getpid())}))
 """)
 
 
@@ -182,7 +187,7 @@ def test_service_workload_runs_under_the_units_syscall_filter(tmp_path: Path) ->
     print(f"{len(allow)} syscalls allowed; sandboxed run: {boxed}")
     # Same results inside the sandbox, including the fast XNNPACK path (no silent fallback to slow kernels).
     assert boxed == plain
-    assert boxed["xnnpack"] and boxed["outbox"] == 1 and boxed["jpeg"] and boxed["notified"]
+    assert boxed["xnnpack"] and boxed["outbox"] == 1 and boxed["jpeg"] and boxed["notified"] and boxed["locked"]
 
 
 def test_syscall_groups_expand() -> None:
