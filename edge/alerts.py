@@ -30,7 +30,7 @@ import logging
 import os
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -311,20 +311,26 @@ class AlertManager:
         if self._dirty:
             self.save()
 
-    def begin_frame(self) -> None:
-        """Call before each frame: the previous frame's events have been handed on (committed to the outbox).
+    def begin_frame(self, uncommitted: Collection[str] = ()) -> None:
+        """Call before each frame: the previous frames' events have been handed on and committed to the outbox,
+        except those of the alert ids in `uncommitted` (held in memory while the outbox cannot store).
 
         The state file is written before an event is returned, with the place marked `opening` / `clearing`; only
-        on the next frame is it marked `open` / dropped. A service killed in between finds the mark on restart and
-        sends that event again with the same alert id (at least once, deduplicated by id) instead of losing it.
+        once its event is committed is it marked `open` / dropped. A service killed in between finds the mark on
+        restart and sends that event again with the same alert id (at least once, deduplicated by id) instead of
+        losing it.
         """
+        kept: list[Place] = []
         for p in self._pending:
+            if p.alert_id in uncommitted:
+                kept.append(p)
+                continue
             if p.state == OPENING:
                 p.state = OPEN
             elif p.state == CLEARING and p in self.places:
                 self.places.remove(p)
             self._dirty = True
-        self._pending.clear()
+        self._pending = kept
 
     # ---- markers -----------------------------------------------------------------------------------------------
     def on_marker(self, marker_id: int, x_now: float, path: float | None = None) -> float:

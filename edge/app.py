@@ -326,6 +326,7 @@ class Service:
                           main_frame=capture.snapshot_frame, on_event=self.on_event)
         stack.callback(sink.close)  # after the pipeline has stopped, before the outbox closes
         self.parts.sink = sink
+        tracker.uncommitted = sink.held_alert_ids  # both run on the post-processing thread
         observers: list[Any] = [_LastFrameObserver(self.last)]
         if self.preview_enabled:
             from edge.preview import PreviewServer

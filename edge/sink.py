@@ -1,9 +1,10 @@
 """The alert sink: renders each event's snapshot and commits alert + snapshot to the outbox in one transaction.
 
 When the outbox cannot store (the disk is full, an I/O error), the sink holds the frame's messages in memory, in
-order, and commits them once it can again, retrying at most once a second; the service runs on, `degraded`. Held
-messages survive a broker outage but not the process: they are the only alerts a crash during a full disk loses, and
-they are logged as lost when the service stops before it could store them.
+order, and commits them once it can again, retrying at most once a second; the service runs on, `degraded`. The
+tracker keeps the places of held events marked `opening` / `clearing` (`held_alert_ids`), so when its state file can
+still be written, a service killed before the disk had room announces them again after the restart; held messages
+still in memory at a clean stop are logged as lost.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ class OutboxSink:
     def held(self) -> int:
         """Messages waiting in memory for the outbox."""
         return self._held_msgs
+
+    def held_alert_ids(self) -> set[str]:
+        """The alerts whose events wait in memory: their places stay marked `opening` / `clearing` until stored."""
+        return {ev.alert_id for h in self._held for ev in h.events} if self._held else set()
 
     def emit(self, frame: Frame, events: Sequence[AlertEvent]) -> None:
         """Commit this frame's events (after any held ones); called for every frame, so held ones are retried."""

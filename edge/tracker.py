@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,6 +154,8 @@ class GapTracker:
         self.odometry = Odometry()
         self.markers = MarkerDetector(marker_every) if cfg.aruco else None
         self.alerts = AlertManager(cfg, device, state_path)
+        # the alert ids whose events the sink still holds uncommitted (the service sets this to the sink's)
+        self.uncommitted: Callable[[], Collection[str]] = tuple
         self.last_shift: Shift | None = None
         self._tracks: list[Track] = []
         self._next_id = 1
@@ -171,7 +174,7 @@ class GapTracker:
     # ---- public ------------------------------------------------------------------------------------------------
     def update(self, frame: Frame, gaps: list[Gap]) -> list[AlertEvent]:
         """Advance by one frame with its detections (frame pixels); returns the events this frame caused."""
-        self.alerts.begin_frame()  # the previous frame's events have been committed by now
+        self.alerts.begin_frame(self.uncommitted())  # earlier events are committed by now, but for these
         self._frame_no += 1
         img = frame.image
         h, w = img.shape[:2]
@@ -296,7 +299,9 @@ class GapTracker:
         return self.alerts.location_of(self.odometry.x + 0.5 * width, self.alerts.aisle)
 
     def close(self) -> None:
-        """Persist the open alerts (they are also written whenever they change)."""
+        """Persist the open alerts (they are also written whenever they change). At a clean stop the last frame's
+        events have been committed, except any the sink still holds: those places stay marked for a resend."""
+        self.alerts.begin_frame(self.uncommitted())
         self.alerts.save()
 
     def _note_marker_box(self, m: Marker) -> None:

@@ -289,3 +289,53 @@ def test_a_place_counts_as_filled_only_where_the_detector_has_seen_it() -> None:
     assert mid == []
     left = [e for i in range(20, 24) for e in mgr.check_clear([], at(1000.0, i))]
     assert [(e.event, e.alert_id, e.frame_index) for e in left] == [("cleared", ev.alert_id, 22)]
+
+
+def test_an_event_held_uncommitted_keeps_its_mark_until_stored_and_is_resent_after_a_crash(
+    aisle: Aisle, tmp_path: Path
+) -> None:
+    """While the outbox cannot store (a full disk), the sink holds events in memory and the tracker is told their
+    ids: the place stays `opening` in the state file frame after frame, so a crash before the disk has room resends
+    the event after the restart, with its id. Once stored, the next frame marks it `open`."""
+    state = tmp_path / "alerts.json"
+    tracker = GapTracker(TrackingConfig(), "cart-01", state)
+    held: set[str] = set()
+    tracker.uncommitted = lambda: held
+    frames = drive(Camera(aisle, seed=8), offsets(0, END, 12.0, seed=8), NoisyDetector(seed=8))
+    first = None
+    for frame, _x, _y, gaps in frames:
+        events = tracker.update(frame, gaps)
+        if events:
+            first = events[0]
+            held.add(first.alert_id)  # the sink could not store it
+            break
+    assert first is not None and first.event == "opened"
+    for _ in range(20):  # frames go on while the event waits in memory
+        frame, _x, _y, gaps = next(frames)
+        tracker.update(frame, gaps)
+    by_id = {p["alert_id"]: p["state"] for p in json.loads(state.read_text())["places"]}
+    assert by_id[first.alert_id] == "opening"
+
+    # killed now: the restarted service announces it again, with the same id, when it sees the gap again
+    restarted = GapTracker(TrackingConfig(), "cart-01", state)
+    again = run_pass(restarted, Camera(aisle, seed=9), offsets(0, END, 12.0, seed=9), NoisyDetector(seed=9))
+    assert [e.alert_id for e, _, _ in again].count(first.alert_id) == 1
+
+    # not killed: once stored, the next frame marks it open, and a clean stop writes that
+    held.clear()
+    frame, _x, _y, gaps = next(frames)
+    tracker.update(frame, gaps)
+    tracker.close()
+    by_id = {p["alert_id"]: p["state"] for p in json.loads(state.read_text())["places"]}
+    assert by_id[first.alert_id] == "open"
+
+
+def test_a_clean_stop_marks_the_last_frames_committed_events_open(aisle: Aisle, tmp_path: Path) -> None:
+    state = tmp_path / "alerts.json"
+    tracker = GapTracker(TrackingConfig(), "cart-01", state)
+    for frame, _x, _y, gaps in drive(Camera(aisle, seed=8), offsets(0, END, 12.0, seed=8), NoisyDetector(seed=8)):
+        if tracker.update(frame, gaps):
+            break  # stopped right after the frame that opened an alert (its event committed by the sink)
+    assert {p["state"] for p in json.loads(state.read_text())["places"]} == {"opening"}
+    tracker.close()
+    assert {p["state"] for p in json.loads(state.read_text())["places"]} == {"open"}

@@ -91,11 +91,12 @@ def test_the_sink_holds_what_a_full_disk_refuses_and_commits_it_in_order_once_th
         sink.emit(frame(3), [event("c", 3), event("d", 3)])
         assert sink.error is not None and "full" in sink.error, sink.error  # SQLite's "database or disk is full"
         assert sink.held == 6 and outbox.depth() == 2
+        assert sink.held_alert_ids() == {"b", "c", "d"}  # the tracker keeps these places marked for a resend
         assert seen == ["a"]  # nothing is reported as sent before it is stored
 
         filler.unlink()
         sink.emit(frame(4), [])  # any frame retries
-        assert sink.held == 0 and sink.error is None
+        assert sink.held == 0 and sink.error is None and sink.held_alert_ids() == set()
         topics = [m.topic.rsplit("/", 2)[-2:] for m in outbox.pending()]
         assert [t[-1] for t in topics if t[0] == "snapshots"] == ["a", "b", "c", "d"]  # in order
         assert seen == ["a", "b", "c", "d"]
