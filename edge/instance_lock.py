@@ -64,6 +64,9 @@ def acquire(folder: Path | str, what: str = "state folder") -> InstanceLock:
             f"another shelfscout service ({who}) is using the {what} {folder} (lock {path}); stop it first "
             "(systemctl stop shelfscout) or give this one its own outbox.path and ota.models_dir"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    try:  # who holds it, for the next one's error message; the lock itself is the flock
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    except OSError:  # a full disk: the lock holds all the same
+        pass
     return InstanceLock(path, fd)

@@ -167,3 +167,26 @@ def test_a_state_folder_that_cannot_be_made_is_one_clear_error(tmp_path: Path) -
     blocker.write_text("a file where the state folder should be")
     with pytest.raises(InstanceLockError, match="cannot create the lock .*not-a-folder/state.*: Not a directory"):
         acquire(blocker / "state")
+
+
+def test_the_lock_holds_on_a_full_disk_although_it_cannot_say_who_holds_it(tmp_path: Path) -> None:
+    """A service starting on a full disk must not stop at its lock file (it runs on and holds alerts in memory)."""
+    from tests.test_disk_full import fill
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill up (needs root): {r.stderr.strip()}")
+    try:
+        (disk / LOCK_NAME).touch()  # an empty lock file from an earlier run; then the disk fills up
+        fill(disk)
+        lock = acquire(disk)
+        try:
+            assert holder_pid(disk / LOCK_NAME) is None  # the pid could not be written ...
+            with pytest.raises(InstanceLockError, match=r"another shelfscout service \(another process\)"):
+                acquire(disk)  # ... but the folder is locked
+        finally:
+            lock.release()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
