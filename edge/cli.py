@@ -68,11 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from edge.bundle import BundleError
     from edge.config import ConfigError
     from edge.instance_lock import InstanceLockError
+    from edge.outbox import OutboxError
     from edge.sources import SourceError
 
     try:
         return int(args.func(args) or 0)
-    except (CliError, ConfigError, BundleError, SourceError, InstanceLockError) as e:
+    except (CliError, ConfigError, BundleError, SourceError, InstanceLockError, OutboxError) as e:
         print(f"shelfscout {args.command}: error: {e}", file=sys.stderr)
         return e.code if isinstance(e, CliError) else 2
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -125,8 +126,19 @@ def _check(path: Path, busy_timeout_s: float) -> str | None:
     except sqlite3.Error as e:
         if _is_corruption(e):
             return str(e)
-        raise OutboxError(f"outbox {path}: cannot open: {e}") from e
+        raise _cannot_open(path, e) from e
     return None
+
+
+def _cannot_open(path: Path, e: Exception) -> OutboxError:
+    """The error for an outbox SQLite cannot open, saying so when its disk is full (SQLite says "disk I/O error")."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    full = free is not None and free < 1 << 20
+    return OutboxError(f"outbox {path}: cannot open: {e}"
+                       + (f" (the disk holding it is full: {free} bytes free; free some space)" if full else ""))
 
 
 class Outbox:
@@ -155,7 +167,7 @@ class Outbox:
             self._conn: sqlite3.Connection | None = self._open()
         except sqlite3.Error as e:
             if not _is_corruption(e):
-                raise OutboxError(f"outbox {self.path}: cannot open: {e}") from e
+                raise _cannot_open(self.path, e) from e
             # Corruption that only shows once the WAL is replayed: quarantine and start again, once.
             self.quarantined = _quarantine(self.path)
             self.quarantine_reason = str(e)

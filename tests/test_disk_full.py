@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,3 +181,18 @@ def test_a_full_disk_during_a_cart_pass_loses_no_alert(tmp_path: Path, tiny_disk
     statuses = sub.json_on("/status")
     assert statuses[-1]["state"] == "offline"
     print(json.dumps({"reference": reference, "statuses": [s["state"] for s in statuses]}))
+
+
+def test_a_service_started_on_a_full_disk_stops_with_one_clear_line(tmp_path: Path, tiny_disk: Path) -> None:
+    """SQLite cannot open its write-ahead log on a full disk and says "disk I/O error"; the operator reads why."""
+    Outbox(tiny_disk / "outbox.db").close()  # the outbox of an earlier run; then the disk fills up
+    fill(tiny_disk)
+    cfg = write_config(tmp_path, tmp_path / "no-video.mp4", "mqtt://127.0.0.1:1")
+    cfg.write_text(cfg.read_text().replace(str(tmp_path / "state" / "outbox.db"), str(tiny_disk / "outbox.db")))
+    r = subprocess.run([str(Path(sys.executable).parent / "shelfscout"), "run", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"shelfscout run: error: outbox {tiny_disk / 'outbox.db'}: cannot open:"), last
+    assert "the disk holding it is full" in last
