@@ -212,6 +212,8 @@ class Service:
         outbox = self.parts.outbox
         if outbox is not None and outbox.quarantined is not None:
             reasons.append(f"outbox was corrupt and is quarantined at {outbox.quarantined}")
+        if outbox is not None and outbox.memory_reason is not None:
+            reasons.append(f"alerts are kept in memory only, not on disk, until a restart: {outbox.memory_reason}")
         sink = self.parts.sink
         if sink is not None and sink.error is not None:
             reasons.append(f"alerts held in memory ({sink.held} messages): {sink.error}")
@@ -270,9 +272,9 @@ class Service:
         from edge.capture import CaptureThread
         from edge.detector import Detector
         from edge.mqtt import MqttLink
-        from edge.outbox import Outbox
+        from edge.outbox import Outbox, OutboxDiskFull
         from edge.sdnotify import Watchdog
-        from edge.sink import OutboxSink
+        from edge.sink import HOLD_MAX_BYTES, OutboxSink
         from edge.sources import open_source
         from edge.topics import Topics
         from edge.tracker import GapTracker
@@ -290,7 +292,13 @@ class Service:
         slot = ModelSlot(detector, bundle)
         self.parts.slot = slot
 
-        outbox = Outbox(cfg.outbox.path, cfg.outbox.max_messages, cfg.outbox.max_bytes)
+        try:
+            outbox = Outbox(cfg.outbox.path, cfg.outbox.max_messages, cfg.outbox.max_bytes)
+        except OutboxDiskFull as e:  # run on, not durable, rather than not at all (systemd would give up)
+            log.error("%s; the outbox is kept in memory (at most %d bytes) until a restart with room", e,
+                      HOLD_MAX_BYTES)
+            outbox = Outbox(cfg.outbox.path, cfg.outbox.max_messages, min(cfg.outbox.max_bytes, HOLD_MAX_BYTES),
+                            memory_reason=str(e))
         stack.callback(outbox.close)
         self.parts.outbox = outbox
         topics = Topics.from_config(cfg)

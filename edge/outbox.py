@@ -41,6 +41,10 @@ class OutboxError(RuntimeError):
     """The outbox could not store or read messages (disk full, I/O error, closed)."""
 
 
+class OutboxDiskFull(OutboxError):
+    """The outbox cannot be opened because the disk holding it is full."""
+
+
 @dataclass(frozen=True)
 class OutMessage:
     """A message to publish durably."""
@@ -136,16 +140,17 @@ def _cannot_open(path: Path, e: Exception) -> OutboxError:
         free = shutil.disk_usage(path.parent).free
     except OSError:
         free = None
-    full = free is not None and free < 1 << 20
-    return OutboxError(f"outbox {path}: cannot open: {e}"
-                       + (f" (the disk holding it is full: {free} bytes free; free some space)" if full else ""))
+    if free is not None and free < 1 << 20:
+        return OutboxDiskFull(f"outbox {path}: cannot open: {e} (the disk holding it is full: {free} bytes free)")
+    return OutboxError(f"outbox {path}: cannot open: {e}")
 
 
 class Outbox:
     """The durable message queue. Thread-safe: one SQLite connection guarded by a lock."""
 
     def __init__(self, path: Path | str, max_messages: int = 20000, max_bytes: int = 256 * 1024 * 1024,
-                 busy_timeout_s: float = 30.0):
+                 busy_timeout_s: float = 30.0, memory_reason: str | None = None):
+        """`memory_reason`: keep the messages in memory instead of at `path`, for that reason (not durable)."""
         if max_messages < 1 or max_bytes < 1:
             raise ValueError("max_messages and max_bytes must be positive")
         self.path = Path(path)
@@ -156,15 +161,25 @@ class Outbox:
         self.quarantine_reason: str | None = None
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
+        self.memory_reason = memory_reason
+        self._conn: sqlite3.Connection | None = None
+        if memory_reason is None:
+            self._open_file()
+        else:
+            self._conn = self._open()
+        row = self._db().execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
+        self._count, self._bytes = int(row[0]), int(row[1])
+
+    def _open_file(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        reason = _check(self.path, busy_timeout_s)
+        reason = _check(self.path, self.busy_timeout_s)
         if reason is not None:
             self.quarantined = _quarantine(self.path)
             self.quarantine_reason = reason
             log.error("outbox %s is corrupt (%s); moved it to %s and started a fresh one",
                       self.path, reason, self.quarantined)
         try:
-            self._conn: sqlite3.Connection | None = self._open()
+            self._conn = self._open()
         except sqlite3.Error as e:
             if not _is_corruption(e):
                 raise _cannot_open(self.path, e) from e
@@ -174,17 +189,17 @@ class Outbox:
             log.error("outbox %s is corrupt (%s); moved it to %s and started a fresh one",
                       self.path, e, self.quarantined)
             self._conn = self._open()
-        row = self._db().execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
-        self._count, self._bytes = int(row[0]), int(row[1])
 
     def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout_s, isolation_level=None,
-                               check_same_thread=False)
+        memory = self.memory_reason is not None
+        conn = sqlite3.connect(":memory:" if memory else str(self.path), timeout=self.busy_timeout_s,
+                               isolation_level=None, check_same_thread=False)
         try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                log.warning("outbox %s: SQLite refused WAL mode (got %s)", self.path, mode)
-            conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit: a commit survives power loss
+            if not memory:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    log.warning("outbox %s: SQLite refused WAL mode (got %s)", self.path, mode)
+                conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit: survives power loss
             conn.executescript(_SCHEMA)
             conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('dropped', 0)")
         except sqlite3.Error:
