@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from edge.outbox import Outbox, OutboxError, OutMessage
@@ -25,6 +25,7 @@ from edge.types import AlertEvent, Frame
 log = logging.getLogger(__name__)
 
 RETRY_S = 1.0  # at most one commit attempt per second while the outbox cannot store
+_NONE: frozenset[str] = frozenset()
 HOLD_MAX_BYTES = 32 * 1024 * 1024  # memory for held messages; beyond it the oldest frame's are dropped, counted
 
 
@@ -62,9 +63,10 @@ class OutboxSink:
         """Messages waiting in memory for the outbox."""
         return self._held_msgs
 
-    def held_alert_ids(self) -> set[str]:
-        """The alerts whose events wait in memory: their places stay marked `opening` / `clearing` until stored."""
-        return {ev.alert_id for h in self._held for ev in h.events} if self._held else set()
+    def held_alert_ids(self) -> Collection[str]:
+        """The alerts whose events wait in memory: their places stay marked `opening` / `clearing` until stored.
+        Asked on every frame, so nothing is built while nothing is held."""
+        return frozenset(ev.alert_id for h in self._held for ev in h.events) if self._held else _NONE
 
     def emit(self, frame: Frame, events: Sequence[AlertEvent]) -> None:
         """Commit this frame's events (after any held ones); called for every frame, so held ones are retried."""

@@ -7,6 +7,7 @@ ENOSPC. Mounting needs root (as this project's CI and development machines run);
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import re
@@ -31,12 +32,12 @@ from tests.schema_check import ValidatingSubscriber
 from tests.test_e2e import DEVICE, STORE, alerts_of, check_payloads_and_snapshots, start_service, write_config
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs: a real file system that really fills up."""
-    where = tmp_path / "disk"
+@contextlib.contextmanager
+def small_disk(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (mount's units) mounted at `where`: a real file system that really fills up. Skips the
+    test where mounting is not allowed."""
     where.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(where)],
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)],
                        capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs to fill up (needs root): {r.stderr.strip()}")
@@ -44,6 +45,13 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB disk."""
+    with small_disk(tmp_path / "disk", "2m") as where:
+        yield where
 
 
 def fill(disk: Path, leave: int = 0) -> Path:
@@ -129,9 +137,7 @@ def run_pass(tmp: Path, cart_pass: CartPass, state: Path | None = None,
              while_running: Any = None) -> tuple[int, Path, ValidatingSubscriber]:
     with Mosquitto(tmp / "broker") as broker:
         sub = ValidatingSubscriber(broker.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="backend").start()
-        cfg = write_config(tmp, cart_pass.path, broker.url)
-        if state is not None:
-            cfg.write_text(cfg.read_text().replace(str(tmp / "state" / "outbox.db"), str(state / "outbox.db")))
+        cfg = write_config(tmp, cart_pass.path, broker.url, state=state)
         log = tmp / "service.log"
         proc = start_service(cfg, log)
         try:

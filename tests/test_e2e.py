@@ -41,13 +41,17 @@ def cart_pass(tmp_path_factory: pytest.TempPathFactory) -> CartPass:
     return render_cart_pass(aisle, d / "aisle.mp4", fps=15.0, speed_px_per_frame=10.0, seed=3)
 
 
-def write_config(tmp: Path, source: Path, url: str, realtime: bool = False, **extra: str) -> Path:
+def write_config(tmp: Path, source: Path, url: str, realtime: bool = False, state: Path | None = None,
+                 ota: str = "enabled = false", **extra: str) -> Path:
+    """tmp/config.toml for the test cart: its outbox (and alert state) in `state` (default tmp/state); `extra`
+    lines are appended to their sections."""
+    state = state if state is not None else tmp / "state"
     sections = {
         "device": f'id = "{DEVICE}"\nstore = "{STORE}"',
         "camera": f'source = "{source}"\nrealtime = {str(realtime).lower()}',
         "mqtt": f'url = "{url}"\nstats_interval_s = 1.0\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0',
-        "outbox": f'path = "{tmp / "state" / "outbox.db"}"',
-        "ota": "enabled = false",
+        "outbox": f'path = "{state / "outbox.db"}"',
+        "ota": ota,
         "preview": "enabled = false",
     }
     for k, v in extra.items():

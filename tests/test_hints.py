@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -40,6 +41,15 @@ def draw_shelf(rng: np.random.Generator, width: int = 640, height: int = 480) ->
     noise = rng.normal(0, 3, img.shape)  # sensor noise
     return np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
 
+
+
+def write_pan_frames(folder: Path, n: int = 40) -> Path:
+    """A cart rolling past a generated shelf: `n` 640x480 JPEGs of a window sliding 20 px a frame along it."""
+    folder.mkdir()
+    shelf = draw_shelf(np.random.default_rng(0), width=1600, height=480)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"{i:04d}.jpg"), cv2.cvtColor(shelf[:, i * 20:i * 20 + 640], cv2.COLOR_RGB2BGR))
+    return folder
 
 def shelf_images(seed: int) -> list[tuple[str, np.ndarray]]:
     """Our own drawing, plus the synth helper's generated shelf when it is available."""

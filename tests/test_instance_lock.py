@@ -11,13 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from edge.app import state_folders
 from edge.config import Config, OtaConfig, OutboxConfig
 from edge.instance_lock import LOCK_NAME, InstanceLockError, acquire, holder_pid
 from tests.mosquitto import Mosquitto, first_messages
+from tests.test_e2e import write_config
+from tests.test_hints import write_pan_frames
 
 EXE = Path(sys.executable).parent / "shelfscout"
 HOLD = ("import sys, time\nfrom edge.instance_lock import acquire\nacquire(sys.argv[1])\nprint('held', flush=True)\n"
@@ -32,48 +33,12 @@ def hold_in_child(folder: Path) -> subprocess.Popen[str]:
     return proc
 
 
-def service_config(tmp: Path, frames: Path, url: str, state: Path, **ota: str) -> Path:
-    ota_lines = "\n".join(f"{k} = {v}" for k, v in ota.items()) or "enabled = false"
-    p = tmp / f"config-{len(list(tmp.glob('config-*')))}.toml"
-    p.write_text(f"""
-[device]
-id = "cart-07"
-store = "s042"
-[camera]
-source = "{frames}"
-fps = 10.0
-realtime = true
-loop = true
-[mqtt]
-url = "{url}"
-stats_interval_s = 0.5
-[outbox]
-path = "{state / 'outbox.db'}"
-[ota]
-{ota_lines}
-[preview]
-enabled = false
-""")
-    return p
-
-
-def shelf_frames(folder: Path) -> Path:
-    import cv2
-
-    from tests.test_hints import draw_shelf
-
-    folder.mkdir()
-    shelf = draw_shelf(np.random.default_rng(0), width=1600, height=480)
-    for i in range(40):
-        cv2.imwrite(str(folder / f"{i:04d}.jpg"), cv2.cvtColor(shelf[:, i * 20:i * 20 + 640], cv2.COLOR_RGB2BGR))
-    return folder
-
-
 def test_a_second_service_on_a_state_folder_in_use_exits_with_one_line_and_the_first_runs_on(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
     state = tmp_path / "state"
-    cfg = service_config(tmp_path, shelf_frames(tmp_path / "frames"), broker.url, state)
+    cfg = write_config(tmp_path, write_pan_frames(tmp_path / "frames"), broker.url, realtime=True, state=state,
+                       camera="fps = 10.0\nloop = true")
     first = subprocess.Popen([str(EXE), "run", "-c", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True)
     try:
@@ -139,8 +104,8 @@ def test_a_service_sharing_only_the_ota_models_folder_is_refused_before_it_touch
     holder = hold_in_child(models)
     try:
         own_state = tmp_path / "own-state"
-        cfg = service_config(tmp_path, tmp_path / "no-frames", "mqtt://127.0.0.1:1", own_state,
-                             enabled="true", models_dir=f'"{models}"', keys_dir=f'"{tmp_path / "keys"}"')
+        cfg = write_config(tmp_path, tmp_path / "no-frames", "mqtt://127.0.0.1:1", state=own_state,
+                           ota=f'enabled = true\nmodels_dir = "{models}"\nkeys_dir = "{tmp_path / "keys"}"')
         r = subprocess.run([str(EXE), "run", "-c", str(cfg)], capture_output=True, text=True, timeout=120)
     finally:
         holder.send_signal(signal.SIGKILL)
@@ -171,14 +136,9 @@ def test_a_state_folder_that_cannot_be_made_is_one_clear_error(tmp_path: Path) -
 
 def test_the_lock_holds_on_a_full_disk_although_it_cannot_say_who_holds_it(tmp_path: Path) -> None:
     """A service starting on a full disk must not stop at its lock file (it runs on and holds alerts in memory)."""
-    from tests.test_disk_full import fill
+    from tests.test_disk_full import fill, small_disk
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill up (needs root): {r.stderr.strip()}")
-    try:
+    with small_disk(tmp_path / "disk", "256k") as disk:
         (disk / LOCK_NAME).touch()  # an empty lock file from an earlier run; then the disk fills up
         fill(disk)
         lock = acquire(disk)
@@ -188,5 +148,3 @@ def test_the_lock_holds_on_a_full_disk_although_it_cannot_say_who_holds_it(tmp_p
                 acquire(disk)  # ... but the folder is locked
         finally:
             lock.release()
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -117,16 +117,9 @@ def test_watchdog_does_nothing_without_systemd() -> None:
 def test_shelfscout_run_talks_to_systemd(tmp_path: Path, broker: Mosquitto) -> None:
     """`shelfscout run` as systemd starts it (Type=notify, WatchdogSec): READY=1 once up, then WATCHDOG=1 while the
     pipeline processes frames, on a real notify socket."""
-    cv2 = pytest.importorskip("cv2")
-    import numpy as np
+    from tests.test_hints import write_pan_frames
 
-    from tests.test_hints import draw_shelf
-
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    shelf = draw_shelf(np.random.default_rng(0), width=1600, height=480)
-    for i in range(40):  # a cart rolling past: a window sliding along a long shelf
-        cv2.imwrite(str(frames / f"{i:04d}.jpg"), cv2.cvtColor(shelf[:, i * 20:i * 20 + 640], cv2.COLOR_RGB2BGR))
+    frames = write_pan_frames(tmp_path / "frames")  # a cart rolling past: a window sliding along a long shelf
     cfg = tmp_path / "config.toml"
     cfg.write_text(f"""
 [device]
