@@ -213,7 +213,8 @@ class Service:
         if outbox is not None and outbox.quarantined is not None:
             reasons.append(f"outbox was corrupt and is quarantined at {outbox.quarantined}")
         if outbox is not None and outbox.memory_reason is not None:
-            reasons.append(f"alerts are kept in memory only, not on disk, until a restart: {outbox.memory_reason}")
+            reasons.append(f"alerts are kept in memory only, not on disk, until the disk has room: "
+                           f"{outbox.memory_reason}")
         sink = self.parts.sink
         if sink is not None and sink.error is not None:
             reasons.append(f"alerts held in memory ({sink.held} messages): {sink.error}")
@@ -274,7 +275,7 @@ class Service:
         from edge.mqtt import MqttLink
         from edge.outbox import Outbox, OutboxDiskFull
         from edge.sdnotify import Watchdog
-        from edge.sink import HOLD_MAX_BYTES, OutboxSink
+        from edge.sink import OutboxSink
         from edge.sources import open_source
         from edge.topics import Topics
         from edge.tracker import GapTracker
@@ -295,10 +296,9 @@ class Service:
         try:
             outbox = Outbox(cfg.outbox.path, cfg.outbox.max_messages, cfg.outbox.max_bytes)
         except OutboxDiskFull as e:  # run on, not durable, rather than not at all (systemd would give up)
-            log.error("%s; the outbox is kept in memory (at most %d bytes) until a restart with room", e,
-                      HOLD_MAX_BYTES)
-            outbox = Outbox(cfg.outbox.path, cfg.outbox.max_messages, min(cfg.outbox.max_bytes, HOLD_MAX_BYTES),
-                            memory_reason=str(e))
+            outbox = Outbox(cfg.outbox.path, cfg.outbox.max_messages, cfg.outbox.max_bytes, memory_reason=str(e))
+            log.error("%s; the outbox is kept in memory (at most %d bytes) until the disk has room", e,
+                      outbox.max_bytes)
         stack.callback(outbox.close)
         self.parts.outbox = outbox
         topics = Topics.from_config(cfg)

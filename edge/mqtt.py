@@ -254,6 +254,7 @@ class MqttLink:
         self._retry_s = max(1.0, cfg.mqtt.reconnect_max_s)
         self._cursor = 0
         self._cursor_reset = True
+        self._epoch = outbox.epoch  # the outbox's ids are read in this epoch (see Outbox.move_to_disk)
         self._retained: dict[str, tuple[bytes, int]] = {}
         self._retained_lock = threading.Lock()
         self._override: tuple[str, str | None] | None = None
@@ -623,7 +624,22 @@ class MqttLink:
             self._rejection = text
             self.refresh_status()
 
+    def _resync_outbox(self) -> None:
+        """The outbox moved from memory to disk and renumbered its messages: forget the old ids and send again
+        from its start (the messages in flight go twice; their late PUBACKs are ignored)."""
+        epoch = self.outbox.epoch
+        if epoch == self._epoch:
+            return
+        log.info("outbox moved to disk: sending its %d message(s) from the start", self.outbox.depth())
+        self._epoch = epoch
+        self._inflight.clear()
+        self._delivered.clear()
+        self._rejected_rows.clear()
+        self._set_rejection(None)
+        self._cursor_reset = True
+
     def _handle_acks(self) -> None:
+        self._resync_outbox()
         done: list[int] = []
         refused: list[tuple[int, str, str]] = []
         while self._acks:
@@ -640,7 +656,7 @@ class MqttLink:
         self._delivered.extend(done)
         if self._delivered:
             try:
-                self.outbox.ack_many(self._delivered)
+                self.outbox.ack_many(self._delivered, epoch=self._epoch)
             except OutboxError as e:  # kept, and not sent again, until a later pass can delete them
                 if self._delete_error is None:
                     log.error("%s; retrying", e)
@@ -673,6 +689,7 @@ class MqttLink:
         client = self._client
         if client is None:
             return
+        self._resync_outbox()
         if self._cursor_reset:
             self._cursor_reset = False
             self._cursor = 0
@@ -690,7 +707,7 @@ class MqttLink:
             try:
                 info = client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
             except ValueError as e:  # a row no broker would take (bad topic, oversized): never retry it
-                self.outbox.discard(row.row_id, f"cannot be published to {row.topic!r}: {e}")
+                self.outbox.discard(row.row_id, f"cannot be published to {row.topic!r}: {e}", epoch=self._epoch)
                 self._cursor = row.row_id
                 continue
             if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):

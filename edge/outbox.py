@@ -4,6 +4,8 @@ An alert and its snapshot are written in one transaction before the first publis
 the broker acknowledges them. When the bound is hit the oldest messages are dropped and counted (persistently).
 A database that is not a database or fails its integrity check is moved aside at start-up and replaced by a
 fresh one; `quarantined` tells the caller where it went, so the service reports it instead of crash-looping.
+An outbox that could not be opened on disk (a full disk) can run in memory, bounded, and moves itself to disk
+(`move_to_disk`) once the disk has room again; `epoch` counts such moves, since they renumber the messages.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,9 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 _OVERHEAD = 64  # bytes counted per row on top of topic and payload, so many tiny messages are bounded too
+MEMORY_MAX_BYTES = 32 * 1024 * 1024  # the bound of an outbox kept in memory (it takes the smaller of this and its own)
+DISK_RETRY_S = 5.0  # an outbox in memory tries the disk again at most this often
+_MIN_FREE = 1 << 20  # free bytes a disk needs, on top of the messages, before an outbox in memory moves there
 
 
 class OutboxError(RuntimeError):
@@ -150,27 +156,34 @@ class Outbox:
 
     def __init__(self, path: Path | str, max_messages: int = 20000, max_bytes: int = 256 * 1024 * 1024,
                  busy_timeout_s: float = 30.0, memory_reason: str | None = None):
-        """`memory_reason`: keep the messages in memory instead of at `path`, for that reason (not durable)."""
+        """`memory_reason`: keep the messages in memory instead of at `path`, for that reason (not durable, bounded
+        by MEMORY_MAX_BYTES too), until `move_to_disk` succeeds."""
         if max_messages < 1 or max_bytes < 1:
             raise ValueError("max_messages and max_bytes must be positive")
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
         self.max_messages = max_messages
-        self.max_bytes = max_bytes
+        self._max_bytes = max_bytes
         self.quarantined: Path | None = None
         self.quarantine_reason: str | None = None
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self.memory_reason = memory_reason
+        self.epoch = 0  # moves from memory to disk: message ids taken before a move do not name the same messages
+        self._disk_retry_at = 0.0
         self._conn: sqlite3.Connection | None = None
-        if memory_reason is None:
-            self._open_file()
-        else:
-            self._conn = self._open()
+        self._conn = self._open(memory=True) if memory_reason is not None else self._open_file()
         row = self._db().execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
         self._count, self._bytes = int(row[0]), int(row[1])
 
-    def _open_file(self) -> None:
+    @property
+    def max_bytes(self) -> int:
+        """The bound on stored bytes (smaller while the messages are kept in memory)."""
+        return self._max_bytes if self.memory_reason is None else min(self._max_bytes, MEMORY_MAX_BYTES)
+
+    def _open_file(self) -> sqlite3.Connection:
+        """A connection to the database at `path`, after moving a corrupt one aside (and saying so in
+        `quarantined`); OutboxError (OutboxDiskFull on a full disk) when it cannot be opened."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         reason = _check(self.path, self.busy_timeout_s)
         if reason is not None:
@@ -179,7 +192,7 @@ class Outbox:
             log.error("outbox %s is corrupt (%s); moved it to %s and started a fresh one",
                       self.path, reason, self.quarantined)
         try:
-            self._conn = self._open()
+            return self._open(memory=False)
         except sqlite3.Error as e:
             if not _is_corruption(e):
                 raise _cannot_open(self.path, e) from e
@@ -188,10 +201,12 @@ class Outbox:
             self.quarantine_reason = str(e)
             log.error("outbox %s is corrupt (%s); moved it to %s and started a fresh one",
                       self.path, e, self.quarantined)
-            self._conn = self._open()
+            try:
+                return self._open(memory=False)
+            except sqlite3.Error as e2:
+                raise _cannot_open(self.path, e2) from e2
 
-    def _open(self) -> sqlite3.Connection:
-        memory = self.memory_reason is not None
+    def _open(self, memory: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(":memory:" if memory else str(self.path), timeout=self.busy_timeout_s,
                                isolation_level=None, check_same_thread=False)
         try:
@@ -251,16 +266,8 @@ class Outbox:
                         (m.topic, bytes(m.payload), m.qos, int(m.retain), now, size))
                     ids.append(int(cur.lastrowid or 0))
                     added += size
-                count, total = self._count + len(msgs), self._bytes + added
-                dropped = 0
-                while count > self.max_messages or total > self.max_bytes:
-                    victim = db.execute("SELECT id, size FROM messages ORDER BY id LIMIT 1").fetchone()
-                    if victim is None:
-                        break
-                    db.execute("DELETE FROM messages WHERE id = ?", (victim[0],))
-                    count, total, dropped = count - 1, total - int(victim[1]), dropped + 1
-                if dropped:
-                    db.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped'", (dropped,))
+                count, total, dropped = self._trim(db, self._count + len(msgs), self._bytes + added,
+                                                   self.max_bytes)
             self._count, self._bytes = count, total
         if dropped:
             log.warning("outbox full (%d messages, %d bytes max): dropped the %d oldest message(s)",
@@ -268,6 +275,20 @@ class Outbox:
         for cb in list(self._listeners):
             cb()
         return ids
+
+    def _trim(self, db: sqlite3.Connection, count: int, total: int, max_bytes: int) -> tuple[int, int, int]:
+        """Delete the oldest messages until `count` and `total` bytes are within the bound; counts them as dropped
+        (inside the caller's transaction). Returns the new count and bytes, and how many were dropped."""
+        dropped = 0
+        while count > self.max_messages or total > max_bytes:
+            victim = db.execute("SELECT id, size FROM messages ORDER BY id LIMIT 1").fetchone()
+            if victim is None:
+                break
+            db.execute("DELETE FROM messages WHERE id = ?", (victim[0],))
+            count, total, dropped = count - 1, total - int(victim[1]), dropped + 1
+        if dropped:
+            db.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped'", (dropped,))
+        return count, total, dropped
 
     def pending(self, limit: int = 100, after: int = 0) -> list[StoredMessage]:
         """Up to `limit` unacknowledged messages with row id > `after`, oldest first."""
@@ -284,11 +305,15 @@ class Outbox:
         """The broker has the message: delete it. Unknown ids (already dropped or acked) are ignored."""
         self.ack_many((row_id,))
 
-    def ack_many(self, row_ids: Iterable[int]) -> None:
+    def ack_many(self, row_ids: Iterable[int], epoch: int | None = None) -> None:
+        """Delete these acknowledged messages; ignored when `epoch` (when the ids were read) is not the current
+        one: the messages were moved to disk since, under new ids, and are sent again."""
         ids = list(row_ids)
         if not ids:
             return
         with self._lock:
+            if epoch is not None and epoch != self.epoch:
+                return
             with self._transaction("delete acknowledged messages") as db:
                 removed, freed = 0, 0
                 for i in ids:
@@ -298,9 +323,12 @@ class Outbox:
             self._count -= removed
             self._bytes -= freed
 
-    def discard(self, row_id: int, reason: str) -> None:
-        """Delete a message that can never be published (counted as dropped, and logged)."""
+    def discard(self, row_id: int, reason: str, epoch: int | None = None) -> None:
+        """Delete a message that can never be published (counted as dropped, and logged); `epoch` as in
+        `ack_many`."""
         with self._lock:
+            if epoch is not None and epoch != self.epoch:
+                return
             with self._transaction(f"discard message {row_id}") as db:
                 row = db.execute("DELETE FROM messages WHERE id = ? RETURNING size", (row_id,)).fetchone()
                 if row is not None:
@@ -340,7 +368,69 @@ class Outbox:
             row = self._db().execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
         return int(row[0]) if row else 0
 
+    def move_to_disk(self, force: bool = False) -> bool:
+        """An outbox kept in memory: once the disk has room, move every message (and the dropped count) to the
+        database at `path` in one transaction and keep going there; True when the outbox is on disk.
+
+        Tries at most once every DISK_RETRY_S unless `force`. The moved messages get new ids after any the database
+        already held (an earlier run's, sent from now on too); `epoch` goes up, so a sender that read ids before
+        drops them and reads again (the messages it had in flight are sent twice: at least once, as after a
+        reconnect)."""
+        if self.memory_reason is None:
+            return True
+        now = time.monotonic()
+        if not force and now < self._disk_retry_at:
+            return False
+        self._disk_retry_at = now + DISK_RETRY_S
+        with self._lock:
+            try:
+                free = shutil.disk_usage(self.path.parent).free
+            except OSError:
+                return False
+            if free < self._bytes + _MIN_FREE:
+                return False
+            memory = self._db()
+            rows: list[Any] = []
+            try:
+                disk = self._open_file()
+            except (OutboxError, OSError) as e:
+                log.debug("outbox stays in memory: %s", e)
+                return False
+            try:
+                disk.execute("BEGIN IMMEDIATE")
+                rows = memory.execute(
+                    "SELECT topic, payload, qos, retain, created, size FROM messages ORDER BY id").fetchall()
+                disk.executemany("INSERT INTO messages(topic, payload, qos, retain, created, size) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)", rows)
+                lost = memory.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
+                disk.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped'", (int(lost[0]),))
+                row = disk.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
+                count, total, dropped = self._trim(disk, int(row[0]), int(row[1]), self._max_bytes)
+                disk.execute("COMMIT")
+            except sqlite3.Error as e:
+                disk.close()  # closing rolls the transaction back
+                log.warning("outbox stays in memory: cannot move %d message(s) to %s: %s", len(rows), self.path, e)
+                return False
+            memory.close()
+            self._conn = disk
+            self._count, self._bytes = count, total
+            self.memory_reason = None
+            self.epoch += 1
+        log.warning("the outbox is on disk again at %s: moved %d message(s) there from memory (%d queued in all)",
+                    self.path, len(rows), count)
+        if dropped:
+            log.warning("outbox full (%d messages, %d bytes max): dropped the %d oldest message(s)",
+                        self.max_messages, self._max_bytes, dropped)
+        for cb in list(self._listeners):
+            cb()
+        return True
+
     def close(self) -> None:
+        """Close the database; an outbox still in memory tries the disk first, and says what it loses."""
+        if self.memory_reason is not None and self._conn is not None and not self.move_to_disk(force=True):
+            if self._count:
+                log.error("%d outbox message(s) lost at stop: they were kept in memory (%s)", self._count,
+                          self.memory_reason)
         with self._lock:
             if self._conn is not None:
                 try:

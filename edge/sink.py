@@ -4,7 +4,8 @@ When the outbox cannot store (the disk is full, an I/O error), the sink holds th
 order, and commits them once it can again, retrying at most once a second; the service runs on, `degraded`. The
 tracker keeps the places of held events marked `opening` / `clearing` (`held_alert_ids`), so when its state file can
 still be written, a service killed before the disk had room announces them again after the restart; held messages
-still in memory at a clean stop are logged as lost.
+still in memory at a clean stop are logged as lost. The sink is also what moves an outbox that had to start in
+memory back to disk (`Outbox.move_to_disk`, tried every few seconds while frames come).
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class OutboxSink:
 
     def emit(self, frame: Frame, events: Sequence[AlertEvent]) -> None:
         """Commit this frame's events (after any held ones); called for every frame, so held ones are retried."""
+        if self.outbox.memory_reason is not None:
+            self.outbox.move_to_disk()
         if events:
             msgs: list[OutMessage] = []
             for ev in events:
@@ -87,6 +90,8 @@ class OutboxSink:
 
     def retry(self, force: bool = False) -> bool:
         """Commit held messages, oldest first, each frame's in one transaction; True once none are held."""
+        if self.outbox.memory_reason is not None:
+            self.outbox.move_to_disk(force)
         if not self._held:
             return True
         if not force and time.monotonic() < self._retry_at:

@@ -1,5 +1,6 @@
 """A full disk under the outbox: the service runs on, holds the alerts it cannot store in memory, says `degraded`
-and why, and commits and delivers every one of them once there is room again.
+and why, and commits and delivers every one of them once there is room again. An outbox that had to start in memory
+moves itself to disk once there is room, so a power cut after that loses nothing.
 
 The disk is a real one: a small tmpfs mounted over the state folder and filled with a file, so SQLite meets a real
 ENOSPC. Mounting needs root (as this project's CI and development machines run); elsewhere these tests skip and say so.
@@ -22,14 +23,22 @@ import pytest
 
 from convert.cartpass import CartPass, make_aisle, render_cart_pass
 from edge import sink as sink_mod
-from edge.outbox import Outbox
+from edge.outbox import Outbox, OutboxDiskFull, OutMessage
 from edge.payloads import ModelRef
 from edge.sink import OutboxSink
 from edge.topics import Topics
 from edge.types import AlertEvent, Frame, Location
-from tests.mosquitto import Mosquitto
+from tests.mosquitto import Mosquitto, free_port
 from tests.schema_check import ValidatingSubscriber
-from tests.test_e2e import DEVICE, STORE, alerts_of, check_payloads_and_snapshots, start_service, write_config
+from tests.test_e2e import (
+    DEVICE,
+    STORE,
+    alerts_of,
+    check_payloads_and_snapshots,
+    committed_alerts,
+    start_service,
+    write_config,
+)
 
 
 @contextlib.contextmanager
@@ -208,3 +217,97 @@ def test_a_service_started_on_a_full_disk_runs_with_its_outbox_in_memory(
     assert len(committed) >= 2
     assert {(a["event"], a["frame"]) for a in alerts_of(sub)} == committed
     check_payloads_and_snapshots(sub)
+
+
+def wait_for_log(proc: subprocess.Popen[bytes], log: Path, text: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        assert proc.poll() is None, f"the service stopped before logging {text!r}: " + log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no {text!r} in the log: " + log.read_text()[-3000:]
+        time.sleep(0.2)
+
+
+def msg(n: int) -> OutMessage:
+    return OutMessage(f"shelfscout/{STORE}/{DEVICE}/alerts", f'{{"n": {n}}}'.encode())
+
+
+def test_an_outbox_in_memory_moves_to_disk_once_there_is_room_with_what_the_disk_already_held(
+    tiny_disk: Path
+) -> None:
+    path = tiny_disk / "outbox.db"
+    with Outbox(path) as earlier:  # an earlier run's undelivered message
+        earlier.put([msg(0)])
+    filler = fill(tiny_disk)
+    with pytest.raises(OutboxDiskFull):
+        Outbox(path)
+    outbox = Outbox(path, max_bytes=10_000, memory_reason="the disk is full")
+    try:
+        outbox.put([msg(1), msg(2)])
+        outbox.put([msg(3)])
+        stale = [m.row_id for m in outbox.pending()]
+        assert outbox.max_bytes == 10_000 and outbox.depth() == 3
+        assert not outbox.move_to_disk(force=True)  # still full: it stays in memory and keeps its messages
+        assert outbox.memory_reason is not None and outbox.epoch == 0 and outbox.depth() == 3
+
+        filler.unlink()
+        assert not outbox.move_to_disk()  # tried a moment ago: not again before DISK_RETRY_S
+        assert outbox.move_to_disk(force=True)
+        assert outbox.memory_reason is None and outbox.epoch == 1
+        assert [m.payload for m in outbox.pending()] == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}', b'{"n": 3}']
+        outbox.ack_many(stale, epoch=0)  # PUBACKs for ids read before the move name other messages now: ignored
+        outbox.discard(stale[0], "test", epoch=0)
+        assert outbox.depth() == 4 and outbox.dropped() == 0
+        outbox.put([msg(4)])  # and it goes on, on disk
+
+        # A power cut now: what another process finds on the disk, without this one closing anything.
+        with Outbox(path) as after_power_cut:
+            assert [m.payload for m in after_power_cut.pending()][-2:] == [b'{"n": 3}', b'{"n": 4}']
+            assert after_power_cut.depth() == 5
+    finally:
+        outbox.close()
+
+
+def test_an_outbox_in_memory_stores_its_messages_on_disk_at_a_clean_stop(tiny_disk: Path) -> None:
+    path = tiny_disk / "outbox.db"
+    filler = fill(tiny_disk)
+    outbox = Outbox(path, memory_reason="the disk is full")
+    outbox.put([msg(1)])
+    filler.unlink()
+    outbox.close()  # not delivered while running: kept for the next start instead of lost
+    with Outbox(path) as reopened:
+        assert [m.payload for m in reopened.pending()] == [b'{"n": 1}']
+
+
+def test_a_service_started_on_a_full_disk_is_durable_again_once_the_disk_has_room(
+    tmp_path: Path, tiny_disk: Path, cart_pass: CartPass
+) -> None:
+    """Started on a full disk with no broker to deliver to, the service keeps the pass's alerts in memory. The disk
+    gets room: the outbox moves there by itself, no restart. Then the power is cut (SIGKILL): every committed alert,
+    and the earlier run's message the disk already held, is on disk for the next start."""
+    with Outbox(tiny_disk / "outbox.db") as earlier:
+        earlier.put([msg(0)])
+    filler = fill(tiny_disk)
+    cfg = write_config(tmp_path, cart_pass.path, f"mqtt://127.0.0.1:{free_port()}", state=tiny_disk)  # no broker
+    log = tmp_path / "service.log"
+    proc = start_service(cfg, log)
+    try:
+        wait_for_log(proc, log, "source ended; draining")  # every alert of the pass is committed, in memory
+        assert "the outbox is kept in memory" in log.read_text()
+        committed = committed_alerts(log)
+        assert len(committed) >= 2, log.read_text()[-3000:]
+        filler.unlink()
+        wait_for_log(proc, log, "the outbox is on disk again", timeout=30)
+        proc.kill()  # the power cut
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "Traceback" not in text and "lost" not in text
+    with Outbox(tiny_disk / "outbox.db") as on_disk:
+        rows = on_disk.pending(1000)
+    assert rows[0].payload == b'{"n": 0}'
+    stored = [json.loads(r.payload) for r in rows[1:] if r.topic.endswith("/alerts")]
+    assert {(a["event"], a["id"]) for a in stored} == committed
+    snapshots = {r.topic.rsplit("/", 1)[1] for r in rows if "/snapshots/" in r.topic}
+    assert snapshots == {i for e, i in committed if e == "opened"}
