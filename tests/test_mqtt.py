@@ -186,6 +186,33 @@ def test_delivers_outbox_with_presence_stats_and_clean_offline(broker: Mosquitto
     sub.stop()
 
 
+def test_an_outbox_moved_from_memory_to_disk_while_sending_loses_nothing(
+    broker: Mosquitto, tmp_path: Path, links: Callable[..., MqttLink], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outbox that started in memory (a full disk at start; for real in test_disk_full) moves to disk while the
+    link is sending, and renumbers its messages: the link drops the ids it read before, sends again from the start,
+    and every committed alert arrives; none of the late PUBACKs deletes a message it does not name."""
+    caplog.set_level(logging.INFO, logger="edge.mqtt")
+    cfg = make_cfg(tmp_path, broker.url)
+    t = Topics.from_config(cfg)
+    sub = _sub(broker.url, t).start()
+    outbox = Outbox(cfg.outbox.path, memory_reason="the disk was full at start")
+    link = links(cfg, outbox=outbox)
+    link.start()
+    assert link.wait_connected(10)
+    putter = Putter(outbox, t, every_s=0.005).start()
+    time.sleep(0.5)
+    assert outbox.move_to_disk(force=True)  # with messages in flight
+    time.sleep(0.5)
+    putter.stop()
+    check_delivery(sub, putter.committed)
+    assert link.wait_idle(15) and outbox.depth() == 0
+    assert any("outbox moved to disk" in r.message for r in caplog.records)
+    with Outbox(cfg.outbox.path) as on_disk:  # nothing stranded in the file either
+        assert on_disk.depth() == 0
+    sub.stop()
+
+
 def test_broker_down_at_start_then_everything_arrives(tmp_path: Path, links: Callable[..., MqttLink],
                                                       caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="edge.mqtt")
