@@ -635,8 +635,9 @@ class MqttLink:
         self._inflight.clear()
         self._delivered.clear()
         self._rejected_rows.clear()
-        self._set_rejection(None)
+        self._rejection = None
         self._cursor_reset = True
+        self.refresh_status()  # no longer "kept in memory only"
 
     def _handle_acks(self) -> None:
         self._resync_outbox()

@@ -197,9 +197,15 @@ def test_an_outbox_moved_from_memory_to_disk_while_sending_loses_nothing(
     t = Topics.from_config(cfg)
     sub = _sub(broker.url, t).start()
     outbox = Outbox(cfg.outbox.path, memory_reason="the disk was full at start")
-    link = links(cfg, outbox=outbox)
+
+    def status() -> StatusInfo:  # as the service says it
+        return StatusInfo("degraded", "kept in memory", MODEL) if outbox.memory_reason else StatusInfo("online", None,
+                                                                                                      MODEL)
+
+    link = links(cfg, outbox=outbox, status=status)
     link.start()
     assert link.wait_connected(10)
+    assert sub.wait_for(lambda: [s["state"] for s in sub.json_on("/status")] == ["degraded"], 10)
     putter = Putter(outbox, t, every_s=0.005).start()
     time.sleep(0.5)
     assert outbox.move_to_disk(force=True)  # with messages in flight
@@ -208,6 +214,7 @@ def test_an_outbox_moved_from_memory_to_disk_while_sending_loses_nothing(
     check_delivery(sub, putter.committed)
     assert link.wait_idle(15) and outbox.depth() == 0
     assert any("outbox moved to disk" in r.message for r in caplog.records)
+    assert sub.json_on("/status")[-1]["state"] == "online"  # said at the move, not at the next stats tick
     with Outbox(cfg.outbox.path) as on_disk:  # nothing stranded in the file either
         assert on_disk.depth() == 0
     sub.stop()
