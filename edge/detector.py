@@ -34,7 +34,16 @@ from edge.types import Gap
 
 log = logging.getLogger(__name__)
 
-GOLDEN_TOLERANCE_STEPS = 2  # raw quantized outputs may differ by this many steps between runtimes/kernels
+GOLDEN_TOLERANCE_STEPS = 2  # raw quantized outputs may differ by this many steps on the kernels that made them
+# Other kernels round int8 arithmetic differently and the differences add up through the layers: the runtimes'
+# built-in kernels (no XNNPACK: tflite-runtime, a failed XNNPACK start) against XNNPACK gave the shipped model's
+# box output a mean of 0.8 steps, 99 % within 6, up to 36 (x86 and an emulated Cortex-A72 alike; built-in kernels
+# differ between those two CPUs as much). A model with other weights is 5-10 steps off on average. So with other
+# kernels the golden check asks for the same function, not the same last bit: per output, a mean within 2 steps and
+# 99 % of the values within 12. XNNPACK itself gave the same bits on x86 and emulated Cortex-A53, A72 and A76.
+OTHER_KERNELS_MEAN_STEPS = 2.0
+OTHER_KERNELS_P99_STEPS = 12.0
+KERNELS_XNNPACK, KERNELS_BUILTIN = "xnnpack", "builtin"  # golden.npz's `kernels`: what computed its outputs
 REQUIRED_OUTPUTS = {"ssd": ("boxes", "classes", "scores", "count"), "yolo": ("predictions",)}
 _QUANT_INPUTS = ("uint8", "int8")
 _IDENTITY = np.arange(256, dtype=np.uint8)
@@ -344,8 +353,6 @@ class Detector:
         if inputs.dtype != np.uint8 or inputs.shape[-1] != 3:
             return GoldenResult(False, float("inf"), f"{GOLDEN} input_0 is {inputs.dtype} {inputs.shape}, not RGB uint8")
         n = len(inputs)
-        # the worst tensor is the one closest to (or furthest past) its tolerance
-        worst_ratio, worst, worst_tol, worst_where, worst_unit = -1.0, 0.0, 0.0, "", "steps"
         for o in self._outputs:
             g = golden.get(f"output_{o.name}")
             if g is None:
@@ -354,6 +361,9 @@ class Detector:
                 return GoldenResult(
                     False, float("inf"), f"{GOLDEN} output_{o.name} has shape {g.shape}, expected ({n}, *{o.shape})"
                 )
+        made = str(golden["kernels"]) if "kernels" in golden else KERNELS_XNNPACK  # bundles before it was recorded
+        here = self.kernels
+        diffs: dict[str, list[np.ndarray]] = {o.name: [] for o in self._outputs}
         for i in range(n):
             self.preprocess(np.ascontiguousarray(inputs[i]))
             self.invoke()
@@ -361,10 +371,27 @@ class Detector:
             for o in self._outputs:
                 got = raw[o.name].reshape(-1).astype(np.float64)
                 want = golden[f"output_{o.name}"][i].reshape(-1).astype(np.float64)
-                diff = float(np.max(np.abs(got - want))) if got.size else 0.0
+                diffs[o.name].append(np.abs(got - want))
+        if made == here == KERNELS_XNNPACK:
+            return self._golden_exact(golden, diffs, n)
+        return self._golden_other_kernels(golden, diffs, n, made, here)
+
+    @property
+    def kernels(self) -> str:
+        """Which kernels run the model: XNNPACK (when it takes the graph) or the runtime's built-in ones."""
+        return KERNELS_XNNPACK if self.runtime.xnnpack else KERNELS_BUILTIN
+
+    def _golden_exact(self, golden: dict[str, np.ndarray], diffs: dict[str, list[np.ndarray]], n: int) -> GoldenResult:
+        """The kernels that made the golden outputs: every value within GOLDEN_TOLERANCE_STEPS."""
+        # the worst tensor is the one closest to (or furthest past) its tolerance
+        worst_ratio, worst, worst_tol, worst_where, worst_unit = -1.0, 0.0, 0.0, "", "steps"
+        for o in self._outputs:
+            for i, d in enumerate(diffs[o.name]):
+                diff = float(d.max()) if d.size else 0.0
                 if o.quantized:
                     tol, unit = float(GOLDEN_TOLERANCE_STEPS), "steps"
                 else:  # float outputs: 2% of the output's range
+                    want = golden[f"output_{o.name}"][i]
                     tol, unit = 1e-3 + 0.02 * float(np.max(np.abs(want), initial=1.0)), "(float)"
                 if diff / tol > worst_ratio:
                     worst_ratio, worst, worst_tol, worst_unit = diff / tol, diff, tol, unit
@@ -374,5 +401,29 @@ class Detector:
         detail = (
             f"{n} golden inputs: max diff {worst:g} {worst_unit} at {worst_where}, {verdict} "
             f"the tolerance of {worst_tol:g}"
+        )
+        return GoldenResult(ok, worst, detail)
+
+    def _golden_other_kernels(self, golden: dict[str, np.ndarray], diffs: dict[str, list[np.ndarray]], n: int,
+                              made: str, here: str) -> GoldenResult:
+        """Golden outputs made on other kernels: the same function within their rounding (see OTHER_KERNELS_*)."""
+        ok, worst, parts = True, 0.0, []
+        for o in self._outputs:
+            d = np.concatenate(diffs[o.name]) if diffs[o.name] else np.zeros(1)
+            worst = max(worst, float(d.max(initial=0.0)))
+            if o.quantized:
+                mean, p99 = float(d.mean()), float(np.percentile(d, 99))
+                fits = mean <= OTHER_KERNELS_MEAN_STEPS and p99 <= OTHER_KERNELS_P99_STEPS
+                parts.append(f"{o.name} mean {mean:.2f} steps, 99 % within {p99:g} (max {d.max():g})")
+            else:
+                tol = 1e-3 + 0.02 * float(np.max(np.abs(golden[f"output_{o.name}"]), initial=1.0))
+                fits = float(d.max(initial=0.0)) <= tol
+                parts.append(f"{o.name} max {d.max():g} (float, tolerance {tol:g})")
+            ok = ok and fits
+        verdict = "within" if ok else "OUTSIDE"
+        detail = (
+            f"{n} golden inputs made on {made} kernels, run here on {here} ones, which round differently: "
+            f"{'; '.join(parts)}; {verdict} the tolerance for other kernels (mean {OTHER_KERNELS_MEAN_STEPS:g} "
+            f"steps, 99 % within {OTHER_KERNELS_P99_STEPS:g})"
         )
         return GoldenResult(ok, worst, detail)

@@ -84,3 +84,30 @@ def test_xnnpack_runs_the_whole_graph(detector) -> None:  # type: ignore[no-unty
     rt = detector.runtime
     assert rt.xnnpack and rt.delegated_partitions == 1
     assert rt.heavy_ops == rt.heavy_ops_delegated
+
+
+def test_golden_vectors_pass_on_the_runtimes_builtin_kernels_and_still_catch_a_wrong_output() -> None:
+    """A cart without XNNPACK (tflite-runtime on a 32-bit OS, or XNNPACK failing to start) runs the built-in int8
+    kernels, which round differently from the XNNPACK kernels that made the golden outputs: up to 18 steps apart
+    here. The check must still pass there (or every update would be refused as a golden mismatch) and still refuse
+    outputs that belong to another input."""
+    from edge.bundle import Bundle
+    from edge.detector import GOLDEN_TOLERANCE_STEPS, Detector
+
+    bundle = read_bundle(DEFAULT_BUNDLE, load_public_keys([BUILTIN_KEYS]))
+    builtin = Detector(bundle, threads=1, use_xnnpack=False)
+    assert builtin.kernels == "builtin"
+    res = builtin.check_golden()
+    assert res.ok, res.detail
+    assert res.max_abs_diff > GOLDEN_TOLERANCE_STEPS, "the built-in kernels gave XNNPACK's bits: nothing tested"
+    assert "made on xnnpack kernels, run here on builtin ones" in res.detail and "within" in res.detail
+
+    with np.load(io.BytesIO(bundle.members[GOLDEN])) as z:
+        arrays = {k: z[k] for k in z.files}
+    for k in [k for k in arrays if k.startswith("output_")]:
+        arrays[k] = arrays[k][::-1].copy()  # the outputs of the other golden input
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    swapped = Bundle(bundle.manifest, bundle.manifest_bytes, {**bundle.members, GOLDEN: buf.getvalue()}, None, "t")
+    res = Detector(swapped, threads=1, use_xnnpack=False).check_golden()
+    assert not res.ok and "OUTSIDE the tolerance for other kernels" in res.detail, res.detail
