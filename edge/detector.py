@@ -50,6 +50,11 @@ _IDENTITY = np.arange(256, dtype=np.uint8)
 _TOP_BIT = np.uint8(0x80)
 
 
+def _float_tolerance(want: np.ndarray) -> float:
+    """How far a float output may be from its golden value, on any kernels: 2 % of the output's range."""
+    return 1e-3 + 0.02 * float(np.max(np.abs(want), initial=1.0))
+
+
 class ModelSignatureError(BundleError):
     """The model's inputs or outputs do not match what its manifest says."""
 
@@ -390,9 +395,8 @@ class Detector:
                 diff = float(d.max()) if d.size else 0.0
                 if o.quantized:
                     tol, unit = float(GOLDEN_TOLERANCE_STEPS), "steps"
-                else:  # float outputs: 2% of the output's range
-                    want = golden[f"output_{o.name}"][i]
-                    tol, unit = 1e-3 + 0.02 * float(np.max(np.abs(want), initial=1.0)), "(float)"
+                else:
+                    tol, unit = _float_tolerance(golden[f"output_{o.name}"][i]), "(float)"
                 if diff / tol > worst_ratio:
                     worst_ratio, worst, worst_tol, worst_unit = diff / tol, diff, tol, unit
                     worst_where = f"{o.name} on golden input {i}"
@@ -416,7 +420,7 @@ class Detector:
                 fits = mean <= OTHER_KERNELS_MEAN_STEPS and p99 <= OTHER_KERNELS_P99_STEPS
                 parts.append(f"{o.name} mean {mean:.2f} steps, 99 % within {p99:g} (max {d.max():g})")
             else:
-                tol = 1e-3 + 0.02 * float(np.max(np.abs(golden[f"output_{o.name}"]), initial=1.0))
+                tol = _float_tolerance(golden[f"output_{o.name}"])
                 fits = float(d.max(initial=0.0)) <= tol
                 parts.append(f"{o.name} max {d.max():g} (float, tolerance {tol:g})")
             ok = ok and fits

@@ -269,12 +269,16 @@ class Outbox:
                 count, total, dropped = self._trim(db, self._count + len(msgs), self._bytes + added,
                                                    self.max_bytes)
             self._count, self._bytes = count, total
+        self._committed(dropped)
+        return ids
+
+    def _committed(self, dropped: int) -> None:
+        """After a commit that added messages: say what the bound dropped, and wake the listeners."""
         if dropped:
             log.warning("outbox full (%d messages, %d bytes max): dropped the %d oldest message(s)",
                         self.max_messages, self.max_bytes, dropped)
         for cb in list(self._listeners):
             cb()
-        return ids
 
     def _trim(self, db: sqlite3.Connection, count: int, total: int, max_bytes: int) -> tuple[int, int, int]:
         """Delete the oldest messages until `count` and `total` bytes are within the bound; counts them as dropped
@@ -418,11 +422,7 @@ class Outbox:
             self.epoch += 1
         log.warning("the outbox is on disk again at %s: moved %d message(s) there from memory (%d queued in all)",
                     self.path, len(rows), count)
-        if dropped:
-            log.warning("outbox full (%d messages, %d bytes max): dropped the %d oldest message(s)",
-                        self.max_messages, self._max_bytes, dropped)
-        for cb in list(self._listeners):
-            cb()
+        self._committed(dropped)
         return True
 
     def close(self) -> None:

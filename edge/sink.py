@@ -71,8 +71,6 @@ class OutboxSink:
 
     def emit(self, frame: Frame, events: Sequence[AlertEvent]) -> None:
         """Commit this frame's events (after any held ones); called for every frame, so held ones are retried."""
-        if self.outbox.memory_reason is not None:
-            self.outbox.move_to_disk()
         if events:
             msgs: list[OutMessage] = []
             for ev in events:
@@ -85,13 +83,13 @@ class OutboxSink:
             self._held_msgs += len(msgs)
             self._bound()
             self.retry(force=self.error is None)
-        elif self._held:
+        elif self._held or self.outbox.memory_reason is not None:
             self.retry()
 
     def retry(self, force: bool = False) -> bool:
         """Commit held messages, oldest first, each frame's in one transaction; True once none are held."""
         if self.outbox.memory_reason is not None:
-            self.outbox.move_to_disk(force)
+            self.outbox.move_to_disk()  # rate-limited by the outbox, whatever `force` says about committing
         if not self._held:
             return True
         if not force and time.monotonic() < self._retry_at:
