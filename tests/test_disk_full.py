@@ -80,6 +80,14 @@ def fill(disk: Path, leave: int = 0) -> Path:
     return filler
 
 
+def wait_for_log(proc: subprocess.Popen[bytes], log: Path, text: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        assert proc.poll() is None, f"the service stopped before logging {text!r}: " + log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no {text!r} in the log: " + log.read_text()[-3000:]
+        time.sleep(0.2)
+
+
 def event(alert_id: str, frame: int) -> AlertEvent:
     return AlertEvent(alert_id, "opened", 0.0, 0.0, 0.0, (0.1, 0.1, 0.3, 0.3), 0.9, 5, frame,
                       Location(None, None, "none"))
@@ -172,11 +180,7 @@ def test_a_full_disk_during_a_cart_pass_loses_no_alert(tmp_path: Path, tiny_disk
     filler = fill(tiny_disk, leave=160 * 1024)  # room for the outbox itself and about one alert
 
     def free_the_disk_once_it_is_full(proc: subprocess.Popen[bytes], log: Path, sub: ValidatingSubscriber) -> None:
-        deadline = time.monotonic() + 120
-        while "holding the alerts in memory" not in log.read_text() and time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.2)
-        assert "holding the alerts in memory" in log.read_text(), "the disk never filled up: " + log.read_text()[-2000:]
+        wait_for_log(proc, log, "holding the alerts in memory")  # the disk filled up
         assert sub.wait_for(lambda: any("alerts held in memory" in (s.get("reason") or "")
                                         for s in sub.json_on("/status") if s["state"] == "degraded"), 15), (
             f"status never said why: {sub.json_on('/status')}")
@@ -217,14 +221,6 @@ def test_a_service_started_on_a_full_disk_runs_with_its_outbox_in_memory(
     assert len(committed) >= 2
     assert {(a["event"], a["frame"]) for a in alerts_of(sub)} == committed
     check_payloads_and_snapshots(sub)
-
-
-def wait_for_log(proc: subprocess.Popen[bytes], log: Path, text: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in log.read_text(errors="replace"):
-        assert proc.poll() is None, f"the service stopped before logging {text!r}: " + log.read_text()[-3000:]
-        assert time.monotonic() < deadline, f"no {text!r} in the log: " + log.read_text()[-3000:]
-        time.sleep(0.2)
 
 
 def msg(n: int) -> OutMessage:
