@@ -144,6 +144,9 @@ class Place:
     anchor: Box | None = None  # the box when it was confirmed (or loaded); refinements must overlap it
     samples: list[Box] = field(default_factory=list)  # recent whole sightings overlapping the anchor
     seen_fx: tuple[float, float] | None = None  # range of its whole sightings' centres, fraction of frame width
+    # recorded before the tracker lost its position (a pause, the camera away): its box may no longer be where
+    # odometry says, so it is not cleared until a marker of its aisle or a new sighting places it again (this run only)
+    stale: bool = False
 
     def saw_at(self, fx: float) -> None:
         """It was seen whole with its centre at `fx` (fraction of the frame width)."""
@@ -332,6 +335,16 @@ class AlertManager:
             self._dirty = True
         self._pending = kept
 
+    def position_lost(self, path: float) -> None:
+        """The tracker no longer knows where the cart is (it was paused, the camera was away): every open place is
+        `stale`, neither cleared nor refined until a marker of its aisle fixes the position or a confirmed gap links
+        to it within `place_radius_m` (and places it anew). `path` is Odometry.path now: the drift of places
+        recorded from here on is counted from it."""
+        for p in self.places:
+            p.stale = True
+            p.clear_count = 0
+        self._fix_path = path
+
     # ---- markers -----------------------------------------------------------------------------------------------
     def on_marker(self, marker_id: int, x_now: float, path: float | None = None) -> float:
         """A marker whose centre is at shelf x `x_now` by odometry: returns the shelf x it must be at. `path` is
@@ -346,6 +359,9 @@ class AlertManager:
         known = self.markers.get(marker_id)
         if known is not None:
             self.aisle = known.aisle
+            for p in self.places:
+                if p.aisle == known.aisle:
+                    p.stale = False  # the caller moves odometry to the marker: the aisle's boxes hold again
             return known.x
         if self.aisle is not None and sum(1 for m in self.markers.values() if m.aisle == self.aisle) < 2:
             self.markers[marker_id] = MarkerPlace(self.aisle, x_now)
@@ -375,8 +391,8 @@ class AlertManager:
         return DRIFT_RATE * max(0.0, view.path - self._fix_path)
 
     def _link_radius(self, place: Place, view: View) -> float:
-        if place.aisle is None and place.seen_path is None:
-            return self.radius_px  # from an earlier run without markers: its origin is not this run's
+        if place.stale or (place.aisle is None and place.seen_path is None):
+            return self.radius_px  # recorded before the position was lost, or in an earlier run without markers
         origin = 0.0
         if place.aisle is not None:
             m = self.markers.get(_aisle_marker(place.aisle))
@@ -427,6 +443,9 @@ class AlertManager:
         confidence = float(statistics.median(scores)) if scores else 0.0
         place = self._find(shelf_box, view)
         if place is not None:
+            if place.stale:  # seen again where odometry now says: that is where it is from here on
+                place.box = place.anchor = shelf_box
+                place.samples, place.seen_fx, place.stale = [], None, False
             self._link(track_id, place)
             for x in frame_xs:
                 place.saw_at(x / view.width)
@@ -540,6 +559,9 @@ class AlertManager:
                     self._pending.append(place)
                     events.append(self._event(place, "cleared", fb, view))
                 continue
+            if place.stale:
+                place.clear_count = 0
+                continue  # recorded before the position was lost: it may not be where we look
             if place.tracks:
                 # its gap is being followed: a few missed detections are not a filled shelf
                 place.clear_count = 0

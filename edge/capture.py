@@ -8,6 +8,8 @@ the same alerts.
 A source that fails is closed and reopened with exponential backoff (`camera.reopen_min_s` .. `reopen_max_s`);
 `on_state("degraded", "camera: <reason>")` is called when it fails and `on_state("ok", "")` once frames flow again.
 A live source that gives no frame for `stall_s` is reported degraded even while its read is still blocked.
+The first frame a live source gives after it was reopened or stalled is marked `interrupted`: the cart may have
+moved any distance unseen (the tracker then knows its position is lost).
 
 Finite sources: a video that stops early (read error before its frame count: the file was truncated, replaced or
 the disk hiccuped) is reopened and resumes at the next frame index (CAP_PROP_POS_FRAMES), so indices stay
@@ -22,6 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from edge.config import CameraConfig
 from edge.sources import FrameSource, MainFrame, Seekable, SnapshotSource, SourceError
@@ -59,6 +62,7 @@ class CaptureThread:
         self._cond = threading.Condition()
         self._slot: Frame | None = None
         self._pending_drops = 0
+        self._pending_interrupt = False  # a frame marked `interrupted` was overwritten before it was taken
         self._dropped = 0
         self._frames = 0
         self._ended = False
@@ -114,6 +118,7 @@ class CaptureThread:
                 self._cond.wait(remaining)
             frame, self._slot = self._slot, None
             self._pending_drops = 0
+            self._pending_interrupt = False
             self._cond.notify_all()
             return frame
 
@@ -200,9 +205,11 @@ class CaptureThread:
             elif self._slot is not None:
                 self._pending_drops += 1
                 self._dropped += 1
+                self._pending_interrupt = self._pending_interrupt or self._slot.interrupted
             self._frames += 1
-            if self._pending_drops:
-                frame = Frame(frame.image, frame.index, frame.t_mono, frame.t_wall, self._pending_drops)
+            if self._pending_drops or self._pending_interrupt:
+                frame = replace(frame, dropped_before=self._pending_drops,
+                                interrupted=frame.interrupted or self._pending_interrupt)
             self._slot = frame
             self._cond.notify_all()
             return True
@@ -246,6 +253,7 @@ class CaptureThread:
         failures = 0
         next_index = 0  # global index of the next frame to read
         failed_at: int | None = None  # finite source: the index where reading last failed
+        lost_view = False  # a live source failed after delivering frames: the next frame starts after a gap
         src: FrameSource | None = first if self._first is not None else None
         pending_open: FrameSource | None = first if src is None else None
         max_attempts = cfg.reopen_attempts or (FINITE_DEFAULT_ATTEMPTS if first.finite else 0)
@@ -280,16 +288,19 @@ class CaptureThread:
                 self._base = next_index
                 self.fps = src.fps
             try:
-                self._read_since = time.monotonic()
+                read_from = self._read_since = time.monotonic()
                 try:
                     image = src.read()
                 finally:
                     self._read_since = None
+                if time.monotonic() - read_from > self.stall_s:
+                    lost_view = next_index > 0  # a stalled camera: whatever passed meanwhile was never seen
             except Exception as e:
                 self._log_unexpected(e)
                 self._source = None
                 src.close()
                 src = None
+                lost_view = next_index > 0
                 if first.finite and failed_at == next_index:
                     # Reopened and failed again at the same frame: the readable part of the file ends here.
                     log.warning("%s; ending the replay at frame %d", e, next_index)
@@ -312,6 +323,7 @@ class CaptureThread:
                 self._source = None
                 src.close()
                 src = None
+                lost_view = next_index > 0
                 failures += 1
                 self._set_state(f"camera: {first.name}: the stream ended")
                 if not self._sleep(backoff):
@@ -323,7 +335,10 @@ class CaptureThread:
             backoff = cfg.reopen_min_s
             if self._degraded_reason:
                 self._set_state("")
-            frame = Frame(image=image, index=next_index, t_mono=time.monotonic(), t_wall=time.time())
+            # a replayed file resumes at the frame it failed on; a live camera has missed what passed meanwhile
+            frame = Frame(image=image, index=next_index, t_mono=time.monotonic(), t_wall=time.time(),
+                          interrupted=lost_view and not src.finite)
+            lost_view = False
             next_index += 1
             if not self._publish(frame):
                 return

@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -389,6 +389,7 @@ class Pipeline:
 
         def prepare_loop() -> None:
             cpu0 = time.thread_time()
+            skipped = 0  # frames passed over while paused
             try:
                 while not (stop.is_set() or halt.is_set()):
                     if self.heartbeat is not None:
@@ -401,8 +402,11 @@ class Pipeline:
                             return
                         continue
                     if self.paused.is_set():
-                        self.stats.dropped += frame.dropped_before
+                        skipped += frame.dropped_before + 1
                         continue
+                    if skipped:  # the first frame after a pause: the cart may have moved any distance unseen
+                        frame = replace(frame, dropped_before=frame.dropped_before + skipped, interrupted=True)
+                        skipped = 0
                     det: Any = self.slot.current()
                     t0 = time.perf_counter()
                     buf = pool.take(det)

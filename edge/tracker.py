@@ -4,13 +4,15 @@
 odometry at ArUco markers, matches the frame's detections to tracks by IoU in shelf pixels, confirms a track after
 `confirm_frames` sightings within its last `window_frames` in-view frames (and a median score of at least
 `min_score`, as Frigate gates on the median), ends it when it leaves the view or is missed `lost_frames` times in
-view, and lets `edge.alerts.AlertManager` turn confirmed tracks into `opened`/`cleared` events.
+view, and lets `edge.alerts.AlertManager` turn confirmed tracks into `opened`/`cleared` events. A frame marked
+`interrupted` (after a pause, or a live camera that was away) loses the position: see `GapTracker._lose_position`.
 
 Shelf pixel = frame pixel + (odometry.x, odometry.y); see edge/motion.py for the sign convention.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from collections import deque
@@ -25,6 +27,8 @@ from edge.config import TrackingConfig
 from edge.motion import Marker, MarkerDetector, Odometry, Shift, ShiftEstimator
 from edge.types import AlertEvent, Frame, Gap, Location
 
+log = logging.getLogger(__name__)
+
 EDGE_MARGIN = 0.02  # a detection within this fraction of the width from the left/right edge is cut by it
 # A marker counts once it is seen on two looks within `2 * marker_every` frames at the same shelf x (by odometry)
 # within the larger of these; after a first sighting markers are looked for on the next MARKER_RECHECK frames.
@@ -38,6 +42,9 @@ MARKER_COVER = 0.5  # a gap box lying this much on a marker seen lately is the m
 FULL_SIGHTINGS = 3
 STILL_PX = 6.0  # shelf-x spread always accepted (the cart standing still), or this fraction of the box width:
 STILL_FRACTION = 0.1
+# After an interruption up to this long the cart is guessed to have kept its speed over the missed frames; after a
+# longer one, to have stood still (a pause to let a customer by, or the cart parked).
+DEAD_RECKON_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -170,12 +177,16 @@ class GapTracker:
         self._marker_seen: dict[int, tuple[float, int]] = {}  # id -> (shelf x, frame number) of its last sighting
         self._marker_boxes: dict[int, Box] = {}  # id -> its box at its last sighting, shelf pixels
         self._looked = False  # markers were looked for in this frame
+        self._last_mono: float | None = None  # Frame.t_mono of the previous frame
 
     # ---- public ------------------------------------------------------------------------------------------------
     def update(self, frame: Frame, gaps: list[Gap]) -> list[AlertEvent]:
         """Advance by one frame with its detections (frame pixels); returns the events this frame caused."""
         self.alerts.begin_frame(self.uncommitted())  # earlier events are committed by now, but for these
         self._frame_no += 1
+        if frame.interrupted:
+            self._lose_position(frame)
+        self._last_mono = frame.t_mono
         img = frame.image
         h, w = img.shape[:2]
         shift = self.motion.update(img, frame.dropped_before + 1)  # before the detections: no copies of img
@@ -303,6 +314,28 @@ class GapTracker:
         events have been committed, except any the sink still holds: those places stay marked for a resend."""
         self.alerts.begin_frame(self.uncommitted())
         self.alerts.save()
+
+    def _lose_position(self, frame: Frame) -> None:
+        """The view was interrupted (a pause, the camera away): the cart may be anywhere. Live tracks end, and the
+        position is uncertain (nothing confirmed or cleared) until a marker or `2 * marker_every` measured frames.
+        Across a short interruption the best guess is the cart's last speed over the frames it missed (as for
+        dropped frames); after a longer one, that it stood still. The open places stay open but are not cleared until
+        a marker or a new sighting places them again (`AlertManager.position_lost`), so a wrong guess can at worst
+        open a gap again, never clear one that is still empty."""
+        away = frame.t_mono - self._last_mono if self._last_mono is not None else math.inf
+        log.info("the view was interrupted for %.1f s: position unknown; open alerts are kept, none is cleared until "
+                 "a marker or a new sighting places it again", away)
+        for t in self._tracks:
+            self.alerts.track_ended(t.track_id)
+        self._tracks = []
+        if away > DEAD_RECKON_S:
+            self.motion.reset()
+        self._marker_seen.clear()
+        self._marker_boxes.clear()
+        self.uncertain, self._settled, self._unmeasured = True, 0, 0
+        self._search = self._settle_frames
+        self.odometry.y = 0.0
+        self.alerts.position_lost(self.odometry.path)
 
     def _note_marker_box(self, m: Marker) -> None:
         half = 0.5 * m.side

@@ -16,6 +16,9 @@ class Frame:
     t_mono: float  # time.monotonic() at capture
     t_wall: float  # time.time() at capture, only for payloads
     dropped_before: int = 0  # frames the capture thread discarded since the previous delivered frame
+    # the view was interrupted before this frame (a pause, a live camera reopened): the cart may have moved any
+    # distance since the previous frame, so its position is unknown
+    interrupted: bool = False
 
 
 @dataclass(frozen=True)

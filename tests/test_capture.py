@@ -332,3 +332,59 @@ def test_a_realtime_replay_behaves_like_a_live_camera(tmp_path: Path) -> None:
         ct.stop()
     assert frames[-1].index == 11 and frame_id(frames[-1].image) == 11
     assert sum(f.dropped_before for f in frames) + len(frames) == 12 == ct.frames
+
+
+class LiveCamera:
+    """A real video source posing as a live camera (picamera2 and V4L2 cannot run here) whose first instance fails
+    after `fail_after` frames, as a camera unplugged mid-pass."""
+
+    def __init__(self, inner: FrameSource, fail_after: int | None):
+        self.inner, self.fail_after, self.reads = inner, fail_after, 0
+        self.name, self.finite, self.fps = "live test camera", False, inner.fps
+
+    def open(self) -> None:
+        self.inner.open()
+
+    def read(self) -> np.ndarray | None:
+        self.reads += 1
+        if self.fail_after is not None and self.reads > self.fail_after:
+            raise SourceError("live test camera: unplugged")
+        return self.inner.read()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.mark.parametrize("slow_consumer", [False, True])
+def test_the_first_frame_after_a_live_camera_came_back_says_the_view_was_interrupted(
+    tmp_path: Path, slow_consumer: bool
+) -> None:
+    """Whatever passed the camera while it was away was never seen: the tracker must not take the next frame for
+    the one after the last (tests/test_tracker_cartpass.py). With a slow consumer the marked frame is overwritten
+    by newer ones before it is taken; the mark moves on with them."""
+    video = write_video(tmp_path / "pass.mp4", 40)
+    cfg = cam(video, reopen_min_s=0.05, reopen_max_s=0.1, loop=True)  # looped: it never ends by itself
+    made: list[LiveCamera] = []
+
+    def factory() -> FrameSource:
+        made.append(LiveCamera(open_source(cfg), fail_after=6 if not made else None))
+        return made[-1]
+
+    states = States()
+    ct = CaptureThread(factory, cfg, states, lossless=not slow_consumer)
+    ct.start()
+    frames: list[Frame] = []
+    try:
+        while len(made) < 2 or len(frames) < 12:
+            f = ct.latest(timeout=10)
+            assert f is not None
+            frames.append(f)
+            if slow_consumer and len(made) == 2:
+                time.sleep(0.2)  # the reopened camera's next frames overwrite each other meanwhile
+    finally:
+        ct.stop()
+    assert states.wait_for("degraded")[1] == "camera: live test camera: unplugged"
+    marked = [f.index for f in frames if f.interrupted]
+    assert marked == [next(f.index for f in frames if f.index >= 6)]
+    if not slow_consumer:
+        assert [f.index for f in frames][:7] == list(range(7)) and marked == [6]

@@ -122,6 +122,48 @@ def test_every_frame_once_in_order_with_a_swap_between_frames(images: list[np.nd
     assert set(cpu) == {"prepare", "infer", "post"} and all(v > 0 for v in cpu.values())
 
 
+class PausingFeed(ListFeed):
+    """Pauses the pipeline as it hands over frame `pause_at` and resumes it as it hands over frame `resume_at`, as
+    `cmd/pause` and `cmd/resume` would between two camera frames."""
+
+    def __init__(self, images: Sequence[np.ndarray], paused: threading.Event, pause_at: int, resume_at: int):
+        super().__init__(images)
+        self.paused, self.pause_at, self.resume_at = paused, pause_at, resume_at
+
+    def latest(self, timeout: float) -> Frame | None:
+        f = super().latest(timeout)
+        if f is not None and f.index == self.pause_at:
+            self.paused.set()
+        if f is not None and f.index == self.resume_at:
+            self.paused.clear()
+        return f
+
+
+class MarkRecorder:
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, int, bool]] = []
+
+    def update(self, frame: Frame, gaps: list[Gap]) -> list[AlertEvent]:
+        self.frames.append((frame.index, frame.dropped_before, frame.interrupted))
+        return []
+
+
+def test_the_first_frame_after_a_pause_says_the_view_was_interrupted_and_what_was_skipped(
+    images: list[np.ndarray],
+) -> None:
+    """The tracker must know the cart may have moved unseen while paused (else it looks for the open gaps where the
+    shelf has moved on, and clears them: tests/test_tracker_cartpass.py)."""
+    pipe = Pipeline(ListFeed([]), ModelSlot(Detector(load_model(Config())), "v1"), MarkRecorder(), RecordingSink())
+    pipe.feed = PausingFeed(images, pipe.paused, pause_at=10, resume_at=22)
+    pipe.run(threading.Event())
+    tracker = pipe.tracker
+    assert isinstance(tracker, MarkRecorder)
+    assert [i for i, _, _ in tracker.frames] == [*range(10), *range(22, len(images))]
+    assert [(d, m) for i, d, m in tracker.frames if i == 22] == [(12, True)]
+    assert not any(m for i, _, m in tracker.frames if i != 22)
+    assert pipe.stats.frames == len(images) - 12 and pipe.stats.dropped == 12
+
+
 class GapRecorder:
     """Keeps every frame's gaps."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +120,93 @@ def test_one_alert_per_gap_then_one_cleared_for_the_restocked_one(passes: Passes
     assert {p.alert_id for p in restarted.alerts.open_alerts()} == {
         e.alert_id for g, e in opened.items() if g != RESTOCKED
     }
+
+
+def _paused_run(tracker: GapTracker, cp: CartPass, skip: range, interrupted: bool, seed: int = 1, start: int = 0
+                ) -> list:
+    """The pass with the frames in `skip` never processed (the service paused while the cart rolled on); the frame
+    after them carries what the pipeline marks on it (`interrupted`, and the skipped frames as dropped)."""
+    rng = np.random.default_rng(seed)
+    events: list[tuple[AlertEvent, int]] = []
+    for frame in video_frames(cp, start):
+        k = frame.index - start
+        dets = noisy(cp, k, rng)
+        if k in skip:
+            continue
+        if k == skip.stop:
+            frame = replace(frame, dropped_before=len(skip) if interrupted else 0, interrupted=interrupted)
+        events += [(e, k) for e in tracker.update(frame, dets)]
+    return events
+
+
+def _second_pass_paused(passes: Passes, tmp_path: Path, interrupted: bool, away_s: float | None = None,
+                        start_at: float = 1 / 3) -> list:
+    """The aisle passed once (every gap alerted), then again (the same shelves, nothing restocked) with 1.5 s of
+    frames never processed a `start_at` of the way along, while the cart rolls on; `away_s`: the frame after the
+    skipped ones comes that many seconds after the last one processed (a longer pause)."""
+    cp = passes.first
+    tracker = GapTracker(TrackingConfig(), "cart-07", tmp_path / "alerts.json")
+    first = run(tracker, cp, seed=1)
+    assert sorted(gap_of(cp, k, e.bbox_norm) for e, k in first) == sorted(g.gap_id for g in passes.aisle.gaps)
+    start = int(cp.frames * start_at)
+    skip = range(start, start + round(1.5 * cp.fps))
+    if away_s is not None:
+        update = tracker.update
+        late = cp.frames + skip.stop
+
+        def later(frame: Frame, gaps: list[Gap]) -> list[AlertEvent]:
+            return update(replace(frame, t_mono=frame.t_mono + away_s) if frame.index >= late else frame, gaps)
+
+        tracker.update = later  # type: ignore[method-assign]
+    return _paused_run(tracker, cp, skip, interrupted, seed=2, start=cp.frames)
+
+
+@pytest.mark.parametrize("start_at", [1 / 4, 1 / 3, 1 / 2])
+def test_a_pause_while_the_cart_rolls_on_changes_no_alert(passes: Passes, tmp_path: Path, start_at: float) -> None:
+    """`cmd/pause`, then `cmd/resume` 1.5 s later, on a second pass past gaps alerted on the first: the frames in
+    between were never looked at and the cart moved on about a third of the frame. The tracker bridges the pause
+    with the cart's speed, and nothing is cleared or opened again."""
+    assert _second_pass_paused(passes, tmp_path, interrupted=True, start_at=start_at) == []
+
+
+def test_a_long_pause_never_clears_a_gap_that_is_still_empty(passes: Passes, tmp_path: Path) -> None:
+    """After a long pause (20 s) the tracker guesses the cart stood still; here it rolled on, so the guess is wrong
+    by about a third of the frame. A wrong guess may open a gap again (a second alert for the same place, found by
+    a marker on a later pass), but it must never clear one that is still empty."""
+    events = _second_pass_paused(passes, tmp_path, interrupted=True, away_s=20.0)
+    assert [e for e, _ in events if e.event == "cleared"] == []
+    assert all(gap_of(passes.first, k, e.bbox_norm) is not None for e, k in events)  # only real gaps, again
+
+
+def test_without_the_pause_mark_the_same_pause_clears_gaps_that_are_still_empty(
+    passes: Passes, tmp_path: Path
+) -> None:
+    """What the mark prevents (the service before it): frames skipped unannounced look like a one-frame shift, the
+    old places are looked for where the shelf has moved on, and gaps that are still empty are `cleared`."""
+    events = _second_pass_paused(passes, tmp_path, interrupted=False)
+    assert [gap_of(passes.first, k, e.bbox_norm) for e, k in events if e.event == "cleared"] != []
+
+
+def test_a_pause_in_the_first_pass_opens_each_gap_once(passes: Passes, tmp_path: Path) -> None:
+    cp = passes.first
+    start = cp.frames // 3
+    tracker = GapTracker(TrackingConfig(), "cart-07", tmp_path / "alerts.json")
+    events = _paused_run(tracker, cp, range(start, start + round(1.5 * cp.fps)), interrupted=True)
+    opened = Counter(gap_of(cp, k, e.bbox_norm) for e, k in events)
+    assert {e.event for e, _ in events} == {"opened"}
+    assert opened == Counter(g.gap_id for g in passes.aisle.gaps)
+
+
+def test_alerts_kept_through_a_pause_are_cleared_on_the_next_pass_once_restocked(
+    passes: Passes, tmp_path: Path
+) -> None:
+    """Places the pause left unplaced are placed again by the aisle's marker on the next pass: the restocked one is
+    cleared, the others stay open."""
+    cp = passes.first
+    start = cp.frames // 3
+    tracker = GapTracker(TrackingConfig(), "cart-07", tmp_path / "alerts.json")
+    first = _paused_run(tracker, cp, range(start, start + round(1.5 * cp.fps)), interrupted=True)
+    opened = {e.alert_id: gap_of(cp, k, e.bbox_norm) for e, k in first}
+    assert RESTOCKED in opened.values()
+    second = run(tracker, passes.second, seed=2, start=cp.frames)
+    assert [(e.event, opened[e.alert_id]) for e, _ in second] == [("cleared", RESTOCKED)]
