@@ -48,6 +48,7 @@ _UNSUPPORTED_PROTOCOL = 132  # CONNACK "Unsupported protocol version" (MQTT 3.1.
 # TCP connected (amqtt does with an MQTT 5 CONNECT carrying a will) is tried with the other MQTT version.
 CONNACK_TIMEOUT_S = 4.0
 MODEL_POLL_S = 1.0  # how often the sender thread asks the status provider whether the model changed
+MAX_REPLIES_WAITING = 256  # command replies remembered until their PUBACK (to log a refused one)
 _REFUSAL_HINTS = {
     133: "the broker rejected the client id (mqtt.client_id)",
     134: "check mqtt.username and the password file",
@@ -245,6 +246,9 @@ class MqttLink:
         self._attempt_started: float | None = None  # monotonic time of the current CONNECT attempt
         self._acks: collections.deque[tuple[mqtt.Client, int, bool, str]] = collections.deque()
         self._inflight: dict[int, tuple[int, str]] = {}  # paho mid -> (outbox row id, topic); sender thread only
+        # command replies waiting for their PUBACK, so a refused one is logged: (client, mid) -> (command, topic)
+        self._replies: dict[tuple[mqtt.Client, int], tuple[str, str]] = {}
+        self._replies_lock = threading.Lock()
         self._rejected_rows: set[int] = set()  # refused by the broker (e.g. its ACL); retried every retry_s
         # acknowledged by the broker but not yet deleted from the outbox (the disk was full): deleted on a later pass
         self._delivered: list[int] = []
@@ -648,8 +652,14 @@ class MqttLink:
             if client is not self._client:
                 continue
             entry = self._inflight.pop(mid, None)
-            if entry is None:
-                continue  # a status, reply or stats publish
+            if entry is None:  # a status, reply or stats publish
+                with self._replies_lock:
+                    reply = self._replies.pop((client, mid), None)
+                if reply is not None and not ok:
+                    log.error("the broker refused the reply to command %s on %s: %s (a broker with the shipped "
+                              "ACL lets a cart publish only under %s/; ask for replies there)", reply[0], reply[1],
+                              reason, self.topics.base)
+                continue
             if ok:
                 done.append(entry[0])
             else:
@@ -780,4 +790,12 @@ class MqttLink:
             reply_props = Properties(PacketTypes.PUBLISH)
             reply_props.CorrelationData = correlation
         target = response_topic or self.topics.cmd_reply(topic)
-        client.publish(target, reply, qos=1, retain=False, properties=reply_props)
+        if not target.startswith(self.topics.base + "/"):
+            log.warning("command %s asks for its reply on %s, outside this cart's topics: a broker with the shipped "
+                        "ACL refuses it (use a response topic under %s/, such as %s)", name, target,
+                        self.topics.base, self.topics.cmd_reply(topic))
+        with self._replies_lock:  # registered before the sender thread can see its PUBACK
+            info = client.publish(target, reply, qos=1, retain=False, properties=reply_props)
+            self._replies[(client, info.mid)] = (name, target)
+            while len(self._replies) > MAX_REPLIES_WAITING:  # never acknowledged (the connection dropped)
+                del self._replies[next(iter(self._replies))]

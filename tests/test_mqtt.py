@@ -665,3 +665,38 @@ def test_corrupt_outbox_is_reported_in_status(broker: Mosquitto, tmp_path: Path,
     assert sub.wait_for(lambda: len(sub.on("/status")) >= 2, 10)
     assert sub.json_on("/status")[-1]["state"] == "degraded"  # the quarantine stays visible until a restart
     sub.stop()
+
+
+def test_a_reply_the_broker_acl_refuses_is_logged_with_where_to_ask_for_it(
+        tmp_path: Path, links: Callable[..., MqttLink], caplog: pytest.LogCaptureFixture) -> None:
+    """The shipped ACL lets a cart publish only under its own root, so an MQTT 5 response topic elsewhere never
+    gets its reply. The cart says so when it replies and again when the broker refuses it; a response topic under
+    its root gets the reply, with the correlation data."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite shelfscout/s042/cart-07/#\ntopic read backend/#\ntopic read shelfscout/#\n")
+    b = Mosquitto(tmp_path / "broker", extra=f"{RUN_AS_ROOT}acl_file {acl}\n").start()
+    try:
+        cfg = make_cfg(tmp_path, b.url, protocol="5")
+        t = Topics.from_config(cfg)
+        link = links(cfg, on_command=lambda name, args: {"paused": name == "pause"})
+        link.start()
+        assert link.wait_connected(10)
+        replies = ValidatingSubscriber(b.url, ["backend/replies/#", f"{t.base}/cmd/+/reply"],
+                                       client_id="backend").start()
+        _request(b.url, t.cmd("pause"), b"{}", b"c1", "backend/replies/1", client=replies.client)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("refused the reply" in r.message for r in caplog.records):
+            time.sleep(0.05)
+        (warned,) = [r.message for r in caplog.records if "asks for its reply on backend/replies/1" in r.message]
+        assert f"under {t.base}/" in warned
+        (refused,) = [r.message for r in caplog.records if "refused the reply" in r.message]
+        assert "command pause on backend/replies/1" in refused and "Not authorized" in refused
+        _request(b.url, t.cmd("resume"), b"{}", b"c2", t.cmd_reply(t.cmd("resume")), client=replies.client)
+        assert replies.wait_for(lambda: len(replies.on("/reply")) == 1, 10)
+        (m,) = replies.on("/reply")
+        assert m.properties.CorrelationData == b"c2" and validate("command_reply", m.payload)["ok"] is True
+        assert replies.on("backend/") == []
+        assert sum("refused the reply" in r.message for r in caplog.records) == 1
+        replies.stop()
+    finally:
+        b.stop()
