@@ -11,10 +11,13 @@ import json
 import re
 import ssl
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.bundle import MANIFEST, SIGNATURE, BundleError, load_private_key, read_bundle, write_tar
 from edge.ota.release import Release, format_rfc3339, keyid, sign_release
@@ -47,12 +50,15 @@ def resign_bundle(path: Path, key_path: Path) -> None:
 class ReleaseBuild:
     message: dict[str, Any]
     release: Release
+    bundle_signed_by: str | None = None  # the public key file the bundle verified with
 
 
 def make_release(bundle: Path, key_path: Path, url: str, expires_in: timedelta, rollout: float = 1.0,
                  min_app_version: str | None = None, resign: bool = False,
-                 now: datetime | None = None) -> ReleaseBuild:
-    """Check that the bundle verifies with the key's public half (re-signing first if asked) and sign a release.
+                 now: datetime | None = None, trusted: Mapping[str, Ed25519PublicKey] | None = None
+                 ) -> ReleaseBuild:
+    """Check that the bundle verifies with the key's public half or one of `trusted` (the public keys the carts
+    trust, such as the project's for its own bundles; re-signing first if asked) and sign a release.
 
     A `url` ending in `/` gets the bundle's file name appended.
     """
@@ -62,11 +68,13 @@ def make_release(bundle: Path, key_path: Path, url: str, expires_in: timedelta, 
     key = load_private_key(key_path)
     if resign:
         resign_bundle(bundle, key_path)
-    pub = {f"{Path(key_path).stem}.pub": key.public_key()}
+    pub = {**(trusted or {}), f"{Path(key_path).stem}.pub": key.public_key()}
     try:
         b = read_bundle(bundle, pub)
     except BundleError as e:
-        raise BundleError(f"{e} (is it signed by {key_path}? pass --resign to sign it with this key)") from None
+        raise BundleError(f"{e} (is it signed by {key_path}? pass --resign to sign it with this key, or --keys "
+                          "with the folder of public keys your carts trust, such as models/keys for the "
+                          "project's own bundles)") from None
     if url.endswith("/"):
         url += bundle.name
     data = bundle.read_bytes()
@@ -81,7 +89,7 @@ def make_release(bundle: Path, key_path: Path, url: str, expires_in: timedelta, 
         rollout=float(rollout),
         min_app_version=min_app_version or b.manifest.min_app_version,
     )
-    return ReleaseBuild(sign_release(release, key), release)
+    return ReleaseBuild(sign_release(release, key), release, b.signed_by)
 
 
 def release_topic(store: str | None, prefix: str = "shelfscout") -> str:

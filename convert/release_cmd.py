@@ -32,6 +32,9 @@ def register(sub: Any) -> None:
     r.add_argument("--min-app-version", default=None, help="oldest shelfscout version that may take it")
     r.add_argument("--resign", action="store_true",
                    help="first re-sign the bundle's manifest with --key (rewrites BUNDLE in place)")
+    r.add_argument("--keys", type=Path, action="append", default=[], metavar="DIR",
+                   help="a folder of public keys the carts trust (their ota.keys_dir): BUNDLE may be signed by one "
+                        "of them instead of --key, such as models/keys for the project's own bundles (repeatable)")
     r.add_argument("-o", "--output", type=Path, default=Path("release.json"), help="default release.json")
     r.add_argument("--gate", type=Path, default=None, metavar="DATA",
                    help="first measure BUNDLE against the model the fleet runs (--gate-against) on this labelled "
@@ -79,18 +82,23 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def _release(args: argparse.Namespace) -> int:
     from convert.release import make_release, message_bytes, parse_duration
+    from edge.bundle import load_public_keys
     from edge.ota.errors import OtaError
 
     if not 0.0 <= args.rollout <= 1.0:
         raise CliError(f"--rollout must be between 0 and 1, got {args.rollout}")
     if not args.key.exists():
         raise CliError(f"key file {args.key} not found (create one with `shelfscout keygen`)")
+    for d in args.keys:
+        if not d.is_dir():
+            raise CliError(f"--keys {d}: not a folder (a folder of *.pub files, as a cart's ota.keys_dir)")
     if args.gate is not None:
         _gate(args)
     try:
         expires = parse_duration(args.expires_in)
+        trusted = load_public_keys(args.keys) if args.keys else None
         build = make_release(args.bundle, args.key, args.url, expires, args.rollout, args.min_app_version,
-                             resign=args.resign)
+                             resign=args.resign, trusted=trusted)
     except OtaError as e:
         raise CliError(str(e)) from None
     except ValueError as e:
@@ -102,7 +110,8 @@ def _release(args: argparse.Namespace) -> int:
     out.write_bytes(message_bytes(build.message))
     r = build.release
     print(f"wrote {out}: {r.name} v{r.version}, {r.size} bytes, sha256 {r.sha256[:12]}…, rollout {r.rollout:g}, "
-          f"expires {r.not_after}, key {build.message['keyid']}", file=sys.stderr)
+          f"expires {r.not_after}, key {build.message['keyid']}; the bundle is signed by {build.bundle_signed_by}: "
+          "carts need that public key in their ota.keys_dir", file=sys.stderr)
     return 0
 
 

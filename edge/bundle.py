@@ -190,7 +190,13 @@ def load_public_keys(dirs: Iterable[Path | str]) -> dict[str, Ed25519PublicKey]:
 
 
 def load_private_key(path: Path | str) -> Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    data = Path(path).read_bytes()
+    if b"PUBLIC KEY-----" in data:
+        raise BundleError(f"{path} is a public key; signing needs the private .key file from `shelfscout keygen`")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as e:  # not PEM, not a key, or protected by a password
+        raise BundleError(f"{path} is not an unencrypted PEM private key: {e}") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise BundleError(f"{path} is not an ed25519 private key")
     return key

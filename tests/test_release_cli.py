@@ -58,6 +58,37 @@ def test_release_signs_and_resigns(tmp_path: Path, models: dict[str, bytes],
                  "--expires-in", "soon", "-o", str(out)]) == 2
 
 
+def test_a_fleet_key_releases_the_project_signed_default_bundle_unchanged(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The operator's release key announces a bundle signed by another key the carts trust (the project's own,
+    `models/keys`): `--keys` names those keys, the bundle is not rewritten, and the output says which key it needs.
+    A public key passed as --key is refused with one line."""
+    from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE
+
+    assert main(["keygen", str(tmp_path / "fleet")]) == 0
+    capsys.readouterr()
+    before = DEFAULT_BUNDLE.read_bytes()
+    out = tmp_path / "rel.json"
+    base = ["release", str(DEFAULT_BUNDLE), "--key", str(tmp_path / "fleet.key"), "--url", "https://m.example/",
+            "-o", str(out)]
+    assert main(base) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--keys" in err and "models/keys" in err and len(err.splitlines()) == 1
+    assert main([*base, "--keys", str(BUILTIN_KEYS)]) == 0
+    signer = read_bundle(DEFAULT_BUNDLE, load_public_keys([BUILTIN_KEYS])).signed_by
+    assert f"the bundle is signed by {signer}" in capsys.readouterr().err
+    assert DEFAULT_BUNDLE.read_bytes() == before
+    r = verify_release(out.read_bytes(), load_public_keys([tmp_path])).release
+    assert r.size == len(before) and r.url == f"https://m.example/{DEFAULT_BUNDLE.name}"
+    assert main([*base, "--keys", str(tmp_path / "nowhere")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    pub_as_key = ["release", str(DEFAULT_BUNDLE), "--key", str(tmp_path / "fleet.pub"), "--url", "https://x/",
+                  "-o", str(out)]
+    assert main(pub_as_key) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a public key" in err and len(err.splitlines()) == 1
+
+
 def _retained(url_port: int, topic: str, timeout: float = 5.0) -> bytes | None:
     got = first_messages(url_port, topic, timeout, retained_only=True)
     return got[0] if got else None
