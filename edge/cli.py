@@ -70,10 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from edge.instance_lock import InstanceLockError
     from edge.outbox import OutboxError
     from edge.sources import SourceError
+    from edge.yolo import LabelError
 
     try:
         return int(args.func(args) or 0)
-    except (CliError, ConfigError, BundleError, SourceError, InstanceLockError, OutboxError) as e:
+    except (CliError, ConfigError, BundleError, SourceError, InstanceLockError, OutboxError, LabelError) as e:
         print(f"shelfscout {args.command}: error: {e}", file=sys.stderr)
         return e.code if isinstance(e, CliError) else 2
     except KeyboardInterrupt:

@@ -7,6 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+_SLACK = 1e-6  # rounding in a tool's output: a box of the whole image may say 1.0000001
+
+
+class LabelError(ValueError):
+    """A label file that is not YOLO's format: `file:line: what is wrong`."""
+
 
 def yolo_lines(boxes: np.ndarray, width: int, height: int) -> str:
     """The label file for pixel boxes (N, 4) x0, y0, x1, y1 of a width x height image: clipped to the image, boxes
@@ -32,11 +38,18 @@ def read_yolo_labels(path: Path, width: int, height: int, classes: Sequence[int]
         if not parts:
             continue
         if len(parts) < 5:
-            raise ValueError(f"{path}:{n}: expected 'class cx cy w h', got {line!r}")
-        cls = int(float(parts[0]))
+            raise LabelError(f"{path}:{n}: expected 'class cx cy w h', got {line!r}")
+        try:
+            values = [float(v) for v in parts[:5]]
+        except ValueError:
+            raise LabelError(f"{path}:{n}: expected numbers 'class cx cy w h', got {line!r}") from None
+        cls = int(values[0])
+        cx, cy, w, h = values[1:]
+        if not (0.0 <= cx <= 1.0 and 0.0 <= cy <= 1.0 and 0.0 < w <= 1.0 + _SLACK and 0.0 < h <= 1.0 + _SLACK):
+            raise LabelError(f"{path}:{n}: centre and size must be fractions of the image (0..1, the YOLO format; "
+                             f"pixel values?), got {line!r}")
         if classes is not None and cls not in classes:
             continue
-        cx, cy, w, h = (float(v) for v in parts[1:5])
         rows.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
     boxes = np.asarray(rows, np.float32).reshape(-1, 4)
     boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)

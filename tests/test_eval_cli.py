@@ -80,6 +80,27 @@ def test_eval_rejects_a_folder_without_labels(tmp_path: Path, capsys: pytest.Cap
     assert "labels/" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("line, says", [
+    ("0 1.5 abc", "expected 'class cx cy w h'"),
+    ("0 0.5 0.5 0.1 wide", "expected numbers"),
+    ("0 1.5 0.5 0.1 0.1", "fractions of the image"),
+    ("0 320 240 40 30", "pixel values?"),
+])
+def test_eval_names_a_malformed_label_line_in_one_line(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str, says: str
+) -> None:
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad)
+    label = sorted((bad / "labels").glob("*.txt"))[1]
+    label.write_text(label.read_text() + line + "\n")
+    n = len(label.read_text().splitlines())
+    assert main(["eval", str(bad), "--json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and f"{label}:{n}: " in err and says in err and "Traceback" not in err
+
+
 def test_eval_gives_a_bootstrap_interval_and_a_paired_comparison(
     data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
