@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -222,6 +223,12 @@ def _validate(cfg: Config, errors: list[str]) -> None:
              f"{val!r} must not contain '/', '+', '#' or surrounding spaces (it is part of MQTT topics)")
     need(cfg.mqtt.url.split("://", 1)[0] in ("mqtt", "mqtts", "tcp", "ssl") and "://" in cfg.mqtt.url,
          "mqtt.url", f"{cfg.mqtt.url!r} must start with mqtt:// or mqtts://")
+    url = urlsplit(cfg.mqtt.url)
+    need(bool(url.hostname) or "://" not in cfg.mqtt.url, "mqtt.url", f"{cfg.mqtt.url!r} names no host")
+    try:
+        _ = url.port  # urlsplit checks the port only when asked
+    except ValueError:
+        need(False, "mqtt.url", f"{cfg.mqtt.url!r}: the port must be a number from 0 to 65535")
     need(cfg.mqtt.protocol in ("auto", "5", "3.1.1"), "mqtt.protocol", "must be 'auto', '5' or '3.1.1'")
     need(cfg.mqtt.keepalive_s >= 5, "mqtt.keepalive_s", "must be at least 5")
     need(cfg.mqtt.stats_interval_s > 0, "mqtt.stats_interval_s", "must be positive")
@@ -244,8 +251,25 @@ def _validate(cfg: Config, errors: list[str]) -> None:
          f"{cfg.preview.bind!r} must be HOST:PORT with a port from 0 to 65535")
 
 
+def _error_key(line: str) -> str:
+    """The `section.key` an error line is about."""
+    return line.split(":", 1)[0].split("[", 1)[0]
+
+
+def _is_text(section: str, key: str) -> bool:
+    """Whether `section.key` holds a string (so an override such as store 42 is the text "42")."""
+    hints = typing.get_type_hints(Config)
+    table = hints.get(section)
+    if table is None or not dataclasses.is_dataclass(table):
+        return False
+    tp = typing.get_type_hints(typing.cast(type, table)).get(key)
+    return tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp))
+
+
 def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """The overrides by section and key, and which variable set each `section.key`."""
+    """The overrides by section and key, and which variable set each `section.key`. A value is read as TOML
+    (`true`, `15`, `[1, 2]`, `"text"`); for a key that holds text, anything that is not a quoted TOML string is the
+    text as written (`SHELFSCOUT_DEVICE__STORE=42` is store "42")."""
     out: dict[str, dict[str, Any]] = {}
     origin: dict[str, str] = {}
     for name, raw in env.items():
@@ -256,6 +280,8 @@ def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], d
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw  # a bare string such as mqtt://host:1883
+        if _is_text(section, key) and not isinstance(value, str):
+            value = raw
         out.setdefault(section, {})[key] = value
         origin[f"{section}.{key}"] = name
         origin.setdefault(section, name)
@@ -278,12 +304,15 @@ def parse(text: str, env: Mapping[str, str] | None = None, origin: str = "config
             data[section].update(values)
     errors: list[str] = []
     cfg = _build(Config, data, "", errors)
-    if not errors:
-        _validate(cfg, errors)
+    # a key _build refused kept its default, so the values can be checked too; a refused key is not named twice
+    refused = {_error_key(line) for line in errors}
+    checked: list[str] = []
+    _validate(cfg, checked)
+    errors += [line for line in checked if _error_key(line) not in refused]
     if errors:
         lines = []
         for line in errors:
-            key = line.split(":", 1)[0].split("[", 1)[0]
+            key = _error_key(line)
             var = set_by.get(key)
             lines.append(f"{var} (environment): {line}" if var else line)
         more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""

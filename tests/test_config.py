@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,52 @@ def test_default_threads_leave_a_core_for_the_pipeline_stages(
     assert default_threads() == threads
     assert ModelConfig().threads == threads
     assert config.parse("[model]\nbundle = \"x\"\n", env={}).model.threads == threads  # no threads key: default
+
+
+def test_type_errors_and_value_errors_are_reported_together() -> None:
+    """One round of fixes, not two: a file with a wrong type and wrong values lists all of them."""
+    text = ("[device]\nid = 'cart/07'\nstore = ''\n[camera]\nsourec = 'x'\nfps = 'fast'\n"
+            "[mqtt]\nurl = 'http://broker'\n[tracking]\nconfirm_frames = 0\n[preview]\nbind = 'nowhere'\n")
+    with pytest.raises(ConfigError) as e:
+        config.parse(text, env={})
+    keys = [line.split(":", 1)[0] for line in e.value.errors]
+    assert keys == ["camera.sourec", "camera.fps", "device.id", "device.store", "mqtt.url",
+                    "tracking.confirm_frames", "preview.bind"]
+
+
+@pytest.mark.parametrize("url, says", [("mqtt://", "names no host"), ("mqtt://host:99999", "port must be"),
+                                       ("mqtts://:8883", "names no host")])
+def test_a_broker_url_without_a_host_or_with_an_impossible_port_is_refused(url: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=f"mqtt.url: '{re.escape(url)}'.*{says}"):
+        config.parse(f"[mqtt]\nurl = '{url}'\n", env={})
+
+
+def test_an_environment_override_of_a_text_key_is_text_even_when_it_looks_like_a_number() -> None:
+    env = {"SHELFSCOUT_DEVICE__STORE": "42", "SHELFSCOUT_DEVICE__ID": '"007"', "SHELFSCOUT_CAMERA__FPS": "12",
+           "SHELFSCOUT_MQTT__URL": "mqtt://10.0.0.5:1883"}
+    cfg = config.parse(MINIMAL, env=env)
+    assert (cfg.device.store, cfg.device.id, cfg.camera.fps, cfg.mqtt.url) == ("42", "007", 12.0, "mqtt://10.0.0.5:1883")
+    with pytest.raises(ConfigError, match="SHELFSCOUT_CAMERA__FPS .*camera.fps: expected a number"):
+        config.parse(MINIMAL, env={"SHELFSCOUT_CAMERA__FPS": "fast"})
+
+
+def test_config_check_also_checks_what_the_file_names_on_this_machine(tmp_path: Path) -> None:
+    """The example config names a CA and a bundle that exist only on a cart: `run` would stop at them, so `config
+    check` does too, naming each key; `--syntax-only` checks the file alone."""
+    example = Path(__file__).resolve().parents[1] / "deploy" / "config.example.toml"
+
+    def check(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edge.cli", "config", "check", *args], capture_output=True,
+                              text=True)
+
+    r = check(str(example))
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert [line.split(": ")[2] for line in lines] == ["mqtt.ca_file", "model.bundle"]
+    assert all("--syntax-only" in line for line in lines)
+    r = check("--syntax-only", str(example))
+    assert r.returncode == 0 and "ok" in r.stdout
+    p = tmp_path / "c.toml"
+    p.write_text(MINIMAL + "[model]\nbundle = 'nothing.bundle'\n")
+    r = check(str(p))
+    assert r.returncode == 2 and "model.bundle: " in r.stderr and "nothing.bundle" in r.stderr
