@@ -59,3 +59,30 @@ def test_demo_photos_folder_errors_are_one_line(tmp_path: Path) -> None:
     r = _demo("--photos", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
     assert r.returncode != 0
     assert "--photos:" in r.stderr and "no photos" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_looping_demo_rolls_the_aisle_until_ctrl_c_and_alerts_each_gap_once(tmp_path: Path) -> None:
+    """`demo --loop` keeps the service (and its preview) up, pass after pass; the aisle's markers tell the cart it
+    is the same aisle, so no gap is alerted twice. Ctrl-C ends it cleanly with the summary."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "demo", "--loop", "--no-preview",
+                             "--seconds", "6", "--gaps", "3", "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("cart rolling until Ctrl-C"):
+                break
+        time.sleep(16)  # two and a half passes of 6 s, at the camera's pace
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["frames"] >= 2 * summary["pass_frames"], summary  # it did roll down the aisle again
+    assert summary["gaps_alerted"] and not summary["duplicates"]
+    assert summary["alerts_opened"] == len(summary["gaps_alerted"]) + len(summary["false_alarms"]), summary
+    assert "done:" in out

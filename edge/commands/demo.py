@@ -25,6 +25,9 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=7, help="which aisle to generate")
     p.add_argument("--gaps", type=int, default=6, help="empty spots in the aisle")
     p.add_argument("--fast", action="store_true", help="do not pace the video in real time")
+    p.add_argument("--loop", action="store_true",
+                   help="roll down the aisle again and again until Ctrl-C, keeping the preview up (each gap is "
+                        "still alerted once: the cart knows the aisle by its markers)")
     p.add_argument("--preview", default="127.0.0.1:8080", metavar="HOST:PORT",
                    help="live preview bind address (port 0 picks a free one)")
     p.add_argument("--no-preview", action="store_true", help="do not serve the live preview")
@@ -92,6 +95,8 @@ def demo(args: argparse.Namespace) -> int:
 
     if args.seconds < 5:
         raise CliError("--seconds must be at least 5 (a pass needs the aisle's two ends and its gaps)")
+    if args.loop and args.fast:
+        raise CliError("--loop runs at the camera's pace; --fast would skip most frames of a looped video")
     if args.photos_count < 1:
         raise CliError("--photos-count must be at least 1")
     if args.broker is not None:
@@ -115,7 +120,8 @@ def demo(args: argparse.Namespace) -> int:
     if url is None:
         embedded = EmbeddedBroker().start()
         url = embedded.url
-        print(f"embedded MQTT broker (amqtt) at {url}", flush=True)
+        print(f"embedded MQTT broker (amqtt) at {url}; to watch it from another terminal: "
+              f"shelfscout alerts --broker {url}", flush=True)
 
     outbox = out / "outbox.db"
     for suffix in ("", "-wal", "-shm"):
@@ -128,6 +134,7 @@ store = "demo-store"
 [camera]
 source = "{cp.path}"
 realtime = {str(not args.fast).lower()}
+loop = {str(args.loop).lower()}
 fps = {cp.fps}
 [model]
 bundle = "{args.model or ''}"
@@ -167,7 +174,9 @@ bind = "{args.preview}"
             print(f"  ALERT {a['event']:<7} {a['id']}  {where}  confidence {a['confidence']:.2f}  "
                   f"frame {a['frame']}  snapshot {a['snapshot']['bytes'] if a['snapshot'] else 0} B", flush=True)
         elif "/snapshots/" in msg.topic:
-            (out / "snapshots" / f"{msg.topic.rsplit('/', 1)[1]}.jpg").write_bytes(msg.payload)
+            alert_id = msg.topic.rsplit("/", 1)[1]
+            path = out / "snapshots" / f"{alert_id}.jpg"  # a `cleared` event's snapshot does not replace it
+            (path.with_name(f"{alert_id}.cleared.jpg") if path.exists() else path).write_bytes(msg.payload)
 
     sub.on_connect = on_connect
     sub.on_message = on_message
@@ -183,7 +192,7 @@ bind = "{args.preview}"
         time.sleep(0.1)
     if service.preview_url:
         print(f"live preview: {service.preview_url}  (open it in a browser)", flush=True)
-    print("cart rolling; alerts as they are published:", flush=True)
+    print("cart rolling" + (" until Ctrl-C" if args.loop else "") + "; alerts as they are published:", flush=True)
     try:
         while runner.is_alive():
             runner.join(0.5)
@@ -206,12 +215,16 @@ bind = "{args.preview}"
         "duplicates": score.duplicates,
         "false_alarms": score.false_alarms,
         "exit_code": service.exit_code,
+        "frames": service.parts.pipeline.stats.frames if service.parts.pipeline is not None else 0,
+        "pass_frames": cp.frames,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _contact_sheet(out)
     verdict = score.summary() if labelled else (
         f"{summary['alerts_opened']} alerts opened (the photos have no labels/ to score them against)")
     print(f"done: {verdict}; snapshots in {out / 'snapshots'}, contact sheet {out / 'alerts.jpg'}")
+    if service.preview_url and not args.loop:
+        print("the preview closed with the pass; `shelfscout demo --loop` keeps it up until Ctrl-C")
     return int(service.exit_code)
 
 
