@@ -147,6 +147,8 @@ def _publish(args: argparse.Namespace) -> int:
     if not isinstance(message, dict) or "release" not in message or not message.get("sig"):
         raise CliError(f"{args.release} is not a signed release (run `shelfscout release` first)")
     payload = json.dumps(message, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    if not args.clear:
+        _refuse_expired(args.release, message)
     password = None
     if args.password_file:
         try:
@@ -163,3 +165,19 @@ def _publish(args: argparse.Namespace) -> int:
     what = "cleared the retained release on" if args.clear else f"published {r.get('name')} v{r.get('version')} to"
     print(f"{what} {topic} (retained, QoS 1)", file=sys.stderr)
     return 0
+
+
+def _refuse_expired(path: Path, message: dict[str, Any]) -> None:
+    """Every cart refuses a release past its `not_after`: publishing one would only hide the current release."""
+    from datetime import datetime, timezone
+
+    from edge.ota.errors import OtaError
+    from edge.ota.release import Release
+
+    try:
+        release = Release.from_dict(message["release"])
+    except (OtaError, TypeError) as e:
+        raise CliError(f"{path}: not a release a cart can read: {e}") from None
+    if release.expires <= datetime.now(timezone.utc):
+        raise CliError(f"{path}: {release.name} v{release.version} expired at {release.not_after}; every cart "
+                       "would refuse it. Sign it again with `shelfscout release` (--expires-in)")

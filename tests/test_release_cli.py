@@ -89,6 +89,23 @@ def test_a_fleet_key_releases_the_project_signed_default_bundle_unchanged(
     assert "is a public key" in err and len(err.splitlines()) == 1
 
 
+def test_publish_refuses_a_release_that_has_expired(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every cart would refuse it, and as the retained message it would hide the release they run."""
+    import time
+
+    from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE
+
+    assert main(["keygen", str(tmp_path / "fleet")]) == 0
+    out = tmp_path / "rel.json"
+    assert main(["release", str(DEFAULT_BUNDLE), "--key", str(tmp_path / "fleet.key"), "--keys", str(BUILTIN_KEYS),
+                 "--url", "https://m.example/", "--expires-in", "1s", "-o", str(out)]) == 0
+    time.sleep(1.5)
+    capsys.readouterr()
+    assert main(["publish", str(out), "--broker", "mqtt://127.0.0.1:9", "--fleet"]) == 2  # refused before connecting
+    err = capsys.readouterr().err.strip()
+    assert "expired at" in err and "--expires-in" in err and len(err.splitlines()) == 1
+
+
 def _retained(url_port: int, topic: str, timeout: float = 5.0) -> bytes | None:
     got = first_messages(url_port, topic, timeout, retained_only=True)
     return got[0] if got else None

@@ -178,11 +178,12 @@ def verify_release(payload: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Veri
     except (binascii.Error, ValueError):
         raise OtaError("bad-signature", "release signature is not base64") from None
     signed = release.canonical_bytes()
+    claim = f"release {release.name} v{release.version} (as it claims; not verified)"
     by_id = {keyid(k): (name, k) for name, k in keys.items()}
     kid = msg.get("keyid")
     if kid is not None:
         if kid not in by_id:
-            raise OtaError("unknown-key", f"release is signed by key {kid}, which is not trusted "
+            raise OtaError("unknown-key", f"{claim} is signed by key {kid}, which is not trusted "
                                           f"(trusted: {', '.join(sorted(by_id))})")
         candidates = [(kid, *by_id[kid])]
     else:
@@ -194,5 +195,5 @@ def verify_release(payload: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Veri
             continue
         return VerifiedRelease(release, kid_, name, hashlib.sha256(signed + sig).hexdigest())
     if kid is None:
-        raise OtaError("unknown-key", "release signature does not verify with any trusted key")
-    raise OtaError("bad-signature", f"release signature does not verify with key {kid} (tampered?)")
+        raise OtaError("unknown-key", f"{claim}: its signature does not verify with any trusted key")
+    raise OtaError("bad-signature", f"{claim}: its signature does not verify with key {kid} (tampered?)")
