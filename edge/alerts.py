@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import statistics
@@ -192,6 +193,9 @@ class Place:
         box = d["box"]
         if not isinstance(box, list) or len(box) != 4:
             raise ValueError(f"place box must be 4 numbers, got {box!r}")
+        b = [float(v) for v in box]
+        if not all(math.isfinite(v) for v in b) or b[0] >= b[2] or b[1] >= b[3]:
+            raise ValueError(f"place box must be x0 < x1, y0 < y1, all finite, got {box!r}")
         aisle = d.get("aisle")
         state = str(d.get("state", OPEN))
         if state not in (OPEN, OPENING, CLEARING):
@@ -247,7 +251,7 @@ class AlertManager:
     # ---- persistence -------------------------------------------------------------------------------------------
     def _load(self, path: Path) -> None:
         try:
-            raw = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except FileNotFoundError:
             return
         except OSError as e:
@@ -256,7 +260,7 @@ class AlertManager:
             )
             return
         try:
-            data = json.loads(raw)
+            data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)  # UnicodeDecodeError is a ValueError
             if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
                 raise ValueError(
                     f"unsupported state version {data.get('version') if isinstance(data, dict) else data!r}"
@@ -267,7 +271,9 @@ class AlertManager:
                 for k, v in data.get("markers", {}).items()
             }
             seq = int(data.get("seq", 0))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            if seq < 0:
+                raise ValueError(f"seq must not be negative, got {seq}")
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:
             bad = path.with_name(path.name + ".corrupt")
             log.warning("tracking state %s is unreadable (%s); moved to %s, starting empty", path, e, bad)
             try:
@@ -581,6 +587,11 @@ class AlertManager:
     def open_alerts(self) -> list[Place]:
         """The open alerts (places being cleared are left out)."""
         return [p for p in self.places if p.state != CLEARING]
+
+
+def _no_constant(name: str) -> float:
+    """json.loads takes NaN and Infinity by default; no place or marker of a cart can be at either."""
+    raise ValueError(f"{name} is not a position")
 
 
 def _aisle_marker(aisle: str) -> int:

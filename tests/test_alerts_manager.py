@@ -90,6 +90,33 @@ def test_restocked_gap_is_cleared_once_with_its_id(aisle: Aisle) -> None:
     assert len(tracker.alerts.open_alerts()) == len(aisle.gaps) - 1
 
 
+_PLACE = {"alert_id": "x", "aisle": None, "box": [1, 2, 30, 40], "first_seen": 1.0, "last_seen": 2.0,
+          "confidence": 0.9, "frames": 5, "state": "open"}
+
+
+@pytest.mark.parametrize("content", [
+    bytes(range(128, 256)) * 20,  # not UTF-8 (random bytes after a bad sector)
+    json.dumps({"version": 1, "seq": 1e400, "places": []}).encode(),  # seq Infinity
+    b'{"version": 1, "seq": Infinity, "places": []}',
+    b'{"version": 1, "places": [' + json.dumps({**_PLACE, "box": [1, 2, "nan", 40]}).encode() + b"]}",
+    b'{"version": 1, "places": [' + json.dumps(_PLACE).replace("30", "NaN").encode() + b"]}",
+    b'{"version": 1, "places": [' + json.dumps({**_PLACE, "box": [30, 2, 1, 40]}).encode() + b"]}",
+])
+def test_a_state_file_that_cannot_be_a_cart_s_state_is_moved_aside_not_crashed_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes
+) -> None:
+    """A place at NaN would match every later gap on its aisle and never clear; a crash at start-up would be
+    restarted until systemd gives up. Either way the cart would stop alerting."""
+    state = tmp_path / "alerts.json"
+    state.write_bytes(content)
+    with caplog.at_level(logging.WARNING):
+        mgr = AlertManager(TrackingConfig(), "cart-01", state)
+    assert mgr.open_alerts() == [] and not state.exists() and (tmp_path / "alerts.json.corrupt").exists()
+    assert "unreadable" in caplog.text
+    state.write_text(json.dumps({"version": 1, "seq": 3, "places": [_PLACE]}))  # the control: a sound file loads
+    assert [p.alert_id for p in AlertManager(TrackingConfig(), "cart-01", state).open_alerts()] == ["x"]
+
+
 def test_corrupt_state_file_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     state = tmp_path / "alerts.json"
     state.write_text('{"version": 1, "places": [{"alert_id": "x"')
