@@ -371,7 +371,7 @@ class Service:
 
         stack.callback(stop_stats)
         if self.install_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: a closed terminal, a reload
                 signal.signal(sig, lambda *_: self.stop_event.set())
         from edge.sdnotify import notify
 
@@ -415,6 +415,10 @@ class Service:
                           self.drain_timeout_s, outbox.depth())  # held ones, if any, are reported at close
                 self.exit_code = 3
                 return
+        left = outbox.depth() + sink.held
+        if left:  # stopped (SIGTERM, Ctrl-C) before the broker had everything
+            log.error("stopped while draining: %d messages stay queued for the next start", left)
+            self.exit_code = 3
 
 
 class _LastFrameObserver:

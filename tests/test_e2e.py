@@ -163,6 +163,34 @@ def test_broker_down_at_start_then_all_alerts_arrive(tmp_path: Path, cart_pass: 
             proc.kill()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_while_draining_says_what_stays_queued_and_exits_3(
+    tmp_path: Path, cart_pass: CartPass, sig: signal.Signals
+) -> None:
+    """The pass is over but the broker is away: a stop (systemd's SIGTERM, or a SIGHUP from a closed terminal)
+    ends the service cleanly, says how many messages wait for the next start, and exits 3 as a drain timeout does;
+    the messages are still in the outbox."""
+    from edge.outbox import Outbox
+
+    log = tmp_path / "service.log"
+    proc = start_service(write_config(tmp_path, cart_pass.path, f"mqtt://127.0.0.1:{free_port()}"), log)
+    try:
+        deadline = time.monotonic() + 120
+        while "source ended; draining" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        assert proc.wait(30) == 3, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    m = re.search(r"stopped while draining: (\d+) messages stay queued", text)
+    assert m and "Traceback" not in text, text[-2000:]
+    with Outbox(tmp_path / "state" / "outbox.db") as outbox:
+        assert outbox.depth() == int(m.group(1)) > 0
+
+
 def test_broker_restarts_and_service_kills_lose_nothing(tmp_path: Path, cart_pass: CartPass) -> None:
     """Kill and restart the broker 5 times and SIGKILL + restart the service twice during a real-time run."""
     port = free_port()

@@ -14,8 +14,8 @@ def register(sub: Any) -> None:
     p.add_argument("-c", "--config", default=None, help="TOML config file (default /etc/shelfscout/config.toml)")
     p.add_argument("--no-preview", action="store_true", help="do not serve the live preview")
     p.add_argument("--drain-timeout", type=float, default=None, metavar="S",
-                   help="after a finite source, give up waiting for the broker after S seconds (exit 3); "
-                        "the queued alerts stay in the outbox for the next start")
+                   help="after a finite source, give up waiting for the broker after S seconds (exit 3, as "
+                        "for a stop while draining); the queued alerts stay in the outbox for the next start")
     p.add_argument("--dev-allow-unsigned-models", action="store_true",
                    help="DEVELOPMENT ONLY: run models whose signature is missing or unknown")
     p.set_defaults(func=run, log_level=logging.INFO)
