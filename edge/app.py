@@ -120,6 +120,14 @@ class Service:
     # ---- commands from MQTT ----------------------------------------------------------------------------------
     def on_command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         pipeline: Pipeline = _need(self.parts.pipeline)
+        unknown = sorted(set(args) - {"reason"})  # a note for the log is welcome; nothing else is understood
+        if unknown:
+            raise ValueError(f"{name} takes no arguments (only an optional \"reason\" for the log), got "
+                             f"{', '.join(unknown)}" + (": it re-reads the configured or OTA-installed model; "
+                                                        "new models come as signed OTA releases"
+                                                        if name == "reload" else ""))
+        if args.get("reason") is not None:
+            log.info("command %s: %s", name, str(args["reason"])[:200])
         if name == "pause":
             pipeline.paused.set()
             self._refresh_status()

@@ -191,6 +191,36 @@ def test_a_stop_while_draining_says_what_stays_queued_and_exits_3(
         assert outbox.depth() == int(m.group(1)) > 0
 
 
+def test_commands_on_the_running_service_take_a_reason_and_refuse_other_arguments(
+    tmp_path: Path, cart_pass: CartPass
+) -> None:
+    """`reload {"bundle": ...}` was answered ok while ignoring the path: a backend would believe the cart took a
+    model it never looked at. Arguments the service does not understand are refused; a `reason` is logged."""
+    with Mosquitto(tmp_path / "broker") as b:
+        sub = ValidatingSubscriber(b.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="backend").start()
+        log = tmp_path / "service.log"
+        cfg = write_config(tmp_path, cart_pass.path, b.url, realtime=True, camera="loop = true")
+        proc = start_service(cfg, log)
+        try:
+            assert sub.wait_for(lambda: any(s["state"] == "online" for s in sub.json_on("/status")), 60), (
+                log.read_text()[-2000:])
+            base = f"shelfscout/{STORE}/{DEVICE}/cmd"
+            for name, payload in [("reload", {"bundle": "/elsewhere/other.bundle"}), ("pause", {"reason": "aisle 7 "
+                                  "closed"}), ("resume", {"speed": 2}), ("reload", {})]:
+                sub.client.publish(f"{base}/{name}", json.dumps(payload).encode(), qos=1).wait_for_publish(5)
+            assert sub.wait_for(lambda: len(sub.containing("/reply")) == 4, 20), log.read_text()[-2000:]
+            replies = [(m.topic.rsplit("/", 2)[1], json.loads(m.payload)) for m in sub.containing("/reply")]
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        sub.stop()
+    assert [(n, r["ok"]) for n, r in replies] == [("reload", False), ("pause", True), ("resume", False),
+                                                  ("reload", True)]
+    assert "bundle" in replies[0][1]["error"] and "OTA" in replies[0][1]["error"]
+    assert "speed" in replies[2][1]["error"]
+    assert "command pause: aisle 7 closed" in log.read_text()
+
+
 def test_broker_restarts_and_service_kills_lose_nothing(tmp_path: Path, cart_pass: CartPass) -> None:
     """Kill and restart the broker 5 times and SIGKILL + restart the service twice during a real-time run."""
     port = free_port()
