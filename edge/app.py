@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, Bundle, load_public_keys, read_bundle
+from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, Bundle, BundleError, load_public_keys, read_bundle
 from edge.config import Config
 from edge.instance_lock import acquire
 from edge.payloads import (
@@ -116,6 +116,7 @@ class Service:
         self._status_reason: str | None = None
         self.parts = Parts()
         self.updater: Any = None
+        self.model_problem: str | None = None  # why the service runs the built-in model instead of the configured one
 
     # ---- commands from MQTT ----------------------------------------------------------------------------------
     def on_command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -226,6 +227,8 @@ class Service:
         sink = self.parts.sink
         if sink is not None and sink.error is not None:
             reasons.append(f"alerts held in memory ({sink.held} messages): {sink.error}")
+        if self.model_problem is not None:
+            reasons.append(self.model_problem)
         model = model_ref(self.parts.slot.latest_info) if self.parts.slot is not None else None
         if reasons and not (len(reasons) == 1 and reasons[0].startswith("paused")):
             return StatusInfo("degraded", "; ".join(reasons), model)
@@ -294,8 +297,20 @@ class Service:
         tune_process()
         updater = self._make_updater()
         self.updater = updater
-        bundle = load_model(cfg, updater.active_bundle_path() if updater is not None else None)
-        detector = Detector(bundle, threads=cfg.model.threads, score_threshold=cfg.model.score_threshold)
+        active = updater.active_bundle_path() if updater is not None else None
+        chosen = Path(active) if active else (Path(cfg.model.bundle) if cfg.model.bundle else DEFAULT_BUNDLE)
+        try:
+            bundle = load_model(cfg, chosen)
+            detector = Detector(bundle, threads=cfg.model.threads, score_threshold=cfg.model.score_threshold)
+        except (BundleError, ValueError, RuntimeError) as e:
+            # a cart with a model it cannot run still runs the signed built-in one, and says so in its status,
+            # rather than exit and be restarted until systemd gives up
+            if chosen.resolve() == DEFAULT_BUNDLE.resolve():
+                raise
+            self.model_problem = f"the configured model cannot run ({e}); running the built-in default model"
+            log.error("%s", self.model_problem)
+            bundle = load_model(cfg, DEFAULT_BUNDLE)
+            detector = Detector(bundle, threads=cfg.model.threads, score_threshold=cfg.model.score_threshold)
         log.info("model %s v%d on %s (xnnpack=%s, %d threads)", bundle.manifest.name, bundle.manifest.version,
                  detector.runtime.name, detector.runtime.xnnpack, cfg.model.threads)
         slot = ModelSlot(detector, bundle)

@@ -221,6 +221,35 @@ def test_commands_on_the_running_service_take_a_reason_and_refuse_other_argument
     assert "command pause: aisle 7 closed" in log.read_text()
 
 
+@pytest.mark.parametrize("damage", ["missing", "tampered"])
+def test_a_configured_model_that_cannot_run_falls_back_to_the_built_in_one(
+    tmp_path: Path, cart_pass: CartPass, damage: str
+) -> None:
+    """A cart whose model file was deleted or damaged still finds gaps with the signed built-in model and says
+    why in its retained status, instead of exiting and being restarted until systemd gives up."""
+    bundle = tmp_path / "store.bundle"
+    if damage == "tampered":
+        data = bytearray(DEFAULT_BUNDLE.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        bundle.write_bytes(bytes(data))
+    with Mosquitto(tmp_path / "broker") as b:
+        sub = ValidatingSubscriber(b.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="backend").start()
+        log = tmp_path / "service.log"
+        proc = start_service(write_config(tmp_path, cart_pass.path, b.url, model=f'bundle = "{bundle}"'), log)
+        try:
+            assert proc.wait(120) == 0, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        sub.wait_for(lambda: len(alerts_of(sub)) >= len(committed_alerts(log)), 10)
+        sub.stop()
+    degraded = [st for st in sub.json_on("/status") if st["state"] == "degraded"]
+    assert degraded and "running the built-in default model" in degraded[0]["reason"]
+    assert str(bundle) in degraded[0]["reason"]
+    assert alerts_of(sub), "no alert: the built-in model did not run"
+    assert {a["model"]["name"] for a in alerts_of(sub)} == {"shelfgap-default"}
+
+
 def test_broker_restarts_and_service_kills_lose_nothing(tmp_path: Path, cart_pass: CartPass) -> None:
     """Kill and restart the broker 5 times and SIGKILL + restart the service twice during a real-time run."""
     port = free_port()
