@@ -341,6 +341,17 @@ class AlertManager:
             self._dirty = True
         self._pending = kept
 
+    def announce_again(self) -> int:
+        """Mark every open place `opening`, as if its event might never have been committed: each is announced
+        again, with its id, when it is next confirmed (the outbox holding the events was lost). Returns how many."""
+        n = 0
+        for p in self.places:
+            if p.state == OPEN:
+                p.state, n = OPENING, n + 1
+        if n:
+            self.save()
+        return n
+
     def position_lost(self, path: float) -> None:
         """The tracker no longer knows where the cart is (it was paused, the camera was away): every open place is
         `stale`, neither cleared nor refined until a marker of its aisle fixes the position or a confirmed gap links

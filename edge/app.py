@@ -342,6 +342,12 @@ class Service:
         tracker = GapTracker(cfg.tracking, cfg.device.id, state_dir / "places.json")
         stack.callback(tracker.close)
         self.parts.tracker = tracker
+        if outbox.quarantined is not None:  # events of open alerts may have waited in it, unsent
+            n = tracker.alerts.announce_again()
+            if n:
+                log.warning("%d open alert(s) will be announced again, with their ids, when next seen: the corrupt "
+                            "outbox may have held their events (%d of its messages were salvaged)", n,
+                            outbox.salvaged)
 
         def on_capture_state(state: str, reason: str) -> None:
             status = self.status()

@@ -140,6 +140,61 @@ def _check(path: Path, busy_timeout_s: float) -> str | None:
     return None
 
 
+def _salvage(corrupt: Path, fresh: sqlite3.Connection) -> int:
+    """Copy the messages SQLite can still read from a quarantined database (a truncated file often keeps most
+    of them) into the fresh one, oldest first; returns how many. Best effort: a file that is no database gives 0."""
+    rows: list[Any] = []
+    try:
+        data = bytearray(corrupt.read_bytes())
+    except OSError:
+        return 0
+    if data[:16] != b"SQLite format 3\x00" or len(data) < 100:
+        return 0
+    page = int.from_bytes(data[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages = len(data) // page if page >= 512 else 0
+    if not pages:
+        return 0
+    # a file cut short still says how many pages it had, and SQLite then refuses all of it: say what is left
+    data[28:32] = pages.to_bytes(4, "big")
+    data[18:20] = b"\x01\x01"  # read it as a rollback-journal database: a copy in memory has no WAL
+    try:
+        src = sqlite3.connect(":memory:")
+        if not hasattr(src, "deserialize"):  # Python 3.10
+            src.close()
+            return 0
+        try:
+            src.deserialize(bytes(data[:pages * page]))
+            cur = src.execute("SELECT topic, payload, qos, retain, created, size FROM messages ORDER BY id")
+            while True:
+                try:
+                    row = cur.fetchone()
+                except sqlite3.Error:
+                    break  # the readable part ends here
+                if row is None:
+                    break
+                rows.append(row)
+        finally:
+            src.close()
+    except sqlite3.Error:
+        pass
+    good = [r for r in rows if isinstance(r[0], str) and isinstance(r[1], bytes) and r[2] in (0, 1, 2)]
+    if not good:
+        return 0
+    try:
+        fresh.execute("BEGIN IMMEDIATE")
+        fresh.executemany("INSERT INTO messages(topic, payload, qos, retain, created, size) "
+                          "VALUES (?, ?, ?, ?, ?, ?)", good)
+        fresh.execute("COMMIT")
+    except sqlite3.Error as e:
+        with contextlib.suppress(sqlite3.Error):
+            fresh.execute("ROLLBACK")
+        log.error("could not salvage the corrupt outbox's messages: %s", e)
+        return 0
+    log.warning("salvaged %d message(s) from the corrupt outbox %s", len(good), corrupt)
+    return len(good)
+
+
 def _cannot_open(path: Path, e: Exception) -> OutboxError:
     """The error for an outbox SQLite cannot open, saying so when its disk is full (SQLite says "disk I/O error")."""
     try:
@@ -166,6 +221,7 @@ class Outbox:
         self._max_bytes = max_bytes
         self.quarantined: Path | None = None
         self.quarantine_reason: str | None = None
+        self.salvaged = 0  # messages read back from a quarantined database into the fresh one
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self.memory_reason = memory_reason
@@ -192,7 +248,10 @@ class Outbox:
             log.error("outbox %s is corrupt (%s); moved it to %s and started a fresh one",
                       self.path, reason, self.quarantined)
         try:
-            return self._open(memory=False)
+            conn = self._open(memory=False)
+            if reason is not None and self.quarantined is not None:
+                self.salvaged = _salvage(self.quarantined, conn)
+            return conn
         except sqlite3.Error as e:
             if not _is_corruption(e):
                 raise _cannot_open(self.path, e) from e
@@ -202,9 +261,11 @@ class Outbox:
             log.error("outbox %s is corrupt (%s); moved it to %s and started a fresh one",
                       self.path, e, self.quarantined)
             try:
-                return self._open(memory=False)
+                conn = self._open(memory=False)
             except sqlite3.Error as e2:
                 raise _cannot_open(self.path, e2) from e2
+            self.salvaged = _salvage(self.quarantined, conn)
+            return conn
 
     def _open(self, memory: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(":memory:" if memory else str(self.path), timeout=self.busy_timeout_s,

@@ -250,6 +250,53 @@ def test_a_configured_model_that_cannot_run_falls_back_to_the_built_in_one(
     assert {a["model"]["name"] for a in alerts_of(sub)} == {"shelfgap-default"}
 
 
+@pytest.mark.parametrize("damage", ["garbage", "cut short"])
+def test_alerts_queued_in_an_outbox_that_got_corrupt_are_still_delivered(
+    tmp_path: Path, cart_pass: CartPass, damage: str
+) -> None:
+    """A pass with the broker away leaves its alerts queued; the outbox file is then damaged. The next start
+    quarantines it, salvages what SQLite can still read, and announces every open alert again (same ids) when the
+    cart next sees it: once the cart passes by again, the backend has every alert of the first pass."""
+    from edge.outbox import Outbox
+
+    cfg = write_config(tmp_path, cart_pass.path, f"mqtt://127.0.0.1:{free_port()}")  # no broker
+    log = tmp_path / "first.log"
+    proc = start_service(cfg, log)
+    try:
+        deadline = time.monotonic() + 120
+        while "source ended; draining" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.terminate()
+        assert proc.wait(30) == 3, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    queued = committed_alerts(log)
+    assert queued, "the first pass committed no alert"
+    db = tmp_path / "state" / "outbox.db"
+    with Outbox(db) as ob:
+        assert ob.depth() >= len(queued)
+    data = db.read_bytes()
+    db.write_bytes(os.urandom(len(data)) if damage == "garbage" else data[:len(data) * 2 // 3])
+    with Mosquitto(tmp_path / "broker") as b:
+        sub = ValidatingSubscriber(b.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="backend").start()
+        log2 = tmp_path / "second.log"
+        proc = start_service(write_config(tmp_path, cart_pass.path, b.url), log2)
+        try:
+            assert proc.wait(120) == 0, log2.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert sub.wait_for(lambda: queued <= {(a["event"], a["id"]) for a in alerts_of(sub)}, 15), (
+            f"lost: {queued - {(a['event'], a['id']) for a in alerts_of(sub)}}\n{log2.read_text()[-3000:]}")
+        check_payloads_and_snapshots(sub)
+        sub.stop()
+    text = log2.read_text()
+    assert "is corrupt" in text and "announced again" in text
+    if damage == "cut short":
+        assert "salvaged" in text
+
+
 def test_broker_restarts_and_service_kills_lose_nothing(tmp_path: Path, cart_pass: CartPass) -> None:
     """Kill and restart the broker 5 times and SIGKILL + restart the service twice during a real-time run."""
     port = free_port()
