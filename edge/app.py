@@ -97,6 +97,9 @@ class _LastFrame:
     gaps: list[Gap] = field(default_factory=list)
 
 
+EXIT_LOST = 4  # the service stopped with alerts only in memory (the disk was full and the broker away): lost
+
+
 class Service:
     """The device service. `run()` blocks until stopped (SIGTERM/SIGINT, `stop()`) or a finite source is done."""
 
@@ -277,6 +280,9 @@ class Service:
             self._loop()
             self._drain()
             notify("STOPPING=1")
+        lost = sum(p.lost_at_close for p in (self.parts.sink, self.parts.outbox) if p is not None)
+        if lost:  # kept in memory on a full disk and never delivered: logged by whichever lost them
+            self.exit_code = EXIT_LOST
         return self.exit_code
 
     def _build(self, stack: contextlib.ExitStack) -> None:
@@ -360,7 +366,7 @@ class Service:
         stack.callback(capture.stop)
 
         sink = OutboxSink(outbox, topics, self.current_model, cfg.mqtt.snapshot_max_px,
-                          main_frame=capture.snapshot_frame, on_event=self.on_event)
+                          main_frame=capture.snapshot_frame, on_event=self.on_event, on_state=self._refresh_status)
         stack.callback(sink.close)  # after the pipeline has stopped, before the outbox closes
         self.parts.sink = sink
         tracker.uncommitted = sink.held_alert_ids  # both run on the post-processing thread

@@ -4,8 +4,9 @@ An alert and its snapshot are written in one transaction before the first publis
 the broker acknowledges them. When the bound is hit the oldest messages are dropped and counted (persistently).
 A database that is not a database or fails its integrity check is moved aside at start-up and replaced by a
 fresh one; `quarantined` tells the caller where it went, so the service reports it instead of crash-looping.
-An outbox that could not be opened on disk (a full disk) can run in memory, bounded, and moves itself to disk
-(`move_to_disk`) once the disk has room again; `epoch` counts such moves, since they renumber the messages.
+An outbox that could not be opened on disk (a full disk), or whose disk refuses writes later, runs in memory,
+bounded (`move_to_memory`), and moves itself to disk (`move_to_disk`) once the disk has room again; `epoch` counts
+such moves, since they renumber the messages.
 """
 
 from __future__ import annotations
@@ -225,7 +226,10 @@ class Outbox:
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self.memory_reason = memory_reason
-        self.epoch = 0  # moves from memory to disk: message ids taken before a move do not name the same messages
+        self.epoch = 0  # moves between memory and disk: message ids taken before a move do not name the same messages
+        self._disk_copied = False  # in memory with a copy of what the database on disk still holds
+        self._copied_upto = 0  # ...the copies being the rows with ids up to this one
+        self.lost_at_close = 0  # messages that were only in memory when the outbox closed
         self._disk_retry_at = 0.0
         self._conn: sqlite3.Connection | None = None
         self._conn = self._open(memory=True) if memory_reason is not None else self._open_file()
@@ -433,12 +437,54 @@ class Outbox:
             row = self._db().execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
         return int(row[0]) if row else 0
 
+    def move_to_memory(self, reason: str) -> bool:
+        """The disk refuses writes (it is full, or failing): keep going in memory, bounded, with a copy of every
+        message the database holds (reading still works), so alerts keep flowing to the broker; `move_to_disk` brings
+        them back once there is room. The messages keep their ids both ways, so `epoch` stays. False if the database
+        cannot even be read (the caller then keeps its messages itself)."""
+        with self._lock:
+            if self.memory_reason is not None:
+                return True
+            disk = self._db()
+            try:
+                rows = disk.execute(
+                    "SELECT id, topic, payload, qos, retain, created, size FROM messages ORDER BY id").fetchall()
+                lost = disk.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
+                memory = self._open(memory=True)
+            except sqlite3.Error as e:
+                log.error("outbox %s cannot move to memory either: %s", self.path, e)
+                return False
+            # the same ids: a sender's messages in flight and its place in the queue stay valid (no new epoch)
+            memory.execute("BEGIN")
+            memory.executemany("INSERT INTO messages(id, topic, payload, qos, retain, created, size) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            memory.execute("UPDATE meta SET value = ? WHERE key = 'dropped'", (int(lost[0]) if lost else 0,))
+            count, total, dropped = self._trim(memory, len(rows), sum(int(r[6]) for r in rows),
+                                               min(self._max_bytes, MEMORY_MAX_BYTES))
+            memory.execute("COMMIT")
+            with contextlib.suppress(sqlite3.Error):
+                disk.close()
+            self._conn = memory
+            self._count, self._bytes = count, total
+            self.memory_reason = reason
+            self._disk_copied = True
+            self._copied_upto = int(rows[-1][0]) if rows else 0
+            self._disk_retry_at = time.monotonic() + DISK_RETRY_S
+        log.error("%s; the outbox carries on in memory (at most %d bytes) with its %d message(s), and moves back "
+                  "to disk once there is room", reason, self.max_bytes, count)
+        if dropped:
+            log.warning("outbox in memory: dropped the %d oldest message(s) to stay within %d bytes", dropped,
+                        self.max_bytes)
+        return True
+
     def move_to_disk(self, force: bool = False) -> bool:
         """An outbox kept in memory: once the disk has room, move every message (and the dropped count) to the
         database at `path` in one transaction and keep going there; True when the outbox is on disk.
 
-        Tries at most once every DISK_RETRY_S unless `force`. The moved messages get new ids after any the database
-        already held (an earlier run's, sent from now on too); `epoch` goes up, so a sender that read ids before
+        Tries at most once every DISK_RETRY_S unless `force`. After `move_to_memory` the messages replace the
+        database's own (which they started as a copy of), ids and all. An outbox that started in memory puts its
+        messages after any the database already held (an earlier run's, sent from now on too) under new ids, and
+        `epoch` goes up, so a sender that read ids before
         drops them and reads again (the messages it had in flight are sent twice: at least once, as after a
         reconnect)."""
         if self.memory_reason is None:
@@ -463,10 +509,18 @@ class Outbox:
                 return False
             try:
                 disk.execute("BEGIN IMMEDIATE")
-                rows = memory.execute(
-                    "SELECT topic, payload, qos, retain, created, size FROM messages ORDER BY id").fetchall()
-                disk.executemany("INSERT INTO messages(topic, payload, qos, retain, created, size) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)", rows)
+                if self._disk_copied:  # memory started as a copy of the disk's rows and count: it replaces them,
+                    disk.execute("DELETE FROM messages")  # ids and all
+                    disk.execute("UPDATE meta SET value = 0 WHERE key = 'dropped'")
+                    rows = memory.execute("SELECT id, topic, payload, qos, retain, created, size FROM messages "
+                                          "ORDER BY id").fetchall()
+                    disk.executemany("INSERT INTO messages(id, topic, payload, qos, retain, created, size) "
+                                     "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                else:  # after what the disk already held (an earlier run's), under new ids
+                    rows = memory.execute(
+                        "SELECT topic, payload, qos, retain, created, size FROM messages ORDER BY id").fetchall()
+                    disk.executemany("INSERT INTO messages(topic, payload, qos, retain, created, size) "
+                                     "VALUES (?, ?, ?, ?, ?, ?)", rows)
                 lost = memory.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
                 disk.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped'", (int(lost[0]),))
                 row = disk.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
@@ -480,7 +534,9 @@ class Outbox:
             self._conn = disk
             self._count, self._bytes = count, total
             self.memory_reason = None
-            self.epoch += 1
+            if not self._disk_copied:
+                self.epoch += 1
+            self._disk_copied = False
         log.warning("the outbox is on disk again at %s: moved %d message(s) there from memory (%d queued in all)",
                     self.path, len(rows), count)
         self._committed(dropped)
@@ -489,8 +545,12 @@ class Outbox:
     def close(self) -> None:
         """Close the database; an outbox still in memory tries the disk first, and says what it loses."""
         if self.memory_reason is not None and self._conn is not None and not self.move_to_disk(force=True):
-            if self._count:
-                log.error("%d outbox message(s) lost at stop: they were kept in memory (%s)", self._count,
+            with self._lock:  # the copies of what the disk still holds are not lost: they are sent at the next start
+                after = self._copied_upto if self._disk_copied else 0
+                lost = int(self._db().execute("SELECT COUNT(*) FROM messages WHERE id > ?", (after,)).fetchone()[0])
+            if lost:
+                self.lost_at_close = lost
+                log.error("%d outbox message(s) lost at stop: they were kept in memory (%s)", lost,
                           self.memory_reason)
         with self._lock:
             if self._conn is not None:

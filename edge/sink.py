@@ -1,6 +1,7 @@
 """The alert sink: renders each event's snapshot and commits alert + snapshot to the outbox in one transaction.
 
-When the outbox cannot store (the disk is full, an I/O error), the sink holds the frame's messages in memory, in
+When the outbox cannot store (the disk is full, an I/O error), it moves to memory (`Outbox.move_to_memory`) and
+the alerts keep flowing to the broker. Should even that fail, the sink holds the frame's messages in memory, in
 order, and commits them once it can again, retrying at most once a second; the service runs on, `degraded`. The
 tracker keeps the places of held events marked `opening` / `clearing` (`held_alert_ids`), so when its state file can
 still be written, a service killed before the disk had room announces them again after the restart; held messages
@@ -44,13 +45,15 @@ class OutboxSink:
 
     def __init__(self, outbox: Outbox, topics: Topics, model: Callable[[], ModelRef], snapshot_max_px: int = 640,
                  main_frame: Callable[[int], MainFrame | None] | None = None,
-                 on_event: Callable[[AlertEvent], None] | None = None, hold_max_bytes: int = HOLD_MAX_BYTES):
+                 on_event: Callable[[AlertEvent], None] | None = None, hold_max_bytes: int = HOLD_MAX_BYTES,
+                 on_state: Callable[[], None] | None = None):
         self.outbox = outbox
         self.topics = topics
         self.model = model
         self.snapshot_max_px = snapshot_max_px
         self.main_frame = main_frame
         self.on_event = on_event
+        self.on_state = on_state  # the outbox moved between disk and memory, or holding started or ended
         self.hold_max_bytes = hold_max_bytes
         self._held: deque[_Held] = deque()
         self._held_bytes = 0
@@ -58,6 +61,7 @@ class OutboxSink:
         self._retry_at = 0.0
         self.error: str | None = None  # why the outbox cannot store, while it cannot
         self.dropped = 0  # messages dropped from memory because too many were held
+        self.lost_at_close = 0
 
     @property
     def held(self) -> int:
@@ -88,8 +92,8 @@ class OutboxSink:
 
     def retry(self, force: bool = False) -> bool:
         """Commit held messages, oldest first, each frame's in one transaction; True once none are held."""
-        if self.outbox.memory_reason is not None:
-            self.outbox.move_to_disk()  # rate-limited by the outbox, whatever `force` says about committing
+        if self.outbox.memory_reason is not None and self.outbox.move_to_disk():  # rate-limited by the outbox
+            self._state_changed()
         if not self._held:
             return True
         if not force and time.monotonic() < self._retry_at:
@@ -99,9 +103,14 @@ class OutboxSink:
             try:
                 self.outbox.put(h.msgs)
             except OutboxError as e:
+                if self.outbox.memory_reason is None and self.outbox.move_to_memory(str(e)):
+                    self._state_changed()
+                    continue  # the outbox carries on in memory: the alerts keep flowing to the broker
                 self._retry_at = time.monotonic() + RETRY_S
                 if self.error is None:
                     log.error("%s; holding the alerts in memory and retrying every %.0f s", e, RETRY_S)
+                    self.error = str(e)
+                    self._state_changed()
                 self.error = str(e)
                 return False
             self._held.popleft()
@@ -115,11 +124,20 @@ class OutboxSink:
         if self.error is not None:
             log.warning("the outbox stores again: every held alert is committed")
             self.error = None
+            self._state_changed()
         return True
+
+    def _state_changed(self) -> None:
+        if self.on_state is not None:
+            try:
+                self.on_state()
+            except Exception:  # a status report must never stop the alerts
+                log.exception("outbox state callback failed")
 
     def close(self) -> None:
         """A last try at stopping; whatever is still held is lost, and said so."""
         if not self.retry(force=True):
+            self.lost_at_close = self.held
             log.error("%d alert message(s) lost at stop: the outbox could not store them (%s)", self.held, self.error)
 
     def _bound(self) -> None:

@@ -1,6 +1,6 @@
-"""A full disk under the outbox: the service runs on, holds the alerts it cannot store in memory, says `degraded`
-and why, and commits and delivers every one of them once there is room again. An outbox that had to start in memory
-moves itself to disk once there is room, so a power cut after that loses nothing.
+"""A full disk under the outbox: the service runs on with its outbox in memory, delivers every alert, says
+`degraded` and why, and moves the outbox back to disk once there is room, so a power cut after that loses nothing.
+Should memory fail too, the sink holds the alerts and commits them once there is room.
 
 The disk is a real one: a small tmpfs mounted over the state folder and filled with a file, so SQLite meets a real
 ENOSPC. Mounting needs root (as this project's CI and development machines run); elsewhere these tests skip and say so.
@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 
 from convert.cartpass import CartPass, make_aisle, render_cart_pass
+from edge import outbox as outbox_mod
 from edge import sink as sink_mod
-from edge.outbox import Outbox, OutboxDiskFull, OutMessage
+from edge.outbox import Outbox, OutboxDiskFull, OutboxError, OutMessage
 from edge.payloads import ModelRef
 from edge.sink import OutboxSink
 from edge.topics import Topics
@@ -99,10 +100,64 @@ def frame(index: int) -> Frame:
     return Frame(image, index, time.monotonic(), time.time())
 
 
-def test_the_sink_holds_what_a_full_disk_refuses_and_commits_it_in_order_once_there_is_room(
+def test_a_disk_that_fills_up_moves_the_outbox_to_memory_and_back_in_order(
     tiny_disk: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The disk fills while the service runs: the outbox carries on in memory with a copy of what the disk held, so
+    every alert is committed at once and can go to the broker; once there is room it is back on disk, in order,
+    each message once (the disk's own copies replaced, not doubled)."""
+    monkeypatch.setattr(outbox_mod, "DISK_RETRY_S", 0.0)
+    outbox = Outbox(tiny_disk / "outbox.db")
+    seen: list[str] = []
+    sink = OutboxSink(outbox, Topics("shelfscout", STORE, DEVICE), lambda: ModelRef("m", 1),
+                      on_event=lambda ev: seen.append(ev.alert_id))
+    try:
+        sink.emit(frame(0), [event("a", 0)])
+        assert outbox.depth() == 2 and outbox.memory_reason is None and seen == ["a"]  # the alert and its snapshot
+
+        filler = fill(tiny_disk)
+        sink.emit(frame(1), [event("b", 1)])
+        assert outbox.memory_reason is not None and "full" in outbox.memory_reason  # "database or disk is full"
+        sink.emit(frame(2), [])
+        sink.emit(frame(3), [event("c", 3), event("d", 3)])
+        assert sink.held == 0 and sink.error is None and outbox.depth() == 8 and outbox.epoch == 0  # same ids
+        assert seen == ["a", "b", "c", "d"]  # committed (in memory) at once: the link can send them now
+        rows = outbox.pending()
+        outbox.ack_many([rows[0].row_id, rows[1].row_id], epoch=outbox.epoch)  # the broker has "a"
+
+        filler.unlink()
+        sink.emit(frame(4), [])  # any frame tries the disk again
+        assert outbox.memory_reason is None and outbox.epoch == 0
+        assert [r.row_id for r in outbox.pending()] == [r.row_id for r in rows[2:]]  # ids kept both ways
+    finally:
+        outbox.close()
+    with Outbox(tiny_disk / "outbox.db") as reopened:
+        topics = [m.topic.rsplit("/", 2)[-2:] for m in reopened.pending()]
+    assert [t[-1] for t in topics if t[0] == "snapshots"] == ["b", "c", "d"]  # in order; "a" delivered, not back
+
+
+def test_a_stop_while_the_outbox_is_in_memory_loses_only_what_the_disk_never_had(
+    tiny_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = Outbox(tiny_disk / "outbox.db")
+    outbox.put([msg(0), msg(1)])
+    fill(tiny_disk)
+    with pytest.raises(OutboxError):
+        outbox.put([msg(2)])
+    assert outbox.move_to_memory("the disk is full")
+    outbox.put([msg(2)])
+    outbox.close()  # the disk is still full: 0 and 1 are still on it, 2 was only in memory
+    assert outbox.lost_at_close == 1
+    assert "1 outbox message(s) lost at stop" in caplog.text
+
+
+def test_should_memory_fail_too_the_sink_holds_the_alerts_and_commits_them_in_order_once_there_is_room(
+    tiny_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last resort. An in-memory SQLite database does not fail here, so its refusal is forced (a stand-in for
+    a process out of memory); the full disk is real."""
     monkeypatch.setattr(sink_mod, "RETRY_S", 0.0)  # retry on every frame instead of once a second
+    monkeypatch.setattr(Outbox, "move_to_memory", lambda self, reason: False)
     outbox = Outbox(tiny_disk / "outbox.db")
     seen: list[str] = []
     sink = OutboxSink(outbox, Topics("shelfscout", STORE, DEVICE), lambda: ModelRef("m", 1),
@@ -130,7 +185,10 @@ def test_the_sink_holds_what_a_full_disk_refuses_and_commits_it_in_order_once_th
         outbox.close()
 
 
-def test_held_alerts_are_bounded_in_memory_oldest_dropped_and_counted(tiny_disk: Path) -> None:
+def test_held_alerts_are_bounded_in_memory_oldest_dropped_and_counted(
+    tiny_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Outbox, "move_to_memory", lambda self, reason: False)  # as above
     outbox = Outbox(tiny_disk / "outbox.db")
     sink = OutboxSink(outbox, Topics("shelfscout", STORE, DEVICE), lambda: ModelRef("m", 1), hold_max_bytes=1)
     try:
@@ -169,9 +227,14 @@ def run_pass(tmp: Path, cart_pass: CartPass, state: Path | None = None,
     return code, log, sub
 
 
-def test_a_full_disk_during_a_cart_pass_loses_no_alert(tmp_path: Path, tiny_disk: Path, cart_pass: CartPass) -> None:
+@pytest.mark.parametrize("room_again", [True, False])
+def test_a_full_disk_during_a_cart_pass_loses_no_alert(
+    tmp_path: Path, tiny_disk: Path, cart_pass: CartPass, room_again: bool
+) -> None:
     """The same recorded pass twice: once with room, once on a disk that fills up after the first alert or so. A
-    replay from a file is lossless, so both runs must deliver the same events, frame for frame."""
+    replay from a file is lossless, so both runs must deliver the same events, frame for frame. The alerts keep
+    reaching the broker while the disk is full (the outbox carries on in memory); whether the disk gets room again
+    before the end of the pass or not, none is lost."""
     code, _, ref_sub = run_pass(tmp_path / "ref", cart_pass)
     assert code == 0
     reference = sorted((a["event"], a["frame"]) for a in alerts_of(ref_sub))
@@ -179,20 +242,24 @@ def test_a_full_disk_during_a_cart_pass_loses_no_alert(tmp_path: Path, tiny_disk
 
     filler = fill(tiny_disk, leave=160 * 1024)  # room for the outbox itself and about one alert
 
-    def free_the_disk_once_it_is_full(proc: subprocess.Popen[bytes], log: Path, sub: ValidatingSubscriber) -> None:
-        wait_for_log(proc, log, "holding the alerts in memory")  # the disk filled up
-        assert sub.wait_for(lambda: any("alerts held in memory" in (s.get("reason") or "")
+    def while_full(proc: subprocess.Popen[bytes], log: Path, sub: ValidatingSubscriber) -> None:
+        wait_for_log(proc, log, "the outbox carries on in memory")  # the disk filled up
+        assert sub.wait_for(lambda: any("kept in memory only" in (s.get("reason") or "")
                                         for s in sub.json_on("/status") if s["state"] == "degraded"), 15), (
             f"status never said why: {sub.json_on('/status')}")
+        committed = {(e, i) for e, i in committed_alerts(log)}
+        assert sub.wait_for(lambda: committed <= {(a["event"], a["id"]) for a in alerts_of(sub)}, 15), (
+            "alerts committed while the disk is full did not reach the broker")
         assert proc.poll() is None  # still running (or draining), not crashed
-        filler.unlink()
+        if room_again:
+            filler.unlink()
 
     run = tmp_path / "full"
     run.mkdir()
-    code, log, sub = run_pass(run, cart_pass, state=tiny_disk, while_running=free_the_disk_once_it_is_full)
+    code, log, sub = run_pass(run, cart_pass, state=tiny_disk, while_running=while_full)
     text = log.read_text()
     assert code == 0, text[-3000:]
-    assert "the outbox stores again" in text
+    assert ("the outbox is on disk again" in text) == room_again
     assert "lost" not in text
     got = sorted((a["event"], a["frame"]) for a in alerts_of(sub))
     assert got == reference
