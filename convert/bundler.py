@@ -64,6 +64,13 @@ def _tflite_io(model_bytes: bytes) -> tuple[dict[str, Any], list[tuple[str, tupl
     return inp, outs
 
 
+def build_version() -> int:
+    """A default version for a model you build: its build time as YYYYMMDDHHMM (UTC; $SOURCE_DATE_EPOCH when set).
+    A cart takes only a higher version than it has, so each build outranks the one before it and the project's
+    own small numbers, and no two builds a minute apart share one."""
+    return int(build_time()[:16].replace("-", "").replace("T", "").replace(":", ""))
+
+
 def build_time() -> str:
     """The manifest's `created` time, UTC: $SOURCE_DATE_EPOCH when set (reproducible builds), else now."""
     env = os.environ.get("SOURCE_DATE_EPOCH", "")

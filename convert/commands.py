@@ -39,6 +39,16 @@ def register(sub: Any) -> None:
 
 
 # ---- train / finetune -------------------------------------------------------------------------------------------
+def _version(args: argparse.Namespace) -> int:
+    from convert.bundler import build_version
+
+    if args.version is None:
+        return build_version()
+    if args.version < 0:
+        raise CliError(f"--version must be a non-negative integer, got {args.version}")
+    return int(args.version)
+
+
 def _common_train_args(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--steps", type=int, default=steps, help=f"training steps (default {steps})")
     p.add_argument("--crop", type=int, default=256,
@@ -49,7 +59,9 @@ def _common_train_args(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--work", type=Path, default=None, help="scratch folder for data, weights and reports")
     p.add_argument("--name", default=None, help="model name in the manifest")
-    p.add_argument("--version", type=int, default=1, help="model version, a monotonic integer (default 1)")
+    p.add_argument("--version", type=int, default=None,
+                   help="model version, an integer; a cart takes only a higher one than it runs (default: the "
+                        "build time as YYYYMMDDHHMM, so each build outranks the last and the project's models)")
     p.add_argument("--key", type=Path, default=None,
                    help="ed25519 private key (PEM) to sign with (default $SHELFSCOUT_SIGNING_KEY, else "
                         "~/.config/shelfscout/keys/my-models.key, created if missing; carts trust it once "
@@ -129,12 +141,25 @@ def _register_finetune(sub: Any) -> None:
 
 
 def _key_args(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    return _signing_key(args), None
+
+
+def _signing_key(args: argparse.Namespace) -> Path | None:
+    """The key to sign with; only the default one (~/.config/shelfscout/keys/my-models.key) is created when missing:
+    a key named with --key or $SHELFSCOUT_SIGNING_KEY that is not there is a typo, not a wish for a new key."""
     if args.unsigned:
-        return None, None
-    from convert.bundler import signing_key_path
+        return None
+    import os
+
+    from convert.bundler import KEY_ENV, signing_key_path
 
     key = signing_key_path(args.key)
-    return key, None
+    named = args.key is not None or bool(os.environ.get(KEY_ENV))
+    if named and not key.exists():
+        how = "--key" if args.key is not None else f"${KEY_ENV}"
+        raise CliError(f"{how} {key}: no such key (create one with `shelfscout keygen`, or leave {how} out to sign "
+                       "with ~/.config/shelfscout/keys/my-models.key, created when missing)")
+    return key
 
 
 def _print_report(report: Any) -> None:
@@ -168,7 +193,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
         raise CliError("nothing to train on: give --synth N or --data DIR")
     key, pub = _key_args(args)
     spec = BuildSpec(
-        name=args.name or args.out.stem, version=args.version, out_bundle=args.out,
+        name=args.name or args.out.stem, version=_version(args), out_bundle=args.out,
         work_dir=args.work or args.out.with_suffix(".work"), train=tcfg, synth_train=max(args.synth, 0),
         synth_val=max(args.synth_val, 0), train_dirs=tuple(args.data),
         val_sets=tuple((d.name, d) for d in args.val), init_weights=args.init, key_path=key,
@@ -218,7 +243,7 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
     key, pub = _key_args(args)
     held = f"{args.data.name}-heldout"
     spec = BuildSpec(
-        name=args.name or args.out.stem, version=args.version, out_bundle=args.out,
+        name=args.name or args.out.stem, version=_version(args), out_bundle=args.out,
         work_dir=args.work or args.out.with_suffix(".work"), train=tcfg, synth_train=max(args.synth_mix, 0),
         synth_val=0, train_items=tuple(train_items), val_items=((held, tuple(val_items)),),
         init_weights=init, key_path=key, public_key_out=pub, threshold_set=held, progress=not args.quiet,
@@ -530,8 +555,13 @@ def _register_bundle(sub: Any) -> None:
     p.add_argument("--decoding", choices=("gap-heatmap", "ssd", "yolo"), default="gap-heatmap",
                    help="how to read the outputs (default gap-heatmap)")
     p.add_argument("--name", default=None, help="model name (default: the file name)")
-    p.add_argument("--version", type=int, required=True, help="model version, a monotonic integer")
+    p.add_argument("--version", type=int, default=None,
+                   help="model version, an integer; a cart takes only a higher one than it runs (default: the "
+                        "build time as YYYYMMDDHHMM)")
     p.add_argument("--labels", default="empty", help="comma-separated class labels (default 'empty')")
+    p.add_argument("--gap-class", action="append", default=[], metavar="LABEL",
+                   help="ssd/yolo: a label that is an empty spot (repeatable; default: the labels named like one, "
+                        "such as empty, gap or out_of_stock, or the only label)")
     p.add_argument("--score", type=float, default=0.4, help="score threshold (default 0.4)")
     p.add_argument("--nms", type=float, default=0.5, help="NMS IoU (default 0.5)")
     p.add_argument("--stride", type=int, default=None, help="gap-heatmap: output stride (default: from the shapes)")
@@ -542,13 +572,22 @@ def _register_bundle(sub: Any) -> None:
 
 
 def _bundle_cmd(args: argparse.Namespace) -> int:
-    from convert.bundler import load_or_create_key, signing_key_path
+    from convert.bundler import load_or_create_key
 
     if not args.tflite.exists():
         raise CliError(f"{args.tflite} does not exist")
     labels = tuple(x.strip() for x in args.labels.split(",") if x.strip())
-    metrics = json.loads(args.metrics.read_text()) if args.metrics else None
-    key_path = None if args.unsigned else signing_key_path(args.key)
+    metrics = None
+    if args.metrics:
+        try:
+            metrics = json.loads(args.metrics.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise CliError(f"--metrics {args.metrics}: cannot read: {e.strerror or e}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CliError(f"--metrics {args.metrics}: not JSON: {e}") from None
+        if not isinstance(metrics, dict):
+            raise CliError(f"--metrics {args.metrics}: expected a JSON object of figures, got {type(metrics).__name__}")
+    key_path = _signing_key(args)
     name = args.name or args.tflite.stem
     try:
         if args.decoding == "gap-heatmap":
@@ -560,13 +599,14 @@ def _bundle_cmd(args: argparse.Namespace) -> int:
                 raise CliError(f"wrapping {args.decoding} models needs convert/wrap.py: {e}") from e
             key = load_or_create_key(key_path) if key_path is not None else None
             manifest = wrap_external_model(
-                args.tflite, args.decoding, name, args.version, labels, args.out, key,
-                score=args.score, nms=args.nms, metrics=metrics,
+                args.tflite, args.decoding, name, _version(args), labels, args.out, key,
+                score=args.score, nms=args.nms, metrics=metrics, gap_labels_given=args.gap_class,
             )
     except ValueError as e:
         raise CliError(str(e)) from e
     print(json.dumps({"bundle": str(args.out), "name": manifest.name, "version": manifest.version,
                       "decoding": manifest.output.decoding, "signed": key_path is not None,
+                      "gap_labels": [manifest.labels[i] for i in manifest.gap_classes or range(len(manifest.labels))],
                       "key": str(key_path) if key_path is not None else None,
                       "thresholds": {"score": manifest.thresholds.score, "nms_iou": manifest.thresholds.nms_iou}}))
     return 0
@@ -583,12 +623,15 @@ def _bundle_heatmap(args: argparse.Namespace, name: str, labels: tuple[str, ...]
 
     model_bytes = args.tflite.read_bytes()
     ins, outs = describe(model_bytes)
+    if len(ins.shape) != 4 or any(len(o.shape) != 4 for o in outs):
+        raise CliError(f"this model's outputs ({', '.join(str(tuple(o.shape)) for o in outs)}) are not gap-heatmap "
+                       "maps (1, H, W, C): for an SSD or Ultralytics YOLO model pass --decoding ssd or yolo")
     stride = args.stride or ins.shape[2] // max(o.shape[2] for o in outs)
     rng = np.random.default_rng(0)
     golden = [make_shelf_image(rng, ins.shape[2], ins.shape[1]).image for _ in range(3)]
     key = load_or_create_key(key_path) if key_path is not None else None
     return build_heatmap_bundle(
-        args.out, model_bytes, golden, name, args.version, stride,
+        args.out, model_bytes, golden, name, _version(args), stride,
         Thresholds(score=args.score, nms_iou=args.nms), key, metrics,
     )
 

@@ -129,6 +129,28 @@ def _classes_or_scores(interpreter: Any, first: int, second: int) -> str:
     return "ambiguous"
 
 
+def choose_gap_classes(labels: Sequence[str], given: Sequence[str] = ()) -> tuple[int, ...]:
+    """The class indices that are empty spots: the labels named in `given`, else the labels whose whole name
+    means one (`edge.decoders.GAP_NAMES`), else the only class. A model with several classes and none of them
+    named as a gap is refused: every product would become an alert."""
+    from edge.decoders import gap_labels, normal_label
+
+    if given:
+        wanted = {normal_label(g) for g in given}
+        found = tuple(i for i, label in enumerate(labels) if normal_label(label) in wanted)
+        missing = wanted - {normal_label(labels[i]) for i in found}
+        if missing:
+            raise ValueError(f"--gap-class {', '.join(sorted(missing))}: no such label among {', '.join(labels)}")
+        return found
+    found = gap_labels(labels)
+    if found:
+        return found
+    if len(labels) == 1:
+        return (0,)
+    raise ValueError(f"which of the labels {', '.join(labels)} is an empty spot? None is named like one (empty, gap, "
+                     "out_of_stock, ...): pass --gap-class LABEL, or every product would be an alert")
+
+
 def wrap_external_model(
     tflite_path: Path | str,
     decoding: str,
@@ -144,6 +166,7 @@ def wrap_external_model(
     float_input_scale: float = 1.0 / 255.0,
     golden_count: int = 3,
     metrics: dict[str, Any] | None = None,
+    gap_labels_given: Sequence[str] = (),
 ) -> Manifest:
     """Bundle an external int8 `.tflite` ("ssd" or "yolo" decoding) and return the manifest as written.
 
@@ -154,6 +177,7 @@ def wrap_external_model(
         raise ValueError(f"decoding must be one of {WRAPPABLE}, got {decoding!r}")
     if not labels:
         raise ValueError("labels must name at least one class")
+    gap_classes = choose_gap_classes(labels, gap_labels_given)
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise ValueError(f"version must be a non-negative integer, got {version!r}")
     if not 0.0 < score < 1.0 or not 0.0 < nms <= 1.0:
@@ -185,6 +209,7 @@ def wrap_external_model(
                         scale=in_scale, zero_point=in_zp),
         output=OutputSpec(decoding=decoding, tensors=tensors),
         labels=tuple(str(x) for x in labels),
+        gap_classes=gap_classes,
         thresholds=Thresholds(score=score, nms_iou=nms, max_detections=max_detections),
         metrics=dict(metrics or {"source": f"external {decoding} model {Path(tflite_path).name}"}),
         created=build_time(),

@@ -85,6 +85,15 @@ class Thresholds:
     max_detections: int = 100
 
 
+def _gap_classes(v: Any) -> tuple[int, ...] | None:
+    if v is None:
+        return None
+    if not isinstance(v, list) or not v or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                   for i in v):
+        raise BundleError(f"manifest gap_classes must be a non-empty list of class indices, got {v!r}")
+    return tuple(v)
+
+
 @dataclass(frozen=True)
 class Manifest:
     """Everything the device needs to know about a model, signed."""
@@ -95,6 +104,7 @@ class Manifest:
     input: InputSpec
     output: OutputSpec
     labels: tuple[str, ...] = ("empty",)
+    gap_classes: tuple[int, ...] | None = None  # which labels are empty spots (None: by name, see edge.decoders)
     thresholds: Thresholds = field(default_factory=Thresholds)
     files: Mapping[str, str] = field(default_factory=dict)  # member name -> sha256 hex
     metrics: Mapping[str, Any] = field(default_factory=dict)
@@ -128,6 +138,7 @@ class Manifest:
                 input=InputSpec(**d["input"]),
                 output=OutputSpec(decoding=out["decoding"], tensors=tensors, stride=out.get("stride")),
                 labels=tuple(d.get("labels", ("empty",))),
+                gap_classes=_gap_classes(d.get("gap_classes")),
                 thresholds=Thresholds(**d.get("thresholds", {})),
                 files=dict(d.get("files", {})),
                 metrics=dict(d.get("metrics", {})),

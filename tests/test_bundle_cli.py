@@ -30,7 +30,8 @@ def test_bundle_gap_heatmap_model_signs_and_verifies(tflite: Path, tmp_path: Pat
     assert code == 0
     info = json.loads(capsys.readouterr().out)
     assert info == {"bundle": str(out), "name": "mine", "version": 5, "decoding": "gap-heatmap", "signed": True,
-                    "key": str(tmp_path / "me.key"), "thresholds": {"score": 0.35, "nms_iou": 0.5}}
+                    "key": str(tmp_path / "me.key"), "thresholds": {"score": 0.35, "nms_iou": 0.5},
+                    "gap_labels": ["empty"]}
     b = read_bundle(out, load_public_keys([tmp_path / "keys"]))
     assert b.manifest.output.stride == read_bundle(DEFAULT_BUNDLE, None, allow_unsigned=True).manifest.output.stride
     assert main(["model", "verify", str(out), "--keys", str(tmp_path / "keys")]) == 0
@@ -69,3 +70,43 @@ def test_a_users_bundles_are_signed_with_their_own_key_not_the_projects(
     assert read_bundle(out, load_public_keys([tmp_path / "home-keys"])).signed_by == "my-models.pub"
     said = json.loads(capsys.readouterr().out)
     assert said["signed"] is True and said["key"] == str(tmp_path / "home-keys" / "my-models.key")
+
+
+def test_a_bundle_s_default_version_is_its_build_time_so_a_cart_takes_it(
+    tflite: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cart refuses a version it has seen or a lower one: a default of 1 made every second model a user built a
+    `conflict` and every one a `downgrade` on a fleet running the project's version 6."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1796601600")  # 2026-12-07 00:00 UTC
+    generate_keypair(tmp_path / "me.key", tmp_path / "keys" / "me.pub")
+    assert main(["bundle", str(tflite), "--out", str(tmp_path / "a.bundle"), "--key", str(tmp_path / "me.key")]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 202612070000
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1796601660")  # a minute later
+    assert main(["bundle", str(tflite), "--out", str(tmp_path / "b.bundle"), "--key", str(tmp_path / "me.key")]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 202612070001
+
+
+@pytest.mark.parametrize("case", ["key typo", "metrics missing", "metrics not json", "heatmap of an ssd"])
+def test_bundle_mistakes_are_one_line_errors_and_write_nothing(
+    tflite: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    out = tmp_path / "x.bundle"
+    args = ["bundle", str(tflite), "--out", str(out), "--version", "1"]
+    if case == "key typo":  # a mistyped key is not a wish for a new one
+        args += ["--key", str(tmp_path / "fleet-typo.key")]
+    elif case == "metrics missing":
+        args += ["--unsigned", "--metrics", str(tmp_path / "nope.json")]
+    elif case == "metrics not json":
+        (tmp_path / "bad.json").write_text("{not json")
+        args += ["--unsigned", "--metrics", str(tmp_path / "bad.json")]
+    else:
+        from tests.test_detector_models import build_tiny_ssd_tflite
+
+        args = ["bundle", str(build_tiny_ssd_tflite(tmp_path / "ssd.tflite")), "--out", str(out), "--version", "1",
+                "--unsigned"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("shelfscout bundle: error:"), err
+    assert {"key typo": "no such key", "metrics missing": "cannot read", "metrics not json": "not JSON",
+            "heatmap of an ssd": "--decoding ssd or yolo"}[case] in err
+    assert not out.exists() and not (tmp_path / "fleet-typo.key").exists()

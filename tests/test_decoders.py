@@ -3,6 +3,8 @@ exports write them (test_detector.py also runs both on real int8 models, the SSD
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -135,3 +137,47 @@ def test_nms_and_gap_class_mask() -> None:
     assert nms(boxes[:0], scores[:0], 0.5, 10).size == 0
     assert gap_class_mask(("product", "Empty shelf"), 2).tolist() == [False, True]
     assert gap_class_mask(("a", "b"), 2).tolist() == [True, True]
+
+
+def test_a_gap_label_is_matched_whole_and_the_manifest_s_gap_classes_come_first() -> None:
+    """"not_empty" and "product" are no gap: matched by substring, every product became an alert."""
+    assert gap_class_mask(("empty", "not_empty"), 2).tolist() == [True, False]
+    assert gap_class_mask(("product", "no_product"), 2).tolist() == [False, True]
+    assert gap_class_mask(("Out-of-stock", "SKU"), 2).tolist() == [True, False]
+    assert gap_class_mask(("shelf", "hole"), 2, gap_classes=(1,)).tolist() == [False, True]
+    assert gap_class_mask(("empty", "product"), 2, gap_classes=(1,)).tolist() == [False, True]  # as the maker said
+    pred = np.zeros((1, 6, 2), np.float32)
+    pred[0, :4, 0] = pred[0, :4, 1] = (100, 100, 20, 20)
+    pred[0, 4:, 0] = (0.1, 0.9)  # box 0: class 1
+    pred[0, 4:, 1] = (0.9, 0.1)  # box 1: class 0
+    m = _manifest("yolo", ("shelf", "hole"), (TensorSpec("predictions", pred.shape, "float32"),))
+    from dataclasses import replace
+
+    boxes, scores = decode_yolo({"predictions": pred}, replace(m, gap_classes=(1,)), 0.5)
+    assert scores.tolist() == pytest.approx([0.9]) and len(boxes) == 1
+
+
+def test_the_wrapper_names_the_gap_classes_or_refuses_to_guess() -> None:
+    from convert.wrap import choose_gap_classes
+
+    assert choose_gap_classes(["product", "empty shelf"]) == (1,)
+    assert choose_gap_classes(["hole"]) == (0,)  # the only class
+    assert choose_gap_classes(["shelf", "hole", "Hole 2"], ["hole", "hole 2"]) == (1, 2)
+    with pytest.raises(ValueError, match="which of the labels product, no product here is an empty spot"):
+        choose_gap_classes(["product", "no product here"])
+    with pytest.raises(ValueError, match="--gap-class gone: no such label"):
+        choose_gap_classes(["product", "empty"], ["gone"])
+
+
+def test_a_manifest_keeps_its_gap_classes_and_refuses_bad_ones() -> None:
+    from dataclasses import replace
+
+    from edge.bundle import BundleError
+
+    m = replace(_manifest("yolo", ("shelf", "hole"), ()), gap_classes=(1,))
+    d = json.loads(m.to_json_bytes())
+    assert Manifest.from_dict(d).gap_classes == (1,)
+    assert Manifest.from_dict({**d, "gap_classes": None}).gap_classes is None
+    for bad in ([], [-1], ["1"], [True], 1):
+        with pytest.raises(BundleError, match="gap_classes"):
+            Manifest.from_dict({**d, "gap_classes": bad})

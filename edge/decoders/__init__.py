@@ -7,7 +7,8 @@ dequantized float32 outputs, batch dimension kept.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -43,20 +44,34 @@ def _yolo(
 
 DECODERS: dict[str, Decoder] = {"gap-heatmap": _gap_heatmap, "ssd": _ssd, "yolo": _yolo}
 
-GAP_WORDS = ("empty", "gap", "void", "missing", "oos", "out of stock", "out-of-stock")
+# class names that mean an empty spot, compared whole (lower case, spaces and dashes as "_"): "not_empty" is not one
+GAP_NAMES = frozenset({"empty", "gap", "gaps", "empty_space", "empty_shelf", "empty_slot", "void", "missing", "oos",
+                       "out_of_stock", "no_product"})
 
 
 def empty_boxes() -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
 
 
-def gap_class_mask(labels: tuple[str, ...], num_classes: int) -> np.ndarray:
-    """Which class indices count as a gap: labels naming an empty spot, or every class when none does."""
+def normal_label(label: str) -> str:
+    return re.sub(r"[\s-]+", "_", label.strip().lower())
+
+
+def gap_labels(labels: Sequence[str]) -> tuple[int, ...]:
+    """The indices of the labels whose whole name means an empty spot (GAP_NAMES)."""
+    return tuple(i for i, label in enumerate(labels) if normal_label(label) in GAP_NAMES)
+
+
+def gap_class_mask(labels: tuple[str, ...], num_classes: int, gap_classes: tuple[int, ...] | None = None
+                   ) -> np.ndarray:
+    """Which class indices count as a gap: the manifest's `gap_classes` when it names them (bundles since they
+    do), else the labels whose name means an empty spot, else every class (a one-class model)."""
     mask = np.zeros(num_classes, bool)
-    for i, label in enumerate(labels[:num_classes]):
-        if any(w in label.lower() for w in GAP_WORDS):
+    chosen = gap_classes if gap_classes is not None else gap_labels(labels[:num_classes])
+    for i in chosen:
+        if i < num_classes:
             mask[i] = True
-    if not mask.any():
+    if gap_classes is None and not mask.any():
         mask[:] = True
     return mask
 

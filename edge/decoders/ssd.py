@@ -32,7 +32,7 @@ def decode_ssd(
         return empty_boxes()
     boxes, classes, scores = boxes[:n], np.rint(classes[:n]).astype(np.int64), scores[:n]
     num_classes = max(len(manifest.labels), int(classes.max()) + 1)
-    is_gap = gap_class_mask(manifest.labels, num_classes)
+    is_gap = gap_class_mask(manifest.labels, num_classes, manifest.gap_classes)
     keep = (scores >= score_threshold) & (classes >= 0) & is_gap[np.clip(classes, 0, num_classes - 1)]
     boxes, scores = boxes[keep], scores[keep]
     w, h = float(manifest.input.width), float(manifest.input.height)

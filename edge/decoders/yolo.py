@@ -47,7 +47,7 @@ def decode_yolo(
     nc = max(1, len(manifest.labels))
     p = predictions_matrix(outputs["predictions"], nc).astype(np.float32, copy=False)
     cls_scores = p[:, 4:]
-    mask = gap_class_mask(manifest.labels, nc)
+    mask = gap_class_mask(manifest.labels, nc, manifest.gap_classes)
     scores = cls_scores[:, mask].max(axis=1)
     keep = scores >= score_threshold
     if not keep.any():
