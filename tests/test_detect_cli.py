@@ -344,6 +344,20 @@ def test_prelabel_turns_a_recorded_pass_into_a_yolo_folder_and_keeps_corrected_l
     np.testing.assert_allclose(again, items["pass_f000020.jpg"].boxes, atol=0.1)  # the unlabelled frame, written again
     assert "wrote 1 images/frames" in r.stderr and f"kept {len(names) - 1} existing label files" in r.stderr
 
+    # another day's recording with the same file name: its own frames, under names of their own
+    other = tmp_path / "day2" / "pass.mp4"
+    other.parent.mkdir()
+    cp2 = render_cart_pass(make_aisle(np.random.default_rng(5), length_px=1600, n_gaps=2), other,
+                           speed_px_per_frame=24.0)
+    r = shelfscout("detect", cp2.path, "--every", "10", "--prelabel", out)
+    assert r.returncode == 0, r.stderr
+    picked2 = list(range(0, cp2.frames, 10))
+    assert f"wrote {len(picked2)} images/frames" in r.stderr
+    assert corrected.read_text() == "0 0.500000 0.500000 0.200000 0.100000\n"  # the first day's stay as they were
+    assert sorted(p.name for p in (out / "images").glob("pass_f*_2.jpg")) == [f"pass_f{k:06d}_2.jpg" for k in picked2]
+    r = shelfscout("detect", cp2.path, "--every", "10", "--prelabel", out)  # and again: nothing new
+    assert r.returncode == 0 and "wrote 0 images/frames" in r.stderr, r.stderr
+
     r = shelfscout("detect", cp.path, "--every", "0", "--prelabel", out)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == "shelfscout detect: error: --every must be at least 1, got 0"
