@@ -130,7 +130,19 @@ def test_publish_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     bad.write_text('{"release": {}}')
     assert main(["publish", str(bad), "--broker", "mqtt://127.0.0.1:1", "--fleet"]) == 2
     assert "not a signed release" in capsys.readouterr().err
-    bad.write_text('{"release": {}, "sig": "x"}')
+    bad.write_text('{"release": {}, "sig": "x"}')  # every cart would refuse it: so does publish
+    assert main(["publish", str(bad), "--broker", "mqtt://127.0.0.1:1", "--fleet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a release a cart can read" in err and len(err.splitlines()) == 1
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge.ota.release import Release, format_rfc3339, sign_release
+
+    release = Release("m", 2, "https://m.example/m.bundle", "0" * 64, 10,
+                      format_rfc3339(datetime.now(timezone.utc) + timedelta(days=1)), 1.0)
+    bad.write_text(json.dumps(sign_release(release, Ed25519PrivateKey.generate())))
     assert main(["publish", str(bad), "--broker", "mqtt://127.0.0.1:1", "--fleet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot reach the broker" in err and len(err.splitlines()) == 1
