@@ -5,6 +5,7 @@ Everything here is numpy and OpenCV, so evaluation and the device tests can read
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.yolo import read_yolo_labels
+from edge.yolo import LabelError, read_yolo_labels
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -60,12 +63,38 @@ def read_image_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def gap_classes_of(folder: Path | str) -> tuple[int, ...]:
+    """The class ids that are gaps in a YOLO folder: from its `classes.txt` (the names a labelling tool exports),
+    those named like an empty spot (`empty`, `gap`, ...), or its only class; without one, class 0."""
+    from edge.decoders import gap_labels
+
+    names_file = Path(folder) / "classes.txt"
+    if not names_file.exists():
+        return (0,)
+    names = [n.strip() for n in names_file.read_text(encoding="utf-8", errors="replace").splitlines() if n.strip()]
+    found = gap_labels(names)
+    if found:
+        return found
+    if len(names) <= 1:
+        return (0,)
+    raise LabelError(f"{names_file}: which of the classes {', '.join(names)} is an empty spot? None is named like "
+                     "one (empty, gap, out_of_stock, ...); rename it there")
+
+
 def load_yolo_folder(folder: Path | str, limit: int | None = None) -> list[LabeledImage]:
-    """All images of a YOLO folder with their boxes, in file-name order."""
+    """All images of a YOLO folder with their gap boxes (`gap_classes_of`; boxes of other classes are left out and
+    counted in a warning), in file-name order."""
+    classes = gap_classes_of(folder)
     out = []
+    other = 0
     for img_path, lbl_path in list_yolo_images(folder)[:limit]:
         img = read_image_rgb(img_path)
-        out.append(LabeledImage(img_path, img, read_yolo_labels(lbl_path, img.shape[1], img.shape[0])))
+        boxes = read_yolo_labels(lbl_path, img.shape[1], img.shape[0], classes)
+        other += len(read_yolo_labels(lbl_path, img.shape[1], img.shape[0])) - len(boxes)
+        out.append(LabeledImage(img_path, img, boxes))
+    if other:
+        log.warning("%s: left out %d labelled box(es) of classes other than the gap class(es) %s (classes.txt names "
+                    "the classes; without it, class 0 is the gap)", folder, other, list(classes))
     return out
 
 

@@ -171,3 +171,33 @@ def test_eval_refuses_a_bad_bootstrap_or_comparison(
     err = capsys.readouterr().err
     assert code != 0 and len(err.strip().splitlines()) == 1
     assert ("--bootstrap" in err) or ("missing.bundle" in err)
+
+
+def test_only_the_gap_class_counts_when_a_folder_labels_other_things_too(
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A labelling project with products boxed too: their boxes are not gaps (they were, as many as the gaps,
+    in finetune and eval). classes.txt says which class is the gap; without it, class 0 is."""
+    import logging
+    import shutil
+
+    from convert.dataset import load_yolo_folder
+
+    gaps = sum(len(it.boxes) for it in load_yolo_folder(data))
+    both = tmp_path / "both"
+    shutil.copytree(data, both)
+    for label in (both / "labels").glob("*.txt"):  # a product box in every photo, class 1
+        label.write_text(label.read_text() + "1 0.5 0.5 0.2 0.2\n")
+    with caplog.at_level(logging.WARNING):
+        assert sum(len(it.boxes) for it in load_yolo_folder(both)) == gaps
+    assert "left out 5 labelled box(es)" in caplog.text
+    (both / "classes.txt").write_text("empty\nproduct\n")
+    assert sum(len(it.boxes) for it in load_yolo_folder(both)) == gaps
+    swapped = tmp_path / "swapped"  # the tool numbered them the other way round
+    shutil.copytree(both, swapped)
+    (swapped / "classes.txt").write_text("product\nGap\n")
+    assert sum(len(it.boxes) for it in load_yolo_folder(swapped)) == 5
+    (swapped / "classes.txt").write_text("product\nshelf\n")
+    assert main(["eval", str(swapped), "--json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "which of the classes product, shelf is an empty spot" in err and len(err.splitlines()) == 1
