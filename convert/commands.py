@@ -261,8 +261,25 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
     if args.report is not None:
         out["report"] = str(_finetune_report(args.report, val_items, heldout, f"shelfscout finetune: {held}"))
     print(json.dumps(out, indent=2))
+    _say_verdict(heldout.baseline, len(val_items))
     _say_key(key)
     return 0
+
+
+def _say_verdict(baseline: dict[str, Any] | None, frames: int) -> None:
+    """One line on stderr: is the fine-tuned model better than the shipped one on the held-out frames?"""
+    if baseline is None:
+        return
+    d = baseline["finetuned_minus_default"]["ap50_diff"]
+    figures = (f"held-out AP50 {baseline['ap50'] + d['value']:.3f} against the shipped model's {baseline['ap50']:.3f} "
+               f"on {frames} frames: {d['value']:+.3f}, 95 % interval {d['low']:+.3f} to {d['high']:+.3f}")
+    if d["low"] > 0:
+        verdict = "better"
+    elif d["high"] < 0:
+        verdict = "WORSE than the shipped model: do not roll it out (more or better-labelled frames, or --steps)"
+    else:
+        verdict = "not yet distinguishable from the shipped model on these frames (label more of them)"
+    print(f"{figures}: {verdict}", file=sys.stderr)
 
 
 def _crop(crop: int) -> int:

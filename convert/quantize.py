@@ -10,8 +10,8 @@ its own scale. TensorFlow is imported inside the functions.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
-import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -56,11 +56,12 @@ def convert_int8(
         for im in representative:
             yield [im[None].astype(np.float32)]
 
-    # The Keras export prints its signature to stdout; keep stdout for the commands' JSON.
+    # The Keras export prints its signature (some 180 lines of "Captures") to stdout: kept out of the commands'
+    # JSON on stdout and out of the user's way on stderr.
     # TF warns that an int8/uint8 input "expected statistics" (the old TOCO mean/std flags); with a representative
     # dataset the calibrated range sets the input's scale and zero point (1.0 and -128 for 0..255 pixels, which
     # the bundle reads back from the model), so the warning says nothing here and is filtered by its text only.
-    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
         conv = tf.lite.TFLiteConverter.from_keras_model(model)
         conv.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -88,6 +88,12 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     gain = base["finetuned_minus_default"]
     assert gain["ap50_diff"]["value"] == pytest.approx(held["int8"]["ap50"] - base["ap50"], abs=2e-4)
     assert gain["ap50_diff"]["low"] <= gain["ap50_diff"]["value"] <= gain["ap50_diff"]["high"]
+    # and one line says what that means for a rollout
+    d = gain["ap50_diff"]
+    verdict = ("better" if d["low"] > 0 else "WORSE than the shipped model: do not roll it out" if d["high"] < 0
+               else "not yet distinguishable")
+    (line,) = [x for x in said.err.splitlines() if x.startswith("held-out AP50 ")]
+    assert f"on 3 frames: {d['value']:+.3f}, 95 % interval {d['low']:+.3f} to {d['high']:+.3f}: {verdict}" in line
     # --report: the held-out frames' page, the fine-tuned model's figures beside the shipped model's
     assert report["report"] == str(tmp_path / "rep" / "report.html")
     page = (tmp_path / "rep" / "report.html").read_text()
