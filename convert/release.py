@@ -72,6 +72,8 @@ def make_release(bundle: Path, key_path: Path, url: str, expires_in: timedelta, 
     try:
         b = read_bundle(bundle, pub)
     except BundleError as e:
+        if "signature" not in str(e) and "unsigned" not in str(e):
+            raise  # damaged (a hash, the manifest): no key makes it good
         raise BundleError(f"{e} (is it signed by {key_path}? pass --resign to sign it with this key, or --keys "
                           "with the folder of public keys your carts trust, such as models/keys for the "
                           "project's own bundles)") from None

@@ -35,8 +35,18 @@ def test_bundle_gap_heatmap_model_signs_and_verifies(tflite: Path, tmp_path: Pat
     b = read_bundle(out, load_public_keys([tmp_path / "keys"]))
     assert b.manifest.output.stride == read_bundle(DEFAULT_BUNDLE, None, allow_unsigned=True).manifest.output.stride
     assert main(["model", "verify", str(out), "--keys", str(tmp_path / "keys")]) == 0
-    # signed by a key the device does not trust: verify fails
+    # signed by a key the device does not trust: verify fails, and says where a user's own key lives
+    capsys.readouterr()
     assert main(["model", "verify", str(out)]) != 0
+    assert "pass --keys ~/.config/shelfscout/keys" in capsys.readouterr().err
+    # a damaged bundle: release says what is wrong, without suggesting a re-signing that could not help
+    data = bytearray(out.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    out.write_bytes(bytes(data))
+    assert main(["release", str(out), "--key", str(tmp_path / "me.key"), "--url", "https://x/", "-o",
+                 str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--resign" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_bundle_with_the_wrong_decoding_is_one_clear_error(tflite: Path, tmp_path: Path,

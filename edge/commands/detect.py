@@ -73,7 +73,7 @@ def read_bundle_one_line(read: Callable[..., Any], path: Path, *args: Any, **kwa
 def load_bundle_from_args(args: argparse.Namespace, model: str | None = None) -> Any:
     """Read and verify the bundle `model` (default: --model, else the built-in one) against the trusted keys of
     --keys, under the same --dev-allow-unsigned-models rule."""
-    from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, load_public_keys, read_bundle
+    from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, BundleError, load_public_keys, read_bundle
     from edge.cli import CliError
 
     named = model or args.model
@@ -83,7 +83,13 @@ def load_bundle_from_args(args: argparse.Namespace, model: str | None = None) ->
         raise CliError(f"model bundle {path} does not exist{hint}")
     keys = load_public_keys([BUILTIN_KEYS, *[Path(k) for k in args.keys]])
     allow = bool(getattr(args, "dev_allow_unsigned_models", False))
-    bundle = read_bundle_one_line(read_bundle, path, keys, allow_unsigned=allow)
+    try:
+        bundle = read_bundle_one_line(read_bundle, path, keys, allow_unsigned=allow)
+    except BundleError as e:
+        if "signature does not verify" in str(e) and not args.keys:
+            raise CliError(f"{e}; a bundle you built (finetune, train, bundle) is signed with your own key: pass "
+                           "--keys ~/.config/shelfscout/keys") from e
+        raise
     if bundle.signed_by is None:
         print(f"WARNING: running UNSIGNED/UNVERIFIED model {path} (--dev-allow-unsigned-models); "
               "never do this on a device", file=sys.stderr)
