@@ -317,6 +317,8 @@ class Service:
             log.error("%s", self.model_problem)
             bundle = load_model(cfg, DEFAULT_BUNDLE)
             detector = Detector(bundle, threads=cfg.model.threads, score_threshold=cfg.model.score_threshold)
+        if updater is not None:  # no release older than what runs, even before the first one is accepted
+            updater.running_version = bundle.manifest.version
         log.info("model %s v%d on %s (xnnpack=%s, %d threads)", bundle.manifest.name, bundle.manifest.version,
                  detector.runtime.name, detector.runtime.xnnpack, cfg.model.threads)
         slot = ModelSlot(detector, bundle)

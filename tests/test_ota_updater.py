@@ -190,6 +190,18 @@ def test_reject_downgrade_replay_and_expired(dev: Device) -> None:
     _rejected(dev, up2, dev.release(dev.bundle(2, out=dev.pub_dir / "v2c.bundle", created="x")), "downgrade")
 
 
+def test_a_cart_on_its_built_in_model_refuses_an_older_release(dev: Device) -> None:
+    """No release was ever accepted, so the state's floor is empty; the model the cart runs sets one anyway (a cart
+    on the built-in version 6 took a version-3 release)."""
+    up = dev.updater()
+    up.active_bundle_path()
+    up.running_version = 5  # what the service sets from the model it loaded
+    _rejected(dev, up, dev.release(dev.bundle(3)), "downgrade")
+    assert "the model this device runs" in dev.reports[-1]["ota"]["error"]
+    assert up.apply_release(dev.release(dev.bundle(6))).state in ("probation", "active")
+    assert up.running_version == 6
+
+
 def _evil_tar(path: Path, good: Path, kind: str) -> None:
     import io
     import tarfile

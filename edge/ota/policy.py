@@ -47,9 +47,10 @@ def parse_app_version(text: str) -> tuple[int, ...]:
 
 
 def decide(vr: VerifiedRelease, state: OtaState, device_id: str, app_version: str, now: datetime,
-           active_sha256: str | None) -> Decision:
+           active_sha256: str | None, running_version: int | None = None) -> Decision:
     """Apply, skip, or refuse (OtaError: `expired`, `downgrade`, `replay`, `conflict`, `failed-before`,
-    `app-too-old`)."""
+    `app-too-old`). `running_version`: the model running now, which a release must not be older than even when no
+    release was ever accepted (a cart on its built-in model)."""
     r = vr.release
     if active_sha256 == r.sha256:
         return Decision(False, f"{r.name} v{r.version} is already running")
@@ -64,6 +65,9 @@ def decide(vr: VerifiedRelease, state: OtaState, device_id: str, app_version: st
                                      "is newer; refusing the replayed announcement")
         raise OtaError("downgrade", f"release v{r.version} is older than v{state.highest_version}, the highest "
                                     "accepted on this device")
+    if running_version is not None and r.version < running_version:
+        raise OtaError("downgrade", f"release v{r.version} is older than v{running_version}, the model this device "
+                                    "runs")
     if r.version == state.highest_version and state.highest_sha256 and r.sha256 != state.highest_sha256:
         raise OtaError("conflict", f"release v{r.version} names bundle {r.sha256[:12]}, but v{r.version} was "
                                    f"already accepted as {state.highest_sha256[:12]}; versions never get reused")

@@ -100,6 +100,7 @@ class Updater:
         self._retry: tuple[bytes, float, float] | None = None  # payload, due (monotonic), backoff
         self._handled: dict[str, str] = {}  # payload digest -> outcome state, to ignore repeats
         self._active: ActiveModel | None = None
+        self.running_version: int | None = None  # the model the service runs (set by it, and by every switch here)
         self._ota: dict[str, Any] = {"state": "idle", "version": None, "error": None, "code": None, "ts": None}
 
     # ---- public API ----------------------------------------------------------------------------------------------
@@ -229,7 +230,7 @@ class Updater:
                 state = self._load_state()
                 now = datetime.fromtimestamp(self.clock(), timezone.utc)
                 running = self._running_sha(vr.release.sha256)
-                d = decide(vr, state, self.cfg.device.id, self.app_version, now, running)
+                d = decide(vr, state, self.cfg.device.id, self.app_version, now, running, self.running_version)
                 if not d.apply:
                     log.info("release %s v%d not applied: %s", vr.release.name, version, d.reason)
                     return Outcome("skipped", version, error=d.reason, seconds=time.monotonic() - t0)
@@ -405,6 +406,7 @@ class Updater:
                 self._emit("rolled_back", bundle.manifest.version, err)
                 return prev
         links.set_link(self.models_dir, links.CURRENT, None)
+        self.running_version = None  # the service goes back to its configured or built-in model
         self._emit("rolled_back", None, err)
         return None
 
@@ -543,6 +545,7 @@ class Updater:
     def _set_active(self, path: Path, bundle: Bundle, release_sha: str | None = None) -> None:
         sha = release_sha or path.name.split("-", 1)[-1]
         self._active = ActiveModel(path, bundle.manifest.name, bundle.manifest.version, sha)
+        self.running_version = bundle.manifest.version
 
     def _running_sha(self, release_sha: str) -> str | None:
         """`release_sha` if that bundle is the one running now (its folder is named v{version}-{sha12})."""
