@@ -4,6 +4,7 @@ probation and rollback, and the start-up check."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -200,6 +201,32 @@ def test_a_cart_on_its_built_in_model_refuses_an_older_release(dev: Device) -> N
     assert "the model this device runs" in dev.reports[-1]["ota"]["error"]
     assert up.apply_release(dev.release(dev.bundle(6))).state in ("probation", "active")
     assert up.running_version == 6
+
+
+def test_a_full_disk_under_the_models_folder_fails_cleanly_and_the_next_try_works(dev: Device) -> None:
+    """A real tmpfs under the models folder, filled up: the update fails as `disk-full` (transient, retried), not
+    `internal`, and leaves no download or half-extracted folder behind to keep the disk full (they did)."""
+    from tests.test_disk_full import fill, small_disk
+
+    up = install_v1(dev)
+    release = dev.release(dev.bundle(2))
+    with small_disk(dev.models_dir.parent / "small", "1m") as disk:
+        models = disk / "models"
+        shutil.copytree(dev.models_dir, models, symlinks=True)
+        dev.with_ota(models_dir=str(models))
+        dev.models_dir = models
+        up = dev.updater()
+        up.active_bundle_path()
+        dev.reports.clear()
+        filler = fill(disk, leave=8 * 1024)
+        out = up.apply_release(release)
+        assert (out.state, out.code) == ("failed", "disk-full"), out
+        assert dev.reports[-1]["ota"]["code"] == "disk-full"
+        assert not any((models / "staging").glob("*"))  # (none when the folder was never made)
+        assert not [p for p in models.iterdir() if p.name.endswith(".tmp")]
+        assert up.active_bundle_path().name.startswith("v1-")  # still running what it had
+        filler.unlink()
+        assert up.apply_release(release).state == "probation"  # the retry, once there is room
 
 
 def _evil_tar(path: Path, good: Path, kind: str) -> None:

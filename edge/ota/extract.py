@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tarfile
@@ -65,13 +66,18 @@ def extract_verified(bundle: Bundle, dest: Path) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    for name, data in bundle.members.items():
-        fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    fsync_dir(tmp)
+    try:
+        for name, data in bundle.members.items():
+            fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        fsync_dir(tmp)
+    except OSError as e:  # a full disk, an I/O error: leave nothing half-written to fill it further
+        shutil.rmtree(tmp, ignore_errors=True)
+        code = "disk-full" if e.errno == errno.ENOSPC else "io-error"
+        raise OtaError(code, f"cannot write the model to {dest.parent}: {e.strerror or e}") from None
     os.replace(tmp, dest)
     fsync_dir(dest.parent)
     return dest

@@ -11,6 +11,7 @@ built-in default model; it never returns a bundle that did not verify.
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import shutil
@@ -250,6 +251,10 @@ class Updater:
                                seconds=time.monotonic() - t0)
             except OtaError as e:
                 return self._fail(e, version, dest, payload, t0)
+            except OSError as e:  # the models folder's disk: full, or failing
+                code = "disk-full" if e.errno == errno.ENOSPC else "io-error"
+                return self._fail(OtaError(code, f"{e.strerror or e} ({getattr(e, 'filename', '') or 'models'})"),
+                                  version, dest, payload, t0)
             except Exception as e:  # a bug must not kill the worker: report it, keep the running model
                 log.exception("OTA update failed unexpectedly")
                 return self._fail(OtaError("internal", f"{type(e).__name__}: {e}"), version, dest, payload, t0)
@@ -420,6 +425,12 @@ class Updater:
                 pass
         if dest is not None and dest != links.target(self.models_dir, links.CURRENT):
             shutil.rmtree(dest, ignore_errors=True)
+        release_sha = _release_sha(payload)
+        if release_sha and (not e.transient or e.code in ("disk-full", "io-error")):
+            # a refused download is never used again, and a full disk needs the room: only an interrupted
+            # download is kept, to resume
+            for staged in self.staging.glob(f"{release_sha[:12]}.bundle*") if self.staging.is_dir() else ():
+                _remove(staged)
         state = "failed" if e.transient or e.code == "internal" else "rejected"
         log.warning("OTA %s (v%s): %s", state, version, e)
         self._emit(state, version, e)
