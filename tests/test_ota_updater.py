@@ -141,6 +141,32 @@ def test_reject_hash_mismatch_and_mix_and_match(dev: Device) -> None:
     _rejected(dev, up, json.dumps(sign_release(mixed, dev.key)).encode(), "mismatch")
 
 
+def test_the_same_announcement_works_once_the_file_it_names_is_fixed(dev: Device) -> None:
+    """A half-uploaded or stale copy at the release's URL fails the hash. Fixing the file and announcing the same
+    release again (a republish, the next poll) must install it; the cart ignored it until a restart."""
+    up = install_v1(dev)
+    b2 = dev.bundle(2)
+    release = dev.release(b2)
+    good = b2.read_bytes()
+    b2.write_bytes(good[: len(good) // 2] + bytes([good[len(good) // 2] ^ 0xFF]) + good[len(good) // 2 + 1:])
+    up._handle(release)  # the worker's path for a release from MQTT or a poll
+    assert dev.reports[-1]["ota"]["code"] == "hash-mismatch" and dev.current().startswith("v1-")
+    b2.write_bytes(good)
+    up._handle(release)
+    assert dev.reports[-1]["ota"]["state"] == "probation" and dev.current().startswith("v2-")
+
+
+def test_a_newer_release_installed_meanwhile_cancels_the_retry_of_an_older_one(dev: Device) -> None:
+    """v2's download failed (transient: retried later); v3 installs first. The retry of v2 must not fire and
+    report a false `replay` over v3's healthy state (it did, 30 s later)."""
+    up = install_v1(dev)
+    up._handle(dev.release(dev.bundle(2), url=(dev.pub_dir / "not-there-yet.bundle").as_uri()))
+    assert dev.reports[-1]["ota"]["state"] == "failed" and up._retry is not None
+    up._handle(dev.release(dev.bundle(3)))
+    assert dev.reports[-1]["ota"]["state"] == "probation" and dev.current().startswith("v3-")
+    assert up._retry is None
+
+
 @pytest.mark.parametrize("mode,code", [("truncated", "truncated"), ("extra", "too-long"),
                                        ("extra-no-length", "too-long"), ("endless", "too-long"),
                                        ("stalled", "stalled")])

@@ -472,10 +472,16 @@ class Updater:
         if self._handled.get(digest) in ("rejected", "active", "probation", "rolled_back", "skipped"):
             return  # the same announcement again (retained redelivery, the next poll): nothing new to do
         out = self.apply_release(payload)
-        if out.code not in ("no-keys", "bad-key-file"):  # fixed by the operator, not by a new release
+        # Fixed by the operator without a new release: the keys, or the file served at the release's URL (a
+        # half-uploaded or stale copy fails the hash; once it is fixed, the same announcement must work).
+        if out.code not in ("no-keys", "bad-key-file", "hash-mismatch"):
             self._handled[digest] = out.state
         while len(self._handled) > 256:
             self._handled.pop(next(iter(self._handled)))
+        if out.state in ("probation", "active") and self._retry is not None:
+            pending = _release_version(self._retry[0])
+            if pending is None or out.version is None or pending <= out.version:
+                self._retry = None  # superseded: retrying it now would only be refused as a replay
         if out.state == "failed":
             floor = self.retry_min_s
             backoff = min(max(floor, backoff * 2), max(floor, self.cfg.ota.poll_interval_s))
@@ -597,6 +603,16 @@ class Updater:
             self.report({"model": model, "ota": dict(self._ota)})
         except Exception:  # reporting must never break an update
             log.exception("OTA report callback failed")
+
+
+def _release_version(payload: bytes) -> int | None:
+    import json
+
+    try:
+        v = json.loads(payload)["release"]["version"]
+        return v if isinstance(v, int) else None
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _release_sha(payload: bytes) -> str | None:
