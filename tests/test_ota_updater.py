@@ -65,6 +65,7 @@ def test_publish_to_running_via_background_thread_and_polling(dev: Device) -> No
     dev.with_ota(poll_url=rel.as_uri(), poll_interval_s=0.1, probation_frames=0)
     up = dev.updater()
     up.active_bundle_path()
+    dev.reports.clear()  # the start-up report of the last outcome (v1 active)
     up.start()
     try:
         t0 = time.monotonic()
@@ -321,6 +322,9 @@ def test_not_in_rollout_or_app_too_old(dev: Device) -> None:
     bucket = rollout_bucket("cart-07", "tiny")
     out = up.apply_release(dev.release(dev.bundle(2), rollout=bucket * 0.99))
     assert out.state == "skipped" and dev.current().startswith("v1-")
+    said = dev.reports[-1]["ota"]  # not a silent `idle`: the operator sees why this cart did not take it
+    assert (said["state"], said["code"], said["version"]) == ("skipped", "outside-rollout", 2)
+    assert "outside the rollout" in said["error"]
     _rejected(dev, up, dev.release(dev.bundle(2), min_app_version="99.0"), "app-too-old")
     assert up.apply_release(dev.release(dev.bundle(2), rollout=min(1.0, bucket + 0.01))).state == "probation"
 
@@ -339,6 +343,11 @@ def test_probation_rolls_back(dev: Device, latency: float, ok: bool, code: str) 
     last = dev.reports[-1]["ota"]
     assert last["state"] == "rolled_back" and last["error"].startswith(code) and last["version"] == 2
     assert dev.reports[-1]["model"]["version"] == 1
+    # and after a restart the operator still reads why (model/state said `idle` before)
+    dev.reports.clear()
+    restarted = dev.updater()
+    restarted.active_bundle_path()
+    assert dev.reports and dev.reports[0]["ota"] == last
     assert up.apply_release(dev.release(dev.pub_dir / "tiny-v2-ok.bundle")).code == "failed-before"
     assert up.apply_release(dev.release(dev.bundle(3))).state == "probation"
 

@@ -17,6 +17,7 @@ class Decision:
 
     apply: bool
     reason: str
+    code: str | None = None  # for a skip worth reporting: `outside-rollout`
 
 
 def rollout_bucket(device_id: str, release_name: str) -> float:
@@ -75,5 +76,5 @@ def decide(vr: VerifiedRelease, state: OtaState, device_id: str, app_version: st
         raise OtaError("app-too-old", f"release needs shelfscout >= {r.min_app_version}, this is {app_version}")
     bucket = rollout_bucket(device_id, r.name)
     if bucket >= r.rollout:
-        return Decision(False, f"outside the rollout ({bucket:.3f} >= {r.rollout:g})")
+        return Decision(False, f"outside the rollout ({bucket:.3f} >= {r.rollout:g})", "outside-rollout")
     return Decision(True, "applies")

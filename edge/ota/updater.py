@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 MAX_PROBATION_STARTS = 2  # the service started this often with an unproven model: it crashes, roll back
 RETRY_MIN_S = 30.0
+OUTCOME_STATES = frozenset({"active", "rolled_back", "rejected", "failed", "skipped"})  # kept across restarts
 SMOKE_CODES = frozenset({"wrong-io", "golden-mismatch", "constant-output", "nan-output", "load-failed",
                          "smoke-crash", "smoke-hang", "bad-bundle"})
 
@@ -185,6 +186,12 @@ class Updater:
                 return self._builtin_path()
             self._cleanup_temporaries()
             state = self._load_state()
+            if state.last and self._ota.get("state") == "idle":
+                self._ota = dict(state.last)  # the last outcome before this start (a rollback's reason, ...)
+                try:
+                    self.report({"model": None, "ota": dict(self._ota)})
+                except Exception:
+                    log.exception("OTA report callback failed")
             cur = links.target(self.models_dir, links.CURRENT)
             p = state.probation
             if p is not None:
@@ -234,6 +241,8 @@ class Updater:
                 d = decide(vr, state, self.cfg.device.id, self.app_version, now, running, self.running_version)
                 if not d.apply:
                     log.info("release %s v%d not applied: %s", vr.release.name, version, d.reason)
+                    if d.code is not None:  # outside the rollout: say so, or the cart looks as if it never heard
+                        self._emit("skipped", version, OtaError(d.code, d.reason))
                     return Outcome("skipped", version, error=d.reason, seconds=time.monotonic() - t0)
                 self.store.save(state.with_seen(vr.digest))
                 dest = self._download_and_unpack(vr)
@@ -597,6 +606,11 @@ class Updater:
     def _emit(self, state: str, version: int | None, err: OtaError | None = None) -> None:
         self._ota = {"state": state, "version": version, "error": str(err) if err else None,
                      "code": err.code if err else None, "ts": format_rfc3339(datetime.now(timezone.utc))}
+        if state in OUTCOME_STATES:  # what an operator looks for after a restart too (why it rolled back)
+            try:
+                self.store.save(replace(self.store.load(), last=dict(self._ota)))
+            except (OSError, ValueError) as e:
+                log.warning("cannot keep the OTA outcome in %s: %s", self.store.path, e)
         a = self._active
         model = None if a is None else {"name": a.name, "version": a.version, "path": str(a.path)}
         try:
