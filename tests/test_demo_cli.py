@@ -68,21 +68,23 @@ def test_a_looping_demo_rolls_the_aisle_until_ctrl_c_and_alerts_each_gap_once(tm
     import time
 
     proc = subprocess.Popen([sys.executable, "-m", "edge", "demo", "--loop", "--no-preview",
-                             "--seconds", "6", "--gaps", "3", "--out", str(tmp_path)],
+                             "--seconds", "5", "--gaps", "3", "--out", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
             if line.startswith("cart rolling until Ctrl-C"):
                 break
-        time.sleep(16)  # two and a half passes of 6 s, at the camera's pace
+        time.sleep(20)  # a 5 s pass at the camera's pace: at least two, with time to load the model
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 0, err[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["frames"] >= 2 * summary["pass_frames"], summary  # it did roll down the aisle again
+    # it did roll down the aisle again (frames the camera gave; a slow machine processes fewer of them)
+    assert summary["frames_read"] >= 2 * summary["pass_frames"], summary
+    assert summary["frames"] > 0
     assert summary["gaps_alerted"] and not summary["duplicates"]
     assert summary["alerts_opened"] == len(summary["gaps_alerted"]) + len(summary["false_alarms"]), summary
     assert "done:" in out

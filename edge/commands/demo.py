@@ -216,6 +216,7 @@ bind = "{args.preview}"
         "false_alarms": score.false_alarms,
         "exit_code": service.exit_code,
         "frames": service.parts.pipeline.stats.frames if service.parts.pipeline is not None else 0,
+        "frames_read": service.parts.capture.frames if service.parts.capture is not None else 0,
         "pass_frames": cp.frames,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
