@@ -383,7 +383,7 @@ class Service:
             else:
                 stack.callback(preview.stop)
                 self.preview_url = preview.url
-                log.warning("live preview at %s", preview.url)
+                log.info("live preview at %s", preview.url)
                 observers.append(_PreviewObserver(preview, self))
         watchdog = Watchdog().start()
         stack.callback(watchdog.stop)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import threading
 import time
 from pathlib import Path
@@ -120,8 +121,9 @@ def demo(args: argparse.Namespace) -> int:
     if url is None:
         embedded = EmbeddedBroker().start()
         url = embedded.url
+        me = sys.argv[0] if Path(sys.argv[0]).name == "shelfscout" else "shelfscout"  # .venv/bin/shelfscout
         print(f"embedded MQTT broker (amqtt) at {url}; to watch it from another terminal: "
-              f"shelfscout alerts --broker {url}", flush=True)
+              f"{me} alerts --broker {url}", flush=True)
 
     outbox = out / "outbox.db"
     for suffix in ("", "-wal", "-shm"):
