@@ -562,6 +562,8 @@ def _model_info(bundle: Any) -> dict[str, Any]:
 
 
 # ---- bundle -----------------------------------------------------------------------------------------------------
+DEFAULT_WRAP_SCORE = 0.4
+
 def _register_bundle(sub: Any) -> None:
     p = sub.add_parser(
         "bundle",
@@ -579,7 +581,9 @@ def _register_bundle(sub: Any) -> None:
     p.add_argument("--gap-class", action="append", default=[], metavar="LABEL",
                    help="ssd/yolo: a label that is an empty spot (repeatable; default: the labels named like one, "
                         "such as empty, gap or out_of_stock, or the only label)")
-    p.add_argument("--score", type=float, default=0.4, help="score threshold (default 0.4)")
+    p.add_argument("--score", type=float, default=None,
+                   help="score threshold (default 0.4; a .tflite does not carry the one its model was tuned for: "
+                        "the shipped model's is in its manifest, `shelfscout model inspect`)")
     p.add_argument("--nms", type=float, default=0.5, help="NMS IoU (default 0.5)")
     p.add_argument("--stride", type=int, default=None, help="gap-heatmap: output stride (default: from the shapes)")
     p.add_argument("--metrics", type=Path, default=None, help="JSON file of measured metrics to record")
@@ -606,6 +610,9 @@ def _bundle_cmd(args: argparse.Namespace) -> int:
             raise CliError(f"--metrics {args.metrics}: expected a JSON object of figures, got {type(metrics).__name__}")
     key_path = _signing_key(args)
     name = args.name or args.tflite.stem
+    default_score = args.score is None
+    if default_score:
+        args.score = DEFAULT_WRAP_SCORE
     try:
         if args.decoding == "gap-heatmap":
             manifest = _bundle_heatmap(args, name, labels, metrics, key_path)
@@ -626,6 +633,9 @@ def _bundle_cmd(args: argparse.Namespace) -> int:
                       "gap_labels": [manifest.labels[i] for i in manifest.gap_classes or range(len(manifest.labels))],
                       "key": str(key_path) if key_path is not None else None,
                       "thresholds": {"score": manifest.thresholds.score, "nms_iou": manifest.thresholds.nms_iou}}))
+    if default_score:  # said once the bundle is written, so that a failure stays one line
+        print(f"score threshold {DEFAULT_WRAP_SCORE}, the default: a .tflite does not carry its model's own; pass "
+              "--score, e.g. the threshold in the manifest of the bundle the model came from", file=sys.stderr)
     return 0
 
 

@@ -90,7 +90,10 @@ def test_a_bundle_s_default_version_is_its_build_time_so_a_cart_takes_it(
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1796601600")  # 2026-12-07 00:00 UTC
     generate_keypair(tmp_path / "me.key", tmp_path / "keys" / "me.pub")
     assert main(["bundle", str(tflite), "--out", str(tmp_path / "a.bundle"), "--key", str(tmp_path / "me.key")]) == 0
-    assert json.loads(capsys.readouterr().out)["version"] == 202612070000
+    said = capsys.readouterr()
+    assert json.loads(said.out)["version"] == 202612070000
+    # re-signing a model's .tflite: its own threshold (0.55 for the shipped one) is not in it, and we say so
+    assert "score threshold 0.4, the default" in said.err and "--score" in said.err
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1796601660")  # a minute later
     assert main(["bundle", str(tflite), "--out", str(tmp_path / "b.bundle"), "--key", str(tmp_path / "me.key")]) == 0
     assert json.loads(capsys.readouterr().out)["version"] == 202612070001
