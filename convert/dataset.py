@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.yolo import LabelError, read_yolo_labels
+from edge.yolo import LabelError, read_yolo_boxes
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,10 @@ def load_yolo_folder(folder: Path | str, limit: int | None = None) -> list[Label
     other = 0
     for img_path, lbl_path in list_yolo_images(folder)[:limit]:
         img = read_image_rgb(img_path)
-        boxes = read_yolo_labels(lbl_path, img.shape[1], img.shape[0], classes)
-        other += len(read_yolo_labels(lbl_path, img.shape[1], img.shape[0])) - len(boxes)
-        out.append(LabeledImage(img_path, img, boxes))
+        boxes, ids = read_yolo_boxes(lbl_path, img.shape[1], img.shape[0])
+        gap = np.isin(ids, classes)
+        other += int((~gap).sum())
+        out.append(LabeledImage(img_path, img, boxes[gap]))
     if other:
         log.warning("%s: left out %d labelled box(es) of classes other than the gap class(es) %s (classes.txt names "
                     "the classes; without it, class 0 is the gap)", folder, other, list(classes))

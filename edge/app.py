@@ -97,6 +97,7 @@ class _LastFrame:
     gaps: list[Gap] = field(default_factory=list)
 
 
+EXIT_QUEUED = 3  # a finite source's run ended (timeout, stop) with messages still queued, kept for the next start
 EXIT_LOST = 4  # the service stopped with alerts only in memory (the disk was full and the broker away): lost
 
 
@@ -170,11 +171,14 @@ class Service:
         return {"topic": topic, "bytes": len(jpeg), "frame": frame.index, "gaps": len(self.last.gaps)}
 
     # ---- model swaps (reload and OTA) ------------------------------------------------------------------------
-    def _swap_bundle(self, bundle: Bundle) -> None:
+    def _detector(self, bundle: Bundle) -> Any:
+        """The configured Detector for `bundle` (the runtime loads the model: ValueError/RuntimeError if it cannot)."""
         from edge.detector import Detector
 
-        det = Detector(bundle, threads=self.cfg.model.threads, score_threshold=self.cfg.model.score_threshold)
-        _need(self.parts.slot).request_swap(det, bundle)
+        return Detector(bundle, threads=self.cfg.model.threads, score_threshold=self.cfg.model.score_threshold)
+
+    def _swap_bundle(self, bundle: Bundle) -> None:
+        _need(self.parts.slot).request_swap(self._detector(bundle), bundle)
         self._publish_model_state()
 
     def swap_to_path(self, path: Path) -> None:
@@ -288,7 +292,6 @@ class Service:
     def _build(self, stack: contextlib.ExitStack) -> None:
 
         from edge.capture import CaptureThread
-        from edge.detector import Detector
         from edge.mqtt import MqttLink
         from edge.outbox import Outbox, OutboxDiskFull
         from edge.sdnotify import Watchdog
@@ -307,7 +310,7 @@ class Service:
         chosen = Path(active) if active else (Path(cfg.model.bundle) if cfg.model.bundle else DEFAULT_BUNDLE)
         try:
             bundle = load_model(cfg, chosen)
-            detector = Detector(bundle, threads=cfg.model.threads, score_threshold=cfg.model.score_threshold)
+            detector = self._detector(bundle)
         except (BundleError, ValueError, RuntimeError) as e:
             # a cart with a model it cannot run still runs the signed built-in one, and says so in its status,
             # rather than exit and be restarted until systemd gives up
@@ -316,7 +319,7 @@ class Service:
             self.model_problem = f"the configured model cannot run ({e}); running the built-in default model"
             log.error("%s", self.model_problem)
             bundle = load_model(cfg, DEFAULT_BUNDLE)
-            detector = Detector(bundle, threads=cfg.model.threads, score_threshold=cfg.model.score_threshold)
+            detector = self._detector(bundle)
         if updater is not None:  # no release older than what runs, even before the first one is accepted
             updater.running_version = bundle.manifest.version
         log.info("model %s v%d on %s (xnnpack=%s, %d threads)", bundle.manifest.name, bundle.manifest.version,
@@ -450,12 +453,12 @@ class Service:
             if deadline is not None and time.monotonic() > deadline:
                 log.error("outbox not drained after %.0f s: %d messages stay queued for the next start",
                           self.drain_timeout_s, outbox.depth())  # held ones, if any, are reported at close
-                self.exit_code = 3
+                self.exit_code = EXIT_QUEUED
                 return
         left = outbox.depth() + sink.held
         if left:  # stopped (SIGTERM, Ctrl-C) before the broker had everything
             log.error("stopped while draining: %d messages stay queued for the next start", left)
-            self.exit_code = 3
+            self.exit_code = EXIT_QUEUED
 
 
 class _LastFrameObserver:

@@ -6,7 +6,7 @@ A database that is not a database or fails its integrity check is moved aside at
 fresh one; `quarantined` tells the caller where it went, so the service reports it instead of crash-looping.
 An outbox that could not be opened on disk (a full disk), or whose disk refuses writes later, runs in memory,
 bounded (`move_to_memory`), and moves itself to disk (`move_to_disk`) once the disk has room again; `epoch` counts
-such moves, since they renumber the messages.
+the moves that renumber the messages (those of an outbox that started in memory).
 """
 
 from __future__ import annotations
@@ -141,6 +141,20 @@ def _check(path: Path, busy_timeout_s: float) -> str | None:
     return None
 
 
+_COLUMNS = "topic, payload, qos, retain, created, size"
+
+
+def _rows(conn: sqlite3.Connection, ids: bool = False) -> list[Any]:
+    """Every message row, oldest first (with its id first when `ids`)."""
+    return conn.execute(f"SELECT {'id, ' if ids else ''}{_COLUMNS} FROM messages ORDER BY id").fetchall()
+
+
+def _insert(conn: sqlite3.Connection, rows: Sequence[Any], ids: bool = False) -> None:
+    """Insert rows as `_rows` gives them: under their own ids when `ids`, else under new ones."""
+    cols = f"{'id, ' if ids else ''}{_COLUMNS}"
+    conn.executemany(f"INSERT INTO messages({cols}) VALUES ({', '.join('?' * (7 if ids else 6))})", rows)
+
+
 def _salvage(corrupt: Path, fresh: sqlite3.Connection) -> int:
     """Copy the messages SQLite can still read from a quarantined database (a truncated file often keeps most
     of them) into the fresh one, oldest first; returns how many. Best effort: a file that is no database gives 0."""
@@ -166,7 +180,7 @@ def _salvage(corrupt: Path, fresh: sqlite3.Connection) -> int:
             return 0
         try:
             src.deserialize(bytes(data[:pages * page]))
-            cur = src.execute("SELECT topic, payload, qos, retain, created, size FROM messages ORDER BY id")
+            cur = src.execute(f"SELECT {_COLUMNS} FROM messages ORDER BY id")  # row by row, to the unreadable one
             while True:
                 try:
                     row = cur.fetchone()
@@ -184,8 +198,7 @@ def _salvage(corrupt: Path, fresh: sqlite3.Connection) -> int:
         return 0
     try:
         fresh.execute("BEGIN IMMEDIATE")
-        fresh.executemany("INSERT INTO messages(topic, payload, qos, retain, created, size) "
-                          "VALUES (?, ?, ?, ?, ?, ?)", good)
+        _insert(fresh, good)
         fresh.execute("COMMIT")
     except sqlite3.Error as e:
         with contextlib.suppress(sqlite3.Error):
@@ -226,7 +239,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self.memory_reason = memory_reason
-        self.epoch = 0  # moves between memory and disk: message ids taken before a move do not name the same messages
+        self.epoch = 0  # renumbering moves to disk: message ids taken before one do not name the same messages
         self._disk_copied = False  # in memory with a copy of what the database on disk still holds
         self._copied_upto = 0  # ...the copies being the rows with ids up to this one
         self.lost_at_close = 0  # messages that were only in memory when the outbox closed
@@ -447,8 +460,7 @@ class Outbox:
                 return True
             disk = self._db()
             try:
-                rows = disk.execute(
-                    "SELECT id, topic, payload, qos, retain, created, size FROM messages ORDER BY id").fetchall()
+                rows = _rows(disk, ids=True)
                 lost = disk.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
                 memory = self._open(memory=True)
             except sqlite3.Error as e:
@@ -456,8 +468,7 @@ class Outbox:
                 return False
             # the same ids: a sender's messages in flight and its place in the queue stay valid (no new epoch)
             memory.execute("BEGIN")
-            memory.executemany("INSERT INTO messages(id, topic, payload, qos, retain, created, size) "
-                               "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            _insert(memory, rows, ids=True)
             memory.execute("UPDATE meta SET value = ? WHERE key = 'dropped'", (int(lost[0]) if lost else 0,))
             count, total, dropped = self._trim(memory, len(rows), sum(int(r[6]) for r in rows),
                                                min(self._max_bytes, MEMORY_MAX_BYTES))
@@ -512,15 +523,9 @@ class Outbox:
                 if self._disk_copied:  # memory started as a copy of the disk's rows and count: it replaces them,
                     disk.execute("DELETE FROM messages")  # ids and all
                     disk.execute("UPDATE meta SET value = 0 WHERE key = 'dropped'")
-                    rows = memory.execute("SELECT id, topic, payload, qos, retain, created, size FROM messages "
-                                          "ORDER BY id").fetchall()
-                    disk.executemany("INSERT INTO messages(id, topic, payload, qos, retain, created, size) "
-                                     "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                else:  # after what the disk already held (an earlier run's), under new ids
-                    rows = memory.execute(
-                        "SELECT topic, payload, qos, retain, created, size FROM messages ORDER BY id").fetchall()
-                    disk.executemany("INSERT INTO messages(topic, payload, qos, retain, created, size) "
-                                     "VALUES (?, ?, ?, ?, ?, ?)", rows)
+                # else after what the disk already held (an earlier run's), under new ids
+                rows = _rows(memory, ids=self._disk_copied)
+                _insert(disk, rows, ids=self._disk_copied)
                 lost = memory.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
                 disk.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped'", (int(lost[0]),))
                 row = disk.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()

@@ -107,11 +107,10 @@ class OutboxSink:
                     self._state_changed()
                     continue  # the outbox carries on in memory: the alerts keep flowing to the broker
                 self._retry_at = time.monotonic() + RETRY_S
-                if self.error is None:
+                started, self.error = self.error is None, str(e)
+                if started:
                     log.error("%s; holding the alerts in memory and retrying every %.0f s", e, RETRY_S)
-                    self.error = str(e)
                     self._state_changed()
-                self.error = str(e)
                 return False
             self._held.popleft()
             self._held_bytes -= h.size

@@ -29,10 +29,17 @@ def yolo_lines(boxes: np.ndarray, width: int, height: int) -> str:
 
 
 def read_yolo_labels(path: Path, width: int, height: int, classes: Sequence[int] | None = None) -> np.ndarray:
-    """Pixel boxes (N, 4) x0, y0, x1, y1, clipped to the image, from a label file; no file means no boxes."""
+    """Pixel boxes (N, 4) x0, y0, x1, y1, clipped to the image, from a label file; no file means no boxes.
+    `classes`: only the boxes of these class ids."""
+    boxes, ids = read_yolo_boxes(path, width, height)
+    return boxes if classes is None else boxes[np.isin(ids, list(classes))]
+
+
+def read_yolo_boxes(path: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every box of a label file, as `read_yolo_labels` gives them, and each one's class id (N,)."""
     if not path.exists():
-        return np.zeros((0, 4), np.float32)
-    rows = []
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    rows, ids = [], []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         parts = line.split()
         if not parts:
@@ -43,15 +50,13 @@ def read_yolo_labels(path: Path, width: int, height: int, classes: Sequence[int]
             values = [float(v) for v in parts[:5]]
         except ValueError:
             raise LabelError(f"{path}:{n}: expected numbers 'class cx cy w h', got {line!r}") from None
-        cls = int(values[0])
         cx, cy, w, h = values[1:]
         if not (0.0 <= cx <= 1.0 and 0.0 <= cy <= 1.0 and 0.0 < w <= 1.0 + _SLACK and 0.0 < h <= 1.0 + _SLACK):
             raise LabelError(f"{path}:{n}: centre and size must be fractions of the image (0..1, the YOLO format; "
                              f"pixel values?), got {line!r}")
-        if classes is not None and cls not in classes:
-            continue
+        ids.append(int(values[0]))
         rows.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
     boxes = np.asarray(rows, np.float32).reshape(-1, 4)
     boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
     boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
-    return boxes
+    return boxes, np.asarray(ids, np.int64)

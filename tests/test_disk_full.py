@@ -100,6 +100,15 @@ def frame(index: int) -> Frame:
     return Frame(image, index, time.monotonic(), time.time())
 
 
+def sink_on(disk: Path) -> tuple[Outbox, OutboxSink, list[str]]:
+    """An outbox on `disk`, its sink, and the alert ids the sink reports as committed, in order."""
+    outbox = Outbox(disk / "outbox.db")
+    seen: list[str] = []
+    sink = OutboxSink(outbox, Topics("shelfscout", STORE, DEVICE), lambda: ModelRef("m", 1),
+                      on_event=lambda ev: seen.append(ev.alert_id))
+    return outbox, sink, seen
+
+
 def test_a_disk_that_fills_up_moves_the_outbox_to_memory_and_back_in_order(
     tiny_disk: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -107,10 +116,7 @@ def test_a_disk_that_fills_up_moves_the_outbox_to_memory_and_back_in_order(
     every alert is committed at once and can go to the broker; once there is room it is back on disk, in order,
     each message once (the disk's own copies replaced, not doubled)."""
     monkeypatch.setattr(outbox_mod, "DISK_RETRY_S", 0.0)
-    outbox = Outbox(tiny_disk / "outbox.db")
-    seen: list[str] = []
-    sink = OutboxSink(outbox, Topics("shelfscout", STORE, DEVICE), lambda: ModelRef("m", 1),
-                      on_event=lambda ev: seen.append(ev.alert_id))
+    outbox, sink, seen = sink_on(tiny_disk)
     try:
         sink.emit(frame(0), [event("a", 0)])
         assert outbox.depth() == 2 and outbox.memory_reason is None and seen == ["a"]  # the alert and its snapshot
@@ -158,10 +164,7 @@ def test_should_memory_fail_too_the_sink_holds_the_alerts_and_commits_them_in_or
     a process out of memory); the full disk is real."""
     monkeypatch.setattr(sink_mod, "RETRY_S", 0.0)  # retry on every frame instead of once a second
     monkeypatch.setattr(Outbox, "move_to_memory", lambda self, reason: False)
-    outbox = Outbox(tiny_disk / "outbox.db")
-    seen: list[str] = []
-    sink = OutboxSink(outbox, Topics("shelfscout", STORE, DEVICE), lambda: ModelRef("m", 1),
-                      on_event=lambda ev: seen.append(ev.alert_id))
+    outbox, sink, seen = sink_on(tiny_disk)
     try:
         sink.emit(frame(0), [event("a", 0)])
         assert outbox.depth() == 2 and sink.error is None and seen == ["a"]  # the alert and its snapshot

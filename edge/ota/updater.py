@@ -619,24 +619,24 @@ class Updater:
             log.exception("OTA report callback failed")
 
 
-def _release_version(payload: bytes) -> int | None:
+def _release_field(payload: bytes, key: str) -> Any:
+    """A field of a release message as it says (not verified), or None."""
     import json
 
     try:
-        v = json.loads(payload)["release"]["version"]
-        return v if isinstance(v, int) else None
+        return json.loads(payload)["release"][key]
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _release_version(payload: bytes) -> int | None:
+    v = _release_field(payload, "version")
+    return v if isinstance(v, int) else None
 
 
 def _release_sha(payload: bytes) -> str | None:
-    import json
-
-    try:
-        sha = json.loads(payload)["release"]["sha256"]
-        return str(sha)
-    except (ValueError, KeyError, TypeError):
-        return None
+    sha = _release_field(payload, "sha256")
+    return None if sha is None else str(sha)
 
 
 def _remove(p: Path) -> None:
