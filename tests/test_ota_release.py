@@ -135,9 +135,13 @@ def test_rollback_replay_freeze_and_conflict(keypair: tuple[Ed25519PrivateKey, P
 def test_state_is_durable_and_damage_is_detected(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.json")
     assert store.load() == OtaState()
-    st = OtaState(highest_version=7, highest_sha256="ab" * 32).with_seen("d1").with_failed("f1")
+    st = OtaState(highest_version=7, highest_sha256="ab" * 32).with_seen("d1").with_failed("f1", "smoke-hang: x")
     store.save(st)
     assert StateStore(tmp_path / "state.json").load() == st
+    assert st.with_failed("f1", "other").failed_why == {"f1": "smoke-hang: x"}  # the first failure's reason stays
+    # a state file written before reasons were kept still loads
+    (tmp_path / "state.json").write_text('{"schema": "shelfscout.ota-state/1", "failed": ["f1"]}')
+    assert store.load().failed == ("f1",) and store.load().failed_why == {}
     (tmp_path / "state.json").write_text("{garbage")
     with pytest.raises(ValueError):
         store.load()

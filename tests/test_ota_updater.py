@@ -297,8 +297,14 @@ def test_reject_wrong_io(dev: Device) -> None:
 def test_reject_constant_output_model(dev: Device) -> None:
     up = install_v1(dev)
     _rejected(dev, up, dev.release(dev.bundle(2, kind="const")), "constant-output")
-    # and it is remembered: the same release is not tried again
+    # and it is remembered: the same release is not tried again, and the refusal says why it failed, also after
+    # a restart (the operator sees this refusal, not the first one)
     _rejected(dev, up, dev.release(dev.pub_dir / "tiny-v2-const.bundle"), "failed-before")
+    assert "(constant-output: " in dev.reports[-1]["ota"]["error"]
+    restarted = dev.updater()
+    restarted.active_bundle_path()
+    _rejected(dev, restarted, dev.release(dev.pub_dir / "tiny-v2-const.bundle"), "failed-before")
+    assert "(constant-output: " in dev.reports[-1]["ota"]["error"]
 
 
 def test_reject_model_that_hangs_the_interpreter(dev: Device) -> None:
@@ -349,6 +355,7 @@ def test_probation_rolls_back(dev: Device, latency: float, ok: bool, code: str) 
     restarted.active_bundle_path()
     assert dev.reports and dev.reports[0]["ota"] == last
     assert up.apply_release(dev.release(dev.pub_dir / "tiny-v2-ok.bundle")).code == "failed-before"
+    assert f"({code}: " in dev.reports[-1]["ota"]["error"]
     assert up.apply_release(dev.release(dev.bundle(3))).state == "probation"
 
 

@@ -58,8 +58,9 @@ def decide(vr: VerifiedRelease, state: OtaState, device_id: str, app_version: st
     if now >= r.expires:
         raise OtaError("expired", f"release {r.name} v{r.version} expired at {r.not_after}")
     if r.sha256 in state.failed:
+        why = state.failed_why.get(r.sha256)
         raise OtaError("failed-before", f"release {r.name} v{r.version} ({r.sha256[:12]}) failed on this device "
-                                        "before; publish a new version")
+                                        f"before{f' ({why})' if why else ''}; publish a new version")
     if r.version < state.highest_version:
         if vr.digest in state.seen:
             raise OtaError("replay", f"release {r.name} v{r.version} was seen before and v{state.highest_version} "

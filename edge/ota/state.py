@@ -29,6 +29,7 @@ class OtaState:
     highest_sha256: str = ""
     seen: tuple[str, ...] = ()  # digests of verified release announcements (replay detection)
     failed: tuple[str, ...] = ()  # bundle sha256s that failed smoke test or probation on this device
+    failed_why: dict[str, str] = field(default_factory=dict)  # sha256 -> "code: message" of that failure
     probation: Probation | None = None
     last: dict[str, Any] = field(default_factory=dict)  # the last `ota` report, restored after a restart
 
@@ -37,10 +38,15 @@ class OtaState:
             return self
         return replace(self, seen=(*self.seen, digest)[-MAX_SEEN:])
 
-    def with_failed(self, sha256: str) -> OtaState:
+    def with_failed(self, sha256: str, why: str = "") -> OtaState:
+        """Marked as failed on this device, with why (kept for the first failure; a refusal repeats it)."""
         if sha256 in self.failed:
             return self
-        return replace(self, failed=(*self.failed, sha256)[-MAX_SEEN:])
+        failed = (*self.failed, sha256)[-MAX_SEEN:]
+        reasons = {k: v for k, v in self.failed_why.items() if k in failed}
+        if why:
+            reasons[sha256] = why
+        return replace(self, failed=failed, failed_why=reasons)
 
 
 class StateStore:
@@ -66,6 +72,7 @@ class StateStore:
             highest_sha256=str(raw.get("highest_sha256", "")),
             seen=tuple(str(s) for s in raw.get("seen", ())),
             failed=tuple(str(s) for s in raw.get("failed", ())),
+            failed_why={str(k): str(v) for k, v in (raw.get("failed_why") or {}).items()},
             probation=Probation(str(p["dir"]), int(p["version"]), str(p["sha256"]), int(p.get("starts", 0)))
             if isinstance(p, dict) else None,
             last=dict(raw.get("last") or {}),

@@ -368,7 +368,7 @@ class Updater:
             p = state.probation
             version = p.version if p else None
             if p is not None:
-                state = state.with_failed(p.sha256)
+                state = state.with_failed(p.sha256, str(err))
             self.store.save(replace(state, probation=None))
             prev = links.target(self.models_dir, links.PREVIOUS)
             if prev is not None:
@@ -429,7 +429,7 @@ class Updater:
             try:
                 st = self._load_state()
                 sha = dest.name.split("-", 1)[-1]
-                self.store.save(st.with_failed(_release_sha(payload) or sha))
+                self.store.save(st.with_failed(_release_sha(payload) or sha, str(e)))
             except (OSError, ValueError):
                 pass
         if dest is not None and dest != links.target(self.models_dir, links.CURRENT):
