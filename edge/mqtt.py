@@ -790,6 +790,10 @@ class MqttLink:
             reply_props = Properties(PacketTypes.PUBLISH)
             reply_props.CorrelationData = correlation
         target = response_topic or self.topics.cmd_reply(topic)
+        if not self.topics.takes_replies(target):
+            log.warning("command %s asks for its reply on %s, where this cart publishes its own messages or takes "
+                        "commands; answering on %s instead", name, target, self.topics.cmd_reply(topic))
+            target = self.topics.cmd_reply(topic)
         if not target.startswith(self.topics.base + "/"):
             log.warning("command %s asks for its reply on %s, outside this cart's topics: a broker with the shipped "
                         "ACL refuses it (use a response topic under %s/, such as %s)", name, target,

@@ -81,6 +81,13 @@ class Topics:
         """Where a command is answered when the request has no MQTT 5 response topic."""
         return f"{cmd_topic}/{REPLY_SUFFIX}"
 
+    def takes_replies(self, topic: str) -> bool:
+        """Whether a command's MQTT 5 response topic may be used as asked: not a topic this device publishes its
+        own messages to (a reply there would reach alert and status subscribers) and not a command topic (the
+        reply would come back as a command)."""
+        return (topic not in self.device_topics() and not topic.startswith(f"{self.base}/snapshots/")
+                and self.command_name(topic) is None)
+
     def command_name(self, topic: str) -> str | None:
         """The command name of a topic under `cmd/`, or None for any other topic."""
         head = f"{self.base}/cmd/"

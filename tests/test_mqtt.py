@@ -700,3 +700,37 @@ def test_a_reply_the_broker_acl_refuses_is_logged_with_where_to_ask_for_it(
         replies.stop()
     finally:
         b.stop()
+
+
+def test_a_response_topic_on_the_carts_own_messages_or_commands_gets_the_reply_on_cmd_reply(
+        broker: Mosquitto, tmp_path: Path, links: Callable[..., MqttLink], caplog: pytest.LogCaptureFixture) -> None:
+    """A reply published where the cart sends its alerts or status would reach every backend that reads them as
+    one, and one published on a command topic would come back as a command. Such response topics are answered on
+    `cmd/NAME/reply`, with the correlation data, and a warning says why."""
+    cfg = make_cfg(tmp_path, broker.url, protocol="5")
+    t = Topics.from_config(cfg)
+    calls: list[str] = []
+
+    def on_command(name: str, args: dict[str, Any]) -> dict[str, Any]:
+        calls.append(name)
+        return {"paused": name == "pause"}
+
+    link = links(cfg, on_command=on_command)
+    link.start()
+    assert link.wait_connected(10)
+    watch = ValidatingSubscriber(broker.url, [f"{t.base}/#"], client_id="watch").start()
+    assert watch.wait_for(lambda: len(watch.on("/status")) >= 1, 10)
+    asked = [t.alerts, t.status, t.snapshot("a1"), t.cmd("pause"), t.cmd("resume")]
+    for i, target in enumerate(asked):
+        _request(broker.url, t.cmd("resume"), b"{}", f"c{i}".encode(), target, client=watch.client)
+    assert watch.wait_for(lambda: len(watch.on("/cmd/resume/reply")) == len(asked), 15), watch.on("")
+    got = sorted(m.properties.CorrelationData for m in watch.on("/cmd/resume/reply"))
+    assert got == [f"c{i}".encode() for i in range(len(asked))]
+    for m in watch.on("/cmd/resume/reply"):
+        assert validate("command_reply", m.payload)["ok"] is True
+    assert watch.on("/alerts") == [] and watch.on("/snapshots/") == []
+    assert all(json.loads(m.payload).get("command") is None for m in watch.on("/status"))
+    assert calls == ["resume"] * len(asked)  # no reply came back as a command
+    warned = [r.message for r in caplog.records if "answering on" in r.message]
+    assert len(warned) == len(asked) and all(t.cmd_reply(t.cmd("resume")) in w for w in warned)
+    watch.stop()
