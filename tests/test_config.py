@@ -169,3 +169,62 @@ def test_config_check_also_checks_what_the_file_names_on_this_machine(tmp_path: 
     p.write_text(MINIMAL + "[model]\nbundle = 'nothing.bundle'\n")
     r = check(str(p))
     assert r.returncode == 2 and "model.bundle: " in r.stderr and "nothing.bundle" in r.stderr
+
+
+def test_config_check_live_reads_a_frame_and_connects_or_says_which_part_failed(tmp_path: Path) -> None:
+    """`config check --live` on an installer's config: a real video file as the camera and a real broker that takes
+    passwords. Every failing part is named at once (a camera that is not there, a broker that is down, a wrong
+    password), and a passing check leaves the broker without any message from us."""
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    from tests.mosquitto import Mosquitto, free_port
+
+    passwd_tool = shutil.which("mosquitto_passwd")
+    if passwd_tool is None:
+        pytest.skip("mosquitto_passwd is missing (Debian package `mosquitto`)")
+    passwd = tmp_path / "passwd"
+    subprocess.run([passwd_tool, "-c", "-b", str(passwd), "cart-07", "right"], check=True, capture_output=True,
+                   timeout=30)
+    port = free_port()
+    b = Mosquitto(tmp_path / "broker", port=port,
+                  listener_block=f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n").start()
+    video = tmp_path / "aisle.mp4"
+    vw = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"mp4v"), 10, (320, 240))
+    for i in range(5):
+        vw.write(np.full((240, 320, 3), 40 * i, np.uint8))
+    vw.release()
+    (tmp_path / "pw").write_text("right\n")
+    (tmp_path / "bad").write_text("wrong\n")
+
+    def check(source: str, url: str, password_file: str) -> subprocess.CompletedProcess[str]:
+        p = tmp_path / "c.toml"
+        p.write_text(f"[device]\nid = 'cart-07'\nstore = 's042'\n[camera]\nsource = '{source}'\n"
+                     f"[mqtt]\nurl = '{url}'\nusername = 'cart-07'\npassword_file = '{password_file}'\n")
+        return subprocess.run([sys.executable, "-m", "edge.cli", "config", "check", "--live", "--timeout", "5",
+                               str(p)], capture_output=True, text=True, timeout=120)
+
+    try:
+        watch_log = b.log.read_text()
+        r = check(str(video), b.url, str(tmp_path / "pw"))
+        assert r.returncode == 0, r.stderr
+        assert "a 640x480 frame" in r.stderr and "connected as cart-07" in r.stderr
+        assert "camera and broker answered" in r.stdout
+        log = b.log.read_text()[len(watch_log):]
+        assert "shelfscout-config-check-" in log and "Received PUBLISH" not in log and "SUBSCRIBE" not in log
+
+        r = check("/dev/video9", f"mqtt://127.0.0.1:{free_port()}", str(tmp_path / "pw"))
+        assert r.returncode == 2 and r.stdout == ""
+        errors = [line for line in r.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 2, r.stderr
+        assert "camera.source: " in errors[0] and "/dev/video9" in errors[0]
+        assert "mqtt.url: cannot connect to" in errors[1] and "refused" in errors[1].lower()
+
+        r = check(str(video), b.url, str(tmp_path / "bad"))
+        assert r.returncode == 2 and "a 640x480 frame" in r.stderr
+        (error,) = [line for line in r.stderr.splitlines() if "error:" in line]
+        assert "refused the connection" in error and "mqtt.username" in error
+    finally:
+        b.stop()
