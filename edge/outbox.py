@@ -155,6 +155,19 @@ def _insert(conn: sqlite3.Connection, rows: Sequence[Any], ids: bool = False) ->
     conn.executemany(f"INSERT INTO messages({cols}) VALUES ({', '.join('?' * (7 if ids else 6))})", rows)
 
 
+def _last_id(conn: sqlite3.Connection) -> int:
+    """The highest message id the database ever gave (AUTOINCREMENT keeps it after the message is deleted)."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+    top = conn.execute("SELECT MAX(id) FROM messages").fetchone()
+    return max(int(row[0]) if row else 0, int(top[0] or 0) if top else 0)
+
+
+def _continue_ids(conn: sqlite3.Connection, last: int) -> None:
+    """Make the next message id in `conn` come after `last`."""
+    if conn.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'messages'", (last,)).rowcount == 0:
+        conn.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('messages', ?)", (last,))
+
+
 def _salvage(corrupt: Path, fresh: sqlite3.Connection) -> int:
     """Copy the messages SQLite can still read from a quarantined database (a truncated file often keeps most
     of them) into the fresh one, oldest first; returns how many. Best effort: a file that is no database gives 0."""
@@ -466,9 +479,12 @@ class Outbox:
             except sqlite3.Error as e:
                 log.error("outbox %s cannot move to memory either: %s", self.path, e)
                 return False
-            # the same ids: a sender's messages in flight and its place in the queue stay valid (no new epoch)
+            # the same ids: a sender's messages in flight and its place in the queue stay valid (no new epoch).
+            # New messages must also come after every id the disk ever gave, delivered ones included: a sender
+            # reads from its place onwards, so a new message under a lower id would wait for a reconnect.
             memory.execute("BEGIN")
             _insert(memory, rows, ids=True)
+            _continue_ids(memory, _last_id(disk))
             memory.execute("UPDATE meta SET value = ? WHERE key = 'dropped'", (int(lost[0]) if lost else 0,))
             count, total, dropped = self._trim(memory, len(rows), sum(int(r[6]) for r in rows),
                                                min(self._max_bytes, MEMORY_MAX_BYTES))
@@ -526,6 +542,8 @@ class Outbox:
                 # else after what the disk already held (an earlier run's), under new ids
                 rows = _rows(memory, ids=self._disk_copied)
                 _insert(disk, rows, ids=self._disk_copied)
+                if self._disk_copied:  # as in `move_to_memory`: new ids come after every id memory gave
+                    _continue_ids(disk, _last_id(memory))
                 lost = memory.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
                 disk.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped'", (int(lost[0]),))
                 row = disk.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()

@@ -377,3 +377,54 @@ def test_a_service_started_on_a_full_disk_is_durable_again_once_the_disk_has_roo
     assert {(a["event"], a["id"]) for a in stored} == committed
     snapshots = {r.topic.rsplit("/", 1)[1] for r in rows if "/snapshots/" in r.topic}
     assert snapshots == {i for e, i in committed if e == "opened"}
+
+
+def test_alerts_stored_in_memory_after_every_earlier_one_was_delivered_reach_the_broker_at_once(
+    tiny_disk: Path, tmp_path: Path
+) -> None:
+    """The usual case of a disk filling up: every message so far delivered and acknowledged. The messages stored
+    in memory from then on, and those stored on disk again once there is room, must come after every id the sender
+    has passed, or it does not see them until a reconnect (it read the first one after a move under id 1)."""
+    from edge.config import Config, DeviceConfig, MqttConfig, OutboxConfig
+    from edge.mqtt import MqttLink
+
+    broker = Mosquitto(tmp_path / "broker").start()
+    cfg = Config(device=DeviceConfig(DEVICE, STORE), mqtt=MqttConfig(url=broker.url),
+                 outbox=OutboxConfig(path=str(tiny_disk / "outbox.db")))
+    topics = Topics.from_config(cfg)
+    sub = ValidatingSubscriber(broker.url, [topics.alerts], client_id="backend").start()
+    outbox = Outbox(tiny_disk / "outbox.db")
+    link = MqttLink(cfg, topics, outbox)
+    try:
+        link.start()
+        assert link.wait_connected(10)
+
+        def put(n: int) -> None:
+            try:
+                outbox.put([OutMessage(topics.alerts, json.dumps({"n": n}).encode(), qos=1)])
+            except OutboxError as e:  # what the sink does when the disk refuses a write
+                assert outbox.move_to_memory(str(e))
+                outbox.put([OutMessage(topics.alerts, json.dumps({"n": n}).encode(), qos=1)])
+
+        def received() -> list[int]:
+            return [json.loads(m.payload)["n"] for m in sub.on("/alerts")]
+
+        for n in range(3):
+            put(n)
+        assert link.wait_idle(10) and outbox.depth() == 0
+        filler = fill(tiny_disk)
+        put(3)
+        assert outbox.memory_reason is not None
+        assert link.wait_idle(10), "the message stored in memory was not sent while the connection stayed up"
+        put(4)
+        assert link.wait_idle(10)
+        filler.unlink()
+        assert outbox.move_to_disk(force=True) and outbox.memory_reason is None
+        put(5)
+        assert link.wait_idle(10), "the message stored on disk again was not sent while the connection stayed up"
+        assert sub.wait_for(lambda: sorted(set(received())) == list(range(6)), 10), received()
+    finally:
+        link.stop()
+        outbox.close()
+        sub.stop()
+        broker.stop()
