@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import sys
 import types
@@ -238,11 +239,28 @@ def _validate(cfg: Config, errors: list[str]) -> None:
     need(cfg.camera.width > 0 and cfg.camera.height > 0, "camera.width", "width and height must be positive")
     need(cfg.camera.fps > 0, "camera.fps", "must be positive")
     need(bool(cfg.camera.source), "camera.source", "must not be empty")
+    c = cfg.camera
+    need(0.0 < c.reopen_min_s <= c.reopen_max_s, "camera.reopen_min_s",
+         f"must be above 0 and at most camera.reopen_max_s ({c.reopen_max_s:g})")
+    need(c.reopen_attempts >= 0, "camera.reopen_attempts", "must be 0 (forever) or more")
+    need(c.stall_s > 0, "camera.stall_s", "must be positive")
+    need(cfg.mqtt.reconnect_min_s > 0, "mqtt.reconnect_min_s", "must be positive")
+    need(cfg.mqtt.snapshot_max_px >= 16, "mqtt.snapshot_max_px", "must be at least 16 (pixels)")
     t = cfg.tracking
     need(1 <= t.confirm_frames <= t.window_frames, "tracking.confirm_frames",
          f"must be between 1 and tracking.window_frames ({t.window_frames})")
+    need(t.lost_frames >= 1, "tracking.lost_frames", "must be at least 1")
+    need(t.clear_frames >= 1, "tracking.clear_frames", "must be at least 1")
+    need(0.0 < t.meters_per_pixel < math.inf, "tracking.meters_per_pixel", "must be positive")
+    need(0.0 < t.place_radius_m < math.inf, "tracking.place_radius_m", "must be positive")
     need(0.0 < t.match_iou < 1.0, "tracking.match_iou", "must be between 0 and 1")
     need(t.motion_width >= 32, "tracking.motion_width", "must be at least 32")
+    o = cfg.ota
+    need(o.poll_interval_s >= 1, "ota.poll_interval_s", "must be at least 1 (second)")
+    need(o.stall_timeout_s > 0, "ota.stall_timeout_s", "must be positive")
+    need(o.max_bundle_bytes > 0, "ota.max_bundle_bytes", "must be positive")
+    need(o.probation_frames >= 0, "ota.probation_frames", "must be 0 (no probation) or more")
+    need(cfg.preview.max_fps > 0, "preview.max_fps", "must be positive")
     need(cfg.outbox.max_messages > 0, "outbox.max_messages", "must be positive")
     need(cfg.outbox.max_bytes > 0, "outbox.max_bytes", "must be positive")
     need(cfg.outbox.inflight >= 1, "outbox.inflight", "must be at least 1")

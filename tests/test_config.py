@@ -55,6 +55,18 @@ def test_environment_overrides_the_file() -> None:
         ("[device]\nid = 'a/b'\n", "device.id: 'a/b' must not contain"),
         ("[cameras]\nsource = 'x'\n", "cameras: unknown key (did you mean 'camera'?)"),
         ("camera = 3\n", "camera: expected a table [camera], got integer"),
+        # values `run` refused only once it built the part (a traceback), or took and then misbehaved with
+        ("[tracking]\nclear_frames = 0\n", "tracking.clear_frames: must be at least 1"),
+        ("[tracking]\nlost_frames = 0\n", "tracking.lost_frames: must be at least 1"),
+        ("[tracking]\nmeters_per_pixel = 0.0\n", "tracking.meters_per_pixel: must be positive"),
+        ("[tracking]\nplace_radius_m = nan\n", "tracking.place_radius_m: must be positive"),
+        ("[mqtt]\nsnapshot_max_px = 8\n", "mqtt.snapshot_max_px: must be at least 16"),
+        ("[mqtt]\nreconnect_min_s = 0.0\n", "mqtt.reconnect_min_s: must be positive"),
+        ("[camera]\nreopen_min_s = 0.0\n", "camera.reopen_min_s: must be above 0 and at most"),
+        ("[camera]\nstall_s = -1.0\n", "camera.stall_s: must be positive"),
+        ("[ota]\npoll_interval_s = 0.0\n", "ota.poll_interval_s: must be at least 1"),
+        ("[ota]\nprobation_frames = -1\n", "ota.probation_frames: must be 0 (no probation) or more"),
+        ("[preview]\nmax_fps = 0.0\n", "preview.max_fps: must be positive"),
     ],
 )
 def test_bad_config_names_the_key(text: str, message: str) -> None:
