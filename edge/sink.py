@@ -54,6 +54,7 @@ class OutboxSink:
         self.main_frame = main_frame
         self.on_event = on_event
         self.on_state = on_state  # the outbox moved between disk and memory, or holding started or ended
+        self._unsettled: frozenset[str] = _NONE  # the events of an `emit` that has not got as far as holding them
         self.hold_max_bytes = hold_max_bytes
         self._held: deque[_Held] = deque()
         self._held_bytes = 0
@@ -69,20 +70,26 @@ class OutboxSink:
         return self._held_msgs
 
     def held_alert_ids(self) -> Collection[str]:
-        """The alerts whose events wait in memory: their places stay marked `opening` / `clearing` until stored.
-        Asked on every frame, so nothing is built while nothing is held."""
-        return frozenset(ev.alert_id for h in self._held for ev in h.events) if self._held else _NONE
+        """The alerts whose events wait in memory, or whose `emit` failed before they were held: their places stay
+        marked `opening` / `clearing` until stored. Asked on every frame, so nothing is built while nothing is held."""
+        if not self._held and not self._unsettled:
+            return _NONE
+        return frozenset(ev.alert_id for h in self._held for ev in h.events) | self._unsettled
 
     def emit(self, frame: Frame, events: Sequence[AlertEvent]) -> None:
         """Commit this frame's events (after any held ones); called for every frame, so held ones are retried."""
         if events:
+            # should anything below raise (the service then stops), these events were never stored: their places
+            # must stay marked for a resend when the tracker saves them at close
+            self._unsettled = frozenset(ev.alert_id for ev in events)
             msgs: list[OutMessage] = []
             for ev in events:
                 if ev.snapshot_jpeg is None:
-                    ev.snapshot_jpeg = self._snapshot(frame, ev)
+                    ev.snapshot_jpeg = self._snapshot_or_none(frame, ev)
                 msgs.extend(alert_messages(ev, self.topics, self.model()))
             size = sum(len(m.payload) + len(m.topic) for m in msgs)
             self._held.append(_Held(tuple(events), tuple(msgs), size))
+            self._unsettled = _NONE
             self._held_bytes += size
             self._held_msgs += len(msgs)
             self._bound()
@@ -147,6 +154,14 @@ class OutboxSink:
             self.dropped += len(h.msgs)
             log.error("too many alerts held in memory (%d bytes max): dropped %d message(s) of frame %d",
                       self.hold_max_bytes, len(h.msgs), h.events[0].frame_index)
+
+    def _snapshot_or_none(self, frame: Frame, ev: AlertEvent) -> bytes | None:
+        """The event's snapshot, or None if it cannot be made: the alert matters more than its picture."""
+        try:
+            return self._snapshot(frame, ev)
+        except Exception:
+            log.exception("alert %s: no snapshot could be made; the alert goes out without one", ev.alert_id)
+            return None
 
     def _snapshot(self, frame: Frame, ev: AlertEvent) -> bytes:
         image = frame.image
