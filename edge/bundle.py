@@ -175,8 +175,9 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_public_keys(dirs: Iterable[Path | str]) -> dict[str, Ed25519PublicKey]:
-    """Every `*.pub` (PEM) file in the given folders, by file name. Missing folders are skipped.
+def load_public_keys(dirs: Iterable[Path | str], bad: list[str] | None = None) -> dict[str, Ed25519PublicKey]:
+    """Every `*.pub` (PEM) file in the given folders, by file name. Missing folders are skipped. A file that is not
+    an ed25519 public key is a BundleError, or, with a `bad` list, skipped and said there (one line each).
 
     No key is ever dropped: a file whose name an earlier folder already used for a different key (an operator's
     own `shelfscout-default-2.pub`, say) is kept under its full path, so each key still verifies what it signed and
@@ -189,11 +190,17 @@ def load_public_keys(dirs: Iterable[Path | str]) -> dict[str, Ed25519PublicKey]:
             continue
         for f in sorted(p.glob("*.pub")):
             try:
-                key = serialization.load_pem_public_key(f.read_bytes())
-            except ValueError as e:
-                raise BundleError(f"key file {f} is not a PEM public key: {e}") from e
-            if not isinstance(key, Ed25519PublicKey):
-                raise BundleError(f"key file {f} is not an ed25519 public key")
+                try:
+                    key = serialization.load_pem_public_key(f.read_bytes())
+                except ValueError as e:
+                    raise BundleError(f"key file {f} is not a PEM public key: {e}") from e
+                if not isinstance(key, Ed25519PublicKey):
+                    raise BundleError(f"key file {f} is not an ed25519 public key")
+            except BundleError as e:
+                if bad is None:
+                    raise
+                bad.append(str(e))
+                continue
             der = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
             name = f.name if raw.get(f.name, der) == der else str(f)
             keys[name], raw[name] = key, der

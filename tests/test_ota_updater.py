@@ -452,6 +452,40 @@ def test_rotten_current_falls_back_to_previous(dev: Device) -> None:
     assert dev.reports[-1]["ota"]["error"].startswith("rotten-current")
 
 
+@pytest.mark.parametrize("damage", ["typo in a new key", "signer's key replaced by a typo", "every key gone"])
+def test_a_bad_key_file_never_unlinks_a_good_model(dev: Device, damage: str) -> None:
+    """An operator's bad copy of a key file is the keys' fault, not the model's: a key file that is not a key is
+    skipped, and if the model then cannot be verified the cart runs its built-in model for this start, says why,
+    and keeps the links, so the OTA model is back at the first start after the key files are fixed."""
+    up = install_v1(dev)
+    v1 = dev.current()
+    pubs = {f: f.read_bytes() for f in dev.keys_dir.glob("*.pub")}
+    typo = b"-----BEGIN PUBLIC KEY-----\ntypo\n-----END PUBLIC KEY-----\n"
+    if damage == "typo in a new key":
+        (dev.keys_dir / "new-signer.pub").write_bytes(typo)
+    elif damage == "signer's key replaced by a typo":
+        for f in pubs:
+            f.write_bytes(typo)
+    else:
+        for f in pubs:
+            f.unlink()
+    dev.reports.clear()
+    path = dev.updater().active_bundle_path()
+    assert dev.current() == v1  # the link is kept either way
+    if damage == "typo in a new key":
+        assert path == dev.models_dir / v1  # the other keys still verify it
+    else:
+        assert path == (DEFAULT_BUNDLE if not dev.cfg.model.bundle else Path(dev.cfg.model.bundle))
+        said = dev.reports[-1]["ota"]
+        assert said["state"] == "failed"
+        assert said["error"].startswith("bad-key-file: key file" if "typo" in damage else "no-keys: no trusted keys")
+    for f, data in pubs.items():  # fixed
+        f.write_bytes(data)
+    (dev.keys_dir / "new-signer.pub").unlink(missing_ok=True)
+    assert dev.updater().active_bundle_path() == dev.models_dir / v1
+    del up
+
+
 def test_nothing_valid_means_builtin_default(dev: Device) -> None:
     from edge.bundle import BundleError
 

@@ -206,9 +206,20 @@ class Updater:
                 else:
                     self.store.save(replace(state, probation=replace(p, starts=p.starts + 1)))
             if cur is not None:
+                bad: list[str] = []
+                keys = self._keys_or_empty(bad)
                 try:
-                    bundle = read_bundle(cur, self._keys_or_empty())
+                    bundle = read_bundle(cur, keys)
                 except BundleError as e:
+                    if bad or not keys:
+                        # the keys, not the model, may be what is wrong (an operator's bad copy of a new key): keep
+                        # the links as they are and run the built-in model until the key files are fixed
+                        why = "; ".join(bad) or f"no trusted keys in {self.keys_dir}"
+                        log.error("the active model %s cannot be verified (%s): %s; running the built-in model this "
+                                  "start and keeping %s for when the key files are fixed", cur, e, why, cur.name)
+                        self._emit("failed", None, OtaError("bad-key-file" if bad else "no-keys", why))
+                        self.running_version = None
+                        return self._builtin_path()
                     log.error("the active model %s fails verification: %s", cur, e)
                     cur = self._fall_back(cur, str(e))
                 else:
@@ -529,11 +540,19 @@ class Updater:
             raise OtaError("no-keys", f"no trusted keys in {self.keys_dir}; refusing every release")
         return keys
 
-    def _keys_or_empty(self) -> dict[str, Any]:
+    def _keys_or_empty(self, bad: list[str] | None = None) -> dict[str, Any]:
+        """The trusted keys that can be read (a file that is not a key is skipped and, with `bad`, said there)."""
+        found = []
         try:
-            return self._keys()
-        except OtaError:
-            return {}
+            keys = load_public_keys([self.keys_dir], found)
+        except OSError as e:
+            found.append(f"{self.keys_dir}: {e.strerror or e}")
+            keys = {}
+        for line in found:
+            log.error("OTA: %s", line)
+        if bad is not None:
+            bad.extend(found)
+        return keys
 
     def _keys_for(self, path: Path) -> dict[str, Any]:
         if path.resolve() == DEFAULT_BUNDLE.resolve():
