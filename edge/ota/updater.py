@@ -542,7 +542,7 @@ class Updater:
 
     def _keys_or_empty(self, bad: list[str] | None = None) -> dict[str, Any]:
         """The trusted keys that can be read (a file that is not a key is skipped and, with `bad`, said there)."""
-        found = []
+        found: list[str] = []
         try:
             keys = load_public_keys([self.keys_dir], found)
         except OSError as e:
