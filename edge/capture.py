@@ -127,20 +127,19 @@ class CaptureThread:
 
         None when the source has no such stream, or when `index` is given and the held frame is another one.
         """
-        src = self._source
+        src, base = self._source, self._base
         if not isinstance(src, SnapshotSource):
             return None
+        if index is not None and index < base:
+            return None  # a frame of a source that has since been reopened
         try:
-            main = src.snapshot_frame()
+            main = src.snapshot_frame(None if index is None else index - base)
         except Exception as e:
             log.warning("%s: snapshot frame unavailable: %s", self.source_name, e)
             return None
         if main is None:
             return None
-        global_index = self._base + main.index
-        if index is not None and index != global_index:
-            return None
-        return MainFrame(index=global_index, image=main.image)
+        return MainFrame(index=base + main.index, image=main.image)
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:

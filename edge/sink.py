@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from edge.outbox import Outbox, OutboxError, OutMessage
 from edge.payloads import ModelRef, alert_messages
 from edge.snapshot import render_snapshot
-from edge.sources import MainFrame
+from edge.sources import SNAPSHOT_HELD, MainFrame
 from edge.topics import Topics
 from edge.types import AlertEvent, Frame
 
@@ -54,6 +54,7 @@ class OutboxSink:
         self.main_frame = main_frame
         self.on_event = on_event
         self.on_state = on_state  # the outbox moved between disk and memory, or holding started or ended
+        self._said_small = False  # a snapshot fell back to the inference image (said once)
         self._unsettled: frozenset[str] = _NONE  # the events of an `emit` that has not got as far as holding them
         self.hold_max_bytes = hold_max_bytes
         self._held: deque[_Held] = deque()
@@ -169,6 +170,11 @@ class OutboxSink:
             main = self.main_frame(frame.index)
             if main is not None:
                 image = main.image
+            elif not self._said_small:
+                self._said_small = True
+                log.warning("the snapshot of frame %d is the inference image: its full-resolution frame is no "
+                            "longer held (the pipeline runs more than %d frames behind the camera)", frame.index,
+                            SNAPSHOT_HELD)
         h, w = image.shape[:2]
         x0, y0, x1, y1 = ev.bbox_norm
         box = (x0 * w, y0 * h, x1 * w, y1 * h)

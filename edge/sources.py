@@ -13,6 +13,7 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")
+PICAMERA2_BUFFERS = 4  # buffers the camera streams into, besides those held for snapshots
+SNAPSHOT_HELD = 3  # picamera2 requests held so an alert's snapshot is its own frame at full resolution
 PICAMERA2_MAIN_WIDTH = 1280  # main stream width, kept for snapshots; the lores stream feeds inference
 DEFAULT_TIMEOUT_S = 5.0  # a live source with no frame for this long has failed (read timeout / stall)
 
@@ -70,7 +73,10 @@ class MainFrame:
 class SnapshotSource(Protocol):
     """A source with a second, larger stream for snapshots (picamera2's main stream)."""
 
-    def snapshot_frame(self) -> MainFrame | None: ...
+    def snapshot_frame(self, index: int | None = None) -> MainFrame | None:
+        """The full-resolution frame of source-local read `index` (the latest read when None), or None when it is
+        not held (any more)."""
+        ...
 
 
 def mask_url(url: str) -> str:
@@ -338,8 +344,10 @@ class Picamera2Source:
 
     picamera2 comes from Raspberry Pi OS's apt (python3-picamera2); it is imported in `open()` only. The main
     stream is configured as "RGB888", which picamera2 lays out as [B, G, R] bytes (OpenCV order), so it is
-    converted once when a snapshot is asked for. The last request is held (one buffer of the pool) until the next
-    read, so `snapshot_frame()` costs nothing on frames without an alert.
+    converted once when a snapshot is asked for. The requests of the last SNAPSHOT_HELD reads are held (buffers of
+    the pool, which is made that much larger), so `snapshot_frame(index)` finds the frame an alert was seen in although
+    the pipeline decides on it a frame or two after the camera has moved on, and it costs nothing on frames without
+    an alert.
     """
 
     finite = False
@@ -357,8 +365,7 @@ class Picamera2Source:
         self.timeout_s = timeout_s
         self._cam: Any = None
         self._lock = threading.Lock()
-        self._held: Any = None  # the request of the last frame read, kept for snapshot_frame()
-        self._held_index = -1
+        self._held: deque[tuple[int, Any]] = deque()  # (read index, request) of the last reads, for snapshot_frame()
         self._reads = 0
 
     def open(self) -> None:
@@ -382,6 +389,7 @@ class Picamera2Source:
                 main={"size": self.main_size, "format": "RGB888"},
                 lores={"size": self.lores_size, "format": "YUV420"},
                 controls={"FrameRate": float(self.fps or 15.0)},
+                buffer_count=PICAMERA2_BUFFERS + SNAPSHOT_HELD,  # the camera's own, and those held for snapshots
             )
             cam.configure(config)
             cam.start()
@@ -417,30 +425,30 @@ class Picamera2Source:
             request.release()
             raise
         with self._lock:
-            if self._held is not None:
-                self._held.release()
-            self._held = request
-            self._held_index = self._reads
+            self._held.append((self._reads, request))
+            while len(self._held) > SNAPSHOT_HELD:
+                self._held.popleft()[1].release()
         self._reads += 1
         return rgb
 
-    def snapshot_frame(self) -> MainFrame | None:
-        """The main-stream (full resolution) RGB image of the most recent read, or None before the first read."""
+    def snapshot_frame(self, index: int | None = None) -> MainFrame | None:
+        """The main-stream (full resolution) RGB image of read `index` (the most recent read when None), or None
+        when that read is not held (before the first read, or SNAPSHOT_HELD reads ago)."""
         with self._lock:
-            if self._held is None:
+            found = [(i, r) for i, r in self._held if index is None or i == index]
+            if not found:
                 return None
-            bgr = self._held.make_array("main")
-            index = self._held_index
-        return MainFrame(index=index, image=cv2.cvtColor(bgr[:, :, :3], cv2.COLOR_BGR2RGB))
+            i, request = found[-1]
+            bgr = request.make_array("main")
+        return MainFrame(index=i, image=cv2.cvtColor(bgr[:, :, :3], cv2.COLOR_BGR2RGB))
 
     def close(self) -> None:
         with self._lock:
-            if self._held is not None:
+            while self._held:
                 try:
-                    self._held.release()
+                    self._held.popleft()[1].release()
                 except Exception:
                     pass
-                self._held = None
         cam, self._cam = self._cam, None
         if cam is not None:
             for step in (cam.stop, cam.close):

@@ -23,7 +23,7 @@ import pytest
 
 from edge.capture import CaptureThread
 from edge.config import CameraConfig
-from edge.sources import Picamera2Source, SourceError, open_source
+from edge.sources import PICAMERA2_BUFFERS, SNAPSHOT_HELD, Picamera2Source, SourceError, open_source
 from tests.test_capture import States
 
 LW, LH = 300, 224  # lores: a width whose stride (64-byte aligned: 320) has padding, like a real Pi
@@ -182,7 +182,17 @@ def test_lores_yuv_becomes_rgb_and_main_is_kept_for_snapshots(picam: type[StandI
         snap = src.snapshot_frame()
         assert snap is not None and snap.index == 4
         assert snap.image.shape == (MH, MW, 3) and np.array_equal(snap.image, scene(MW, MH, 4))
-        assert cam.outstanding == 1  # every request released except the one held for the snapshot
+        assert cam.outstanding == SNAPSHOT_HELD  # every request released except those held for snapshots
+        # the pipeline decides on a frame after the camera has moved on: the last SNAPSHOT_HELD reads are there,
+        # each its own picture, and older ones are gone (never another frame's picture under their index)
+        for t in range(5 - SNAPSHOT_HELD, 5):
+            held = src.snapshot_frame(t)
+            assert held is not None and held.index == t and np.array_equal(held.image, scene(MW, MH, t))
+        assert src.snapshot_frame(4 - SNAPSHOT_HELD) is None
+        assert conf["buffer_count"] == PICAMERA2_BUFFERS + SNAPSHOT_HELD
+        for _ in range(40):  # the stand-in refuses a request when every buffer is held
+            assert src.read() is not None
+        assert cam.outstanding == SNAPSHOT_HELD
     finally:
         src.close()
     assert cam.outstanding == 0 and cam.calls[-2:] == ["stop", "close"]
@@ -238,6 +248,9 @@ def test_capture_thread_reopens_a_failing_pi_camera(picam: type[StandInPicamera2
     try:
         frames = [ct.latest(timeout=10) for _ in range(12)]
         snap = ct.snapshot_frame()
+        last = frames[-1]
+        own = ct.snapshot_frame(last.index) if last is not None else None
+        before_reopen = ct.snapshot_frame(2)  # read from the first camera, closed since
         states.wait_for("ok")
     finally:
         ct.stop()
@@ -248,3 +261,5 @@ def test_capture_thread_reopens_a_failing_pi_camera(picam: type[StandInPicamera2
     assert len(picam.instances) >= 2 and picam.instances[0].closed
     assert all(cam.outstanding == 0 for cam in picam.instances)
     assert snap is not None and snap.image.shape == (MH, MW, 3) and snap.index >= 11
+    assert own is not None and last is not None and own.index == last.index
+    assert before_reopen is None
