@@ -266,11 +266,15 @@ class Service:
         topics = _need(self.parts.topics)
         last_status = None
         while not self.stop_event.wait(self.cfg.mqtt.stats_interval_s):
-            link.publish_stats(stats_payload(self.stats_info(), topics, time.time()))
-            status = self.status()
-            if (status.state, status.reason) != last_status:
-                link.set_status(status.state, status.reason)
-                last_status = (status.state, status.reason)
+            try:
+                link.publish_stats(stats_payload(self.stats_info(), topics, time.time()))
+                status = self.status()
+                if (status.state, status.reason) != last_status:
+                    link.set_status(status.state, status.reason)
+                    last_status = (status.state, status.reason)
+            except Exception:  # one bad round (an outbox read error, say) must not end stats for the whole run
+                log.exception("publishing stats and status failed; trying again in %.0f s",
+                              self.cfg.mqtt.stats_interval_s)
 
     # ---- the run ----------------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -436,7 +440,8 @@ class Service:
             self.exit_code = 1
 
     def _drain(self) -> None:
-        """After a finite source: wait until every committed alert has been acknowledged by the broker."""
+        """After a finite source: wait until every committed alert has been acknowledged by the broker. A run that
+        already failed (the source gave up: exit 1) keeps its exit code; its queued messages are still logged."""
         if self.stop_event.is_set():
             return
         link = _need(self.parts.mqtt)
@@ -453,11 +458,16 @@ class Service:
             if deadline is not None and time.monotonic() > deadline:
                 log.error("outbox not drained after %.0f s: %d messages stay queued for the next start",
                           self.drain_timeout_s, outbox.depth())  # held ones, if any, are reported at close
-                self.exit_code = EXIT_QUEUED
+                self._queued()
                 return
         left = outbox.depth() + sink.held
         if left:  # stopped (SIGTERM, Ctrl-C) before the broker had everything
             log.error("stopped while draining: %d messages stay queued for the next start", left)
+            self._queued()
+
+    def _queued(self) -> None:
+        """Messages stay queued: exit 3, unless the run had already failed for another reason."""
+        if self.exit_code == 0:
             self.exit_code = EXIT_QUEUED
 
 
