@@ -514,13 +514,18 @@ class _PreviewObserver:
 
 
 class _ProbationObserver:
-    """Feeds per-frame latency and output sanity to the OTA updater's probation window."""
+    """Feeds per-frame latency and output sanity (finite outputs, gaps a shelf could have) to the OTA updater's
+    probation window, with the version of the model that ran the frame."""
 
     def __init__(self, updater: Any):
         self.updater = updater
 
     def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None:
-        self.updater.observe_frame(result.invoke_ms, result.outputs_ok)
+        from edge.ota.probation import plausible
+
+        h, w = frame.image.shape[:2]
+        version = result.model.manifest.version if isinstance(result.model, Bundle) else None
+        self.updater.observe_frame(result.invoke_ms, result.outputs_ok, plausible(gaps, w, h), version)
 
 
 def run_service(cfg: Config, **kwargs: Any) -> int:

@@ -74,6 +74,7 @@ class FrameResult:
     track_ms: float
     events: int
     outputs_ok: bool = True
+    model: Any = None  # the slot info (the service's Bundle) of the detector that ran this frame
 
 
 class ModelSlot:
@@ -121,6 +122,7 @@ class _Prepared:
     staging: Any  # np.ndarray from the detector's staging_buffer()
     prepare_ms: float
     t0: float
+    info: Any = None  # the slot's info for `detector`
 
 
 @dataclass
@@ -133,6 +135,7 @@ class _Inferred:
     preprocess_ms: float
     invoke_ms: float
     t0: float
+    info: Any = None
 
 
 def tune_process() -> None:
@@ -332,7 +335,8 @@ class Pipeline:
         det.invoke()
         outs = ring.copy(det)
         t3 = time.perf_counter()
-        return _Inferred(item.frame, det, outs, item.prepare_ms + (t2 - t1) * 1e3, (t3 - t2) * 1e3, item.t0)
+        return _Inferred(item.frame, det, outs, item.prepare_ms + (t2 - t1) * 1e3, (t3 - t2) * 1e3, item.t0,
+                         item.info)
 
     def _post(self, item: _Inferred) -> list[Gap]:
         frame = item.frame
@@ -362,7 +366,8 @@ class Pipeline:
         ok = item.detector.outputs_always_finite or all(
             bool(np.isfinite(v).all()) for v in item.outputs.values()
         )
-        result = FrameResult(item.preprocess_ms, item.invoke_ms, (t3 - t2) * 1e3, (t4 - t3) * 1e3, len(events), ok)
+        result = FrameResult(item.preprocess_ms, item.invoke_ms, (t3 - t2) * 1e3, (t4 - t3) * 1e3, len(events), ok,
+                             item.info)
         for obs in self.observers:
             try:
                 obs.on_frame(frame, gaps, result)
@@ -411,7 +416,7 @@ class Pipeline:
                     t0 = time.perf_counter()
                     buf = pool.take(det)
                     det.prepare(frame.image, buf)
-                    item = _Prepared(frame, det, buf, (time.perf_counter() - t0) * 1e3, t0)
+                    item = _Prepared(frame, det, buf, (time.perf_counter() - t0) * 1e3, t0, self.slot.info)
                     if not put(to_infer, item, lambda: not halt.is_set()):
                         return
             except BaseException as e:  # surfaced on the calling thread

@@ -43,8 +43,9 @@ def long_pass(tmp_path_factory: pytest.TempPathFactory) -> CartPass:
     return render_cart_pass(aisle, d / "long.mp4", fps=15.0, speed_px_per_frame=10.0, seed=4)
 
 
-def make_v2(tmp: Path) -> tuple[Path, Path, int]:
-    """The default model re-released as version N+1, signed by a fleet key the device trusts."""
+def make_v2(tmp: Path, score: float | None = None) -> tuple[Path, Path, int]:
+    """The default model re-released as version N+1, signed by a fleet key the device trusts (with another score
+    threshold when `score` is given)."""
     key = tmp / "fleet.key"
     keys = tmp / "keys"
     generate_keypair(key, keys / "fleet.pub")
@@ -52,24 +53,24 @@ def make_v2(tmp: Path) -> tuple[Path, Path, int]:
     v2 = b.manifest.version + 1
     files = {k: v for k, v in b.members.items() if k not in (MANIFEST, SIGNATURE)}
     out = tmp / "shelfgap-v2.bundle"
-    write_bundle(out, dataclasses.replace(b.manifest, version=v2), files, load_private_key(key))
+    manifest = dataclasses.replace(b.manifest, version=v2)
+    if score is not None:
+        manifest = dataclasses.replace(manifest, thresholds=dataclasses.replace(manifest.thresholds, score=score))
+    write_bundle(out, manifest, files, load_private_key(key))
     return out, key, v2
 
 
-def test_published_release_hot_swaps_while_alerts_flow(tmp_path: Path, long_pass: CartPass,
-                                                       broker: Mosquitto) -> None:
-    bundle, key, v2 = make_v2(tmp_path)
-    release = make_release(bundle, key, f"file://{bundle}", timedelta(days=1))
+def write_config(tmp_path: Path, source: Path, url: str) -> Path:
     cfg = tmp_path / "config.toml"
     cfg.write_text(f"""
 [device]
 id = "{DEVICE}"
 store = "{STORE}"
 [camera]
-source = "{long_pass.path}"
+source = "{source}"
 realtime = true
 [mqtt]
-url = "{broker.url}"
+url = "{url}"
 stats_interval_s = 1.0
 [outbox]
 path = "{tmp_path / 'state' / 'outbox.db'}"
@@ -80,6 +81,14 @@ probation_frames = 20
 [preview]
 enabled = false
 """)
+    return cfg
+
+
+def test_published_release_hot_swaps_while_alerts_flow(tmp_path: Path, long_pass: CartPass,
+                                                       broker: Mosquitto) -> None:
+    bundle, key, v2 = make_v2(tmp_path)
+    release = make_release(bundle, key, f"file://{bundle}", timedelta(days=1))
+    cfg = write_config(tmp_path, long_pass.path, broker.url)
     sub = ValidatingSubscriber(broker.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="ota-backend").start()
     log = tmp_path / "service.log"
     proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "-v", "run", "-c", str(cfg)],
@@ -113,3 +122,43 @@ enabled = false
         if proc.poll() is None:
             proc.kill()
         sub.stop()
+
+
+def test_a_release_that_sees_gaps_everywhere_is_rolled_back_in_probation(tmp_path: Path, long_pass: CartPass,
+                                                                         broker: Mosquitto) -> None:
+    """The same weights released with a score threshold of 0.01 (an ML engineer's slip): it passes every check
+    before the switch (signature, hashes, golden vectors: the raw outputs are the old model's), and on the cart it
+    finds a hundred "gaps" in every frame. Probation judged only latency and NaN outputs, which int8 models never
+    have, so it stayed; now its implausible frames roll it back to the model before, which keeps alerting."""
+    bundle, key, v2 = make_v2(tmp_path, score=0.01)
+    release = make_release(bundle, key, f"file://{bundle}", timedelta(days=1))
+    cfg = write_config(tmp_path, long_pass.path, broker.url)
+    sub = ValidatingSubscriber(broker.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="ota-backend").start()
+    log = tmp_path / "service.log"
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "-v", "run", "-c", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert sub.wait_for(lambda: bool(sub.json_on("/model/state")), 30), log.read_text()[-2000:]
+        v1 = sub.json_on("/model/state")[-1]["model"]["version"]
+        publish_release(message_bytes(release.message), broker.url, f"shelfscout/{STORE}/model/release")
+
+        def rolled_back() -> bool:
+            return any(s["ota"]["state"] == "rolled_back" for s in sub.json_on("/model/state"))
+
+        assert sub.wait_for(rolled_back, 60), log.read_text()[-3000:]
+        assert proc.wait(120) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sub.stop()
+    states = sub.json_on("/model/state")
+    (back,) = [s for s in states if s["ota"]["state"] == "rolled_back"]
+    assert back["ota"]["error"].startswith("probation-garbage: ") and "gaps over 60% of the picture" in back["ota"]["error"]
+    assert back["ota"]["version"] == v2 and back["model"]["version"] == v1
+    assert states[-1]["model"]["version"] == v1 and not (tmp_path / "models" / "current").exists()
+    versions = [a["model"]["version"] for a in sub.json_on("/alerts") if a["event"] == "opened"]
+    assert versions and versions[-1] == v1  # the pass goes on alerting with the old model
+    print(f"\nalerts opened by the garbage model before its rollback: {versions.count(v2)}; by v{v1}: "
+          f"{versions.count(v1)}; {back['ota']['error']}")
+    assert sub.invalid == []

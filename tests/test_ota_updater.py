@@ -509,3 +509,30 @@ def test_unusable_models_dir_runs_the_builtin_model(dev: Device) -> None:
         assert up.active_bundle_path() == DEFAULT_BUNDLE
         assert dev.reports[-1]["ota"]["state"] == "failed"
         assert dev.reports[-1]["ota"]["error"].startswith("io-error")
+
+
+def test_probation_counts_only_the_new_models_frames_and_forgives_what_the_old_one_saw_too(dev: Device) -> None:
+    """Frames still in flight from the model before the switch are not the new one's; implausible frames (gaps
+    everywhere) roll the new model back, unless the model before it saw the same in its last frames (a stripped
+    aisle, not a broken model)."""
+    from edge.ota.probation import ProbationWindow
+
+    up = install_v1(dev)
+    for _ in range(30):
+        up.observe_frame(3.0, True, True, 1)  # v1 running: its plausible frames are the baseline
+    assert up.apply_release(dev.release(dev.bundle(2))).state == "probation"
+    for _ in range(dev.cfg.ota.probation_frames):
+        up.observe_frame(3.0, True, False, 1)  # the old model's frames in flight: ignored
+    assert up.in_probation
+    for _ in range(dev.cfg.ota.probation_frames):
+        up.observe_frame(3.0, True, False, 2)
+        if not up.in_probation:
+            break
+    last = dev.reports[-1]["ota"]
+    assert last["state"] == "rolled_back" and last["error"].startswith("probation-garbage")
+    assert "(the previous model: 0% of its last frames)" in last["error"]
+
+    w = ProbationWindow(20, None, baseline_implausible=0.5)  # the old model saw gaps everywhere too
+    for _ in range(20):
+        w.add(3.0, True, False)
+    assert w.done and w.verdict() is None

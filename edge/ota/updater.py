@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -97,6 +98,8 @@ class Updater:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._window: ProbationWindow | None = None
+        self._window_version: int | None = None  # the version on probation: frames of another model are not its
+        self._recent: deque[bool] = deque(maxlen=max(20, cfg.ota.probation_frames))  # plausible frames, running model
         self._deferred: bytes | None = None
         self._pending_rollback: OtaError | None = None  # decided on the pipeline thread, done on the worker
         self._retry: tuple[bytes, float, float] | None = None  # payload, due (monotonic), backoff
@@ -149,15 +152,22 @@ class Updater:
         a = self._active
         return None if a is None else a.path
 
-    def observe_frame(self, latency_ms: float, outputs_ok: bool) -> None:
-        """Pipeline hook, once per frame: feeds the probation window of a freshly switched model."""
+    def observe_frame(self, latency_ms: float, outputs_ok: bool, is_plausible: bool = True,
+                      model_version: int | None = None) -> None:
+        """Pipeline hook, once per frame: feeds the probation window of a freshly switched model. `model_version`:
+        the version of the model that ran the frame (None: unknown), so frames still in flight from the model before
+        the switch are not counted for the new one; outside probation the running model's plausible frames are
+        recorded as the next window's baseline."""
         if self._window is None:
+            self._recent.append(is_plausible)
             return
         with self._lock:
             w = self._window
             if w is None:
                 return
-            w.add(latency_ms, outputs_ok)
+            if model_version is not None and self._window_version is not None and model_version != self._window_version:
+                return
+            w.add(latency_ms, outputs_ok, is_plausible)
             fault_point("during-probation")
             if not w.done:
                 return
@@ -585,7 +595,12 @@ class Updater:
             return st
 
     def _new_window(self, bundle: Bundle) -> ProbationWindow:
-        return ProbationWindow(self.cfg.ota.probation_frames, bundle.manifest.latency_budget_ms)
+        recent = list(self._recent)
+        self._recent.clear()
+        self._window_version = bundle.manifest.version
+        baseline = (len(recent) - sum(recent)) / len(recent) if len(recent) >= 10 else None
+        return ProbationWindow(self.cfg.ota.probation_frames, bundle.manifest.latency_budget_ms,
+                               baseline_implausible=baseline)
 
     def _set_active(self, path: Path, bundle: Bundle, release_sha: str | None = None) -> None:
         sha = release_sha or path.name.split("-", 1)[-1]
