@@ -144,10 +144,17 @@ class Service:
         if name == "snapshot":
             return self._manual_snapshot()
         if name == "reload":
-            ota_path = self.updater.current_path if self.updater is not None else None
-            bundle = load_model(self.cfg, ota_path)
-            self._swap_bundle(bundle)
-            return {"model": model_ref(bundle).short()}
+            loaded: list[Bundle] = []
+
+            def load(ota_path: Path | None) -> None:
+                loaded.append(load_model(self.cfg, ota_path))
+                self._swap_bundle(loaded[0])
+
+            if self.updater is not None:
+                self.updater.reload(load)  # under the updater's lock: no switch or rollback in between
+            else:
+                load(None)
+            return {"model": model_ref(loaded[0]).short()}
         raise ValueError(f"unknown command {name!r}; expected pause, resume, snapshot or reload")
 
     def _manual_snapshot(self) -> dict[str, Any]:

@@ -536,3 +536,22 @@ def test_probation_counts_only_the_new_models_frames_and_forgives_what_the_old_o
     for _ in range(20):
         w.add(3.0, True, False)
     assert w.done and w.verdict() is None
+
+
+def test_reload_is_refused_during_probation_and_loads_the_running_folder_after(dev: Device) -> None:
+    """`reload` re-reads the running model: during probation that would judge a model the operator swapped in, and
+    between a rollback's decision and its swap it would reload the model just rolled back; it runs under the
+    updater's lock and is refused while a model is on probation."""
+    up = install_v1(dev)
+    v1 = dev.models_dir / dev.current()
+    loaded: list[Path | None] = []
+    up.reload(loaded.append)
+    assert loaded == [v1]
+    assert up.apply_release(dev.release(dev.bundle(2))).state == "probation"
+    with pytest.raises(ValueError, match="on probation"):
+        up.reload(loaded.append)
+    for _ in range(dev.cfg.ota.probation_frames):
+        up.observe_frame(3.0, True)
+    assert not up.in_probation
+    up.reload(loaded.append)
+    assert loaded == [v1, dev.models_dir / dev.current()] and dev.current().startswith("v2-")

@@ -152,6 +152,16 @@ class Updater:
         a = self._active
         return None if a is None else a.path
 
+    def reload(self, load: Callable[[Path | None], None]) -> None:
+        """`load(path)` with the model folder running now, while no switch or rollback can run (the `reload`
+        command), so it never reloads a model a rollback has just replaced. ValueError during probation: the model
+        on probation is judged first."""
+        with self._lock:
+            if self._window is not None:
+                raise ValueError("a new model is on probation; reload once it is active or rolled back "
+                                 "(model/state says which)")
+            load(self.current_path)
+
     def observe_frame(self, latency_ms: float, outputs_ok: bool, is_plausible: bool = True,
                       model_version: int | None = None) -> None:
         """Pipeline hook, once per frame: feeds the probation window of a freshly switched model. `model_version`:
