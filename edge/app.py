@@ -24,13 +24,16 @@ from edge.payloads import (
     read_cpu_temp_c,
     stats_payload,
 )
-from edge.pipeline import CorePlan, FrameResult, ModelSlot, Pipeline, tune_process
+from edge.pipeline import CorePlan, FrameObserver, FrameResult, ModelSlot, Pipeline, tune_process
 from edge.types import AlertEvent, Frame, Gap
 
 if TYPE_CHECKING:
     from edge.capture import CaptureThread
+    from edge.detector import Detector
     from edge.mqtt import MqttLink
+    from edge.ota.updater import Updater
     from edge.outbox import Outbox
+    from edge.preview import PreviewServer
     from edge.sink import OutboxSink
     from edge.topics import Topics
     from edge.tracker import GapTracker
@@ -117,9 +120,8 @@ class Service:
         self.ota_state = OtaState("idle")
         self.exit_code = 0
         self.preview_url: str | None = None
-        self._status_reason: str | None = None
         self.parts = Parts()
-        self.updater: Any = None
+        self.updater: Updater | None = None
         self.model_problem: str | None = None  # why the service runs the built-in model instead of the configured one
 
     # ---- commands from MQTT ----------------------------------------------------------------------------------
@@ -178,7 +180,7 @@ class Service:
         return {"topic": topic, "bytes": len(jpeg), "frame": frame.index, "gaps": len(self.last.gaps)}
 
     # ---- model swaps (reload and OTA) ------------------------------------------------------------------------
-    def _detector(self, bundle: Bundle) -> Any:
+    def _detector(self, bundle: Bundle) -> Detector:
         """The configured Detector for `bundle` (the runtime loads the model: ValueError/RuntimeError if it cannot)."""
         from edge.detector import Detector
 
@@ -386,7 +388,7 @@ class Service:
         stack.callback(sink.close)  # after the pipeline has stopped, before the outbox closes
         self.parts.sink = sink
         tracker.uncommitted = sink.held_alert_ids  # both run on the post-processing thread
-        observers: list[Any] = [_LastFrameObserver(self.last)]
+        observers: list[FrameObserver] = [_LastFrameObserver(self.last)]
         if self.preview_enabled:
             from edge.preview import PreviewServer
 
@@ -429,7 +431,7 @@ class Service:
         notify("READY=1")
         notify(f"STATUS=running model {bundle.manifest.name} v{bundle.manifest.version}")
 
-    def _make_updater(self) -> Any:
+    def _make_updater(self) -> Updater | None:
         if not self.cfg.ota.enabled:
             return None
         try:
@@ -490,7 +492,7 @@ class _LastFrameObserver:
 class _PreviewObserver:
     """Hands each processed frame to the preview (cheap unless someone watches); the figures twice a second."""
 
-    def __init__(self, preview: Any, service: Service):
+    def __init__(self, preview: PreviewServer, service: Service):
         self.preview = preview
         self.service = service
         self._info: dict[str, Any] = {}
@@ -524,7 +526,7 @@ class _ProbationObserver:
     """Feeds per-frame latency and output sanity (finite outputs, gaps a shelf could have) to the OTA updater's
     probation window, with the version of the model that ran the frame."""
 
-    def __init__(self, updater: Any):
+    def __init__(self, updater: Updater):
         self.updater = updater
 
     def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None:
