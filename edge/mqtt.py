@@ -237,6 +237,8 @@ class MqttLink:
 
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
+        self._subscribed = threading.Event()  # the broker acknowledged this connection's subscriptions (SUBACK)
+        self._sub_mid: int | None = None
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._switch_protocol = False  # set by callbacks, done by the sender thread
@@ -329,7 +331,9 @@ class MqttLink:
         return protocol_name(self._protocol)
 
     def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
+        """Connected, and the command and release subscriptions are in place (a command sent from now on arrives)."""
+        deadline = time.monotonic() + timeout
+        return self._connected.wait(timeout) and self._subscribed.wait(max(0.0, deadline - time.monotonic()))
 
     def outbox_idle(self) -> bool:
         """True when the outbox is empty and nothing is waiting for a PUBACK (for "exit once drained")."""
@@ -455,6 +459,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         self._client = client
         log.info("connecting to %s as %s (%s%s)", self.address, self.client_id, protocol_name(self._protocol),
                  ", falls back to 3.1.1" if self._auto and self._protocol == mqtt.MQTTv5 else "")
@@ -510,16 +515,28 @@ class MqttLink:
         self._protocol_settled = True
         self._early_closes = 0
         log.info("connected to %s as %s (%s)", self.address, self.client_id, protocol_name(self._protocol))
+        # subscribe before saying `online`: the broker handles a client's packets in order, so a backend that sends
+        # a command once it sees `online` finds the cart's subscription in place
+        self._subscribed.clear()
+        subs = [(self.topics.cmd_filter, 1)] + [(t, 1) for t in self._release_topics]
+        self._sub_mid = client.subscribe(subs)[1]
         self._publish_status(client)
         with self._retained_lock:
             retained = list(self._retained.items())
         for topic, (payload, qos) in retained:
             client.publish(topic, payload, qos=qos, retain=True)
-        subs = [(self.topics.cmd_filter, 1)] + [(t, 1) for t in self._release_topics]
-        client.subscribe(subs)
         self._cursor_reset = True
         self._connected.set()
         self._wake.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        if client is not self._client or mid != self._sub_mid:
+            return
+        refused = [str(r) for r in reasons if getattr(r, "is_failure", False)]
+        if refused:
+            log.warning("the broker refused %d of this cart's subscriptions (%s): check its ACL for %s/cmd/+ and "
+                        "the release topics", len(refused), ", ".join(refused), self.topics.base)
+        self._subscribed.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         if client is not self._client or self._stopping.is_set():

@@ -734,3 +734,44 @@ def test_a_response_topic_on_the_carts_own_messages_or_commands_gets_the_reply_o
     warned = [r.message for r in caplog.records if "answering on" in r.message]
     assert len(warned) == len(asked) and all(t.cmd_reply(t.cmd("resume")) in w for w in warned)
     watch.stop()
+
+
+def test_a_command_sent_the_moment_the_cart_says_online_is_answered(
+        broker: Mosquitto, tmp_path: Path, links: Callable[..., MqttLink]) -> None:
+    """A backend that sends a command as soon as it sees `online` must reach the cart: the cart subscribes before
+    it publishes `online` (it published first, so such a command could arrive before the subscription and be
+    lost; CI's fresh-clone run lost one that way). Five connections, the command sent from the status callback."""
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    cfg = make_cfg(tmp_path, broker.url)
+    t = Topics.from_config(cfg)
+    replies: list[str] = []
+    sent = threading.Event()
+
+    def on_message(c: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == t.status and not msg.retain and json.loads(msg.payload)["state"] == "online":
+            c.publish(t.cmd("resume"), b"{}", qos=1)
+            sent.set()
+        elif msg.topic.endswith("/reply"):
+            replies.append(msg.topic)
+
+    backend = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="eager-backend")
+    backend.on_message = on_message
+    backend.connect("127.0.0.1", broker.port)
+    backend.subscribe([(t.status, 1), (f"{t.base}/cmd/+/reply", 1)])
+    backend.loop_start()
+    try:
+        time.sleep(0.3)  # the backend's own subscription (not what is tested)
+        for n in range(1, 6):
+            sent.clear()
+            link = links(cfg, on_command=lambda name, args: {"paused": False})
+            link.start()
+            assert sent.wait(10), "the cart never said online"
+            deadline = time.monotonic() + 10
+            while len(replies) < n and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert len(replies) == n, f"connection {n}: the command sent on `online` was not answered"
+            link.stop()
+    finally:
+        backend.loop_stop()
+        backend.disconnect()
