@@ -106,7 +106,9 @@ class Mosquitto:
 def first_messages(port: int, topic: str, timeout: float = 5.0, tls_context: object | None = None,
                    retained_only: bool = False) -> list[bytes]:
     """Subscribe to `topic` on 127.0.0.1:`port` (TLS with `tls_context` when given), wait up to `timeout` s for the
-    first message, and return what arrived by then (only messages with the retain flag when `retained_only`)."""
+    first message after the broker acknowledged the subscription, and return what arrived by then (only messages
+    with the retain flag when `retained_only`). No SUBACK within `timeout` is an AssertionError, so an empty answer
+    means the topic had nothing (the broker sends retained messages right after the SUBACK), not a slow subscribe."""
     import threading
 
     import paho.mqtt.client as mqtt
@@ -122,11 +124,17 @@ def first_messages(port: int, topic: str, timeout: float = 5.0, tls_context: obj
             got.append(bytes(msg.payload))
         ev.set()
 
+    subscribed = threading.Event()
     c.on_message = on_message
     c.on_connect = lambda client, u, f, rc, p=None: client.subscribe(topic, qos=1)
+    c.on_subscribe = lambda client, u, mid, rc, p=None: subscribed.set()
     c.connect("127.0.0.1", port)
     c.loop_start()
-    ev.wait(timeout)
-    c.disconnect()
-    c.loop_stop()
+    try:
+        if not subscribed.wait(max(timeout, 10.0)):
+            raise AssertionError(f"the broker on port {port} never acknowledged a subscription to {topic}")
+        ev.wait(timeout)
+    finally:
+        c.disconnect()
+        c.loop_stop()
     return got

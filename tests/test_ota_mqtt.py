@@ -87,11 +87,18 @@ def test_retained_release_over_mqtt_installs_and_reports(tmp_path: Path, models:
         # the retained release is delivered again on reconnect: nothing is redone
         n = len(dev.reports)
         link.stop()
-        link = MqttLink(cfg, topics, outbox, on_release=up.on_release)
+        delivered: list[str] = []
+
+        def on_release(topic: str, payload: bytes) -> None:
+            delivered.append(topic)
+            up.on_release(topic, payload)
+
+        link = MqttLink(cfg, topics, outbox, on_release=on_release)
         holder["link"] = link
         link.start()
         assert link.wait_connected(10)
-        time.sleep(0.5)
+        assert wait_for(lambda: bool(delivered), timeout=10), "the retained release was not delivered again"
+        time.sleep(0.5)  # the updater handles the repeat on its own thread
         assert [r["ota"]["state"] for r in dev.reports[n:]] == []
     finally:
         stop.set()
