@@ -79,9 +79,6 @@ def _common_train_args(p: argparse.ArgumentParser, steps: int) -> None:
                         f"(0..1; default {FINETUNE_MOSAIC:g} for finetune, where single runs measured +0.6 held-out "
                         "points over 0 on ESD in four seeds; 0 for finetune --soup N, whose average of mosaic runs "
                         "measured no gain, and for train, never measured on generated shelves; models/NOTES.md)")
-    p.add_argument("--paste", type=float, default=0.0, metavar="P",
-                   help="paste 1-3 labelled gaps of other images into this share of training images, each at its "
-                        "own size at a free place (0..1, default 0)")
     p.add_argument("--ema", type=float, default=0.0, metavar="M",
                    help="save an exponential moving average of the weights with momentum M (e.g. 0.995) instead "
                         "of the last step's (default 0: off; measured no gain while fine-tuning, models/NOTES.md)")
@@ -296,8 +293,7 @@ def _augment(args: argparse.Namespace, default_mosaic: float) -> AugmentConfig:
     error naming the flag."""
     from convert.dataset import AugmentConfig
 
-    shares = {"randconv": args.randconv, "mosaic": default_mosaic if args.mosaic is None else args.mosaic,
-              "paste": args.paste}
+    shares = {"randconv": args.randconv, "mosaic": default_mosaic if args.mosaic is None else args.mosaic}
     for flag, value in shares.items():
         try:
             AugmentConfig(**{flag: value})

@@ -123,11 +123,10 @@ class AugmentConfig:
     jpeg: float = 0.3  # probability of a JPEG round trip
     randconv: float = 0.0  # probability of a random-convolution restyle (`random_conv`)
     mosaic: float = 0.0  # probability that a crop is four views of four images, one per quadrant (`augment_mosaic`)
-    paste: float = 0.0  # probability that an image gets 1-3 gaps of other images pasted in first (`paste_gaps`)
     min_visible: float = 0.5  # a box cut by the crop keeps its label only if this share of it is visible
 
     def __post_init__(self) -> None:
-        for name in ("flip", "blur", "jpeg", "randconv", "mosaic", "paste", "min_visible"):
+        for name in ("flip", "blur", "jpeg", "randconv", "mosaic", "min_visible"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:  # also refuses NaN
                 raise ValueError(f"{name} is a probability between 0 and 1, got {v}")
@@ -215,48 +214,6 @@ def augment_mosaic(
         out[y0:y1, x0:x1] = tile
         parts.append(tb + np.array([x0, y0, x0, y0], np.float32))
     return out, np.concatenate(parts).reshape(-1, 4).astype(np.float32)
-
-
-def paste_gaps(
-    image: np.ndarray,
-    boxes: np.ndarray,
-    donors: Sequence[tuple[np.ndarray, np.ndarray]],
-    rng: np.random.Generator,
-    tries: int = 20,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The image with one labelled gap of each donor (image, boxes) pasted at a random free place, at its own size,
-    and the boxes with the pasted ones added (copy-paste augmentation, Ghiasi et al. 2021). A pasted gap overlaps
-    no labelled gap (old or pasted) and its edge is blended over one pixel; a donor without a gap of at least
-    4x4 px that fits, or with no free place in `tries` draws, is skipped. The input image is not changed."""
-    h, w = image.shape[:2]
-    out = image
-    taken = list(boxes.reshape(-1, 4))
-    for d_image, d_boxes in donors:
-        db = d_boxes.reshape(-1, 4)
-        sizes = np.stack([db[:, 2] - db[:, 0], db[:, 3] - db[:, 1]], axis=1) if len(db) else np.zeros((0, 2))
-        usable = np.flatnonzero((sizes[:, 0] >= 4) & (sizes[:, 1] >= 4) & (sizes[:, 0] < w) & (sizes[:, 1] < h))
-        if not len(usable):
-            continue
-        x0, y0, x1, y1 = (int(round(v)) for v in db[int(rng.choice(usable))])
-        patch = d_image[max(y0, 0):y1, max(x0, 0):x1]
-        ph, pw = patch.shape[:2]
-        if ph < 4 or pw < 4 or ph >= h or pw >= w:
-            continue
-        for _ in range(tries):
-            px, py = int(rng.integers(0, w - pw + 1)), int(rng.integers(0, h - ph + 1))
-            cand = np.array([px, py, px + pw, py + ph], np.float32)
-            if all(cand[0] >= b[2] or cand[2] <= b[0] or cand[1] >= b[3] or cand[3] <= b[1] for b in taken):
-                break
-        else:
-            continue
-        if out is image:
-            out = image.copy()
-        alpha = np.ones((ph, pw, 1), np.float32)
-        alpha[0], alpha[-1], alpha[:, 0], alpha[:, -1] = 0.5, 0.5, 0.5, 0.5
-        region = out[py:py + ph, px:px + pw].astype(np.float32)
-        out[py:py + ph, px:px + pw] = np.round(alpha * patch + (1 - alpha) * region).astype(np.uint8)
-        taken.append(cand)
-    return out, np.array(taken, np.float32).reshape(-1, 4)
 
 
 def photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:

@@ -24,7 +24,6 @@ from convert.dataset import (
     augment,
     augment_mosaic,
     encode_targets,
-    paste_gaps,
     resize_with_boxes,
 )
 from convert.model import HEATMAP, LTRB, NetConfig, build_model
@@ -119,25 +118,13 @@ def make_batch(
         # no draw when mosaic is off, so runs without it keep the random streams they always had
         if cfg.aug.mosaic and rng.random() < cfg.aug.mosaic:
             others = [data[int(j)] for j in rng.integers(0, len(data), 3)]
-            samples = [_pasted(d, data, rng, cfg) for d in (item, *others)]
+            samples = [(d.image, d.boxes) for d in (item, *others)]
             img, boxes = augment_mosaic(samples, rng, c, c, cfg.net.width, cfg.net.height, cfg.aug)
         else:
-            image, boxes = _pasted(item, data, rng, cfg)
-            img, boxes = augment(image, boxes, rng, c, c, cfg.net.width, cfg.net.height, cfg.aug)
+            img, boxes = augment(item.image, item.boxes, rng, c, c, cfg.net.width, cfg.net.height, cfg.aug)
         t = encode_targets(boxes, g, g, s)
         x[k], hm[k], lt[k], wt[k] = img, t.heatmap, t.ltrb, t.weight
     return x, hm, lt, wt
-
-
-def _pasted(
-    item: LabeledImage, data: Sequence[LabeledImage], rng: np.random.Generator, cfg: TrainConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """The item's image and boxes, with 1-3 gaps of other images pasted in for a share `cfg.aug.paste` of draws
-    (no random draw when pasting is off, so runs without it keep their random streams)."""
-    if not (cfg.aug.paste and rng.random() < cfg.aug.paste):
-        return item.image, item.boxes
-    donors = [data[int(j)] for j in rng.integers(0, len(data), int(rng.integers(1, 4)))]
-    return paste_gaps(item.image, item.boxes, [(d.image, d.boxes) for d in donors], rng)
 
 
 def _losses(tf: Any, hm_t: Any, lt_t: Any, wt: Any, hm_p: Any, lt_p: Any) -> tuple[Any, Any]:

@@ -10,7 +10,6 @@ from convert.dataset import (
     augment,
     augment_mosaic,
     encode_targets,
-    paste_gaps,
     random_conv,
 )
 from edge.bundle import InputSpec, Manifest, OutputSpec, TensorSpec, Thresholds
@@ -215,77 +214,5 @@ def test_training_batches_are_mosaics_at_the_asked_share_and_plain_crops_keep_th
     rng, again = np.random.default_rng(5), np.random.default_rng(5)
     x, _, _, _ = make_batch(data, np.array([0, 3, 1]), rng, cfg)
     for k, i in enumerate([0, 3, 1]):
-        img, _ = augment(data[i].image, data[i].boxes, again, 128, 128, 320, 320, cfg.aug)
-        np.testing.assert_array_equal(x[k], img)
-
-
-def test_pasted_gaps_are_boxed_exactly_and_overlap_no_gap() -> None:
-    # a grey photo with one red gap; donors with blue and green gaps of their own sizes. Every pixel that changes
-    # must lie in a new box, every new box must hold one donor's gap pixels at the donor's size, and no new box may
-    # touch a labelled gap (the photo's own or another pasted one)
-    img = np.full((200, 300, 3), 128, np.uint8)
-    img[50:80, 40:100] = (255, 0, 0)
-    own = np.array([[40, 50, 100, 80]], np.float32)
-    donors = []
-    for colour, box in (((0, 0, 255), (10, 20, 50, 40)), ((0, 255, 0), (100, 100, 130, 160))):
-        d = np.full((220, 220, 3), 30, np.uint8)
-        x0, y0, x1, y1 = box
-        d[y0:y1, x0:x1] = colour
-        donors.append((d, np.array([box], np.float32)))
-    before = img.copy()
-    rng = np.random.default_rng(0)
-    pasted = 0
-    for _ in range(40):
-        out, boxes = paste_gaps(img, own, donors, rng)
-        np.testing.assert_array_equal(img, before)  # the input is left as it was
-        np.testing.assert_array_equal(boxes[:1], own)
-        new = boxes[1:]
-        pasted += len(new)
-        inside = np.zeros(img.shape[:2], bool)
-        for k, (x0, y0, x1, y1) in enumerate(new.astype(int)):
-            inside[y0:y1, x0:x1] = True
-            assert (x1 - x0, y1 - y0) in ((40, 20), (30, 60))
-            core = out[y0 + 1:y1 - 1, x0 + 1:x1 - 1].reshape(-1, 3)
-            assert len({tuple(v) for v in core}) == 1 and tuple(core[0]) in ((0, 0, 255), (0, 255, 0))
-            for other in np.delete(boxes, k + 1, axis=0):
-                assert x0 >= other[2] or x1 <= other[0] or y0 >= other[3] or y1 <= other[1]
-        assert not np.any(out[~inside] != before[~inside])
-    assert pasted == 80  # both donors always found room on this photo
-
-    # a donor without a usable gap (none, or one too big for the photo) is skipped, and nothing is copied
-    big = (np.zeros((400, 400, 3), np.uint8), np.array([[0, 0, 350, 10]], np.float32))
-    out, boxes = paste_gaps(img, own, [(donors[0][0], np.zeros((0, 4), np.float32)), big], rng)
-    assert out is img and len(boxes) == 1
-
-
-def test_training_batches_paste_gaps_only_when_asked_and_keep_their_draws_otherwise() -> None:
-    from pathlib import Path
-
-    from convert.dataset import LabeledImage
-    from convert.model import NetConfig
-    from convert.train import TrainConfig, make_batch
-
-    # one-colour photos, each with one gap; pasting adds heat peaks (one per gap) to a crop that shows them
-    data = []
-    for k in range(4):
-        image = np.full((320, 320, 3), 100, np.uint8)
-        image[20 + 40 * k:60 + 40 * k, 30:90] = 10
-        data.append(LabeledImage(Path(f"{k}.jpg"), image, np.array([[30, 20 + 40 * k, 90, 60 + 40 * k]], np.float32)))
-    quiet = dict(hue=0.0, saturation=0.0, brightness=0.0, contrast=0.0, noise=0.0, blur=0.0, jpeg=0.0, flip=0.0,
-                 scale=(1.0, 1.0), aspect=(1.0, 1.0))
-
-    def peaks(paste: float) -> int:
-        cfg = TrainConfig(net=NetConfig(stride=8), crop=320, aug=AugmentConfig(paste=paste, **quiet))  # type: ignore[arg-type]
-        rng = np.random.default_rng(4)
-        _, hm, _, _ = make_batch(data, np.arange(4).repeat(4), rng, cfg)
-        return int((hm >= 0.999).sum())
-
-    assert peaks(0.0) == 16  # the whole photo in view: one gap each
-    assert peaks(1.0) >= 16 + 24  # 1-3 more per photo, 2 on average (48-51 over five seeds)
-
-    cfg = TrainConfig(net=NetConfig(stride=8), crop=128, aug=AugmentConfig(**quiet))  # type: ignore[arg-type]
-    rng, again = np.random.default_rng(5), np.random.default_rng(5)
-    x, _, _, _ = make_batch(data, np.array([2, 0]), rng, cfg)
-    for k, i in enumerate([2, 0]):
         img, _ = augment(data[i].image, data[i].boxes, again, 128, 128, 320, 320, cfg.aug)
         np.testing.assert_array_equal(x[k], img)
