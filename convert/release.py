@@ -112,7 +112,7 @@ def publish_release(payload: bytes, broker_url: str, topic: str, *, ca_file: str
     refuses MQTT 5. File problems raise edge.config.ConfigError naming the option; broker problems
     ConnectionError with the reason.
     """
-    from edge.mqtt import BrokerAddress, TlsKeys, tls_context
+    from edge.broker import BrokerAddress, TlsKeys, tls_context
 
     try:
         addr = BrokerAddress.parse(broker_url)
@@ -137,7 +137,7 @@ def _publish_once(payload: bytes, addr: Any, topic: str, ctx: ssl.SSLContext | N
                   password: str | None, timeout_s: float, clear: bool, mqtt5: bool) -> None:
     import paho.mqtt.client as mqtt
 
-    from edge.mqtt import ssl_reason
+    from edge.broker import ssl_reason
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="",
                          protocol=mqtt.MQTTv5 if mqtt5 else mqtt.MQTTv311)

@@ -24,8 +24,9 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge.broker import tls_context
 from edge.config import Config, parse
-from edge.mqtt import MqttLink, tls_context
+from edge.mqtt import MqttLink
 from edge.outbox import Outbox
 from edge.payloads import (
     ModelRef,

@@ -156,7 +156,7 @@ def _retained_tls(port: int, topic: str, ctx: object, timeout: float = 5.0) -> b
 def test_publish_with_a_client_certificate_to_a_broker_that_requires_one(
         tmp_path: Path, models: dict[str, bytes], capsys: pytest.CaptureFixture[str]) -> None:
     """Like the production broker (deploy/mosquitto): certificates required, CN is the user, ACL per CN."""
-    from edge.mqtt import tls_context
+    from edge.broker import tls_context
     from tests.pki import client_cert, make_pki
     from tests.test_mqtt import RUN_AS_ROOT
 

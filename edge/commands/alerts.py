@@ -212,8 +212,8 @@ def run(args: argparse.Namespace) -> int:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
+    from edge.broker import CLI_TLS_KEYS, BrokerAddress, probe, tls_context
     from edge.cli import CliError
-    from edge.mqtt import CLI_TLS_KEYS, BrokerAddress, probe, tls_context
 
     try:
         addr = BrokerAddress.parse(args.broker or DEFAULT_BROKER)

@@ -33,9 +33,9 @@ def register(sub: Any) -> None:
 def machine_problems(cfg: Config) -> list[str]:
     """What `shelfscout run` would refuse at start-up on this machine, one line each, naming the key."""
     from edge.app import load_model
+    from edge.broker import BrokerAddress, tls_context
     from edge.bundle import BundleError
     from edge.config import ConfigError, read_password
-    from edge.mqtt import BrokerAddress, tls_context
 
     problems: list[str] = []
     m = cfg.mqtt
@@ -85,8 +85,8 @@ def broker_check(cfg: Config, timeout_s: float) -> tuple[str | None, str | None]
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
+    from edge.broker import BrokerAddress, probe, tls_context
     from edge.config import ConfigError, read_password
-    from edge.mqtt import BrokerAddress, probe, tls_context
 
     m = cfg.mqtt
     try:

@@ -90,9 +90,9 @@ def demo(args: argparse.Namespace) -> int:
     from convert.passcheck import score_pass
     from edge import config
     from edge.app import Service
+    from edge.broker import BrokerAddress
     from edge.cli import CliError
     from edge.embedded_broker import EmbeddedBroker
-    from edge.mqtt import BrokerAddress
 
     if args.seconds < 5:
         raise CliError("--seconds must be at least 5 (a pass needs the aisle's two ends and its gaps)")
