@@ -160,13 +160,29 @@ def augment(
     tx = -rng.uniform(min(0.0, span_x), max(0.0, span_x))
     ty = -rng.uniform(min(0.0, span_y), max(0.0, span_y))
     flip = rng.random() < cfg.flip
+    fill = tuple(float(v) for v in rng.integers(0, 256, 3))
+    src = image
+    if sx < 1 or sy < 1:
+        # shrinking: resize first with INTER_AREA, exactly as the device resizes a frame (`edge.resize`;
+        # warpAffine has no INTER_AREA and would silently use bilinear), then place it at whole pixels
+        nw, nh = max(1, int(round(w * sx))), max(1, int(round(h * sy)))
+        src = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+        sx, sy = nw / w, nh / h
+        tx, ty = float(round(tx)), float(round(ty))
+    # `m` maps a box edge u (pixel i spans [i, i + 1)) to a ± s u + t; warpAffine maps pixel centres, so its
+    # translation is t + (a - 1) / 2 for the image to land where the boxes say
     if flip:
         m = np.array([[-sx, 0, out_w - tx], [0, sy, ty]], np.float64)
     else:
         m = np.array([[sx, 0, tx], [0, sy, ty]], np.float64)
-    fill = tuple(float(v) for v in rng.integers(0, 256, 3))
-    interp = cv2.INTER_AREA if sx < 1 and sy < 1 else cv2.INTER_LINEAR
-    out = cv2.warpAffine(image, m, (out_w, out_h), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+    if src is image:
+        warp = m.copy()
+        interp = cv2.INTER_LINEAR
+    else:  # already at scale: only the flip and the whole-pixel shift are left
+        warp = np.array([[m[0, 0] / sx, 0, m[0, 2]], [0, 1, m[1, 2]]], np.float64)
+        interp = cv2.INTER_NEAREST
+    warp[:, 2] += 0.5 * (np.diag(warp[:, :2]) - 1)
+    out = cv2.warpAffine(src, warp, (out_w, out_h), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
 
     if len(boxes):
         b = boxes.astype(np.float64)
