@@ -101,9 +101,19 @@ class PixelMap:
         if dtype not in _QUANT_INPUTS:
             raise ValueError(f"no pixel mapping for a {dtype} input (quantized inputs are uint8 or int8)")
         info = np.iinfo(np.dtype(dtype))
-        norm = 1.0 / 255.0 if scale * (info.max - zero_point) <= 1.5 else 1.0
+        # the real-valued range the input covers tells which pixel normalisation the model was trained with
+        lo, hi = scale * (info.min - zero_point), scale * (info.max - zero_point)
         p = np.arange(256, dtype=np.float64)
-        bits = np.clip(np.rint(p * norm / scale + zero_point), info.min, info.max).astype(dtype).view(np.uint8)
+        if hi <= 1.5 and lo < -0.5:
+            real = p / 127.5 - 1.0  # -1..1: TF Object Detection API SSDs, MobileNets
+        elif hi <= 1.5:
+            real = p / 255.0  # 0..1: Ultralytics YOLO exports
+        elif lo >= -0.25 * hi:
+            real = p  # 0..255: this project's models, EfficientDet-Lite
+        else:
+            raise ValueError(f"the model's input covers {lo:g}..{hi:g}, which is none of the pixel ranges a camera "
+                             "frame is mapped to (0..1, -1..1 or 0..255)")
+        bits = np.clip(np.rint(real / scale + zero_point), info.min, info.max).astype(dtype).view(np.uint8)
         if np.array_equal(bits, _IDENTITY):
             return PixelMap(None)
         if np.array_equal(bits, _IDENTITY ^ _TOP_BIT):

@@ -268,3 +268,47 @@ def test_only_integer_outputs_skip_the_nan_scan(tiny: Bundle, tiny_float_io: Bun
     """The pipeline scans outputs for NaN/inf (an OTA probation failure) only where they can occur: float tensors."""
     assert Detector(tiny, threads=1).outputs_always_finite
     assert not Detector(tiny_float_io, threads=1).outputs_always_finite
+
+
+def test_a_model_trained_on_pixels_in_minus_one_to_one_sees_them_so() -> None:
+    """TF Object Detection API SSDs and MobileNets take pixels / 127.5 - 1: a uint8 input with scale 1/128 and zero
+    point 128. The mapping looked at the top of the range only and fed them pixels / 255 (black as 0, not -1).
+    A real int8 model (an identity 1x1 convolution calibrated on -1..1 inputs) must see what it was made for."""
+    import contextlib
+    import io
+
+    import keras
+    import tensorflow as tf
+
+    from convert.quantize import TFLiteRunner
+    from edge.detector import PixelMap
+
+    inp = keras.Input((16, 16, 3))
+    conv = keras.layers.Conv2D(3, 1, use_bias=False)
+    model = keras.Model(inp, conv(inp))
+    conv.set_weights([np.eye(3, dtype=np.float32)[None, None]])
+
+    def representative():  # type: ignore[no-untyped-def]
+        rng = np.random.default_rng(0)
+        for _ in range(8):
+            yield [rng.integers(0, 256, (1, 16, 16, 3)).astype(np.float32) / 127.5 - 1.0]
+
+    c = tf.lite.TFLiteConverter.from_keras_model(model)
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    c.representative_dataset = representative
+    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    c.inference_input_type = tf.uint8
+    c.inference_output_type = tf.uint8
+    with contextlib.redirect_stdout(io.StringIO()):
+        runner = TFLiteRunner(c.convert())
+    scale, zp = runner.inp["quantization"]
+    assert scale * (0 - zp) < -0.9  # the converter made a -1..1 input, as the model was calibrated
+    for pixel in (0, 64, 128, 255):
+        seen = float(next(iter(runner.dequantized(np.full((16, 16, 3), pixel, np.uint8)).values())).mean())
+        assert abs(seen - (pixel / 127.5 - 1.0)) < 0.03, (pixel, seen)
+    # the other two ranges stay as they were, and a range no camera pixel maps to is refused
+    assert PixelMap.for_input("int8", 1.0, -128).flip_top_bit  # 0..255 (this project's models)
+    table = PixelMap.for_input("uint8", 1 / 255, 0)
+    assert table.table is None and not table.flip_top_bit  # 0..1: the bytes are the pixels
+    with pytest.raises(ValueError, match="none of the pixel ranges"):
+        PixelMap.for_input("int8", 1.0, 0)  # -128..127
