@@ -129,6 +129,9 @@ def _classes_or_scores(interpreter: Any, first: int, second: int) -> str:
     return "ambiguous"
 
 
+BACKGROUND_LABELS = frozenset({"???", "background", "__background__", "bg", "none"})
+
+
 def choose_gap_classes(labels: Sequence[str], given: Sequence[str] = ()) -> tuple[int, ...]:
     """The class indices that are empty spots: the labels named in `given`, else the labels whose whole name
     means one (`edge.decoders.GAP_NAMES`), else the only class. A model with several classes and none of them
@@ -177,6 +180,11 @@ def wrap_external_model(
         raise ValueError(f"decoding must be one of {WRAPPABLE}, got {decoding!r}")
     if not labels:
         raise ValueError("labels must name at least one class")
+    if decoding == "ssd" and labels[0].strip().lower() in BACKGROUND_LABELS:
+        # TF label maps list the background first, but the PostProcess op's class 0 is the first real class:
+        # with it left in, every class index would be one off (a product class read as the gap class)
+        raise ValueError(f"the first label {labels[0]!r} is the background class, which TFLite_Detection_PostProcess "
+                         "does not output: list the real classes only, starting with the op's class 0")
     gap_classes = choose_gap_classes(labels, gap_labels_given)
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise ValueError(f"version must be a non-negative integer, got {version!r}")

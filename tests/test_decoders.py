@@ -109,6 +109,17 @@ def test_yolo_multiclass_uses_the_gap_class_only() -> None:
     np.testing.assert_allclose(scores, [0.9, 0.6])
 
 
+def test_yolo_a_box_is_a_gap_only_when_a_gap_class_scores_highest_on_it() -> None:
+    # Ultralytics' own NMS calls a box by its best class: product 0.92 and empty 0.45 is a product, not a gap
+    # at 0.45 (every product with a faint gap score came out as a gap alert)
+    pred = _yolo_preds(True, nc=2)
+    pred[0, 5, 2] = 0.92  # the 3rd prediction (empty 0.6) is surer of being a product
+    pred[0, 4, 3], pred[0, 5, 3] = 0.55, 0.30  # the 4th: empty 0.55 wins over product 0.30
+    m = _manifest("yolo", ("empty", "product"), (TensorSpec("predictions", pred.shape, "float32"),))
+    _, scores = decode_yolo({"predictions": pred}, m, 0.5)
+    np.testing.assert_allclose(sorted(scores), [0.55, 0.9])
+
+
 def test_yolo_clips_to_the_input_and_caps_detections() -> None:
     pred = np.array([[[310], [230], [40], [40], [0.9]]], np.float32)  # (1, 5, 1), spills over the corner
     m = _manifest("yolo", ("empty",), (TensorSpec("predictions", pred.shape, "float32"),))

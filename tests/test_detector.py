@@ -261,6 +261,10 @@ def test_wrap_refuses_what_it_cannot_wrap(tmp_path_factory: pytest.TempPathFacto
         wrap_external_model(model, "gap-heatmap", "x", 1, ["empty"], tmp_path / "x.bundle", None)
     with pytest.raises(ValueError, match="4 outputs"):
         wrap_external_model(model, "ssd", "x", 1, ["empty"], tmp_path / "x.bundle", None)
+    # a TF label map's leading background entry would shift every SSD class by one (product read as gap)
+    for first in ("???", "background"):
+        with pytest.raises(ValueError, match="is the background class"):
+            wrap_external_model(model, "ssd", "x", 1, [first, "empty", "product"], tmp_path / "x.bundle", None)
     assert not (tmp_path / "x.bundle").exists()
 
 

@@ -48,8 +48,11 @@ def decode_yolo(
     p = predictions_matrix(outputs["predictions"], nc).astype(np.float32, copy=False)
     cls_scores = p[:, 4:]
     mask = gap_class_mask(manifest.labels, nc, manifest.gap_classes)
-    scores = cls_scores[:, mask].max(axis=1)
-    keep = scores >= score_threshold
+    # a box is the class that scores highest on it (as Ultralytics' own NMS decides): a gap only when that is a
+    # gap class, not when a gap class comes second to a product
+    best = cls_scores.argmax(axis=1)
+    scores = cls_scores[np.arange(len(best)), best]
+    keep = mask[best] & (scores >= score_threshold)
     if not keep.any():
         return empty_boxes()
     xywh, scores = p[keep, :4], scores[keep]
