@@ -233,6 +233,7 @@ def build(spec: BuildSpec) -> BuildReport:
     else:
         if not train_items:
             raise ValueError("no training images")
+        (work / "learning-curve.jsonl").unlink(missing_ok=True)  # this run's checkpoints only, not an earlier run's
         res = train(
             train_items, spec.train, work / "float", spec.init_weights, spec.progress,
             on_checkpoint=_checkpoint_logger(net, val_sets, work / "learning-curve.jsonl") if spec.eval_every else None,
@@ -314,7 +315,13 @@ def build(spec: BuildSpec) -> BuildReport:
     key = None
     if spec.key_path is not None:
         key = load_or_create_key(spec.key_path, spec.public_key_out)
-    golden_src = [it.image for it in val_sets[0][1][: spec.golden_count]]
+    if spec.synth_val > 0:
+        golden_src = [it.image for it in val_sets[0][1][: spec.golden_count]]  # generated shelves
+    else:  # never a user's photos (a store's frames, or licensed ones) inside a bundle that is shipped to a fleet
+        from convert.synth import make_shelf_image
+
+        grng = np.random.default_rng(spec.train.seed)
+        golden_src = [make_shelf_image(grng, net.width, net.height).image for _ in range(spec.golden_count)]
     manifest = build_heatmap_bundle(
         spec.out_bundle, tflite, golden_src, spec.name, spec.version, net.stride,
         Thresholds(score=threshold, nms_iou=0.5, max_detections=100), key, metrics,

@@ -192,6 +192,9 @@ def _train_cmd(args: argparse.Namespace) -> int:
     if args.synth <= 0 and not args.data:
         raise CliError("nothing to train on: give --synth N or --data DIR")
     key, pub = _key_args(args)
+    names = [d.name for d in args.val]
+    if len(set(names)) < len(names):  # measured sets are named by their folder: one would hide the other
+        raise CliError(f"--val folders must have different names, got {', '.join(str(d) for d in args.val)}")
     spec = BuildSpec(
         name=args.name or args.out.stem, version=_version(args), out_bundle=args.out,
         work_dir=args.work or args.out.with_suffix(".work"), train=tcfg, synth_train=max(args.synth, 0),
@@ -232,6 +235,8 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
             net = dataclasses.replace(net, width=args.size, height=args.size)
         except ValueError as e:
             raise CliError(f"--size: {e}") from e
+    if not 0.0 < args.val_share < 1.0:
+        raise CliError(f"--val-share must be between 0 and 1, got {args.val_share}")
     train_items, val_items = split_folder(args.data, args.val_share, args.split_seed)
     lr = args.lr or PEAK_LR
     try:
@@ -482,6 +487,8 @@ def _eval_cmd(args: argparse.Namespace) -> int:
         raise CliError("--against compares by the bootstrap: give --bootstrap N with N > 0")
     bundle = load_bundle_from_args(args)
     other = load_bundle_from_args(args, model=args.against) if args.against else None
+    if args.limit is not None and args.limit < 1:
+        raise CliError(f"--limit must be a number of images, 1 or more, got {args.limit}")
     items = load_yolo_folder(args.data, args.limit)
     gts = [it.boxes for it in items]
 

@@ -72,6 +72,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.update(k)
 
+    old = [f for sub in ("images", "labels") if (args.out / sub).is_dir() for f in (args.out / sub).iterdir()]
+    if old:  # image i is named by its index: a second run would mix two data sets under one folder
+        raise CliError(f"{args.out} already holds {len(old)} files of an earlier run: give a new folder, or remove "
+                       "its images/ and labels/ first")
     try:
         write_yolo_dataset(
             args.out, args.n, args.seed, args.size, args.size, workers=workers, progress=progress

@@ -201,3 +201,10 @@ def test_only_the_gap_class_counts_when_a_folder_labels_other_things_too(
     assert main(["eval", str(swapped), "--json"]) == 2
     err = capsys.readouterr().err.strip()
     assert "which of the classes product, shelf is an empty spot" in err and len(err.splitlines()) == 1
+
+
+def test_eval_refuses_a_limit_that_leaves_no_image(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for limit in ("0", "-5"):  # 0 crashed in the bootstrap; -5 silently dropped the last five images
+        assert main(["eval", str(data), "--json", "--limit", limit]) == 2
+        err = capsys.readouterr().err
+        assert "--limit must be a number of images, 1 or more" in err and "Traceback" not in err

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge.cli import main
@@ -108,7 +110,18 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     assert (b.manifest.input.width, b.manifest.input.height, b.manifest.output.stride) == (96, 96, 8)
     assert (b.manifest.input.dtype, b.manifest.input.zero_point) == ("int8", -128)
     assert Detector(b, threads=1).check_golden().ok
+    # the golden vectors are generated shelves, never the user's own frames (the bundle goes to a fleet)
+    import cv2
 
+    from convert.dataset import load_yolo_folder
+
+    frames = [cv2.resize(it.image, (96, 96), interpolation=cv2.INTER_AREA) for it in load_yolo_folder(data)]
+    inputs = np.load(io.BytesIO(b.members["golden.npz"]))["input_0"]
+    assert len(inputs) == 2 and not any(np.abs(g.astype(int) - f).mean() < 8 for g in inputs for f in frames)
+
+    code = main(["finetune", str(data), "--out", str(tmp_path / "bad.bundle"), "--from", str(weights),
+                 "--val-share", "1.5", "--steps", "1", "--quiet", *key])
+    assert code != 0 and "--val-share must be between 0 and 1" in capsys.readouterr().err
     code = main(["finetune", str(data), "--out", str(tmp_path / "bad.bundle"), "--from", str(weights),
                  "--size", "100", "--steps", "1", "--quiet", *key])
     assert code != 0 and "--size" in capsys.readouterr().err and not (tmp_path / "bad.bundle").exists()
@@ -290,3 +303,11 @@ def test_finetune_soup_ships_the_mean_of_its_members_weights(
     with pytest.raises(ValueError, match="another net config"):
         average_weights([weights, other / "model.weights.h5"], tmp_path / "x.weights.h5")
     assert not (tmp_path / "x.weights.h5").exists()
+
+
+def test_train_refuses_two_measured_folders_of_one_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # sets are reported by their folder's name: store-a/dev and store-b/dev would leave one set's figures out
+    code = main(["train", str(tmp_path / "x.bundle"), "--synth", "4", "--val", str(tmp_path / "store-a" / "dev"),
+                 "--val", str(tmp_path / "store-b" / "dev"), "--unsigned", "--quiet", "--work", str(tmp_path / "w")])
+    assert code != 0 and "--val folders must have different names" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "x.bundle").exists()

@@ -145,6 +145,11 @@ def test_synth_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert len(list((tmp_path / "out" / "labels").glob("*.txt"))) == 3
     assert "wrote 3 images" in capsys.readouterr().out
     assert cli_main(["synth", str(tmp_path / "bad"), "--n", "0"]) == 2
+    # a second run into the same folder would leave the first run's extra images under the new run's name
+    before = sorted(p.read_bytes() for p in (tmp_path / "out" / "images").glob("*.jpg"))
+    assert cli_main(["synth", str(tmp_path / "out"), "--n", "2", "--seed", "5", "--size", "128"]) == 2
+    assert "already holds 6 files of an earlier run" in capsys.readouterr().err
+    assert sorted(p.read_bytes() for p in (tmp_path / "out" / "images").glob("*.jpg")) == before
 
 
 def _stacked_run(plan: ShelfPlan) -> tuple[int, int, int, int, int] | None:
