@@ -307,6 +307,9 @@ def test_finetune_soup_ships_the_mean_of_its_members_weights(
 
 def test_train_refuses_two_measured_folders_of_one_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # sets are reported by their folder's name: store-a/dev and store-b/dev would leave one set's figures out
+    for store in ("store-a", "store-b"):
+        assert main(["synth", str(tmp_path / store / "dev"), "--n", "1", "--size", "64", "--workers", "1"]) == 0
+    capsys.readouterr()
     code = main(["train", str(tmp_path / "x.bundle"), "--synth", "4", "--val", str(tmp_path / "store-a" / "dev"),
                  "--val", str(tmp_path / "store-b" / "dev"), "--unsigned", "--quiet", "--work", str(tmp_path / "w")])
     assert code != 0 and "--val folders must have different names" in capsys.readouterr().err
