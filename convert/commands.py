@@ -267,8 +267,21 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
         out["report"] = str(_finetune_report(args.report, val_items, heldout, f"shelfscout finetune: {held}"))
     print(json.dumps(out, indent=2))
     _say_verdict(heldout.baseline, len(val_items))
+    _say_threshold(out, held)
     _say_key(key)
     return 0
+
+
+def _say_threshold(report: dict[str, Any], held: str) -> None:
+    """One line on stderr: precision and recall at the bundle's threshold, which was chosen on the held-out frames
+    themselves, beside what a threshold chosen on the other half of them gives (the honest figure)."""
+    q = report.get("metrics", {}).get("sets", {}).get(held, {}).get("int8", {})
+    cf = q.get("cross_fitted")
+    if not cf or "precision" not in q:
+        return
+    print(f"at its threshold {report['threshold']:.2f}, chosen on these frames: precision {q['precision']:.3f}, "
+          f"recall {q['recall']:.3f}; chosen on the other half of them instead: precision {cf['precision']:.3f}, "
+          f"recall {cf['recall']:.3f} (expect the latter on new frames)", file=sys.stderr)
 
 
 def _say_verdict(baseline: dict[str, Any] | None, frames: int) -> None:

@@ -84,6 +84,11 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     # the best-F1 threshold on the held-out share, rounded to 2 places and kept within [0.15, 0.8] by the build
     assert report["threshold"] == pytest.approx(min(0.8, max(0.15, held["int8"]["best_f1_threshold"])), abs=0.011)
     assert held["int8"]["images"] == 3 and 0.0 <= held["int8"]["ap50"] <= 1.0
+    # the threshold was chosen on these frames: the figures at a threshold chosen on the other half go beside them
+    cf = held["int8"]["cross_fitted"]
+    assert all(0.0 <= cf[k] <= 1.0 for k in ("precision", "recall", "f1")) and len(cf["thresholds"]) == 2
+    (line,) = [x for x in said.err.splitlines() if x.startswith("at its threshold ")]
+    assert f"chosen on the other half of them instead: precision {cf['precision']:.3f}" in line
     # the shipped model on the same held-out frames, and the gain with its paired bootstrap interval
     base = report["baseline"]
     assert base["model"].startswith("shelfgap-default v")
