@@ -1325,8 +1325,10 @@ def render_sample(
     raw[:, [1, 3]] = np.clip(raw[:, [1, 3]], 0, ch)
     clipped, visible = _clip_quads(_transform_boxes(raw, M), width, height)
     min_side = 4.0 * s
+    # a gap cut by the frame's edge is labelled as much of it as shows (as real photos are labelled), however
+    # little of the whole that is: left unlabelled, an empty spot in plain view would teach "not a gap"
     keep = (
-        (visible >= 0.5)
+        (visible > 0)
         & (clipped[:, 2] - clipped[:, 0] >= min_side)
         & (clipped[:, 3] - clipped[:, 1] >= min_side)
     )
