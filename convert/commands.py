@@ -552,7 +552,11 @@ def _eval_cmd(args: argparse.Namespace) -> int:
               f"(TP {res.tp}, FP {res.fp}, FN {res.fn})")
         ci = out.get("ap50_interval")
         band = f" ({ci['level'] * 100:.0f} % interval over images {ci['low']:.3f}-{ci['high']:.3f})" if ci else ""
-        print(f"  AP50 {res.ap50:.3f}{band}; best F1 {res.best_f1:.3f} at threshold {res.best_f1_threshold:.2f}")
+        if res.ground_truth == 0:  # no labelled gap: AP and recall mean nothing, only false alarms count
+            print(f"  no labelled gaps: AP50 and recall are not defined here; {res.fp} detections at the threshold "
+                  "are all false alarms (if these frames are fully stocked)")
+        else:
+            print(f"  AP50 {res.ap50:.3f}{band}; best F1 {res.best_f1:.3f} at threshold {res.best_f1_threshold:.2f}")
         if "against" in out:
             a = out["against"]
             d = a["ap50_diff"]

@@ -208,3 +208,20 @@ def test_eval_refuses_a_limit_that_leaves_no_image(data: Path, capsys: pytest.Ca
         assert main(["eval", str(data), "--json", "--limit", limit]) == 2
         err = capsys.readouterr().err
         assert "--limit must be a number of images, 1 or more" in err and "Traceback" not in err
+
+
+def test_eval_of_frames_without_labelled_gaps_says_ap_is_not_defined(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a folder of fully stocked frames (the labels emptied): AP50 0.000 with an interval 0.000-0.000 read as a
+    # model that finds nothing; what such frames measure is false alarms
+    import shutil
+
+    stocked = tmp_path / "stocked"
+    shutil.copytree(data, stocked)
+    for label in (stocked / "labels").glob("*.txt"):
+        label.write_text("")
+    assert main(["eval", str(stocked), "--bootstrap", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "0 gaps" in out and "no labelled gaps: AP50 and recall are not defined here" in out
+    assert "AP50 0.000" not in out
