@@ -58,7 +58,8 @@ class Matched:
 
     @staticmethod
     def of(dets: Sequence[ImageDetections], gts: Sequence[np.ndarray], iou_thr: float = 0.5) -> Matched:
-        _, tp, image, _, _ = match_all(dets, gts, iou_thr)
+        m = match_all(dets, gts, iou_thr)
+        tp, image = m.tp, m.image
         counts = np.array([len(np.asarray(g).reshape(-1, 4)) for g in gts], np.float64)
         return Matched(tp, image.astype(np.int64), counts)
 

@@ -66,7 +66,8 @@ def score_bins(
         kept.append(ImageDetections(b, s[m]))
         heights.append((b[:, 3] - b[:, 1]) / max(fh, 1) * input_height)
         places.append(np.clip(0.5 * (b[:, 1] + b[:, 3]) / max(fh, 1), 0.0, 1.0))
-    scores, tp, img, local, _ = match_all(kept, gts, iou_thr)
+    matches = match_all(kept, gts, iou_thr)
+    scores, tp, img, local = matches.scores, matches.tp, matches.image, matches.local
     # match_all lists the detections in score order by (image, index in image): find each one's measures
     at = np.concatenate([[0], np.cumsum([len(k.scores) for k in kept])])[img.astype(int)] + local.astype(int)
     height = np.concatenate(heights)[at] if heights else np.zeros(0)

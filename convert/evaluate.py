@@ -79,11 +79,19 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def match_all(
-    dets: Sequence[ImageDetections], gts: Sequence[np.ndarray], iou_thr: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Global greedy matching; returns scores, tp flags, image index and per-image index of each detection (in
-    descending score order) and each image's gt-hit flags (over all detections)."""
+@dataclass(frozen=True)
+class Matches:
+    """Every detection of a set, in descending score order, matched greedily to the labelled gaps."""
+
+    scores: np.ndarray  # (N,) float
+    tp: np.ndarray  # (N,) bool: matched a labelled gap not matched by a higher-scoring detection
+    image: np.ndarray  # (N,) int: the image it belongs to
+    local: np.ndarray  # (N,) int: its index in that image's detections
+    gt_hit: list[np.ndarray]  # per image, (M,) bool: labelled gaps some detection matched
+
+
+def match_all(dets: Sequence[ImageDetections], gts: Sequence[np.ndarray], iou_thr: float) -> Matches:
+    """Global greedy matching of every detection (highest score first) to the labelled gaps of its image."""
     if len(dets) != len(gts):
         raise ValueError(f"{len(dets)} detection lists for {len(gts)} images")
     scores, img, local = [], [], []
@@ -111,7 +119,7 @@ def match_all(
         if cand[best] >= iou_thr:
             hit[i][best] = True
             tp[k] = True
-    return all_s, tp, all_i, all_l, hit
+    return Matches(all_s, tp, all_i, all_l, hit)
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -128,7 +136,8 @@ def evaluate(
     dets: Sequence[ImageDetections], gts: Sequence[np.ndarray], threshold: float, iou_thr: float = 0.5
 ) -> EvalResult:
     """Precision, recall and F1 of the detections scoring >= `threshold`, and AP over all detections."""
-    scores, tp, _, _, _ = match_all(dets, gts, iou_thr)
+    m = match_all(dets, gts, iou_thr)
+    scores, tp = m.scores, m.tp
     n_gt = int(sum(len(np.asarray(g).reshape(-1, 4)) for g in gts))
     ctp = np.cumsum(tp)
     cfp = np.cumsum(~tp)
@@ -204,7 +213,8 @@ def match_images(
         s = np.asarray(d.scores).reshape(-1)
         m = s >= threshold
         kept.append(ImageDetections(np.asarray(d.boxes).reshape(-1, 4)[m], s[m]))
-    scores, tp, img, local, hit = match_all(kept, gts, iou_thr)
+    matches = match_all(kept, gts, iou_thr)
+    tp, img, local, hit = matches.tp, matches.image, matches.local, matches.gt_hit
     out = []
     for i, d in enumerate(kept):
         sel = img == i
