@@ -291,6 +291,8 @@ class FolderSource:
         self.realtime = cfg.realtime
         self._files: list[Path] = []
         self._pos = 0
+        self._decoded = 0  # images decoded so far, the frame index of the next one
+        self._file_of: dict[int, int] = {}  # frame index -> file position, kept across reopens for `seek`
         self._pacer: Pacer | None = None
         self._open = False
 
@@ -303,16 +305,30 @@ class FolderSource:
             raise SourceError(f"folder {self.name}: cannot list: {e.strerror}") from None
         if not files:
             raise SourceError(f"folder {self.name}: no .jpg or .png images")
+        if files != self._files:
+            self._file_of = {}
         self._files = files
         self._pos = 0
+        self._decoded = 0
         self._pacer = Pacer(self.fps) if self.realtime and self.fps else None
         self._open = True
 
     def seek(self, index: int) -> None:
-        """Resume at the `index`-th image (images that fail to decode are not counted by seek)."""
+        """Resume at frame `index`: the `index`-th decoded image, so images that failed to decode before the reopen
+        are skipped as they were (by file position when that frame was read before, else the index-th file)."""
         if not self._open:
             raise SourceError(f"folder {self.name}: not open")
-        self._pos = max(0, min(index, len(self._files)))
+        index = max(0, index)
+        known = [i for i in self._file_of if i < index]
+        if index in self._file_of:
+            self._pos = self._file_of[index]
+        elif known:  # the frame after the last one read: the file after that one's
+            last = max(known)
+            self._pos = self._file_of[last] + 1 + (index - last - 1)
+        else:
+            self._pos = index
+        self._pos = min(self._pos, len(self._files))
+        self._decoded = index
 
     def read(self) -> np.ndarray | None:
         if not self._open:
@@ -329,6 +345,9 @@ class FolderSource:
             self._pos += 1
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if bgr is not None:
+                if not self.loop:  # only a finite folder is resumed by `seek` (and a looped one would grow this)
+                    self._file_of[self._decoded] = self._pos - 1
+                self._decoded += 1
                 return cv2.cvtColor(_fit(bgr, self.size), cv2.COLOR_BGR2RGB)
             log.warning("folder %s: skipping %s (cannot decode)", self.name, path.name)
             skipped += 1

@@ -147,6 +147,20 @@ def test_folder_is_read_in_name_order_skipping_undecodable_images(tmp_path: Path
     frames = read_all(src)
     assert [frame_id(f) for f in frames] == [0, 10, 20, 30]
     assert all(f.shape == (H, W, 3) for f in frames)
+    # reopened and resumed at frame 3 (what the capture thread does after a failure): the image after frame 2,
+    # not the fourth file (frame 2 again: the undecodable file before it is not a frame)
+    src.open()
+    src.seek(3)
+    resumed = [src.read(), src.read()]
+    assert resumed[0] is not None and frame_id(resumed[0]) == 30 and resumed[1] is None
+    src.close()
+    fresh = open_source(cam(folder))  # a new source never read: frame 1 is the 2nd file
+    fresh.open()
+    assert isinstance(fresh, FolderSource)
+    fresh.seek(1)
+    first = fresh.read()
+    assert first is not None and frame_id(first) == 10
+    fresh.close()
 
 
 def test_folder_resizes_and_loops(tmp_path: Path) -> None:
