@@ -73,14 +73,11 @@ def convert_int8(
 
 
 def make_interpreter(model_bytes: bytes, threads: int = 2) -> Any:
-    """A LiteRT interpreter (falls back to tf.lite) with tensors allocated."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # pragma: no cover - LiteRT is a hard dependency on Linux
-        from tensorflow.lite import Interpreter  # type: ignore[no-redef]
-    it = Interpreter(model_content=model_bytes, num_threads=threads)
-    it.allocate_tensors()
-    return it
+    """An interpreter with tensors allocated, from the runtime the device would pick (`edge.runtime`), so parity
+    and golden figures are measured with the kernels a cart runs."""
+    from edge.runtime import make_interpreter as device_interpreter
+
+    return device_interpreter(model_bytes, threads)[0]
 
 
 def output_names(interpreter: Any) -> list[str]:
