@@ -426,7 +426,7 @@ def default_spec(
         synth_val=synth_val,
         val_sets=val_sets,
         key_path=_key_path(),
-        public_key_out=MODELS / "keys" / f"{DEFAULT_KEY_NAME}.pub",
+        public_key_out=models / "keys" / f"{DEFAULT_KEY_NAME}.pub",  # beside the bundle, not always the repo
     )
 
 

@@ -319,3 +319,14 @@ def test_train_refuses_two_measured_folders_of_one_name(tmp_path: Path, capsys: 
                  "--val", str(tmp_path / "store-b" / "dev"), "--unsigned", "--quiet", "--work", str(tmp_path / "w")])
     assert code != 0 and "--val folders must have different names" in capsys.readouterr().err
     assert not (tmp_path / "w").exists() and not (tmp_path / "x.bundle").exists()
+
+
+def test_a_default_build_into_another_folder_leaves_the_repositorys_trusted_key_alone(tmp_path: Path) -> None:
+    # `python -m convert.build_default --models M` (an experiment) wrote the builder's public key over
+    # models/keys/shelfscout-default-2.pub in the repository, which every cart's built-in trust comes from
+    from convert.build_default import MODELS, default_spec
+
+    spec = default_spec(tmp_path / "w", 10, 4, 2, with_esd=False, models=tmp_path / "m")
+    assert spec.out_bundle.parent == tmp_path / "m"
+    assert spec.public_key_out is not None and spec.public_key_out.parent == tmp_path / "m" / "keys"
+    assert default_spec(tmp_path / "w", 10, 4, 2, with_esd=False).public_key_out.parent == MODELS / "keys"  # type: ignore[union-attr]
