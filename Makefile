@@ -38,11 +38,8 @@ system-deps:
 	    || missing="$$missing python3-venv"; \
 	fi; \
 	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian packages:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	    systemctl disable --now mosquitto >/dev/null 2>&1 || true; \
-	  else echo "missing Debian packages:$$missing (sudo apt-get install$$missing)" >&2; exit 1; fi; \
+	  $(call APT_INSTALL,$$missing); \
+	  systemctl disable --now mosquitto >/dev/null 2>&1 || true; \
 	fi
 
 lint: venv

@@ -527,14 +527,15 @@ class _ProbationObserver:
     probation window, with the version of the model that ran the frame."""
 
     def __init__(self, updater: Updater):
+        from edge.ota.probation import plausible  # made only with an updater: OTA code loads with it
+
         self.updater = updater
+        self.plausible = plausible
 
     def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None:
-        from edge.ota.probation import plausible
-
         h, w = frame.image.shape[:2]
         version = result.model.manifest.version if isinstance(result.model, Bundle) else None
-        self.updater.observe_frame(result.invoke_ms, result.outputs_ok, plausible(gaps, w, h), version)
+        self.updater.observe_frame(result.invoke_ms, result.outputs_ok, self.plausible(gaps, w, h), version)
 
 
 def run_service(cfg: Config, **kwargs: Any) -> int:

@@ -1,5 +1,6 @@
-"""Where the MQTT broker is and how to reach it safely: its address from `mqtt.url`, the TLS context from the
-configured files (each problem named by its key), and why a connection failed (paho's callbacks do not say)."""
+"""Where the MQTT broker is and how to reach it safely: its address from `mqtt.url`, the login (user, password,
+TLS context from the configured files, each problem named by its key), and why a connection failed (paho's
+callbacks do not say)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from cryptography import x509
 
-from edge.config import ConfigError
+from edge.config import ConfigError, MqttConfig, read_password
 
 
 @dataclass(frozen=True)
@@ -145,3 +147,28 @@ def probe(address: BrokerAddress, tls: ssl.SSLContext | None, timeout_s: float =
             return f"{host}:{port}: TLS handshake failed: {ssl_reason(e)}"
         except OSError as e:
             return f"{host}:{port}: TLS handshake failed: {e.strerror or e}"
+
+
+@dataclass(frozen=True)
+class BrokerLogin:
+    """How this cart logs in to its broker, from `[mqtt]`: where, as whom, and over which TLS context (the one
+    reading of the config that the service and `config check --live` share)."""
+
+    address: BrokerAddress
+    username: str
+    password: str | None
+    tls: ssl.SSLContext | None
+
+    @classmethod
+    def from_config(cls, m: MqttConfig) -> BrokerLogin:
+        """ConfigError (or ValueError for the URL) naming the key when a file cannot be used."""
+        address = BrokerAddress.parse(m.url)
+        tls = tls_context(m.ca_file, m.cert_file, m.key_file) if address.tls else None
+        return cls(address, m.username or address.username or "", read_password(m), tls)
+
+    def apply(self, client: Any) -> None:
+        """Set the credentials and TLS on a paho client before it connects."""
+        if self.username:
+            client.username_pw_set(self.username, self.password)
+        if self.tls is not None:
+            client.tls_set_context(self.tls)

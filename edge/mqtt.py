@@ -30,8 +30,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.broker import BrokerAddress, probe, tls_context
-from edge.config import Config, read_password
+from edge.broker import BrokerLogin, probe
+from edge.config import Config
 from edge.outbox import Outbox, OutboxError
 from edge.payloads import ModelRef, StatusInfo, command_reply_payload, encode, status_payload
 from edge.topics import COMMANDS, Topics
@@ -87,11 +87,9 @@ class MqttLink:
         self.on_release = on_release
         self._status_fn = status
         m = cfg.mqtt
-        self.address = BrokerAddress.parse(m.url)
+        self._login = BrokerLogin.from_config(m)
+        self.address = self._login.address
         self.client_id = m.client_id or f"shelfscout-{cfg.device.store}-{cfg.device.id}"
-        self.username = m.username or self.address.username
-        self.password = read_password(m)
-        self._tls = tls_context(m.ca_file, m.cert_file, m.key_file) if self.address.tls else None
         self._auto = m.protocol == "auto"
         self._protocol = mqtt.MQTTv311 if m.protocol == "3.1.1" else mqtt.MQTTv5
         self._release_topics = topics.release_topics(cfg.ota) if on_release is not None else ()
@@ -308,10 +306,7 @@ class MqttLink:
     def _start_client(self) -> None:
         m = self.cfg.mqtt
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=self._protocol)
-        if self.username:
-            client.username_pw_set(self.username, self.password)
-        if self._tls is not None:
-            client.tls_set_context(self._tls)
+        self._login.apply(client)
         self._set_will(client)
         # paho annotates ints but takes seconds as floats
         client.reconnect_delay_set(m.reconnect_min_s, max(m.reconnect_min_s, m.reconnect_max_s))  # type: ignore[arg-type]
@@ -411,7 +406,7 @@ class MqttLink:
 
     def _probe(self) -> str:
         """Why a connection attempt failed, found by repeating its first steps (paho does not say)."""
-        return probe(self.address, self._tls)
+        return probe(self.address, self._login.tls)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
                        properties: Any) -> None:

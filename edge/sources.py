@@ -319,15 +319,13 @@ class FolderSource:
         if not self._open:
             raise SourceError(f"folder {self.name}: not open")
         index = max(0, index)
-        known = [i for i in self._file_of if i < index]
         if index in self._file_of:
-            self._pos = self._file_of[index]
-        elif known:  # the frame after the last one read: the file after that one's
-            last = max(known)
-            self._pos = self._file_of[last] + 1 + (index - last - 1)
+            pos = self._file_of[index]
+        elif index - 1 in self._file_of:  # the frame after the last one read: the file after that one's
+            pos = self._file_of[index - 1] + 1
         else:
-            self._pos = index
-        self._pos = min(self._pos, len(self._files))
+            pos = index
+        self._pos = min(pos, len(self._files))
         self._decoded = index
 
     def read(self) -> np.ndarray | None:

@@ -189,10 +189,8 @@ def test_config_check_live_reads_a_frame_and_connects_or_says_which_part_failed(
     password), and a passing check leaves the broker without any message from us."""
     import shutil
 
-    import cv2
-    import numpy as np
-
     from tests.mosquitto import Mosquitto, free_port
+    from tests.test_sources import write_video
 
     passwd_tool = shutil.which("mosquitto_passwd")
     if passwd_tool is None:
@@ -203,11 +201,7 @@ def test_config_check_live_reads_a_frame_and_connects_or_says_which_part_failed(
     port = free_port()
     b = Mosquitto(tmp_path / "broker", port=port,
                   listener_block=f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n").start()
-    video = tmp_path / "aisle.mp4"
-    vw = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"mp4v"), 10, (320, 240))
-    for i in range(5):
-        vw.write(np.full((240, 320, 3), 40 * i, np.uint8))
-    vw.release()
+    video = write_video(tmp_path / "aisle.mp4", 5)
     (tmp_path / "pw").write_text("right\n")
     (tmp_path / "bad").write_text("wrong\n")
 

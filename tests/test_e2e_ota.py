@@ -3,11 +3,11 @@ switched and hot-swapped while `shelfscout run` keeps sending alerts, which then
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import os
 import subprocess
-import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from edge.bundle import (
 )
 from tests.mosquitto import Mosquitto
 from tests.schema_check import ValidatingSubscriber
+from tests.test_e2e import start_service
 
 pytestmark = pytest.mark.skipif(not DEFAULT_BUNDLE.exists(), reason="the default model bundle has not been built")
 
@@ -84,29 +85,54 @@ enabled = false
     return cfg
 
 
-def test_published_release_hot_swaps_while_alerts_flow(tmp_path: Path, long_pass: CartPass,
-                                                       broker: Mosquitto) -> None:
-    bundle, key, v2 = make_v2(tmp_path)
+@dataclasses.dataclass
+class Cart:
+    """`shelfscout run` on the long pass with OTA on, a backend watching it, and v2's release ready to publish."""
+
+    sub: ValidatingSubscriber
+    proc: subprocess.Popen[bytes]
+    log: Path
+    release: bytes
+    v1: int  # the model the cart started with
+    v2: int
+
+    def publish(self, url: str) -> None:
+        publish_release(self.release, url, f"shelfscout/{STORE}/model/release")
+
+
+@contextlib.contextmanager
+def cart_running(tmp_path: Path, long_pass: CartPass, broker: Mosquitto, score: float | None = None) -> Iterator[Cart]:
+    """The cart runs from its first `model/state` on; it is stopped and the backend disconnected on the way out."""
+    bundle, key, v2 = make_v2(tmp_path, score)
     release = make_release(bundle, key, f"file://{bundle}", timedelta(days=1))
     cfg = write_config(tmp_path, long_pass.path, broker.url)
     sub = ValidatingSubscriber(broker.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="ota-backend").start()
     log = tmp_path / "service.log"
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "-v", "run", "-c", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = start_service(cfg, log)
     try:
         assert sub.wait_for(lambda: bool(sub.json_on("/model/state")), 30), log.read_text()[-2000:]
         v1 = sub.json_on("/model/state")[-1]["model"]["version"]
-        assert v1 == v2 - 1
+        yield Cart(sub, proc, log, message_bytes(release.message), v1, v2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sub.stop()
+
+
+def test_published_release_hot_swaps_while_alerts_flow(tmp_path: Path, long_pass: CartPass,
+                                                       broker: Mosquitto) -> None:
+    with cart_running(tmp_path, long_pass, broker) as cart:
+        sub, v2 = cart.sub, cart.v2
+        assert cart.v1 == v2 - 1
         t_publish = time.monotonic()
-        publish_release(message_bytes(release.message), broker.url, f"shelfscout/{STORE}/model/release")
+        cart.publish(broker.url)
 
         def running_v2() -> bool:
             return any(s["model"] and s["model"]["version"] == v2 for s in sub.json_on("/model/state"))
 
-        assert sub.wait_for(running_v2, 60), log.read_text()[-3000:]
+        assert sub.wait_for(running_v2, 60), cart.log.read_text()[-3000:]
         swap_s = time.monotonic() - t_publish
-        assert proc.wait(120) == 0, log.read_text()[-3000:]
+        assert cart.proc.wait(120) == 0, cart.log.read_text()[-3000:]
         states = [s["ota"]["state"] for s in sub.json_on("/model/state")]
         alerts = sub.json_on("/alerts")
         versions = [a["model"]["version"] for a in alerts if a["event"] == "opened"]
@@ -118,10 +144,6 @@ def test_published_release_hot_swaps_while_alerts_flow(tmp_path: Path, long_pass
         assert (tmp_path / "models" / "current").is_symlink()
         for step in ("downloading", "verifying", "smoke_testing", "switching", "probation", "active"):
             assert step in states, f"OTA step {step} was not reported on model/state: {states}"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        sub.stop()
 
 
 def test_a_release_that_sees_gaps_everywhere_is_rolled_back_in_probation(tmp_path: Path, long_pass: CartPass,
@@ -130,28 +152,15 @@ def test_a_release_that_sees_gaps_everywhere_is_rolled_back_in_probation(tmp_pat
     before the switch (signature, hashes, golden vectors: the raw outputs are the old model's), and on the cart it
     finds a hundred "gaps" in every frame. Probation judged only latency and NaN outputs, which int8 models never
     have, so it stayed; now its implausible frames roll it back to the model before, which keeps alerting."""
-    bundle, key, v2 = make_v2(tmp_path, score=0.01)
-    release = make_release(bundle, key, f"file://{bundle}", timedelta(days=1))
-    cfg = write_config(tmp_path, long_pass.path, broker.url)
-    sub = ValidatingSubscriber(broker.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="ota-backend").start()
-    log = tmp_path / "service.log"
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "-v", "run", "-c", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        assert sub.wait_for(lambda: bool(sub.json_on("/model/state")), 30), log.read_text()[-2000:]
-        v1 = sub.json_on("/model/state")[-1]["model"]["version"]
-        publish_release(message_bytes(release.message), broker.url, f"shelfscout/{STORE}/model/release")
+    with cart_running(tmp_path, long_pass, broker, score=0.01) as cart:
+        sub, v1, v2 = cart.sub, cart.v1, cart.v2
+        cart.publish(broker.url)
 
         def rolled_back() -> bool:
             return any(s["ota"]["state"] == "rolled_back" for s in sub.json_on("/model/state"))
 
-        assert sub.wait_for(rolled_back, 60), log.read_text()[-3000:]
-        assert proc.wait(120) == 0, log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        sub.stop()
+        assert sub.wait_for(rolled_back, 60), cart.log.read_text()[-3000:]
+        assert cart.proc.wait(120) == 0, cart.log.read_text()[-3000:]
     states = sub.json_on("/model/state")
     (back,) = [s for s in states if s["ota"]["state"] == "rolled_back"]
     assert back["ota"]["error"].startswith("probation-garbage: ") and "gaps over 60% of the picture" in back["ota"]["error"]

@@ -85,23 +85,19 @@ def broker_check(cfg: Config, timeout_s: float) -> tuple[str | None, str | None]
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from edge.broker import BrokerAddress, probe, tls_context
-    from edge.config import ConfigError, read_password
+    from edge.broker import BrokerLogin, probe
+    from edge.config import ConfigError
 
     m = cfg.mqtt
     try:
-        addr = BrokerAddress.parse(m.url)
-        tls = tls_context(m.ca_file, m.cert_file, m.key_file) if addr.tls else None
-        password = read_password(m)
+        login = BrokerLogin.from_config(m)
     except (ConfigError, ValueError) as e:
         return None, str(e)
+    addr, tls = login.address, login.tls
     protocol = mqtt.MQTTv5 if m.protocol == "5" else mqtt.MQTTv311  # "auto" falls back to 3.1.1 anyway
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"shelfscout-config-check-{os.getpid()}",
                          protocol=protocol)
-    if m.username or addr.username:
-        client.username_pw_set(m.username or addr.username, password)
-    if tls is not None:
-        client.tls_set_context(tls)
+    login.apply(client)
     answered = threading.Event()
     said: list[str] = []
 
@@ -123,7 +119,7 @@ def broker_check(cfg: Config, timeout_s: float) -> tuple[str | None, str | None]
         client.loop_stop()
     if said[0]:
         return None, f"mqtt: {addr} {said[0]} (check mqtt.username, the password and the certificates)"
-    user = m.username or addr.username
+    user = login.username
     return f"broker {addr}: connected{f' as {user}' if user else ''}{' over TLS' if tls else ''}", None
 
 
