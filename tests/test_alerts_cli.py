@@ -20,6 +20,7 @@ from edge.outbox import Outbox
 from edge.payloads import ModelRef, StatusInfo, alert_messages
 from edge.topics import Topics
 from tests.mosquitto import Mosquitto
+from tests.pipes import killed_after
 from tests.schema_check import validate
 from tests.test_mqtt import make_cfg, make_event
 
@@ -35,12 +36,13 @@ def _alerts_cmd(*args: str) -> subprocess.Popen[str]:
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stderr is not None
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:  # wait until it has subscribed
-        line = proc.stderr.readline()
-        if not line:
-            break
-        if "watching" in line:
-            return proc
+    with killed_after(proc, 30):
+        while time.monotonic() < deadline:  # wait until it has subscribed
+            line = proc.stderr.readline()
+            if not line:
+                break
+            if "watching" in line:
+                return proc
     proc.kill()
     raise AssertionError(f"shelfscout alerts did not subscribe: {proc.communicate()}")
 

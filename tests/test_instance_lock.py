@@ -17,6 +17,7 @@ from edge.app import state_folders
 from edge.config import Config, OtaConfig, OutboxConfig
 from edge.instance_lock import LOCK_NAME, InstanceLockError, acquire, holder_pid
 from tests.mosquitto import Mosquitto, first_messages
+from tests.pipes import killed_after
 from tests.test_e2e import write_config
 from tests.test_hints import write_pan_frames
 
@@ -29,7 +30,9 @@ def hold_in_child(folder: Path) -> subprocess.Popen[str]:
     """Another process holding FOLDER's lock, as a running service would."""
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parents[1])
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    assert proc.stdout is not None
+    with killed_after(proc, 60):
+        assert proc.stdout.readline().strip() == "held"
     return proc
 
 

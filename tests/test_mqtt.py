@@ -40,6 +40,7 @@ from edge.payloads import (
 from edge.topics import Topics
 from edge.types import AlertEvent, Location
 from tests.mosquitto import Mosquitto
+from tests.pipes import killed_after
 from tests.pki import make_pki
 from tests.schema_check import ValidatingSubscriber, validate
 
@@ -476,10 +477,11 @@ def test_sigkilled_client_leaves_retained_offline_will_and_resends_after_restart
     committed: list[str] = []
     assert proc.stdout is not None
     try:
-        while len(committed) < 60:
-            line = proc.stdout.readline()
-            assert line, "the device process died"
-            committed.append(line.decode().strip())
+        with killed_after(proc, 120):
+            while len(committed) < 60:
+                line = proc.stdout.readline()
+                assert line, "the device process died"
+                committed.append(line.decode().strip())
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)

@@ -17,6 +17,7 @@ import pytest
 from edge.bundle import read_bundle
 from edge.ota.faults import POINTS
 from edge.ota.state import StateStore
+from tests.pipes import killed_after
 from tests.test_ota_support import Device, spawn_apply, tiny_models, wait_for
 
 
@@ -107,17 +108,18 @@ def test_sigkill_at_random_points_never_bricks(dev: Device) -> None:
         rel = _release_file(dev, target)
         proc = spawn_apply(dev, rel)
         assert proc.stdout is not None
-        line = proc.stdout.readline()
-        while line.startswith("{"):  # the start-up check may report (probation resumed, rollback)
+        with killed_after(proc, 120, group=True):
             line = proc.stdout.readline()
-        assert line.strip() == "ready", (dev.tmp / "child-stderr.log").read_text()[-3000:]
-        # pick a step, wait until the child reports it, then kill at a random moment within that step
-        phase = rng.choice(list(windows))
-        if phase != "start":
-            while True:
-                ln = proc.stdout.readline()
-                if not ln or ln.startswith(f'{{"phase": "{phase}"'):
-                    break
+            while line.startswith("{"):  # the start-up check may report (probation resumed, rollback)
+                line = proc.stdout.readline()
+            assert line.strip() == "ready", (dev.tmp / "child-stderr.log").read_text()[-3000:]
+            # pick a step, wait until the child reports it, then kill at a random moment within that step
+            phase = rng.choice(list(windows))
+            if phase != "start":
+                while True:
+                    ln = proc.stdout.readline()
+                    if not ln or ln.startswith(f'{{"phase": "{phase}"'):
+                        break
         time.sleep(rng.uniform(0.0, windows[phase]))
         killed = proc.poll() is None
         if killed:
