@@ -230,6 +230,10 @@ def _validate(cfg: Config, errors: list[str]) -> None:
         _ = url.port  # urlsplit checks the port only when asked
     except ValueError:
         need(False, "mqtt.url", f"{cfg.mqtt.url!r}: the port must be a number from 0 to 65535")
+    plain = cfg.mqtt.url.split("://", 1)[0] in ("mqtt", "tcp")
+    for key in ("ca_file", "cert_file", "key_file"):
+        need(not (plain and getattr(cfg.mqtt, key)), f"mqtt.{key}",
+             f"is set but mqtt.url {cfg.mqtt.url!r} is plain MQTT, which would not use it: write mqtts://")
     need(cfg.mqtt.protocol in ("auto", "5", "3.1.1"), "mqtt.protocol", "must be 'auto', '5' or '3.1.1'")
     need(cfg.mqtt.keepalive_s >= 5, "mqtt.keepalive_s", "must be at least 5")
     need(cfg.mqtt.stats_interval_s > 0, "mqtt.stats_interval_s", "must be positive")

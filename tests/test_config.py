@@ -152,6 +152,19 @@ def test_a_broker_url_without_a_host_or_with_an_impossible_port_is_refused(url: 
         config.parse(f"[mqtt]\nurl = '{url}'\n", env={})
 
 
+def test_tls_files_with_a_plain_broker_url_are_refused_naming_each_key() -> None:
+    """An installer who adds a CA and a client certificate but leaves mqtt:// would connect in the clear (to a TLS
+    port: a puzzling failure; to a plain one: no encryption at all). The config says so at once."""
+    tls = "ca_file = 'ca.crt'\ncert_file = 'cart.crt'\nkey_file = 'cart.key'\n"
+    with pytest.raises(ConfigError) as e:
+        config.parse(MINIMAL.replace('url = "mqtt://127.0.0.1:1883"', "url = 'mqtt://broker:8883'\n" + tls), env={})
+    assert [line.split(":", 1)[0] for line in e.value.errors] == ["mqtt.ca_file", "mqtt.cert_file", "mqtt.key_file"]
+    assert "write mqtts://" in e.value.errors[0]
+    cfg = config.parse(MINIMAL.replace('url = "mqtt://127.0.0.1:1883"', "url = 'mqtts://broker:8883'\n" + tls),
+                       env={})
+    assert cfg.mqtt.ca_file.endswith("ca.crt")
+
+
 def test_an_environment_override_of_a_text_key_is_text_even_when_it_looks_like_a_number() -> None:
     env = {"SHELFSCOUT_DEVICE__STORE": "42", "SHELFSCOUT_DEVICE__ID": '"007"', "SHELFSCOUT_CAMERA__FPS": "12",
            "SHELFSCOUT_MQTT__URL": "mqtt://10.0.0.5:1883"}

@@ -33,16 +33,13 @@ def register(sub: Any) -> None:
 def machine_problems(cfg: Config) -> list[str]:
     """What `shelfscout run` would refuse at start-up on this machine, one line each, naming the key."""
     from edge.app import load_model
-    from edge.broker import BrokerAddress, tls_context
+    from edge.broker import BrokerLogin
     from edge.bundle import BundleError
-    from edge.config import ConfigError, read_password
+    from edge.config import ConfigError
 
     problems: list[str] = []
-    m = cfg.mqtt
     try:
-        if BrokerAddress.parse(m.url).tls or m.ca_file or m.cert_file or m.key_file:
-            tls_context(m.ca_file, m.cert_file, m.key_file)
-        read_password(m)
+        BrokerLogin.from_config(cfg.mqtt)  # what MqttLink reads at start-up: the URL, password and TLS files
     except (ConfigError, ValueError) as e:
         problems.append(str(e))
     try:
