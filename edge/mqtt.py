@@ -124,6 +124,10 @@ class MqttLink:
         self._epoch = outbox.epoch  # the outbox's ids are read in this epoch (see Outbox.move_to_disk)
         self._retained: dict[str, tuple[bytes, int]] = {}
         self._retained_lock = threading.Lock()
+        # retained publishes (status, model state) not yet acknowledged on this client: paho mid -> topic; and those
+        # of them made before the last (re)connect, which paho sends again after the fresh ones (see _on_connect)
+        self._retained_mids: dict[int, str] = {}
+        self._stale_mids: set[int] = set()
         self._override: tuple[str, str | None] | None = None
         self._status_model: ModelRef | None = None  # the model in the last published status
         self._model_check_at = 0.0
@@ -224,8 +228,16 @@ class MqttLink:
         client = self._client
         if client is None or not self._connected.is_set():
             return False
-        info = client.publish(topic, payload, qos=qos, retain=retain)
+        info = self._publish_retained(client, topic, payload, qos) if retain else \
+            client.publish(topic, payload, qos=qos, retain=False)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _publish_retained(self, client: mqtt.Client, topic: str, payload: bytes, qos: int) -> mqtt.MQTTMessageInfo:
+        with self._retained_lock:  # registered before the sender thread can see its PUBACK
+            info = client.publish(topic, payload, qos=qos, retain=True)
+            if qos > 0:
+                self._retained_mids[info.mid] = topic
+        return info
 
     def publish_stats(self, payload: Mapping[str, Any]) -> bool:
         """Publish one `stats` payload (QoS 0, not retained). False when disconnected: stats are not queued."""
@@ -257,7 +269,7 @@ class MqttLink:
     def _publish_status(self, client: mqtt.Client) -> bool:
         status = self._current_status()
         self._status_model = status.model
-        info = client.publish(self.topics.status, self._status_bytes(status), qos=1, retain=True)
+        info = self._publish_retained(client, self.topics.status, self._status_bytes(status), 1)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _check_model_change(self) -> None:
@@ -332,6 +344,9 @@ class MqttLink:
             old.disconnect()
             old.loop_stop()
         self._inflight.clear()  # the old client's in-memory queue is gone: re-send from the outbox
+        with self._retained_lock:
+            self._retained_mids.clear()
+            self._stale_mids.clear()
         self._cursor_reset = True
         self._protocol = mqtt.MQTTv311 if self._protocol == mqtt.MQTTv5 else mqtt.MQTTv5
         self._early_closes = 0
@@ -378,11 +393,15 @@ class MqttLink:
         self._subscribed.clear()
         subs = [(self.topics.cmd_filter, 1)] + [(t, 1) for t in self._release_topics]
         self._sub_mid = client.subscribe(subs)[1]
-        self._publish_status(client)
+        # Retained publishes still unacknowledged from before are sent again by paho right after this callback,
+        # after the fresh ones below: once each is acknowledged, its topic's current payload is published again
+        # (_handle_acks), so the broker keeps the current status, not one queued while the connection hung.
         with self._retained_lock:
+            self._stale_mids = set(self._retained_mids)
             retained = list(self._retained.items())
+        self._publish_status(client)
         for topic, (payload, qos) in retained:
-            client.publish(topic, payload, qos=qos, retain=True)
+            self._publish_retained(client, topic, payload, qos)
         self._cursor_reset = True
         self._connected.set()
         self._wake.set()
@@ -518,6 +537,29 @@ class MqttLink:
         self._cursor_reset = True
         self.refresh_status()  # no longer "kept in memory only"
 
+    def _retained_acked(self, client: mqtt.Client, mid: int) -> bool:
+        """True when MID was a retained publish; a stale one (see _on_connect) that was its topic's last has the
+        topic's current payload published again (sender thread)."""
+        with self._retained_lock:
+            topic = self._retained_mids.pop(mid, None)
+            if topic is None:
+                return False
+            if mid not in self._stale_mids:
+                return True
+            self._stale_mids.discard(mid)
+            if any(self._retained_mids.get(m) == topic for m in self._stale_mids):
+                return True
+            current = self._retained.get(topic)
+        if not self._connected.is_set():
+            return True  # the next connect publishes the current payload anyway
+        log.info("%s: a payload published before the reconnect arrived after the current one; publishing the "
+                 "current one again", topic)
+        if topic == self.topics.status:
+            self._publish_status(client)
+        elif current is not None:
+            self._publish_retained(client, topic, *current)
+        return True
+
     def _handle_acks(self) -> None:
         self._resync_outbox()
         done: list[int] = []
@@ -527,7 +569,9 @@ class MqttLink:
             if client is not self._client:
                 continue
             entry = self._inflight.pop(mid, None)
-            if entry is None:  # a status, reply or stats publish
+            if entry is None and self._retained_acked(client, mid):
+                continue
+            if entry is None:  # a reply or stats publish
                 with self._replies_lock:
                     reply = self._replies.pop((client, mid), None)
                 if reply is not None and not ok:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from edge.mqtt import MqttLink
 from edge.outbox import Outbox
 from edge.payloads import ModelRef, StatusInfo
 from edge.topics import Topics
-from tests.mosquitto import Mosquitto
+from tests.mosquitto import Mosquitto, first_messages
 from tests.pki import make_pki
 from tests.schema_check import ValidatingSubscriber
 from tests.test_mqtt import make_cfg
@@ -189,3 +190,50 @@ def test_model_change_republishes_status_and_the_will_follows_on_reconnect(broke
             proc.kill()
             proc.wait(10)
         sub.stop()
+
+
+def test_a_status_sent_into_a_hung_connection_does_not_replace_the_fresh_one_after_the_reconnect(
+        tmp_path: Path) -> None:
+    """The broker hangs (SIGSTOP): a status published then is never acknowledged, so paho sends it again after the
+    reconnect, after the fresh status the link publishes on connecting. The retained status must end up the current
+    one, not the stale one (a backend would see a cart `degraded` that is fine). Model state likewise."""
+    b = Mosquitto(tmp_path / "broker").start()
+    link: MqttLink | None = None
+    try:
+        cfg = make_cfg(tmp_path, b.url)
+        t = Topics.from_config(cfg)
+        link = MqttLink(cfg, t, Outbox(cfg.outbox.path), status=lambda: StatusInfo("online", None, None))
+        link.start()
+        assert link.wait_connected(10)
+        assert b.proc is not None
+        os.kill(b.proc.pid, signal.SIGSTOP)
+        link.set_status("degraded", "camera lost")  # into the hung connection: never acknowledged
+        link.publish_model_state({"stale": True})
+        deadline = time.monotonic() + 30
+        while link.connected and time.monotonic() < deadline:  # the keepalive (5 s) finds the broker gone
+            time.sleep(0.1)
+        assert not link.connected
+        link.set_status("online", None)  # the current state: published when the link is back
+        link.publish_model_state({"stale": False})
+        os.kill(b.proc.pid, signal.SIGCONT)
+        b.kill()
+        b.start()
+        watch = ValidatingSubscriber(b.url, [t.status], client_id="watch").start()
+        assert link.wait_connected(15)
+        # until paho's resend of the stale pair has come and gone (or 5 s if it came before the watcher)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(p.get("reason") == "camera lost"
+                                                       for p in watch.json_on("/status")):
+            time.sleep(0.05)
+        time.sleep(1.0)
+        watch.stop()
+        status = json.loads(first_messages(b.port, t.status)[0])
+        assert (status["state"], status["reason"]) == ("online", None)
+        assert json.loads(first_messages(b.port, t.model_state)[0]) == {"stale": False}
+    finally:
+        if link is not None:
+            link.stop()
+            link.outbox.close()
+        if b.proc is not None and b.proc.poll() is None:
+            os.kill(b.proc.pid, signal.SIGCONT)
+        b.stop()
