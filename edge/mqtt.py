@@ -29,6 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.broker import BrokerLogin, probe
 from edge.config import Config
@@ -391,7 +392,10 @@ class MqttLink:
         # subscribe before saying `online`: the broker handles a client's packets in order, so a backend that sends
         # a command once it sees `online` finds the cart's subscription in place
         self._subscribed.clear()
-        subs = [(self.topics.cmd_filter, 1)] + [(t, 1) for t in self._release_topics]
+        # MQTT 5: commands with the retain flag as published, so a retained command is refused even when the cart
+        # was already subscribed (brokers clear the flag for live subscribers otherwise); 3.1.1 cannot ask for this
+        cmd: Any = SubscribeOptions(qos=1, retainAsPublished=True) if self._protocol == mqtt.MQTTv5 else 1
+        subs = [(self.topics.cmd_filter, cmd)] + [(t, 1) for t in self._release_topics]
         self._sub_mid = client.subscribe(subs)[1]
         # Retained publishes still unacknowledged from before are sent again by paho right after this callback,
         # after the fresh ones below: once each is acknowledged, its topic's current payload is published again
@@ -671,6 +675,9 @@ class MqttLink:
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
         error: str | None = None
         result: Mapping[str, Any] | None = None
+        if retained and not payload:
+            log.info("a retained command on %s was cleared", topic)
+            return  # a backend removing a retained command from the broker: no command, nobody to answer
         if retained:
             error = "retained commands are ignored; publish commands without the retain flag"
         elif name not in COMMANDS:
