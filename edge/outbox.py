@@ -259,8 +259,10 @@ class Outbox:
         self._disk_retry_at = 0.0
         self._conn: sqlite3.Connection | None = None
         self._conn = self._open(memory=True) if memory_reason is not None else self._open_file()
-        row = self._db().execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
+        row = self._db().execute("SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(created), 0) "
+                                 "FROM messages").fetchone()
         self._count, self._bytes = int(row[0]), int(row[1])
+        self._last_created = float(row[2])  # each put's rows share one `created`, unique to that put
 
     @property
     def max_bytes(self) -> int:
@@ -341,12 +343,13 @@ class Outbox:
     def put(self, msgs: Sequence[OutMessage]) -> list[int]:
         """Commit `msgs` durably in one transaction (all or none); returns their row ids.
 
-        If the bound is exceeded, the oldest messages are deleted in the same transaction and counted.
+        If the bound is exceeded, the oldest puts are deleted whole (an alert with its snapshot) in the same
+        transaction, and their messages counted.
         """
         if not msgs:
             return []
-        now = time.time()
         with self._lock:
+            now = self._last_created = max(time.time(), self._last_created + 1e-6)
             with self._transaction(f"store {len(msgs)} message(s)") as db:
                 ids: list[int] = []
                 added = 0
@@ -372,15 +375,25 @@ class Outbox:
             cb()
 
     def _trim(self, db: sqlite3.Connection, count: int, total: int, max_bytes: int) -> tuple[int, int, int]:
-        """Delete the oldest messages until `count` and `total` bytes are within the bound; counts them as dropped
-        (inside the caller's transaction). Returns the new count and bytes, and how many were dropped."""
+        """Delete the oldest puts, each whole (the messages that share its `created`: an alert and its snapshot go
+        together, so no picture arrives without its alert, nor an alert naming a picture that never comes), until
+        `count` and `total` bytes are within the bound; counts the messages as dropped (inside the caller's
+        transaction). Returns the new count and bytes, and how many were dropped."""
         dropped = 0
         while count > self.max_messages or total > max_bytes:
-            victim = db.execute("SELECT id, size FROM messages ORDER BY id LIMIT 1").fetchone()
-            if victim is None:
+            put: list[tuple[int, int]] = []  # (id, size) of the oldest put's messages: consecutive ids
+            first: float | None = None
+            rows = db.execute("SELECT id, created, size FROM messages ORDER BY id")
+            for row_id, created, size in rows:
+                if first is not None and created != first:
+                    break  # rows are read one by one: only this put's (and one more) are touched
+                first = created
+                put.append((int(row_id), int(size)))
+            rows.close()
+            if not put:
                 break
-            db.execute("DELETE FROM messages WHERE id = ?", (victim[0],))
-            count, total, dropped = count - 1, total - int(victim[1]), dropped + 1
+            db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i, _ in put])
+            count, total, dropped = count - len(put), total - sum(z for _, z in put), dropped + len(put)
         if dropped:
             db.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped'", (dropped,))
         return count, total, dropped

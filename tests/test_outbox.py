@@ -125,6 +125,31 @@ def test_bound_drops_oldest_first_and_counts_persistently(tmp_path: Path) -> Non
         assert ob.dropped() == 3 + (5 + 12 - len(kept))
 
 
+def test_the_bound_drops_whole_puts_so_no_picture_is_left_without_its_alert(tmp_path: Path) -> None:
+    """An alert and its snapshot are put together; when the bound bites they go together, on disk, after a reopen
+    and in memory, and the newest puts are kept whole."""
+    path = tmp_path / "o.db"
+    pic = b"\xff\xd8" + b"p" * 3000
+
+    def pair(i: int) -> list[OutMessage]:
+        return [OutMessage("a/alerts", json.dumps({"id": i}).encode()), OutMessage(f"a/snapshots/{i}", pic)]
+
+    def kept(ob: Outbox) -> list[str]:
+        return [r.topic.rsplit("/", 1)[1] if "snapshots" in r.topic else str(json.loads(r.payload)["id"])
+                for r in ob.pending(1000)]
+
+    with Outbox(path, max_messages=7, max_bytes=10**6) as ob:
+        for i in range(6):
+            ob.put(pair(i))
+        assert kept(ob) == ["3", "3", "4", "4", "5", "5"] and ob.dropped() == 6  # 7 would split a pair
+    with Outbox(path, max_messages=100, max_bytes=4 * len(pic)) as ob:  # reopened, with a byte bound
+        ob.put(pair(6))
+        assert kept(ob) == ["4", "4", "5", "5", "6", "6"]
+        ob.put([OutMessage("a/alerts", b'{"id": 7}')] + pair(8)[1:])  # several messages in one put
+        assert kept(ob) == ["5", "5", "6", "6", "7", "8"]
+        assert ob.dropped() == 10
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "page", "cut in half"])
 def test_corrupt_database_is_quarantined_and_a_fresh_one_works(tmp_path: Path, damage: str) -> None:
     """What SQLite can still read of the corrupt file is salvaged into the fresh one, in order, and nothing else."""
