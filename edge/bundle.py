@@ -36,9 +36,12 @@ MODEL = "model.tflite"
 GOLDEN = "golden.npz"
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
 DECODINGS = ("gap-heatmap", "ssd", "yolo")
-REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_BUNDLE = REPO_MODELS / "shelfgap-default.bundle"
-BUILTIN_KEYS = REPO_MODELS / "keys"
+# The built-in default bundle and the project's public keys. `edge/default_model` is a link to the repository's
+# `models/` in a source checkout; an installed package (a wheel) carries those files there as package data, so a cart
+# installed with `pip install` has its fallback model and trusted keys too.
+BUILTIN_MODELS = (Path(__file__).resolve().parent / "default_model").resolve()
+DEFAULT_BUNDLE = BUILTIN_MODELS / "shelfgap-default.bundle"
+BUILTIN_KEYS = BUILTIN_MODELS / "keys"
 
 
 class BundleError(ValueError):

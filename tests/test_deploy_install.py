@@ -42,7 +42,7 @@ def source_copy(dest: Path) -> Path:
     shutil.copy(REPO / "models/shelfgap-default.bundle", dest / "models/shelfgap-default.bundle")
     for name in ("edge", "convert", "deploy", "systemd", "models/keys"):
         if (REPO / name).is_dir():
-            shutil.copytree(REPO / name, dest / name, ignore=ignore)
+            shutil.copytree(REPO / name, dest / name, ignore=ignore, symlinks=True)  # edge/default_model
     return dest
 
 
@@ -146,6 +146,22 @@ def test_venv_sees_system_packages_and_holds_shelfscout(installed: tuple[Path, d
                        capture_output=True, text=True, timeout=60, cwd=root)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().startswith(str(venv)), "shelfscout must be installed into the venv, not found elsewhere"
+
+
+def test_the_installed_package_carries_the_default_model_and_keys(installed: tuple[Path, dict, dict, str]) -> None:
+    """A cart falls back to the built-in bundle when its configured one cannot run, and trusts the project's keys:
+    both must be in the installed package itself (a plain `pip install`, not a link to the source tree)."""
+    root, _, _, _ = installed
+    (pkg,) = (root / "opt/shelfscout/venv/lib").glob("python3*/site-packages/edge")
+    bundle = pkg / "default_model" / "shelfgap-default.bundle"
+    assert not bundle.is_symlink() and bundle.read_bytes() == (REPO / "models/shelfgap-default.bundle").read_bytes()
+    keys = sorted(p.name for p in (pkg / "default_model" / "keys").glob("*.pub"))
+    assert keys and keys == sorted(p.name for p in (REPO / "models/keys").glob("*.pub"))
+    code = "from edge.bundle import DEFAULT_BUNDLE, BUILTIN_KEYS; print(DEFAULT_BUNDLE); print(BUILTIN_KEYS)"
+    r = subprocess.run([str(root / "opt/shelfscout/venv/bin/python"), "-c", code], capture_output=True, text=True,
+                       timeout=60, cwd=root)
+    if r.returncode == 0:  # edge.bundle needs cryptography, which this offline install may not have
+        assert r.stdout.split() == [str(bundle.resolve()), str((pkg / "default_model" / "keys").resolve())]
 
 
 def test_installed_tree_passes_systemd_analyze_verify(installed: tuple[Path, dict, dict, str]) -> None:
