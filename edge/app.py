@@ -403,13 +403,15 @@ class Service:
                 observers.append(_PreviewObserver(preview, self))
         watchdog = Watchdog().start()
         stack.callback(watchdog.stop)
-        if updater is not None:
-            observers.append(_ProbationObserver(updater))
+        probation = _ProbationObserver(updater) if updater is not None else None
+        if probation is not None:
+            observers.append(probation)
 
         cores = CorePlan.for_process(cfg.model.threads)
         if cores is not None:
             log.info("%s", CorePlan.describe(cores))
-        pipeline = Pipeline(capture, slot, tracker, sink, observers, heartbeat=watchdog.heartbeat, cores=cores)
+        pipeline = Pipeline(capture, slot, tracker, sink, observers, heartbeat=watchdog.heartbeat, cores=cores,
+                            admit=probation.admit if probation is not None else None)
         self.parts.pipeline = pipeline
         stats = threading.Thread(target=self._stats_loop, name="stats", daemon=True)
         stats.start()
@@ -524,7 +526,8 @@ class _PreviewObserver:
 
 class _ProbationObserver:
     """Feeds per-frame latency and output sanity (finite outputs, gaps a shelf could have) to the OTA updater's
-    probation window, with the version of the model that ran the frame."""
+    probation window, with the version of the model that ran the frame; and, before tracking, keeps the garbage
+    frames of a model on probation from the tracker (`admit`)."""
 
     def __init__(self, updater: Updater):
         from edge.ota.probation import plausible  # made only with an updater: OTA code loads with it
@@ -532,10 +535,18 @@ class _ProbationObserver:
         self.updater = updater
         self.plausible = plausible
 
+    def admit(self, frame: Frame, gaps: list[Gap], model: Any) -> bool:
+        h, w = frame.image.shape[:2]
+        return self.updater.admits(self.plausible(gaps, w, h), _version(model))
+
     def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None:
         h, w = frame.image.shape[:2]
-        version = result.model.manifest.version if isinstance(result.model, Bundle) else None
-        self.updater.observe_frame(result.invoke_ms, result.outputs_ok, self.plausible(gaps, w, h), version)
+        self.updater.observe_frame(result.invoke_ms, result.outputs_ok, self.plausible(gaps, w, h),
+                                   _version(result.model))
+
+
+def _version(model: Any) -> int | None:
+    return model.manifest.version if isinstance(model, Bundle) else None
 
 
 def run_service(cfg: Config, **kwargs: Any) -> int:

@@ -325,6 +325,9 @@ class Pipeline:
     paused: threading.Event = field(default_factory=threading.Event)
     heartbeat: Callable[[], None] | None = None  # called on every turn of the loop (systemd's watchdog)
     cores: CorePlan | None = None  # pin the stage threads (None: the scheduler places them)
+    # whether the tracker may see a frame's gaps (frame, gaps, the slot info of the model that ran it); a frame it
+    # may not see is passed over like a frame the camera dropped (OTA probation: a model's garbage frames)
+    admit: Callable[[Frame, list[Gap], Any], bool] | None = None
 
     def _invoke(self, item: _Prepared, pool: _StagingPool, ring: _OutputRing) -> _Inferred:
         det = item.detector
@@ -344,7 +347,11 @@ class Pipeline:
         t2 = time.perf_counter()
         gaps = item.detector.decode_outputs(item.outputs, w, h)
         t3 = time.perf_counter()
-        events = self.tracker.update(frame, gaps)
+        if self.admit is None or self.admit(frame, gaps, item.info):
+            events = self.tracker.update(frame, gaps)
+        else:
+            events = []
+            self.stats.withheld += 1
         self.sink.emit(frame, events)  # every frame: a sink may be holding earlier events to retry
         for e in events:
             if e.event == "opened":

@@ -70,6 +70,7 @@ class PipelineStats:
     alerts_opened: int = 0
     alerts_cleared: int = 0
     model_swaps: int = 0
+    withheld: int = 0  # frames whose gaps the tracker did not see (a model on probation gave a garbage frame)
 
     def __post_init__(self) -> None:
         self.fps = RateMeter()

@@ -48,10 +48,13 @@ class ProbationWindow:
             self.implausible += 1
 
     @property
+    def counts_implausible(self) -> bool:
+        """Whether implausible frames count against the new model (not when the old one saw them too)."""
+        return self.baseline_implausible is None or self.baseline_implausible < self.max_bad_share / 2
+
+    @property
     def _counted_implausible(self) -> int:
-        if self.baseline_implausible is not None and self.baseline_implausible >= self.max_bad_share / 2:
-            return 0
-        return self.implausible
+        return self.implausible if self.counts_implausible else 0
 
     @property
     def done(self) -> bool:

@@ -99,6 +99,9 @@ class Updater:
         self._thread: threading.Thread | None = None
         self._window: ProbationWindow | None = None
         self._window_version: int | None = None  # the version on probation: frames of another model are not its
+        # the version on probation (or judged and about to be rolled back) whose implausible frames the tracker must
+        # not see, so a garbage model cannot confirm a false alert before its verdict; None once it passed
+        self._held_version: int | None = None
         self._recent: deque[bool] = deque(maxlen=max(20, cfg.ota.probation_frames))  # plausible frames, running model
         self._deferred: bytes | None = None
         self._pending_rollback: OtaError | None = None  # decided on the pipeline thread, done on the worker
@@ -161,6 +164,13 @@ class Updater:
                 raise ValueError("a new model is on probation; reload once it is active or rolled back "
                                  "(model/state says which)")
             load(self.current_path)
+
+    def admits(self, is_plausible: bool, model_version: int | None) -> bool:
+        """Pipeline hook, before tracking: False for an implausible frame (see `probation.plausible`) of the model on
+        probation, or judged and not yet replaced, when the model before did not give such frames: its gaps never
+        reach the tracker, so they cannot become alerts in the frames the verdict takes."""
+        held = self._held_version
+        return is_plausible or held is None or model_version != held
 
     def observe_frame(self, latency_ms: float, outputs_ok: bool, is_plausible: bool = True,
                       model_version: int | None = None) -> None:
@@ -385,6 +395,7 @@ class Updater:
         version = state.probation.version if state.probation else None
         self.store.save(replace(state, probation=None))
         self._window = None
+        self._held_version = None
         log.info("model v%s passed probation", version)
         self._emit("active", version)
         if self._deferred is not None:
@@ -609,8 +620,10 @@ class Updater:
         self._recent.clear()
         self._window_version = bundle.manifest.version
         baseline = (len(recent) - sum(recent)) / len(recent) if len(recent) >= 10 else None
-        return ProbationWindow(self.cfg.ota.probation_frames, bundle.manifest.latency_budget_ms,
-                               baseline_implausible=baseline)
+        w = ProbationWindow(self.cfg.ota.probation_frames, bundle.manifest.latency_budget_ms,
+                            baseline_implausible=baseline)
+        self._held_version = bundle.manifest.version if w.counts_implausible else None
+        return w
 
     def _set_active(self, path: Path, bundle: Bundle, release_sha: str | None = None) -> None:
         sha = release_sha or path.name.split("-", 1)[-1]
