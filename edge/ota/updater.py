@@ -467,6 +467,12 @@ class Updater:
         return None
 
     def _fail(self, e: OtaError, version: int | None, dest: Path | None, payload: bytes, t0: float) -> Outcome:
+        if e.code == "replay":
+            # an announcement this cart took before and has since moved past, still retained on one of its release
+            # topics (the fleet's older release beside the store's newer one): refused, but not news for
+            # `model/state`, which would otherwise say `rejected` after every restart of a healthy cart
+            log.info("OTA release v%s ignored: %s", version, e)
+            return Outcome("skipped", version, e.code, str(e), time.monotonic() - t0)
         if e.code in SMOKE_CODES and dest is not None:
             try:
                 st = self._load_state()
