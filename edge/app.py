@@ -123,6 +123,7 @@ class Service:
         self.parts = Parts()
         self.updater: Updater | None = None
         self.model_problem: str | None = None  # why the service runs the built-in model instead of the configured one
+        self._status_line: str | None = None  # the last STATUS= sent to systemd
 
     # ---- commands from MQTT ----------------------------------------------------------------------------------
     def on_command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -222,10 +223,21 @@ class Service:
 
     # ---- status and stats -------------------------------------------------------------------------------------
     def _refresh_status(self) -> None:
+        status = self.status()
+        self._notify_status(status)
         link = self.parts.mqtt
         if link is not None:
-            status = self.status()
             link.set_status(status.state, status.reason)
+
+    def _notify_status(self, status: StatusInfo) -> None:
+        """The status line `systemctl status` shows (sd_notify STATUS=), sent when it changes."""
+        from edge.sdnotify import notify
+
+        model = f"model {status.model.name} v{status.model.version}" if status.model else "no model"
+        line = f"{status.state}, {model}" + (f": {status.reason}" if status.reason else "")
+        if line != self._status_line:
+            self._status_line = line
+            notify(f"STATUS={line}")
 
     def status(self) -> StatusInfo:
         reasons = []
@@ -278,6 +290,7 @@ class Service:
             try:
                 link.publish_stats(stats_payload(self.stats_info(), topics, time.time()))
                 status = self.status()
+                self._notify_status(status)
                 if (status.state, status.reason) != last_status:
                     link.set_status(status.state, status.reason)
                     last_status = (status.state, status.reason)
@@ -431,7 +444,7 @@ class Service:
         from edge.sdnotify import notify
 
         notify("READY=1")
-        notify(f"STATUS=running model {bundle.manifest.name} v{bundle.manifest.version}")
+        self._notify_status(self.status())
 
     def _make_updater(self) -> Updater | None:
         if not self.cfg.ota.enabled:

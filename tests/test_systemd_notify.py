@@ -164,3 +164,48 @@ enabled = false
             proc.wait(5)
         sock.close()
     assert proc.returncode == 0, proc.stderr.read()[-3000:] if proc.stderr else ""
+
+
+def test_the_status_line_follows_the_service_state(tmp_path: Path, broker: Mosquitto) -> None:
+    """`systemctl status` shows the last STATUS=: with no camera it must say degraded and why, not the start-up line."""
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f"""
+[device]
+id = "cart-07"
+store = "s042"
+[camera]
+source = "/dev/video97"
+[mqtt]
+url = "{broker.url}"
+stats_interval_s = 0.5
+[outbox]
+path = "{tmp_path / 'outbox.db'}"
+[ota]
+enabled = false
+[preview]
+enabled = false
+""")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "shelfscout"), "run", "-c", str(cfg)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        got: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and not any(
+                m.startswith("STATUS=degraded") for m in got):
+            got += _drain(sock, 0.5)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        lines = [m for m in got if m.startswith("STATUS=")]
+        assert lines and lines[-1].startswith("STATUS=degraded, model shelfgap-default v"), got
+        assert "/dev/video97" in lines[-1]
+        assert all(a != b for a, b in zip(lines, lines[1:], strict=False))  # sent on a change
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        sock.close()
