@@ -222,6 +222,10 @@ def _validate(cfg: Config, errors: list[str]) -> None:
         need(bool(val), key, "must not be empty")
         need(not any(c in val for c in "/+#") and val.strip() == val, key,
              f"{val!r} must not contain '/', '+', '#' or surrounding spaces (it is part of MQTT topics)")
+    need(cfg.device.store != "fleet", "device.store", "'fleet' is reserved: {prefix}/fleet/model/release is the "
+                                                      "fleet's release topic")
+    need(cfg.device.id != "model", "device.id", "'model' is reserved: {prefix}/STORE/model/release is the store's "
+                                                "release topic")
     need(cfg.mqtt.url.split("://", 1)[0] in ("mqtt", "mqtts", "tcp", "ssl") and "://" in cfg.mqtt.url,
          "mqtt.url", f"{cfg.mqtt.url!r} must start with mqtt:// or mqtts://")
     url = urlsplit(cfg.mqtt.url)

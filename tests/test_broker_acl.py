@@ -311,7 +311,9 @@ def test_anonymous_plaintext_and_wrong_ca_clients_are_refused(broker: Broker) ->
 
 def test_make_certs_refuses_a_cart_name_that_would_widen_the_acl(tmp_path: Path) -> None:
     certs(tmp_path, "ca")
-    for store, dev in (("s042", "a/b"), ("s042", "+"), ("s042", "#"), ("", "cart-1"), ("s042", "")):
+    # ... including the names whose topic root holds a release topic (fleet/model/release, STORE/model/release)
+    for store, dev in (("s042", "a/b"), ("s042", "+"), ("s042", "#"), ("", "cart-1"), ("s042", ""),
+                       ("fleet", "cart-1"), ("s042", "model")):
         r = subprocess.run(["bash", str(MAKE_CERTS), "-d", str(tmp_path), "device", store, dev],
                            capture_output=True, text=True, timeout=30)
         assert r.returncode != 0, (store, dev)

@@ -165,6 +165,14 @@ def test_tls_files_with_a_plain_broker_url_are_refused_naming_each_key() -> None
     assert cfg.mqtt.ca_file.endswith("ca.crt")
 
 
+def test_a_store_or_device_named_like_a_release_topic_is_refused() -> None:
+    """A cart "fleet/x" or "s042/model" would publish under the fleet's or the store's release topic."""
+    for env, key in (({"SHELFSCOUT_DEVICE__STORE": "fleet"}, "device.store"),
+                     ({"SHELFSCOUT_DEVICE__ID": "model"}, "device.id")):
+        with pytest.raises(ConfigError, match=f"{key}: 'model' is reserved|{key}: 'fleet' is reserved"):
+            config.parse(MINIMAL, env=env)
+
+
 def test_an_environment_override_of_a_text_key_is_text_even_when_it_looks_like_a_number() -> None:
     env = {"SHELFSCOUT_DEVICE__STORE": "42", "SHELFSCOUT_DEVICE__ID": '"007"', "SHELFSCOUT_CAMERA__FPS": "12",
            "SHELFSCOUT_MQTT__URL": "mqtt://10.0.0.5:1883"}

@@ -88,6 +88,10 @@ case "$CMD" in
     device)
         [ $# -eq 2 ] || die "usage: device STORE DEVICE"
         check_level store "$1"; check_level device "$2"
+        # the release topics are shelfscout/fleet/model/release and shelfscout/STORE/model/release: a cart named
+        # "fleet/..." or ".../model" could write them under `pattern write shelfscout/%u/#`
+        [ "$1" != fleet ] || die "store 'fleet' is reserved (shelfscout/fleet/model/release is the fleet's release topic)"
+        [ "$2" != model ] || die "device 'model' is reserved (shelfscout/STORE/model/release is the store's release topic)"
         mkdir -p "$DIR/devices/$1"
         newkey "$DIR/devices/$1/$2.key"
         sign "$DIR/devices/$1/$2.key" "$DIR/devices/$1/$2.crt" "$1/$2" "$(client_ext)"
