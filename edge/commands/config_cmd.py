@@ -32,9 +32,11 @@ def register(sub: Any) -> None:
 
 def machine_problems(cfg: Config) -> list[str]:
     """What `shelfscout run` would refuse at start-up on this machine, one line each, naming the key."""
+    from pathlib import Path
+
     from edge.app import load_model
     from edge.broker import BrokerLogin
-    from edge.bundle import BundleError
+    from edge.bundle import DEFAULT_BUNDLE, BundleError
     from edge.config import ConfigError
 
     problems: list[str] = []
@@ -42,8 +44,12 @@ def machine_problems(cfg: Config) -> list[str]:
         BrokerLogin.from_config(cfg.mqtt)  # what MqttLink reads at start-up: the URL, password and TLS files
     except (ConfigError, ValueError) as e:
         problems.append(str(e))
+    bundle = Path(cfg.model.bundle) if cfg.model.bundle else None
+    if bundle is not None and cfg.ota.enabled and not bundle.exists() \
+            and bundle.resolve().is_relative_to(Path(cfg.ota.models_dir).resolve()):
+        bundle = DEFAULT_BUNDLE  # OTA-managed (ota.models_dir/current) and not installed yet: the built-in runs
     try:
-        load_model(cfg)
+        load_model(cfg, bundle)
     except (BundleError, ConfigError) as e:
         problems.append(f"model.bundle: {e}")
     return problems
