@@ -115,6 +115,20 @@ def test_broken_payloads_fail_the_schema() -> None:
             validate("alert", bad)
 
 
+def test_a_consumer_using_the_shipped_schemas_accepts_a_field_added_within_the_version() -> None:
+    """asyncapi's versioning rule: fields may be added within a version and consumers ignore them. A backend that
+    validates with the shipped schemas must therefore accept one (the project's own tests stay strict)."""
+    p = json.loads(encode(alert_payload(_event("opened", _jpeg()), T, MODEL)))
+    p["heading_deg"] = 12.5
+    p["model"]["family"] = "centernet"
+    assert validate("alert", p, shipped=True) == p
+    with pytest.raises(jsonschema.ValidationError, match="Additional properties"):
+        validate("alert", p)
+    del p["model"]["family"]
+    with pytest.raises(jsonschema.ValidationError, match="heading_deg"):
+        validate("alert", p)
+
+
 def test_status_stats_model_state_and_replies_validate(tmp_path: Path) -> None:
     validate("status", status_payload(StatusInfo("online", None, MODEL), T, 1_790_000_000.0))
     validate("status", status_payload(StatusInfo("degraded", "camera: no frames"), T, 1_790_000_000.0,
