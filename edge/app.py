@@ -177,7 +177,8 @@ class Service:
             raise ValueError("could not encode the snapshot")
         jpeg = buf.tobytes()
         topic = _need(self.parts.topics).snapshot(f"manual-{int(time.time() * 1000)}")
-        _need(self.parts.mqtt).publish_direct(topic, jpeg, qos=1, retain=False)
+        if not _need(self.parts.mqtt).publish_direct(topic, jpeg, qos=1, retain=False):
+            raise ValueError("the snapshot was not sent: the broker connection is down")
         return {"topic": topic, "bytes": len(jpeg), "frame": frame.index, "gaps": len(self.last.gaps)}
 
     # ---- model swaps (reload and OTA) ------------------------------------------------------------------------
