@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -238,6 +239,10 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
     if not 0.0 < args.val_share < 1.0:
         raise CliError(f"--val-share must be between 0 and 1, got {args.val_share}")
     train_items, val_items = split_folder(args.data, args.val_share, args.split_seed)
+    for share, part in (("training", train_items), ("held-out", val_items)):
+        if not any(len(it.boxes) for it in part):
+            raise CliError(f"{args.data}: the {share} share ({len(part)} images, --val-share {args.val_share:g}) has "
+                           "no labelled gap: fine-tuning needs gaps to learn from and to measure the result on")
     lr = args.lr or PEAK_LR
     try:
         tcfg = TrainConfig(net=net, steps=args.steps, batch=args.batch, seed=args.seed, lr=lr,
@@ -265,7 +270,7 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
     out["baseline"] = heldout.baseline
     if args.report is not None:
         out["report"] = str(_finetune_report(args.report, val_items, heldout, f"shelfscout finetune: {held}"))
-    print(json.dumps(out, indent=2))
+    print(json.dumps(json_safe(out), indent=2, allow_nan=False))
     _say_verdict(heldout.baseline, len(val_items))
     _say_threshold(out, held)
     _say_key(key)
@@ -517,6 +522,8 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     against = None
     out: dict[str, Any] = {"data": str(args.data), "model": _model_info(bundle)}
     out.update(res.to_dict(args.curve_points))
+    if res.ground_truth == 0:  # no labelled gap: AP and recall are not defined (not 0)
+        out.update(ap50=None, recall=None)
     bins = score_bins(dets, gts, [it.image.shape[0] for it in items], bundle.manifest.input.height)
     out["score_bins"] = [asdict(b) for b in bins]
     if args.bootstrap:
@@ -544,7 +551,7 @@ def _eval_cmd(args: argparse.Namespace) -> int:
                             score_bins=bins)
         out["report"] = str(path)
     if args.json:
-        print(json.dumps(out))
+        print(json.dumps(json_safe(out), allow_nan=False))
     else:
         print(f"{args.data}: {res.images} images, {res.ground_truth} gaps, model {bundle.manifest.name} "
               f"v{bundle.manifest.version}")
@@ -579,6 +586,18 @@ def _examples(items: list[Any], dets: list[Any], threshold: float) -> list[Any]:
 
 def _model_desc(bundle: Any) -> str:
     return f"{bundle.manifest.name} v{bundle.manifest.version}"
+
+
+def json_safe(obj: Any) -> Any:
+    """OBJ with every non-finite float (the open end of the last height bin, an undefined figure) as null: JSON has
+    no Infinity or NaN, and strict parsers (JavaScript's JSON.parse) refuse them."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def _model_info(bundle: Any) -> dict[str, Any]:

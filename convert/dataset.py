@@ -59,7 +59,7 @@ def list_yolo_images(folder: Path | str) -> list[tuple[Path, Path]]:
 def read_image_rgb(path: Path) -> np.ndarray:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ValueError(f"cannot read image {path}")
+        raise LabelError(f"cannot read image {path} (not an image, or damaged): fix or remove it")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -86,13 +86,27 @@ def load_yolo_folder(folder: Path | str, limit: int | None = None) -> list[Label
     counted in a warning), in file-name order."""
     classes = gap_classes_of(folder)
     out = []
-    other = 0
-    for img_path, lbl_path in list_yolo_images(folder)[:limit]:
+    other = gaps = 0
+    pairs = list_yolo_images(folder)[:limit]
+    unlabelled = [img for img, lbl in pairs if not lbl.exists()]
+    if len(unlabelled) * 2 > len(pairs):
+        raise LabelError(f"{folder}: {len(unlabelled)} of {len(pairs)} images have no label file in labels/ (for "
+                         f"{unlabelled[0].name}, labels/{unlabelled[0].stem}.txt): is that the right folder? An "
+                         "image with no gap needs an empty label file (`shelfscout detect --prelabel` writes them)")
+    if unlabelled:
+        log.warning("%s: %d of %d images have no label file in labels/ (such as %s): taken as images with no gap; "
+                    "give them an empty .txt to say so", folder, len(unlabelled), len(pairs), unlabelled[0].name)
+    for img_path, lbl_path in pairs:
         img = read_image_rgb(img_path)
         boxes, ids = read_yolo_boxes(lbl_path, img.shape[1], img.shape[0])
         gap = np.isin(ids, classes)
         other += int((~gap).sum())
+        gaps += int(gap.sum())
         out.append(LabeledImage(img_path, img, boxes[gap]))
+    if other and not gaps:
+        raise LabelError(f"{folder}: none of its {other} labelled boxes is of the gap class(es) {list(classes)}: "
+                         "name the classes in classes.txt (the one called empty, gap, out_of_stock, ... is the gap; "
+                         "without it, class 0 is)")
     if other:
         log.warning("%s: left out %d labelled box(es) of classes other than the gap class(es) %s (classes.txt names "
                     "the classes; without it, class 0 is the gap)", folder, other, list(classes))

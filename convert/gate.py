@@ -49,6 +49,9 @@ def gate(new: Any, current: Any, data: Path, resamples: int = DEFAULT_RESAMPLES,
     items = load_yolo_folder(data)
     if not items:
         raise ValueError(f"no labelled images in {data}")
+    if not any(len(it.boxes) for it in items):
+        raise ValueError(f"{data} has no labelled gap: AP50 is not defined there, so it cannot tell a model that finds "
+                         "gaps from one that finds none. Gate on frames with labelled gaps")
     images, gts = [it.image for it in items], [it.boxes for it in items]
     a = Matched.of(detect_with_bundle(new, images, threads=threads), gts)
     b = Matched.of(detect_with_bundle(current, images, threads=threads), gts)

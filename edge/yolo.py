@@ -1,4 +1,5 @@
-"""YOLO label files, both ways: one `class cx cy w h` line per box, normalised to the image (class 0 is a gap)."""
+"""YOLO label files, both ways: one `class cx cy w h` line per box, normalised to the image (class 0 is a gap).
+Reading also takes YOLO segmentation lines (`class x1 y1 x2 y2 ...`, a polygon), as their bounding box."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ _SLACK = 1e-6  # rounding in a tool's output: a box of the whole image may say 1
 
 
 class LabelError(ValueError):
-    """A label file that is not YOLO's format: `file:line: what is wrong`."""
+    """A labelled folder that cannot be used: a label file that is not YOLO's format (`file:line: what is wrong`),
+    an image that cannot be read, labels that hold no gap."""
 
 
 def yolo_lines(boxes: np.ndarray, width: int, height: int) -> str:
@@ -44,13 +46,20 @@ def read_yolo_boxes(path: Path, width: int, height: int) -> tuple[np.ndarray, np
         parts = line.split()
         if not parts:
             continue
-        if len(parts) < 5:
-            raise LabelError(f"{path}:{n}: expected 'class cx cy w h', got {line!r}")
+        if len(parts) < 5 or (len(parts) > 6 and len(parts) % 2 == 0):
+            raise LabelError(f"{path}:{n}: expected 'class cx cy w h' (or a segmentation polygon 'class x1 y1 x2 "
+                             f"y2 x3 y3 ...'), got {line!r}")
         try:
-            values = [float(v) for v in parts[:5]]
+            values = [float(v) for v in parts]
         except ValueError:
             raise LabelError(f"{path}:{n}: expected numbers 'class cx cy w h', got {line!r}") from None
-        cx, cy, w, h = values[1:]
+        if len(values) > 6:  # a polygon (YOLO segmentation labels): its bounding box, as Ultralytics takes it
+            xs, ys = values[1::2], values[2::2]
+            if not all(-_SLACK <= v <= 1.0 + _SLACK for v in values[1:]):
+                raise LabelError(f"{path}:{n}: polygon points must be fractions of the image (0..1), got {line!r}")
+            values = [values[0], (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs),
+                      max(ys) - min(ys)]
+        cx, cy, w, h = values[1:5]  # a sixth value is a confidence some tools write: not part of the box
         if not (0.0 <= cx <= 1.0 and 0.0 <= cy <= 1.0 and 0.0 < w <= 1.0 + _SLACK and 0.0 < h <= 1.0 + _SLACK):
             raise LabelError(f"{path}:{n}: centre and size must be fractions of the image (0..1, the YOLO format; "
                              f"pixel values?), got {line!r}")

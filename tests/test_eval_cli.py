@@ -225,3 +225,106 @@ def test_eval_of_frames_without_labelled_gaps_says_ap_is_not_defined(
     out = capsys.readouterr().out
     assert "0 gaps" in out and "no labelled gaps: AP50 and recall are not defined here" in out
     assert "AP50 0.000" not in out
+
+
+def test_eval_json_is_strict_json_and_leaves_undefined_figures_null(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """JSON has no Infinity or NaN (JavaScript's JSON.parse refuses them): the open end of the last height bin printed
+    as Infinity. On frames without labelled gaps AP50 and recall are null, not 0.0."""
+    import shutil
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"not JSON: {name}")
+
+    assert main(["eval", str(data), "--json", "--bootstrap", "0"]) == 0
+    res = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    heights = [b for b in res["score_bins"] if b["measure"].startswith("box height")][0]["bins"]
+    assert heights[-1]["high"] is None and res["ap50"] > 0
+    stocked = tmp_path / "stocked"
+    shutil.copytree(data, stocked)
+    for label in (stocked / "labels").glob("*.txt"):
+        label.write_text("")
+    assert main(["eval", str(stocked), "--json", "--bootstrap", "0"]) == 0
+    res = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert res["ap50"] is None and res["recall"] is None and res["ground_truth"] == 0
+
+
+def test_folders_that_would_train_or_measure_on_wrong_labels_are_refused_in_one_line(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each of these went through eval, finetune and the release gate with exit 0: every gap labelled with another
+    class (no classes.txt), most label files missing (a wrong labels/ folder), an image that cannot be read."""
+    import logging
+    import shutil
+
+    def run_eval(folder: Path) -> str:
+        assert main(["eval", str(folder), "--json", "--bootstrap", "0"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines() == [err] and "Traceback" not in err
+        return err
+
+    renumbered = tmp_path / "renumbered"
+    shutil.copytree(data, renumbered)
+    for label in (renumbered / "labels").glob("*.txt"):
+        label.write_text("".join("1" + line[1:] + "\n" for line in label.read_text().splitlines()))
+    err = run_eval(renumbered)
+    assert "none of its" in err and "classes.txt" in err
+
+    unlabelled = tmp_path / "unlabelled"
+    shutil.copytree(data, unlabelled)
+    for label in sorted((unlabelled / "labels").glob("*.txt"))[:3]:  # 3 of 5
+        label.unlink()
+    assert "3 of 5 images have no label file" in run_eval(unlabelled)
+    one_missing = tmp_path / "one-missing"
+    shutil.copytree(data, one_missing)
+    sorted((one_missing / "labels").glob("*.txt"))[0].unlink()
+    with caplog.at_level(logging.WARNING):
+        assert main(["eval", str(one_missing), "--json", "--bootstrap", "0"]) == 0
+    capsys.readouterr()
+    assert "1 of 5 images have no label file" in caplog.text
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(data, corrupt)
+    (corrupt / "images" / "zz_bad.jpg").write_text("not a picture")
+    assert "cannot read image" in run_eval(corrupt)
+
+
+def test_segmentation_labels_are_read_as_their_bounding_boxes(tmp_path: Path) -> None:
+    """Ultralytics segmentation labels (`class x1 y1 x2 y2 ...`) were read as `class cx cy w h` from their first
+    four numbers: garbage boxes. A sixth value (a confidence some tools write) is not part of the box."""
+    from edge.yolo import LabelError, read_yolo_boxes
+
+    p = tmp_path / "a.txt"
+    p.write_text("0 0.1 0.2 0.3 0.2 0.3 0.6 0.1 0.6\n1 0.5 0.5 0.2 0.4 0.9\n")
+    boxes, ids = read_yolo_boxes(p, 100, 200)
+    np.testing.assert_allclose(boxes, [[10, 40, 30, 120], [40, 60, 60, 140]], atol=1e-4)
+    assert ids.tolist() == [0, 1]
+    p.write_text("0 0.1 0.2 0.3 0.2 0.3 0.6 0.1\n")  # 3.5 points
+    with pytest.raises(LabelError, match="polygon"):
+        read_yolo_boxes(p, 100, 200)
+
+
+def test_finetune_and_the_release_gate_refuse_frames_without_labelled_gaps(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Fully stocked frames teach no gap and measure none: finetune signed a bundle from them (held-out AP50 0.000
+    against 0.000, exit 0) and the release gate passed it."""
+    import shutil
+
+    from edge.bundle import generate_keypair
+
+    stocked = tmp_path / "stocked"
+    shutil.copytree(data, stocked)
+    for label in (stocked / "labels").glob("*.txt"):
+        label.write_text("")
+    assert main(["finetune", str(stocked), "--out", str(tmp_path / "ft.bundle"), "--steps", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the training share" in err and "no labelled gap" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "ft.bundle").exists()
+    generate_keypair(tmp_path / "k.key", tmp_path / "k.pub")
+    assert main(["release", str(DEFAULT_BUNDLE), "--key", str(tmp_path / "k.key"), "--url", "https://m.example/",
+                 "--keys", str(DEFAULT_BUNDLE.parent / "keys"), "--gate", str(stocked),
+                 "-o", str(tmp_path / "rel.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no labelled gap" in err and not (tmp_path / "rel.json").exists()
