@@ -58,7 +58,9 @@ def _common_train_args(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {PEAK_LR:g})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--work", type=Path, default=None, help="scratch folder for data, weights and reports")
+    p.add_argument("--work", type=Path, default=None,
+                   help="scratch folder for data, weights and reports (default OUT.work beside the bundle; it keeps "
+                        "the float weights and images made from your frames: delete it when their licence says so)")
     p.add_argument("--name", default=None, help="model name in the manifest")
     p.add_argument("--version", type=int, default=None,
                    help="model version, an integer; a cart takes only a higher one than it runs (default: the "
@@ -611,6 +613,11 @@ def _register_bundle(sub: Any) -> None:
     p = sub.add_parser(
         "bundle",
         help="sign an int8 .tflite into a bundle: our gap-heatmap model, or your own SSD / Ultralytics YOLO model",
+        description="Wrap an int8 TFLite model into a signed bundle a cart runs: the manifest (input and output "
+                    "spec, labels, thresholds), golden vectors made on generated shelves, and an ed25519 signature. "
+                    "--decoding ssd takes a model ending in TFLite_Detection_PostProcess (its labels from class 0, "
+                    "no background); yolo an Ultralytics detection export (1, 4 + classes, N). The frame is resized "
+                    "to the model's input as it is (squashed, not letterboxed).",
     )
     p.add_argument("tflite", type=Path, metavar="MODEL.tflite", help="int8 TFLite model")
     p.add_argument("--out", type=Path, required=True, help="bundle file to write")
@@ -630,7 +637,9 @@ def _register_bundle(sub: Any) -> None:
     p.add_argument("--nms", type=float, default=0.5, help="NMS IoU (default 0.5)")
     p.add_argument("--stride", type=int, default=None, help="gap-heatmap: output stride (default: from the shapes)")
     p.add_argument("--metrics", type=Path, default=None, help="JSON file of measured metrics to record")
-    p.add_argument("--key", type=Path, default=None, help="ed25519 private key (PEM) to sign with")
+    p.add_argument("--key", type=Path, default=None,
+                   help="ed25519 private key (PEM) to sign with (default $SHELFSCOUT_SIGNING_KEY, else "
+                        "~/.config/shelfscout/keys/my-models.key, created if missing)")
     p.add_argument("--unsigned", action="store_true", help="write an unsigned bundle (runs only in dev mode)")
     p.set_defaults(func=_bundle_cmd)
 

@@ -7,6 +7,7 @@ code path the device uses, and `edge.bundle.write_bundle` signs and writes the t
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,8 @@ from edge.bundle import (
     write_bundle,
 )
 from edge.runtime import make_interpreter
+
+log = logging.getLogger(__name__)
 
 WRAPPABLE = ("ssd", "yolo")
 _POSTPROCESS = re.compile(r"^(?P<base>.*TFLite_Detection_PostProcess)(?::(?P<k>[0-3]))?$")
@@ -53,7 +56,10 @@ def _yolo_names(outs: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[s
         raise ValueError(f"a YOLO export has one output tensor; this model has {len(outs)}")
     shape = _shape(outs[0]["shape"])
     width = 4 + len(labels)
-    if len(shape) != 3 or shape[0] != 1 or width not in shape[1:]:
+    if len(shape) != 3 or shape[0] != 1:
+        raise ValueError(f"YOLO output shape {shape}: expected (1, 4 + classes, N) or (1, N, 4 + classes), as "
+                         "Ultralytics exports a detection model")
+    if width not in shape[1:]:
         raise ValueError(
             f"YOLO output shape {shape} has no axis of 4 + {len(labels)} labels = {width}; pass the model's labels"
         )
@@ -195,6 +201,10 @@ def wrap_external_model(
     ins, outs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(ins) != 1:
         raise ValueError(f"the model has {len(ins)} inputs; shelfscout runs single-image models")
+    if not any(np.dtype(t["dtype"]).name in ("int8", "uint8") for t in interpreter.get_tensor_details()):
+        log.warning("%s computes in float (no int8 tensor): on a cart's CPU it runs several times slower than an "
+                    "int8 export (Ultralytics: export with int8=True and calibration data), and probation's check "
+                    "for garbage outputs is made for int8 models", tflite_path)
     shape = _shape(ins[0]["shape"])
     if len(shape) != 4 or shape[0] != 1 or shape[3] != 3:
         raise ValueError(f"the model's input shape is {shape}; expected (1, H, W, 3)")

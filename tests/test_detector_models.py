@@ -15,13 +15,14 @@ TF_WARNINGS = [
 
 
 def build_tiny_yolo_tflite(
-    path: Path, size: int = 64, num_classes: int = 1, input_type: str = "uint8", seed: int = 0
+    path: Path, size: int = 64, num_classes: int = 1, input_type: str = "uint8", seed: int = 0, int8: bool = True
 ) -> Path:
     """A real full-int8 model shaped like an Ultralytics export: (1, size, size, 3) in, (1, 4 + nc, N) out.
 
     Random weights; sigmoid outputs, so boxes are normalised xywh and scores lie in (0, 1). `input_type` "uint8"
     or "int8" gives quantized input (raw pixels) and uint8 output; "float32" gives float input in [0, 1] and float
-    output around int8 internals, like Ultralytics' `*_int8.tflite`.
+    output around int8 internals, like Ultralytics' `*_int8.tflite`. `int8=False`: a float model throughout (with a
+    float32 input), like an export without int8=True.
     """
     import keras
     import tensorflow as tf
@@ -45,6 +46,9 @@ def build_tiny_yolo_tflite(
             yield [img / 255.0 if input_type == "float32" else img]
 
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    if not int8:
+        path.write_bytes(conv.convert())
+        return path
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = representative
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -140,3 +144,32 @@ def cached_tiny_bundle(base: Path, input_type: str = "uint8", score: float = 0.3
         model = build_tiny_yolo_tflite(root / f"tiny-yolo-{input_type}.tflite", input_type=input_type)
         wrap_external_model(model, "yolo", f"tiny-yolo-{input_type}", 3, ["empty"], bundle, key, score=score)
     return bundle, keys_dir, key
+
+
+def test_wrapping_a_float_model_warns_that_it_is_not_int8(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`bundle` is for int8 exports; a float one runs, several times slower on a Pi, and probation's garbage check is
+    made for int8: say so (it was signed without a word). An int8 export with float input and output is int8 inside."""
+    import logging
+
+    from convert.wrap import wrap_external_model
+
+    for int8, warned in ((False, True), (True, False)):
+        model = build_tiny_yolo_tflite(tmp_path / f"m-{int8}.tflite", input_type="float32", int8=int8)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="convert.wrap"):
+            wrap_external_model(model, "yolo", "tiny", 3, ["empty"], tmp_path / f"m-{int8}.bundle", None)
+        assert ("computes in float" in caplog.text) is warned, (int8, caplog.text)
+
+
+def test_a_yolo_output_of_the_wrong_rank_is_named_as_such(tmp_path: Path) -> None:
+    import keras
+    import tensorflow as tf
+
+    from convert.wrap import wrap_external_model
+
+    inp = keras.Input((32, 32, 3))
+    out = keras.layers.Conv2D(6, 3, strides=2, padding="same")(keras.layers.Rescaling(1 / 255.0)(inp))  # (1,16,16,6)
+    path = tmp_path / "4d.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(keras.Model(inp, out)).convert())
+    with pytest.raises(ValueError, match=r"expected \(1, 4 \+ classes, N\) or \(1, N, 4 \+ classes\)"):
+        wrap_external_model(path, "yolo", "x", 1, ["empty", "product"], tmp_path / "x.bundle", None)
