@@ -245,6 +245,12 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
         if not any(len(it.boxes) for it in part):
             raise CliError(f"{args.data}: the {share} share ({len(part)} images, --val-share {args.val_share:g}) has "
                            "no labelled gap: fine-tuning needs gaps to learn from and to measure the result on")
+    held_gaps = sum(len(it.boxes) for it in val_items)
+    if len(val_items) < FEW_HELDOUT_FRAMES or held_gaps < FEW_HELDOUT_GAPS:
+        print(f"note: the held-out share is {len(val_items)} frames with {held_gaps} labelled gaps: the bundle's "
+              f"threshold and the verdict against the shipped model rest on them, and below about "
+              f"{FEW_HELDOUT_FRAMES} frames or {FEW_HELDOUT_GAPS} gaps they are noise; label more frames first",
+              file=sys.stderr)
     lr = args.lr or PEAK_LR
     try:
         tcfg = TrainConfig(net=net, steps=args.steps, batch=args.batch, seed=args.seed, lr=lr,
@@ -289,6 +295,10 @@ def _say_threshold(report: dict[str, Any], held: str) -> None:
     print(f"at its threshold {report['threshold']:.2f}, chosen on these frames: precision {q['precision']:.3f}, "
           f"recall {q['recall']:.3f}; chosen on the other half of them instead: precision {cf['precision']:.3f}, "
           f"recall {cf['recall']:.3f} (expect the latter on new frames)", file=sys.stderr)
+
+
+FEW_HELDOUT_FRAMES = 30  # below these the held-out threshold and verdict are noise (ESD: +-5 AP points at 128)
+FEW_HELDOUT_GAPS = 50
 
 
 def _say_verdict(baseline: dict[str, Any] | None, frames: int) -> None:

@@ -75,6 +75,9 @@ def gap_classes_of(folder: Path | str) -> tuple[int, ...]:
     found = gap_labels(names)
     if found:
         return found
+    if len(names) == 1:
+        log.warning("%s names one class, %r, and it is not named like an empty spot (empty, gap, out_of_stock, ...): "
+                    "its boxes are taken as gaps", names_file, names[0])
     if len(names) <= 1:
         return (0,)
     raise LabelError(f"{names_file}: which of the classes {', '.join(names)} is an empty spot? None is named like "

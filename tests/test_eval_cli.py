@@ -328,3 +328,24 @@ def test_finetune_and_the_release_gate_refuse_frames_without_labelled_gaps(
                  "-o", str(tmp_path / "rel.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "no labelled gap" in err and not (tmp_path / "rel.json").exists()
+
+
+def test_a_lone_class_not_named_like_a_gap_is_taken_as_the_gap_with_a_warning(
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import shutil
+
+    from convert.dataset import load_yolo_folder
+
+    one = tmp_path / "one"
+    shutil.copytree(data, one)
+    (one / "classes.txt").write_text("product\n")
+    with caplog.at_level(logging.WARNING):
+        assert sum(len(it.boxes) for it in load_yolo_folder(one)) > 0
+    assert "names one class, 'product', and it is not named like an empty spot" in caplog.text
+    caplog.clear()
+    (one / "classes.txt").write_text("empty\n")
+    with caplog.at_level(logging.WARNING):
+        load_yolo_folder(one)
+    assert "names one class" not in caplog.text

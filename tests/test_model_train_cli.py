@@ -101,6 +101,8 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
                else "not yet distinguishable")
     (line,) = [x for x in said.err.splitlines() if x.startswith("held-out AP50 ")]
     assert f"on 3 frames: {d['value']:+.3f}, 95 % interval {d['low']:+.3f} to {d['high']:+.3f}: {verdict}" in line
+    # 3 held-out frames decide the threshold and the verdict: said to be too few
+    assert "note: the held-out share is 3 frames with " in said.err and "label more frames first" in said.err
     # --report: the held-out frames' page, the fine-tuned model's figures beside the shipped model's
     assert report["report"] == str(tmp_path / "rep" / "report.html")
     page = (tmp_path / "rep" / "report.html").read_text()
