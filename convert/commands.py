@@ -626,8 +626,8 @@ def _register_bundle(sub: Any) -> None:
         description="Wrap an int8 TFLite model into a signed bundle a cart runs: the manifest (input and output "
                     "spec, labels, thresholds), golden vectors made on generated shelves, and an ed25519 signature. "
                     "--decoding ssd takes a model ending in TFLite_Detection_PostProcess (its labels from class 0, "
-                    "no background); yolo an Ultralytics detection export (1, 4 + classes, N). The frame is resized "
-                    "to the model's input as it is (squashed, not letterboxed).",
+                    "no background); yolo an Ultralytics detection export (1, 4 + classes, N), fed letterboxed "
+                    "frames as Ultralytics trains (--resize).",
     )
     p.add_argument("tflite", type=Path, metavar="MODEL.tflite", help="int8 TFLite model")
     p.add_argument("--out", type=Path, required=True, help="bundle file to write")
@@ -651,6 +651,10 @@ def _register_bundle(sub: Any) -> None:
                    help="ed25519 private key (PEM) to sign with (default $SHELFSCOUT_SIGNING_KEY, else "
                         "~/.config/shelfscout/keys/my-models.key, created if missing)")
     p.add_argument("--unsigned", action="store_true", help="write an unsigned bundle (runs only in dev mode)")
+    p.add_argument("--resize", choices=("squash", "letterbox"), default=None,
+                   help="ssd/yolo: how a frame becomes the model's input: letterbox keeps its aspect ratio with grey "
+                        "bands, as Ultralytics trains (the default for yolo); squash stretches it (the default for "
+                        "ssd, as the TF Object Detection API trains)")
     p.set_defaults(func=_bundle_cmd)
 
 
@@ -687,6 +691,7 @@ def _bundle_cmd(args: argparse.Namespace) -> int:
             manifest = wrap_external_model(
                 args.tflite, args.decoding, name, _version(args), labels, args.out, key,
                 score=args.score, nms=args.nms, metrics=metrics, gap_labels_given=args.gap_class,
+                resize=args.resize or ("letterbox" if args.decoding == "yolo" else "squash"),
             )
     except ValueError as e:
         raise CliError(str(e)) from e

@@ -20,6 +20,7 @@ from convert.bundler import build_time, golden_npz
 from edge.bundle import (
     GOLDEN,
     MODEL,
+    RESIZES,
     InputSpec,
     Manifest,
     OutputSpec,
@@ -172,6 +173,7 @@ def wrap_external_model(
     nms: float = 0.5,
     max_detections: int = 100,
     color: str = "RGB",
+    resize: str = "squash",
     float_input_scale: float = 1.0 / 255.0,
     golden_count: int = 3,
     metrics: dict[str, Any] | None = None,
@@ -184,6 +186,8 @@ def wrap_external_model(
     """
     if decoding not in WRAPPABLE:
         raise ValueError(f"decoding must be one of {WRAPPABLE}, got {decoding!r}")
+    if resize not in RESIZES:
+        raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
     if not labels:
         raise ValueError("labels must name at least one class")
     if decoding == "ssd" and labels[0].strip().lower() in BACKGROUND_LABELS:
@@ -224,7 +228,7 @@ def wrap_external_model(
         version=version,
         task="shelf-gap-detection",
         input=InputSpec(width=shape[2], height=shape[1], channels=3, color=color, dtype=dtype,
-                        scale=in_scale, zero_point=in_zp),
+                        scale=in_scale, zero_point=in_zp, resize=resize),
         output=OutputSpec(decoding=decoding, tensors=tensors),
         labels=tuple(str(x) for x in labels),
         gap_classes=gap_classes,

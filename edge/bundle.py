@@ -36,6 +36,7 @@ MODEL = "model.tflite"
 GOLDEN = "golden.npz"
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
 DECODINGS = ("gap-heatmap", "ssd", "yolo")
+RESIZES = ("squash", "letterbox")
 # The built-in default bundle and the project's public keys. `edge/default_model` is a link to the repository's
 # `models/` in a source checkout; an installed package (a wheel) carries those files there as package data, so a cart
 # installed with `pip install` has its fallback model and trusted keys too.
@@ -59,6 +60,7 @@ class InputSpec:
     dtype: str = "uint8"
     scale: float = 1.0
     zero_point: int = 0
+    resize: str = "squash"  # how a frame becomes the input: squashed to it, or letterboxed (aspect kept, grey bands)
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,10 @@ class Manifest:
     schema: str = SCHEMA
 
     def to_json_bytes(self) -> bytes:
-        return (json.dumps(_jsonable(asdict(self)), indent=2, sort_keys=True) + "\n").encode()
+        d = _jsonable(asdict(self))
+        if self.input.resize == "squash":  # the default, left out: manifests made before the field stay the same
+            del d["input"]["resize"]
+        return (json.dumps(d, indent=2, sort_keys=True) + "\n").encode()
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> Manifest:
@@ -130,6 +135,8 @@ class Manifest:
             tensors = tuple(
                 TensorSpec(str(t["name"]), tuple(int(s) for s in t["shape"]), str(t["dtype"])) for t in out["tensors"]
             )
+            if d["input"].get("resize", "squash") not in RESIZES:
+                raise BundleError(f"unknown input resize {d['input']['resize']!r}; expected one of {RESIZES}")
             version = d["version"]
             if not isinstance(version, int) or isinstance(version, bool) or version < 0:
                 raise BundleError(f"manifest version must be a non-negative integer, got {version!r}")

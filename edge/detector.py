@@ -28,7 +28,7 @@ import numpy as np
 
 from edge.bundle import GOLDEN, Bundle, BundleError, Manifest
 from edge.decoders import DECODERS
-from edge.resize import Resizer
+from edge.resize import Letterbox, Resizer
 from edge.runtime import RuntimeInfo, make_interpreter
 from edge.types import Gap
 
@@ -160,6 +160,7 @@ class Detector:
         self._in_np_dtype = np.dtype(self._in_dtype)
         self._bgr = spec.color.upper() == "BGR"
         self._resizer: Resizer | None = None  # for the last frame size (one preparing thread at a time)
+        self._letterbox = spec.resize == "letterbox"  # aspect kept, grey bands (Ultralytics models), else squashed
         # float inputs need one uint8 scratch image; quantized ones are written in place
         self._scratch = (
             np.empty((spec.height, spec.width, 3), np.uint8) if not quantized_input else None
@@ -269,9 +270,15 @@ class Detector:
         w, h = self.input_size
         src_w, src_h = image_rgb.shape[1], image_rgb.shape[0]
         resizer = self._resizer
-        if resizer is None or resizer.src != (src_w, src_h):
-            resizer = self._resizer = Resizer(src_w, src_h, w, h)
-        resizer(image_rgb, dst)
+        if self._letterbox:
+            box = Letterbox.fit(src_w, src_h, w, h)
+            if resizer is None or resizer.src != (src_w, src_h):
+                resizer = self._resizer = Resizer(src_w, src_h, box.w, box.h)
+            resizer(image_rgb, box.fill(dst))
+        else:
+            if resizer is None or resizer.src != (src_w, src_h):
+                resizer = self._resizer = Resizer(src_w, src_h, w, h)
+            resizer(image_rgb, dst)
         if self._bgr:
             cv2.cvtColor(dst, cv2.COLOR_RGB2BGR, dst=dst)
         if self._pixels is not None:
@@ -339,11 +346,18 @@ class Detector:
         """Decode outputs copied earlier (the pipeline decodes frame k while frame k+1 is being invoked)."""
         boxes, scores = self._decode_fn(outputs, self.manifest, self.score_threshold)
         w, h = self.input_size
-        sx, sy = orig_w / w, orig_h / h
-        return [
-            Gap(float(b[0]) * sx, float(b[1]) * sy, float(b[2]) * sx, float(b[3]) * sy, float(s))
-            for b, s in zip(boxes, scores, strict=True)
-        ]
+        if not self._letterbox:
+            sx, sy = orig_w / w, orig_h / h
+            return [
+                Gap(float(b[0]) * sx, float(b[1]) * sy, float(b[2]) * sx, float(b[3]) * sy, float(s))
+                for b, s in zip(boxes, scores, strict=True)
+            ]
+        box = Letterbox.fit(orig_w, orig_h, w, h)  # input pixels -> the frame's, clipped to the frame
+        sx, sy = orig_w / box.w, orig_h / box.h
+        b = np.asarray(boxes, np.float64).reshape(-1, 4) - [box.x0, box.y0, box.x0, box.y0]
+        b = np.clip(b * [sx, sy, sx, sy], 0.0, [orig_w, orig_h, orig_w, orig_h])
+        return [Gap(float(x0), float(y0), float(x1), float(y1), float(s))
+                for (x0, y0, x1, y1), s in zip(b, scores, strict=True) if x1 > x0 and y1 > y0]
 
     def detect(self, image_rgb: np.ndarray) -> list[Gap]:
         """preprocess + invoke + decode for one RGB frame; boxes in the frame's pixels."""

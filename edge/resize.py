@@ -98,6 +98,36 @@ class Resizer:
         _resize_into(self._mid, dst, self.dst, cv2.INTER_LINEAR)  # exactly 2:1 = pair mean
 
 
+LETTERBOX_PAD = 114  # the grey Ultralytics pads with
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where a src_w x src_h frame lands in a dst_w x dst_h input when it is resized keeping its aspect ratio and
+    padded (Ultralytics' letterbox, which its models are trained with): the content's size and top-left corner."""
+
+    w: int
+    h: int
+    x0: int
+    y0: int
+
+    @staticmethod
+    def fit(src_w: int, src_h: int, dst_w: int, dst_h: int) -> Letterbox:
+        r = min(dst_w / src_w, dst_h / src_h)
+        w, h = max(1, min(dst_w, round(src_w * r))), max(1, min(dst_h, round(src_h * r)))
+        # the same rounding as Ultralytics' LetterBox(center=True)
+        return Letterbox(w, h, max(0, round((dst_w - w) / 2 - 0.1)), max(0, round((dst_h - h) / 2 - 0.1)))
+
+    def fill(self, dst: np.ndarray) -> np.ndarray:
+        """Paint the bands around the content grey and return the content's view of `dst`."""
+        y1, x1 = self.y0 + self.h, self.x0 + self.w
+        dst[: self.y0] = LETTERBOX_PAD
+        dst[y1:] = LETTERBOX_PAD
+        dst[self.y0:y1, : self.x0] = LETTERBOX_PAD
+        dst[self.y0:y1, x1:] = LETTERBOX_PAD
+        return dst[self.y0:y1, self.x0:x1]
+
+
 def _resize_into(src: np.ndarray, dst: np.ndarray, size: tuple[int, int], interpolation: int) -> None:
     """cv2.resize into `dst`, copying when OpenCV allocated a new array instead of writing in place."""
     out = cv2.resize(src, size, dst=dst, interpolation=interpolation)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +175,43 @@ def test_a_yolo_output_of_the_wrong_rank_is_named_as_such(tmp_path: Path) -> Non
     path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(keras.Model(inp, out)).convert())
     with pytest.raises(ValueError, match=r"expected \(1, 4 \+ classes, N\) or \(1, N, 4 \+ classes\)"):
         wrap_external_model(path, "yolo", "x", 1, ["empty", "product"], tmp_path / "x.bundle", None)
+
+
+def test_a_letterboxed_yolo_bundle_sees_the_frame_with_its_aspect_and_maps_boxes_back(tmp_path: Path) -> None:
+    """Ultralytics trains letterboxed: the frame keeps its aspect ratio, grey (114) bands fill the rest. A 4:3 frame
+    squashed into a square input looks a third taller to such a model. `bundle --decoding yolo` now letterboxes
+    (`input.resize` in the manifest); boxes come back in the frame's pixels."""
+    from convert.wrap import wrap_external_model
+    from edge.bundle import RESIZES, BundleError, Manifest, read_bundle
+    from edge.detector import Detector
+    from edge.resize import LETTERBOX_PAD, Letterbox, Resizer
+
+    assert Letterbox.fit(640, 480, 320, 320) == Letterbox(320, 240, 0, 40)  # as Ultralytics' LetterBox places it
+    assert Letterbox.fit(480, 640, 320, 320) == Letterbox(240, 320, 40, 0)
+    model = build_tiny_yolo_tflite(tmp_path / "m.tflite")  # 64x64, uint8 in
+    out = tmp_path / "lb.bundle"
+    wrap_external_model(model, "yolo", "lb", 3, ["empty"], out, None, score=0.5, resize="letterbox")
+    bundle = read_bundle(out, None, allow_unsigned=True)
+    assert bundle.manifest.input.resize == "letterbox" and '"resize": "letterbox"' in bundle.manifest_bytes.decode()
+    det = Detector(bundle, threads=1)
+    frame = np.random.default_rng(0).integers(0, 256, (96, 128, 3), np.uint8)  # 4:3
+    staging = det.staging_buffer()
+    det.prepare(frame, staging)
+    assert (staging[:8] == LETTERBOX_PAD).all() and (staging[56:] == LETTERBOX_PAD).all()
+    want = np.empty((48, 64, 3), np.uint8)
+    Resizer(128, 96, 64, 48)(frame, want)
+    assert np.array_equal(staging[8:56], want)
+    # a box the model gives in input pixels (normalised xywh, as Ultralytics' TFLite exports) lands on the frame
+    pred = np.zeros((1, 5, 2), np.float32)
+    pred[0, :, 0] = [32 / 64, 32 / 64, 16 / 64, 16 / 64, 0.9]  # input box 24..40 x 24..40: frame 48..80 x 32..64
+    pred[0, :, 1] = [32 / 64, 4 / 64, 8 / 64, 8 / 64, 0.8]  # wholly in the grey band: no gap on the frame
+    (gap,) = det.decode_outputs({"predictions": pred}, 128, 96)
+    np.testing.assert_allclose([gap.x0, gap.y0, gap.x1, gap.y1], [48, 32, 80, 64], atol=1e-4)
+    # a squashing bundle of the same model is unchanged, and says nothing about resize in its manifest
+    sq = tmp_path / "sq.bundle"
+    wrap_external_model(model, "yolo", "sq", 3, ["empty"], sq, None, score=0.5)
+    assert "resize" not in read_bundle(sq, None, allow_unsigned=True).manifest_bytes.decode()
+    d = json.loads(bundle.manifest_bytes)
+    d["input"]["resize"] = "crop"
+    with pytest.raises(BundleError, match=re.escape(f"unknown input resize 'crop'; expected one of {RESIZES}")):
+        Manifest.from_dict(d)

@@ -88,7 +88,7 @@ def inspect_cmd(args: argparse.Namespace) -> int:
         "files": {k: {"bytes": len(bundle.members.get(k, b"")), "sha256": v} for k, v in m.files.items()},
         "input": {"width": m.input.width, "height": m.input.height, "channels": m.input.channels,
                   "color": m.input.color, "dtype": m.input.dtype, "scale": m.input.scale,
-                  "zero_point": m.input.zero_point},
+                  "zero_point": m.input.zero_point, "resize": m.input.resize},
         "decoding": m.output.decoding,
         "stride": m.output.stride,
         "labels": list(m.labels),
@@ -112,7 +112,7 @@ def inspect_cmd(args: argparse.Namespace) -> int:
     print(f"  signature  {sig}")
     print("  files      " + ", ".join(f"{k} {v['bytes']} B" for k, v in summary["files"].items()))
     print(f"  input      {m.input.width}x{m.input.height}x{m.input.channels} {m.input.color} {m.input.dtype} "
-          f"(scale {m.input.scale:g}, zero point {m.input.zero_point})")
+          f"(scale {m.input.scale:g}, zero point {m.input.zero_point}), frames {m.input.resize}ed")
     print(f"  decoding   {m.output.decoding}" + (f", stride {m.output.stride}" if m.output.stride else "")
           + f", labels {list(m.labels)}")
     print(f"  thresholds score {m.thresholds.score:g}, NMS IoU {m.thresholds.nms_iou:g}, "
