@@ -67,6 +67,28 @@ def _yolo_names(outs: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[s
     return ["predictions"]
 
 
+def postprocess_num_classes(model_bytes: bytes) -> int | None:
+    """`num_classes` of the model's TFLite_Detection_PostProcess op, from its custom options (a flexbuffer map);
+    None when there is no such op or the TFLite schema module is not at hand."""
+    try:
+        from flatbuffers import flexbuffers
+        from tensorflow.lite.python import schema_py_generated as schema
+    except ImportError:
+        return None
+    model = schema.Model.GetRootAsModel(model_bytes, 0)
+    custom = {i for i in range(model.OperatorCodesLength())
+              if model.OperatorCodes(i).CustomCode() == b"TFLite_Detection_PostProcess"}
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        for k in range(graph.OperatorsLength()):
+            op = graph.Operators(k)
+            if op.OpcodeIndex() in custom and op.CustomOptionsLength() > 0:
+                options = flexbuffers.Loads(bytes(op.CustomOptionsAsNumpy()))
+                if isinstance(options, dict) and "num_classes" in options:
+                    return int(options["num_classes"])
+    return None
+
+
 def _ssd_names(outs: Sequence[dict[str, Any]], interpreter: Any) -> list[str]:
     """Logical names for the four TFLite_Detection_PostProcess outputs, in the model's output order."""
     if len(outs) != 4:
@@ -201,6 +223,14 @@ def wrap_external_model(
     if not 0.0 < score < 1.0 or not 0.0 < nms <= 1.0:
         raise ValueError(f"score ({score}) and nms ({nms}) thresholds must be in (0, 1)")
     model_bytes = Path(tflite_path).read_bytes()
+    if decoding == "ssd":
+        n = postprocess_num_classes(model_bytes)
+        if n is not None and n != len(labels):
+            # a label list of another length shifts or misses the gap class: a bundle that never alerts, or
+            # alerts on products
+            raise ValueError(f"the model's TFLite_Detection_PostProcess outputs {n} class(es), but the labels name "
+                             f"{len(labels)} ({', '.join(labels)}): list exactly its classes, in its order, from "
+                             "its class 0")
     interpreter, _info = make_interpreter(model_bytes, threads=1)
     ins, outs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(ins) != 1:

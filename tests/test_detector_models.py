@@ -215,3 +215,17 @@ def test_a_letterboxed_yolo_bundle_sees_the_frame_with_its_aspect_and_maps_boxes
     d["input"]["resize"] = "crop"
     with pytest.raises(BundleError, match=re.escape(f"unknown input resize 'crop'; expected one of {RESIZES}")):
         Manifest.from_dict(d)
+
+
+def test_an_ssd_whose_labels_do_not_match_its_classes_is_refused(tmp_path: Path) -> None:
+    """The post-processing op says how many classes it outputs: a 1-class SSD wrapped with three labels was signed
+    with the gap as class 2, which it never outputs (0 gaps found where the right label found 150)."""
+    from convert.wrap import postprocess_num_classes, wrap_external_model
+
+    model = build_tiny_ssd_tflite(tmp_path / "ssd.tflite")
+    assert postprocess_num_classes(model.read_bytes()) == 1
+    assert postprocess_num_classes(build_tiny_yolo_tflite(tmp_path / "y.tflite").read_bytes()) is None
+    with pytest.raises(ValueError, match=r"outputs 1 class\(es\), but the labels name 3 \(product, shelf, empty\)"):
+        wrap_external_model(model, "ssd", "s", 1, ["product", "shelf", "empty"], tmp_path / "s.bundle", None)
+    assert not (tmp_path / "s.bundle").exists()
+    wrap_external_model(model, "ssd", "s", 1, ["empty"], tmp_path / "s.bundle", None)
