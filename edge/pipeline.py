@@ -328,6 +328,7 @@ class Pipeline:
     # whether the tracker may see a frame's gaps (frame, gaps, the slot info of the model that ran it); a frame it
     # may not see is passed over like a frame the camera dropped (OTA probation: a model's garbage frames)
     admit: Callable[[Frame, list[Gap], Any], bool] | None = None
+    _withheld_run: int = field(default=0, init=False, repr=False)  # frames since the tracker's last, held back
 
     def _invoke(self, item: _Prepared, pool: _StagingPool, ring: _OutputRing) -> _Inferred:
         det = item.detector
@@ -348,10 +349,15 @@ class Pipeline:
         gaps = item.detector.decode_outputs(item.outputs, w, h)
         t3 = time.perf_counter()
         if self.admit is None or self.admit(frame, gaps, item.info):
-            events = self.tracker.update(frame, gaps)
+            tracked = frame
+            if self._withheld_run:  # the tracker measures the cart's motion over the frames it did not see too
+                tracked = replace(frame, dropped_before=frame.dropped_before + self._withheld_run)
+                self._withheld_run = 0
+            events = self.tracker.update(tracked, gaps)
         else:
             events = []
             self.stats.withheld += 1
+            self._withheld_run += frame.dropped_before + 1
         self.sink.emit(frame, events)  # every frame: a sink may be holding earlier events to retry
         for e in events:
             if e.event == "opened":

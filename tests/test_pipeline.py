@@ -164,6 +164,23 @@ def test_the_first_frame_after_a_pause_says_the_view_was_interrupted_and_what_wa
     assert pipe.stats.frames == len(images) - 12 and pipe.stats.dropped == 12
 
 
+def test_frames_held_back_from_the_tracker_count_as_frames_it_did_not_see(images: list[np.ndarray]) -> None:
+    """OTA probation holds a garbage model's frames back from the tracker (`admit`): the next frame it sees must say
+    how many it missed, or the cart's motion is measured over one frame where many passed (its odometry fell behind
+    by 60 %: 149 px of a true 375 over 15 held-back frames)."""
+    held = set(range(10, 17))
+    pipe = Pipeline(ListFeed(images), ModelSlot(Detector(load_model(Config())), "v1"), MarkRecorder(), RecordingSink(),
+                    admit=lambda frame, gaps, model: frame.index not in held)
+    pipe.run(threading.Event())
+    tracker = pipe.tracker
+    assert isinstance(tracker, MarkRecorder)
+    assert [i for i, _, _ in tracker.frames] == [i for i in range(len(images)) if i not in held]
+    assert [(d, m) for i, d, m in tracker.frames if i == 17] == [(7, False)]
+    assert all(d == 0 for i, d, _ in tracker.frames if i != 17)
+    assert pipe.stats.withheld == 7 and pipe.stats.dropped == 0  # not camera drops
+    assert pipe.stats.frames == len(images)
+
+
 class GapRecorder:
     """Keeps every frame's gaps."""
 
