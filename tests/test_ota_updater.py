@@ -35,6 +35,22 @@ def install_v1(dev: Device) -> Any:
     return up
 
 
+def test_the_probation_gate_holds_the_new_models_garbage_from_its_first_frame(dev: Device) -> None:
+    """The new model runs from the swap on: its implausible frames must be held back from the tracker from then, not
+    only once the probation window is made after the swap (its first frames got through)."""
+    up = install_v1(dev)
+    seen: list[tuple[bool, bool]] = []
+    swap = up.swap
+
+    def watching_swap(path: Path) -> None:
+        swap(path)
+        seen.append((up.admits(False, 2), up.admits(False, 1)))  # v2's first frame, one of v1's still in flight
+
+    up.swap = watching_swap
+    assert up.apply_release(dev.release(dev.bundle(2))).state == "probation"
+    assert seen == [(False, True)]
+
+
 def test_happy_path_v2_runs_and_every_step_is_reported(dev: Device) -> None:
     up = install_v1(dev)
     v1_dir = dev.current()

@@ -181,11 +181,11 @@ class Updater:
         if self._window is None:
             self._recent.append(is_plausible)
             return
+        if model_version is not None and self._window_version is not None and model_version != self._window_version:
+            return  # still the model before the switch (the window opens before the swap, under the lock)
         with self._lock:
             w = self._window
             if w is None:
-                return
-            if model_version is not None and self._window_version is not None and model_version != self._window_version:
                 return
             w.add(latency_ms, outputs_ok, is_plausible)
             fault_point("during-probation")
@@ -374,6 +374,9 @@ class Updater:
             fault_point("after-previous")
             links.set_link(self.models_dir, links.CURRENT, dest)
             fault_point("after-rename")
+            if probation is not None:
+                # before the swap: the new model's first frames are judged (and held back when garbage) too
+                self._window = self._new_window(bundle)
             try:
                 self.swap(dest)
             except Exception as e:
@@ -386,7 +389,6 @@ class Updater:
             if probation is None:
                 self._emit("active", r.version)
                 return "active"
-            self._window = self._new_window(bundle)
             self._emit("probation", r.version)
             return "probation"
 
