@@ -378,20 +378,23 @@ class Outbox:
         """Delete the oldest puts, each whole (the messages that share its `created`: an alert and its snapshot go
         together, so no picture arrives without its alert, nor an alert naming a picture that never comes), until
         `count` and `total` bytes are within the bound; counts the messages as dropped (inside the caller's
-        transaction). Returns the new count and bytes, and how many were dropped."""
+        transaction). Returns the new count and bytes, and how many were dropped. The newest put is never dropped:
+        one bigger than the bound alone (a frame with many alerts in a small bound) is kept whole, over it."""
         dropped = 0
         while count > self.max_messages or total > max_bytes:
             put: list[tuple[int, int]] = []  # (id, size) of the oldest put's messages: consecutive ids
             first: float | None = None
+            newer = False
             rows = db.execute("SELECT id, created, size FROM messages ORDER BY id")
             for row_id, created, size in rows:
                 if first is not None and created != first:
+                    newer = True
                     break  # rows are read one by one: only this put's (and one more) are touched
                 first = created
                 put.append((int(row_id), int(size)))
             rows.close()
-            if not put:
-                break
+            if not newer:
+                break  # the oldest put is the newest: keep it
             db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i, _ in put])
             count, total, dropped = count - len(put), total - sum(z for _, z in put), dropped + len(put)
         if dropped:

@@ -148,6 +148,11 @@ def test_the_bound_drops_whole_puts_so_no_picture_is_left_without_its_alert(tmp_
         ob.put([OutMessage("a/alerts", b'{"id": 7}')] + pair(8)[1:])  # several messages in one put
         assert kept(ob) == ["5", "5", "6", "6", "7", "8"]
         assert ob.dropped() == 10
+    # the newest put is never dropped, even when it alone is over the bound (a frame with many alerts)
+    with Outbox(tmp_path / "small.db", max_messages=3, max_bytes=10**6) as ob:
+        ob.put(pair(20)[:1])
+        ob.put(pair(21) + pair(22))
+        assert kept(ob) == ["21", "21", "22", "22"] and ob.dropped() == 1
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "page", "cut in half"])
