@@ -158,6 +158,23 @@ def test_reject_hash_mismatch_and_mix_and_match(dev: Device) -> None:
     _rejected(dev, up, json.dumps(sign_release(mixed, dev.key)).encode(), "mismatch")
 
 
+def test_the_same_announcement_works_once_the_cart_trusts_its_key(dev: Device) -> None:
+    """INSTALL.md's remedy for `unknown-key`: put the key in the cart's keys folder, publish the release again. The
+    cart remembered the announcement as rejected and ignored it until a restart."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    up = install_v1(dev)
+    newcomer = Ed25519PrivateKey.generate()
+    release = dev.release(dev.bundle(2), key=newcomer)
+    up._handle(release)
+    assert dev.reports[-1]["ota"]["code"] == "unknown-key" and dev.current().startswith("v1-")
+    (dev.keys_dir / "newcomer.pub").write_bytes(newcomer.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    up._handle(release)
+    assert dev.reports[-1]["ota"]["state"] == "probation" and dev.current().startswith("v2-")
+
+
 def test_the_same_announcement_works_once_the_file_it_names_is_fixed(dev: Device) -> None:
     """A half-uploaded or stale copy at the release's URL fails the hash. Fixing the file and announcing the same
     release again (a republish, the next poll) must install it; the cart ignored it until a restart."""

@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 MAX_PROBATION_STARTS = 2  # the service started this often with an unproven model: it crashes, roll back
 RETRY_MIN_S = 30.0
+# refusals an operator can fix without a new release (the cart's keys, the file at the release's URL): the same
+# announcement, published again, is tried again
+FIXABLE_WITHOUT_A_NEW_RELEASE = frozenset({"no-keys", "bad-key-file", "unknown-key", "bad-signature", "hash-mismatch",
+                                           "too-long"})
 OUTCOME_STATES = frozenset({"active", "rolled_back", "rejected", "failed", "skipped"})  # kept across restarts
 SMOKE_CODES = frozenset({"wrong-io", "golden-mismatch", "constant-output", "nan-output", "load-failed",
                          "smoke-crash", "smoke-hang", "bad-bundle"})
@@ -533,7 +537,7 @@ class Updater:
         out = self.apply_release(payload)
         # Fixed by the operator without a new release: the keys, or the file served at the release's URL (a
         # half-uploaded or stale copy fails the hash; once it is fixed, the same announcement must work).
-        if out.code not in ("no-keys", "bad-key-file", "hash-mismatch"):
+        if out.code not in FIXABLE_WITHOUT_A_NEW_RELEASE:
             self._handled[digest] = out.state
         while len(self._handled) > 256:
             self._handled.pop(next(iter(self._handled)))
