@@ -92,10 +92,11 @@ def load_yolo_folder(folder: Path | str, limit: int | None = None) -> list[Label
     other = gaps = 0
     pairs = list_yolo_images(folder)[:limit]
     unlabelled = [img for img, lbl in pairs if not lbl.exists()]
-    if len(unlabelled) * 2 > len(pairs):
-        raise LabelError(f"{folder}: {len(unlabelled)} of {len(pairs)} images have no label file in labels/ (for "
-                         f"{unlabelled[0].name}, labels/{unlabelled[0].stem}.txt): is that the right folder? An "
-                         "image with no gap needs an empty label file (`shelfscout detect --prelabel` writes them)")
+    stray = sorted(p.name for p in (Path(folder) / "labels").glob("*.txt")) if len(unlabelled) == len(pairs) else []
+    if stray:  # label files, but none for any image: another folder's labels, or names that do not match
+        raise LabelError(f"{folder}: labels/ holds {len(stray)} label file(s) (such as {stray[0]}) but none for any "
+                         f"image (for {unlabelled[0].name}, labels/{unlabelled[0].stem}.txt): is that the right "
+                         "folder, or do the names differ?")
     if unlabelled:
         log.warning("%s: %d of %d images have no label file in labels/ (such as %s): taken as images with no gap; "
                     "give them an empty .txt to say so", folder, len(unlabelled), len(pairs), unlabelled[0].name)
@@ -106,7 +107,7 @@ def load_yolo_folder(folder: Path | str, limit: int | None = None) -> list[Label
         other += int((~gap).sum())
         gaps += int(gap.sum())
         out.append(LabeledImage(img_path, img, boxes[gap]))
-    if other and not gaps:
+    if other and not gaps and not (Path(folder) / "classes.txt").exists():
         raise LabelError(f"{folder}: none of its {other} labelled boxes is of the gap class(es) {list(classes)}: "
                          "name the classes in classes.txt (the one called empty, gap, out_of_stock, ... is the gap; "
                          "without it, class 0 is)")

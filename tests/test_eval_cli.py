@@ -254,7 +254,8 @@ def test_folders_that_would_train_or_measure_on_wrong_labels_are_refused_in_one_
     data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Each of these went through eval, finetune and the release gate with exit 0: every gap labelled with another
-    class (no classes.txt), most label files missing (a wrong labels/ folder), an image that cannot be read."""
+    class (no classes.txt), label files that match no image (a wrong labels/ folder), an image that cannot be
+    read."""
     import logging
     import shutil
 
@@ -271,11 +272,11 @@ def test_folders_that_would_train_or_measure_on_wrong_labels_are_refused_in_one_
     err = run_eval(renumbered)
     assert "none of its" in err and "classes.txt" in err
 
-    unlabelled = tmp_path / "unlabelled"
-    shutil.copytree(data, unlabelled)
-    for label in sorted((unlabelled / "labels").glob("*.txt"))[:3]:  # 3 of 5
-        label.unlink()
-    assert "3 of 5 images have no label file" in run_eval(unlabelled)
+    mismatched = tmp_path / "mismatched"  # another folder's labels, or names that do not match the images'
+    shutil.copytree(data, mismatched)
+    for label in (mismatched / "labels").glob("*.txt"):
+        label.rename(label.with_name("img-" + label.name))
+    assert "labels/ holds 5 label file(s)" in run_eval(mismatched)
     one_missing = tmp_path / "one-missing"
     shutil.copytree(data, one_missing)
     sorted((one_missing / "labels").glob("*.txt"))[0].unlink()
@@ -283,6 +284,20 @@ def test_folders_that_would_train_or_measure_on_wrong_labels_are_refused_in_one_
         assert main(["eval", str(one_missing), "--json", "--bootstrap", "0"]) == 0
     capsys.readouterr()
     assert "1 of 5 images have no label file" in caplog.text
+    # most images without a label file is YOLO's way of listing background images: warned, not refused
+    for label in sorted((one_missing / "labels").glob("*.txt"))[:3]:
+        label.unlink()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["eval", str(one_missing), "--json", "--bootstrap", "0"]) == 0
+    capsys.readouterr()
+    assert "4 of 5 images have no label file" in caplog.text
+    # every box of another class, with a classes.txt that names the gap class: frames with no gap, not a mistake
+    products = tmp_path / "products"
+    shutil.copytree(renumbered, products)
+    (products / "classes.txt").write_text("empty\nproduct\n")
+    assert main(["eval", str(products), "--json", "--bootstrap", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["ground_truth"] == 0
 
     corrupt = tmp_path / "corrupt"
     shutil.copytree(data, corrupt)
