@@ -52,19 +52,30 @@ def score_bins(
     input_height: int,
     min_score: float = MIN_SCORE,
     iou_thr: float = 0.5,
+    letterbox_in: tuple[Sequence[int], int] | None = None,
 ) -> list[ScoreBins]:
-    """Bins of the detections scoring >= `min_score`, by box height at the model's input and by vertical place."""
+    """Bins of the detections scoring >= `min_score`, by box height at the model's input and by vertical place.
+    The frames are squashed to the input, unless `letterbox_in` = (each frame's width, the input's width): then a
+    frame keeps its aspect ratio in the input (a letterboxing bundle)."""
     if not (len(dets) == len(gts) == len(frame_heights)):
         raise ValueError(f"{len(dets)} detection lists, {len(gts)} label lists and {len(frame_heights)} heights")
+    if letterbox_in is None:
+        to_input = [input_height / max(fh, 1) for fh in frame_heights]
+    else:
+        from edge.resize import Letterbox
+
+        widths, input_width = letterbox_in
+        to_input = [Letterbox.fit(fw, fh, input_width, input_height).h / max(fh, 1)
+                    for fw, fh in zip(widths, frame_heights, strict=True)]
     kept: list[ImageDetections] = []
     heights: list[np.ndarray] = []
     places: list[np.ndarray] = []
-    for d, fh in zip(dets, frame_heights, strict=True):
+    for d, fh, k in zip(dets, frame_heights, to_input, strict=True):
         s = np.asarray(d.scores, np.float64).reshape(-1)
         m = s >= min_score
         b = np.asarray(d.boxes, np.float64).reshape(-1, 4)[m]
         kept.append(ImageDetections(b, s[m]))
-        heights.append((b[:, 3] - b[:, 1]) / max(fh, 1) * input_height)
+        heights.append((b[:, 3] - b[:, 1]) * k)
         places.append(np.clip(0.5 * (b[:, 1] + b[:, 3]) / max(fh, 1), 0.0, 1.0))
     matches = match_all(kept, gts, iou_thr)
     scores, tp, img, local = matches.scores, matches.tp, matches.image, matches.local

@@ -415,7 +415,8 @@ def _finetune_report(report_dir: Path, val_items: list[Any], held: _HeldOut, tit
     gts = [it.boxes for it in val_items]
     res = evaluate(held.dets, gts, held.tuned.manifest.thresholds.score)
     label = f"{_model_desc(held.tuned)} (fine-tuned)"
-    bins = score_bins(held.dets, gts, [it.image.shape[0] for it in val_items], held.tuned.manifest.input.height)
+    bins = score_bins(held.dets, gts, [it.image.shape[0] for it in val_items], held.tuned.manifest.input.height,
+                      letterbox_in=_letterbox_in(held.tuned, val_items))
     return write_report(report_dir, res, _examples(val_items, held.dets, res.threshold), title,
                         f"{label} on {len(val_items)} held-out images",
                         ap_interval=ap50_interval(Matched.of(held.dets, gts), DEFAULT_RESAMPLES),
@@ -536,7 +537,8 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     out.update(res.to_dict(args.curve_points))
     if res.ground_truth == 0:  # no labelled gap: AP and recall are not defined (not 0)
         out.update(ap50=None, recall=None)
-    bins = score_bins(dets, gts, [it.image.shape[0] for it in items], bundle.manifest.input.height)
+    bins = score_bins(dets, gts, [it.image.shape[0] for it in items], bundle.manifest.input.height,
+                      letterbox_in=_letterbox_in(bundle, items))
     out["score_bins"] = [asdict(b) for b in bins]
     if args.bootstrap:
         from convert.bootstrap import Matched, ap50_interval, compare_ap50
@@ -598,6 +600,12 @@ def _examples(items: list[Any], dets: list[Any], threshold: float) -> list[Any]:
 
 def _model_desc(bundle: Any) -> str:
     return f"{bundle.manifest.name} v{bundle.manifest.version}"
+
+
+def _letterbox_in(bundle: Any, items: Any) -> tuple[list[int], int] | None:
+    """`score_bins`' letterbox_in for a bundle that letterboxes its frames, else None."""
+    spec = bundle.manifest.input
+    return ([it.image.shape[1] for it in items], spec.width) if spec.resize == "letterbox" else None
 
 
 def json_safe(obj: Any) -> Any:

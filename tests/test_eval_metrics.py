@@ -237,6 +237,11 @@ def test_score_bins_by_hand() -> None:
     assert not any(b.overconfident for b in by_place.bins if not b.detections)
     with pytest.raises(ValueError, match="heights"):
         score_bins(dets, gts, [100], 320)
+    # a letterboxing bundle: a 400x100 frame fills a 320x320 input 320x80 (0.8 input px per frame px), a 100x200
+    # one 160x320 (1.6): heights 4, 8 | 16, 16, 16 (squashed, the first frame's boxes were counted at 3.2 px/px)
+    by_height, _ = score_bins(dets, gts, [100, 200], 320, letterbox_in=([400, 100], 320))
+    got = {(b.low, b.high): b.detections for b in by_height.bins if b.detections}
+    assert got == {(0.0, 12.0): 2, (12.0, 18.0): 3}
 
 
 def test_score_chart_draws_each_bin_to_scale() -> None:
