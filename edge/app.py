@@ -548,14 +548,20 @@ class _ProbationObserver:
 
         self.updater = updater
         self.plausible = plausible
+        self._judged: tuple[int, bool] | None = None  # (frame index, plausible) from `admit`, for `on_frame`
+
+    def _plausible(self, frame: Frame, gaps: list[Gap]) -> bool:
+        if self._judged is not None and self._judged[0] == frame.index:
+            return self._judged[1]
+        h, w = frame.image.shape[:2]
+        self._judged = (frame.index, self.plausible(gaps, w, h))
+        return self._judged[1]
 
     def admit(self, frame: Frame, gaps: list[Gap], model: Any) -> bool:
-        h, w = frame.image.shape[:2]
-        return self.updater.admits(self.plausible(gaps, w, h), _version(model))
+        return self.updater.admits(self._plausible(frame, gaps), _version(model))
 
     def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None:
-        h, w = frame.image.shape[:2]
-        self.updater.observe_frame(result.invoke_ms, result.outputs_ok, self.plausible(gaps, w, h),
+        self.updater.observe_frame(result.invoke_ms, result.outputs_ok, self._plausible(frame, gaps),
                                    _version(result.model))
 
 

@@ -393,3 +393,9 @@ def read_password(cfg: MqttConfig, env: Mapping[str, str] | None = None) -> str 
         except OSError as e:
             raise ConfigError(f"mqtt.password_file: cannot read {c}: {e.strerror}") from None
     return None
+
+
+def ota_managed(cfg: Config, bundle: str | Path) -> bool:
+    """Whether a bundle path lies in `ota.models_dir` (the updater's `current` link, say): what OTA installs there
+    replaces it, and until the first update the built-in model runs."""
+    return Path(bundle).resolve().is_relative_to(Path(cfg.ota.models_dir).resolve())

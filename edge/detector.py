@@ -161,6 +161,7 @@ class Detector:
         self._bgr = spec.color.upper() == "BGR"
         self._resizer: Resizer | None = None  # for the last frame size (one preparing thread at a time)
         self._letterbox = spec.resize == "letterbox"  # aspect kept, grey bands (Ultralytics models), else squashed
+        self._box: Letterbox | None = None  # where the last frame size lands in the input, when letterboxed
         # float inputs need one uint8 scratch image; quantized ones are written in place
         self._scratch = (
             np.empty((spec.height, spec.width, 3), np.uint8) if not quantized_input else None
@@ -269,16 +270,11 @@ class Detector:
             raise ValueError(f"expected an HxWx3 uint8 RGB image, got {image_rgb.dtype} {image_rgb.shape}")
         w, h = self.input_size
         src_w, src_h = image_rgb.shape[1], image_rgb.shape[0]
-        resizer = self._resizer
-        if self._letterbox:
-            box = Letterbox.fit(src_w, src_h, w, h)
-            if resizer is None or resizer.src != (src_w, src_h):
-                resizer = self._resizer = Resizer(src_w, src_h, box.w, box.h)
-            resizer(image_rgb, box.fill(dst))
-        else:
-            if resizer is None or resizer.src != (src_w, src_h):
-                resizer = self._resizer = Resizer(src_w, src_h, w, h)
-            resizer(image_rgb, dst)
+        resizer, box = self._resizer, self._box
+        if resizer is None or resizer.src != (src_w, src_h):
+            box = self._box = Letterbox.fit(src_w, src_h, w, h) if self._letterbox else None
+            resizer = self._resizer = Resizer(src_w, src_h, *((box.w, box.h) if box else (w, h)))
+        resizer(image_rgb, box.fill(dst) if box else dst)
         if self._bgr:
             cv2.cvtColor(dst, cv2.COLOR_RGB2BGR, dst=dst)
         if self._pixels is not None:

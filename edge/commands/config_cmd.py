@@ -37,7 +37,7 @@ def machine_problems(cfg: Config) -> list[str]:
     from edge.app import load_model
     from edge.broker import BrokerLogin
     from edge.bundle import DEFAULT_BUNDLE, BundleError
-    from edge.config import ConfigError
+    from edge.config import ConfigError, ota_managed
 
     problems: list[str] = []
     try:
@@ -45,8 +45,7 @@ def machine_problems(cfg: Config) -> list[str]:
     except (ConfigError, ValueError) as e:
         problems.append(str(e))
     bundle = Path(cfg.model.bundle) if cfg.model.bundle else None
-    if bundle is not None and cfg.ota.enabled and not bundle.exists() \
-            and bundle.resolve().is_relative_to(Path(cfg.ota.models_dir).resolve()):
+    if bundle is not None and cfg.ota.enabled and not bundle.exists() and ota_managed(cfg, bundle):
         bundle = DEFAULT_BUNDLE  # OTA-managed (ota.models_dir/current) and not installed yet: the built-in runs
     try:
         load_model(cfg, bundle)

@@ -28,7 +28,7 @@ from typing import Any
 
 import edge
 from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, Bundle, BundleError, load_public_keys, read_bundle
-from edge.config import Config
+from edge.config import Config, ota_managed
 from edge.ota import links
 from edge.ota.download import FileOpener, default_opener, fetch
 from edge.ota.errors import OtaError
@@ -605,7 +605,7 @@ class Updater:
     def _builtin_path(self) -> Path:
         """The configured bundle when it is not OTA-managed, else the built-in default, verified."""
         configured = self.cfg.model.bundle
-        if configured and not Path(configured).resolve().is_relative_to(self.models_dir.resolve()):
+        if configured and not ota_managed(self.cfg, configured):
             return Path(configured)  # the service verifies it with its own rules
         read_bundle(DEFAULT_BUNDLE, load_public_keys([BUILTIN_KEYS]))  # BundleError: nothing valid to run
         return DEFAULT_BUNDLE
