@@ -19,7 +19,7 @@ import json
 import os
 import tarfile
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,10 @@ class Manifest:
             tensors = tuple(
                 TensorSpec(str(t["name"]), tuple(int(s) for s in t["shape"]), str(t["dtype"])) for t in out["tensors"]
             )
+            unknown = sorted(set(d["input"]) - {f.name for f in fields(InputSpec)})
+            if unknown:  # a field a newer shelfscout added: what it means for the frames is unknown here
+                raise BundleError(f"manifest input has {', '.join(unknown)}, which this shelfscout does not know: the "
+                                  "bundle needs a newer shelfscout")
             if d["input"].get("resize", "squash") not in RESIZES:
                 raise BundleError(f"unknown input resize {d['input']['resize']!r}; expected one of {RESIZES}")
             version = d["version"]

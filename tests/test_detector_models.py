@@ -215,6 +215,10 @@ def test_a_letterboxed_yolo_bundle_sees_the_frame_with_its_aspect_and_maps_boxes
     d["input"]["resize"] = "crop"
     with pytest.raises(BundleError, match=re.escape(f"unknown input resize 'crop'; expected one of {RESIZES}")):
         Manifest.from_dict(d)
+    d["input"]["resize"] = "letterbox"
+    d["input"]["pad"] = 0  # a field from a newer shelfscout: said so, not "malformed"
+    with pytest.raises(BundleError, match="manifest input has pad, which this shelfscout does not know"):
+        Manifest.from_dict(d)
 
 
 def test_an_ssd_whose_labels_do_not_match_its_classes_is_refused(tmp_path: Path) -> None:
