@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -114,24 +115,18 @@ def test_watchdog_does_nothing_without_systemd() -> None:
         Watchdog(interval=0.0, env={})
 
 
-def test_shelfscout_run_talks_to_systemd(tmp_path: Path, broker: Mosquitto) -> None:
-    """`shelfscout run` as systemd starts it (Type=notify, WatchdogSec): READY=1 once up, then WATCHDOG=1 while the
-    pipeline processes frames, on a real notify socket."""
-    from tests.test_hints import write_pan_frames
-
-    frames = write_pan_frames(tmp_path / "frames")  # a cart rolling past: a window sliding along a long shelf
+def _write_config(tmp_path: Path, broker_url: str, camera: str, mqtt: str = "") -> Path:
+    """A service config for these tests: CAMERA lines under [camera], MQTT lines beside the broker URL."""
     cfg = tmp_path / "config.toml"
     cfg.write_text(f"""
 [device]
 id = "cart-07"
 store = "s042"
 [camera]
-source = "{frames}"
-fps = 10.0
-realtime = true
-loop = true
+{camera}
 [mqtt]
-url = "{broker.url}"
+url = "{broker_url}"
+{mqtt}
 [outbox]
 path = "{tmp_path / 'outbox.db'}"
 [ota]
@@ -139,13 +134,38 @@ enabled = false
 [preview]
 enabled = false
 """)
+    return cfg
+
+
+@contextlib.contextmanager
+def _run_under_notify(tmp_path: Path, cfg: Path, **env: str) -> Iterator[tuple[subprocess.Popen[str], socket.socket]]:
+    """`shelfscout run -c CFG` with a real notify socket as systemd gives it (NOTIFY_SOCKET and ENV); the service is
+    stopped (SIGTERM, then SIGKILL) and the socket closed on the way out."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(tmp_path / "notify.sock"))
-    env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="1000000")
-    exe = Path(sys.executable).parent / "shelfscout"
-    proc = subprocess.Popen([str(exe), "run", "-c", str(cfg)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "shelfscout"), "run", "-c", str(cfg)],
+                            env=dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify.sock"), **env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        yield proc, sock
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        sock.close()
+
+
+def test_shelfscout_run_talks_to_systemd(tmp_path: Path, broker: Mosquitto) -> None:
+    """`shelfscout run` as systemd starts it (Type=notify, WatchdogSec): READY=1 once up, then WATCHDOG=1 while the
+    pipeline processes frames, on a real notify socket."""
+    from tests.test_hints import write_pan_frames
+
+    frames = write_pan_frames(tmp_path / "frames")  # a cart rolling past: a window sliding along a long shelf
+    cfg = _write_config(tmp_path, broker.url, f'source = "{frames}"\nfps = 10.0\nrealtime = true\nloop = true')
+    with _run_under_notify(tmp_path, cfg, WATCHDOG_USEC="1000000") as (proc, sock):
         got: list[str] = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and got.count("WATCHDOG=1") < 3 and proc.poll() is None:
@@ -155,42 +175,13 @@ enabled = false
         assert any(m.startswith("STATUS=") for m in got), got
         assert got.count("WATCHDOG=1") >= 3, got  # every 0.5 s while frames flow
         assert got.index("READY=1") < got.index("WATCHDOG=1")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        sock.close()
     assert proc.returncode == 0, proc.stderr.read()[-3000:] if proc.stderr else ""
 
 
 def test_the_status_line_follows_the_service_state(tmp_path: Path, broker: Mosquitto) -> None:
     """`systemctl status` shows the last STATUS=: with no camera it must say degraded and why, not the start-up line."""
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(f"""
-[device]
-id = "cart-07"
-store = "s042"
-[camera]
-source = "/dev/video97"
-[mqtt]
-url = "{broker.url}"
-stats_interval_s = 0.5
-[outbox]
-path = "{tmp_path / 'outbox.db'}"
-[ota]
-enabled = false
-[preview]
-enabled = false
-""")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(tmp_path / "notify.sock"))
-    env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "shelfscout"), "run", "-c", str(cfg)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    cfg = _write_config(tmp_path, broker.url, 'source = "/dev/video97"', "stats_interval_s = 0.5")
+    with _run_under_notify(tmp_path, cfg) as (proc, sock):
         got: list[str] = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None and not any(
@@ -201,11 +192,3 @@ enabled = false
         assert lines and lines[-1].startswith("STATUS=degraded, model shelfgap-default v"), got
         assert "/dev/video97" in lines[-1]
         assert all(a != b for a, b in zip(lines, lines[1:], strict=False))  # sent on a change
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        sock.close()
