@@ -35,7 +35,7 @@ EVENTS = ("opened", "cleared")
 # The OTA states the updater is expected to report; the schema only asks for a lower-case word, so the
 # updater can add a step without a schema change.
 OTA_STATES = ("idle", "downloading", "verifying", "smoke_testing", "switching", "probation", "active",
-              "rolled_back", "failed", "rejected")
+              "rolled_back", "failed", "rejected", "skipped", "deferred")
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 THERMAL_DIR = Path("/sys/class/thermal")

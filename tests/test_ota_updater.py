@@ -591,3 +591,32 @@ def test_reload_is_refused_during_probation_and_loads_the_running_folder_after(d
     assert not up.in_probation
     up.reload(loaded.append)
     assert loaded == [v1, dev.models_dir / dev.current()] and dev.current().startswith("v2-")
+
+
+@pytest.mark.parametrize("v2_passes", [True, False])
+def test_a_release_during_probation_is_reported_deferred_and_runs_after_the_verdict(dev: Device,
+                                                                                    v2_passes: bool) -> None:
+    """One model on probation at a time: a release announced meanwhile is not dropped and not silent. model/state
+    says `deferred` with its version (the model on probation still running), and the release starts by itself
+    once the probation ends, whether the model on it passed or was rolled back."""
+    up = install_v1(dev)
+    up.start()
+    try:
+        up.on_release("shelfscout/fleet/model/release", dev.release(dev.bundle(2)))
+        assert wait_for(lambda: up.in_probation, timeout=30)
+        v2 = dev.current()
+        up.on_release("shelfscout/fleet/model/release", dev.release(dev.bundle(3)))
+        assert wait_for(lambda: dev.states()[-1] == "deferred", timeout=30)
+        last = dev.reports[-1]
+        assert (last["ota"]["version"], last["ota"]["error"], last["model"]["version"]) == (3, None, 2)
+        assert dev.current() == v2 and up.in_probation
+        for _ in range(dev.cfg.ota.probation_frames):
+            up.observe_frame(4.0 if v2_passes else 80.0, True, True, 2)
+        assert wait_for(lambda: dev.current().startswith("v3-") and up.in_probation, timeout=30)
+        states = dev.states()
+        verdict = "active" if v2_passes else "rolled_back"
+        assert states[states.index("deferred"):] == ["deferred", verdict, "downloading", "verifying",
+                                                    "smoke_testing", "switching", "probation"]
+        assert dev.reports[-1]["ota"]["version"] == 3
+    finally:
+        up.stop()

@@ -277,8 +277,10 @@ class Updater:
             try:
                 vr = verify_release(payload, self._keys())
                 version = vr.release.version
-                if self._window is not None:
+                if self._window is not None:  # one model on probation at a time: this one goes next
                     self._deferred = payload
+                    log.info("release v%d waits until the model on probation passes or is rolled back", version)
+                    self._emit("deferred", version)
                     return Outcome("deferred", version, seconds=time.monotonic() - t0)
                 state = self._load_state()
                 now = datetime.fromtimestamp(self.clock(), timezone.utc)
