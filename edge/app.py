@@ -22,6 +22,7 @@ from edge.payloads import (
     StatusInfo,
     model_state_payload,
     read_cpu_temp_c,
+    rfc3339,
     stats_payload,
 )
 from edge.pipeline import CorePlan, FrameObserver, FrameResult, ModelSlot, Pipeline, tune_process
@@ -179,7 +180,9 @@ class Service:
         topic = _need(self.parts.topics).snapshot(f"manual-{int(time.time() * 1000)}")
         if not _need(self.parts.mqtt).publish_direct(topic, jpeg, qos=1, retain=False):
             raise ValueError("the snapshot was not sent: the broker connection is down")
-        return {"topic": topic, "bytes": len(jpeg), "frame": frame.index, "gaps": len(self.last.gaps)}
+        # when the picture was taken: with the camera stalled or the cart paused it is the last frame there is
+        return {"topic": topic, "bytes": len(jpeg), "frame": frame.index, "gaps": len(self.last.gaps),
+                "captured": rfc3339(frame.t_wall), "age_s": round(max(0.0, time.monotonic() - frame.t_mono), 3)}
 
     # ---- model swaps (reload and OTA) ------------------------------------------------------------------------
     def _detector(self, bundle: Bundle) -> Detector:

@@ -224,16 +224,23 @@ def test_commands_on_the_running_service_take_a_reason_and_refuse_other_argument
                 return [m for m in sub.containing("/reply") if "/cmd/probe/" not in m.topic]
 
             for name, payload in [("reload", {"bundle": "/elsewhere/other.bundle"}), ("pause", {"reason": "aisle 7 "
-                                  "closed"}), ("resume", {"speed": 2}), ("reload", {})]:
+                                  "closed"}), ("resume", {"speed": 2}), ("reload", {}), ("snapshot", {})]:
                 sub.client.publish(f"{base}/{name}", json.dumps(payload).encode(), qos=1).wait_for_publish(5)
-            assert sub.wait_for(lambda: len(answers()) == 4, 20), log.read_text()[-2000:]
+            assert sub.wait_for(lambda: len(answers()) == 5, 20), log.read_text()[-2000:]
             replies = [(m.topic.rsplit("/", 2)[1], json.loads(m.payload)) for m in answers()]
+            snap = replies[4][1]["result"]  # the picture the backend asked for, on the topic the reply names
+            assert sub.wait_for(lambda: bool(sub.containing(snap["topic"])), 10), snap
         finally:
             proc.terminate()
             proc.wait(30)
         sub.stop()
     assert [(n, r["ok"]) for n, r in replies] == [("reload", False), ("pause", True), ("resume", False),
-                                                  ("reload", True)]
+                                                  ("reload", True), ("snapshot", True)]
+    jpeg = bytes(sub.containing(snap["topic"])[0].payload)
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None and len(jpeg) == snap["bytes"] and snap["frame"] >= 0
+    assert snap["captured"].endswith("Z") and snap["age_s"] >= 0  # the paused cart's last frame: how old it is
+    assert snap["topic"].startswith(f"shelfscout/{STORE}/{DEVICE}/snapshots/manual-")
     assert "bundle" in replies[0][1]["error"] and "OTA" in replies[0][1]["error"]
     assert "speed" in replies[2][1]["error"]
     assert "command pause: aisle 7 closed" in log.read_text()
