@@ -67,6 +67,10 @@ def test_environment_overrides_the_file() -> None:
         ("[ota]\npoll_interval_s = 0.0\n", "ota.poll_interval_s: must be at least 1"),
         ("[ota]\nprobation_frames = -1\n", "ota.probation_frames: must be 0 (no probation) or more"),
         ("[preview]\nmax_fps = 0.0\n", "preview.max_fps: must be positive"),
+        # a release topic the cart could not subscribe to, or one it would fill in with a KeyError at start-up
+        ("[ota]\nrelease_topics = ['{prefix}/{aisle}/release']\n", "ota.release_topics: '{prefix}/{aisle}/release' "
+         "must be a topic with no wildcards, using only {prefix}, {store} and {device}"),
+        ("[ota]\nrelease_topics = ['{prefix}/+/model/release']\n", "ota.release_topics: '{prefix}/+/model/release'"),
     ],
 )
 def test_bad_config_names_the_key(text: str, message: str) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from convert.release import publish_release
 from edge.config import MqttConfig, OutboxConfig
+from edge.topics import release_topic
 from tests.mosquitto import Mosquitto, first_messages
 from tests.schema_check import validate
 from tests.test_ota_support import Device, tiny_models, wait_for
@@ -29,8 +30,11 @@ def _retained_state(port: int, topic: str) -> dict[str, Any] | None:
     return json.loads(got[-1]) if got else None
 
 
+@pytest.mark.parametrize("prefix", ["shelfscout", "acme/retail"])
 def test_retained_release_over_mqtt_installs_and_reports(tmp_path: Path, models: dict[str, bytes],
-                                                         broker: Mosquitto) -> None:
+                                                         broker: Mosquitto, prefix: str) -> None:
+    """Also under another `mqtt.topic_prefix`: the release topics followed it (`shelfscout publish --prefix`), but
+    the cart kept listening under `shelfscout/`, so such a fleet never got an update."""
     from edge.mqtt import MqttLink
     from edge.outbox import Outbox
     from edge.payloads import ModelRef, OtaState, model_state_payload
@@ -38,7 +42,7 @@ def test_retained_release_over_mqtt_installs_and_reports(tmp_path: Path, models:
 
     dev = Device(tmp_path, models)
     dev.install(1)
-    cfg = dev.cfg.replace(mqtt=dataclasses.replace(MqttConfig(), url=broker.url),
+    cfg = dev.cfg.replace(mqtt=dataclasses.replace(MqttConfig(), url=broker.url, topic_prefix=prefix),
                           outbox=dataclasses.replace(OutboxConfig(), path=str(tmp_path / "outbox.db")))
     topics = Topics.from_config(cfg)
     outbox = Outbox(tmp_path / "outbox.db")
@@ -59,7 +63,7 @@ def test_retained_release_over_mqtt_installs_and_reports(tmp_path: Path, models:
     assert up.active_bundle_path().name.startswith("v1-")
     rel = dev.release(dev.bundle(2))
     t_publish = time.monotonic()
-    publish_release(rel, broker.url, "shelfscout/fleet/model/release")  # retained, before the device connects
+    publish_release(rel, broker.url, release_topic(None, prefix))  # retained, before the device connects
     link = MqttLink(cfg, topics, outbox, on_release=up.on_release)
     holder["link"] = link
     stop = threading.Event()
@@ -98,8 +102,11 @@ def test_retained_release_over_mqtt_installs_and_reports(tmp_path: Path, models:
         link.start()
         assert link.wait_connected(10)
         assert wait_for(lambda: bool(delivered), timeout=10), "the retained release was not delivered again"
-        time.sleep(0.5)  # the updater handles the repeat on its own thread
-        assert [r["ota"]["state"] for r in dev.reports[n:]] == []
+        # the updater handles releases one by one on its own thread: once a malformed one sent after the repeat
+        # is reported, the repeat has been handled, and it reported nothing
+        up.on_release(release_topic(None, prefix), b"not a release")
+        assert wait_for(lambda: len(dev.reports) > n, timeout=10)
+        assert [r["ota"]["state"] for r in dev.reports[n:]] == ["rejected"]
     finally:
         stop.set()
         up.stop()
