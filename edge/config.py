@@ -268,13 +268,13 @@ def _validate(cfg: Config, errors: list[str]) -> None:
     need(o.stall_timeout_s > 0, "ota.stall_timeout_s", "must be positive")
     need(o.max_bundle_bytes > 0, "ota.max_bundle_bytes", "must be positive")
     need(o.probation_frames >= 0, "ota.probation_frames", "must be 0 (no probation) or more")
-    for t in o.release_topics:
+    for template in o.release_topics:
         try:
-            filled = t.format(prefix="p", store="s", device="d")
+            filled = template.format(prefix="p", store="s", device="d")
         except (KeyError, IndexError, ValueError):
             filled = ""
         need(bool(filled) and not set("+#") & set(filled) and "//" not in filled, "ota.release_topics",
-             f"{t!r} must be a topic with no wildcards, using only {{prefix}}, {{store}} and {{device}}")
+             f"{template!r} must be a topic with no wildcards, using only {{prefix}}, {{store}} and {{device}}")
     need(cfg.preview.max_fps > 0, "preview.max_fps", "must be positive")
     need(cfg.outbox.max_messages > 0, "outbox.max_messages", "must be positive")
     need(cfg.outbox.max_bytes > 0, "outbox.max_bytes", "must be positive")
