@@ -115,12 +115,14 @@ def test_rollback_replay_freeze_and_conflict(keypair: tuple[Ed25519PrivateKey, P
     key, keys_dir = keypair
     old = _vr(rel(2), key, keys_dir)
     state = OtaState(highest_version=3, highest_sha256="cd" * 32).with_seen(old.digest)
+    replay = decide(old, state, "cart-07", "0.1.0", NOW, None)  # seen before: skipped, and not news to report
+    assert (replay.apply, replay.code, replay.report) == (False, "replay", False)
     codes = []
-    for vr in (old, _vr(rel(1, sha256="ee" * 32), key, keys_dir), _vr(rel(3), key, keys_dir)):
+    for vr in (_vr(rel(1, sha256="ee" * 32), key, keys_dir), _vr(rel(3), key, keys_dir)):
         with pytest.raises(OtaError) as e:
             decide(vr, state, "cart-07", "0.1.0", NOW, None)
         codes.append(e.value.code)
-    assert codes == ["replay", "downgrade", "conflict"]
+    assert codes == ["downgrade", "conflict"]
     # freeze: an attacker keeps serving a release past its expiry
     stale = _vr(rel(4, not_after="2026-11-29T11:59:59Z"), key, keys_dir)
     with pytest.raises(OtaError) as e:

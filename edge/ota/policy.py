@@ -17,7 +17,8 @@ class Decision:
 
     apply: bool
     reason: str
-    code: str | None = None  # for a skip worth reporting: `outside-rollout`
+    code: str | None = None  # the skip's machine code: `outside-rollout`, `replay`
+    report: bool = True  # a coded skip goes on `model/state`; a replay does not (see `decide`)
 
 
 def rollout_bucket(device_id: str, release_name: str) -> float:
@@ -49,8 +50,8 @@ def parse_app_version(text: str) -> tuple[int, ...]:
 
 def decide(vr: VerifiedRelease, state: OtaState, device_id: str, app_version: str, now: datetime,
            active_sha256: str | None, running_version: int | None = None) -> Decision:
-    """Apply, skip, or refuse (OtaError: `expired`, `downgrade`, `replay`, `conflict`, `failed-before`,
-    `app-too-old`). `running_version`: the model running now, which a release must not be older than even when no
+    """Apply, skip (already running, a replay, outside the rollout), or refuse (OtaError: `expired`, `downgrade`,
+    `conflict`, `failed-before`, `app-too-old`). `running_version`: the model running now, which a release must not be older than even when no
     release was ever accepted (a cart on its built-in model)."""
     r = vr.release
     if active_sha256 == r.sha256:
@@ -63,8 +64,11 @@ def decide(vr: VerifiedRelease, state: OtaState, device_id: str, app_version: st
                                         f"before{f' ({why})' if why else ''}; publish a new version")
     if r.version < state.highest_version:
         if vr.digest in state.seen:
-            raise OtaError("replay", f"release {r.name} v{r.version} was seen before and v{state.highest_version} "
-                                     "is newer; refusing the replayed announcement")
+            # an announcement this cart took before and has since moved past, still retained on one of its release
+            # topics (the fleet's older release beside the store's newer one): refused, but not news for
+            # `model/state`, which would otherwise say so after every restart of a healthy cart
+            return Decision(False, f"release {r.name} v{r.version} was seen before and v{state.highest_version} "
+                                   "is newer; refusing the replayed announcement", "replay", report=False)
         raise OtaError("downgrade", f"release v{r.version} is older than v{state.highest_version}, the highest "
                                     "accepted on this device")
     if running_version is not None and r.version < running_version:

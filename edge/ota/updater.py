@@ -288,9 +288,9 @@ class Updater:
                 d = decide(vr, state, self.cfg.device.id, self.app_version, now, running, self.running_version)
                 if not d.apply:
                     log.info("release %s v%d not applied: %s", vr.release.name, version, d.reason)
-                    if d.code is not None:  # outside the rollout: say so, or the cart looks as if it never heard
+                    if d.code is not None and d.report:  # outside the rollout: say so, or it looks unheard of
                         self._emit("skipped", version, OtaError(d.code, d.reason))
-                    return Outcome("skipped", version, error=d.reason, seconds=time.monotonic() - t0)
+                    return Outcome("skipped", version, d.code, d.reason, time.monotonic() - t0)
                 self.store.save(state.with_seen(vr.digest))
                 dest = self._download_and_unpack(vr)
                 self._emit("smoke_testing", version)
@@ -475,12 +475,6 @@ class Updater:
         return None
 
     def _fail(self, e: OtaError, version: int | None, dest: Path | None, payload: bytes, t0: float) -> Outcome:
-        if e.code == "replay":
-            # an announcement this cart took before and has since moved past, still retained on one of its release
-            # topics (the fleet's older release beside the store's newer one): refused, but not news for
-            # `model/state`, which would otherwise say `rejected` after every restart of a healthy cart
-            log.info("OTA release v%s ignored: %s", version, e)
-            return Outcome("skipped", version, e.code, str(e), time.monotonic() - t0)
         if e.code in SMOKE_CODES and dest is not None:
             try:
                 st = self._load_state()
