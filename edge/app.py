@@ -261,6 +261,9 @@ class Service:
             reasons.append(f"alerts held in memory ({sink.held} messages): {sink.error}")
         if self.model_problem is not None:
             reasons.append(self.model_problem)
+        link = self.parts.mqtt
+        if link is not None and link.rejection is not None:  # systemd's STATUS= says what MQTT's status says
+            reasons.append(link.rejection)
         model = model_ref(self.parts.slot.latest_info) if self.parts.slot is not None else None
         if reasons and not (len(reasons) == 1 and reasons[0].startswith("paused")):
             return StatusInfo("degraded", "; ".join(reasons), model)

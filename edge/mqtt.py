@@ -248,6 +248,11 @@ class MqttLink:
         """Publish the retained `model/state` payload now, or on the next connect."""
         return self.publish_direct(self.topics.model_state, encode(payload), qos=1, retain=True)
 
+    @property
+    def rejection(self) -> str | None:
+        """Why the broker refuses some of the outbox's messages (an ACL), or None: the service reports it too."""
+        return self._rejection
+
     def set_status(self, state: str, reason: str | None = None) -> None:
         """Set the state (online | degraded) reported on `status` from now on, and publish it when connected."""
         StatusInfo(state, reason)  # validates

@@ -192,3 +192,31 @@ def test_the_status_line_follows_the_service_state(tmp_path: Path, broker: Mosqu
         assert lines and lines[-1].startswith("STATUS=degraded, model shelfgap-default v"), got
         assert "/dev/video97" in lines[-1]
         assert all(a != b for a, b in zip(lines, lines[1:], strict=False))  # sent on a change
+
+
+def test_the_status_line_says_when_the_broker_refuses_the_alerts(tmp_path: Path) -> None:
+    """A broker whose ACL refuses the cart's alerts (MQTT 5 PUBACK "Not authorized"): `status` on MQTT said
+    degraded, but `systemctl status` said online, because only the MQTT link knew. Both say it now, on a real
+    mosquitto with an ACL and a rendered cart pass that opens alerts."""
+    import numpy as np
+
+    from convert.cartpass import make_aisle, render_cart_pass
+
+    aisle = make_aisle(np.random.default_rng(11), length_px=1500, n_gaps=4)
+    video = render_cart_pass(aisle, tmp_path / "aisle.mp4", fps=15.0, speed_px_per_frame=10.0, seed=3).path
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite shelfscout/s042/cart-07/status\ntopic readwrite shelfscout/s042/cart-07/cmd/#\n"
+                   "topic readwrite shelfscout/s042/cart-07/stats\ntopic readwrite shelfscout/s042/cart-07/model/#\n")
+    with Mosquitto(tmp_path / "broker", extra=f"user root\nacl_file {acl}\n") as b:
+        cfg = _write_config(tmp_path, b.url, f'source = "{video}"\nrealtime = true\nloop = true',
+                            "stats_interval_s = 0.5")
+        with _run_under_notify(tmp_path, cfg) as (proc, sock):
+            got: list[str] = []
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and proc.poll() is None and not any(
+                    m.startswith("STATUS=degraded") for m in got):
+                got += _drain(sock, 0.5)
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+    lines = [m for m in got if m.startswith("STATUS=")]
+    assert lines and lines[-1].startswith("STATUS=degraded, model shelfgap-default v"), got
+    assert "the broker refused" in lines[-1] and "Not authorized" in lines[-1], lines[-1]
