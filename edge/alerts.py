@@ -281,6 +281,11 @@ class AlertManager:
             except OSError as e2:
                 log.warning("could not move %s aside: %s", path, e2)
             return
+        for p in places:
+            # recorded by an earlier run, whose odometry started wherever the cart stood then: after a power cut
+            # mid-aisle its box may be anywhere in this run's frame. Kept open, not cleared, until a marker of its
+            # aisle or a new sighting places it again, as after a pause (`position_lost`)
+            p.stale = True
         self.places, self.markers, self._seq = places, markers, seq
 
     def save(self) -> None:
@@ -375,6 +380,10 @@ class AlertManager:
             self._fix_path = path
         known = self.markers.get(marker_id)
         if known is not None:
+            if self.aisle is None:
+                # gaps opened in this run before any marker (powered up mid-aisle) are in this run's frame: they
+                # move with odometry to the marker's known place, into its aisle
+                self._adopt(known.aisle, known.x - x_now)
             self.aisle = known.aisle
             for p in self.places:
                 if p.aisle == known.aisle:
@@ -385,13 +394,23 @@ class AlertManager:
         else:
             name = f"aruco-{marker_id}"
             if self.aisle is None:
-                for p in self.places:
-                    if p.aisle is None and p.seen_path is not None:
-                        p.aisle = name
+                self._adopt(name, 0.0)
             self.markers[marker_id] = MarkerPlace(name, x_now)
             self.aisle = name
         self._dirty = True
         return x_now
+
+    def _adopt(self, aisle: str, dx: float) -> None:
+        """The places recorded in this run before any marker (aisle None, seen since start-up) join `aisle`,
+        moved by `dx` shelf pixels into its frame."""
+        for p in self.places:
+            if p.aisle is None and p.seen_path is not None:
+                p.aisle = aisle
+                if dx:
+                    p.box = offset_box(p.box, dx, 0.0)
+                    p.anchor = offset_box(p.anchor, dx, 0.0) if p.anchor is not None else p.box
+                    p.samples = [offset_box(b, dx, 0.0) for b in p.samples]
+                self._dirty = True
 
     # ---- matching ----------------------------------------------------------------------------------------------
     def _near(self, box: Box, place: Place) -> float | None:
