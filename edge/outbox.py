@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -120,6 +121,11 @@ def _check(path: Path, busy_timeout_s: float) -> str | None:
         raise OutboxError(f"outbox {path}: cannot read: {e.strerror}") from e
     if header and header != b"SQLite format 3\x00":
         return "not an SQLite database (bad file header)"  # decided before SQLite touches its -wal/-shm files
+    wal = Path(f"{path}-wal")
+    if not header and wal.exists() and wal.stat().st_size > _WAL_HEADER:
+        # a power cut before the new file's first page reached the disk: SQLite would take the empty file for a
+        # new database and reset the log that holds every message committed since
+        return f"the database file is empty but its write-ahead log holds {wal.stat().st_size} bytes"
     try:
         conn = sqlite3.connect(str(path), timeout=busy_timeout_s)
         try:
@@ -168,14 +174,82 @@ def _continue_ids(conn: sqlite3.Connection, last: int) -> None:
         conn.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('messages', ?)", (last,))
 
 
-def _salvage(corrupt: Path, fresh: sqlite3.Connection) -> int:
-    """Copy the messages SQLite can still read from a quarantined database (a truncated file often keeps most
-    of them) into the fresh one, oldest first; returns how many. Best effort: a file that is no database gives 0."""
-    rows: list[Any] = []
+_WAL_HEADER, _WAL_FRAME_HEADER = 32, 24
+
+
+def _wal_checksum(data: bytes, s0: int, s1: int, big_endian: bool) -> tuple[int, int]:
+    """SQLite's WAL checksum of `data` (a multiple of 8 bytes), continuing from (s0, s1)."""
+    words = struct.unpack(f"{'>' if big_endian else '<'}{len(data) // 4}I", data)
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def _wal_pages(wal: Path) -> tuple[int, dict[int, bytes], int]:
+    """(page size, {page number: content}, pages in the database) of the transactions committed in a
+    write-ahead log, its checksums checked; (0, {}, 0) when it holds none."""
+    try:
+        data = wal.read_bytes()
+    except OSError:
+        return 0, {}, 0
+    if len(data) < _WAL_HEADER or int.from_bytes(data[:4], "big") not in (0x377F0682, 0x377F0683):
+        return 0, {}, 0
+    big = bool(data[3] & 1)
+    page = int.from_bytes(data[8:12], "big")
+    page = 65536 if page == 1 else page
+    if page < 512 or page & (page - 1):
+        return 0, {}, 0
+    s0, s1 = _wal_checksum(data[:24], 0, 0, big)
+    if (s0, s1) != (int.from_bytes(data[24:28], "big"), int.from_bytes(data[28:32], "big")):
+        return 0, {}, 0
+    salt = data[16:24]
+    committed: dict[int, bytes] = {}
+    pending: dict[int, bytes] = {}
+    db_pages = 0
+    at = _WAL_HEADER
+    while at + _WAL_FRAME_HEADER + page <= len(data):
+        head = data[at:at + _WAL_FRAME_HEADER]
+        body = data[at + _WAL_FRAME_HEADER:at + _WAL_FRAME_HEADER + page]
+        if head[8:16] != salt:
+            break  # a frame of an earlier generation of the log: the end of this one
+        s0, s1 = _wal_checksum(head[:8] + body, s0, s1, big)
+        if (s0, s1) != (int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")):
+            break  # torn by the power cut: what follows was never committed
+        pending[int.from_bytes(head[:4], "big")] = body
+        size = int.from_bytes(head[4:8], "big")
+        if size:  # a commit frame: the transaction is whole
+            committed.update(pending)
+            pending.clear()
+            db_pages = size
+        at += _WAL_FRAME_HEADER + page
+    return page, committed, db_pages
+
+
+def _image(corrupt: Path) -> bytearray:
+    """The quarantined database as it was last committed: its file, with the committed pages of its
+    write-ahead log (moved aside with it) laid over it."""
     try:
         data = bytearray(corrupt.read_bytes())
     except OSError:
-        return 0
+        data = bytearray()
+    page, pages, db_pages = _wal_pages(Path(f"{corrupt}-wal"))
+    if not pages or (len(data) >= 100 and int.from_bytes(data[16:18], "big") not in (page, page % 65536)):
+        return data
+    out = bytearray(max(len(data), db_pages * page))
+    out[:len(data)] = data
+    for n, body in pages.items():
+        if n <= db_pages:
+            out[(n - 1) * page:n * page] = body
+    return out[:db_pages * page]
+
+
+def _salvage(corrupt: Path, fresh: sqlite3.Connection) -> int:
+    """Copy the messages SQLite can still read from a quarantined database (a truncated file often keeps most
+    of them, and its write-ahead log the last ones) into the fresh one, oldest first; returns how many. Best
+    effort: a file that is no database gives 0."""
+    rows: list[Any] = []
+    data = _image(corrupt)
     if data[:16] != b"SQLite format 3\x00" or len(data) < 100:
         return 0
     page = int.from_bytes(data[16:18], "big")

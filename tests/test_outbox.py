@@ -199,6 +199,49 @@ def test_corrupt_database_is_quarantined_and_a_fresh_one_works(tmp_path: Path, d
         again.close()
 
 
+@pytest.mark.parametrize("wal_damage", ["none", "torn last frame", "flipped byte in the last frame"])
+def test_an_outbox_file_empty_after_a_power_cut_gives_back_what_its_log_committed(tmp_path: Path,
+                                                                                  wal_damage: str) -> None:
+    """Killed right after its commits (no close, no checkpoint: the messages are in outbox.db-wal), and the file
+    system brings the database file back empty, as ext4 can a new file's first page. SQLite takes an empty file
+    for a new database and resets the log, and every queued alert was gone without a word. The outbox now sets
+    the file aside with its log and salvages the committed transactions from the log; a frame the power cut tore
+    (cut short, or failing its checksum) ends what is read, and what it held is not taken for a message."""
+    path = tmp_path / "outbox.db"
+    code = ("import json, os, sys\nfrom edge.outbox import Outbox, OutMessage\nob = Outbox(sys.argv[1])\n"
+            "for i in range(40):\n"
+            "    ob.put([OutMessage('a/alerts', json.dumps({'seq': i}).encode()), "
+            "OutMessage('a/snapshots/%d' % i, bytes(3000))])\n"
+            "os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=120)
+    wal = Path(f"{path}-wal")
+    assert wal.stat().st_size > 100_000, "the messages were expected in the log, not yet in the file"
+    path.write_bytes(b"")
+    damaged = _damage_log(wal.read_bytes(), wal_damage)
+    wal.write_bytes(damaged)
+    ob = Outbox(path)
+    try:
+        assert ob.quarantined is not None and "empty" in (ob.quarantine_reason or "")
+        assert Path(f"{ob.quarantined}-wal").read_bytes() == damaged  # set aside with the file, as it was
+        alerts = [json.loads(r.payload)["seq"] for r in ob.pending(1000) if r.topic == "a/alerts"]
+        if wal_damage == "none":
+            assert alerts == list(range(40)) and ob.salvaged == 80
+        else:  # the last put's commit frame is damaged: everything before it, whole puts only
+            assert alerts == list(range(39)) and ob.salvaged == 78
+        assert len(ob.pending(1000)) == ob.salvaged
+    finally:
+        ob.close()
+
+
+def _damage_log(log_bytes: bytes, wal_damage: str) -> bytes:
+    """The write-ahead log as the power cut left it: whole, its last frame cut short, or one byte of it flipped."""
+    if wal_damage == "torn last frame":
+        return log_bytes[:-1000]
+    if wal_damage == "flipped byte in the last frame":
+        return log_bytes[:-500] + bytes([log_bytes[-500] ^ 0xFF]) + log_bytes[-499:]
+    return log_bytes
+
+
 def test_concurrent_writers_and_acker(tmp_path: Path) -> None:
     with Outbox(tmp_path / "o.db") as ob:
         def writer(k: int) -> None:
