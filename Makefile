@@ -25,10 +25,11 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Debian packages the tests use: the mosquitto broker, headless chromium (preview test), shellcheck (installer),
-# systemd-analyze (unit checks), strace (the outbox's fsyncs, counted), and for the installer test, which builds the package offline with the system
+# systemd-analyze (unit checks), strace (the outbox's fsyncs, counted), faketime (a Pi's clock before NTP sets it),
+# and for the installer test, which builds the package offline with the system
 # Python as on a Pi, python3-venv and python3-wheel. Installed only when missing, and only when we are root.
 SYSTEM_BINS := mosquitto:mosquitto chromium:chromium shellcheck:shellcheck systemd-analyze:systemd openssl:openssl \
-               strace:strace
+               strace:strace faketime:faketime
 system-deps:
 	@missing=""; for pair in $(SYSTEM_BINS); do bin=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$bin >/dev/null 2>&1 || test -x /usr/sbin/$$bin || missing="$$missing $$pkg"; done; \

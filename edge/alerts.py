@@ -537,7 +537,7 @@ class AlertManager:
         self._by_track[track_id] = place
 
     def _touch(self, place: Place, confidence: float, sightings: int, view: View) -> None:
-        place.last_seen = view.t_wall
+        place.last_seen = max(place.last_seen, view.t_wall)  # a clock stepped back (NTP after boot) never undoes it
         place.seen_path = view.path
         place.confidence = confidence
         place.frames += sightings

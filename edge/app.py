@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, Bundle, BundleError, load_public_keys, read_bundle
+from edge.clock import clock_problem
 from edge.config import Config
 from edge.instance_lock import acquire
 from edge.payloads import (
@@ -264,6 +265,9 @@ class Service:
         link = self.parts.mqtt
         if link is not None and link.rejection is not None:  # systemd's STATUS= says what MQTT's status says
             reasons.append(link.rejection)
+        unset = clock_problem(time.time())
+        if unset is not None:  # alerts still go out, with the times the device has: say they are wrong
+            reasons.append(f"{unset}: the times in alerts are wrong until it is set")
         model = model_ref(self.parts.slot.latest_info) if self.parts.slot is not None else None
         if reasons and not (len(reasons) == 1 and reasons[0].startswith("paused")):
             return StatusInfo("degraded", "; ".join(reasons), model)

@@ -409,3 +409,15 @@ def test_gaps_found_after_a_power_cut_join_the_aisle_at_its_known_marker(tmp_pat
                      NoisyDetector(seed=5))
     assert [e.event for e, _, _ in third] == ["opened"] * len(third)
     assert {e.alert_id for e, _, _ in third} <= {e.alert_id for e, _, _ in first}
+
+
+def test_a_clock_stepped_back_never_makes_an_alert_last_seen_before_it_was_first_seen() -> None:
+    """NTP steps a Pi's clock back as well as forward: the place seen again after the step keeps the later time
+    (the alerts' `last_seen` read a day before their `first_seen`)."""
+    mgr = AlertManager(TrackingConfig(), "cart-01")
+    t = 1_780_000_000.0
+    assert _opened(mgr, 1, (500, 100, 600, 200), _view(0.0, t=t)) is not None
+    assert mgr.confirm(2, (505, 100, 600, 200), (505, 100, 600, 200), [0.8], 3, t - 86400, _view(10.0, t=t - 86400)) \
+        is None  # the same place, seen again after the clock went back a day
+    place = mgr.open_alerts()[0]
+    assert place.first_seen == t and place.last_seen == t

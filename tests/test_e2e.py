@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,6 +167,36 @@ def test_broker_down_at_start_then_all_alerts_arrive(tmp_path: Path, cart_pass: 
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.skipif(shutil.which("faketime") is None, reason="Debian's `faketime` package is not installed "
+                                                           "(make test installs it)")
+def test_a_cart_whose_clock_is_not_set_still_alerts_and_says_its_times_are_wrong(tmp_path: Path,
+                                                                              cart_pass: CartPass) -> None:
+    """A Pi has no real-time clock: it boots at 1970 until NTP sets the time, and may be on the shelf by then.
+    The whole service under libfaketime (the wall clock only; monotonic time runs as it is): every alert still
+    goes out, valid, and `status` says the times in them are wrong, so nobody trusts a 1970 `first_seen`."""
+    with Mosquitto(tmp_path / "broker") as b:
+        sub = ValidatingSubscriber(b.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="backend").start()
+        log = tmp_path / "service.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+        proc = subprocess.Popen(["faketime", "-m", "-f", "@1970-01-01 00:00:00", sys.executable, "-m", "edge.cli",
+                                 "-v", "run", "-c", str(write_config(tmp_path, cart_pass.path, b.url))],
+                                stdout=subprocess.DEVNULL, stderr=open(log, "ab"), env=env)
+        try:
+            assert proc.wait(180) == 0, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        committed = committed_alerts(log)
+        assert committed, log.read_text()[-3000:]
+        assert sub.wait_for(lambda: committed <= {(a["event"], a["id"]) for a in alerts_of(sub)}, 15)
+        sub.stop()
+    check_payloads_and_snapshots(sub)
+    assert all(a["ts"].startswith("1970-01-01T") for a in alerts_of(sub))  # what the device's clock said
+    degraded = [s for s in sub.json_on("/status") if s["state"] == "degraded"]
+    assert degraded and "the clock is not set (it reads 1970-01-01T" in degraded[-1]["reason"], (
+        sub.json_on("/status"))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])

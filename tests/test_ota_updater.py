@@ -620,3 +620,24 @@ def test_a_release_during_probation_is_reported_deferred_and_runs_after_the_verd
         assert dev.reports[-1]["ota"]["version"] == 3
     finally:
         up.stop()
+
+
+def test_a_release_waits_while_the_clock_is_not_set_and_applies_once_it_is(dev: Device) -> None:
+    """A Pi has no real-time clock: until NTP sets it, it reads 1970 (or the time it shut down), and every release
+    past its expiry passed for fresh. It waits now (a transient failure, retried), and applies once the clock is
+    set; an expired one is then refused as expired."""
+    import time as _time
+
+    dev.install(1)
+    now = {"t": 12.0}  # 1970-01-01T00:00:12Z, a cold boot
+    up = dev.updater(clock=lambda: now["t"])
+    up.active_bundle_path()
+    dev.reports.clear()
+    out = up.apply_release(dev.release(dev.bundle(2)))
+    assert (out.state, out.code) == ("failed", "clock-not-set") and dev.current().startswith("v1-")
+    assert "1970-01-01T00:00:12Z" in dev.reports[-1]["ota"]["error"] and dev.swaps == []
+    stale = dev.release(dev.bundle(3), expires_in=timedelta(seconds=-1))
+    assert up.apply_release(stale).code == "clock-not-set"  # not taken for fresh
+    now["t"] = _time.time()  # NTP has set it
+    assert up.apply_release(stale).code == "expired"
+    assert up.apply_release(dev.release(dev.bundle(2))).state == "probation"

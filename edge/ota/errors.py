@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 # Codes whose cause is the environment (network, disk), not the release: a later attempt may succeed.
-TRANSIENT_CODES = frozenset({"truncated", "stalled", "http-error", "disk-full", "io-error", "network"})
+TRANSIENT_CODES = frozenset({"truncated", "stalled", "http-error", "disk-full", "io-error", "network",
+                             "clock-not-set"})
 
 
 class OtaError(ValueError):

@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
+from edge.clock import clock_problem
 from edge.ota.errors import OtaError
 from edge.ota.release import VerifiedRelease
 from edge.ota.state import OtaState
@@ -50,12 +51,15 @@ def parse_app_version(text: str) -> tuple[int, ...]:
 
 def decide(vr: VerifiedRelease, state: OtaState, device_id: str, app_version: str, now: datetime,
            active_sha256: str | None, running_version: int | None = None) -> Decision:
-    """Apply, skip (already running, a replay, outside the rollout), or refuse (OtaError: `expired`, `downgrade`,
-    `conflict`, `failed-before`, `app-too-old`). `running_version`: the model running now, which a release must not be older than even when no
+    """Apply, skip (already running, a replay, outside the rollout), or refuse (OtaError: `clock-not-set`,
+    `expired`, `downgrade`, `conflict`, `failed-before`, `app-too-old`). `running_version`: the model running now, which a release must not be older than even when no
     release was ever accepted (a cart on its built-in model)."""
     r = vr.release
     if active_sha256 == r.sha256:
         return Decision(False, f"{r.name} v{r.version} is already running")
+    unset = clock_problem(now.timestamp())
+    if unset is not None:  # a release past its expiry would pass for fresh: wait for NTP (retried)
+        raise OtaError("clock-not-set", f"release {r.name} v{r.version} cannot be checked for expiry: {unset}")
     if now >= r.expires:
         raise OtaError("expired", f"release {r.name} v{r.version} expired at {r.not_after}")
     if r.sha256 in state.failed:
