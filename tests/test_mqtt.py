@@ -131,8 +131,8 @@ def check_delivery(sub: ValidatingSubscriber, committed: list[str], timeout: flo
     snaps = {m.topic.rsplit("/", 1)[1]: bytes(m.payload) for m in sub.containing("/snapshots/")}
     for p in sub.json_on("/alerts"):
         if p["snapshot"] is not None:
-            sub.wait_for(lambda p=p: p["id"] in {m.topic.rsplit("/", 1)[1] for m in sub.containing("/snapshots/")},
-                         10)
+            assert sub.wait_for(lambda p=p: p["id"] in {m.topic.rsplit("/", 1)[1]
+                                                        for m in sub.containing("/snapshots/")}, 10), p["id"]
             snaps = {m.topic.rsplit("/", 1)[1]: bytes(m.payload) for m in sub.containing("/snapshots/")}
             assert hashlib.sha256(snaps[p["id"]]).hexdigest() == p["snapshot"]["sha256"]
     return len(received_ids(sub)) - len(by_event)
@@ -209,9 +209,18 @@ def test_an_outbox_moved_from_memory_to_disk_while_sending_loses_nothing(
     assert link.wait_connected(10)
     assert sub.wait_for(lambda: [s["state"] for s in sub.json_on("/status")] == ["degraded"], 10)
     putter = Putter(outbox, t, every_s=0.005).start()
-    time.sleep(0.5)
-    assert outbox.move_to_disk(force=True)  # with messages in flight
-    time.sleep(0.5)
+    assert sub.wait_for(lambda: len(received_ids(sub)) >= 5, 10)  # sending
+    assert broker.proc is not None
+    os.kill(broker.proc.pid, signal.SIGSTOP)  # no PUBACK comes back meanwhile: what was sent stays in flight
+    try:
+        deadline = time.monotonic() + 10
+        while link.info().inflight == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert link.info().inflight > 0
+        assert outbox.move_to_disk(force=True)  # with messages in flight, for sure
+    finally:
+        os.kill(broker.proc.pid, signal.SIGCONT)
+    time.sleep(0.3)  # puts on the disk outbox too
     putter.stop()
     check_delivery(sub, putter.committed)
     assert link.wait_idle(15) and outbox.depth() == 0
@@ -247,7 +256,7 @@ def test_broker_down_at_start_then_everything_arrives(tmp_path: Path, links: Cal
         assert link.outbox.depth() == 36  # 20 alerts and the snapshots of the 16 opened ones, all held
         b.start()
         sub = _sub(b.url, t, client_id="backend", persistent=True).start()
-        assert check_delivery(sub, putter.committed) >= 0
+        check_delivery(sub, putter.committed)
         assert sub.wait_for(lambda: len(sub.on("/model/state")) >= 1, 10)  # retained state set while offline
         assert link.wait_idle(10)
         sub.stop()
