@@ -16,7 +16,7 @@ from edge.bundle import generate_keypair, load_private_key, load_public_keys
 from edge.ota.errors import OtaError
 from edge.ota.policy import decide, parse_app_version, rollout_bucket
 from edge.ota.release import MAX_MESSAGE_BYTES, Release, keyid, sign_release, verify_release
-from edge.ota.state import OtaState, StateStore
+from edge.ota.state import StateStore, UpdaterMemory
 from tests.test_ota_support import BundleServer, Device, tiny_models
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
@@ -114,7 +114,7 @@ def _vr(r: Release, key: Ed25519PrivateKey, keys_dir: Path):  # type: ignore[no-
 def test_rollback_replay_freeze_and_conflict(keypair: tuple[Ed25519PrivateKey, Path]) -> None:
     key, keys_dir = keypair
     old = _vr(rel(2), key, keys_dir)
-    state = OtaState(highest_version=3, highest_sha256="cd" * 32).with_seen(old.digest)
+    state = UpdaterMemory(highest_version=3, highest_sha256="cd" * 32).with_seen(old.digest)
     replay = decide(old, state, "cart-07", "0.1.0", NOW, None)  # seen before: skipped, and not news to report
     assert (replay.apply, replay.code, replay.report) == (False, "replay", False)
     codes = []
@@ -136,8 +136,8 @@ def test_rollback_replay_freeze_and_conflict(keypair: tuple[Ed25519PrivateKey, P
 
 def test_state_is_durable_and_damage_is_detected(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.json")
-    assert store.load() == OtaState()
-    st = OtaState(highest_version=7, highest_sha256="ab" * 32).with_seen("d1").with_failed("f1", "smoke-hang: x")
+    assert store.load() == UpdaterMemory()
+    st = UpdaterMemory(highest_version=7, highest_sha256="ab" * 32).with_seen("d1").with_failed("f1", "smoke-hang: x")
     store.save(st)
     assert StateStore(tmp_path / "state.json").load() == st
     assert st.with_failed("f1", "other").failed_why == {"f1": "smoke-hang: x"}  # the first failure's reason stays
@@ -153,9 +153,9 @@ def test_min_app_version_and_rollout(keypair: tuple[Ed25519PrivateKey, Path]) ->
     key, keys_dir = keypair
     assert parse_app_version("0.1.0") == parse_app_version("0.1") < parse_app_version("0.1.1rc1")
     with pytest.raises(OtaError) as e:
-        decide(_vr(rel(2, min_app_version="0.2.0"), key, keys_dir), OtaState(), "cart-07", "0.1.9", NOW, None)
+        decide(_vr(rel(2, min_app_version="0.2.0"), key, keys_dir), UpdaterMemory(), "cart-07", "0.1.9", NOW, None)
     assert e.value.code == "app-too-old"
-    assert decide(_vr(rel(2, min_app_version="0.2.0"), key, keys_dir), OtaState(), "cart-07", "0.2.0", NOW,
+    assert decide(_vr(rel(2, min_app_version="0.2.0"), key, keys_dir), UpdaterMemory(), "cart-07", "0.2.0", NOW,
                   None).apply
     # rollout: stable per device, about the right share of a fleet, different ids land differently
     assert rollout_bucket("cart-07", "tiny") == rollout_bucket("cart-07", "tiny")
@@ -163,7 +163,7 @@ def test_min_app_version_and_rollout(keypair: tuple[Ed25519PrivateKey, Path]) ->
     share = sum(rollout_bucket(i, "tiny") < 0.3 for i in ids) / len(ids)
     assert 0.27 < share < 0.33
     vr = _vr(rel(2, rollout=0.3), key, keys_dir)
-    taken = [i for i in ids[:200] if decide(vr, OtaState(), i, "0.1.0", NOW, None).apply]
+    taken = [i for i in ids[:200] if decide(vr, UpdaterMemory(), i, "0.1.0", NOW, None).apply]
     assert taken == [i for i in ids[:200] if rollout_bucket(i, "tiny") < 0.3]
 
 

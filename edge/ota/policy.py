@@ -9,7 +9,7 @@ from datetime import datetime
 from edge.clock import clock_problem
 from edge.ota.errors import OtaError
 from edge.ota.release import VerifiedRelease
-from edge.ota.state import OtaState
+from edge.ota.state import UpdaterMemory
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def parse_app_version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def decide(vr: VerifiedRelease, state: OtaState, device_id: str, app_version: str, now: datetime,
+def decide(vr: VerifiedRelease, state: UpdaterMemory, device_id: str, app_version: str, now: datetime,
            active_sha256: str | None, running_version: int | None = None) -> Decision:
     """Apply, skip (already running, a replay, outside the rollout), or refuse (OtaError: `clock-not-set`,
     `expired`, `downgrade`, `conflict`, `failed-before`, `app-too-old`). `running_version`: the model running now, which a release must not be older than even when no

@@ -24,7 +24,9 @@ class Probation:
 
 
 @dataclass(frozen=True)
-class OtaState:
+class UpdaterMemory:
+    """What the updater remembers across restarts (not the `ota` report of model/state: that is payloads.OtaState)."""
+
     highest_version: int = -1
     highest_sha256: str = ""
     seen: tuple[str, ...] = ()  # digests of verified release announcements (replay detection)
@@ -33,12 +35,12 @@ class OtaState:
     probation: Probation | None = None
     last: dict[str, Any] = field(default_factory=dict)  # the last `ota` report, restored after a restart
 
-    def with_seen(self, digest: str) -> OtaState:
+    def with_seen(self, digest: str) -> UpdaterMemory:
         if digest in self.seen:
             return self
         return replace(self, seen=(*self.seen, digest)[-MAX_SEEN:])
 
-    def with_failed(self, sha256: str, why: str = "") -> OtaState:
+    def with_failed(self, sha256: str, why: str = "") -> UpdaterMemory:
         """Marked as failed on this device, with why (kept for the first failure; a refusal repeats it)."""
         if sha256 in self.failed:
             return self
@@ -55,11 +57,11 @@ class StateStore:
     def __init__(self, path: Path):
         self.path = path
 
-    def load(self) -> OtaState:
+    def load(self) -> UpdaterMemory:
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return OtaState()
+            return UpdaterMemory()
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             # The file is only ever replaced by rename, so this is outside damage. Refuse to forget the highest
             # version silently: the caller reports it, and a fresh state can only re-accept signed releases.
@@ -67,7 +69,7 @@ class StateStore:
         if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
             raise ValueError(f"{self.path} is not a {SCHEMA} file")
         p = raw.get("probation")
-        return OtaState(
+        return UpdaterMemory(
             highest_version=int(raw.get("highest_version", -1)),
             highest_sha256=str(raw.get("highest_sha256", "")),
             seen=tuple(str(s) for s in raw.get("seen", ())),
@@ -78,7 +80,7 @@ class StateStore:
             last=dict(raw.get("last") or {}),
         )
 
-    def save(self, state: OtaState) -> None:
+    def save(self, state: UpdaterMemory) -> None:
         d = asdict(state)
         d["schema"] = SCHEMA
         write_atomic(self.path, (json.dumps(d, indent=1, sort_keys=True) + "\n").encode())

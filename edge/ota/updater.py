@@ -38,7 +38,7 @@ from edge.ota.policy import decide
 from edge.ota.probation import ProbationWindow
 from edge.ota.release import MAX_MESSAGE_BYTES, VerifiedRelease, format_rfc3339, verify_release
 from edge.ota.smoke import DetectorFactory, check_bundle, run_smoke
-from edge.ota.state import OtaState, Probation, StateStore
+from edge.ota.state import Probation, StateStore, UpdaterMemory
 
 log = logging.getLogger(__name__)
 
@@ -606,7 +606,7 @@ class Updater:
         read_bundle(DEFAULT_BUNDLE, load_public_keys([BUILTIN_KEYS]))  # BundleError: nothing valid to run
         return DEFAULT_BUNDLE
 
-    def _load_state(self) -> OtaState:
+    def _load_state(self) -> UpdaterMemory:
         try:
             return self.store.load()
         except ValueError as e:
@@ -619,7 +619,7 @@ class Updater:
                     version = read_bundle(cur, self._keys_or_empty()).manifest.version
                 except BundleError:
                     pass
-            st = OtaState(highest_version=version)
+            st = UpdaterMemory(highest_version=version)
             self.store.save(st)
             return st
 
