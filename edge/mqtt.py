@@ -15,7 +15,6 @@ The retained `status` carries the running model: it is republished when the stat
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import queue
 import threading
@@ -33,9 +32,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.broker import BrokerLogin, probe
 from edge.config import Config
+from edge.device_commands import CommandHandler, run_command
 from edge.outbox import Outbox, OutboxError
-from edge.payloads import ModelRef, StatusInfo, command_reply_payload, encode, status_payload
-from edge.topics import COMMANDS, Topics
+from edge.payloads import ModelRef, StatusInfo, encode, status_payload
+from edge.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ _REFUSAL_HINTS = {
     138: "this client is banned by the broker",
 }
 
-CommandHandler = Callable[[str, dict[str, Any]], Mapping[str, Any]]
 ReleaseHandler = Callable[[str, bytes], None]
 
 
@@ -678,41 +677,9 @@ class MqttLink:
     def _handle_command(self, topic: str, name: str, payload: bytes, retained: bool, props: Any) -> None:
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
-        error: str | None = None
-        result: Mapping[str, Any] | None = None
-        if retained and not payload:
-            log.info("a retained command on %s was cleared", topic)
-            return  # a backend removing a retained command from the broker: no command, nobody to answer
-        if retained:
-            error = "retained commands are ignored; publish commands without the retain flag"
-        elif name not in COMMANDS:
-            error = f"unknown command {name!r}; expected one of {', '.join(COMMANDS)}"
-        else:
-            args: Any = {}
-            try:
-                if payload.strip():
-                    args = json.loads(payload.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                error = f"payload is not valid UTF-8 JSON: {e}"
-            if error is None and not isinstance(args, dict):
-                error = f"payload must be a JSON object, got {type(args).__name__}"
-            if error is None:
-                if self.on_command is None:
-                    error = "this service does not take commands"
-                else:
-                    try:
-                        out = self.on_command(name, args)
-                        if not isinstance(out, Mapping):
-                            raise TypeError(f"command handler returned {type(out).__name__}, not a mapping")
-                        result = out
-                    except ValueError as e:
-                        error = str(e) or type(e).__name__
-                    except Exception as e:
-                        log.exception("command %s failed", name)
-                        error = f"internal error: {type(e).__name__}: {e}"
-        if error is not None:
-            log.warning("command %s on %s: %s", name, topic, error)
-        reply = encode(command_reply_payload(name, time.time(), result=result, error=error))
+        reply = run_command(name, payload, retained, self.on_command)
+        if reply is None:
+            return
         client = self._client
         if client is None:
             return
