@@ -56,17 +56,19 @@ def model_ref(bundle: Bundle) -> ModelRef:
     return ModelRef(bundle.manifest.name, bundle.manifest.version, bundle.manifest.files.get("model.tflite"))
 
 
-def trusted_keys(cfg: Config) -> dict[str, Any]:
-    """Keys that may sign a model the device runs: the configured keys folder plus the project's built-in key."""
-    return load_public_keys([cfg.ota.keys_dir, BUILTIN_KEYS])
+def trusted_keys(cfg: Config, bad: list[str] | None = None) -> dict[str, Any]:
+    """Keys that may sign a model the device runs: the configured keys folder plus the project's built-in key.
+    A file there that is not a key is a BundleError, or, with a `bad` list, skipped and said there."""
+    return load_public_keys([cfg.ota.keys_dir, BUILTIN_KEYS], bad)
 
 
-def load_model(cfg: Config, path: str | Path | None = None) -> Bundle:
-    """Read and verify the configured bundle (or the built-in default); refuses unsigned ones unless in dev mode."""
+def load_model(cfg: Config, path: str | Path | None = None, bad_keys: list[str] | None = None) -> Bundle:
+    """Read and verify the configured bundle (or the built-in default); refuses unsigned ones unless in dev mode.
+    With `bad_keys`, key files that are not keys are skipped (and said there) instead of refusing every model."""
     p = Path(path) if path else (Path(cfg.model.bundle) if cfg.model.bundle else DEFAULT_BUNDLE)
     if cfg.model.dev_allow_unsigned:
         log.warning("DEVELOPMENT MODE: model.dev_allow_unsigned is set; models run WITHOUT a valid signature")
-    return read_bundle(p, trusted_keys(cfg), allow_unsigned=cfg.model.dev_allow_unsigned)
+    return read_bundle(p, trusted_keys(cfg, bad_keys), allow_unsigned=cfg.model.dev_allow_unsigned)
 
 
 def state_folders(cfg: Config) -> list[tuple[Path, str]]:
@@ -125,6 +127,7 @@ class Service:
         self.parts = Parts()
         self.updater: Updater | None = None
         self.model_problem: str | None = None  # why the service runs the built-in model instead of the configured one
+        self.key_problem: str | None = None  # key files in the keys folder that are not keys (skipped)
         self._status_line: str | None = None  # the last STATUS= sent to systemd
 
     # ---- commands from MQTT ----------------------------------------------------------------------------------
@@ -262,6 +265,8 @@ class Service:
             reasons.append(f"alerts held in memory ({sink.held} messages): {sink.error}")
         if self.model_problem is not None:
             reasons.append(self.model_problem)
+        if self.key_problem is not None:
+            reasons.append(self.key_problem)
         link = self.parts.mqtt
         if link is not None and link.rejection is not None:  # systemd's STATUS= says what MQTT's status says
             reasons.append(link.rejection)
@@ -345,8 +350,9 @@ class Service:
         self.updater = updater
         active = updater.active_bundle_path() if updater is not None else None
         chosen = Path(active) if active else (Path(cfg.model.bundle) if cfg.model.bundle else DEFAULT_BUNDLE)
+        bad_keys: list[str] = []  # one broken key file must not refuse every model, the built-in one included
         try:
-            bundle = load_model(cfg, chosen)
+            bundle = load_model(cfg, chosen, bad_keys)
             detector = self._detector(bundle)
         except (BundleError, ValueError, RuntimeError) as e:
             # a cart with a model it cannot run still runs the signed built-in one, and says so in its status,
@@ -355,8 +361,11 @@ class Service:
                 raise
             self.model_problem = f"the configured model cannot run ({e}); running the built-in default model"
             log.error("%s", self.model_problem)
-            bundle = load_model(cfg, DEFAULT_BUNDLE)
+            bundle = load_model(cfg, DEFAULT_BUNDLE, [])
             detector = self._detector(bundle)
+        if bad_keys:
+            self.key_problem = "; ".join(dict.fromkeys(bad_keys)) + " (ignored)"
+            log.error("%s", self.key_problem)
         if updater is not None:  # no release older than what runs, even before the first one is accepted
             updater.running_version = bundle.manifest.version
         log.info("model %s v%d on %s (xnnpack=%s, %d threads)", bundle.manifest.name, bundle.manifest.version,

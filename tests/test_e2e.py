@@ -306,6 +306,37 @@ def test_a_configured_model_that_cannot_run_falls_back_to_the_built_in_one(
     assert {a["model"]["name"] for a in alerts_of(sub)} == {"shelfgap-default"}
 
 
+@pytest.mark.parametrize("model", ["configured", "built-in"])
+def test_a_key_file_that_is_not_a_key_is_named_and_skipped_not_a_stopped_cart(
+    tmp_path: Path, cart_pass: CartPass, model: str
+) -> None:
+    """An installer copies the wrong file into the keys folder (INSTALL: "copy my-models.pub there"). Every model
+    was refused with it, the built-in one too, so the service exited and systemd gave up after five restarts. The
+    file is skipped now, named in the retained status, and the cart runs its model."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "fleet.pub").write_text("custom\n")
+    bundle = tmp_path / "store.bundle"
+    bundle.write_bytes(DEFAULT_BUNDLE.read_bytes())  # signed with the built-in key
+    with Mosquitto(tmp_path / "broker") as b:
+        sub = ValidatingSubscriber(b.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="backend").start()
+        log = tmp_path / "service.log"
+        extra = {"model": f'bundle = "{bundle}"'} if model == "configured" else {}
+        cfg = write_config(tmp_path, cart_pass.path, b.url, ota=f'enabled = false\nkeys_dir = "{keys}"', **extra)
+        proc = start_service(cfg, log)
+        try:
+            assert proc.wait(120) == 0, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        sub.wait_for(lambda: len(alerts_of(sub)) >= len(committed_alerts(log)), 10)
+        sub.stop()
+    degraded = [st for st in sub.json_on("/status") if st["state"] == "degraded"]
+    assert degraded and f"key file {keys / 'fleet.pub'} is not a PEM public key" in degraded[0]["reason"]
+    assert "running the built-in default model" not in degraded[0]["reason"]  # its own model runs
+    assert alerts_of(sub) and {a["model"]["name"] for a in alerts_of(sub)} == {"shelfgap-default"}
+
+
 @pytest.mark.parametrize("damage", ["garbage", "cut short"])
 def test_alerts_queued_in_an_outbox_that_got_corrupt_are_still_delivered(
     tmp_path: Path, cart_pass: CartPass, damage: str
