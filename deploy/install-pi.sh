@@ -203,5 +203,5 @@ if [ "$DO_SYSTEMCTL" = 1 ]; then
 fi
 
 log "done. Next: edit $ETC/config.toml, check it with"
-log "  $VENV/bin/shelfscout config check $ETC/config.toml"
+log "  sudo $VENV/bin/shelfscout config check $ETC/config.toml    (as root: it also checks what the service user may read)"
 log "then: systemctl start shelfscout; journalctl -u shelfscout -f; preview: http://127.0.0.1:8080/"

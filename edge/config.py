@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import sys
 import types
 import typing
@@ -220,8 +221,9 @@ def _validate(cfg: Config, errors: list[str]) -> None:
 
     for key, val in (("device.id", cfg.device.id), ("device.store", cfg.device.store)):
         need(bool(val), key, "must not be empty")
-        need(not any(c in val for c in "/+#") and val.strip() == val, key,
-             f"{val!r} must not contain '/', '+', '#' or surrounding spaces (it is part of MQTT topics)")
+        need(not val or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", val) is not None, key,
+             f"{val!r} must be letters, digits, '.', '_' or '-', starting with a letter or digit (it is a level of "
+             "the cart's MQTT topics and part of its certificate name, as make-certs.sh makes it)")
     need(cfg.device.store != "fleet", "device.store", "'fleet' is reserved: {prefix}/fleet/model/release is the "
                                                       "fleet's release topic")
     need(cfg.device.id != "model", "device.id", "'model' is reserved: {prefix}/STORE/model/release is the store's "
@@ -386,14 +388,25 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     )
 
 
-def read_password(cfg: MqttConfig, env: Mapping[str, str] | None = None) -> str | None:
-    """The MQTT password: from `password_file`, else from systemd's credential `mqtt-password`, else None."""
+# Where the installer keeps the password; systemd hands it to the service as the credential `mqtt-password`.
+CREDENTIALS_DIR = Path("/etc/shelfscout/credentials")
+
+
+def read_password(cfg: MqttConfig, env: Mapping[str, str] | None = None,
+                  installed: Path = CREDENTIALS_DIR) -> str | None:
+    """The MQTT password: from `password_file`, else from systemd's credential `mqtt-password`, else (outside
+    systemd: `config check --live`, a run by hand) from the installer's `mqtt-password` file when this user can
+    read it, as systemd does for the service, else None."""
     env = os.environ if env is None else env
     candidates = []
     if cfg.password_file:
         candidates.append(Path(cfg.password_file))
     elif env.get("CREDENTIALS_DIRECTORY"):
         candidates.append(Path(env["CREDENTIALS_DIRECTORY"]) / "mqtt-password")
+    elif (installed / "mqtt-password").is_file():
+        if not os.access(installed / "mqtt-password", os.R_OK):
+            return None  # root's (0600): systemd reads it for the service; a check by hand needs sudo
+        candidates.append(installed / "mqtt-password")
     for c in candidates:
         try:
             return c.read_text(encoding="utf-8").strip()

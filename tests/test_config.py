@@ -52,7 +52,8 @@ def test_environment_overrides_the_file() -> None:
         ("[model]\nthreads = 'two'\n", "model.threads: expected an integer, got string 'two'"),
         ("[mqtt]\nurl = 'http://x'\n", "mqtt.url: 'http://x' must start with mqtt:// or mqtts://"),
         ("[tracking]\nconfirm_frames = 9\n", "tracking.confirm_frames: must be between 1 and tracking.window_frames"),
-        ("[device]\nid = 'a/b'\n", "device.id: 'a/b' must not contain"),
+        ("[device]\nid = 'a/b'\n", "device.id: 'a/b' must be letters, digits, '.', '_' or '-'"),
+        ("[device]\nid = 'cart 07'\n", "device.id: 'cart 07' must be letters"),  # make-certs.sh refuses it too
         ("[cameras]\nsource = 'x'\n", "cameras: unknown key (did you mean 'camera'?)"),
         ("camera = 3\n", "camera: expected a table [camera], got integer"),
         # values `run` refused only once it built the part (a traceback), or took and then misbehaved with
@@ -99,6 +100,15 @@ def test_password_from_file_or_systemd_credential(tmp_path: Path) -> None:
     assert config.read_password(config.Config().mqtt, env={"CREDENTIALS_DIRECTORY": str(creds)}) == "fromsystemd"
     with pytest.raises(ConfigError, match="mqtt.password_file: cannot read"):
         config.read_password(config.parse("[mqtt]\npassword_file = '/nonexistent/pw'\n", env={}).mqtt, env={})
+    # outside systemd (`config check --live`, a run by hand) the installer's file is read as systemd would: the
+    # check refused a right password that the service then logged in with
+    installed = tmp_path / "etc-credentials"
+    assert config.read_password(config.Config().mqtt, env={}, installed=installed) is None
+    installed.mkdir()
+    (installed / "mqtt-password").write_text("installed\n")
+    assert config.read_password(config.Config().mqtt, env={}, installed=installed) == "installed"
+    assert config.read_password(config.Config().mqtt, env={"CREDENTIALS_DIRECTORY": str(creds)},
+                                installed=installed) == "fromsystemd"
 
 
 def test_config_check_cli_prints_one_line_error(tmp_path: Path) -> None:
@@ -267,3 +277,69 @@ def test_config_check_live_reads_a_frame_and_connects_or_says_which_part_failed(
         assert "refused the connection" in error and "mqtt.username" in error
     finally:
         b.stop()
+
+
+def test_config_check_names_a_certificate_made_for_another_cart(tmp_path: Path) -> None:
+    """The example's `id = "cart-01"` left as it was with cart-07's certificate installed: the broker (shipped ACL,
+    the certificate's name as the user) refused every message, status included, while `config check --live` said
+    ok. The certificate's name is checked against device.store/device.id now."""
+    from edge.commands.config_cmd import machine_problems
+    from tests.pki import client_cert, make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    (tmp_path / "certs" / "s042").mkdir(parents=True)
+    crt, key = client_cert(pki, "s042/cart-07", tmp_path / "certs")
+    tls = f"url = 'mqtts://127.0.0.1:8883'\nca_file = '{pki.ca}'\ncert_file = '{crt}'\nkey_file = '{key}'\n"
+    right = config.parse(f"[device]\nid = 'cart-07'\nstore = 's042'\n[mqtt]\n{tls}", env={})
+    assert not [p for p in machine_problems(right) if p.startswith("mqtt.cert_file")]
+    wrong = config.parse(f"[device]\nid = 'cart-01'\nstore = 's042'\n[mqtt]\n{tls}", env={})
+    (line,) = [p for p in machine_problems(wrong) if p.startswith("mqtt.cert_file")]
+    assert "cart 's042/cart-07'" in line and "cart 's042/cart-01'" in line and "make-certs.sh device s042 cart-01" in line
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="checks what another user may read: needs root, as on a cart")
+def test_config_check_as_root_says_which_files_the_service_user_cannot_read(tmp_path: Path) -> None:
+    """Root reads every file, so `sudo shelfscout config check` said ok where the service, running as its own
+    user, could not read its TLS key. The check now looks at each file's permissions for that user (`nobody` here:
+    the test machine has no `shelfscout` user)."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's own folder is root's only (0700): nobody gets in there
+    try:
+        _check_service_user_problems(base)
+    finally:
+        shutil.rmtree(base)
+
+
+def _check_service_user_problems(base: Path) -> None:
+    import grp
+    import pwd
+
+    from edge.commands.config_cmd import service_user_problems
+
+    base.chmod(0o755)
+    tls = base / "tls"
+    tls.mkdir()
+    tls.chmod(0o750)
+    nogroup = pwd.getpwnam("nobody").pw_gid
+    os.chown(tls, 0, nogroup)
+    files = {}
+    for name in ("ca.crt", "device.crt", "device.key"):
+        files[name] = tls / name
+        files[name].write_text("x")
+        os.chown(files[name], 0, nogroup)
+        files[name].chmod(0o640)
+    files["device.key"].chmod(0o600)  # root's only
+    cfg = config.parse(f"[mqtt]\nurl = 'mqtts://h:8883'\nca_file = '{files['ca.crt']}'\ncert_file = "
+                       f"'{files['device.crt']}'\nkey_file = '{files['device.key']}'\n[ota]\nkeys_dir = '{tls}'\n",
+                       env={})
+    (line,) = service_user_problems(cfg, user="nobody")
+    assert line.startswith("mqtt.key_file: the service runs as user 'nobody', which cannot read it")
+    assert f"-rw------- root:{grp.getgrgid(nogroup).gr_name}" in line and "chmod 0640" in line
+    files["device.key"].chmod(0o640)
+    assert service_user_problems(cfg, user="nobody") == []
+    tls.chmod(0o700)  # the folder shut: every file in it
+    assert [p.split(":")[0] for p in service_user_problems(cfg, user="nobody")] == [
+        "mqtt.ca_file", "mqtt.cert_file", "mqtt.key_file"]
+    assert all(f"cannot enter {tls}" in p for p in service_user_problems(cfg, user="nobody"))

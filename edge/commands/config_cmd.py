@@ -44,14 +44,106 @@ def machine_problems(cfg: Config) -> list[str]:
         BrokerLogin.from_config(cfg.mqtt)  # what MqttLink reads at start-up: the URL, password and TLS files
     except (ConfigError, ValueError) as e:
         problems.append(str(e))
+    bad_keys: list[str] = []
     bundle = Path(cfg.model.bundle) if cfg.model.bundle else None
     if bundle is not None and cfg.ota.enabled and not bundle.exists() and ota_managed(cfg, bundle):
         bundle = DEFAULT_BUNDLE  # OTA-managed (ota.models_dir/current) and not installed yet: the built-in runs
     try:
-        load_model(cfg, bundle)
+        load_model(cfg, bundle, bad_keys)
     except (BundleError, ConfigError) as e:
         problems.append(f"model.bundle: {e}")
+    problems += [f"ota.keys_dir: {line} (the service skips it, and refuses model updates until it is fixed)"
+                 for line in dict.fromkeys(bad_keys)]
+    problems += certificate_name_problems(cfg)
+    problems += service_user_problems(cfg)
     return problems
+
+
+def certificate_name_problems(cfg: Config) -> list[str]:
+    """The cart's client certificate names another cart (CN "STORE/DEVICE", as make-certs.sh makes it): a broker
+    with the shipped ACL (`use_identity_as_username`) then refuses every message of this one, status included."""
+    from pathlib import Path
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    if not cfg.mqtt.cert_file:
+        return []
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cfg.mqtt.cert_file).read_bytes())
+    except (OSError, ValueError):
+        return []  # unreadable or not PEM: the TLS check above says so
+    names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    want = f"{cfg.device.store}/{cfg.device.id}"
+    if not names or "/" not in names[0] or names[0] == want:
+        return []  # not a cart certificate of make-certs.sh's kind, or this cart's
+    return [f"mqtt.cert_file: the certificate is cart {names[0]!r}'s, but this config is cart {want!r} "
+            "(device.store/device.id): a broker with the shipped ACL refuses every message of this cart, its "
+            "status too; set [device] store and id to match, or make this cart's certificate "
+            f"(make-certs.sh device {cfg.device.store} {cfg.device.id})"]
+
+
+SERVICE_USER = "shelfscout"  # systemd/shelfscout.service's User=
+
+
+def service_user_problems(cfg: Config, user: str = SERVICE_USER) -> list[str]:
+    """Files the service reads that its user cannot, by their permissions (checked when root runs the check and
+    the user exists: root itself can read them all, so a check as root said ok where the service then failed).
+    The password is left out: systemd reads it as root and hands it over."""
+    import grp
+    import os
+    import pwd
+    import stat
+    from pathlib import Path
+
+    if os.geteuid() != 0:
+        return []
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return []
+    gids = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+
+    def can(path: Path, bit: int) -> bool:  # bit: 4 read, 1 search/execute
+        try:
+            st = path.stat()
+        except OSError:
+            return True  # missing: reported by the checks above
+        if st.st_uid == pw.pw_uid:
+            return bool(st.st_mode & (bit << 6))
+        if st.st_gid in gids:
+            return bool(st.st_mode & (bit << 3))
+        return bool(st.st_mode & bit)
+
+    def why(path: Path) -> str | None:
+        for parent in reversed(path.parents):
+            if parent != Path("/") and not can(parent, 1):
+                return f"cannot enter {parent}"
+        return None if can(path, 4) else "cannot read it"
+
+    def owner(path: Path) -> str:
+        st = path.stat()
+        try:
+            names = f"{pwd.getpwuid(st.st_uid).pw_name}:{grp.getgrgid(st.st_gid).gr_name}"
+        except KeyError:
+            names = f"{st.st_uid}:{st.st_gid}"
+        return f"{stat.filemode(st.st_mode)} {names}"
+
+    files = [(k, getattr(cfg.mqtt, k.split(".")[1])) for k in ("mqtt.ca_file", "mqtt.cert_file", "mqtt.key_file")]
+    if cfg.model.bundle:
+        files.append(("model.bundle", cfg.model.bundle))
+    keys = Path(cfg.ota.keys_dir)
+    files += [("ota.keys_dir", str(k)) for k in sorted(keys.glob("*.pub"))] if keys.is_dir() else []
+    out = []
+    for key, name in files:
+        path = Path(name) if name else None
+        if path is None or not path.exists():
+            continue
+        problem = why(path.resolve())
+        if problem is not None:
+            out.append(f"{key}: the service runs as user {user!r}, which {problem} ({path}, {owner(path)}): "
+                       f"sudo chown root:{user} {path} && sudo chmod 0640 {path}")
+    return out
 
 
 def camera_check(cfg: Config, timeout_s: float) -> tuple[str | None, str | None]:
