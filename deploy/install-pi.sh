@@ -148,8 +148,14 @@ fi
 # ---- the venv ----------------------------------------------------------------------------------------------------
 # --system-site-packages: picamera2 and libcamera's Python bindings come from apt (python3-picamera2).
 # A venv is tied to one Python: after an OS upgrade (Bookworm 3.11 -> Trixie 3.13) it is rebuilt.
+# The venv's python is a link to /usr/bin/python3, which an upgrade points at the new Python, so the version the
+# venv was made for (pyvenv.cfg) counts too: its packages sit in lib/python<old>, invisible to the new one.
 want="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 have="$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)"
+made="$(sed -n 's/^version\(_info\)\{0,1\} *= *\([0-9][0-9]*\.[0-9][0-9]*\).*/\2/p' "$VENV/pyvenv.cfg" 2>/dev/null | head -n 1 || true)"
+if [ -n "$have" ] && [ -n "$made" ] && [ "$made" != "$have" ]; then
+    have="$made"
+fi
 if [ "$have" != "$want" ]; then
     if [ -e "$VENV" ]; then
         log "rebuilding the venv $VENV (Python ${have:-broken} -> $want)"

@@ -197,3 +197,22 @@ def test_a_stale_venv_is_rebuilt(tmp_path: Path) -> None:
     assert not (root / "opt/shelfscout/venv/stale-marker").exists()
     r = subprocess.run([str(py), "-c", "print('ok')"], capture_output=True, text=True, timeout=30)
     assert r.stdout.strip() == "ok"
+
+
+def test_a_venv_made_for_the_python_before_an_os_upgrade_is_rebuilt(tmp_path: Path) -> None:
+    """The venv's `python` is a link to /usr/bin/python3, which the upgrade (Bookworm 3.11 -> Trixie 3.13) points
+    at the new Python: it still runs, so the installer kept the venv, whose packages sit in lib/python3.11 where
+    the new Python never looks (`No module named 'edge'`). The version in pyvenv.cfg tells."""
+    root, src = tmp_path / "root", source_copy(tmp_path / "src")
+    venv = root / "opt/shelfscout/venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin/python").symlink_to(base_python())  # runs, as the upgraded OS's python3 does
+    (venv / "pyvenv.cfg").write_text(f"home = {Path(base_python()).parent}\ninclude-system-site-packages = true\n"
+                                     "version = 3.0.17\n")  # made for the Python before
+    (venv / "lib/python3.0/site-packages").mkdir(parents=True)
+    r = run_installer(root, src, "--no-pip")
+    assert r.returncode == 0, r.stderr
+    assert "rebuilding the venv" in r.stdout and "(Python 3.0 -> " in r.stdout
+    assert not (venv / "lib/python3.0").exists()
+    again = run_installer(root, src, "--no-pip")  # the rebuilt one is kept
+    assert again.returncode == 0 and "keeping the venv" in again.stdout, again.stdout
