@@ -94,6 +94,7 @@ class Parts:
     capture: CaptureThread | None = None
     sink: OutboxSink | None = None
     pipeline: Pipeline | None = None
+    preview: PreviewServer | None = None
 
 
 @dataclass
@@ -236,6 +237,9 @@ class Service:
         link = self.parts.mqtt
         if link is not None:
             link.set_status(status.state, status.reason)
+        preview = self.parts.preview
+        if preview is not None:  # the installer's phone says what MQTT and systemd say
+            preview.set_service_status(status.state, status.reason)
 
     def _notify_status(self, status: StatusInfo) -> None:
         """The status line `systemctl status` shows (sd_notify STATUS=), sent when it changes."""
@@ -310,6 +314,8 @@ class Service:
                 if (status.state, status.reason) != last_status:
                     link.set_status(status.state, status.reason)
                     last_status = (status.state, status.reason)
+                if self.parts.preview is not None:
+                    self.parts.preview.set_service_status(status.state, status.reason)
             except Exception:  # one bad round (an outbox read error, say) must not end stats for the whole run
                 log.exception("publishing stats and status failed; trying again in %.0f s",
                               self.cfg.mqtt.stats_interval_s)
@@ -407,8 +413,7 @@ class Service:
                             outbox.salvaged)
 
         def on_capture_state(state: str, reason: str) -> None:
-            status = self.status()
-            link.set_status(status.state, status.reason)
+            self._refresh_status()  # MQTT, systemd's STATUS= and the preview, at once
 
         capture = CaptureThread(lambda: open_source(cfg.camera, timeout_s=cfg.camera.stall_s), cfg.camera,
                                 on_capture_state, stall_s=cfg.camera.stall_s)
@@ -432,8 +437,10 @@ class Service:
             else:
                 stack.callback(preview.stop)
                 self.preview_url = preview.url
+                self.parts.preview = preview
                 log.info("live preview at %s", preview.url)
                 observers.append(_PreviewObserver(preview, self))
+                self._refresh_status()
         watchdog = Watchdog().start()
         stack.callback(watchdog.stop)
         probation = _ProbationObserver(updater) if updater is not None else None

@@ -166,6 +166,8 @@ class PreviewServer:
         self.frames_offered = 0
         self.frames_streamed = 0  # multipart JPEG parts written to /stream.mjpg clients
         self.frames_encoded = 0
+        self._service: tuple[str, str | None] | None = None  # the service's status: (state, reason)
+        self._offered_at: float | None = None  # monotonic time of the newest frame
 
     # ---- the pipeline side -------------------------------------------------------------------------------------
     def offer(self, frame_rgb: np.ndarray, gaps: Sequence[Gap], tracks: Sequence[Any], info: dict[str, Any]) -> None:
@@ -173,9 +175,15 @@ class PreviewServer:
         with self._cond:
             self._seq += 1
             self.frames_offered += 1
+            self._offered_at = time.monotonic()
             self._offer = _Offer(self._seq, frame_rgb, tuple(gaps), tuple(tracks), info)
             if self._clients:
                 self._cond.notify_all()
+
+    def set_service_status(self, state: str, reason: str | None) -> None:
+        """The service's own status (online | degraded, and why): the page shows it, so a camera that stopped is
+        not a frozen picture under "looks good"."""
+        self._service = (state, reason)
 
     @property
     def watching(self) -> bool:
@@ -301,8 +309,11 @@ class PreviewServer:
     def status(self) -> dict[str, Any]:
         o = self._offer
         info = dict(o.info) if o is not None else {}
+        service, offered_at = self._service, self._offered_at
         return {
             "info": info,
+            "service": None if service is None else {"state": service[0], "reason": service[1]},
+            "frame_age_s": None if offered_at is None else round(time.monotonic() - offered_at, 1),
             "hints": [asdict(h) for h in self.hints()],
             "has_frame": o is not None,
             "gaps": len(o.gaps) if o is not None else 0,
@@ -445,6 +456,7 @@ PAGE = """<!doctype html>
   #hints li { background:var(--card); border-left:6px solid var(--warn); border-radius:10px; padding:12px 14px;
               margin-bottom:8px; font-size:18px; line-height:1.35; }
   #hints li.ok { border-left-color:var(--ok); }
+  #hints li.bad { border-left-color:var(--bad); }
   #state { font-size:13px; padding:2px 8px; border-radius:8px; background:var(--card); color:var(--dim); }
   footer { color:var(--dim); font-size:12px; padding:0 14px 18px; }
 </style>
@@ -474,14 +486,23 @@ async function tick() {
     document.getElementById("model").textContent = version != null ? "v" + version : "–";
     document.getElementById("modelname").textContent = "model " + (named ? named[1] : (i.model || ""));
     document.getElementById("outbox").textContent = fmt(i.outbox_depth, 0);
-    document.getElementById("state").textContent = i.state || i.status || (s.has_frame ? "running" : "no frames");
+    const svc = s.service || {};
+    document.getElementById("state").textContent = svc.state || i.state || i.status ||
+                                                   (s.has_frame ? "running" : "no frames");
     if (i.device) document.getElementById("who").textContent = i.device + (i.store ? " @ " + i.store : "");
     const ul = document.getElementById("hints"); ul.textContent = "";
     const hints = s.hints || [];
-    if (!s.has_frame) { const li = document.createElement("li"); li.textContent = "Waiting for the camera…";
-                        ul.appendChild(li); }
-    else if (!hints.length) { const li = document.createElement("li"); li.className = "ok";
-                              li.textContent = "\\u2713 Camera view looks good."; ul.appendChild(li); }
+    // the service's own trouble first (a camera gone, the broker refusing): the picture may be an old one
+    const stale = s.frame_age_s != null && s.frame_age_s > 3;
+    if (svc.state === "degraded" || stale) {
+      const li = document.createElement("li"); li.className = "bad"; li.dataset.code = "service";
+      li.textContent = (svc.reason || "No new frame") + (stale ? " (picture from " + Math.round(s.frame_age_s) +
+                       " s ago)" : ""); ul.appendChild(li); }
+    if (!s.has_frame) { const li = document.createElement("li");
+                        li.textContent = "Waiting for the camera…"; ul.appendChild(li); }
+    else if (!hints.length && !stale && svc.state !== "degraded") {
+      const li = document.createElement("li"); li.className = "ok";
+      li.textContent = "\\u2713 Camera view looks good."; ul.appendChild(li); }
     for (const h of hints) { const li = document.createElement("li"); li.textContent = h.message;
                              li.dataset.code = h.code; ul.appendChild(li); }
   } catch (e) { document.getElementById("state").textContent = "offline"; }

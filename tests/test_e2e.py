@@ -431,3 +431,34 @@ def test_broker_restarts_and_service_kills_lose_nothing(tmp_path: Path, cart_pas
             proc.kill()
         sub.stop()
         b.stop()
+
+
+def test_the_preview_says_why_there_is_no_picture(tmp_path: Path) -> None:
+    """The installer opens the preview to aim a camera that is not there (a wrong device): the page said only
+    "Waiting for the camera…" while MQTT and systemd named the device. /status.json, which the page shows, carries
+    the service's status and reason now, from `shelfscout run` itself (no broker needed for that)."""
+    import urllib.request
+
+    port = free_port()
+    cfg = write_config(tmp_path, Path("/dev/video97"), f"mqtt://127.0.0.1:{free_port()}", realtime=True)
+    cfg.write_text(cfg.read_text().replace("[preview]\nenabled = false", f'[preview]\nbind = "127.0.0.1:{port}"'))
+    log = tmp_path / "service.log"
+    proc = start_service(cfg, log)
+    got: dict[str, Any] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json", timeout=2) as r:
+                    got = json.loads(r.read())
+            except OSError:
+                got = {}
+            if (got.get("service") or {}).get("state") == "degraded":
+                break
+            time.sleep(0.3)
+        assert proc.poll() is None, log.read_text()[-3000:]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert got.get("has_frame") is False and got["service"]["state"] == "degraded", got
+    assert "/dev/video97" in got["service"]["reason"]

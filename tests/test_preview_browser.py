@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import cv2
@@ -95,3 +96,28 @@ def test_preview_page_in_headless_chromium(tmp_path: Path) -> None:
     if os.environ.get("SHELFSCOUT_UPDATE_DOCS_IMG"):
         DOCS_IMG.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, DOCS_IMG)
+
+
+def test_the_page_says_what_is_wrong_with_the_service_instead_of_looks_good(tmp_path: Path) -> None:
+    """The page said "Camera view looks good" while MQTT and systemd said degraded: a camera stream that had ended
+    (the last picture stayed up, frozen), a broker refusing the cart's alerts. It shows the service's own state and
+    reason now and no "looks good"; with no new frame, /status.json says how old the picture is (the page adds it).
+    The browser part runs while frames flow (a headless browser waits on a stream that sends nothing)."""
+    reason = "the broker refused 3 outbox message(s), last on shelfscout/s042/cart-07/alerts: Not authorized"
+    p = PreviewServer("127.0.0.1:0", max_fps=10).start()
+    try:
+        frame = shelf_images(7)[0][1]
+        p.set_service_status("degraded", reason)
+        with Feeder(p, frame, {"fps": 14.8, "model": "shelfgap v6", "status": "online"}):
+            dom = _chromium(p.url, tmp_path, "--dump-dom")
+            assert dom.returncode == 0, dom.stderr[-2000:]
+        p.set_service_status("degraded", "camera: http://phone:8080/video: the stream ended")
+        time.sleep(3.2)  # the camera stopped: no frame since
+        status = p.status()
+    finally:
+        p.stop()
+    html = dom.stdout
+    assert 'data-code="service"' in html and "Not authorized" in html
+    assert ">degraded<" in html and '<li class="ok">' not in html  # no "Camera view looks good"
+    assert status["service"] == {"state": "degraded", "reason": "camera: http://phone:8080/video: the stream ended"}
+    assert status["frame_age_s"] >= 3.0 and status["has_frame"]
