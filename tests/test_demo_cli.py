@@ -88,3 +88,36 @@ def test_a_looping_demo_rolls_the_aisle_until_ctrl_c_and_alerts_each_gap_once(tm
     assert summary["gaps_alerted"] and not summary["duplicates"]
     assert summary["alerts_opened"] == len(summary["gaps_alerted"]) + len(summary["false_alarms"]), summary
     assert "done:" in out
+
+
+def test_a_second_demo_on_the_same_folder_is_refused_and_a_rerun_starts_clean(tmp_path: Path) -> None:
+    """A second `shelfscout demo` in the same checkout re-rendered the video under the running one (which then
+    read a broken file), lost its outbox, printed a thread's traceback and still exited 0 with 0 alerts. It is
+    refused now, in one line, before it touches the folder. And a demo run again on its folder shows that run's
+    snapshots only (the contact sheet piled up copies of every earlier run's)."""
+    import signal
+    import time
+
+    first = subprocess.Popen([sys.executable, "-m", "edge", "demo", "--loop", "--no-preview", "--seconds", "5",
+                              "--gaps", "3", "--out", str(tmp_path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout is not None
+        for line in first.stdout:
+            if line.startswith("cart rolling"):
+                break
+        video = (tmp_path / "cart-pass.mp4").read_bytes()
+        second = _demo("--seconds", "6", "--out", str(tmp_path))
+        assert second.returncode != 0 and "Traceback" not in second.stderr
+        assert "another `shelfscout demo` is using" in second.stderr and "--out" in second.stderr
+        assert (tmp_path / "cart-pass.mp4").read_bytes() == video  # untouched
+        time.sleep(8)
+        first.send_signal(signal.SIGINT)
+        out, err = first.communicate(timeout=60)
+    finally:
+        first.kill()
+    assert first.returncode == 0, err[-2000:]
+    r = _demo("--seconds", "8", "--gaps", "3", "--out", str(tmp_path))  # again, on the same folder
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(list((tmp_path / "snapshots").glob("*.jpg"))) == summary["alerts_opened"]

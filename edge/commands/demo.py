@@ -93,6 +93,7 @@ def demo(args: argparse.Namespace) -> int:
     from edge.broker import BrokerAddress
     from edge.cli import CliError
     from edge.embedded_broker import EmbeddedBroker
+    from edge.instance_lock import InstanceLockError, acquire
 
     if args.seconds < 5:
         raise CliError("--seconds must be at least 5 (a pass needs the aisle's two ends and its gaps)")
@@ -107,8 +108,14 @@ def demo(args: argparse.Namespace) -> int:
             raise CliError(f"--broker: {e}") from None
     args.preview = _free_bind(args.preview)
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # held to the end: a second demo on this folder would re-render the video under this one's feet
+        demo_lock = acquire(out / ".demo", "demo folder")
+    except InstanceLockError as e:
+        raise CliError(f"{e}: another `shelfscout demo` is using {out}; stop it, or give this one --out DIR") \
+            from None
     (out / "snapshots").mkdir(exist_ok=True)
+    for old in [*(out / "snapshots").glob("*.jpg"), out / "alerts.jpg"]:  # an earlier run's pictures
+        old.unlink(missing_ok=True)
     if args.photos is not None:
         cp, labelled = _render_photos(out, Path(args.photos), args.photos_count, args.seed)
     else:
@@ -186,7 +193,15 @@ bind = "{args.preview}"
     sub.loop_start()
 
     service = Service(cfg, drain_timeout_s=30.0)
-    runner = threading.Thread(target=lambda: setattr(service, "exit_code", service.run()), name="service")
+    failed: list[Exception] = []
+
+    def run_service() -> None:
+        try:
+            service.exit_code = service.run()
+        except Exception as e:  # said once, as a one-line error with a non-zero exit, not as a thread's traceback
+            failed.append(e)
+
+    runner = threading.Thread(target=run_service, name="service")
     runner.start()
     for _ in range(100):
         if service.preview_url or args.no_preview or not runner.is_alive():
@@ -206,6 +221,9 @@ bind = "{args.preview}"
     sub.disconnect()
     if embedded is not None:
         embedded.stop()
+    if failed:
+        demo_lock.release()
+        raise CliError(f"the service stopped: {failed[0]}")
 
     score = score_pass(cp, received)
     summary = {
@@ -228,6 +246,7 @@ bind = "{args.preview}"
     print(f"done: {verdict}; snapshots in {out / 'snapshots'}, contact sheet {out / 'alerts.jpg'}")
     if service.preview_url and not args.loop:
         print("the preview closed with the pass; `shelfscout demo --loop` keeps it up until Ctrl-C")
+    demo_lock.release()
     return int(service.exit_code)
 
 
