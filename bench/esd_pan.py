@@ -12,6 +12,7 @@ gaps alerted and false alerts across `--thresholds`, its own threshold circled.
 
     .venv/bin/python bench/esd_pan.py --passes 8 --thresholds 0.3 0.46 0.6 [--dump DIR]
     .venv/bin/python bench/esd_pan.py --data DIR --model A --model B --keys K --thresholds ... --plot out.png
+    .venv/bin/python bench/esd_pan.py --heldout 0.3 --passes 16 --model FINETUNED.bundle ...  # its unseen 30 %
 """
 
 from __future__ import annotations
@@ -35,6 +36,24 @@ from convert.photopan import load_photos, pan_pass
 from edge.app import load_model
 
 
+def heldout_folder(data: Path, share: float, split_seed: int) -> Path:
+    """A temporary YOLO folder of links to the held-out share of `data`, split as `shelfscout finetune` does."""
+    import tempfile
+
+    from convert.build_default import split_folder
+
+    _, held = split_folder(data, share, split_seed)
+    root = Path(tempfile.mkdtemp(prefix="esd-heldout-"))
+    (root / "images").mkdir()
+    (root / "labels").mkdir()
+    for item in held:
+        (root / "images" / item.path.name).symlink_to(item.path.resolve())
+        label = data / "labels" / f"{item.path.stem}.txt"
+        if label.exists():
+            (root / "labels" / label.name).symlink_to(label.resolve())
+    return root
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ESD_DEV, help="a YOLO folder of real photos (default ESD dev/)")
@@ -50,10 +69,16 @@ def main() -> None:
     add_keys_argument(ap)
     ap.add_argument("--dump", type=Path, default=None, help="write each false alarm's frame, box marked, here")
     ap.add_argument("--plot", type=Path, default=None, metavar="PNG", help="draw the models' alert trade-offs here")
+    ap.add_argument("--heldout", type=float, default=None, metavar="SHARE",
+                    help="pan across only the held-out share of --data, split as `shelfscout finetune` splits it "
+                         "(its --val-share, default 0.3, and --split-seed): the photos a fine-tuned model never saw")
+    ap.add_argument("--split-seed", type=int, default=0, help="the split's seed, as finetune's (default 0)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not args.data.is_dir():
-        raise SystemExit(f"no photos at {args.data} (ESD is not part of the repository)")
+        raise SystemExit(f"no photos at {args.data} (ESD is not part of the repository; --data DIR names a folder)")
+    if args.heldout is not None:
+        args.data = heldout_folder(args.data, args.heldout, args.split_seed)
     if args.label and len(args.label) != max(len(args.model), 1):
         raise SystemExit("give one --label per --model")
     cfg = bench_config(args.keys)
