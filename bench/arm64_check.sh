@@ -12,6 +12,11 @@
 # run; the first builds it with debootstrap, about 15 minutes). CPUS="cortex-a72" picks the models.
 set -euo pipefail
 
+case "${1:-}" in
+  -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -*) echo "arm64_check.sh: unknown option $1 (the one argument is the arm64 root folder; --help)" >&2; exit 2 ;;
+esac
+[ "$(id -u)" = 0 ] || { echo "arm64_check.sh: run it as root (it installs packages and mounts binfmt_misc)" >&2; exit 2; }
 here=$(cd "$(dirname "$0")/.." && pwd)
 root=${1:-/var/tmp/shelfscout-arm64}
 cpus=${CPUS:-"cortex-a53 cortex-a72 cortex-a76"}
