@@ -131,12 +131,22 @@ if [ ! -e "$ETC/credentials/mqtt-password" ]; then
     # LoadCredential= needs the file to exist; an empty one means "no password" (certificate log-in).
     install -m 0600 /dev/null "$ETC/credentials/mqtt-password"
 fi
-# The release signing public keys shipped with the source, unless the operator has put their own in place.
+# The release signing public keys shipped with the source, each installed once: unless the operator has put their
+# own in place under its name, and never again after the operator deleted it (to stop trusting it for model
+# updates). keys/.shipped lists the ones installed before; a key new in the source (a rotation) is installed.
 if [ -d "$SOURCE/models/keys" ]; then
+    shipped="$ETC/keys/.shipped"
     for key in "$SOURCE"/models/keys/*.pub; do
         [ -e "$key" ] || continue
-        [ -e "$ETC/keys/$(basename "$key")" ] || install -m 0644 "$key" "$ETC/keys/"
+        name="$(basename "$key")"
+        if grep -qxF "$name" "$shipped" 2>/dev/null; then
+            [ -e "$ETC/keys/$name" ] || log "not installing $name again: it was deleted from $ETC/keys"
+            continue
+        fi
+        [ -e "$ETC/keys/$name" ] || install -m 0644 "$key" "$ETC/keys/"
+        echo "$name" >> "$shipped"
     done
+    [ ! -e "$shipped" ] || chmod 0644 "$shipped"
 fi
 
 # The default model, next to the venv: config.toml points at it (OTA updates then live in /var/lib/shelfscout/models).

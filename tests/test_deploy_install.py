@@ -216,3 +216,20 @@ def test_a_venv_made_for_the_python_before_an_os_upgrade_is_rebuilt(tmp_path: Pa
     assert not (venv / "lib/python3.0").exists()
     again = run_installer(root, src, "--no-pip")  # the rebuilt one is kept
     assert again.returncode == 0 and "keeping the venv" in again.stdout, again.stdout
+
+
+def test_a_shipped_key_the_operator_deleted_stays_deleted_and_a_new_one_is_installed(tmp_path: Path) -> None:
+    """Every `*.pub` in the keys folder is trusted for model updates, so deleting one is how an operator stops
+    trusting it; the installer's next run (after `git pull`) put it back. It is installed once now, and a key new
+    in the source (a rotation) still arrives."""
+    root, src = tmp_path / "root", source_copy(tmp_path / "src")
+    assert run_installer(root, src, "--no-pip").returncode == 0
+    keys = root / "etc/shelfscout/keys"
+    shipped = sorted(p.name for p in (src / "models/keys").glob("*.pub"))
+    assert shipped and sorted(p.name for p in keys.glob("*.pub")) == shipped
+    (keys / shipped[0]).unlink()  # the operator distrusts it
+    (src / "models/keys/rotated-2027.pub").write_bytes((src / "models/keys" / shipped[0]).read_bytes())
+    again = run_installer(root, src, "--no-pip")
+    assert again.returncode == 0, again.stderr
+    assert not (keys / shipped[0]).exists() and f"not installing {shipped[0]} again" in again.stdout
+    assert (keys / "rotated-2027.pub").exists()
