@@ -129,6 +129,7 @@ class Service:
         self.updater: Updater | None = None
         self.model_problem: str | None = None  # why the service runs the built-in model instead of the configured one
         self.key_problem: str | None = None  # key files in the keys folder that are not keys (skipped)
+        self.preview_problem: str | None = None  # why the live preview is not there (its port is taken, say)
         self._status_line: str | None = None  # the last STATUS= sent to systemd
 
     # ---- commands from MQTT ----------------------------------------------------------------------------------
@@ -278,9 +279,13 @@ class Service:
         if unset is not None:  # alerts still go out, with the times the device has: say they are wrong
             reasons.append(f"{unset}: the times in alerts are wrong until it is set")
         model = model_ref(self.parts.slot.latest_info) if self.parts.slot is not None else None
-        if reasons and not (len(reasons) == 1 and reasons[0].startswith("paused")):
-            return StatusInfo("degraded", "; ".join(reasons), model)
-        return StatusInfo("online", "; ".join(reasons) or None, model)
+        # said, but the alerts flow as they should: the cart is online
+        notes = [r for r in reasons if r.startswith("paused")] + ([self.preview_problem] if self.preview_problem
+                                                                  else [])
+        troubles = [r for r in reasons if not r.startswith("paused")]
+        if troubles:
+            return StatusInfo("degraded", "; ".join(troubles + notes), model)
+        return StatusInfo("online", "; ".join(notes) or None, model)
 
     def stats_info(self) -> StatsInfo:
         pipeline: Pipeline = _need(self.parts.pipeline)
@@ -433,12 +438,14 @@ class Service:
             try:
                 preview = PreviewServer(cfg.preview.bind, max_fps=cfg.preview.max_fps).start()
             except OSError as e:  # the alerts matter more than the preview: run on without it
-                log.error("live preview not started: cannot listen on %s: %s", cfg.preview.bind, e.strerror or e)
+                self.preview_problem = f"live preview not started ({e.strerror or e})"
+                log.error("%s", self.preview_problem)
+                self._refresh_status()
             else:
                 stack.callback(preview.stop)
                 self.preview_url = preview.url
                 self.parts.preview = preview
-                log.info("live preview at %s", preview.url)
+                log.info("live preview at %s%s", preview.url, _lan_hint(preview))
                 observers.append(_PreviewObserver(preview, self))
                 self._refresh_status()
         watchdog = Watchdog().start()
@@ -520,6 +527,21 @@ class Service:
         """Messages stay queued: exit 3, unless the run had already failed for another reason."""
         if self.exit_code == 0:
             self.exit_code = EXIT_QUEUED
+
+
+def _lan_hint(preview: PreviewServer) -> str:
+    """For a preview bound to every interface: the address a phone on the store network opens."""
+    import socket
+
+    if preview.host not in ("0.0.0.0", "", "::"):
+        return ""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 9))  # picks the outgoing interface; sends nothing
+            ip = s.getsockname()[0]
+    except OSError:
+        return f" (on every interface: open this device's address, port {preview.port}, from a phone)"
+    return f" (on every interface: from a phone on the store network, http://{ip}:{preview.port}/)"
 
 
 class _LastFrameObserver:

@@ -198,7 +198,11 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, errors: list[str]) -
         key = f"{prefix}{k}"
         if k not in names:
             close = difflib.get_close_matches(k, names, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(names)})"
+            home = [f"{n}.{k}" for n in names if not prefix and dataclasses.is_dataclass(hints[n])
+                    and k in {f.name for f in dataclasses.fields(hints[n])}]
+            hint = (f" (did you mean '{prefix}{close[0]}'?)" if close else
+                    f" (it belongs in a table: {home[0]}, under [{home[0].split('.')[0]}])" if home else
+                    f" (known: {', '.join(names)})")
             errors.append(f"{key}: unknown key{hint}")
             continue
         tp = hints[k]

@@ -68,6 +68,7 @@ def test_environment_overrides_the_file() -> None:
         ("[ota]\npoll_interval_s = 0.0\n", "ota.poll_interval_s: must be at least 1"),
         ("[ota]\nprobation_frames = -1\n", "ota.probation_frames: must be 0 (no probation) or more"),
         ("[preview]\nmax_fps = 0.0\n", "preview.max_fps: must be positive"),
+        ("id = 'cart-07'\n", "id: unknown key (it belongs in a table: device.id, under [device])"),
         # a release topic the cart could not subscribe to, or one it would fill in with a KeyError at start-up
         ("[ota]\nrelease_topics = ['{prefix}/{aisle}/release']\n", "ota.release_topics: '{prefix}/{aisle}/release' "
          "must be a topic with no wildcards, using only {prefix}, {store} and {device}"),

@@ -462,3 +462,32 @@ def test_the_preview_says_why_there_is_no_picture(tmp_path: Path) -> None:
         proc.wait(30)
     assert got.get("has_frame") is False and got["service"]["state"] == "degraded", got
     assert "/dev/video97" in got["service"]["reason"]
+
+
+def test_a_preview_port_already_taken_is_said_in_the_status_and_the_alerts_flow(tmp_path: Path,
+                                                                                 cart_pass: CartPass) -> None:
+    """Another program holds the preview's port: the cart runs on (alerts matter more), and its retained status
+    says why there is no preview (it was only in the journal, once), while staying `online`."""
+    import socket
+
+    with socket.socket() as taken, Mosquitto(tmp_path / "broker") as b:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        sub = ValidatingSubscriber(b.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="backend").start()
+        cfg = write_config(tmp_path, cart_pass.path, b.url)
+        cfg.write_text(cfg.read_text().replace("[preview]\nenabled = false", f'[preview]\nbind = "127.0.0.1:{port}"'))
+        log = tmp_path / "service.log"
+        proc = start_service(cfg, log)
+        try:
+            assert proc.wait(120) == 0, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        sub.wait_for(lambda: len(alerts_of(sub)) >= len(committed_alerts(log)), 10)
+        sub.stop()
+    assert alerts_of(sub), "no alert"
+    said = [st for st in sub.json_on("/status") if st["state"] == "online" and st["reason"]]
+    assert said and f"live preview not started (preview: cannot listen on 127.0.0.1:{port}: Address already in use)" \
+        == said[-1]["reason"], sub.json_on("/status")
+    assert not [st for st in sub.json_on("/status") if st["state"] == "degraded"]
