@@ -170,7 +170,8 @@ class OutboxSink:
             main = self.main_frame(frame.index)
             if main is not None:
                 image = main.image
-            elif not self._said_small:
+            elif not self._said_small and self.main_frame(None) is not None:
+                # the source has a main stream (picamera2), but no longer this frame's: a file or a webcam has none
                 self._said_small = True
                 log.warning("the snapshot of frame %d is the inference image: its full-resolution frame is no "
                             "longer held (the pipeline runs more than %d frames behind the camera)", frame.index,
