@@ -42,6 +42,10 @@ def list_yolo_images(folder: Path | str) -> list[tuple[Path, Path]]:
     """(image, label) path pairs of a folder with `images/` and `labels/`; an image without a label file has no gaps."""
     root = Path(folder)
     img_dir, lbl_dir = root / "images", root / "labels"
+    if not root.is_dir():
+        raise ValueError(f"{root} does not exist (or is not a folder): give a YOLO folder with images/ and labels/"
+                         + (" (ESD is not part of the repository: it lies in shared/data/esd beside the checkout)"
+                            if "esd" in str(root).lower() else ""))
     if not img_dir.is_dir():
         raise ValueError(f"{root} has no images/ folder (expected a YOLO folder with images/ and labels/)")
     if not lbl_dir.is_dir():

@@ -78,6 +78,10 @@ def test_eval_rejects_a_folder_without_labels(tmp_path: Path, capsys: pytest.Cap
     assert code != 0
     err = capsys.readouterr().err
     assert "labels/" in err and len(err.strip().splitlines()) == 1
+    # a path that is not there at all (ESD looked for beside another checkout) says so, not "no images/ folder"
+    assert main(["eval", str(tmp_path / "shared/data/esd/dev"), "--json"]) != 0
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "shared/data/esd beside the checkout" in err
 
 
 @pytest.mark.parametrize("line, says", [
