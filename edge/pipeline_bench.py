@@ -52,14 +52,14 @@ def bench_pipeline(
     MQTT. Uses Debian's mosquitto on a free loopback port when installed, else the embedded amqtt broker.
     Returns `pipeline_fps` (frames / wall time from the first frame to the last) and the stage percentiles.
     """
+    import contextlib
+    import dataclasses
     import shutil
-    import subprocess
     import tempfile
     from pathlib import Path
 
     from edge.capture import CaptureThread
     from edge.config import Config, MqttConfig, OutboxConfig
-    from edge.embedded_broker import EmbeddedBroker, free_port, wait_listening
     from edge.mqtt import MqttLink
     from edge.outbox import Outbox
     from edge.payloads import ModelRef
@@ -68,53 +68,34 @@ def bench_pipeline(
     from edge.tracker import GapTracker
 
     tune_process()  # as the service does
-    work = Path(tempfile.mkdtemp(prefix="shelfscout-bench-"))
-    mosq = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    proc: subprocess.Popen[bytes] | None = None
-    embedded: EmbeddedBroker | None = None
-    if mosq:
-        port = free_port()
-        conf = work / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        proc = subprocess.Popen([mosq, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        broker, url = "mosquitto", f"mqtt://127.0.0.1:{port}"
-        try:
-            wait_listening(proc, port, 10.0)
-        except RuntimeError:
-            proc.terminate()
-            raise
-    else:
-        embedded = EmbeddedBroker().start()
-        broker, url = "amqtt", embedded.url
-    cfg = Config(mqtt=MqttConfig(url=url), outbox=OutboxConfig(path=str(work / "outbox.db")))
-    outbox = Outbox(cfg.outbox.path)
-    topics = Topics.from_config(cfg)
-    link = MqttLink(cfg, topics, outbox)
-    link.start()
-    link.wait_connected(5.0)
-    first = frames[0]
-    cam = cfg.camera.__class__(source="memory", width=int(first.shape[1]), height=int(first.shape[0]))
-    capture = CaptureThread(lambda: MemorySource(frames, n), cam, lambda s, r: None, lossless=True)
-    tracker = GapTracker(cfg.tracking, cfg.device.id, None)
-    sink = OutboxSink(outbox, topics, lambda: ModelRef("bench", 0))
-    pipe = Pipeline(capture, ModelSlot(detector), tracker, sink, cores=cores)
-    stop = threading.Event()
-    try:
+    with contextlib.ExitStack() as stack:  # every part stopped in reverse, whichever step fails
+        work = Path(tempfile.mkdtemp(prefix="shelfscout-bench-"))
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
+        broker, url = _local_broker(work, stack)
+        cfg = Config(mqtt=MqttConfig(url=url), outbox=OutboxConfig(path=str(work / "outbox.db")))
+        outbox = Outbox(cfg.outbox.path)
+        stack.callback(outbox.close)
+        topics = Topics.from_config(cfg)
+        link = MqttLink(cfg, topics, outbox)
+        link.start()
+        stack.callback(link.stop)
+        if not link.wait_connected(10.0):
+            raise RuntimeError(f"the bench's own broker ({broker}, {url}) did not take the connection")
+        first = frames[0]
+        cam = dataclasses.replace(cfg.camera, source="memory", width=int(first.shape[1]),
+                                  height=int(first.shape[0]))
+        capture = CaptureThread(lambda: MemorySource(frames, n), cam, lambda s, r: None, lossless=True)
+        tracker = GapTracker(cfg.tracking, cfg.device.id, None)
+        stack.callback(tracker.close)
+        sink = OutboxSink(outbox, topics, lambda: ModelRef("bench", 0))
+        stack.callback(sink.close)
+        pipe = Pipeline(capture, ModelSlot(detector), tracker, sink, cores=cores)
         capture.start()
+        stack.callback(capture.stop)
         t0 = time.perf_counter()
-        pipe.run(stop)
+        pipe.run(threading.Event())
         elapsed = time.perf_counter() - t0
         link.wait_idle(10.0)
-    finally:
-        capture.stop()
-        link.stop()
-        outbox.close()
-        if proc is not None:
-            proc.terminate()
-            proc.wait(5)
-        if embedded is not None:
-            embedded.stop()
-        shutil.rmtree(work, ignore_errors=True)
     s = pipe.stats
     return {
         "pipeline_fps": s.frames / elapsed if elapsed > 0 else None,
@@ -126,3 +107,35 @@ def bench_pipeline(
         # CPU per frame by stage thread: their sum over the usable cores bounds pipeline_fps from above
         "cpu_ms_per_frame": s.cpu_ms_per_frame(),
     }
+
+
+def _local_broker(work: Any, stack: Any) -> tuple[str, str]:
+    """(name, URL) of a broker on a free loopback port, stopped by `stack`: Debian's mosquitto when installed, else
+    the embedded amqtt one."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from edge.embedded_broker import EmbeddedBroker, free_port, wait_listening
+
+    mosq = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if not mosq:
+        embedded = EmbeddedBroker().start()
+        stack.callback(embedded.stop)
+        return "amqtt", embedded.url
+    port = free_port()
+    conf = work / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([mosq, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    stack.callback(stop)
+    wait_listening(proc, port, 10.0)
+    return "mosquitto", f"mqtt://127.0.0.1:{port}"

@@ -44,7 +44,7 @@ class OutboxSink:
     """Turns tracker events into durable outbox messages; nothing is published before it is committed."""
 
     def __init__(self, outbox: Outbox, topics: Topics, model: Callable[[], ModelRef], snapshot_max_px: int = 640,
-                 main_frame: Callable[[int], MainFrame | None] | None = None,
+                 main_frame: Callable[[int | None], MainFrame | None] | None = None,
                  on_event: Callable[[AlertEvent], None] | None = None, hold_max_bytes: int = HOLD_MAX_BYTES,
                  on_state: Callable[[], None] | None = None):
         self.outbox = outbox
