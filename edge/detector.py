@@ -161,6 +161,7 @@ class Detector:
         self._bgr = spec.color.upper() == "BGR"
         self._resizer: Resizer | None = None  # for the last frame size (one preparing thread at a time)
         self._letterbox = spec.resize == "letterbox"  # aspect kept, grey bands (Ultralytics models), else squashed
+        self._placements: dict[tuple[int, int], tuple[float, float, float, float]] = {}
         self._box: Letterbox | None = None  # where the last frame size lands in the input, when letterboxed
         # float inputs need one uint8 scratch image; quantized ones are written in place
         self._scratch = (
@@ -341,19 +342,29 @@ class Detector:
     def decode_outputs(self, outputs: dict[str, np.ndarray], orig_w: int, orig_h: int) -> list[Gap]:
         """Decode outputs copied earlier (the pipeline decodes frame k while frame k+1 is being invoked)."""
         boxes, scores = self._decode_fn(outputs, self.manifest, self.score_threshold)
-        w, h = self.input_size
-        if not self._letterbox:
-            sx, sy = orig_w / w, orig_h / h
-            return [
-                Gap(float(b[0]) * sx, float(b[1]) * sy, float(b[2]) * sx, float(b[3]) * sy, float(s))
-                for b, s in zip(boxes, scores, strict=True)
-            ]
-        box = Letterbox.fit(orig_w, orig_h, w, h)  # input pixels -> the frame's, clipped to the frame
-        sx, sy = orig_w / box.w, orig_h / box.h
-        b = np.asarray(boxes, np.float64).reshape(-1, 4) - [box.x0, box.y0, box.x0, box.y0]
+        # input pixels -> the frame's (squashed: scaled; letterboxed: the bands taken off first), clipped to the
+        # frame, empty boxes dropped, for either resize (a user's decoder may give boxes past the input's edges)
+        px, py, pw, ph = self._placement(orig_w, orig_h)
+        sx, sy = orig_w / pw, orig_h / ph
+        b = np.asarray(boxes, np.float64).reshape(-1, 4) - [px, py, px, py]
         b = np.clip(b * [sx, sy, sx, sy], 0.0, [orig_w, orig_h, orig_w, orig_h])
         return [Gap(float(x0), float(y0), float(x1), float(y1), float(s))
                 for (x0, y0, x1, y1), s in zip(b, scores, strict=True) if x1 > x0 and y1 > y0]
+
+    def _placement(self, orig_w: int, orig_h: int) -> tuple[float, float, float, float]:
+        """Where a frame of orig_w x orig_h sits in the model's input: (x0, y0, width, height), input pixels.
+        Worked out once per frame size (the decode thread asks for every frame)."""
+        key = (orig_w, orig_h)
+        got = self._placements.get(key)
+        if got is None:
+            w, h = self.input_size
+            if self._letterbox:
+                box = Letterbox.fit(orig_w, orig_h, w, h)
+                got = (float(box.x0), float(box.y0), float(box.w), float(box.h))
+            else:
+                got = (0.0, 0.0, float(w), float(h))
+            self._placements[key] = got
+        return got
 
     def detect(self, image_rgb: np.ndarray) -> list[Gap]:
         """preprocess + invoke + decode for one RGB frame; boxes in the frame's pixels."""

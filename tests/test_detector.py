@@ -188,6 +188,20 @@ def test_outputs_are_dequantized_and_boxes_scaled_to_the_original(tiny: Bundle) 
     assert all(g.score >= 0.3 for g in Detector(tiny, threads=1).detect(img))
 
 
+def test_boxes_past_the_input_edges_are_clipped_to_the_frame_and_empty_ones_dropped(tiny: Bundle) -> None:
+    """A user's detector may box past the input's edges (a YOLO box centred near the border): the gap is the part
+    in the picture, in the frame's pixels, and a box with no part in it is no gap."""
+    det = Detector(tiny, threads=1, score_threshold=0.25)
+    w, h = det.input_size
+    pred = np.zeros((1, 5, 256), np.float32)
+    pred[0, :, 0] = [2.0, h / 2, 20.0, 10.0, 0.9]  # 8 px past the left edge
+    pred[0, :, 1] = [-20.0, h / 2, 4.0, 10.0, 0.8]  # wholly left of the picture
+    gaps = det.decode_outputs({"predictions": pred}, 640, 480)
+    assert len(gaps) == 1 and gaps[0].score == pytest.approx(0.9)
+    sx, sy = 640 / w, 480 / h
+    assert gaps[0].box == pytest.approx((0.0, (h / 2 - 5) * sy, 12.0 * sx, (h / 2 + 5) * sy))
+
+
 # ---- golden vectors --------------------------------------------------------------------------------------------
 def test_golden_vectors_reproduce_and_a_drift_is_caught(tiny: Bundle) -> None:
     res = Detector(tiny, threads=2).check_golden()
