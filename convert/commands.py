@@ -645,7 +645,9 @@ def _register_bundle(sub: Any) -> None:
     p.add_argument("--version", type=int, default=None,
                    help="model version, an integer; a cart takes only a higher one than it runs (default: the "
                         "build time as YYYYMMDDHHMM)")
-    p.add_argument("--labels", default="empty", help="comma-separated class labels (default 'empty')")
+    p.add_argument("--labels", default=None,
+                   help="comma-separated class labels (default: the class names an Ultralytics export carries, else "
+                        "'empty')")
     p.add_argument("--gap-class", action="append", default=[], metavar="LABEL",
                    help="ssd/yolo: a label that is an empty spot (repeatable; default: the labels named like one, "
                         "such as empty, gap or out_of_stock, or the only label)")
@@ -671,7 +673,18 @@ def _bundle_cmd(args: argparse.Namespace) -> int:
 
     if not args.tflite.exists():
         raise CliError(f"{args.tflite} does not exist")
-    labels = tuple(x.strip() for x in args.labels.split(",") if x.strip())
+    labels = tuple(x.strip() for x in (args.labels or "").split(",") if x.strip())
+    if args.decoding == "yolo":
+        from convert.wrap import ultralytics_names
+
+        carried = ultralytics_names(args.tflite.read_bytes())
+        if carried and not labels:
+            labels = tuple(carried)
+            print(f"labels from the model's Ultralytics metadata: {', '.join(labels)}", file=sys.stderr)
+        elif carried and list(labels) != carried:
+            print(f"warning: --labels {','.join(labels)} differ from the class names the model carries "
+                  f"({', '.join(carried)}); using --labels", file=sys.stderr)
+    labels = labels or ("empty",)
     metrics = None
     if args.metrics:
         try:

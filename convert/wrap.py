@@ -161,6 +161,32 @@ def _classes_or_scores(interpreter: Any, first: int, second: int) -> str:
 BACKGROUND_LABELS = frozenset({"???", "background", "__background__", "bg", "none"})
 
 
+def ultralytics_names(model_bytes: bytes) -> list[str] | None:
+    """The class names an Ultralytics export carries (a zip with `metadata.json` appended to the .tflite, whose
+    `names` maps class index to name), in class order; None when the file carries none."""
+    import io
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(model_bytes)) as zf:
+            meta = json.loads(zf.read("metadata.json").decode("utf-8"))
+    except (zipfile.BadZipFile, KeyError, ValueError, UnicodeDecodeError, OSError):
+        return None
+    names = meta.get("names") if isinstance(meta, dict) else None
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        return names or None
+    if not isinstance(names, dict):
+        return None
+    try:
+        by_index = {int(k): str(v) for k, v in names.items()}
+    except (TypeError, ValueError):
+        return None
+    if sorted(by_index) != list(range(len(by_index))):
+        return None
+    return [by_index[i] for i in range(len(by_index))] or None
+
+
 def choose_gap_classes(labels: Sequence[str], given: Sequence[str] = ()) -> tuple[int, ...]:
     """The class indices that are empty spots: the labels named in `given`, else the labels whose whole name
     means one (`edge.decoders.GAP_NAMES`), else the only class. A model with several classes and none of them

@@ -392,3 +392,26 @@ def test_spacing_runs_a_frame_per_stretch_of_shelf_not_per_second_of_standing_st
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == (
         "shelfscout detect: error: --spacing is a share of the frame between 0 and 1 (e.g. 0.5), got 0.0")
+
+
+def test_bundle_reads_the_class_names_an_ultralytics_export_carries(tiny: tuple[Path, Path, Path],
+                                                                    tmp_path: Path) -> None:
+    """An Ultralytics .tflite carries its class names (a zip with metadata.json appended, as its exporter writes
+    it). `bundle --decoding yolo` took 'empty' for every model without --labels; it reads them now, and says so
+    when --labels disagree with them."""
+    import zipfile
+
+    bundle, keys, key = tiny
+    model = tmp_path / "best_int8.tflite"
+    model.write_bytes((bundle.parent / "tiny-yolo-uint8.tflite").read_bytes())
+    with zipfile.ZipFile(model, "a", zipfile.ZIP_DEFLATED) as zf:  # what Ultralytics' _add_tflite_metadata does
+        zf.writestr("metadata.json", json.dumps({"task": "detect", "imgsz": [64, 64], "names": {"0": "Out-Of-Stock"}}))
+    out = tmp_path / "m.bundle"
+    r = shelfscout("bundle", model, "--decoding", "yolo", "--out", out, "--key", key, "--score", "0.3")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["gap_labels"] == ["Out-Of-Stock"]
+    assert "labels from the model's Ultralytics metadata: Out-Of-Stock" in r.stderr
+    assert read_bundle(out, {}, allow_unsigned=True).manifest.labels == ("Out-Of-Stock",)
+    r = shelfscout("bundle", model, "--decoding", "yolo", "--out", tmp_path / "n.bundle", "--key", key, "--score",
+                   "0.3", "--labels", "empty")
+    assert r.returncode == 0 and "differ from the class names the model carries (Out-Of-Stock)" in r.stderr
