@@ -641,3 +641,51 @@ def test_a_release_waits_while_the_clock_is_not_set_and_applies_once_it_is(dev: 
     now["t"] = _time.time()  # NTP has set it
     assert up.apply_release(stale).code == "expired"
     assert up.apply_release(dev.release(dev.bundle(2))).state == "probation"
+
+
+@pytest.mark.parametrize("hostile", [
+    b'{"release": {"sha256": "../../*"}}',  # unsigned: its sha256 was globbed under staging/, and matches deleted
+    b'{"release": {"sha256": "/x"}}',  # an absolute pattern: glob raised, and the worker thread died
+    b"[" * 100_000,  # nested past Python's recursion limit: RecursionError, the worker died
+])
+def test_a_hostile_release_message_deletes_nothing_and_the_worker_carries_on(dev: Device, hostile: bytes) -> None:
+    """Whoever can publish on a release topic could delete the state folder's files by a glob in an unsigned
+    message, or end the OTA worker (no release, retry or poll handled again until a restart, and nothing said).
+    Only a verified release's fields name files now, and nothing a message does ends the worker."""
+    up = install_v1(dev)
+    state = dev.models_dir.parent
+    victim = state / "operator-copy.bundle"
+    victim.write_text("kept")
+    (dev.models_dir / "staging").mkdir(exist_ok=True)
+    up.start()
+    try:
+        up.on_release("shelfscout/fleet/model/release", hostile)
+        assert wait_for(lambda: bool(dev.reports) and dev.states()[-1] == "rejected", timeout=10), dev.states()
+        assert victim.read_text() == "kept"
+        up.on_release("shelfscout/fleet/model/release", dev.release(dev.bundle(2)))  # the worker still works
+        assert wait_for(lambda: dev.current().startswith("v2-"), timeout=30), dev.states()
+    finally:
+        up.stop()
+
+
+def test_during_probation_the_newest_release_waits_and_a_replay_does_not_replace_it(dev: Device) -> None:
+    """One release waits while a model is on probation. A retained older one delivered again (a reconnect, a
+    second release topic) replaced the newest: that one never ran, and model/state named the replay as waiting."""
+    up = install_v1(dev)
+    old_v2 = dev.release(dev.bundle(2))  # the fleet's announcement, retained: it comes again on every reconnect
+    assert up.apply_release(old_v2).state == "probation"
+    for _ in range(dev.cfg.ota.probation_frames):
+        up.observe_frame(4.0, True, True, 2)
+    assert up.apply_release(dev.release(dev.bundle(3))).state == "probation"  # the store's, newer
+    assert up.apply_release(dev.release(dev.bundle(5))).state == "deferred"
+    assert up.apply_release(old_v2).state == "skipped"  # a replay: not news, and not what goes next
+    assert up.apply_release(dev.release(dev.bundle(4))).state == "skipped"  # older than what waits
+    assert [(r["ota"]["state"], r["ota"]["version"]) for r in dev.reports if r["ota"]["state"] == "deferred"] == [
+        ("deferred", 5)]
+    up.start()
+    try:
+        for _ in range(dev.cfg.ota.probation_frames):
+            up.observe_frame(4.0, True, True, 3)
+        assert wait_for(lambda: dev.current().startswith("v5-"), timeout=30), dev.states()
+    finally:
+        up.stop()

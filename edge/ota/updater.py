@@ -274,14 +274,10 @@ class Updater:
         with self._apply_lock:
             version: int | None = None
             dest: Path | None = None
+            vr: VerifiedRelease | None = None
             try:
                 vr = verify_release(payload, self._keys())
                 version = vr.release.version
-                if self._window is not None:  # one model on probation at a time: this one goes next
-                    self._deferred = payload
-                    log.info("release v%d waits until the model on probation passes or is rolled back", version)
-                    self._emit("deferred", version)
-                    return Outcome("deferred", version, seconds=time.monotonic() - t0)
                 state = self._load_state()
                 now = datetime.fromtimestamp(self.clock(), timezone.utc)
                 running = self._running_sha(vr.release.sha256)
@@ -291,6 +287,18 @@ class Updater:
                     if d.code is not None and d.report:  # outside the rollout: say so, or it looks unheard of
                         self._emit("skipped", version, OtaError(d.code, d.reason))
                     return Outcome("skipped", version, d.code, d.reason, time.monotonic() - t0)
+                with self._lock:  # against the frame thread's verdict, which queues what waits
+                    if self._window is not None or self._pending_rollback is not None:
+                        # one model on probation at a time: the newest release that would apply goes next
+                        waiting = _release_version(self._deferred) if self._deferred is not None else None
+                        if waiting is not None and waiting >= version:
+                            return Outcome("skipped", version, "superseded",
+                                           f"v{waiting} waits already", time.monotonic() - t0)
+                        self._deferred = payload
+                        log.info("release v%d waits until the model on probation passes or is rolled back",
+                                 version)
+                        self._emit("deferred", version)
+                        return Outcome("deferred", version, seconds=time.monotonic() - t0)
                 self.store.save(state.with_seen(vr.digest))
                 dest = self._download_and_unpack(vr)
                 self._emit("smoke_testing", version)
@@ -306,14 +314,14 @@ class Updater:
                 return Outcome(state_name, version, code, self._ota.get("error") if code else None,
                                seconds=time.monotonic() - t0)
             except OtaError as e:
-                return self._fail(e, version, dest, payload, t0)
+                return self._fail(e, version, dest, vr, t0)
             except OSError as e:  # the models folder's disk: full, or failing
                 code = "disk-full" if e.errno == errno.ENOSPC else "io-error"
                 return self._fail(OtaError(code, f"{e.strerror or e} ({getattr(e, 'filename', '') or 'models'})"),
-                                  version, dest, payload, t0)
+                                  version, dest, vr, t0)
             except Exception as e:  # a bug must not kill the worker: report it, keep the running model
                 log.exception("OTA update failed unexpectedly")
-                return self._fail(OtaError("internal", f"{type(e).__name__}: {e}"), version, dest, payload, t0)
+                return self._fail(OtaError("internal", f"{type(e).__name__}: {e}"), version, dest, vr, t0)
 
     # ---- steps ---------------------------------------------------------------------------------------------------
     def _download_and_unpack(self, vr: VerifiedRelease) -> Path:
@@ -474,22 +482,23 @@ class Updater:
         self._emit("rolled_back", None, err)
         return None
 
-    def _fail(self, e: OtaError, version: int | None, dest: Path | None, payload: bytes, t0: float) -> Outcome:
-        if e.code in SMOKE_CODES and dest is not None:
+    def _fail(self, e: OtaError, version: int | None, dest: Path | None, vr: VerifiedRelease | None,
+              t0: float) -> Outcome:
+        """Report a refused or failed release. Only a verified release's own fields name files here: what an
+        unverified message says (its sha256, say) is never used as a path."""
+        release_sha = vr.release.sha256 if vr is not None else None
+        if e.code in SMOKE_CODES and dest is not None and release_sha is not None:
             try:
-                st = self._load_state()
-                sha = dest.name.split("-", 1)[-1]
-                self.store.save(st.with_failed(_release_sha(payload) or sha, str(e)))
+                self.store.save(self._load_state().with_failed(release_sha, str(e)))
             except (OSError, ValueError):
                 pass
         if dest is not None and dest != links.target(self.models_dir, links.CURRENT):
             shutil.rmtree(dest, ignore_errors=True)
-        release_sha = _release_sha(payload)
-        if release_sha and (not e.transient or e.code in ("disk-full", "io-error")):
+        if release_sha is not None and (not e.transient or e.code in ("disk-full", "io-error")):
             # a refused download is never used again, and a full disk needs the room: only an interrupted
             # download is kept, to resume
-            for staged in self.staging.glob(f"{release_sha[:12]}.bundle*") if self.staging.is_dir() else ():
-                _remove(staged)
+            for name in (f"{release_sha[:12]}.bundle", f"{release_sha[:12]}.bundle.part"):
+                _remove(self.staging / name)
         state = "failed" if e.transient or e.code == "internal" else "rejected"
         log.warning("OTA %s (v%s): %s", state, version, e)
         self._emit(state, version, e)
@@ -511,18 +520,21 @@ class Updater:
                 item = None
             if self._stop.is_set():
                 break
-            err, self._pending_rollback = self._pending_rollback, None
-            if err is not None:
-                self._rollback(err)
-            if item:
-                self._handle(item)
-            if self._retry is not None and time.monotonic() >= self._retry[1]:
-                payload, _, backoff = self._retry
-                self._retry = None
-                self._handle(payload, backoff)
-            if poll and time.monotonic() >= next_poll:
-                next_poll = time.monotonic() + self.cfg.ota.poll_interval_s
-                self._poll()
+            try:  # nothing a message or a disk does may end the worker: no update would ever be handled again
+                err, self._pending_rollback = self._pending_rollback, None
+                if err is not None:
+                    self._rollback(err)
+                if item:
+                    self._handle(item)
+                if self._retry is not None and time.monotonic() >= self._retry[1]:
+                    payload, _, backoff = self._retry
+                    self._retry = None
+                    self._handle(payload, backoff)
+                if poll and time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + self.cfg.ota.poll_interval_s
+                    self._poll()
+            except Exception:
+                log.exception("OTA worker: a step failed unexpectedly; carrying on with the next message")
 
     def _handle(self, payload: bytes, backoff: float = 0.0) -> None:
         import hashlib
@@ -688,20 +700,17 @@ def _release_field(payload: bytes, key: str) -> Any:
     """A field of a release message as it says (not verified), or None."""
     import json
 
+    if len(payload) > MAX_MESSAGE_BYTES:
+        return None
     try:
         return json.loads(payload)["release"][key]
-    except (ValueError, KeyError, TypeError):
+    except Exception:  # noqa: BLE001 - a hostile message (nested 100,000 deep: RecursionError) is just unreadable
         return None
 
 
 def _release_version(payload: bytes) -> int | None:
     v = _release_field(payload, "version")
     return v if isinstance(v, int) else None
-
-
-def _release_sha(payload: bytes) -> str | None:
-    sha = _release_field(payload, "sha256")
-    return None if sha is None else str(sha)
 
 
 def _remove(p: Path) -> None:
