@@ -39,6 +39,10 @@ from edge.topics import Topics
 
 log = logging.getLogger(__name__)
 
+# Commands and release announcements are small (a release is at most 64 KiB, edge.ota.release): anything bigger
+# that reaches the cart is dropped unread, and MQTT 5 tells the broker not to send it at all.
+MAX_INCOMING_BYTES = 64 * 1024
+
 _UNSUPPORTED_PROTOCOL = 132  # CONNACK "Unsupported protocol version" (MQTT 3.1.1 return code 1)
 # protocol "auto", before the first successful connect: a broker that leaves a CONNECT unanswered this long after
 # TCP connected (amqtt does with an MQTT 5 CONNECT carrying a will) is tried with the other MQTT version.
@@ -338,7 +342,11 @@ class MqttLink:
         self._client = client
         log.info("connecting to %s as %s (%s%s)", self.address, self.client_id, protocol_name(self._protocol),
                  ", falls back to 3.1.1" if self._auto and self._protocol == mqtt.MQTTv5 else "")
-        client.connect_async(self.address.host, self.address.port, keepalive=m.keepalive_s)
+        props = None
+        if self._protocol == mqtt.MQTTv5:  # the broker sends nothing bigger (commands and releases are small)
+            props = Properties(PacketTypes.CONNECT)
+            props.MaximumPacketSize = MAX_INCOMING_BYTES + 1024
+        client.connect_async(self.address.host, self.address.port, keepalive=m.keepalive_s, properties=props)
         client.loop_start()
 
     def _rebuild_client(self) -> None:
@@ -470,6 +478,10 @@ class MqttLink:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if client is not self._client:
+            return
+        if len(msg.payload) > MAX_INCOMING_BYTES:  # over MQTT 3.1.1 the broker may still send one (a retained bomb)
+            log.warning("ignored a %d-byte message on %s: commands and releases are at most %d bytes",
+                        len(msg.payload), msg.topic, MAX_INCOMING_BYTES)
             return
         self._work.put((msg.topic, bytes(msg.payload), bool(msg.retain), getattr(msg, "properties", None)))
 
@@ -669,8 +681,10 @@ class MqttLink:
                 name = self.topics.command_name(topic)
                 if name is not None:
                     self._handle_command(topic, name, payload, retained, props)
-                elif self.on_release is not None:
+                elif topic in self._release_topics and self.on_release is not None:
                     self.on_release(topic, payload)
+                else:  # `cmd/` with an empty name matches `cmd/+`: a backend must not reach the updater that way
+                    log.warning("ignored a message on %s: not a command or release topic of this cart", topic)
             except Exception:
                 log.exception("error handling a message on %s", topic)
 

@@ -6,6 +6,7 @@ only their /etc paths and the port rewritten for a temporary directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -458,3 +459,44 @@ def test_the_optional_password_listener(broker: Broker, tmp_path: Path) -> None:
             c.loop_stop()
             c.disconnect()
         mosq.stop()
+
+
+def test_a_store_backend_cannot_reach_the_carts_updater_nor_flood_it(broker: Broker, tmp_path: Path) -> None:
+    """The shipped ACL lets a backend write `<store>/+/cmd/+`, and `+` matches an empty level: `.../cmd/` reached
+    the cart's `cmd/+` subscription and, not being a command, went to the OTA updater (any old signed release could
+    be injected that way, and a malformed one ended the updater). Only the release topics reach it now. And one
+    retained 8 MB message on a command topic was delivered on every connect (the shipped broker now refuses
+    packets over 4 MB; the cart tells MQTT 5 brokers it takes nothing over 65 kB and drops what still comes)."""
+    be = backend(broker)
+    cfg = _cart_config(broker, tmp_path, "s042", "cart-a", cert_as="cart-a")
+    got: list[str] = []
+    link = MqttLink(cfg, Topics.from_config(cfg), Outbox(cfg.outbox.path), on_release=lambda t, p: got.append(t))
+    link.start()
+    try:
+        assert link.wait_connected(10), link.info()
+        time.sleep(QUIET_S)  # subscribed
+        assert be.publish("shelfscout/s042/cart-a/cmd/", b'{"release": {"sha256": "../../*"}}') == 0  # allowed by
+        # the ACL, delivered by the broker: the cart must not take it for a release
+        big = be.client.publish("shelfscout/s042/cart-a/cmd/pause", b"x" * (8 << 20), qos=1, retain=True)
+        with contextlib.suppress(RuntimeError, ValueError):  # the broker drops a client that sends such a packet
+            big.wait_for_publish(5)
+        publisher = peer(broker, broker.pki / "clients/release-publisher.crt",
+                         broker.pki / "clients/release-publisher.key")
+        assert publisher is not None
+        assert publisher.publish("shelfscout/fleet/model/release", b"{}") == 0  # the positive control
+        publisher.close()
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got == ["shelfscout/fleet/model/release"]  # and nothing from cmd/
+        assert link.connected
+        fresh = peer(broker, broker.pki / "backends/backend-s042.crt", broker.pki / "backends/backend-s042.key")
+        assert fresh is not None
+        fresh.subscribe("shelfscout/s042/cart-a/cmd/#")
+        time.sleep(QUIET_S)
+        assert [t for t, p in fresh.messages if len(p) > 1 << 20] == []  # the broker kept no 8 MB retained message
+        fresh.close()
+    finally:
+        link.stop()
+        link.outbox.close()
+        be.close()
