@@ -115,10 +115,15 @@ log "configuration in $ETC, state in $STATE"
 install -d -m 0755 "$ETC" "$ETC/keys" "$UNITDIR" "$OPT"
 install -d -m 0700 "$ETC/credentials"  # root only; systemd's LoadCredential= passes secrets to the service
 install -d -m 0750 "$ETC/tls"
+# The service user owns the state folder: a link it put there (models -> /etc, say) would have this root script
+# make and chown the link's target. Links are refused, and chown -h never follows one.
+for d in "$STATE" "$STATE/models"; do
+    [ ! -L "$d" ] || die "$d is a symbolic link (to $(readlink "$d")); remove it: the state folder must be a folder"
+done
 install -d -m 0700 "$STATE" "$STATE/models"
 if [ "$HAVE_USER" = 1 ]; then
-    chown "$SVC_USER:$SVC_USER" "$STATE" "$STATE/models"
-    chgrp "$SVC_USER" "$ETC/tls"
+    chown -h "$SVC_USER:$SVC_USER" "$STATE" "$STATE/models"
+    chgrp -h "$SVC_USER" "$ETC/tls"
 fi
 
 if [ ! -e "$ETC/config.toml" ]; then

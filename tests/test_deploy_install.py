@@ -233,3 +233,19 @@ def test_a_shipped_key_the_operator_deleted_stays_deleted_and_a_new_one_is_insta
     assert again.returncode == 0, again.stderr
     assert not (keys / shipped[0]).exists() and f"not installing {shipped[0]} again" in again.stdout
     assert (keys / "rotated-2027.pub").exists()
+
+
+def test_a_link_planted_in_the_state_folder_is_refused_not_followed(tmp_path: Path) -> None:
+    """The service user owns /var/lib/shelfscout: a link it made there (models -> /etc) had the next root run of
+    the installer (after every `git pull`) make and chown the link's target, handing the service user a system
+    folder. The installer refuses such a link and changes nothing through it."""
+    root, src = tmp_path / "root", source_copy(tmp_path / "src")
+    assert run_installer(root, src, "--no-pip").returncode == 0
+    victim = root / "etc/important"
+    victim.mkdir(mode=0o755)
+    models = root / "var/lib/shelfscout/models"
+    models.rmdir()
+    models.symlink_to(victim)
+    r = run_installer(root, src, "--no-pip")
+    assert r.returncode != 0 and "is a symbolic link" in r.stderr and "must be a folder" in r.stderr
+    assert victim.stat().st_mode & 0o777 == 0o755  # not made 0700 for the service
