@@ -132,9 +132,33 @@ def annotate(frame_rgb: np.ndarray, gaps: Sequence[Gap], tracks: Sequence[Any], 
     return img
 
 
+# Every connection is a thread, and the unit caps the service's tasks (TasksMax=64): a preview reachable from the
+# store network must not let a flood of connections take the threads that model updates and hot swaps need.
+MAX_CONNECTIONS = 8
+MAX_STREAMS = 3
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    slots = threading.BoundedSemaphore(MAX_CONNECTIONS)  # replaced per server in PreviewServer.start
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):  # busy: refused at once, in this thread, without a new one
+            try:
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                                b"Connection: close\r\n\r\ntoo many preview connections\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 class PreviewServer:
@@ -186,6 +210,11 @@ class PreviewServer:
         self._service = (state, reason)
 
     @property
+    def watchers(self) -> int:
+        """Browsers connected to the stream now."""
+        return self._clients
+
+    @property
     def watching(self) -> bool:
         """True while at least one browser is connected to the stream."""
         return self._clients > 0
@@ -206,7 +235,8 @@ class PreviewServer:
         if self._httpd is not None:
             return self
         server_cls = type("_PreviewHTTPServer", (_Server,), {
-            "address_family": socket.AF_INET6 if ":" in self.host else socket.AF_INET})
+            "address_family": socket.AF_INET6 if ":" in self.host else socket.AF_INET,
+            "slots": threading.BoundedSemaphore(MAX_CONNECTIONS)})
         try:
             httpd = server_cls((self.host, self.port), _make_handler(self))
         except OSError as e:
@@ -399,6 +429,9 @@ def _make_handler(server: PreviewServer) -> type[BaseHTTPRequestHandler]:
                         self._send(503, "text/plain; charset=utf-8", b"no frame yet\n")
                     else:
                         self._send(200, "image/jpeg", got[1])
+                elif path == "/stream.mjpg" and server.watchers >= MAX_STREAMS:
+                    self._send(503, "text/plain; charset=utf-8",
+                               f"{MAX_STREAMS} viewers watch already; close one\n".encode())
                 elif path == "/stream.mjpg":
                     self.send_response(200)
                     self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")

@@ -260,3 +260,52 @@ def test_hints_are_steadied_over_the_last_evaluations() -> None:
     assert codes(dark) == ["too_dark"]  # it stays: now it shows
     assert codes(good) == ["too_dark"]
     assert codes(good) == []
+
+
+def test_a_flood_of_connections_is_refused_not_given_a_thread_each() -> None:
+    """Each connection took a thread and a stream kept it: 80 clients made 82 threads, against the unit's
+    TasksMax=64 that model updates and hot swaps need too. A few streams and a few connections at once are served;
+    more get a 503 at once, and the preview serves again when they go."""
+    from edge.preview import MAX_CONNECTIONS, MAX_STREAMS
+
+    p = PreviewServer("127.0.0.1:0", max_fps=5).start()
+    socks: list[socket.socket] = []
+    try:
+        with Feeder(p, draw_shelf(np.random.default_rng(3))):
+            def connect(request: bytes | None) -> socket.socket:
+                s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+                if request:
+                    s.sendall(request)
+                socks.append(s)
+                return s
+
+            for _ in range(MAX_STREAMS):
+                connect(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n").recv(64)  # streaming
+            deadline = time.monotonic() + 5
+            while p.watchers < MAX_STREAMS and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert p.watchers == MAX_STREAMS
+            extra = connect(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b" 503 " in extra.recv(64).split(b"\r\n")[0]  # one viewer too many
+            threads = threading.active_count()
+            for _ in range(MAX_CONNECTIONS + 20):
+                connect(None)  # connections that say nothing, each one held open
+            refused = connect(None)
+            assert refused.recv(64).startswith(b"HTTP/1.0 503")
+            assert threading.active_count() <= threads + MAX_CONNECTIONS
+            for s in socks:
+                s.close()
+            socks.clear()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    if _get(p.url + "status.json")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.2)
+            assert _get(p.url + "status.json")[0] == 200
+    finally:
+        for s in socks:
+            s.close()
+        p.stop()
