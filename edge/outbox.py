@@ -236,6 +236,9 @@ def _image(corrupt: Path) -> bytearray:
     page, pages, db_pages = _wal_pages(Path(f"{corrupt}-wal"))
     if not pages or (len(data) >= 100 and int.from_bytes(data[16:18], "big") not in (page, page % 65536)):
         return data
+    # never more pages than the file and the log hold: a log that claims 4 billion pages is not a reason to ask
+    # for terabytes (what is missing between them reads as empty pages, and the row-by-row copy stops there)
+    db_pages = min(db_pages, max(len(data) // page, max(pages)))
     out = bytearray(max(len(data), db_pages * page))
     out[:len(data)] = data
     for n, body in pages.items():
@@ -249,7 +252,11 @@ def _salvage(corrupt: Path, fresh: sqlite3.Connection) -> int:
     of them, and its write-ahead log the last ones) into the fresh one, oldest first; returns how many. Best
     effort: a file that is no database gives 0."""
     rows: list[Any] = []
-    data = _image(corrupt)
+    try:
+        data = _image(corrupt)
+    except MemoryError:
+        log.error("could not salvage the corrupt outbox %s: it does not fit in memory", corrupt)
+        return 0
     if data[:16] != b"SQLite format 3\x00" or len(data) < 100:
         return 0
     page = int.from_bytes(data[16:18], "big")

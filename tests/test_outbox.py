@@ -330,3 +330,30 @@ def test_every_commit_and_every_state_file_write_reaches_the_disk_before_it_retu
 
     assert syncs_between("opened", "committed") >= n  # at least one per commit (SQLite syncs the WAL)
     assert syncs_between("committed", "written") >= 2 * n  # the file and its folder, per write
+
+
+def test_a_write_ahead_log_claiming_billions_of_pages_salvages_nothing_and_asks_for_no_memory(tmp_path: Path) -> None:
+    """A 568-byte log with good checksums whose commit frame claims a database of 4 billion pages made the salvage
+    ask for 2 TiB (MemoryError out of the outbox's constructor: the service stopped). What the file and the log
+    hold bounds it now."""
+    import resource
+    import struct
+
+    from edge.outbox import _wal_checksum
+
+    page = 512
+    head = struct.pack(">IIIIII", 0x377F0682, 3007000, page, 0, 0x11111111, 0x22222222)
+    s0, s1 = _wal_checksum(head, 0, 0, False)
+    head += struct.pack(">II", s0, s1)
+    body = bytes(page)
+    frame = struct.pack(">II", 1, 0xFFFFFFFF) + head[16:24]
+    s0, s1 = _wal_checksum(frame[:8] + body, s0, s1, False)
+    path = tmp_path / "outbox.db"
+    path.write_bytes(b"")
+    Path(f"{path}-wal").write_bytes(head + frame + struct.pack(">II", s0, s1) + body)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with Outbox(path) as ob:
+        assert ob.quarantined is not None and ob.salvaged == 0 and ob.depth() == 0
+        ob.put([OutMessage("a/alerts", b"{}")])  # and it works
+        assert ob.depth() == 1
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 * 1024  # KiB: no big allocation
