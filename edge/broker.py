@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 from cryptography import x509
 
-from edge.config import ConfigError, MqttConfig, read_password
+from edge.config import ConfigError, MqttConfig, read_password, redact_url
 
 
 @dataclass(frozen=True)
@@ -31,14 +31,14 @@ class BrokerAddress:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
+            raise ValueError(f"broker URL {redact_url(url)!r} must start with mqtt:// or mqtts://")
         if not parts.hostname:
-            raise ValueError(f"broker URL {url!r} has no host")
+            raise ValueError(f"broker URL {redact_url(url)!r} has no host")
         tls = scheme in ("mqtts", "ssl")
         try:
             port = parts.port or (8883 if tls else 1883)
         except ValueError as e:
-            raise ValueError(f"broker URL {url!r}: {e}") from None
+            raise ValueError(f"broker URL {redact_url(url)!r}: {e}") from None
         if parts.password:
             raise ValueError("put the MQTT password in mqtt.password_file, not in the URL")
         return cls(parts.hostname, port, tls, unquote(parts.username) if parts.username else None)

@@ -233,17 +233,17 @@ def _validate(cfg: Config, errors: list[str]) -> None:
     need(cfg.device.id != "model", "device.id", "'model' is reserved: {prefix}/STORE/model/release is the store's "
                                                 "release topic")
     need(cfg.mqtt.url.split("://", 1)[0] in ("mqtt", "mqtts", "tcp", "ssl") and "://" in cfg.mqtt.url,
-         "mqtt.url", f"{cfg.mqtt.url!r} must start with mqtt:// or mqtts://")
+         "mqtt.url", f"{redact_url(cfg.mqtt.url)!r} must start with mqtt:// or mqtts://")
     url = urlsplit(cfg.mqtt.url)
-    need(bool(url.hostname) or "://" not in cfg.mqtt.url, "mqtt.url", f"{cfg.mqtt.url!r} names no host")
+    need(bool(url.hostname) or "://" not in cfg.mqtt.url, "mqtt.url", f"{redact_url(cfg.mqtt.url)!r} names no host")
     try:
         _ = url.port  # urlsplit checks the port only when asked
     except ValueError:
-        need(False, "mqtt.url", f"{cfg.mqtt.url!r}: the port must be a number from 0 to 65535")
+        need(False, "mqtt.url", f"{redact_url(cfg.mqtt.url)!r}: the port must be a number from 0 to 65535")
     plain = cfg.mqtt.url.split("://", 1)[0] in ("mqtt", "tcp")
     for key in ("ca_file", "cert_file", "key_file"):
         need(not (plain and getattr(cfg.mqtt, key)), f"mqtt.{key}",
-             f"is set but mqtt.url {cfg.mqtt.url!r} is plain MQTT, which would not use it: write mqtts://")
+             f"is set but mqtt.url {redact_url(cfg.mqtt.url)!r} is plain MQTT, which would not use it: write mqtts://")
     need(cfg.mqtt.protocol in ("auto", "5", "3.1.1"), "mqtt.protocol", "must be 'auto', '5' or '3.1.1'")
     need(cfg.mqtt.keepalive_s >= 5, "mqtt.keepalive_s", "must be at least 5")
     need(cfg.mqtt.stats_interval_s > 0, "mqtt.stats_interval_s", "must be positive")
@@ -390,6 +390,12 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
                                  cert_file=rel(cfg.mqtt.cert_file), key_file=rel(cfg.mqtt.key_file)),
         ota=dataclasses.replace(cfg.ota, keys_dir=rel(cfg.ota.keys_dir), models_dir=rel(cfg.ota.models_dir)),
     )
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password in it replaced by `***`, for every message and log line (also a URL that is
+    otherwise malformed, which is when it is most likely to be printed)."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
 
 
 # Where the installer keeps the password; systemd hands it to the service as the credential `mqtt-password`.

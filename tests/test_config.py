@@ -344,3 +344,23 @@ def _check_service_user_problems(base: Path) -> None:
     assert [p.split(":")[0] for p in service_user_problems(cfg, user="nobody")] == [
         "mqtt.ca_file", "mqtt.cert_file", "mqtt.key_file"]
     assert all(f"cannot enter {tls}" in p for p in service_user_problems(cfg, user="nobody"))
+
+
+def test_no_message_or_ok_line_prints_a_password_from_a_url(tmp_path: Path) -> None:
+    """A password in a URL was refused only when the rest of the URL was valid: every other URL error printed the
+    whole URL, password and all, into the journal and the terminal; `config check` printed the camera's RTSP URL
+    with its password on success."""
+    for url in ("mqtts://cart:S3cretPW@broker:88830", "mqtts://cart:S3cretPW@:8883", "http://cart:S3cretPW@b:1"):
+        with pytest.raises(ConfigError) as e:
+            config.parse(f"[mqtt]\nurl = '{url}'\n", env={})
+        assert "S3cretPW" not in str(e.value) and "cart:***@" in str(e.value), str(e.value)
+    from edge.broker import BrokerAddress
+
+    with pytest.raises(ValueError) as e2:
+        BrokerAddress.parse("mqtts://cart:S3cretPW@broker:8883x")
+    assert "S3cretPW" not in str(e2.value)
+    p = tmp_path / "c.toml"
+    p.write_text(MINIMAL.replace('source = "aisle7.mp4"', 'source = "rtsp://admin:CamPW@10.0.0.9/stream"'))
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "config", "check", "--syntax-only", str(p)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "rtsp://admin:***@10.0.0.9/stream" in r.stdout and "CamPW" not in r.stdout

@@ -221,6 +221,7 @@ def check(args: argparse.Namespace) -> int:
     import sys
 
     from edge import config
+    from edge.config import redact_url
 
     try:
         cfg = config.load(args.file)
@@ -251,7 +252,7 @@ def check(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(dataclasses.asdict(cfg), indent=2))
     else:
-        print(f"{args.file}: ok (device {cfg.device.store}/{cfg.device.id}, camera {cfg.camera.source}, "
-              f"broker {cfg.mqtt.url}{'' if args.syntax_only else ', model and keys readable here'}"
+        print(f"{args.file}: ok (device {cfg.device.store}/{cfg.device.id}, camera {redact_url(cfg.camera.source)}, "
+              f"broker {redact_url(cfg.mqtt.url)}{'' if args.syntax_only else ', model and keys readable here'}"
               f"{', camera and broker answered' if args.live else ''})")
     return 0
