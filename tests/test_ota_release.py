@@ -82,7 +82,20 @@ def test_arbitrary_software_unsigned_unknown_key_no_keys(keypair: tuple[Ed25519P
         assert e.value.code == code, (code, e.value)
         if code in ("unknown-key", "unsigned-release"):  # the operator learns which release was refused
             r = rel()
-            assert f"release {r.name} v{r.version}" in str(e.value), e.value
+            assert f"release {r.name!r} v{r.version}" in str(e.value), e.value
+
+
+def test_an_unverified_release_s_name_and_key_id_are_shown_quoted_and_short(
+        keypair: tuple[Ed25519PrivateKey, Path]) -> None:
+    """What an unsigned message says of itself goes into the log and model/state: a name of 20,000 characters
+    with newlines in it (a forged log line) went in as it was."""
+    key, keys_dir = keypair
+    forged = "x\nERROR edge.app: the cart is on fire" + "y" * 20_000  # within the 64 KiB message limit
+    msg = json.dumps({"release": dataclasses.asdict(rel(2, name=forged)), "keyid": forged, "sig": "AAAA"}).encode()
+    with pytest.raises(OtaError) as e:
+        verify_release(msg, load_public_keys([keys_dir]))
+    text = str(e.value)
+    assert "\n" not in text and len(text) < 600 and "'x\\nERROR edge.app" in text, text
 
 
 @pytest.mark.parametrize("field,value", [("url", "ftp://x/y"), ("sha256", "XYZ"), ("size", 0), ("version", -1),

@@ -172,18 +172,18 @@ def verify_release(payload: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Veri
     release = Release.from_dict(msg["release"])
     sig_b64 = msg.get("sig")
     if not sig_b64:
-        raise OtaError("unsigned-release", f"release {release.name} v{release.version} carries no signature")
+        raise OtaError("unsigned-release", f"release {_shown(release.name)} v{release.version} carries no signature")
     try:
         sig = base64.b64decode(str(sig_b64), validate=True)
     except (binascii.Error, ValueError):
         raise OtaError("bad-signature", "release signature is not base64") from None
     signed = release.canonical_bytes()
-    claim = f"release {release.name} v{release.version} (as it claims; not verified)"
+    claim = f"release {_shown(release.name)} v{release.version} (as it claims; not verified)"
     by_id = {keyid(k): (name, k) for name, k in keys.items()}
     kid = msg.get("keyid")
     if kid is not None:
         if kid not in by_id:
-            raise OtaError("unknown-key", f"{claim} is signed by key {kid}, which is not trusted "
+            raise OtaError("unknown-key", f"{claim} is signed by key {_shown(kid)}, which is not trusted "
                                           f"(trusted: {', '.join(sorted(by_id))})")
         candidates = [(kid, *by_id[kid])]
     else:
@@ -196,4 +196,11 @@ def verify_release(payload: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Veri
         return VerifiedRelease(release, kid_, name, hashlib.sha256(signed + sig).hexdigest())
     if kid is None:
         raise OtaError("unknown-key", f"{claim}: its signature does not verify with any trusted key")
-    raise OtaError("bad-signature", f"{claim}: its signature does not verify with key {kid} (tampered?)")
+    raise OtaError("bad-signature", f"{claim}: its signature does not verify with key {_shown(kid)} (tampered?)")
+
+
+def _shown(value: object) -> str:
+    """An unverified field as messages show it: quoted, control characters escaped, at most 64 characters (what an
+    attacker writes goes into logs and model/state)."""
+    text = str(value)
+    return repr(text[:64] + ("..." if len(text) > 64 else ""))
