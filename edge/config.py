@@ -225,9 +225,8 @@ def _validate(cfg: Config, errors: list[str]) -> None:
 
     for key, val in (("device.id", cfg.device.id), ("device.store", cfg.device.store)):
         need(bool(val), key, "must not be empty")
-        need(not val or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", val) is not None, key,
-             f"{val!r} must be letters, digits, '.', '_' or '-', starting with a letter or digit (it is a level of "
-             "the cart's MQTT topics and part of its certificate name, as make-certs.sh makes it)")
+        need(not any(c in val for c in "/+#") and val.strip() == val, key,
+             f"{val!r} must not contain '/', '+', '#' or surrounding spaces (it is part of MQTT topics)")
     need(cfg.device.store != "fleet", "device.store", "'fleet' is reserved: {prefix}/fleet/model/release is the "
                                                       "fleet's release topic")
     need(cfg.device.id != "model", "device.id", "'model' is reserved: {prefix}/STORE/model/release is the store's "
@@ -277,7 +276,7 @@ def _validate(cfg: Config, errors: list[str]) -> None:
     for template in o.release_topics:
         try:
             filled = template.format(prefix="p", store="s", device="d")
-        except (KeyError, IndexError, ValueError):
+        except (KeyError, IndexError, ValueError, AttributeError):  # {aisle}, {0}, "{", {prefix.x}
             filled = ""
         need(bool(filled) and not set("+#") & set(filled) and "//" not in filled, "ota.release_topics",
              f"{template!r} must be a topic with no wildcards, using only {{prefix}}, {{store}} and {{device}}")
