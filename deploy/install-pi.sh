@@ -141,6 +141,16 @@ fi
 # updates). keys/.shipped lists the ones installed before; a key new in the source (a rotation) is installed.
 if [ -d "$SOURCE/models/keys" ]; then
     shipped="$ETC/keys/.shipped"
+    if [ ! -e "$shipped" ] && compgen -G "$ETC/keys/*.pub" >/dev/null; then
+        # An install from before keys/.shipped: a shipped key missing now may have been deleted on purpose, so
+        # none is put back; each is recorded as shipped. Copy one from models/keys by hand to trust it.
+        for key in "$SOURCE"/models/keys/*.pub; do
+            [ -e "$key" ] || continue
+            name="$(basename "$key")"
+            [ -e "$ETC/keys/$name" ] || log "not installing $name: this install predates $shipped, so a key deleted on purpose cannot be told from a new one; copy it from $SOURCE/models/keys to trust it"
+            echo "$name" >> "$shipped"
+        done
+    fi
     for key in "$SOURCE"/models/keys/*.pub; do
         [ -e "$key" ] || continue
         name="$(basename "$key")"

@@ -249,3 +249,18 @@ def test_a_link_planted_in_the_state_folder_is_refused_not_followed(tmp_path: Pa
     r = run_installer(root, src, "--no-pip")
     assert r.returncode != 0 and "is a symbolic link" in r.stderr and "must be a folder" in r.stderr
     assert victim.stat().st_mode & 0o777 == 0o755  # not made 0700 for the service
+
+
+def test_an_install_from_before_the_shipped_list_does_not_get_a_deleted_key_back(tmp_path: Path) -> None:
+    """An install made before keys/.shipped existed has no record: the first run after the upgrade put back a
+    key the operator had deleted. It records the shipped keys instead, installs none that is missing, and says so."""
+    root, src = tmp_path / "root", source_copy(tmp_path / "src")
+    assert run_installer(root, src, "--no-pip").returncode == 0
+    keys = root / "etc/shelfscout/keys"
+    shipped = sorted(p.name for p in (src / "models/keys").glob("*.pub"))
+    (keys / ".shipped").unlink()  # as an older installer left it
+    (keys / shipped[0]).unlink()  # deleted by the operator back then
+    r = run_installer(root, src, "--no-pip")
+    assert r.returncode == 0, r.stderr
+    assert not (keys / shipped[0]).exists() and "predates" in r.stdout
+    assert sorted((keys / ".shipped").read_text().split()) == shipped
