@@ -244,6 +244,9 @@ class AlertManager:
         self._write_failed = False
         self._by_track: dict[int, Place] = {}
         self._pending: list[Place] = []  # places whose event was returned during the previous frame
+        # places found, once a marker placed them, to be another open alert again (opened after a restart before
+        # the first marker): each is `cleared` as a duplicate of the older alert's id in the next frame
+        self._duplicates: list[tuple[Place, str]] = []
         self._fix_path = 0.0  # Odometry.path at the last marker fix (or start-up)
         if state_path is not None:
             self._load(state_path)
@@ -380,13 +383,14 @@ class AlertManager:
             self._fix_path = path
         known = self.markers.get(marker_id)
         if known is not None:
+            unplaced: list[Place] = []
             if self.aisle is None:
                 # gaps opened in this run before any marker (powered up mid-aisle) are in this run's frame: they
                 # move with odometry to the marker's known place, into its aisle
-                self._adopt(known.aisle, known.x - x_now)
+                unplaced = self._adopt(known.aisle, known.x - x_now)
             self.aisle = known.aisle
             for p in self.places:
-                if p.aisle == known.aisle:
+                if p.aisle == known.aisle and not any(p is u for u in unplaced):
                     p.stale = False  # the caller moves odometry to the marker: the aisle's boxes hold again
             return known.x
         if self.aisle is not None and sum(1 for m in self.markers.values() if m.aisle == self.aisle) < 2:
@@ -400,17 +404,41 @@ class AlertManager:
         self._dirty = True
         return x_now
 
-    def _adopt(self, aisle: str, dx: float) -> None:
+    def _adopt(self, aisle: str, dx: float) -> list[Place]:
         """The places recorded in this run before any marker (aisle None, seen since start-up) join `aisle`,
-        moved by `dx` shelf pixels into its frame."""
-        for p in self.places:
-            if p.aisle is None and p.seen_path is not None:
-                p.aisle = aisle
-                if dx:
-                    p.box = offset_box(p.box, dx, 0.0)
-                    p.anchor = offset_box(p.anchor, dx, 0.0) if p.anchor is not None else p.box
-                    p.samples = [offset_box(b, dx, 0.0) for b in p.samples]
-                self._dirty = True
+        moved by `dx` shelf pixels into its frame. One that is then where an open alert of the aisle already is
+        (the same gap, opened again after a restart) is that alert's duplicate: it hands its tracks over and is
+        cleared as such. Returns the adopted places still `stale` (their position was lost after they were seen:
+        they stay unplaced until a sighting places them)."""
+        adopted = [p for p in self.places if p.aisle is None and p.seen_path is not None]
+        before = [q for q in self.places if q.aisle == aisle and q.state != CLEARING]
+        for p in adopted:
+            p.aisle = aisle
+            if dx:
+                p.box = offset_box(p.box, dx, 0.0)
+                p.anchor = offset_box(p.anchor, dx, 0.0) if p.anchor is not None else p.box
+                p.samples = [offset_box(b, dx, 0.0) for b in p.samples]
+            self._dirty = True
+            if p.stale:
+                continue
+            near = [(d, q) for q in before if (d := self._near(p.box, q)) is not None]
+            if near:
+                self._merge(p, min(near, key=lambda dq: dq[0])[1])
+        return [p for p in adopted if p.stale]
+
+    def _merge(self, dup: Place, keep: Place) -> None:
+        """`dup` is `keep`'s gap, opened again: `keep` takes over its tracks and sightings, `dup` is cleared."""
+        for t in dup.tracks:
+            self._by_track[t] = keep
+        keep.tracks |= dup.tracks
+        dup.tracks = set()
+        keep.last_seen = max(keep.last_seen, dup.last_seen)
+        keep.frames += dup.frames
+        keep.seen_path = dup.seen_path
+        dup.state = CLEARING
+        self._duplicates.append((dup, keep.alert_id))
+        log.info("alert %s is %s's gap again (opened before a marker placed it): cleared as its duplicate",
+                 dup.alert_id, keep.alert_id)
 
     # ---- matching ----------------------------------------------------------------------------------------------
     def _near(self, box: Box, place: Place) -> float | None:
@@ -515,7 +543,8 @@ class AlertManager:
         self._dirty = True
         return self._event(place, "opened", frame_box, view)
 
-    def _event(self, place: Place, kind: str, frame_box: Box, view: View) -> AlertEvent:
+    def _event(self, place: Place, kind: str, frame_box: Box, view: View,
+               duplicate_of: str | None = None) -> AlertEvent:
         return AlertEvent(
             alert_id=place.alert_id,
             event=kind,
@@ -527,6 +556,7 @@ class AlertManager:
             frames=place.frames,
             frame_index=view.frame_index,
             location=self._location(place),
+            duplicate_of=duplicate_of,
         )
 
     def _link(self, track_id: int, place: Place) -> None:
@@ -571,8 +601,13 @@ class AlertManager:
         return None if place is None else place.alert_id
 
     def check_clear(self, detections: Sequence[Box], view: View) -> list[AlertEvent]:
-        """Count, for each open place wholly in view, frames with no detection near it; emit `cleared`s."""
+        """Count, for each open place wholly in view, frames with no detection near it; emit `cleared`s (and those
+        of duplicates a marker has revealed)."""
         events: list[AlertEvent] = []
+        for dup, keep_id in self._duplicates:
+            self._pending.append(dup)
+            events.append(self._event(dup, "cleared", view.to_frame(dup.box), view, duplicate_of=keep_id))
+        self._duplicates = []
         for place in list(self.places):
             if place.aisle != view.aisle:
                 continue

@@ -144,7 +144,9 @@ def alert_payload(event: AlertEvent, topics: Topics, model: ModelRef) -> dict[st
         snap = {"topic": topics.snapshot(event.alert_id), "bytes": len(event.snapshot_jpeg),
                 "sha256": hashlib.sha256(event.snapshot_jpeg).hexdigest()}
     loc = event.location
+    extra = {} if event.duplicate_of is None else {"duplicate_of": event.duplicate_of}
     return {
+        **extra,
         "schema": ALERT_SCHEMA,
         "id": event.alert_id,
         "event_id": event_id(event.alert_id, event.event),

@@ -69,3 +69,6 @@ class AlertEvent:
     location: Location
     snapshot_jpeg: bytes | None = None  # the frame with the gap marked
     extra: dict[str, object] = field(default_factory=dict)
+    # a `cleared` that closes an alert opened twice for one gap (after a restart, before a marker placed it): the
+    # id of the alert that stays open for it
+    duplicate_of: str | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -92,6 +93,16 @@ def test_alert_messages_put_alert_and_snapshot_and_resend_identically() -> None:
     assert cv2.imdecode(np.frombuffer(msgs[1].payload, np.uint8), cv2.IMREAD_COLOR) is not None
     assert alert_messages(_event("opened", jpeg), T, MODEL) == msgs  # deterministic bytes
     assert len(alert_messages(_event("cleared"), T, MODEL)) == 1
+
+
+def test_a_duplicate_s_cleared_names_the_alert_that_stays_open() -> None:
+    """Only a `cleared` that closes an alert opened twice for one gap carries `duplicate_of`; every other event is
+    as before (no new key)."""
+    plain = alert_payload(_event("cleared"), T, MODEL)
+    assert "duplicate_of" not in plain
+    dup = alert_payload(dataclasses.replace(_event("cleared"), duplicate_of="s042-cart-07-000003"), T, MODEL)
+    assert dup["duplicate_of"] == "s042-cart-07-000003" and validate("alert", dup) == dup  # strict: the schema declares it
+    assert {k: v for k, v in dup.items() if k != "duplicate_of"} == plain
 
 
 def test_bad_alert_input_is_a_value_error() -> None:
