@@ -158,7 +158,8 @@ class AlertViewer:
                    f"{' '.join(where) or 'location unknown'} conf {p.get('confidence', 0):.2f} "
                    f"frames {p.get('frames')} frame #{p.get('frame')} bbox [{bbox}] "
                    f"model {model.get('name')}/{model.get('version')}"
-                   + (f" snapshot {snap.get('bytes')} B" if snap else ""))
+                   + (f" snapshot {snap.get('bytes')} B" if snap else "")
+                   + (f" (duplicate of {p['duplicate_of']}, which stays open)" if p.get("duplicate_of") else ""))
 
     def _snapshot(self, who: str, alert_id: str, topic: str, payload: bytes) -> None:
         sha = hashlib.sha256(payload).hexdigest()
