@@ -146,3 +146,21 @@ def test_over_tls_with_a_client_certificate(tmp_path: Path) -> None:
         assert [validate("alert", a["payload"])["event_id"] for a in alerts] == ["a00005:opened"]
     finally:
         b.stop()
+
+
+def test_a_duplicate_s_cleared_is_shown_as_one() -> None:
+    """A `cleared` with `duplicate_of` closes an alert opened twice for one gap: the viewer must not make it look
+    like a restock."""
+    import io
+
+    from edge.commands.alerts import AlertViewer, ViewerOptions
+    from edge.payloads import ModelRef, alert_payload, encode
+    from edge.topics import Topics
+    from edge.types import AlertEvent, Location
+
+    t = Topics("shelfscout", "s042", "cart-07")
+    ev = AlertEvent("cart-07-2-9", "cleared", 1.78e9, 1.78e9, 1.78e9, (0.1, 0.2, 0.3, 0.4), 0.8, 5, 40,
+                    Location("aruco-3", 1.2, "aruco"), duplicate_of="cart-07-1-4")
+    out = io.StringIO()
+    AlertViewer(ViewerOptions(), out=out).handle(t.alerts, encode(alert_payload(ev, t, ModelRef("m", 1))))
+    assert "CLEARED cart-07-2-9" in out.getvalue() and "(duplicate of cart-07-1-4, which stays open)" in out.getvalue()
