@@ -623,9 +623,9 @@ def test_a_release_during_probation_is_reported_deferred_and_runs_after_the_verd
 
 
 def test_a_release_waits_while_the_clock_is_not_set_and_applies_once_it_is(dev: Device) -> None:
-    """A Pi has no real-time clock: until NTP sets it, it reads 1970 (or the time it shut down), and every release
-    past its expiry passed for fresh. It waits now (a transient failure, retried), and applies once the clock is
-    set; an expired one is then refused as expired."""
+    """A Pi has no real-time clock: until NTP sets it, it reads 1970, and every release past its expiry passed for
+    fresh. It waits now (a transient failure, retried), and applies once the clock is set; an expired one is then
+    refused as expired. (A clock at the last shutdown's time: tests/test_clock.py.)"""
     import time as _time
 
     dev.install(1)
