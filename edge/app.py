@@ -131,6 +131,8 @@ class Service:
         self.key_problem: str | None = None  # key files in the keys folder that are not keys (skipped)
         self.preview_problem: str | None = None  # why the live preview is not there (its port is taken, say)
         self._status_line: str | None = None  # the last STATUS= sent to systemd
+        self._status_lock = threading.Lock()
+        self._status_sent: tuple[str, str | None] | None = None  # the last status given to the MQTT link
 
     # ---- commands from MQTT ----------------------------------------------------------------------------------
     def on_command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -233,14 +235,18 @@ class Service:
 
     # ---- status and stats -------------------------------------------------------------------------------------
     def _refresh_status(self) -> None:
-        status = self.status()
-        self._notify_status(status)
-        link = self.parts.mqtt
-        if link is not None:
-            link.set_status(status.state, status.reason)
-        preview = self.parts.preview
-        if preview is not None:  # the installer's phone says what MQTT and systemd say
-            preview.set_service_status(status.state, status.reason)
+        """Work out the status and say it everywhere (MQTT, systemd's STATUS=, the preview). Called from several
+        threads (capture, sink, OTA reports, stats): one at a time, so an older status never overwrites a newer."""
+        with self._status_lock:
+            status = self.status()
+            self._notify_status(status)
+            link = self.parts.mqtt
+            if link is not None and (status.state, status.reason) != self._status_sent:
+                link.set_status(status.state, status.reason)
+                self._status_sent = (status.state, status.reason)
+            preview = self.parts.preview
+            if preview is not None:  # the installer's phone says what MQTT and systemd say
+                preview.set_service_status(status.state, status.reason)
 
     def _notify_status(self, status: StatusInfo) -> None:
         """The status line `systemctl status` shows (sd_notify STATUS=), sent when it changes."""
@@ -310,17 +316,10 @@ class Service:
     def _stats_loop(self) -> None:
         link = _need(self.parts.mqtt)
         topics = _need(self.parts.topics)
-        last_status = None
         while not self.stop_event.wait(self.cfg.mqtt.stats_interval_s):
             try:
                 link.publish_stats(stats_payload(self.stats_info(), topics, time.time()))
-                status = self.status()
-                self._notify_status(status)
-                if (status.state, status.reason) != last_status:
-                    link.set_status(status.state, status.reason)
-                    last_status = (status.state, status.reason)
-                if self.parts.preview is not None:
-                    self.parts.preview.set_service_status(status.state, status.reason)
+                self._refresh_status()  # what changed without telling (the clock, a disk with room again)
             except Exception:  # one bad round (an outbox read error, say) must not end stats for the whole run
                 log.exception("publishing stats and status failed; trying again in %.0f s",
                               self.cfg.mqtt.stats_interval_s)
