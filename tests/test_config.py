@@ -306,7 +306,8 @@ def test_config_check_as_root_says_which_files_the_service_user_cannot_read(tmp_
     import shutil
     import tempfile
 
-    base = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's own folder is root's only (0700): nobody gets in there
+    # pytest's own folder is root's only (0700), and the unit hides /tmp from the service: a folder like /etc's
+    base = Path(tempfile.mkdtemp(dir="/var/lib", prefix="shelfscout-test-"))
     try:
         _check_service_user_problems(base)
     finally:
@@ -340,10 +341,23 @@ def _check_service_user_problems(base: Path) -> None:
     assert f"-rw------- root:{grp.getgrgid(nogroup).gr_name}" in line and "chmod 0640" in line
     files["device.key"].chmod(0o640)
     assert service_user_problems(cfg, user="nobody") == []
-    tls.chmod(0o700)  # the folder shut: every file in it
+    tls.chmod(0o700)  # the folder shut: every file in it, and the fix is the folder's
     assert [p.split(":")[0] for p in service_user_problems(cfg, user="nobody")] == [
         "mqtt.ca_file", "mqtt.cert_file", "mqtt.key_file"]
-    assert all(f"cannot enter {tls}" in p for p in service_user_problems(cfg, user="nobody"))
+    assert all(f"cannot enter {tls}" in p and f"chmod g+x {tls}" in p and "0640" not in p
+               for p in service_user_problems(cfg, user="nobody"))
+    tls.chmod(0o750)
+    # a link in a shut folder to a readable key: the link's own folder counts (the review found it passed)
+    shut = base / "shut"
+    shut.mkdir(mode=0o700)
+    (shut / "device.key").symlink_to(files["device.key"])
+    via = config.parse(f"[mqtt]\nurl = 'mqtts://h:8883'\nkey_file = '{shut / 'device.key'}'\n", env={})
+    (line,) = service_user_problems(via, user="nobody")
+    assert line.startswith("mqtt.key_file:") and f"cannot enter {shut}" in line
+    # where the unit cannot look at all (ProtectHome=yes, PrivateTmp=yes), whatever the permissions
+    home = config.parse("[mqtt]\nurl = 'mqtts://h:8883'\nca_file = '/root'\n", env={})
+    (line,) = service_user_problems(home, user="nobody")
+    assert "cannot see /root at all" in line and "ProtectHome=yes" in line
 
 
 def test_no_message_or_ok_line_prints_a_password_from_a_url(tmp_path: Path) -> None:

@@ -115,11 +115,21 @@ def service_user_problems(cfg: Config, user: str = SERVICE_USER) -> list[str]:
             return bool(st.st_mode & (bit << 3))
         return bool(st.st_mode & bit)
 
-    def why(path: Path) -> str | None:
-        for parent in reversed(path.parents):
-            if parent != Path("/") and not can(parent, 1):
-                return f"cannot enter {parent}"
-        return None if can(path, 4) else "cannot read it"
+    def why(path: Path) -> tuple[str, str] | None:
+        """(what the user cannot do, the fix) for `path` as the config writes it: every folder on the way to it,
+        and, for a link, on the way to what it points at, then the file itself."""
+        hidden = ("/home/", "/root/", "/run/user/", "/tmp/", "/var/tmp/")
+        for shown in (path, path.resolve()):
+            if str(shown).startswith(hidden) or shown in (Path("/home"), Path("/root")):
+                return (f"cannot see {shown} at all (the unit's ProtectHome=yes and PrivateTmp=yes hide home folders "
+                        "and /tmp from it)", "put it under /etc/shelfscout")
+            for parent in reversed(shown.parents):
+                if parent != Path("/") and not can(parent, 1):
+                    return (f"cannot enter {parent}",
+                            f"sudo chgrp {user} {parent} && sudo chmod g+x {parent}")
+        if not can(path.resolve(), 4):
+            return "cannot read it", f"sudo chown root:{user} {path} && sudo chmod 0640 {path}"
+        return None
 
     def owner(path: Path) -> str:
         st = path.stat()
@@ -136,13 +146,13 @@ def service_user_problems(cfg: Config, user: str = SERVICE_USER) -> list[str]:
     files += [("ota.keys_dir", str(k)) for k in sorted(keys.glob("*.pub"))] if keys.is_dir() else []
     out = []
     for key, name in files:
-        path = Path(name) if name else None
+        path = Path(name).absolute() if name else None
         if path is None or not path.exists():
             continue
-        problem = why(path.resolve())
+        problem = why(path)
         if problem is not None:
-            out.append(f"{key}: the service runs as user {user!r}, which {problem} ({path}, {owner(path)}): "
-                       f"sudo chown root:{user} {path} && sudo chmod 0640 {path}")
+            out.append(f"{key}: the service runs as user {user!r}, which {problem[0]} ({path}, {owner(path)}): "
+                       f"{problem[1]}")
     return out
 
 
