@@ -109,7 +109,8 @@ def test_a_second_demo_on_the_same_folder_is_refused_and_a_rerun_starts_clean(tm
         video = (tmp_path / "cart-pass.mp4").read_bytes()
         second = _demo("--seconds", "6", "--out", str(tmp_path))
         assert second.returncode != 0 and "Traceback" not in second.stderr
-        assert "another `shelfscout demo` is using" in second.stderr and "--out" in second.stderr
+        assert f"another `shelfscout demo` (pid {first.pid}) is using" in second.stderr and "--out" in second.stderr
+        assert "systemctl" not in second.stderr
         assert (tmp_path / "cart-pass.mp4").read_bytes() == video  # untouched
         time.sleep(8)
         first.send_signal(signal.SIGINT)

@@ -110,9 +110,12 @@ def demo(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     try:  # held to the end: a second demo on this folder would re-render the video under this one's feet
         demo_lock = acquire(out / ".demo", "demo folder")
-    except InstanceLockError as e:
-        raise CliError(f"{e}: another `shelfscout demo` is using {out}; stop it, or give this one --out DIR") \
-            from None
+    except InstanceLockError:
+        from edge.instance_lock import LOCK_NAME, holder_pid
+
+        pid = holder_pid(out / ".demo" / LOCK_NAME)
+        raise CliError(f"another `shelfscout demo`{f' (pid {pid})' if pid else ''} is using {out}; stop it "
+                       "(Ctrl-C in its terminal), or give this one --out DIR") from None
     (out / "snapshots").mkdir(exist_ok=True)
     for old in [*(out / "snapshots").glob("*.jpg"), out / "alerts.jpg"]:  # an earlier run's pictures
         old.unlink(missing_ok=True)
