@@ -378,3 +378,17 @@ def test_no_message_or_ok_line_prints_a_password_from_a_url(tmp_path: Path) -> N
     r = subprocess.run([sys.executable, "-m", "edge.cli", "config", "check", "--syntax-only", str(p)],
                        capture_output=True, text=True)
     assert r.returncode == 0 and "rtsp://admin:***@10.0.0.9/stream" in r.stdout and "CamPW" not in r.stdout
+
+
+def test_config_check_live_says_a_missing_tls_file_once(tmp_path: Path) -> None:
+    """The machine check and the broker check both stop at an unreadable TLS file: it was printed twice."""
+    from tests.test_sources import write_video
+
+    video = write_video(tmp_path / "aisle.mp4", 3)
+    p = tmp_path / "c.toml"
+    p.write_text(f"[device]\nid = 'cart-07'\nstore = 's042'\n[camera]\nsource = '{video}'\n[mqtt]\n"
+                 f"url = 'mqtts://127.0.0.1:9'\nca_file = '{tmp_path / 'nowhere' / 'ca.crt'}'\n")
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "config", "check", "--live", "--timeout", "2", str(p)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.count("mqtt.ca_file: cannot read") == 1, r.stderr

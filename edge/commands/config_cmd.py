@@ -252,6 +252,8 @@ def check(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if args.live:
         for found, problem in (camera_check(cfg, args.timeout), broker_check(cfg, args.timeout)):
+            if problem and problem in problems:
+                continue  # said already (a TLS file the machine check could not read stops the broker check too)
             if problem:
                 problems.append(problem)
                 print(f"shelfscout config: error: {problem}", file=sys.stderr)
