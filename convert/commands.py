@@ -104,7 +104,7 @@ def _register_train(sub: Any) -> None:
     p.add_argument("--stride", type=int, choices=(4, 8), default=4, help="output stride (default 4)")
     p.add_argument("--shared-head", action="store_true",
                    help="one head block for both outputs: 11-13%% less invoke time; two runs measured 0.445 and 0.427 "
-                        "ESD AP50 against the default's 0.443 (models/NOTES.md)")
+                        "ESD AP50 against 0.443 for version 3, the default then (models/NOTES.md)")
     p.add_argument("--init", type=Path, default=None, help="float weights (.weights.h5) to start from")
     _common_train_args(p, 3000)
     p.set_defaults(func=_train_cmd)
