@@ -56,7 +56,7 @@ demo: venv
 bench: venv
 	$(VENV)/bin/shelfscout bench
 
-# Rebuild the default model bundle from a fixed seed (minutes on 2 cores).
+# Rebuild the default model bundle from a fixed seed (about an hour on 2 cores).
 model: venv
 	$(PY) -m convert.build_default
 
