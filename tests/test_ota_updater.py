@@ -689,3 +689,19 @@ def test_during_probation_the_newest_release_waits_and_a_replay_does_not_replace
         assert wait_for(lambda: dev.current().startswith("v5-"), timeout=30), dev.states()
     finally:
         up.stop()
+
+
+def test_a_smoke_test_killed_from_outside_is_retried_not_held_against_the_model(dev: Device,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The smoke test's child killed with SIGKILL (the kernel's out-of-memory killer on a 512 MB Zero 2 W, the
+    service stopping) was a `smoke-crash`: the release was marked failed on this cart for good, though the model
+    did nothing wrong. It is a transient failure now, and the same release installs when tried again."""
+    from edge.ota.faults import ENV
+
+    up = install_v1(dev)
+    release = dev.release(dev.bundle(2))
+    monkeypatch.setenv(ENV, "smoke-child-killed")
+    out = up.apply_release(release)
+    assert (out.state, out.code) == ("failed", "smoke-killed") and dev.current().startswith("v1-")
+    monkeypatch.delenv(ENV)
+    assert up.apply_release(release).state == "probation" and dev.current().startswith("v2-")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # Codes whose cause is the environment (network, disk), not the release: a later attempt may succeed.
 TRANSIENT_CODES = frozenset({"truncated", "stalled", "http-error", "disk-full", "io-error", "network",
-                             "clock-not-set"})
+                             "clock-not-set", "smoke-killed"})
 
 
 class OtaError(ValueError):

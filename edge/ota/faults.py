@@ -15,6 +15,7 @@ POINTS = (
     "after-rename",
     "after-swap",
     "during-probation",
+    "smoke-child-killed",  # the smoke test's child is SIGKILLed, as the kernel's out-of-memory killer does
 )
 
 
@@ -22,3 +23,11 @@ def fault_point(name: str) -> None:
     """Die at once (like a power cut: no cleanup, no flush) when the environment names this point."""
     if os.environ.get(ENV) == name:
         os._exit(86)
+
+
+def killed_point(name: str) -> None:
+    """Be killed with SIGKILL at once when the environment names this point (the OOM killer's way)."""
+    if os.environ.get(ENV) == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -23,6 +23,7 @@ import numpy as np
 
 from edge.bundle import GOLDEN, Bundle, BundleError, load_public_keys, read_bundle
 from edge.ota.errors import OtaError
+from edge.ota.faults import killed_point
 
 DetectorFactory = Callable[[Bundle], Any]
 
@@ -92,6 +93,9 @@ def run_smoke(path: Path, keys_dir: Path, timeout_s: float) -> SmokeResult:
         raise OtaError("smoke-hang", f"the model did not finish its golden vectors within {timeout_s:g} s "
                                      "(smoke test killed)") from None
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    if proc.returncode == -signal.SIGKILL:  # no model sends itself SIGKILL: the OOM killer or the service manager
+        raise OtaError("smoke-killed", "the smoke test was killed from outside (SIGKILL: out of memory, or the "
+                                       "service stopping), not by the model; tried again later")
     if proc.returncode < 0:
         sig = signal.Signals(-proc.returncode).name
         raise OtaError("smoke-crash", f"the interpreter crashed ({sig}) while loading or running the model")
@@ -110,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("bundle", type=Path)
     ap.add_argument("--keys", type=Path, action="append", default=[], help="trusted public keys folder")
     args = ap.parse_args(argv)
+    killed_point("smoke-child-killed")
     try:
         result = check_bundle(args.bundle, args.keys)
     except Exception as e:  # report anything unexpected as a failed smoke test, on one line
