@@ -27,7 +27,7 @@ venv: $(STAMP)
 # Debian packages the tests use: the mosquitto broker, headless chromium (preview test), shellcheck (installer),
 # systemd-analyze (unit checks), strace (the outbox's fsyncs, counted), faketime (a Pi's clock before NTP sets it),
 # and for the installer test, which builds the package offline with the system
-# Python as on a Pi, python3-venv and python3-wheel. Installed only when missing, and only when we are root.
+# Python as on a Pi, python3-venv, python3-wheel and python3-setuptools. Installed only when missing, and only when we are root.
 SYSTEM_BINS := mosquitto:mosquitto chromium:chromium shellcheck:shellcheck systemd-analyze:systemd openssl:openssl \
                strace:strace faketime:faketime
 system-deps:
@@ -35,6 +35,7 @@ system-deps:
 	  command -v $$bin >/dev/null 2>&1 || test -x /usr/sbin/$$bin || missing="$$missing $$pkg"; done; \
 	if [ -x /usr/bin/python3 ]; then \
 	  /usr/bin/python3 -c 'import wheel' >/dev/null 2>&1 || missing="$$missing python3-wheel"; \
+	  /usr/bin/python3 -c 'import setuptools' >/dev/null 2>&1 || missing="$$missing python3-setuptools"; \
 	  /usr/bin/python3 -m venv --help >/dev/null 2>&1 && /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 \
 	    || missing="$$missing python3-venv"; \
 	fi; \
