@@ -65,7 +65,7 @@ def test_preview_page_in_headless_chromium(tmp_path: Path) -> None:
     p = PreviewServer("127.0.0.1:0", max_fps=10).start()
     try:
         # The info as edge/app.py's preview observer sends it: the model as "name vN", `status`, `shift_px`.
-        info = {"fps": 14.2, "inference_ms": 31.5, "model": "shelfgap v3", "outbox_depth": 2, "status": "online",
+        info = {"fps": 14.2, "inference_ms": 4.6, "model": "shelfgap-default v6", "outbox_depth": 2, "status": "online",
                 "shift_px": 4.0, "dropped": 0}
         with Feeder(p, frame, info, gaps=gaps, tracks=tracks):
             shot = tmp_path / "preview.png"
@@ -81,7 +81,7 @@ def test_preview_page_in_headless_chromium(tmp_path: Path) -> None:
     assert streamed >= 2, f"only {streamed} stream frames reached the browser"
     # Its script fetched /status.json and filled in the numbers and the mounting hint.
     html = dom.stdout
-    assert ">14.2<" in html and ">v3<" in html and ">32<" in html and ">model shelfgap<" in html
+    assert ">14.2<" in html and ">v6<" in html and ">5<" in html and ">model shelfgap-default<" in html
     assert ">online<" in html
     assert "Shelf edges slope" in html and "level the camera" in html
     assert 'data-code="tilted"' in html
