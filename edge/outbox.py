@@ -216,7 +216,10 @@ def _wal_pages(wal: Path) -> tuple[int, dict[int, bytes], int]:
         s0, s1 = _wal_checksum(head[:8] + body, s0, s1, big)
         if (s0, s1) != (int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")):
             break  # torn by the power cut: what follows was never committed
-        pending[int.from_bytes(head[:4], "big")] = body
+        number = int.from_bytes(head[:4], "big")
+        if number == 0:
+            break  # pages count from 1: not a frame SQLite wrote
+        pending[number] = body
         size = int.from_bytes(head[4:8], "big")
         if size:  # a commit frame: the transaction is whole
             committed.update(pending)
