@@ -132,7 +132,7 @@ class Service:
         self.preview_problem: str | None = None  # why the live preview is not there (its port is taken, say)
         self._status_line: str | None = None  # the last STATUS= sent to systemd
         self._status_lock = threading.Lock()
-        self._status_sent: tuple[str, str | None] | None = None  # the last status given to the MQTT link
+        self._status_sent: tuple[str, str | None, ModelRef | None] | None = None  # the last status sent on MQTT
 
     # ---- commands from MQTT ----------------------------------------------------------------------------------
     def on_command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -241,9 +241,10 @@ class Service:
             status = self.status()
             self._notify_status(status)
             link = self.parts.mqtt
-            if link is not None and (status.state, status.reason) != self._status_sent:
+            said = (status.state, status.reason, status.model)  # the retained status names the model too
+            if link is not None and said != self._status_sent:
                 link.set_status(status.state, status.reason)
-                self._status_sent = (status.state, status.reason)
+                self._status_sent = said
             preview = self.parts.preview
             if preview is not None:  # the installer's phone says what MQTT and systemd say
                 preview.set_service_status(status.state, status.reason)
