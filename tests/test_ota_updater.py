@@ -696,12 +696,49 @@ def test_a_smoke_test_killed_from_outside_is_retried_not_held_against_the_model(
     """The smoke test's child killed with SIGKILL (the kernel's out-of-memory killer on a 512 MB Zero 2 W, the
     service stopping) was a `smoke-crash`: the release was marked failed on this cart for good, though the model
     did nothing wrong. It is a transient failure now, and the same release installs when tried again."""
-    from edge.ota.faults import ENV
+    from edge.ota.faults import ENV, SMOKE_CHILD_KILLED
 
     up = install_v1(dev)
     release = dev.release(dev.bundle(2))
-    monkeypatch.setenv(ENV, "smoke-child-killed")
+    monkeypatch.setenv(ENV, SMOKE_CHILD_KILLED)
     out = up.apply_release(release)
     assert (out.state, out.code) == ("failed", "smoke-killed") and dev.current().startswith("v1-")
     monkeypatch.delenv(ENV)
     assert up.apply_release(release).state == "probation" and dev.current().startswith("v2-")
+
+
+def test_a_rollback_that_fails_is_tried_again_not_dropped(dev: Device, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model on probation gives garbage; the rollback's first save hits a full disk. The worker logged it and
+    went on: the failed model kept running, model/state still said probation, and the next release made it the
+    rollback slot. The rollback is said to have failed, tried again, and releases wait until it is done."""
+    import errno
+
+    import edge.ota.updater as updater_mod
+
+    monkeypatch.setattr(updater_mod, "ROLLBACK_RETRY_S", 0.2)
+    up = install_v1(dev)
+    v1 = dev.current()
+    up.start()
+    try:
+        up.on_release("shelfscout/fleet/model/release", dev.release(dev.bundle(2)))
+        assert wait_for(lambda: up.in_probation, timeout=30)
+        save = up.store.save
+        fails = {"n": 1}
+
+        def full_once(state: Any) -> None:
+            if state.probation is None and fails["n"]:
+                fails["n"] -= 1
+                raise OSError(errno.ENOSPC, "No space left on device")
+            save(state)
+
+        monkeypatch.setattr(up.store, "save", full_once)
+        for _ in range(dev.cfg.ota.probation_frames):
+            up.observe_frame(3.0, False, True, 2)  # NaN outputs
+        up.on_release("shelfscout/fleet/model/release", dev.release(dev.bundle(3)))  # while it is outstanding
+        assert wait_for(lambda: dev.current() == v1 and "rolled_back" in dev.states(), timeout=30), dev.states()
+        states = dev.states()
+        assert "failed" in states and states.index("failed") < states.index("rolled_back")
+        assert any("rollback-failed" in (r["ota"]["error"] or "") for r in dev.reports)
+        assert wait_for(lambda: dev.current().startswith("v3-"), timeout=30), dev.states()  # then the next one
+    finally:
+        up.stop()

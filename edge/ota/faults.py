@@ -15,8 +15,8 @@ POINTS = (
     "after-rename",
     "after-swap",
     "during-probation",
-    "smoke-child-killed",  # the smoke test's child is SIGKILLed, as the kernel's out-of-memory killer does
 )
+SMOKE_CHILD_KILLED = "smoke-child-killed"  # the smoke test's child is SIGKILLed, as the out-of-memory killer does
 
 
 def fault_point(name: str) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from edge.bundle import GOLDEN, Bundle, BundleError, load_public_keys, read_bundle
 from edge.ota.errors import OtaError
-from edge.ota.faults import killed_point
+from edge.ota.faults import SMOKE_CHILD_KILLED, killed_point
 
 DetectorFactory = Callable[[Bundle], Any]
 
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("bundle", type=Path)
     ap.add_argument("--keys", type=Path, action="append", default=[], help="trusted public keys folder")
     args = ap.parse_args(argv)
-    killed_point("smoke-child-killed")
+    killed_point(SMOKE_CHILD_KILLED)
     try:
         result = check_bundle(args.bundle, args.keys)
     except Exception as e:  # report anything unexpected as a failed smoke test, on one line

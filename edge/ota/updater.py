@@ -49,6 +49,7 @@ RETRY_MIN_S = 30.0
 FIXABLE_WITHOUT_A_NEW_RELEASE = frozenset({"no-keys", "bad-key-file", "unknown-key", "bad-signature", "hash-mismatch",
                                            "too-long"})
 OUTCOME_STATES = frozenset({"active", "rolled_back", "rejected", "failed", "skipped"})  # kept across restarts
+ROLLBACK_RETRY_S = 5.0  # a rollback that failed (a full disk) is tried again this often
 SMOKE_CODES = frozenset({"wrong-io", "golden-mismatch", "constant-output", "nan-output", "load-failed",
                          "smoke-crash", "smoke-hang", "bad-bundle"})
 
@@ -109,6 +110,7 @@ class Updater:
         self._recent: deque[bool] = deque(maxlen=max(20, cfg.ota.probation_frames))  # plausible frames, running model
         self._deferred: bytes | None = None
         self._pending_rollback: OtaError | None = None  # decided on the pipeline thread, done on the worker
+        self._rollback_at = 0.0  # monotonic time before which a failed rollback is not tried again
         self._retry: tuple[bytes, float, float] | None = None  # payload, due (monotonic), backoff
         self._handled: dict[str, str] = {}  # payload digest -> outcome state, to ignore repeats
         self._active: ActiveModel | None = None
@@ -522,8 +524,10 @@ class Updater:
                 break
             try:  # nothing a message or a disk does may end the worker: no update would ever be handled again
                 err, self._pending_rollback = self._pending_rollback, None
-                if err is not None:
-                    self._rollback(err)
+                if err is not None and time.monotonic() < self._rollback_at:
+                    self._pending_rollback = err  # tried again shortly; releases wait meanwhile
+                elif err is not None:
+                    self._try_rollback(err)
                 if item:
                     self._handle(item)
                 if self._retry is not None and time.monotonic() >= self._retry[1]:
@@ -535,6 +539,19 @@ class Updater:
                     self._poll()
             except Exception:
                 log.exception("OTA worker: a step failed unexpectedly; carrying on with the next message")
+
+    def _try_rollback(self, err: OtaError) -> None:
+        """Roll back on the worker thread. A rollback that fails (a full disk as the state is saved) is not dropped:
+        the model that failed probation must not stay, so it is tried again every ROLLBACK_RETRY_S, said on
+        model/state, and releases wait until it is done."""
+        try:
+            self._rollback(err)
+        except Exception as e:
+            self._pending_rollback = err
+            self._rollback_at = time.monotonic() + ROLLBACK_RETRY_S
+            log.exception("OTA: rolling back failed; trying again in %.0f s", ROLLBACK_RETRY_S)
+            self._emit("failed", self._window_version, OtaError("rollback-failed", f"rolling back after {err} "
+                                                                                   f"failed ({e}); trying again"))
 
     def _handle(self, payload: bytes, backoff: float = 0.0) -> None:
         import hashlib
