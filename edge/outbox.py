@@ -239,9 +239,11 @@ def _image(corrupt: Path) -> bytearray:
     page, pages, db_pages = _wal_pages(Path(f"{corrupt}-wal"))
     if not pages or (len(data) >= 100 and int.from_bytes(data[16:18], "big") not in (page, page % 65536)):
         return data
-    # never more pages than the file and the log hold: a log that claims 4 billion pages is not a reason to ask
-    # for terabytes (what is missing between them reads as empty pages, and the row-by-row copy stops there)
-    db_pages = min(db_pages, max(len(data) // page, max(pages)))
+    # about as many pages as the file and the log hold (and room for 1024 missing ones between them, read as empty
+    # pages where the row-by-row copy stops): a log that claims a page number of billions, or 4 billion pages, is
+    # not a reason to ask for terabytes
+    db_pages = min(db_pages, len(data) // page + len(pages) + 1024)
+    pages = {n: body for n, body in pages.items() if n <= db_pages}
     out = bytearray(max(len(data), db_pages * page))
     out[:len(data)] = data
     for n, body in pages.items():

@@ -333,8 +333,8 @@ def test_every_commit_and_every_state_file_write_reaches_the_disk_before_it_retu
 
 
 def test_a_write_ahead_log_claiming_billions_of_pages_salvages_nothing_and_asks_for_no_memory(tmp_path: Path) -> None:
-    """A 568-byte log with good checksums whose commit frame claims a database of 4 billion pages made the salvage
-    ask for 2 TiB (MemoryError out of the outbox's constructor: the service stopped). What the file and the log
+    """A log of a few hundred bytes with good checksums whose commit frame claims a database of 4 billion pages (or
+    holds a page numbered 50 million) made the salvage ask for 2 TiB (or 25 GB) (MemoryError out of the outbox's constructor: the service stopped). What the file and the log
     hold bounds it now."""
     import resource
     import struct
@@ -346,11 +346,14 @@ def test_a_write_ahead_log_claiming_billions_of_pages_salvages_nothing_and_asks_
     s0, s1 = _wal_checksum(head, 0, 0, False)
     head += struct.pack(">II", s0, s1)
     body = bytes(page)
-    frame = struct.pack(">II", 1, 0xFFFFFFFF) + head[16:24]
-    s0, s1 = _wal_checksum(frame[:8] + body, s0, s1, False)
+    frames = b""
+    for number in (1, 50_000_000):  # a page numbered 50 million sized the image too (the review found it)
+        frame = struct.pack(">II", number, 0xFFFFFFFF) + head[16:24]
+        s0, s1 = _wal_checksum(frame[:8] + body, s0, s1, False)
+        frames += frame + struct.pack(">II", s0, s1) + body
     path = tmp_path / "outbox.db"
     path.write_bytes(b"")
-    Path(f"{path}-wal").write_bytes(head + frame + struct.pack(">II", s0, s1) + body)
+    Path(f"{path}-wal").write_bytes(head + frames)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with Outbox(path) as ob:
         assert ob.quarantined is not None and ob.salvaged == 0 and ob.depth() == 0

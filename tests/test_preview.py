@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -308,4 +309,29 @@ def test_a_flood_of_connections_is_refused_not_given_a_thread_each() -> None:
     finally:
         for s in socks:
             s.close()
+        p.stop()
+
+
+def test_a_connection_that_gets_no_thread_gives_its_slot_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the task limit a new thread cannot start: the connection's slot was never given back, and after eight
+    such connections the preview refused everyone for good."""
+    import socketserver
+
+    from edge.preview import MAX_CONNECTIONS
+
+    real = socketserver.ThreadingMixIn.process_request
+
+    def no_thread(self: Any, request: Any, client_address: Any) -> None:
+        raise RuntimeError("can't start new thread")
+
+    p = PreviewServer("127.0.0.1:0", max_fps=5).start()
+    try:
+        monkeypatch.setattr(socketserver.ThreadingMixIn, "process_request", no_thread)
+        for _ in range(MAX_CONNECTIONS + 2):
+            with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+                s.sendall(b"GET /status.json HTTP/1.0\r\n\r\n")
+                s.recv(64)  # closed without an answer: no thread to give one
+        monkeypatch.setattr(socketserver.ThreadingMixIn, "process_request", real)
+        assert _get(p.url + "status.json")[0] == 200
+    finally:
         p.stop()
