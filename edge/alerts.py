@@ -148,6 +148,7 @@ class Place:
     # recorded before the tracker lost its position (a pause, the camera away): its box may no longer be where
     # odometry says, so it is not cleared until a marker of its aisle or a new sighting places it again (this run only)
     stale: bool = False
+    duplicate_of: str | None = None  # being cleared as this alert's duplicate (kept across a crash for the resend)
 
     def saw_at(self, fx: float) -> None:
         """It was seen whole with its centre at `fx` (fraction of the frame width)."""
@@ -186,6 +187,7 @@ class Place:
             "frames": self.frames,
             "state": self.state,
             **({"seen_fx": [round(v, 3) for v in self.seen_fx]} if self.seen_fx is not None else {}),
+            **({"duplicate_of": self.duplicate_of} if self.duplicate_of is not None else {}),
         }
 
     @staticmethod
@@ -210,6 +212,7 @@ class Place:
             frames=int(d["frames"]),  # type: ignore[call-overload]
             state=state,
             seen_fx=_range(d.get("seen_fx")),
+            duplicate_of=None if d.get("duplicate_of") is None else str(d["duplicate_of"]),
         )
 
 
@@ -419,11 +422,18 @@ class AlertManager:
                 p.anchor = offset_box(p.anchor, dx, 0.0) if p.anchor is not None else p.box
                 p.samples = [offset_box(b, dx, 0.0) for b in p.samples]
             self._dirty = True
-            if p.stale:
-                continue
-            near = [(d, q) for q in before if (d := self._near(p.box, q)) is not None]
-            if near:
-                self._merge(p, min(near, key=lambda dq: dq[0])[1])
+        # one to one, nearest pairs first, within the tight radius this run used to keep gaps apart: two gaps a
+        # hand apart are two alerts, and must not both be taken for one old alert's duplicates
+        reach = TIGHT_RADIUS * self.radius_px
+        pairs = sorted((d, i, j) for i, p in enumerate(adopted) if not p.stale for j, q in enumerate(before)
+                       if (d := self._near(p.box, q)) is not None and d <= reach)
+        taken_p: set[int] = set()
+        taken_q: set[int] = set()
+        for _, i, j in pairs:
+            if i not in taken_p and j not in taken_q:
+                taken_p.add(i)
+                taken_q.add(j)
+                self._merge(adopted[i], before[j])
         return [p for p in adopted if p.stale]
 
     def _merge(self, dup: Place, keep: Place) -> None:
@@ -436,6 +446,7 @@ class AlertManager:
         keep.frames += dup.frames
         keep.seen_path = dup.seen_path
         dup.state = CLEARING
+        dup.duplicate_of = keep.alert_id
         self._duplicates.append((dup, keep.alert_id))
         log.info("alert %s is %s's gap again (opened before a marker placed it): cleared as its duplicate",
                  dup.alert_id, keep.alert_id)
@@ -628,7 +639,7 @@ class AlertManager:
             if place.state == CLEARING:
                 if place not in self._pending:  # cleared before a restart, maybe never committed: again
                     self._pending.append(place)
-                    events.append(self._event(place, "cleared", fb, view))
+                    events.append(self._event(place, "cleared", fb, view, duplicate_of=place.duplicate_of))
                 continue
             if place.stale:
                 place.clear_count = 0

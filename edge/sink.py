@@ -85,7 +85,8 @@ class OutboxSink:
             self._unsettled = frozenset(ev.alert_id for ev in events)
             msgs: list[OutMessage] = []
             for ev in events:
-                if ev.snapshot_jpeg is None:
+                # a duplicate's cleared is no restock to show: the gap is elsewhere, usually out of this frame
+                if ev.snapshot_jpeg is None and ev.duplicate_of is None:
                     ev.snapshot_jpeg = self._snapshot_or_none(frame, ev)
                 msgs.extend(alert_messages(ev, self.topics, self.model()))
             size = sum(len(m.payload) + len(m.topic) for m in msgs)

@@ -441,3 +441,28 @@ def test_a_clock_stepped_back_never_makes_an_alert_last_seen_before_it_was_first
         is None  # the same place, seen again after the clock went back a day
     place = mgr.open_alerts()[0]
     assert place.first_seen == t and place.last_seen == t
+
+
+def test_a_marker_takes_one_gap_for_an_old_alert_s_duplicate_not_two_and_a_crash_keeps_it_so(tmp_path: Path) -> None:
+    """After a restart two gaps 120 px apart (two alerts: this run's tight radius kept them apart) were both
+    cleared as duplicates of one old alert near them, leaving a still empty gap without an alert. One to one,
+    nearest first, within the tight radius now. And the duplicate's cleared, resent after a crash, still says
+    `duplicate_of` (it was a plain cleared: a restock to whoever missed the first)."""
+    from edge.alerts import Place
+
+    state = tmp_path / "alerts.json"
+    mgr = AlertManager(TrackingConfig(), "cart-01", state)
+    mgr.markers[3] = MarkerPlace("aruco-3", 900.0)  # known from an earlier run, with its alert A
+    mgr.places.append(Place("old-A", "aruco-3", (500.0, 100.0, 600.0, 200.0), 1.0, 2.0, 0.9, 5))
+    b = _opened(mgr, 1, (505, 100, 600, 200), _view(0.0))  # this run, before the marker: A's gap again
+    c = _opened(mgr, 2, (720, 100, 820, 200), _view(0.0))  # and another gap 120 px to the right of it
+    assert b and c and b != c
+    mgr.begin_frame()  # both opened events committed
+    mgr.on_marker(3, 900.0, 0.0)  # the known marker, where the aisle has it: no correction
+    events = mgr.check_clear([], _view(0.0, aisle="aruco-3"))
+    assert [(e.event, e.alert_id, e.duplicate_of) for e in events] == [("cleared", b, "old-A")]
+    assert sorted(p.alert_id for p in mgr.open_alerts()) == sorted(["old-A", c])
+    mgr.save()  # the power goes before the cleared is committed
+    again = AlertManager(TrackingConfig(), "cart-01", state)
+    resent = again.check_clear([], _view(0.0, aisle="aruco-3"))
+    assert [(e.event, e.alert_id, e.duplicate_of) for e in resent] == [("cleared", b, "old-A")]

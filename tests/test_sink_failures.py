@@ -109,3 +109,22 @@ def test_a_snapshot_that_cannot_be_made_costs_the_picture_not_the_alert(
         (a["id"].rsplit("-", 1)[-1], a["event"], a["frame"]) for a in reference]
     assert snaps == [] and all(a["snapshot"] is None for a in alerts)
     assert caplog.text.count("no snapshot could be made") == len(alerts)
+
+
+def test_a_duplicate_s_cleared_goes_out_without_a_restocked_picture(tmp_path: Path) -> None:
+    """The cleared that closes a duplicate alert is no restock: its place is usually out of the frame (its box a
+    line at the edge), and the snapshot said "restocked". It goes out without a snapshot; a real cleared keeps its."""
+    from edge.types import AlertEvent, Frame, Location
+
+    frame = Frame(np.zeros((480, 640, 3), np.uint8), 7, 0.0, 1.78e9)
+    loc = Location("aruco-3", 1.0, "aruco")
+    dup = AlertEvent("cart-07-1-2", "cleared", 1.78e9, 1.78e9, 1.78e9, (0.0, 0.2, 0.0, 0.4), 0.8, 5, 7, loc,
+                     duplicate_of="cart-07-1-1")
+    real = AlertEvent("cart-07-1-3", "cleared", 1.78e9, 1.78e9, 1.78e9, (0.2, 0.2, 0.4, 0.4), 0.8, 5, 7, loc)
+    with Outbox(tmp_path / "outbox.db") as outbox:
+        OutboxSink(outbox, Topics("shelfscout", "s042", "cart-07"), lambda: ModelRef("m", 1)).emit(frame, [dup, real])
+        rows = outbox.pending(limit=10)
+    alerts = {json.loads(m.payload)["id"]: json.loads(m.payload) for m in rows if m.topic.endswith("/alerts")}
+    assert alerts["cart-07-1-2"]["snapshot"] is None and alerts["cart-07-1-2"]["duplicate_of"] == "cart-07-1-1"
+    assert alerts["cart-07-1-3"]["snapshot"] is not None
+    assert [m.topic.rsplit("/", 1)[1] for m in rows if "/snapshots/" in m.topic] == ["cart-07-1-3"]
