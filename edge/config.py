@@ -9,7 +9,6 @@ import dataclasses
 import difflib
 import math
 import os
-import re
 import sys
 import types
 import typing
@@ -258,7 +257,9 @@ def _validate(cfg: Config, errors: list[str]) -> None:
     need(c.reopen_attempts >= 0, "camera.reopen_attempts", "must be 0 (forever) or more")
     need(c.stall_s > 0, "camera.stall_s", "must be positive")
     need(cfg.mqtt.reconnect_min_s > 0, "mqtt.reconnect_min_s", "must be positive")
-    need(cfg.mqtt.snapshot_max_px >= 16, "mqtt.snapshot_max_px", "must be at least 16 (pixels)")
+    need(16 <= cfg.mqtt.snapshot_max_px <= 2560, "mqtt.snapshot_max_px",
+         "must be from 16 to 2560 (pixels): a bigger JPEG can pass the shipped broker's 4 MB packet limit, and the "
+         "broker would drop the cart's connection at every resend")
     t = cfg.tracking
     need(1 <= t.confirm_frames <= t.window_frames, "tracking.confirm_frames",
          f"must be between 1 and tracking.window_frames ({t.window_frames})")
@@ -392,9 +393,18 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
 
 
 def redact_url(url: str) -> str:
-    """`url` with any password in it replaced by `***`, for every message and log line (also a URL that is
-    otherwise malformed, which is when it is most likely to be printed)."""
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+    """`url` with any password in it replaced by `***`, for every message and log line, also a URL that is
+    otherwise malformed, which is when it is most likely printed: the user information is everything before the
+    last `@` of the part after `scheme://` (up to a `?` or `#`), and a password may hold `/` or `@` itself."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, end)
+    if at < 0:
+        return url
+    user, colon, _ = rest[:at].partition(":")
+    return f"{head}{sep}{user}{colon}{'***' if colon else ''}{rest[at:]}"
 
 
 # Where the installer keeps the password; systemd hands it to the service as the credential `mqtt-password`.

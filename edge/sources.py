@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -80,18 +80,10 @@ class SnapshotSource(Protocol):
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by `***`, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """The URL with any password replaced by `***`, for messages and logs (edge.config.redact_url)."""
+    from edge.config import redact_url
+
+    return redact_url(url)
 
 
 def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

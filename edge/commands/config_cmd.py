@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 from edge.config import Config
@@ -84,6 +85,7 @@ def certificate_name_problems(cfg: Config) -> list[str]:
 
 
 SERVICE_USER = "shelfscout"  # systemd/shelfscout.service's User=
+OWN_FOLDERS = (Path("/etc/shelfscout"), Path("/var/lib/shelfscout"), Path("/opt/shelfscout"))  # the installer's
 
 
 def service_user_problems(cfg: Config, user: str = SERVICE_USER) -> list[str]:
@@ -125,8 +127,11 @@ def service_user_problems(cfg: Config, user: str = SERVICE_USER) -> list[str]:
                         "and /tmp from it)", "put it under /etc/shelfscout")
             for parent in reversed(shown.parents):
                 if parent != Path("/") and not can(parent, 1):
+                    ours = any(parent == r or r in parent.parents for r in OWN_FOLDERS)
                     return (f"cannot enter {parent}",
-                            f"sudo chgrp {user} {parent} && sudo chmod g+x {parent}")
+                            f"sudo chgrp {user} {parent} && sudo chmod g+x {parent}" if ours else
+                            f"copy it under /etc/shelfscout/tls (root:{user}, 0640) and name that in the config: "
+                            f"{parent} is not shelfscout's, and other programs rely on its permissions")
         if not can(path.resolve(), 4):
             return "cannot read it", f"sudo chown root:{user} {path} && sudo chmod 0640 {path}"
         return None
