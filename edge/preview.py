@@ -386,6 +386,28 @@ class PreviewServer:
                 self._clients -= 1
 
 
+def host_allowed(host: str | None) -> bool:
+    """Whether a request's Host header names this device: an IP address, localhost, or its own host name (plain or
+    `.local`). A DNS-rebinding page (its own domain pointed at this address) sends its domain and is refused, so a
+    browser on the store network cannot hand the preview's pictures and status to a site it visits."""
+    import ipaddress
+
+    if not host:
+        return True  # HTTP/1.0 clients and curl without a Host: not a browser following a web page
+    name = host.strip().lower()
+    if name.startswith("["):  # [IPv6]:port
+        name = name[1:].split("]", 1)[0]
+    elif name.count(":") == 1:
+        name = name.rsplit(":", 1)[0]
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    me = socket.gethostname().lower()
+    return name in ("localhost", me, f"{me}.local", me.split(".", 1)[0], f"{me.split('.', 1)[0]}.local")
+
+
 def _finite(v: Any) -> Any:
     """JSON for browsers: NaN and infinities (e.g. a latency percentile before the first frame) become null."""
     if isinstance(v, float):
@@ -421,6 +443,10 @@ def _make_handler(server: PreviewServer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
             path = self.path.split("?", 1)[0]
+            if not host_allowed(self.headers.get("Host")):
+                # a name that is not this device's: a web page elsewhere rebinding its own name to this address
+                self._send(403, "text/plain; charset=utf-8", b"open the preview by this device's address\n")
+                return
             try:
                 if path in ("/", "/index.html"):
                     self._send(200, "text/html; charset=utf-8", PAGE.encode("utf-8"))

@@ -281,12 +281,12 @@ def test_a_flood_of_connections_is_refused_not_given_a_thread_each() -> None:
                 return s
 
             for _ in range(MAX_STREAMS):
-                connect(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n").recv(64)  # streaming
+                connect(b"GET /stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").recv(64)  # streaming
             deadline = time.monotonic() + 5
             while p.watchers < MAX_STREAMS and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert p.watchers == MAX_STREAMS
-            extra = connect(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+            extra = connect(b"GET /stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert b" 503 " in extra.recv(64).split(b"\r\n")[0]  # one viewer too many
             threads = threading.active_count()
             for _ in range(MAX_CONNECTIONS + 20):
@@ -335,3 +335,27 @@ def test_a_connection_that_gets_no_thread_gives_its_slot_back(monkeypatch: pytes
         assert _get(p.url + "status.json")[0] == 200
     finally:
         p.stop()
+
+
+def test_a_page_rebinding_its_own_name_to_the_preview_is_refused() -> None:
+    """Bound beyond loopback (while mounting), the preview answered any Host: a web page a phone on the store
+    network visits could point its own domain at the cart (DNS rebinding) and read its pictures and status. Only
+    the device's own names and addresses are served."""
+    from edge.preview import host_allowed
+
+    p = PreviewServer("127.0.0.1:0", max_fps=5).start()
+    try:
+        for host, code in ((f"127.0.0.1:{p.port}", 200), (f"localhost:{p.port}", 200),
+                           (f"{socket.gethostname()}:{p.port}", 200), ("evil.example", 403),
+                           (f"rebind.attacker.test:{p.port}", 403)):
+            req = urllib.request.Request(p.url + "status.json", headers={"Host": host})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    got = r.status
+            except urllib.error.HTTPError as e:
+                got = e.code
+            assert got == code, host
+    finally:
+        p.stop()
+    assert host_allowed("[::1]:8080") and host_allowed("10.0.42.7") and host_allowed(None)
+    assert not host_allowed("10.0.42.7.nip.io")
