@@ -24,6 +24,18 @@ def _demo(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=240)
 
 
+def _looping_demo(out: Path) -> subprocess.Popen[str]:
+    """`shelfscout demo --loop` on a 5 s aisle of 3 gaps into `out`, returned once the cart rolls."""
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "demo", "--loop", "--no-preview", "--seconds", "5",
+                             "--gaps", "3", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("cart rolling until Ctrl-C"):
+            break
+    return proc
+
+
 def test_demo_on_a_generated_aisle(tmp_path: Path) -> None:
     r = _demo("--seconds", "8", "--gaps", "3", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr[-2000:]
@@ -67,14 +79,8 @@ def test_a_looping_demo_rolls_the_aisle_until_ctrl_c_and_alerts_each_gap_once(tm
     import signal
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "edge", "demo", "--loop", "--no-preview",
-                             "--seconds", "5", "--gaps", "3", "--out", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _looping_demo(tmp_path)
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith("cart rolling until Ctrl-C"):
-                break
         time.sleep(20)  # a 5 s pass at the camera's pace: at least two, with time to load the model
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
@@ -98,14 +104,8 @@ def test_a_second_demo_on_the_same_folder_is_refused_and_a_rerun_starts_clean(tm
     import signal
     import time
 
-    first = subprocess.Popen([sys.executable, "-m", "edge", "demo", "--loop", "--no-preview", "--seconds", "5",
-                              "--gaps", "3", "--out", str(tmp_path)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = _looping_demo(tmp_path)
     try:
-        assert first.stdout is not None
-        for line in first.stdout:
-            if line.startswith("cart rolling"):
-                break
         video = (tmp_path / "cart-pass.mp4").read_bytes()
         second = _demo("--seconds", "6", "--out", str(tmp_path))
         assert second.returncode != 0 and "Traceback" not in second.stderr

@@ -62,10 +62,28 @@ def write_config(tmp: Path, source: Path, url: str, realtime: bool = False, stat
     return p
 
 
-def start_service(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "edge.cli", "-v", "run", "-c", str(config)],
+def start_service(config: Path, log: Path, wrap: tuple[str, ...] = (),
+                  env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`shelfscout run -c CONFIG`, its log appended to `log`; `wrap` runs it under another command (faketime)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen([*wrap, sys.executable, "-m", "edge.cli", "-v", "run", "-c", str(config)],
                             stdout=subprocess.DEVNULL, stderr=open(log, "ab"), env=env)
+
+
+def run_to_end(config: Path, log: Path, timeout_s: float = 120, **kw: Any) -> None:
+    """`shelfscout run` over the finite pass until it exits, which must be with 0 (killed if it overruns)."""
+    proc = start_service(config, log, **kw)
+    try:
+        assert proc.wait(timeout_s) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def all_delivered(sub: ValidatingSubscriber, log: Path) -> None:
+    """Give the backend the time to receive what the run committed, then stop listening."""
+    sub.wait_for(lambda: len(alerts_of(sub)) >= len(committed_alerts(log)), 10)
+    sub.stop()
 
 
 def committed_alerts(log: Path) -> set[tuple[str, str]]:
@@ -181,15 +199,9 @@ def test_a_cart_whose_clock_is_not_set_still_alerts_and_says_its_times_are_wrong
     with Mosquitto(tmp_path / "broker") as b:
         sub = ValidatingSubscriber(b.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="backend").start()
         log = tmp_path / "service.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
-        proc = subprocess.Popen(["faketime", "-m", "-f", "@1970-01-01 00:00:00", sys.executable, "-m", "edge.cli",
-                                 "-v", "run", "-c", str(write_config(tmp_path, cart_pass.path, b.url))],
-                                stdout=subprocess.DEVNULL, stderr=open(log, "ab"), env=env)
-        try:
-            assert proc.wait(180) == 0, log.read_text()[-3000:]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        run_to_end(write_config(tmp_path, cart_pass.path, b.url), log, 180,
+                   wrap=("faketime", "-m", "-f", "@1970-01-01 00:00:00"),
+                   env={"FAKETIME_DONT_FAKE_MONOTONIC": "1"})
         committed = committed_alerts(log)
         assert committed, log.read_text()[-3000:]
         assert sub.wait_for(lambda: committed <= {(a["event"], a["id"]) for a in alerts_of(sub)}, 15)
@@ -293,14 +305,8 @@ def test_a_configured_model_that_cannot_run_falls_back_to_the_built_in_one(
     with Mosquitto(tmp_path / "broker") as b:
         sub = ValidatingSubscriber(b.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="backend").start()
         log = tmp_path / "service.log"
-        proc = start_service(write_config(tmp_path, cart_pass.path, b.url, model=f'bundle = "{bundle}"'), log)
-        try:
-            assert proc.wait(120) == 0, log.read_text()[-3000:]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        sub.wait_for(lambda: len(alerts_of(sub)) >= len(committed_alerts(log)), 10)
-        sub.stop()
+        run_to_end(write_config(tmp_path, cart_pass.path, b.url, model=f'bundle = "{bundle}"'), log)
+        all_delivered(sub, log)
     degraded = [st for st in sub.json_on("/status") if st["state"] == "degraded"]
     assert degraded and "running the built-in default model" in degraded[0]["reason"]
     assert str(bundle) in degraded[0]["reason"]
@@ -325,14 +331,8 @@ def test_a_key_file_that_is_not_a_key_is_named_and_skipped_not_a_stopped_cart(
         log = tmp_path / "service.log"
         extra = {"model": f'bundle = "{bundle}"'} if model == "configured" else {}
         cfg = write_config(tmp_path, cart_pass.path, b.url, ota=f'enabled = false\nkeys_dir = "{keys}"', **extra)
-        proc = start_service(cfg, log)
-        try:
-            assert proc.wait(120) == 0, log.read_text()[-3000:]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        sub.wait_for(lambda: len(alerts_of(sub)) >= len(committed_alerts(log)), 10)
-        sub.stop()
+        run_to_end(cfg, log)
+        all_delivered(sub, log)
     degraded = [st for st in sub.json_on("/status") if st["state"] == "degraded"]
     assert degraded and f"key file {keys / 'fleet.pub'} is not a PEM public key" in degraded[0]["reason"]
     assert "running the built-in default model" not in degraded[0]["reason"]  # its own model runs
@@ -370,12 +370,7 @@ def test_alerts_queued_in_an_outbox_that_got_corrupt_are_still_delivered(
     with Mosquitto(tmp_path / "broker") as b:
         sub = ValidatingSubscriber(b.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="backend").start()
         log2 = tmp_path / "second.log"
-        proc = start_service(write_config(tmp_path, cart_pass.path, b.url), log2)
-        try:
-            assert proc.wait(120) == 0, log2.read_text()[-3000:]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        run_to_end(write_config(tmp_path, cart_pass.path, b.url), log2)
         assert sub.wait_for(lambda: queued <= {(a["event"], a["id"]) for a in alerts_of(sub)}, 15), (
             f"lost: {queued - {(a['event'], a['id']) for a in alerts_of(sub)}}\n{log2.read_text()[-3000:]}")
         check_payloads_and_snapshots(sub)
@@ -480,14 +475,8 @@ def test_a_preview_port_already_taken_is_said_in_the_status_and_the_alerts_flow(
         cfg = write_config(tmp_path, cart_pass.path, b.url)
         cfg.write_text(cfg.read_text().replace("[preview]\nenabled = false", f'[preview]\nbind = "127.0.0.1:{port}"'))
         log = tmp_path / "service.log"
-        proc = start_service(cfg, log)
-        try:
-            assert proc.wait(120) == 0, log.read_text()[-3000:]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        sub.wait_for(lambda: len(alerts_of(sub)) >= len(committed_alerts(log)), 10)
-        sub.stop()
+        run_to_end(cfg, log)
+        all_delivered(sub, log)
     assert alerts_of(sub), "no alert"
     said = [st for st in sub.json_on("/status") if st["state"] == "online" and st["reason"]]
     assert said and f"live preview not started (preview: cannot listen on 127.0.0.1:{port}: Address already in use)" \

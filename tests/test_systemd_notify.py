@@ -158,6 +158,17 @@ def _run_under_notify(tmp_path: Path, cfg: Path, **env: str) -> Iterator[tuple[s
         sock.close()
 
 
+def _until_degraded(proc: subprocess.Popen[str], sock: socket.socket, timeout_s: float) -> list[str]:
+    """The service's notify messages until it says STATUS=degraded (or `timeout_s` passes); it must still run."""
+    got: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None and not any(
+            m.startswith("STATUS=degraded") for m in got):
+        got += _drain(sock, 0.5)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    return got
+
+
 def test_shelfscout_run_talks_to_systemd(tmp_path: Path, broker: Mosquitto) -> None:
     """`shelfscout run` as systemd starts it (Type=notify, WatchdogSec): READY=1 once up, then WATCHDOG=1 while the
     pipeline processes frames, on a real notify socket."""
@@ -182,12 +193,7 @@ def test_the_status_line_follows_the_service_state(tmp_path: Path, broker: Mosqu
     """`systemctl status` shows the last STATUS=: with no camera it must say degraded and why, not the start-up line."""
     cfg = _write_config(tmp_path, broker.url, 'source = "/dev/video97"', "stats_interval_s = 0.5")
     with _run_under_notify(tmp_path, cfg) as (proc, sock):
-        got: list[str] = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None and not any(
-                m.startswith("STATUS=degraded") for m in got):
-            got += _drain(sock, 0.5)
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        got = _until_degraded(proc, sock, 60)
         lines = [m for m in got if m.startswith("STATUS=")]
         assert lines and lines[-1].startswith("STATUS=degraded, model shelfgap-default v"), got
         assert "/dev/video97" in lines[-1]
@@ -211,12 +217,7 @@ def test_the_status_line_says_when_the_broker_refuses_the_alerts(tmp_path: Path)
         cfg = _write_config(tmp_path, b.url, f'source = "{video}"\nrealtime = true\nloop = true',
                             "stats_interval_s = 0.5")
         with _run_under_notify(tmp_path, cfg) as (proc, sock):
-            got: list[str] = []
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline and proc.poll() is None and not any(
-                    m.startswith("STATUS=degraded") for m in got):
-                got += _drain(sock, 0.5)
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            got = _until_degraded(proc, sock, 90)
     lines = [m for m in got if m.startswith("STATUS=")]
     assert lines and lines[-1].startswith("STATUS=degraded, model shelfgap-default v"), got
     assert "the broker refused" in lines[-1] and "Not authorized" in lines[-1], lines[-1]
