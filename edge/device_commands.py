@@ -25,10 +25,10 @@ def run_command(name: str, payload: bytes, retained: bool, handler: CommandHandl
         log.info("a retained %s command was cleared", name)
         return None
     result: Mapping[str, Any] | None = None
-    error = _refusal(name, payload, retained, handler)
+    error, args = _request(name, payload, retained, handler)
     if error is None and handler is not None:
         try:
-            out = handler(name, _args(payload))
+            out = handler(name, args)
             if not isinstance(out, Mapping):
                 raise TypeError(f"command handler returned {type(out).__name__}, not a mapping")
             result = out
@@ -42,21 +42,22 @@ def run_command(name: str, payload: bytes, retained: bool, handler: CommandHandl
     return encode(command_reply_payload(name, time.time(), result=result, error=error))
 
 
-def _refusal(name: str, payload: bytes, retained: bool, handler: CommandHandler | None) -> str | None:
-    """Why the request is refused before its handler runs, or None."""
+def _request(name: str, payload: bytes, retained: bool,
+             handler: CommandHandler | None) -> tuple[str | None, dict[str, Any]]:
+    """(why the request is refused before its handler runs, or None; its arguments, parsed once)."""
     if retained:
-        return "retained commands are ignored; publish commands without the retain flag"
+        return "retained commands are ignored; publish commands without the retain flag", {}
     if name not in COMMANDS:
-        return f"unknown command {name!r}; expected one of {', '.join(COMMANDS)}"
+        return f"unknown command {name!r}; expected one of {', '.join(COMMANDS)}", {}
     try:
         args = _args(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        return f"payload is not valid UTF-8 JSON: {e}"
+        return f"payload is not valid UTF-8 JSON: {e}", {}
     if not isinstance(args, dict):
-        return f"payload must be a JSON object, got {type(args).__name__}"
+        return f"payload must be a JSON object, got {type(args).__name__}", {}
     if handler is None:
-        return "this service does not take commands"
-    return None
+        return "this service does not take commands", {}
+    return None, args
 
 
 def _args(payload: bytes) -> Any:
