@@ -260,9 +260,14 @@ class Service:
             notify(f"STATUS={line}")
 
     def status(self) -> StatusInfo:
-        reasons = []
+        """`degraded` with every trouble while alerts may be held up or wrong; `online` otherwise, with the notes
+        that do not hold alerts up (paused by command, no live preview)."""
+        notes = []
         if self.parts.pipeline is not None and self.parts.pipeline.paused.is_set():
-            reasons.append("paused by command (cmd/resume to continue)")
+            notes.append("paused by command (cmd/resume to continue)")
+        if self.preview_problem is not None:
+            notes.append(self.preview_problem)
+        reasons = []
         capture = self.parts.capture
         if capture is not None and capture.degraded:
             reasons.append(capture.degraded)
@@ -286,12 +291,8 @@ class Service:
         if unset is not None:  # alerts still go out, with the times the device has: say they are wrong
             reasons.append(f"{unset}: the times in alerts are wrong until it is set")
         model = model_ref(self.parts.slot.latest_info) if self.parts.slot is not None else None
-        # said, but the alerts flow as they should: the cart is online
-        notes = [r for r in reasons if r.startswith("paused")] + ([self.preview_problem] if self.preview_problem
-                                                                  else [])
-        troubles = [r for r in reasons if not r.startswith("paused")]
-        if troubles:
-            return StatusInfo("degraded", "; ".join(troubles + notes), model)
+        if reasons:
+            return StatusInfo("degraded", "; ".join(reasons + notes), model)
         return StatusInfo("online", "; ".join(notes) or None, model)
 
     def stats_info(self) -> StatsInfo:
