@@ -578,7 +578,6 @@ class _PreviewObserver:
                 "outbox_depth": _need(s.parts.outbox).depth(),
                 "alerts_opened": pipeline.stats.alerts_opened,
                 "dropped": _need(s.parts.capture).dropped,
-                "status": s.status().state,
                 "device": s.cfg.device.id,
                 "store": s.cfg.device.store,
             }

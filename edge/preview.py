@@ -141,7 +141,9 @@ MAX_STREAMS = 3
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    slots = threading.BoundedSemaphore(MAX_CONNECTIONS)  # replaced per server in PreviewServer.start
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)  # connections being served now
+        super().__init__(*args, **kw)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):  # busy: refused at once, in this thread, without a new one
@@ -239,8 +241,7 @@ class PreviewServer:
         if self._httpd is not None:
             return self
         server_cls = type("_PreviewHTTPServer", (_Server,), {
-            "address_family": socket.AF_INET6 if ":" in self.host else socket.AF_INET,
-            "slots": threading.BoundedSemaphore(MAX_CONNECTIONS)})
+            "address_family": socket.AF_INET6 if ":" in self.host else socket.AF_INET})
         try:
             httpd = server_cls((self.host, self.port), _make_handler(self))
         except OSError as e:
