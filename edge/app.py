@@ -242,9 +242,8 @@ class Service:
             self._notify_status(status)
             link = self.parts.mqtt
             said = (status.state, status.reason, status.model)  # the retained status names the model too
-            if link is not None and said != self._status_sent:
-                link.set_status(status.state, status.reason)
-                self._status_sent = said
+            if link is not None and said != self._status_sent and link.set_status(status.state, status.reason):
+                self._status_sent = said  # published: not again until it changes (else tried again next round)
             preview = self.parts.preview
             if preview is not None:  # the installer's phone says what MQTT and systemd say
                 preview.set_service_status(status.state, status.reason)

@@ -256,11 +256,12 @@ class MqttLink:
         """Why the broker refuses some of the outbox's messages (an ACL), or None: the service reports it too."""
         return self._rejection
 
-    def set_status(self, state: str, reason: str | None = None) -> None:
-        """Set the state (online | degraded) reported on `status` from now on, and publish it when connected."""
+    def set_status(self, state: str, reason: str | None = None) -> bool:
+        """Set the state (online | degraded) reported on `status` from now on, and publish it when connected.
+        False when it could not be published now (it is on the next connect)."""
         StatusInfo(state, reason)  # validates
         self._override = (state, reason)
-        self.refresh_status()
+        return self.refresh_status()
 
     def refresh_status(self) -> bool:
         """Re-read the status provider (state, reason and model) and publish the retained `status` now.
