@@ -582,7 +582,7 @@ class _PreviewObserver:
             }
         info = {**self._info, "frame": frame.index,
                 "shift_px": None if tracker.last_shift is None else round(float(tracker.last_shift.dx), 1)}
-        self.preview.offer(frame.image, gaps, tracker.tracks() if self.preview.watching else [], info)
+        self.preview.offer(frame.image, gaps, tracker.tracks(), info)  # a few views: /snapshot.jpg shows them too
 
 
 class _ProbationObserver:

@@ -113,23 +113,35 @@ def annotate(frame_rgb: np.ndarray, gaps: Sequence[Gap], tracks: Sequence[Any], 
         cv2.rectangle(img, (p0[0], ty - th - 4), (p0[0] + tw + 4, ty), colour, -1)
         cv2.putText(img, tag, (p0[0] + 2, ty - 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 1, cv2.LINE_AA)
 
+    hud = (f"{_fmt(info.get('fps'))} fps  |  {_fmt(info.get('inference_ms'))} ms  |  {model_label(info)}  |  "
+           f"outbox {_fmt(info.get('outbox_depth'))}  |  gaps {len(gaps)}")
+    (_, hud_h), _ = cv2.getTextSize(hud, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+    band_h = hud_h + 12  # the darkened strip at the top, drawn last: no gap label may sit under it
+
     for g in gaps:  # on top of the tracks, so the scores stay readable
         p0, p1 = pt(g.x0, g.y0), pt(g.x1, g.y1)
         cv2.rectangle(img, p0, p1, (40, 40, 235), thick + 1)
         label = f"gap {g.score:.2f}"
         (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
-        ty = max(p0[1], th + 4)
-        cv2.rectangle(img, (p0[0], ty - th - 4), (p0[0] + tw + 4, ty), (40, 40, 235), -1)
-        cv2.putText(img, label, (p0[0] + 2, ty - 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1,
+        lx, ty = label_place(p0, tw, th, band_h, img.shape[1])
+        cv2.rectangle(img, (lx, ty - th - 4), (lx + tw + 4, ty), (40, 40, 235), -1)
+        cv2.putText(img, label, (lx + 2, ty - 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1,
                     cv2.LINE_AA)
 
-    hud = (f"{_fmt(info.get('fps'))} fps  |  {_fmt(info.get('inference_ms'))} ms  |  {model_label(info)}  |  "
-           f"outbox {_fmt(info.get('outbox_depth'))}  |  gaps {len(gaps)}")
-    (_, th), _ = cv2.getTextSize(hud, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
-    band = img[: th + 12]
+    band = img[:band_h]
     band[:] = (band.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken the strip under the HUD
-    cv2.putText(img, hud, (6, th + 5), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(img, hud, (6, hud_h + 5), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1, cv2.LINE_AA)
     return img
+
+
+def label_place(top_left: tuple[int, int], tw: int, th: int, top_h: int, width: int) -> tuple[int, int]:
+    """Where a gap's score label goes: its left edge and baseline. Above the box's top-left corner, inside the
+    picture's right edge, and never under the top `top_h` rows (the status strip): there it moves down into the
+    box."""
+    x0, y0 = top_left
+    lx = min(max(x0, 0), max(0, width - tw - 4))
+    ty = y0 if y0 - th - 4 >= top_h else max(y0, top_h) + th + 4
+    return lx, ty
 
 
 # Every connection is a thread, and the unit caps the service's tasks (TasksMax=64): a preview reachable from the
@@ -143,7 +155,19 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     def __init__(self, *args: Any, **kw: Any) -> None:
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)  # connections being served now
+        self.open: set[socket.socket] = set()  # their sockets, closed by `close_connections`
+        self.open_lock = threading.Lock()
         super().__init__(*args, **kw)
+
+    def close_connections(self) -> None:
+        """End every connection being served: a stopped preview answers no kept-alive status request either."""
+        with self.open_lock:
+            conns = list(self.open)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):  # busy: refused at once, in this thread, without a new one
@@ -161,9 +185,13 @@ class _Server(ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self.open_lock:
+            self.open.add(request)
         try:
             super().process_request_thread(request, client_address)
         finally:
+            with self.open_lock:
+                self.open.discard(request)
             self.slots.release()
 
 
@@ -195,9 +223,12 @@ class PreviewServer:
         self._thread: threading.Thread | None = None
         self.frames_offered = 0
         self.frames_streamed = 0  # multipart JPEG parts written to /stream.mjpg clients
+        self.streams_opened = 0  # /stream.mjpg requests served, since the start
         self.frames_encoded = 0
         self._service: tuple[str, str | None] | None = None  # the service's status: (state, reason)
         self._offered_at: float | None = None  # monotonic time of the newest frame
+        # Changes with every start: an open page that sees another value reconnects its stream (the old one ended)
+        self.boot = f"{time.time():.6f}"
 
     # ---- the pipeline side -------------------------------------------------------------------------------------
     def offer(self, frame_rgb: np.ndarray, gaps: Sequence[Gap], tracks: Sequence[Any], info: dict[str, Any]) -> None:
@@ -266,6 +297,7 @@ class PreviewServer:
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
+            self._httpd.close_connections()
             self._httpd = None
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -356,11 +388,13 @@ class PreviewServer:
             "watchers": self._clients,
             "frames_offered": self.frames_offered,
             "frames_streamed": self.frames_streamed,
+            "boot": self.boot,
         }
 
     def _stream(self, write: Callable[[bytes], None], alive: Callable[[], bool]) -> None:
         with self._cond:
             self._clients += 1
+            self.streams_opened += 1
         try:
             seq = 0
             period = 1.0 / self.max_fps
@@ -376,11 +410,15 @@ class PreviewServer:
                 got = self.jpeg()
                 if got is None:
                     continue
+                first = seq == 0
                 seq, data = got
-                write(b"--" + BOUNDARY.encode() + b"\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                      + str(len(data)).encode() + b"\r\n\r\n" + data + b"\r\n")
+                part = (b"--" + BOUNDARY.encode() + b"\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                        + str(len(data)).encode() + b"\r\n\r\n" + data + b"\r\n")
+                # Browsers show a multipart part once the next one begins: the first frame goes twice, so a page
+                # opened while no new frames come (the camera gone, paused) shows the last picture, not a broken one
+                write(part + part if first else part)
                 with self._cond:
-                    self.frames_streamed += 1
+                    self.frames_streamed += 2 if first else 1
                 next_t = time.monotonic() + period
         finally:
             with self._cond:
@@ -522,6 +560,9 @@ PAGE = """<!doctype html>
   #hints li.ok { border-left-color:var(--ok); }
   #hints li.bad { border-left-color:var(--bad); }
   #state { font-size:13px; padding:2px 8px; border-radius:8px; background:var(--card); color:var(--dim); }
+  #state.ok { color:#0f1115; background:var(--ok); }
+  #state.warn { color:#0f1115; background:var(--warn); }
+  #state.bad { color:#fff; background:var(--bad); }
   footer { color:var(--dim); font-size:12px; padding:0 14px 18px; }
 </style>
 </head>
@@ -532,48 +573,66 @@ PAGE = """<!doctype html>
   <div class="tile"><div class="num" id="fps">–</div><div class="lbl">frames / s</div></div>
   <div class="tile"><div class="num" id="ms">–</div><div class="lbl">inference ms</div></div>
   <div class="tile"><div class="num" id="model">–</div><div class="lbl" id="modelname">model</div></div>
-  <div class="tile"><div class="num" id="outbox">–</div><div class="lbl">alerts waiting</div></div>
+  <div class="tile"><div class="num" id="outbox">–</div><div class="lbl">messages to send</div></div>
 </div>
 <h2>Mounting check</h2>
 <ul id="hints"><li class="ok">Waiting for the camera…</li></ul>
 <footer>Red boxes: empty spots. Green: confirmed gaps (one alert each). Yellow: gaps being checked.</footer>
 <script>
 function fmt(v, d) { return (typeof v === "number") ? v.toFixed(d) : (v == null ? "–" : String(v)); }
+function set(id, text) { document.getElementById(id).textContent = text; }
+function note(ul, cls, code, text) {
+  const li = document.createElement("li"); if (cls) li.className = cls; if (code) li.dataset.code = code;
+  li.textContent = text; ul.appendChild(li); }
+const live = document.getElementById("live");
+function reconnect() { live.src = "/stream.mjpg?t=" + Date.now(); }
+// The service restarts (an update, the watchdog): reconnect the stream instead of showing a broken image.
+live.onerror = () => setTimeout(reconnect, 2000);
+let boot = null, lostAt = null;
 async function tick() {
+  let s;
   try {
     const r = await fetch("/status.json", {cache: "no-store"});
-    const s = await r.json(); const i = s.info || {};
-    document.getElementById("fps").textContent = fmt(i.fps, 1);
-    document.getElementById("ms").textContent = fmt(i.inference_ms, 0);
-    const named = /^(.*) v(\\d+)$/.exec(i.model || "");
-    const version = i.model_version != null ? i.model_version : (named ? named[2] : null);
-    document.getElementById("model").textContent = version != null ? "v" + version : "–";
-    document.getElementById("modelname").textContent = "model " + (named ? named[1] : (i.model || ""));
-    document.getElementById("outbox").textContent = fmt(i.outbox_depth, 0);
-    const svc = s.service || {};
-    document.getElementById("state").textContent = svc.state || i.state || i.status ||
-                                                   (s.has_frame ? "running" : "no frames");
-    if (i.device) document.getElementById("who").textContent = i.device + (i.store ? " @ " + i.store : "");
+    s = await r.json();
+  } catch (e) {  // the service is gone (stopped, restarting, the cart out of reach): say so, show nothing stale
+    if (lostAt == null) lostAt = new Date();
+    const pill = document.getElementById("state"); pill.textContent = "offline"; pill.className = "bad";
+    for (const id of ["fps", "ms", "outbox"]) set(id, "–");
     const ul = document.getElementById("hints"); ul.textContent = "";
+    note(ul, "bad", "lost", "Lost contact with the cart at " + lostAt.toLocaleTimeString() +
+         ": the picture is frozen. Waiting for it to come back…");
+    return;
+  }
+  // back after a lost contact, or the service started anew: the old stream has ended, so open a new one
+  if (lostAt != null || (boot != null && s.boot !== boot)) reconnect();
+  lostAt = null; boot = s.boot;
+  const i = s.info || {};
+  const svc = s.service || {};
+  // the picture is old (the camera gone, paused by command): its frame rate and its mounting advice are too
+  const stale = s.frame_age_s != null && s.frame_age_s > 3;
+  set("fps", stale ? "–" : fmt(i.fps, 1));
+  set("ms", stale ? "–" : fmt(i.inference_ms, 0));
+  const named = /^(.*) v(\\d+)$/.exec(i.model || "");
+  const version = i.model_version != null ? i.model_version : (named ? named[2] : null);
+  set("model", version != null ? "v" + version : "–");
+  set("modelname", "model " + (named ? named[1] : (i.model || "")));
+  set("outbox", fmt(i.outbox_depth, 0));
+  const state = svc.state || i.state || i.status || (s.has_frame ? "running" : "no frames");
+  const pill = document.getElementById("state"); pill.textContent = state;
+  pill.className = state === "degraded" ? "bad" : (stale ? "warn" : "ok");
+  if (i.device) set("who", i.device + (i.store ? " @ " + i.store : ""));
+  const ul = document.getElementById("hints"); ul.textContent = "";
+  const age = stale ? " (picture from " + Math.round(s.frame_age_s) + " s ago)" : "";
+  // the service's own trouble first (a camera gone, the broker refusing): red; a note (paused) in amber
+  if (svc.state === "degraded") note(ul, "bad", "service", (svc.reason || "Degraded") + age);
+  else if (stale) note(ul, "", "service", (svc.reason || "No new frame") + age);
+  if (!s.has_frame) note(ul, "", "", "Waiting for the camera…");
+  else if (!stale) {
     const hints = s.hints || [];
-    // the service's own trouble first (a camera gone, the broker refusing): the picture may be an old one
-    const stale = s.frame_age_s != null && s.frame_age_s > 3;
-    if (svc.state === "degraded" || stale) {
-      const li = document.createElement("li"); li.className = "bad"; li.dataset.code = "service";
-      li.textContent = (svc.reason || "No new frame") + (stale ? " (picture from " + Math.round(s.frame_age_s) +
-                       " s ago)" : ""); ul.appendChild(li); }
-    if (!s.has_frame) { const li = document.createElement("li");
-                        li.textContent = "Waiting for the camera…"; ul.appendChild(li); }
-    else if (!hints.length && !stale && svc.state !== "degraded") {
-      const li = document.createElement("li"); li.className = "ok";
-      li.textContent = "\\u2713 Camera view looks good."; ul.appendChild(li); }
-    for (const h of hints) { const li = document.createElement("li"); li.textContent = h.message;
-                             li.dataset.code = h.code; ul.appendChild(li); }
-  } catch (e) { document.getElementById("state").textContent = "offline"; }
+    if (!hints.length && svc.state !== "degraded") note(ul, "ok", "", "\\u2713 Camera view looks good.");
+    for (const h of hints) note(ul, "", h.code, h.message);
+  }
 }
-// The service restarts (an update, the watchdog): reconnect the stream instead of showing a broken image.
-const live = document.getElementById("live");
-live.onerror = () => setTimeout(() => { live.src = "/stream.mjpg?t=" + Date.now(); }, 2000);
 tick(); setInterval(tick, 1000);
 </script>
 </body>

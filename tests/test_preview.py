@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.preview import BOUNDARY, PreviewServer, model_label, parse_bind
+from edge.preview import BOUNDARY, PreviewServer, annotate, label_place, model_label, parse_bind
 from edge.tracker import TrackView
 from edge.types import Gap
 from tests.test_hints import draw_shelf
@@ -144,6 +144,32 @@ def test_stream_serves_annotated_jpegs_of_the_frame(server: PreviewServer) -> No
         time.sleep(0.02)
     assert not server.watching
     assert server.frames_streamed >= 4
+
+
+def test_a_viewer_who_joins_while_no_frames_come_gets_the_last_picture_twice(server: PreviewServer) -> None:
+    """A browser shows a multipart part only once the next one begins: a page opened while the camera is gone (or
+    the pipeline paused) showed a broken image, since no second frame came. The newest frame goes out twice."""
+    frame = draw_shelf(np.random.default_rng(2))
+    server.offer(frame, GAPS, TRACKS, INFO)  # one frame, then none: the camera has stopped
+    parts = _read_parts(server.url + "stream.mjpg", 2, timeout=3.0)
+    assert len(parts) == 2 and parts[0] == parts[1]
+    assert server.frames_offered == 1
+
+
+def test_gap_labels_stay_out_of_the_status_strip_and_inside_the_picture() -> None:
+    # Above the box when there is room under the strip; else moved down into the box; pulled in from the right edge.
+    assert label_place((100, 80), 50, 12, 30, 640) == (100, 80)
+    assert label_place((100, 20), 50, 12, 30, 640) == (100, 46)
+    assert label_place((100, 40), 50, 12, 30, 640) == (100, 56)
+    assert label_place((620, 80), 50, 12, 30, 640) == (586, 80)
+    assert label_place((-5, 80), 50, 12, 30, 640) == (0, 80)
+    # In the drawn frame: a gap at the very top has its red label under the darkened strip, not hidden by it.
+    frame = np.full((480, 640, 3), 200, np.uint8)
+    img = annotate(frame, [Gap(300, 2, 380, 120, score=0.9)], [], INFO, 640)
+    band = img[:12, 300:360].reshape(-1, 3).astype(int)
+    assert not ((band[:, 2] > 180) & (band[:, 1] < 90)).any()  # no label fill inside the strip
+    below = img[25:45, 305:360].reshape(-1, 3).astype(int)
+    assert ((below[:, 2] > 180) & (below[:, 1] < 90) & (below[:, 0] < 90)).mean() > 0.3
 
 
 def test_encoding_is_capped_at_max_fps_for_many_viewers() -> None:

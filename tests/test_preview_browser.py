@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -15,6 +16,7 @@ import pytest
 from edge.preview import PreviewServer
 from edge.tracker import TrackView
 from edge.types import Gap
+from tests.cdp import Browser
 from tests.test_hints import shelf_images
 from tests.test_preview import Feeder
 
@@ -121,3 +123,59 @@ def test_the_page_says_what_is_wrong_with_the_service_instead_of_looks_good(tmp_
     assert ">degraded<" in html and '<li class="ok">' not in html  # no "Camera view looks good"
     assert status["service"] == {"state": "degraded", "reason": "camera: http://phone:8080/video: the stream ended"}
     assert status["frame_age_s"] >= 3.0 and status["has_frame"]
+
+
+
+def test_an_open_page_says_it_lost_the_cart_and_blanks_its_numbers(tmp_path: Path) -> None:
+    """The service stopped under an open page: only the small grey pill said "offline", while the frozen picture,
+    "Camera view looks good", the frame rate and the queue stayed up. Now the page says in red that it lost
+    contact and the picture is frozen, and blanks the numbers."""
+    p = PreviewServer("127.0.0.1:0", max_fps=10).start()
+    frame = shelf_images(7)[0][1]
+    try:
+        with Browser(p.url, tmp_path) as page:
+            with Feeder(p, frame, {"fps": 14.8, "inference_ms": 4.6, "model": "shelfgap v6", "outbox_depth": 2}):
+                shown = page.wait_for("document.getElementById('fps').textContent === '14.8'", 60)
+                assert shown, "the page never showed the service's numbers"
+                assert page.eval("document.querySelector('#hints li.ok') !== null")  # "looks good" while all is
+            p.stop()  # the service is gone
+            lost = page.wait_for("document.querySelector('#hints li[data-code=lost]')?.textContent", 15)
+            pill = page.eval("[document.getElementById('state').textContent, document.getElementById('state')"
+                             ".className]")
+            numbers = page.eval("['fps', 'ms', 'outbox'].map(id => document.getElementById(id).textContent)")
+            good = page.eval("document.querySelector('#hints li.ok') !== null")
+    finally:
+        p.stop()
+    assert lost and "Lost contact with the cart" in lost and "picture is frozen" in lost
+    assert pill == ["offline", "bad"]
+    assert numbers == ["–", "–", "–"]  # no stale frame rate or queue
+    assert not good  # no "Camera view looks good" under it
+
+
+def test_an_open_page_reconnects_its_stream_after_the_service_restarts(tmp_path: Path) -> None:
+    """After a restart the picture stayed frozen for good: the old stream had ended without an error event, and the
+    page reconnected only on one. The status carries a token of the service's start; a new one reopens the stream;
+    so does the first status after a lost contact."""
+    p = PreviewServer("127.0.0.1:0", max_fps=10).start()
+    frame = shelf_images(7)[0][1]
+    try:
+        with Feeder(p, frame, {"fps": 14.8, "model": "shelfgap v6"}), Browser(p.url, tmp_path) as page:
+            assert _wait(lambda: p.streams_opened >= 1 and p.frames_streamed >= 3, 60), "the page never streamed"
+            assert page.wait_for("document.getElementById('fps').textContent === '14.8'", 30)
+            first = page.eval("document.getElementById('live').src")
+            p.boot = "a later start"  # what the status of a service started anew on the same port says
+            reopened = _wait(lambda: p.streams_opened >= 2, 30)
+            second = page.eval("document.getElementById('live').src")
+    finally:
+        p.stop()
+    assert reopened, "the page did not open the stream again"
+    assert first != second and "/stream.mjpg?t=" in second
+
+
+def _wait(cond: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
