@@ -105,6 +105,9 @@ class _LastFrame:
     gaps: list[Gap] = field(default_factory=list)
 
 
+BROKER_OUTAGE_S = 30.0  # a broker away this long makes the local status (systemd, preview) degraded
+STATUS_POLL_S = 5.0  # how often the status is worked out again for what changes without an event
+
 EXIT_QUEUED = 3  # a finite source's run ended (timeout, stop) with messages still queued, kept for the next start
 EXIT_LOST = 4  # the service stopped with alerts only in memory (the disk was full and the broker away): lost
 
@@ -239,14 +242,30 @@ class Service:
         threads (capture, sink, OTA reports, stats): one at a time, so an older status never overwrites a newer."""
         with self._status_lock:
             status = self.status()
-            self._notify_status(status)
             link = self.parts.mqtt
             said = (status.state, status.reason, status.model)  # the retained status names the model too
             if link is not None and said != self._status_sent and link.set_status(status.state, status.reason):
                 self._status_sent = said  # published: not again until it changes (else tried again next round)
+            local = self._with_outage(status)  # what MQTT cannot say while it is down
+            self._notify_status(local)
             preview = self.parts.preview
             if preview is not None:  # the installer's phone says what MQTT and systemd say
-                preview.set_service_status(status.state, status.reason)
+                preview.set_service_status(local.state, local.reason)
+
+    def _with_outage(self, status: StatusInfo) -> StatusInfo:
+        """`status` with the broker's absence added once it has lasted BROKER_OUTAGE_S: alerts wait on the cart.
+        Only for systemd's STATUS= and the preview: the retained MQTT status would carry it past the reconnect."""
+        link = self.parts.mqtt
+        outage = link.outage() if link is not None else None
+        if link is None or outage is None or time.time() - outage[0] < BROKER_OUTAGE_S:
+            return status
+        since, error = outage
+        sink = self.parts.sink
+        waiting = (self.parts.outbox.depth() if self.parts.outbox is not None else 0) + (sink.held if sink else 0)
+        text = (f"no connection to the MQTT broker {link.address} since "
+                f"{time.strftime('%H:%M:%S', time.localtime(since))}" + (f" ({error})" if error else "")
+                + f"; {waiting} message(s) kept on the cart for it")
+        return StatusInfo("degraded", "; ".join([text] + ([status.reason] if status.reason else [])), status.model)
 
     def _notify_status(self, status: StatusInfo) -> None:
         """The status line `systemctl status` shows (sd_notify STATUS=), sent when it changes."""
@@ -317,10 +336,15 @@ class Service:
     def _stats_loop(self) -> None:
         link = _need(self.parts.mqtt)
         topics = _need(self.parts.topics)
-        while not self.stop_event.wait(self.cfg.mqtt.stats_interval_s):
+        interval = self.cfg.mqtt.stats_interval_s
+        next_stats = time.monotonic() + interval
+        while not self.stop_event.wait(min(interval, STATUS_POLL_S)):
             try:
-                link.publish_stats(stats_payload(self.stats_info(), topics, time.time()))
-                self._refresh_status()  # what changed without telling (the clock, a disk with room again)
+                if time.monotonic() >= next_stats:
+                    next_stats = max(next_stats + interval, time.monotonic())
+                    link.publish_stats(stats_payload(self.stats_info(), topics, time.time()))
+                # what changed without telling: the clock, a disk with room again, a broker away for too long
+                self._refresh_status()
             except Exception:  # one bad round (an outbox read error, say) must not end stats for the whole run
                 log.exception("publishing stats and status failed; trying again in %.0f s",
                               self.cfg.mqtt.stats_interval_s)

@@ -142,6 +142,7 @@ class MqttLink:
         self._failures = 0
         self._rejected = 0
         self._last_error: str | None = None
+        self._down_since: float | None = None  # wall time since when no connection has been up (None: connected)
         outbox.add_listener(self._wake.set)
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
@@ -151,6 +152,7 @@ class MqttLink:
         if self._sender is not None:
             raise RuntimeError("MqttLink already started")
         self._stopping.clear()
+        self._down_since = time.time()
         self._start_client()
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
         self._worker = threading.Thread(target=self._work_loop, name="mqtt-commands", daemon=True)
@@ -198,6 +200,14 @@ class MqttLink:
     @property
     def protocol(self) -> str:
         return protocol_name(self._protocol)
+
+    def outage(self) -> tuple[float, str | None] | None:
+        """Since when (wall time) the link has had no connection, and the last connection error; None while it is
+        connected. MQTT cannot carry this news: the service says it on systemd's STATUS= and the preview."""
+        since = self._down_since
+        if since is None or self._connected.is_set():
+            return None
+        return since, self._last_error
 
     def wait_connected(self, timeout: float) -> bool:
         """Connected, and the command and release subscriptions are in place (a command sent from now on arrives)."""
@@ -420,6 +430,7 @@ class MqttLink:
         for topic, (payload, qos) in retained:
             self._publish_retained(client, topic, payload, qos)
         self._cursor_reset = True
+        self._down_since = None
         self._connected.set()
         self._wake.set()
 
@@ -450,6 +461,8 @@ class MqttLink:
             return
         was = self._connected.is_set()
         self._connected.clear()
+        if was:
+            self._down_since = time.time()
         self._attempt_started = None
         answered, self._connack_seen = self._connack_seen, False
         if self._stopping.is_set():

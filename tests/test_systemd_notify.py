@@ -221,3 +221,40 @@ def test_the_status_line_says_when_the_broker_refuses_the_alerts(tmp_path: Path)
     lines = [m for m in got if m.startswith("STATUS=")]
     assert lines and lines[-1].startswith("STATUS=degraded, model shelfgap-default v"), got
     assert "the broker refused" in lines[-1] and "Not authorized" in lines[-1], lines[-1]
+
+
+def test_the_status_line_says_when_the_broker_has_been_away_and_mqtt_does_not_keep_it(tmp_path: Path) -> None:
+    """A broker that cannot be reached: systemd's status (and the preview, which shows the same) said `online`
+    while alerts piled up on the cart, since only a refusing broker counted. After BROKER_OUTAGE_S it says
+    degraded, when since and how many messages wait; once the broker is back it says online again, and the
+    retained MQTT status, published on the reconnect, never carries the outage (it would be stale there)."""
+    from edge.app import BROKER_OUTAGE_S
+    from tests.mosquitto import first_messages
+
+    with Mosquitto(tmp_path / "broker") as b:
+        cfg = _write_config(tmp_path, b.url, 'source = "/dev/video97"', "stats_interval_s = 0.5")
+        with _run_under_notify(tmp_path, cfg) as (proc, sock):
+            got = _drain(sock, 3.0)
+            assert "READY=1" in got, got
+            b.stop()
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < BROKER_OUTAGE_S + 30 and proc.poll() is None and not any(
+                    "no connection to the MQTT broker" in m for m in got):
+                got += _drain(sock, 0.5)
+            waited = time.monotonic() - t0
+            down = [m for m in got if "no connection to the MQTT broker" in m]
+            b.start()
+            back: list[str] = []
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None and not any(
+                    m.startswith("STATUS=") and "no connection" not in m for m in back):
+                back += _drain(sock, 0.5)
+            retained = first_messages(b.port, "shelfscout/s042/cart-07/status", timeout=10)
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert down and down[0].startswith("STATUS=degraded"), got
+    assert waited >= BROKER_OUTAGE_S - 1  # not before the outage has lasted
+    assert f"127.0.0.1:{b.port}" in down[0] and "kept on the cart" in down[0], down[0]
+    assert "/dev/video97" in down[0]  # the camera's trouble is still said too
+    after = [m for m in back if m.startswith("STATUS=")]
+    assert after and "no connection" not in after[-1], back
+    assert retained and all(b"no connection" not in m and b"degraded" in m for m in retained), retained
