@@ -2,9 +2,10 @@
 
 A *place* is an open alert: its aisle (named by an ArUco marker, or None for pure odometry) and its box in shelf
 pixels of that aisle's coordinate frame. A confirmed track near an open place is that place again (no new
-`opened`); an open place that is fully in view with no gap detected near it for `clear_frames` consecutive frames
-is `cleared` (counting starts once no live track shows the place, so a gap tracked in this pass needs
-`lost_frames` + `clear_frames` missed frames: a detector's short dropouts do not clear it).
+`opened`); an open place that is fully in view with no gap detected near it for `clear_frames` consecutive frames,
+each seen from a view at least CLEAR_STEP along the shelf from the last one counted, is `cleared` (counting starts
+once no live track shows the place, so a gap tracked in this pass needs `lost_frames` + `clear_frames` missed
+frames: a detector's short dropouts do not clear it, nor does a cart standing still in front of it).
 
 Open places and known marker positions live in a small JSON file written atomically, before the event is
 returned; a place stays marked `opening`/`clearing` until the next frame, so an event lost to a crash in between
@@ -61,6 +62,10 @@ MAX_SAMPLES = 15
 # as seen filled only while its centre is within its sighting range (fraction of the frame width where it was seen
 # whole), widened by this much: where the detector has shown it can see this gap.
 SEEN_RANGE_MARGIN = 0.05
+# Frames count towards clearing a place only from views this far apart along the shelf (fraction of the frame
+# width; 8 px at 640): a cart standing in front of a gap the detector finds in some frames and not in others saw
+# one view many times, and cleared and opened the same empty spot again and again.
+CLEAR_STEP = 0.0125
 
 
 def offset_box(box: Box, dx: float, dy: float) -> Box:
@@ -142,6 +147,7 @@ class Place:
     seen_path: float | None = None  # Odometry.path when last seen in this run (None: not seen since start-up)
     tracks: set[int] = field(default_factory=set)  # the live tracks currently showing this place
     clear_count: int = 0
+    clear_ox: float = 0.0  # View.ox of the last frame counted in clear_count
     anchor: Box | None = None  # the box when it was confirmed (or loaded); refinements must overlap it
     samples: list[Box] = field(default_factory=list)  # recent whole sightings overlapping the anchor
     seen_fx: tuple[float, float] | None = None  # range of its whole sightings' centres, fraction of frame width
@@ -651,6 +657,9 @@ class AlertManager:
             if any(self._near(d, place) is not None for d in detections):
                 place.clear_count = 0
                 continue
+            if place.clear_count and abs(view.ox - place.clear_ox) < CLEAR_STEP * view.width:
+                continue  # the cart stands: the same view again is no new evidence that the shelf is filled
+            place.clear_ox = view.ox
             place.clear_count += 1
             if place.clear_count < self.cfg.clear_frames:
                 continue
