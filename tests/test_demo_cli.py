@@ -122,3 +122,30 @@ def test_a_second_demo_on_the_same_folder_is_refused_and_a_rerun_starts_clean(tm
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert len(list((tmp_path / "snapshots").glob("*.jpg"))) == summary["alerts_opened"]
+
+
+def test_the_demo_keeps_its_preview_port_when_the_last_run_had_a_viewer() -> None:
+    """`make demo` run again within a minute of a run someone watched moved the preview to a random port ("port
+    8080 is busy"), so the open browser tab was dead: the check bound without SO_REUSEADDR, while the closed
+    connections of the last run lingered in TIME_WAIT. The preview server itself could bind the port all along."""
+    import socket
+    import urllib.request
+
+    from edge.commands.demo import _free_bind
+    from edge.embedded_broker import free_port
+    from edge.preview import PreviewServer
+
+    bind = f"127.0.0.1:{free_port()}"
+    p = PreviewServer(bind).start()
+    try:
+        p.offer(np.zeros((240, 320, 3), np.uint8), [], [], {})
+        urllib.request.urlopen(p.url + "status.json", timeout=5).read()
+        viewer = socket.create_connection(("127.0.0.1", p.port))
+        viewer.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        viewer.recv(100)
+    finally:
+        p.stop()  # the run ends with a viewer connected: the server's side of it closes first
+    viewer.close()
+    assert _free_bind(bind) == bind
+    again = PreviewServer(bind).start()
+    again.stop()

@@ -48,6 +48,9 @@ def _free_bind(bind: str) -> str:
     host, _, port = bind.rpartition(":")
     try:
         with socket.socket() as sock:
+            # as the preview server binds: a port whose last connections from an earlier run still linger
+            # (TIME_WAIT, up to a minute) is free for it, and for this check
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, int(port)))
     except OSError:
         print(f"port {port} is busy; the preview takes a free port instead", flush=True)
