@@ -257,19 +257,26 @@ bind = "{args.preview}"
 
 
 def _contact_sheet(out: Path) -> None:
-    """All alert snapshots of the run in one JPEG grid."""
+    """All alert snapshots of the run in one JPEG grid, each tile captioned with its alert (and `cleared` for a
+    cleared event's picture), with a gap between tiles so that neighbouring views do not read as one panorama."""
     import cv2
     import numpy as np
 
     tiles = []
     for p in sorted((out / "snapshots").glob("*.jpg")):
         img = cv2.imread(str(p))
-        if img is not None:
-            tiles.append(cv2.resize(img, (320, 240), interpolation=cv2.INTER_AREA))
+        if img is None:
+            continue
+        tile = cv2.resize(img, (320, 240), interpolation=cv2.INTER_AREA)
+        alert_id = p.name.split(".", 1)[0]
+        caption = f"alert {alert_id.rsplit('-', 1)[-1]}" + (": cleared" if p.name.endswith(".cleared.jpg") else "")
+        band = np.full((22, 320, 3), 32, np.uint8)
+        cv2.putText(band, caption, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        tiles.append(cv2.copyMakeBorder(np.vstack([band, tile]), 4, 4, 4, 4, cv2.BORDER_CONSTANT, value=(255,) * 3))
     if not tiles:
         return
     cols = min(3, len(tiles))
     while len(tiles) % cols:
-        tiles.append(np.zeros_like(tiles[0]))
+        tiles.append(np.full_like(tiles[0], 255))
     rows = [np.hstack(tiles[i:i + cols]) for i in range(0, len(tiles), cols)]
     cv2.imwrite(str(out / "alerts.jpg"), np.vstack(rows))
