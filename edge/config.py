@@ -103,7 +103,7 @@ class MqttConfig:
     key_file: str = ""
     keepalive_s: int = 30
     reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 30.0
+    reconnect_max_s: float = 10.0  # the longest wait between attempts: a broker back is used within 10 s
     stats_interval_s: float = 30.0
     snapshot_max_px: int = 640
 

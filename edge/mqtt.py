@@ -140,6 +140,7 @@ class MqttLink:
         self._worker: threading.Thread | None = None
         self._connects = 0
         self._failures = 0
+        self._failures_before = 0  # _failures when the last connection was made: the attempts logged count from it
         self._rejected = 0
         self._last_error: str | None = None
         self._down_since: float | None = None  # wall time since when no connection has been up (None: connected)
@@ -402,9 +403,11 @@ class MqttLink:
                 return
             hint = _REFUSAL_HINTS.get(reason.value, "")
             self._last_error = f"broker {self.address} refused the connection: {reason}" + (f" ({hint})" if hint else "")
-            log.warning("%s; retrying (attempt %d)", self._last_error, self._failures)
+            log.warning("%s; retrying (attempt %d)", self._last_error,
+                        self._failures - self._failures_before)
             return
         self._connects += 1
+        self._failures_before = self._failures
         self._last_error = None
         receive_max = getattr(properties, "ReceiveMaximum", None) if properties is not None else None
         self._window = self._max_inflight if not receive_max else \
@@ -449,7 +452,8 @@ class MqttLink:
         self._attempt_started = None
         self._last_error = self._probe()
         self._failures += 1
-        log.warning("cannot connect to MQTT broker: %s; retrying (attempt %d)", self._last_error, self._failures)
+        log.warning("cannot connect to MQTT broker: %s; retrying (attempt %d)", self._last_error,
+                        self._failures - self._failures_before)
 
     def _probe(self) -> str:
         """Why a connection attempt failed, found by repeating its first steps (paho does not say)."""
@@ -482,7 +486,8 @@ class MqttLink:
                 self._switch_protocol = True
                 self._wake.set()
             else:
-                log.warning("%s; retrying (attempt %d)", self._last_error, self._failures)
+                log.warning("%s; retrying (attempt %d)", self._last_error,
+                        self._failures - self._failures_before)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
                     properties: Any) -> None:

@@ -799,3 +799,27 @@ def test_a_command_sent_the_moment_the_cart_says_online_is_answered(
     finally:
         backend.loop_stop()
         backend.disconnect()
+
+
+def test_each_outage_counts_its_connection_attempts_from_one(tmp_path: Path, links: Callable[..., MqttLink],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The log said "retrying (attempt 20)" at the first failure of a cart's eighth broker outage: the count ran
+    over the whole run. Each outage counts from 1 now (the link's own counter still totals them)."""
+    caplog.set_level(logging.INFO, logger="edge.mqtt")
+    with Mosquitto(tmp_path / "broker") as b:
+        link = links(make_cfg(tmp_path, b.url))
+        link.start()
+        assert link.wait_connected(15)
+        for _outage in range(2):
+            b.stop()
+            deadline = time.monotonic() + 15
+            start = link.info().connect_failures
+            while link.info().connect_failures < start + 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            b.start()
+            assert link.wait_connected(15)
+    attempts = [int(r.message.rsplit("(attempt ", 1)[1].rstrip(")")) for r in caplog.records
+                if "(attempt " in r.message]
+    assert link.info().connect_failures >= 4
+    starts = [i for i, n in enumerate(attempts) if n == 1]
+    assert len(starts) == 2 and attempts == sorted(attempts[:starts[1]]) + sorted(attempts[starts[1]:]), attempts
