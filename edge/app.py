@@ -110,6 +110,7 @@ STATUS_POLL_S = 5.0  # how often the status is worked out again for what changes
 
 EXIT_QUEUED = 3  # a finite source's run ended (timeout, stop) with messages still queued, kept for the next start
 EXIT_LOST = 4  # the service stopped with alerts only in memory (the disk was full and the broker away): lost
+EXIT_RELOAD = 5  # stopped by SIGHUP to start again with the configuration as it is now (the unit restarts it)
 
 
 class Service:
@@ -356,6 +357,11 @@ class Service:
     def run(self) -> int:
         from edge.sdnotify import notify
 
+        if self.install_signals and threading.current_thread() is threading.main_thread():
+            # Before start-up, not after it: a stop while the model loads (seconds on a Zero 2 W) must end the run
+            # cleanly too. Killed there by the default handler, a run with a model on probation counted as a
+            # crash, and the second such stop rolled a good model back and refused it for good.
+            self._install_signals()
         with contextlib.ExitStack() as stack:
             self._build(stack)
             self._loop()
@@ -365,6 +371,23 @@ class Service:
         if lost:  # kept in memory on a full disk and never delivered: logged by whichever lost them
             self.exit_code = EXIT_LOST
         return self.exit_code
+
+    def _install_signals(self) -> None:
+        """SIGTERM and SIGINT stop the service. SIGHUP (`systemctl reload`, which has no config to re-read in a
+        running service) stops it with EXIT_RELOAD, which the unit restarts (RestartForceExitStatus=); a SIGHUP
+        ignored by whoever started us (nohup) stays ignored."""
+
+        def stop(signum: int, _frame: object) -> None:
+            if signum == signal.SIGHUP:
+                self.exit_code = EXIT_RELOAD
+            log.info("%s: stopping%s", signal.Signals(signum).name,
+                     " to start again with the configuration as it is now" if signum == signal.SIGHUP else "")
+            self.stop_event.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                continue
+            signal.signal(sig, stop)
 
     def _build(self, stack: contextlib.ExitStack) -> None:
 
@@ -496,9 +519,6 @@ class Service:
                 log.exception("final stats not published")
 
         stack.callback(stop_stats)
-        if self.install_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: a closed terminal, a reload
-                signal.signal(sig, lambda *_: self.stop_event.set())
         from edge.sdnotify import notify
 
         notify("READY=1")

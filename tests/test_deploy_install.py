@@ -170,6 +170,10 @@ def test_installed_tree_passes_systemd_analyze_verify(installed: tuple[Path, dic
         pytest.skip("systemd-analyze or systemd's stock units are missing (Debian package `systemd`)")
     # The Pi's own stock units (targets the service refers to), taken from this host.
     shutil.copytree(HOST_UNITS, root / "usr/lib/systemd/system", symlinks=True, dirs_exist_ok=True)
+    # ... and the one system program the unit names (ExecReload=/bin/kill), which every Pi has (procps)
+    kill = Path(shutil.which("kill", path="/bin:/usr/bin") or "/bin/kill")
+    (root / "bin").mkdir(exist_ok=True)
+    shutil.copy2(kill, root / "bin/kill")
     r = subprocess.run([ANALYZE, "verify", f"--root={root}", "--man=no", "shelfscout.service"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr

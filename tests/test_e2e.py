@@ -482,3 +482,72 @@ def test_a_preview_port_already_taken_is_said_in_the_status_and_the_alerts_flow(
     assert said and f"live preview not started (preview: cannot listen on 127.0.0.1:{port}: Address already in use)" \
         == said[-1]["reason"], sub.json_on("/status")
     assert not [st for st in sub.json_on("/status") if st["state"] == "degraded"]
+
+
+_SLOW_LOAD = """
+import sys, time
+import edge.app as app
+load = app.load_model
+def slow(*args, **kw):  # a Zero 2 W loads and checks the model for seconds: a stop may come in the middle
+    bundle = load(*args, **kw)
+    print("LOADING", flush=True)
+    time.sleep(3.0)
+    return bundle
+app.load_model = slow
+from edge.cli import main
+sys.exit(main(["-v", "run", "-c", sys.argv[1]]))
+"""
+
+
+def _slow_start(cfg: Path, log: Path, ignore_hup: bool = False) -> subprocess.Popen[str]:
+
+    def child() -> None:
+        if ignore_hup:  # as `nohup` starts a program
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_LOAD, str(cfg)], stdout=subprocess.PIPE,
+                            stderr=open(log, "ab"), text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=child)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "LOADING", log.read_text()[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 0), ("SIGINT", 0), ("SIGHUP", 5)])
+def test_a_stop_during_start_up_ends_the_run_cleanly(tmp_path: Path, cart_pass: CartPass, sig: str,
+                                                     code: int) -> None:
+    """`systemctl stop` while the model loads killed the service with the default handler (exit 143): with a new
+    model on probation that counted as a crash, and the second such stop rolled a good model back and refused it
+    for good. The handlers come before start-up now. SIGHUP (`systemctl reload`) stopped the cart for good too (a
+    clean exit, which Restart=on-failure leaves down); it exits with 5 now, which the unit restarts."""
+
+    cfg = write_config(tmp_path, cart_pass.path, f"mqtt://127.0.0.1:{free_port()}", realtime=True)
+    log = tmp_path / "service.log"
+    proc = _slow_start(cfg, log)
+    try:
+        proc.send_signal(getattr(signal, sig))
+        assert proc.wait(60) == code, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert f"{sig}: stopping" in log.read_text()
+
+
+def test_a_sighup_ignored_by_nohup_stays_ignored(tmp_path: Path, cart_pass: CartPass) -> None:
+    """`nohup shelfscout run ... &` still stopped when the terminal closed: the service put its own SIGHUP handler
+    over the ignore it inherited."""
+
+    cfg = write_config(tmp_path, cart_pass.path, f"mqtt://127.0.0.1:{free_port()}", realtime=True,
+                       camera="loop = true")
+    log = tmp_path / "service.log"
+    proc = _slow_start(cfg, log, ignore_hup=True)
+    try:
+        proc.send_signal(signal.SIGHUP)  # while starting
+        time.sleep(5.0)  # past the slow start: running frames
+        proc.send_signal(signal.SIGHUP)  # while running
+        time.sleep(2.0)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        proc.terminate()
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
