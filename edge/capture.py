@@ -99,6 +99,12 @@ class CaptureThread:
         with self._cond:
             return self._frames
 
+    def blocked_s(self) -> float:
+        """How long the read (or open) in progress has been blocked; 0 when none is. A camera driver without a
+        timeout can block a read for good: then only a new process gets the device back (see `Service`)."""
+        since = self._read_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
+
     @property
     def degraded(self) -> str:
         """The current degraded reason, or "" while frames flow."""

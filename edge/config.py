@@ -52,7 +52,9 @@ class CameraConfig:
     reopen_min_s: float = 0.5
     reopen_max_s: float = 10.0
     reopen_attempts: int = 0  # 0 = forever (live cameras); finite sources end after their last frame
-    stall_s: float = 5.0  # no frame for this long means the source is stalled: degraded, then reopened
+    # no frame for this long: degraded (a read that returns an error is retried; a stream that goes silent is
+    # reopened); a live camera's read blocked 4 x this long has hung for good: the watchdog restarts the service
+    stall_s: float = 5.0
 
 
 def default_threads() -> int:

@@ -138,12 +138,14 @@ enabled = false
 
 
 @contextlib.contextmanager
-def _run_under_notify(tmp_path: Path, cfg: Path, **env: str) -> Iterator[tuple[subprocess.Popen[str], socket.socket]]:
-    """`shelfscout run -c CFG` with a real notify socket as systemd gives it (NOTIFY_SOCKET and ENV); the service is
-    stopped (SIGTERM, then SIGKILL) and the socket closed on the way out."""
+def _run_under_notify(tmp_path: Path, cfg: Path, command: tuple[str, ...] = (),
+                      **env: str) -> Iterator[tuple[subprocess.Popen[str], socket.socket]]:
+    """`shelfscout run -c CFG` (or COMMAND CFG) with a real notify socket as systemd gives it (NOTIFY_SOCKET and
+    ENV); the service is stopped (SIGTERM, then SIGKILL) and the socket closed on the way out."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(tmp_path / "notify.sock"))
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "shelfscout"), "run", "-c", str(cfg)],
+    argv = [*command, str(cfg)] if command else [str(Path(sys.executable).parent / "shelfscout"), "run", "-c", str(cfg)]
+    proc = subprocess.Popen(argv,
                             env=dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify.sock"), **env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -258,3 +260,59 @@ def test_the_status_line_says_when_the_broker_has_been_away_and_mqtt_does_not_ke
     after = [m for m in back if m.startswith("STATUS=")]
     assert after and "no connection" not in after[-1], back
     assert retained and all(b"no connection" not in m and b"degraded" in m for m in retained), retained
+
+
+# A stand-in for a camera driver without a timeout (a hung V4L2 or libcamera read): after 30 frames its read
+# blocks for good. Only the source is replaced; the service, the capture thread and the watchdog are the real ones.
+_HANGING_CAMERA = """
+import sys, threading, time
+import numpy as np
+import edge.sources as sources
+from tests.test_hints import shelf_images
+
+class HangingCamera:
+    name, finite, fps = "/dev/video-hangs", False, 15.0
+    def __init__(self):
+        self.n, self.image = 0, shelf_images(3)[0][1]
+    def open(self):
+        pass
+    def read(self):
+        self.n += 1
+        if self.n > 30:
+            threading.Event().wait()
+        time.sleep(1 / 15)
+        return self.image
+    def close(self):
+        pass
+
+sources.open_source = lambda cfg, timeout_s=None: HangingCamera()
+from edge.cli import main
+sys.exit(main(["run", "-c", sys.argv[1]]))
+"""
+
+
+def test_a_camera_read_that_never_returns_stops_the_watchdog_pings(tmp_path: Path, broker: Mosquitto) -> None:
+    """A camera whose read hung for good left the cart degraded for good: the pipeline kept pinging the watchdog
+    while it waited for frames, so systemd never restarted it, and nothing could reopen the device (its thread is
+    stuck in the driver). Once the read has been blocked for CAMERA_HANG_STALLS x stall_s, the pings stop."""
+    cfg = _write_config(tmp_path, broker.url, 'source = "/dev/video-hangs"\nstall_s = 0.5')
+    repo = str(Path(__file__).resolve().parents[1])
+    with _run_under_notify(tmp_path, cfg, (sys.executable, "-c", _HANGING_CAMERA), WATCHDOG_USEC="1000000",
+                           PYTHONPATH=repo) as (proc, sock):
+        got: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and not any(
+                m.startswith("STATUS=degraded") for m in got):
+            got += _drain(sock, 0.5)
+        assert "READY=1" in got and got.count("WATCHDOG=1") >= 2, got  # pinging while frames flowed
+        later: list[str] = []
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < 4.0 and time.monotonic() < deadline:
+            msgs = _drain(sock, 0.5)
+            later += msgs
+            if "WATCHDOG=1" in msgs:
+                quiet_since = time.monotonic()
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() - quiet_since >= 4.0, later  # no ping for 4 s: systemd would restart it
+    err = proc.stderr.read() if proc.stderr else ""
+    assert "no more watchdog pings" in err, err[-3000:]
