@@ -8,6 +8,7 @@ and `Odometry.x` decreases by dx.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -64,11 +65,17 @@ class ShiftEstimator:
         self._has_prev = False
         self._vx = 0.0  # last reliable velocity, content pixels per source frame
         self._vy = 0.0
+        self._known = False  # the velocity was measured at least once
+        self._sudden = 0  # frames in a row whose shift jumped away from that velocity (see update)
+        self._set_aside = (0.0, 0.0)  # what those frames measured beyond the guess they were given
 
     def reset(self) -> None:
         """Forget the previous frame and the velocity (e.g. after the source was reopened)."""
         self._has_prev = False
         self._vx = self._vy = 0.0
+        self._known = False
+        self._sudden = 0
+        self._set_aside = (0.0, 0.0)
 
     @property
     def velocity(self) -> tuple[float, float]:
@@ -108,10 +115,32 @@ class ShiftEstimator:
         self._prev, self._cur = self._cur, self._prev
         dx, dy = sx * self._scale, sy * self._scale
         plausible = abs(dx) <= self.max_jump * w and abs(dy) <= self.max_jump * h
+        # A cart does not change its speed by a twentieth of the frame from one frame to the next: such a jump is
+        # something large crossing the view (a shopper walking past close to the lens) whose motion outweighs the
+        # shelf's. Unreliable (the cart keeps its speed) for at most MAX_SUDDEN frames in a row. A jump that lasts
+        # longer is the cart's own (it stopped dead against something): believed, with what the frames set aside
+        # moved beyond their guess added back, so the odometry ends where it would have been.
+        ex, ey = dx - self._vx * steps, dy - self._vy * steps
+        if not (self._known and math.hypot(ex, ey) > MAX_SPEED_CHANGE * w * steps):
+            self._sudden = 0
+            self._set_aside = (0.0, 0.0)
+        else:
+            self._sudden += 1
+            if self._sudden <= MAX_SUDDEN:
+                plausible = False
+                self._set_aside = (self._set_aside[0] + ex, self._set_aside[1] + ey)
         if response >= self.min_response and plausible and np.isfinite(dx) and np.isfinite(dy):
             self._vx, self._vy = dx / steps, dy / steps
-            return Shift(float(dx), float(dy), float(response), True)
+            self._known = True
+            (cx, cy), self._set_aside = self._set_aside, (0.0, 0.0)  # nothing unless a jump was set aside
+            return Shift(float(dx + cx), float(dy + cy), float(response), True)
         return Shift(self._vx * steps, self._vy * steps, float(response), False)
+
+
+# The largest change of the content's speed from one frame to the next still taken as the cart's (fraction of the
+# frame width): 32 px at 640, about 0.7 m/s within 1/15 s at 1.5 mm a pixel; a cart changes less even stopping hard.
+MAX_SPEED_CHANGE = 0.05
+MAX_SUDDEN = 5  # frames in a row such a jump is set aside before it is believed
 
 
 class Odometry:

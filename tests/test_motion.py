@@ -108,3 +108,49 @@ def test_marker_detection_runs_every_k_frames(aisle: Aisle) -> None:
     assert all(r is not None and [m.id for m in r] == [3] for r in results[::3])
     with pytest.raises(ValueError):
         MarkerDetector(every=0)
+
+
+def test_something_large_crossing_the_view_does_not_move_the_cart(aisle: Aisle) -> None:
+    """One phase correlation over the whole frame takes whatever dominates the frame for the cart's motion. A
+    field audit saw a shopper walking past close to the lens read +48 to +85 px a frame while the cart rolled at
+    -10: the odometry ended 370 px off, an open alert was mapped onto full shelf and cleared, and its gap opened
+    again under a new id. A jump no cart makes in one frame is unreliable now (the cart keeps its speed), for at
+    most a few frames in a row. Here: a strongly patterned coat filling most of the view, crossing in 4 frames."""
+    import cv2
+
+    cam = Camera(aisle, seed=3)
+    est, odo = ShiftEstimator(160), Odometry()
+    rng = np.random.default_rng(5)
+    coat = cv2.resize(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8), (440, 480), interpolation=cv2.INTER_NEAREST)
+    worst, unreliable = 0.0, 0
+    for k in range(30):
+        x = 1200.0 + 10.0 * k  # the cart rolls on at 10 px a frame: the shelf moves by -10
+        frame = cam.frame(x, 0.0)[0].image.copy()
+        if 10 <= k < 14:  # the coat sweeps across at 70 px a frame
+            left = -200 + 70 * (k - 10)
+            a, b = max(left, 0), min(left + 440, FRAME_W)
+            frame[:, a:b] = coat[:, a - left:b - left]
+        s = est.update(frame)
+        unreliable += not s.reliable and k > 0
+        if k:
+            odo.advance(s)
+            worst = max(worst, abs(odo.x - (x - 1200.0)))
+    assert worst < 25.0, f"the odometry was {worst:.0f} px off the cart's position"
+    assert 1 <= unreliable <= 6  # the crossing frames, not the rest of the pass
+
+
+def test_a_real_jolt_is_believed_after_a_few_frames(aisle: Aisle) -> None:
+    """The other side of that rule: a cart that really stops dead (it hit something) is set aside as a jump only
+    for a few frames; then the stop is believed, and what those frames were guessed wrong is taken back, so the
+    odometry ends where the cart is."""
+    cam = Camera(aisle, seed=4)
+    est, odo = ShiftEstimator(160), Odometry()
+    x = 1000.0
+    for k in range(40):
+        x += 45.0 if k < 15 else 0.0  # 1 m/s at 15 fps, then standing
+        s = est.update(cam.frame(x, 0.0)[0].image)
+        if k:
+            odo.advance(s)
+    assert s.reliable and abs(s.dx) < 1.0  # standing, measured
+    # within the estimator's own accuracy over 630 px (1 %), not the 5 x 45 px the set-aside frames were guessed
+    assert abs(odo.x - (x - 1000.0 - 45.0)) <= 12.0  # (the first frame is the start: it has no shift)
