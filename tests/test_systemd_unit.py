@@ -40,6 +40,8 @@ def make_root(root: Path) -> Path:
     exe.parent.mkdir(parents=True)
     exe.write_text("#!/bin/sh\nexit 0\n")  # stands in for the venv's console script (see test_deploy_install.py)
     exe.chmod(0o755)
+    (root / "bin").mkdir()  # the one system program the unit names (ExecReload=/bin/kill), which every Pi has
+    shutil.copy2(shutil.which("kill", path="/bin:/usr/bin") or "/bin/kill", root / "bin/kill")
     return root
 
 
