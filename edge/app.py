@@ -108,10 +108,6 @@ class _LastFrame:
 BROKER_OUTAGE_S = 30.0  # a broker away this long makes the local status (systemd, preview) degraded
 STATUS_POLL_S = 5.0  # how often the status is worked out again for what changes without an event
 
-# A live camera's read blocked for this many camera.stall_s (20 s by default) is hung for good: a driver without a
-# timeout. Its thread cannot be taken back; a new process opens the device anew (systemd's watchdog restarts it).
-CAMERA_HANG_STALLS = 4
-
 EXIT_QUEUED = 3  # a finite source's run ended (timeout, stop) with messages still queued, kept for the next start
 EXIT_LOST = 4  # the service stopped with alerts only in memory (the disk was full and the broker away): lost
 EXIT_RELOAD = 5  # stopped by SIGHUP to start again with the configuration as it is now (the unit restarts it)
@@ -132,7 +128,6 @@ class Service:
         self.last = _LastFrame()
         self.ota_state = OtaState("idle")
         self.exit_code = 0
-        self._hang_logged = False  # the camera hang that stops the watchdog's pings was logged
         self.preview_url: str | None = None
         self.parts = Parts()
         self.updater: Updater | None = None
@@ -509,21 +504,11 @@ class Service:
         cores = CorePlan.for_process(cfg.model.threads)
         if cores is not None:
             log.info("%s", CorePlan.describe(cores))
-        hang_s = CAMERA_HANG_STALLS * cfg.camera.stall_s
-
         def heartbeat() -> None:
-            """The watchdog's ping, while the pipeline turns, unless a live camera's read has hung so long that it
-            will not come back: then the pings stop, and systemd restarts the service, which opens it anew."""
-            blocked = capture.blocked_s()
-            if blocked > hang_s and not capture.finite:
-                if not self._hang_logged:
-                    self._hang_logged = True
-                    log.error("camera %s: a read has been blocked for %.0f s; no more watchdog pings, so that "
-                              "systemd restarts the service and the camera is opened anew", capture.source_name,
-                              blocked)
-                return
-            self._hang_logged = False
-            watchdog.heartbeat()
+            """The watchdog's ping while the pipeline turns, but not while a live camera's read has hung: then
+            systemd restarts the service, which opens the camera anew."""
+            if not capture.hung:
+                watchdog.heartbeat()
 
         pipeline = Pipeline(capture, slot, tracker, sink, observers, heartbeat=heartbeat, cores=cores,
                             admit=probation.admit if probation is not None else None)

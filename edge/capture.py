@@ -7,7 +7,8 @@ the same alerts.
 
 A source that fails is closed and reopened with exponential backoff (`camera.reopen_min_s` .. `reopen_max_s`);
 `on_state("degraded", "camera: <reason>")` is called when it fails and `on_state("ok", "")` once frames flow again.
-A live source that gives no frame for `stall_s` is reported degraded even while its read is still blocked.
+A live source that gives no frame for `stall_s` is reported degraded even while its read is still blocked, and
+after HANG_STALLS x `stall_s` it is `hung`: the service then lets systemd's watchdog restart it.
 The first frame a live source gives after it was reopened or stalled is marked `interrupted`: the cart may have
 moved any distance unseen (the tracker then knows its position is lost).
 
@@ -31,6 +32,10 @@ from edge.sources import FrameSource, MainFrame, Seekable, SnapshotSource, Sourc
 from edge.types import Frame
 
 log = logging.getLogger(__name__)
+
+# A live source's read blocked for this many `stall_s` (20 s by default) is hung for good: a driver without a
+# timeout. Its thread cannot be taken back; a new process opens the device anew (systemd's watchdog restarts it).
+HANG_STALLS = 4
 
 FINITE_DEFAULT_ATTEMPTS = 5
 
@@ -75,6 +80,7 @@ class CaptureThread:
         self._state_lock = threading.Lock()
         self._degraded_reason = ""
         self._read_since: float | None = None  # monotonic start of the read in progress
+        self._hung_read: float | None = None  # the _read_since of a read `_watch` found hung (see `hung`)
         self.error: str | None = None  # why a finite source gave up
         self.source_name = ""
         self.fps: float | None = None
@@ -99,11 +105,13 @@ class CaptureThread:
         with self._cond:
             return self._frames
 
-    def blocked_s(self) -> float:
-        """How long the read (or open) in progress has been blocked; 0 when none is. A camera driver without a
-        timeout can block a read for good: then only a new process gets the device back (see `Service`)."""
+    @property
+    def hung(self) -> bool:
+        """A live source's read (or open) in progress has been blocked for HANG_STALLS x `stall_s`: a driver
+        without a timeout, which only a new process gets the device back from (the service stops its watchdog
+        pings). False again should the read return after all."""
         since = self._read_since
-        return 0.0 if since is None else max(0.0, time.monotonic() - since)
+        return since is not None and since == self._hung_read
 
     @property
     def degraded(self) -> str:
@@ -366,3 +374,9 @@ class CaptureThread:
             since = self._read_since
             if since is not None and time.monotonic() - since > self.stall_s and not self._degraded_reason:
                 self._set_state(f"camera: {self.source_name}: no frame for {self.stall_s:g} s")
+            if since is not None and time.monotonic() - since > HANG_STALLS * self.stall_s and \
+                    self._hung_read != since:
+                self._hung_read = since
+                log.error("camera %s: a read has been blocked for %.0f s; no more watchdog pings, so that systemd "
+                          "restarts the service and the camera is opened anew", self.source_name,
+                          time.monotonic() - since)

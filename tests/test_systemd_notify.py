@@ -294,7 +294,7 @@ sys.exit(main(["run", "-c", sys.argv[1]]))
 def test_a_camera_read_that_never_returns_stops_the_watchdog_pings(tmp_path: Path, broker: Mosquitto) -> None:
     """A camera whose read hung for good left the cart degraded for good: the pipeline kept pinging the watchdog
     while it waited for frames, so systemd never restarted it, and nothing could reopen the device (its thread is
-    stuck in the driver). Once the read has been blocked for CAMERA_HANG_STALLS x stall_s, the pings stop."""
+    stuck in the driver). Once the read has been blocked for edge.capture.HANG_STALLS x stall_s, the pings stop."""
     cfg = _write_config(tmp_path, broker.url, 'source = "/dev/video-hangs"\nstall_s = 0.5')
     repo = str(Path(__file__).resolve().parents[1])
     with _run_under_notify(tmp_path, cfg, (sys.executable, "-c", _HANGING_CAMERA), WATCHDOG_USEC="1000000",
