@@ -247,26 +247,26 @@ class Service:
             said = (status.state, status.reason, status.model)  # the retained status names the model too
             if link is not None and said != self._status_sent and link.set_status(status.state, status.reason):
                 self._status_sent = said  # published: not again until it changes (else tried again next round)
-            local = self._with_outage(status)  # what MQTT cannot say while it is down
+            outage = self._broker_outage()  # what MQTT cannot say while it is down
+            local = self.status(outage) if outage is not None else status
             self._notify_status(local)
             preview = self.parts.preview
             if preview is not None:  # the installer's phone says what MQTT and systemd say
                 preview.set_service_status(local.state, local.reason)
 
-    def _with_outage(self, status: StatusInfo) -> StatusInfo:
-        """`status` with the broker's absence added once it has lasted BROKER_OUTAGE_S: alerts wait on the cart.
-        Only for systemd's STATUS= and the preview: the retained MQTT status would carry it past the reconnect."""
+    def _broker_outage(self) -> str | None:
+        """The broker's absence once it has lasted BROKER_OUTAGE_S (alerts wait on the cart), or None. Said only on
+        systemd's STATUS= and the preview: the retained MQTT status would carry it past the reconnect."""
         link = self.parts.mqtt
         outage = link.outage() if link is not None else None
         if link is None or outage is None or time.time() - outage[0] < BROKER_OUTAGE_S:
-            return status
+            return None
         since, error = outage
         sink = self.parts.sink
         waiting = (self.parts.outbox.depth() if self.parts.outbox is not None else 0) + (sink.held if sink else 0)
-        text = (f"no connection to the MQTT broker {link.address} since "
+        return (f"no connection to the MQTT broker {link.address} since "
                 f"{time.strftime('%H:%M:%S', time.localtime(since))}" + (f" ({error})" if error else "")
                 + f"; {waiting} message(s) kept on the cart for it")
-        return StatusInfo("degraded", "; ".join([text] + ([status.reason] if status.reason else [])), status.model)
 
     def _notify_status(self, status: StatusInfo) -> None:
         """The status line `systemctl status` shows (sd_notify STATUS=), sent when it changes."""
@@ -278,15 +278,16 @@ class Service:
             self._status_line = line
             notify(f"STATUS={line}")
 
-    def status(self) -> StatusInfo:
+    def status(self, outage: str | None = None) -> StatusInfo:
         """`degraded` with every trouble while alerts may be held up or wrong; `online` otherwise, with the notes
-        that do not hold alerts up (paused by command, no live preview)."""
+        that do not hold alerts up (paused by command, no live preview). `outage`: the broker's absence, a trouble
+        said first (on the cart only: see `_broker_outage`)."""
         notes = []
         if self.parts.pipeline is not None and self.parts.pipeline.paused.is_set():
             notes.append("paused by command (cmd/resume to continue)")
         if self.preview_problem is not None:
             notes.append(self.preview_problem)
-        reasons = []
+        reasons = [outage] if outage is not None else []
         capture = self.parts.capture
         if capture is not None and capture.degraded:
             reasons.append(capture.degraded)
