@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -18,6 +17,7 @@ from edge.tracker import TrackView
 from edge.types import Gap
 from tests.cdp import Browser
 from tests.test_hints import shelf_images
+from tests.test_ota_support import wait_for
 from tests.test_preview import Feeder
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -160,22 +160,14 @@ def test_an_open_page_reconnects_its_stream_after_the_service_restarts(tmp_path:
     frame = shelf_images(7)[0][1]
     try:
         with Feeder(p, frame, {"fps": 14.8, "model": "shelfgap v6"}), Browser(p.url, tmp_path) as page:
-            assert _wait(lambda: p.streams_opened >= 1 and p.frames_streamed >= 3, 60), "the page never streamed"
+            assert wait_for(lambda: p.streams_opened >= 1 and p.frames_streamed >= 3, 60), "the page never streamed"
             assert page.wait_for("document.getElementById('fps').textContent === '14.8'", 30)
             first = page.eval("document.getElementById('live').src")
             p.boot = "a later start"  # what the status of a service started anew on the same port says
-            reopened = _wait(lambda: p.streams_opened >= 2, 30)
+            reopened = wait_for(lambda: p.streams_opened >= 2, 30)
             second = page.eval("document.getElementById('live').src")
     finally:
         p.stop()
     assert reopened, "the page did not open the stream again"
     assert first != second and "/stream.mjpg?t=" in second
 
-
-def _wait(cond: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()

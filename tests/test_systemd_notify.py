@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -160,15 +160,21 @@ def _run_under_notify(tmp_path: Path, cfg: Path, command: tuple[str, ...] = (),
         sock.close()
 
 
-def _until_degraded(proc: subprocess.Popen[str], sock: socket.socket, timeout_s: float) -> list[str]:
-    """The service's notify messages until it says STATUS=degraded (or `timeout_s` passes); it must still run."""
-    got: list[str] = []
+def _until(proc: subprocess.Popen[str], sock: socket.socket, timeout_s: float, done: Callable[[str], bool],
+           got: list[str] | None = None) -> list[str]:
+    """The service's notify messages (after `got`) until one is `done` (or `timeout_s` passes); it must still
+    run."""
+    got = [] if got is None else got
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None and not any(
-            m.startswith("STATUS=degraded") for m in got):
+    while time.monotonic() < deadline and proc.poll() is None and not any(done(m) for m in got):
         got += _drain(sock, 0.5)
     assert proc.poll() is None, proc.communicate()[1][-3000:]
     return got
+
+
+def _until_degraded(proc: subprocess.Popen[str], sock: socket.socket, timeout_s: float) -> list[str]:
+    """The service's notify messages until it says STATUS=degraded (or `timeout_s` passes); it must still run."""
+    return _until(proc, sock, timeout_s, lambda m: m.startswith("STATUS=degraded"))
 
 
 def test_shelfscout_run_talks_to_systemd(tmp_path: Path, broker: Mosquitto) -> None:
@@ -240,17 +246,11 @@ def test_the_status_line_says_when_the_broker_has_been_away_and_mqtt_does_not_ke
             assert "READY=1" in got, got
             b.stop()
             t0 = time.monotonic()
-            while time.monotonic() - t0 < BROKER_OUTAGE_S + 30 and proc.poll() is None and not any(
-                    "no connection to the MQTT broker" in m for m in got):
-                got += _drain(sock, 0.5)
+            _until(proc, sock, BROKER_OUTAGE_S + 30, lambda m: "no connection to the MQTT broker" in m, got)
             waited = time.monotonic() - t0
             down = [m for m in got if "no connection to the MQTT broker" in m]
             b.start()
-            back: list[str] = []
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and proc.poll() is None and not any(
-                    m.startswith("STATUS=") and "no connection" not in m for m in back):
-                back += _drain(sock, 0.5)
+            back = _until(proc, sock, 60, lambda m: m.startswith("STATUS=") and "no connection" not in m)
             retained = first_messages(b.port, "shelfscout/s042/cart-07/status", timeout=10)
             assert proc.poll() is None, proc.communicate()[1][-3000:]
     assert down and down[0].startswith("STATUS=degraded"), got
@@ -299,14 +299,11 @@ def test_a_camera_read_that_never_returns_stops_the_watchdog_pings(tmp_path: Pat
     repo = str(Path(__file__).resolve().parents[1])
     with _run_under_notify(tmp_path, cfg, (sys.executable, "-c", _HANGING_CAMERA), WATCHDOG_USEC="1000000",
                            PYTHONPATH=repo) as (proc, sock):
-        got: list[str] = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None and not any(
-                m.startswith("STATUS=degraded") for m in got):
-            got += _drain(sock, 0.5)
+        got = _until_degraded(proc, sock, 60)
         assert "READY=1" in got and got.count("WATCHDOG=1") >= 2, got  # pinging while frames flowed
         later: list[str] = []
         quiet_since = time.monotonic()
+        deadline = quiet_since + 60
         while time.monotonic() - quiet_since < 4.0 and time.monotonic() < deadline:
             msgs = _drain(sock, 0.5)
             later += msgs
