@@ -202,6 +202,11 @@ class MqttLink:
     def protocol(self) -> str:
         return protocol_name(self._protocol)
 
+    @property
+    def _attempt(self) -> int:
+        """Connection attempts that failed since the last connection was made (for the log: each outage from 1)."""
+        return self._failures - self._failures_before
+
     def outage(self) -> tuple[float, str | None] | None:
         """Since when (wall time) the link has had no connection, and the last connection error; None while it is
         connected. MQTT cannot carry this news: the service says it on systemd's STATUS= and the preview."""
@@ -403,8 +408,7 @@ class MqttLink:
                 return
             hint = _REFUSAL_HINTS.get(reason.value, "")
             self._last_error = f"broker {self.address} refused the connection: {reason}" + (f" ({hint})" if hint else "")
-            log.warning("%s; retrying (attempt %d)", self._last_error,
-                        self._failures - self._failures_before)
+            log.warning("%s; retrying (attempt %d)", self._last_error, self._attempt)
             return
         self._connects += 1
         self._failures_before = self._failures
@@ -452,8 +456,7 @@ class MqttLink:
         self._attempt_started = None
         self._last_error = self._probe()
         self._failures += 1
-        log.warning("cannot connect to MQTT broker: %s; retrying (attempt %d)", self._last_error,
-                        self._failures - self._failures_before)
+        log.warning("cannot connect to MQTT broker: %s; retrying (attempt %d)", self._last_error, self._attempt)
 
     def _probe(self) -> str:
         """Why a connection attempt failed, found by repeating its first steps (paho does not say)."""
@@ -486,8 +489,7 @@ class MqttLink:
                 self._switch_protocol = True
                 self._wake.set()
             else:
-                log.warning("%s; retrying (attempt %d)", self._last_error,
-                        self._failures - self._failures_before)
+                log.warning("%s; retrying (attempt %d)", self._last_error, self._attempt)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
                     properties: Any) -> None:
