@@ -612,7 +612,8 @@ def test_a_release_during_probation_is_reported_deferred_and_runs_after_the_verd
         assert dev.current() == v2 and up.in_probation
         for _ in range(dev.cfg.ota.probation_frames):
             up.observe_frame(4.0 if v2_passes else 80.0, True, True, 2)
-        assert wait_for(lambda: dev.current().startswith("v3-") and up.in_probation, timeout=30)
+        # the window opens before the switch is reported: wait for the report, not for the window
+        assert wait_for(lambda: dev.current().startswith("v3-") and dev.states()[-1] == "probation", timeout=30)
         states = dev.states()
         verdict = "active" if v2_passes else "rolled_back"
         assert states[states.index("deferred"):] == ["deferred", verdict, "downloading", "verifying",
