@@ -456,6 +456,39 @@ def test_restarts_during_probation_roll_back(dev: Device) -> None:
     assert dev.reports[-1]["ota"]["error"].startswith("probation-crash")
 
 
+def _start(dev: Device, boot: str) -> Any:
+    """A service start in the boot `boot` (what /proc/sys/kernel/random/boot_id says), through the start-up check."""
+    up = dev.updater(boot_id=lambda: boot)
+    up.active_bundle_path()
+    return up
+
+
+def test_power_cuts_during_probation_are_not_crashes(dev: Device) -> None:
+    """Two power cuts before the new model's probation frames ran keep the model; a crash after them is
+    tolerated once, as after the switch; a third power cut rolls back (a model that takes the device down)."""
+    install_v1(dev)
+    v1 = dev.current()
+    _start(dev, "boot-a").apply_release(dev.release(dev.bundle(2)))
+    for boot in ("boot-b", "boot-c", "boot-c"):  # power cut, power cut, then the service crashed once
+        assert _start(dev, boot).in_probation and dev.current().startswith("v2-")
+    assert dev.states()[-1] == "probation"
+    _start(dev, "boot-d")  # a third power cut with v2 still unproven
+    assert dev.current() == v1
+    assert dev.reports[-1]["ota"]["state"] == "rolled_back"
+    assert "rebooted 3 times" in dev.reports[-1]["ota"]["error"]
+
+
+def test_crashes_after_a_power_cut_during_probation_roll_back(dev: Device) -> None:
+    install_v1(dev)
+    v1 = dev.current()
+    _start(dev, "boot-a").apply_release(dev.release(dev.bundle(2)))
+    assert _start(dev, "boot-b").in_probation  # a power cut
+    assert _start(dev, "boot-b").in_probation  # the service crashed once in this boot
+    _start(dev, "boot-b")  # and again: the model crashes it
+    assert dev.current() == v1
+    assert dev.reports[-1]["ota"]["error"].startswith("probation-crash")
+
+
 def test_clean_stops_during_probation_are_not_crashes(dev: Device) -> None:
     up = install_v1(dev)
     up.apply_release(dev.release(dev.bundle(2)))

@@ -11,16 +11,21 @@ from edge.atomic import write_atomic
 
 SCHEMA = "shelfscout.ota-state/1"
 MAX_SEEN = 64
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 
 
 @dataclass(frozen=True)
 class Probation:
-    """A model that was switched in and has not yet proved itself; `starts` counts service starts since."""
+    """A model that was switched in and has not yet proved itself. `starts` counts the service's starts since, in
+    the boot `boot_id` (a crash restarts the service in the same boot; a power cut starts a new one), and `boots` the
+    new boots since."""
 
     dir: str
     version: int
     sha256: str
     starts: int = 0
+    boot_id: str = ""
+    boots: int = 0
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,14 @@ class UpdaterMemory:
         return replace(self, failed=failed, failed_why=reasons)
 
 
+def read_boot_id() -> str:
+    """The kernel's id of this boot (Linux), "" where there is none: every start then counts as the same boot."""
+    try:
+        return Path(BOOT_ID_FILE).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 class StateStore:
     """Reads and atomically rewrites state.json (temp file, fsync, rename, fsync of the folder)."""
 
@@ -75,7 +88,8 @@ class StateStore:
             seen=tuple(str(s) for s in raw.get("seen", ())),
             failed=tuple(str(s) for s in raw.get("failed", ())),
             failed_why={str(k): str(v) for k, v in (raw.get("failed_why") or {}).items()},
-            probation=Probation(str(p["dir"]), int(p["version"]), str(p["sha256"]), int(p.get("starts", 0)))
+            probation=Probation(str(p["dir"]), int(p["version"]), str(p["sha256"]), int(p.get("starts", 0)),
+                                str(p.get("boot_id", "")), int(p.get("boots", 0)))
             if isinstance(p, dict) else None,
             last=dict(raw.get("last") or {}),
         )

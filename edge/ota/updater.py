@@ -4,7 +4,8 @@ Steps (each reported on `model/state`): verify the release → decide (expiry, d
 rollout) → download to staging → check the tar headers → verify the bundle (signature, hashes, name/version vs the
 release) → extract the verified bytes → smoke test in a child process → persist the new highest version → point
 `previous` at the old folder and rename a fresh `current` link over the old one → hot-swap → probation.
-A failed probation, a load failure, or two service starts during probation roll back to `previous`.
+A failed probation, a load failure, two service starts in one boot or three boots during probation roll back to
+`previous` (a power cut is not a crash).
 At start-up `active_bundle_path()` verifies what `current` points at and falls back to `previous`, then to the
 built-in default model; it never returns a bundle that did not verify.
 """
@@ -38,11 +39,13 @@ from edge.ota.policy import decide
 from edge.ota.probation import ProbationWindow
 from edge.ota.release import MAX_MESSAGE_BYTES, VerifiedRelease, format_rfc3339, verify_release
 from edge.ota.smoke import DetectorFactory, check_bundle, run_smoke
-from edge.ota.state import Probation, StateStore, UpdaterMemory
+from edge.ota.state import Probation, StateStore, UpdaterMemory, read_boot_id
 
 log = logging.getLogger(__name__)
 
-MAX_PROBATION_STARTS = 2  # the service started this often with an unproven model: it crashes, roll back
+MAX_PROBATION_STARTS = 2  # the service started this often in one boot with an unproven model: it crashes, roll back
+# the device booted this often with an unproven model and never ran its probation frames: it takes the device down
+MAX_PROBATION_BOOTS = 3
 RETRY_MIN_S = 30.0
 # refusals an operator can fix without a new release (the cart's keys, the file at the release's URL): the same
 # announcement, published again, is tried again
@@ -83,7 +86,7 @@ class Updater:
     def __init__(self, cfg: Config, report: Report, swap: Swap, detector_factory: DetectorFactory | None = None,
                  *, smoke_timeout_s: float = 60.0, opener: FileOpener = default_opener,
                  app_version: str = edge.__version__, clock: Callable[[], float] = time.time,
-                 retry_min_s: float = RETRY_MIN_S):
+                 retry_min_s: float = RETRY_MIN_S, boot_id: Callable[[], str] = read_boot_id):
         self.cfg = cfg
         self.report = report
         self.swap = swap
@@ -93,6 +96,7 @@ class Updater:
         self.app_version = app_version
         self.clock = clock
         self.retry_min_s = retry_min_s  # first retry after a transient failure; doubles up to poll_interval_s
+        self.boot_id = boot_id  # tells a crash (a restart in the same boot) from a power cut during probation
         self.models_dir = Path(cfg.ota.models_dir)
         self.keys_dir = Path(cfg.ota.keys_dir)
         self.staging = self.models_dir / "staging"
@@ -231,8 +235,20 @@ class Updater:
             cur = links.target(self.models_dir, links.CURRENT)
             p = state.probation
             if p is not None:
+                boot = self.boot_id()
                 if cur is None or cur.name != p.dir:
                     self.store.save(replace(state, probation=None))  # the switch never happened
+                elif boot and p.boot_id and boot != p.boot_id:
+                    # a power cut or a reboot, not a crash of the service: the count of starts begins again
+                    if p.boots + 1 >= MAX_PROBATION_BOOTS:
+                        log.error("model v%d was on probation during %d reboots: rolling back", p.version, p.boots + 1)
+                        self._rollback(OtaError("probation-crash", f"the device rebooted {p.boots + 1} times while "
+                                                                   f"v{p.version} was on probation"), swap=False)
+                        cur = links.target(self.models_dir, links.CURRENT)
+                    else:
+                        log.warning("model v%d stays on probation after a reboot", p.version)
+                        self.store.save(replace(state, probation=replace(p, starts=0, boot_id=boot,
+                                                                         boots=p.boots + 1)))
                 elif p.starts + 1 >= MAX_PROBATION_STARTS:
                     log.error("model v%d was on probation during %d service starts: rolling back", p.version,
                               p.starts + 1)
@@ -240,7 +256,7 @@ class Updater:
                                                                f"v{p.version} was on probation"), swap=False)
                     cur = links.target(self.models_dir, links.CURRENT)
                 else:
-                    self.store.save(replace(state, probation=replace(p, starts=p.starts + 1)))
+                    self.store.save(replace(state, probation=replace(p, starts=p.starts + 1, boot_id=boot or p.boot_id)))
             if cur is not None:
                 bad: list[str] = []
                 keys = self._keys_or_empty(bad)
@@ -381,7 +397,8 @@ class Updater:
             bundle = read_bundle(dest, self._keys())
             old = links.target(self.models_dir, links.CURRENT)
             state = self._load_state()
-            probation = Probation(dest.name, r.version, r.sha256) if self.cfg.ota.probation_frames > 0 else None
+            probation = (Probation(dest.name, r.version, r.sha256, boot_id=self.boot_id())
+                         if self.cfg.ota.probation_frames > 0 else None)
             self.store.save(replace(state, highest_version=max(state.highest_version, r.version),
                                     highest_sha256=r.sha256, probation=probation))
             fault_point("after-state")
