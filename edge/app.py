@@ -502,9 +502,7 @@ class Service:
         if probation is not None:
             observers.append(probation)
 
-        cores = CorePlan.for_process(cfg.model.threads)
-        if cores is not None:
-            log.info("%s", CorePlan.describe(cores))
+        cores = CorePlan.for_process(cfg.model.threads)  # applied, and logged, by the pipeline's inference thread
         def heartbeat() -> None:
             """The watchdog's ping while the pipeline turns, but not while a live camera's read has hung: then
             systemd restarts the service, which opens the camera anew."""

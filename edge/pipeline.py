@@ -188,19 +188,29 @@ class CorePlan:
         native thread id, for `restore`. Threads started later inherit their starter's cores."""
         me = threading.get_native_id()
         before: dict[int, frozenset[int]] = {}
-        for t in threading.enumerate():
-            if t.native_id is None:
-                continue
-            prev = _set_affinity(t.native_id, self.infer if t.native_id == me else self.light)
-            if prev is not None:
-                before[t.native_id] = prev
+        try:
+            for t in threading.enumerate():
+                if t.native_id is None:
+                    continue
+                prev = _set_affinity(t.native_id, self.infer if t.native_id == me else self.light)
+                if prev is not None:
+                    before[t.native_id] = prev
+        except PermissionError as e:
+            # a seccomp filter without sched_setaffinity (the unit's ~@resources) or a cpuset that forbids it
+            CorePlan.restore(before)
+            log.warning("threads not pinned: the OS refused to set thread affinity (%s)", e.strerror or e)
+            return {}
+        log.info("%s", CorePlan.describe(self))
         return before
 
     @staticmethod
     def restore(before: dict[int, frozenset[int]]) -> None:
         """Give the threads `apply` pinned their previous cores back (those that still run)."""
         for tid, cores in before.items():
-            _set_affinity(tid, cores)
+            try:
+                _set_affinity(tid, cores)
+            except PermissionError:
+                log.warning("thread %d stays pinned: the OS refused to give it cores %s back", tid, sorted(cores))
 
 
 def _set_affinity(tid: int, cores: frozenset[int]) -> frozenset[int] | None:
@@ -216,6 +226,8 @@ def _set_affinity(tid: int, cores: frozenset[int]) -> frozenset[int] | None:
         before = frozenset(getter(tid))
         setter(tid, cores)  # Linux: a thread id pins that thread only
         return before
+    except PermissionError:
+        raise  # refused, not gone: the caller says so
     except OSError:
         return None  # it ended meanwhile
 

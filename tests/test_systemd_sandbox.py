@@ -155,7 +155,20 @@ PROBE = textwrap.dedent(r"""
     srv.bind(str(Path(workdir) / "notify.sock"))
     notified = notify("READY=1", {"NOTIFY_SOCKET": str(Path(workdir) / "notify.sock")}) and srv.recv(64)
     ssl.create_default_context()
-    print(json.dumps({"runtime": det.runtime.name, "xnnpack": det.runtime.xnnpack,
+    import logging
+    from edge.pipeline import CorePlan
+    said = []
+    logging.getLogger("edge.pipeline").addHandler(type("H", (logging.Handler,), {"emit": lambda h, r: said.append(r.getMessage())})())
+    logging.getLogger("edge.pipeline").setLevel(logging.INFO)
+    cores = sorted(os.sched_getaffinity(0))
+    plan = CorePlan.for_cores(cores, interpreter_threads=1)
+    pinning = None
+    if plan is not None:  # what the inference thread does on a 2-core board with one interpreter thread
+        before = plan.apply()
+        pinning = {"pinned": sorted(os.sched_getaffinity(0)) == sorted(plan.infer), "said": said[-1]}
+        CorePlan.restore(before)
+        pinning["restored"] = sorted(os.sched_getaffinity(0)) == cores
+    print(json.dumps({"pinning": pinning,"runtime": det.runtime.name, "xnnpack": det.runtime.xnnpack,
                       "gaps": [[round(v, 1) for v in g.box] for g in gaps], "hints": hints, "outbox": depth,
                       "jpeg": jpeg > 1000, "notified": notified == b"READY=1",
                       "locked": (Path(workdir) / "shelfscout.lock").read_text().strip() == str(os.getpid())}))
@@ -185,6 +198,12 @@ def test_service_workload_runs_under_the_units_syscall_filter(tmp_path: Path) ->
     plain = _run(tmp_path, False, allow_file, DEFAULT_BUNDLE)
     boxed = _run(tmp_path, True, allow_file, DEFAULT_BUNDLE)
     print(f"{len(allow)} syscalls allowed; sandboxed run: {boxed}")
+    # Thread pinning is refused there (sched_setaffinity is in @resources): the log says so, and nothing stays pinned.
+    plain_pin, boxed_pin = plain.pop("pinning"), boxed.pop("pinning")
+    if plain_pin is not None:
+        assert plain_pin["pinned"] and plain_pin["said"].startswith("inference thread pinned")
+        assert not boxed_pin["pinned"] and boxed_pin["restored"]
+        assert boxed_pin["said"].startswith("threads not pinned: the OS refused"), boxed_pin
     # Same results inside the sandbox, including the fast XNNPACK path (no silent fallback to slow kernels).
     assert boxed == plain
     assert boxed["xnnpack"] and boxed["outbox"] == 1 and boxed["jpeg"] and boxed["notified"] and boxed["locked"]
