@@ -55,6 +55,9 @@ class CameraConfig:
     # no frame for this long: degraded (a read that returns an error is retried; a stream that goes silent is
     # reopened); a live camera's read blocked 4 x this long has hung for good: the watchdog restarts the service
     stall_s: float = 5.0
+    # degrees the picture is turned clockwise to stand upright: 180 for a camera mounted upside down, 90 or 270 for
+    # one on its side (width and height stay the size the camera delivers)
+    rotate: int = 0
 
 
 def default_threads() -> int:
@@ -258,6 +261,8 @@ def _validate(cfg: Config, errors: list[str]) -> None:
          f"must be above 0 and at most camera.reopen_max_s ({c.reopen_max_s:g})")
     need(c.reopen_attempts >= 0, "camera.reopen_attempts", "must be 0 (forever) or more")
     need(c.stall_s > 0, "camera.stall_s", "must be positive")
+    need(c.rotate in (0, 90, 180, 270), "camera.rotate",
+         "must be 0, 90, 180 or 270 (degrees clockwise that make the picture upright)")
     need(cfg.mqtt.reconnect_min_s > 0, "mqtt.reconnect_min_s", "must be positive")
     need(16 <= cfg.mqtt.snapshot_max_px <= 2560, "mqtt.snapshot_max_px",
          "must be from 16 to 2560 (pixels): a bigger JPEG can pass the shipped broker's 4 MB packet limit, and the "

@@ -16,7 +16,7 @@ ANALYSIS_WIDTH = 320
 class Hint:
     """One mounting problem: a stable machine code and a sentence for the person holding the camera."""
 
-    code: str  # too_dark | too_bright | blurred | motion_blur | tilted | no_shelf
+    code: str  # too_dark | too_bright | blurred | motion_blur | tilted | sideways | no_shelf
     message: str
 
 
@@ -40,6 +40,8 @@ class FrameMeasures:
     sharpness_y: float | None
     tilt_deg: float | None  # length-weighted median angle of near-horizontal lines, positive = right side higher
     horizontal_lines: int  # long near-horizontal line segments (shelf edges)
+    horizontal_length: float  # their summed length, analysis pixels
+    vertical_length: float  # summed length of long near-vertical segments (shelf edges of a camera on its side)
     edge_density: float  # share of edge pixels
 
 
@@ -55,6 +57,9 @@ class HintThresholds:
     motion_blur_px: float = 4.0  # predicted smear (frame pixels) at which details of labels vanish
     tilt_deg: float = 5.0
     min_shelf_lines: int = 2
+    # long lines this many times longer up and down than across, in all: shelf edges of a camera on its side (an
+    # upright shelf measured 0-0.04, tall products included; a turned one 1.7 and up)
+    sideways_ratio: float = 1.5
     min_edge_density: float = 0.01
 
 
@@ -90,15 +95,18 @@ def _sharpness(grey: np.ndarray, axis: int) -> float | None:
     return float(np.median(grad[edges] / contrast[edges]))
 
 
-def _lines(grey: np.ndarray) -> tuple[float | None, int, float]:
+def _lines(grey: np.ndarray) -> tuple[float | None, int, float, float, float]:
+    """Tilt (length-weighted median angle of near-horizontal segments), their count and summed length, the summed
+    length of near-vertical segments, and the edge density."""
     edges = cv2.Canny(cv2.GaussianBlur(grey, (3, 3), 0), 50, 150)
     density = float(np.count_nonzero(edges)) / edges.size
     w = grey.shape[1]
     segs = cv2.HoughLinesP(edges, 1, np.pi / 360, threshold=40, minLineLength=w // 4, maxLineGap=6)
     if segs is None:
-        return None, 0, density
+        return None, 0, 0.0, 0.0, density
     angles: list[float] = []
     weights: list[float] = []
+    vertical = 0.0
     for x0, y0, x1, y1 in np.asarray(segs).reshape(-1, 4):
         dx, dy = float(x1 - x0), float(y1 - y0)
         if dx < 0:
@@ -107,19 +115,21 @@ def _lines(grey: np.ndarray) -> tuple[float | None, int, float]:
         if abs(ang) <= 30.0:
             angles.append(ang)
             weights.append(math.hypot(dx, dy))
+        elif abs(ang) >= 75.0:
+            vertical += math.hypot(dx, dy)
     if not angles:
-        return None, 0, density
+        return None, 0, 0.0, vertical, density
     order = np.argsort(angles)
     a = np.asarray(angles)[order]
     cw = np.cumsum(np.asarray(weights)[order])
     median = float(a[int(np.searchsorted(cw, cw[-1] / 2.0))])
-    return median, len(angles), density
+    return median, len(angles), float(cw[-1]), vertical, density
 
 
 def measure(frame_rgb: np.ndarray) -> FrameMeasures:
     """Compute the frame statistics that the hints are based on."""
     grey = _grey_small(frame_rgb)
-    tilt, n_lines, density = _lines(grey)
+    tilt, n_lines, horizontal, vertical, density = _lines(grey)
     sx, sy = _sharpness(grey, 1), _sharpness(grey, 0)
     return FrameMeasures(
         mean_luma=float(grey.mean()),
@@ -130,6 +140,8 @@ def measure(frame_rgb: np.ndarray) -> FrameMeasures:
         sharpness_y=sy,
         tilt_deg=tilt,
         horizontal_lines=n_lines,
+        horizontal_length=horizontal,
+        vertical_length=vertical,
         edge_density=density,
     )
 
@@ -158,6 +170,12 @@ def mounting_hints(
 
     shelf_visible = m.horizontal_lines >= t.min_shelf_lines and m.edge_density >= t.min_edge_density
     blurred = m.sharpness is not None and m.sharpness < t.sharpness
+    if m.vertical_length > t.sideways_ratio * m.horizontal_length and m.edge_density >= t.min_edge_density:
+        # the long lines run up and down: shelf edges, seen by a camera on its side (the model and the motion
+        # estimate both need them across the picture)
+        hints.append(Hint("sideways", "Shelf edges run up and down the picture: the camera is on its side. Turn it "
+                                      "a quarter turn, or set camera.rotate = 90 or 270 in the config."))
+        return hints
     if not shelf_visible and m.edge_density < t.min_edge_density * 2 and not blurred:
         hints.append(Hint("no_shelf", "No shelf in view: the camera sees no shelf edges. Point it at the shelves, "
                                       "level, from the side of the cart."))

@@ -86,6 +86,14 @@ def mask_url(url: str) -> str:
     return redact_url(url)
 
 
+_TURNS = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+
+
+def upright(image: np.ndarray, degrees: int) -> np.ndarray:
+    """The frame turned `degrees` clockwise (camera.rotate), so shelves stand upright however the camera is mounted."""
+    return cv2.rotate(image, _TURNS[degrees]) if degrees else image
+
+
 def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize to (w, h) when the frame has a different size."""
     w, h = size
@@ -134,6 +142,7 @@ class OpenCVSource:
         self.target = target
         self.kind = kind
         self.size = (cfg.width, cfg.height)
+        self.rotate = cfg.rotate
         self.realtime = cfg.realtime and kind == "file"
         self.loop = cfg.loop and kind == "file"
         self.finite = kind == "file" and not cfg.loop
@@ -259,7 +268,7 @@ class OpenCVSource:
         self._index += 1
         if bgr.ndim == 2:
             bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
-        return cv2.cvtColor(_fit(bgr, self.size), cv2.COLOR_BGR2RGB)
+        return upright(cv2.cvtColor(_fit(bgr, self.size), cv2.COLOR_BGR2RGB), self.rotate)
 
     def close(self) -> None:
         if self._cap is not None:
@@ -277,6 +286,7 @@ class FolderSource:
         self.folder = Path(folder)
         self.name = str(folder)
         self.size = (cfg.width, cfg.height)
+        self.rotate = cfg.rotate
         self.loop = cfg.loop
         self.finite = not cfg.loop
         self.fps: float | None = cfg.fps
@@ -338,7 +348,7 @@ class FolderSource:
                 if not self.loop:  # only a finite folder is resumed by `seek` (and a looped one would grow this)
                     self._file_of[self._decoded] = self._pos - 1
                 self._decoded += 1
-                return cv2.cvtColor(_fit(bgr, self.size), cv2.COLOR_BGR2RGB)
+                return upright(cv2.cvtColor(_fit(bgr, self.size), cv2.COLOR_BGR2RGB), self.rotate)
             log.warning("folder %s: skipping %s (cannot decode)", self.name, path.name)
             skipped += 1
             if skipped >= len(self._files):
@@ -366,6 +376,7 @@ class Picamera2Source:
         self.name = "picamera2" if camera_num == 0 else f"picamera2:{camera_num}"
         self.camera_num = camera_num
         self.fps: float | None = cfg.fps
+        self.rotate = cfg.rotate
         self.lores_size = (cfg.width - cfg.width % 2, cfg.height - cfg.height % 2)
         if main_size is None:  # same aspect as lores, so the ISP scales both from the same field of view
             k = max(1.0, PICAMERA2_MAIN_WIDTH / self.lores_size[0])
@@ -438,7 +449,7 @@ class Picamera2Source:
             while len(self._held) > SNAPSHOT_HELD:
                 self._held.popleft()[1].release()
         self._reads += 1
-        return rgb
+        return upright(rgb, self.rotate)
 
     def snapshot_frame(self, index: int | None = None) -> MainFrame | None:
         """The main-stream (full resolution) RGB image of read `index` (the most recent read when None), or None
@@ -449,7 +460,7 @@ class Picamera2Source:
                 return None
             i, request = found[-1]
             bgr = request.make_array("main")
-        return MainFrame(index=i, image=cv2.cvtColor(bgr[:, :, :3], cv2.COLOR_BGR2RGB))
+        return MainFrame(index=i, image=upright(cv2.cvtColor(bgr[:, :, :3], cv2.COLOR_BGR2RGB), self.rotate))
 
     def close(self) -> None:
         with self._lock:

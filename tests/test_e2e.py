@@ -162,6 +162,33 @@ def test_cart_pass_gives_no_alert_on_filled_shelf(pass_run: dict[str, Any]) -> N
     assert pass_run["score"].false_alarms == [], f"alerts on filled shelf: {pass_run['score'].false_alarms}"
 
 
+def test_a_camera_mounted_on_its_side_alerts_like_an_upright_one(tmp_path: Path, cart_pass: CartPass,
+                                                                  pass_run: dict[str, Any]) -> None:
+    """The same pass recorded by a camera turned a quarter turn (portrait frames, the shelf running up the picture),
+    run with `camera.rotate = 90`: the same gaps alerted as by the upright camera, none on filled shelf, and
+    snapshots that stand upright (landscape, as the frames the model saw)."""
+    from convert.cartpass import iter_video_rgb
+
+    turned = tmp_path / "turned.mp4"
+    writer = cv2.VideoWriter(str(turned), cv2.VideoWriter.fourcc(*"mp4v"), 15.0, (480, 640))
+    for rgb in iter_video_rgb(cart_pass.path):
+        writer.write(cv2.rotate(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), cv2.ROTATE_90_COUNTERCLOCKWISE))
+    writer.release()
+    with Mosquitto(tmp_path / "broker") as broker:
+        sub = ValidatingSubscriber(broker.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="e2e-backend").start()
+        log = tmp_path / "service.log"
+        run_to_end(write_config(tmp_path, turned, broker.url, camera="width = 480\nheight = 640\nrotate = 90"), log)
+        all_delivered(sub, log)
+    score = score_pass(cart_pass, alerts_of(sub))
+    upright = pass_run["score"]
+    assert score.found == upright.found and score.duplicates == {} and score.false_alarms == [], (
+        f"turned: {score.summary()}; upright: {upright.summary()}")
+    check_payloads_and_snapshots(sub)
+    for m in sub.containing("/snapshots/"):
+        img = cv2.imdecode(np.frombuffer(m.payload, np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape[1] > img.shape[0], "a snapshot of the turned camera is not upright"
+
+
 def test_broker_down_at_start_then_all_alerts_arrive(tmp_path: Path, cart_pass: CartPass) -> None:
     port = free_port()
     log = tmp_path / "service.log"

@@ -196,3 +196,13 @@ def test_bad_input_is_a_value_error() -> None:
         mounting_hints(np.zeros((480, 640), np.uint8))
     with pytest.raises(ValueError):
         mounting_hints(np.zeros((8, 8, 3), np.uint8))
+
+
+@pytest.mark.parametrize(("seed", "name"), CASES)
+@pytest.mark.parametrize("turn", [cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_90_COUNTERCLOCKWISE])
+def test_a_camera_on_its_side_is_told_to_turn_or_set_camera_rotate(seed: int, name: str, turn: int) -> None:
+    hints = mounting_hints(cv2.rotate(_image(seed, name), turn), shift_px_per_frame=3.0)
+    assert _codes(hints) == ["sideways"]
+    assert "camera.rotate = 90 or 270" in hints[0].message
+    # upside down is a shelf the right way across: no hint about it (the preview's picture shows it)
+    assert "sideways" not in _codes(mounting_hints(cv2.rotate(_image(seed, name), cv2.ROTATE_180)))

@@ -251,3 +251,34 @@ def test_realtime_video_still_gives_every_frame_in_order(tmp_path: Path) -> None
     frames = read_all(src)
     assert [frame_id(f) for f in frames] == list(range(12))
     assert src.fps == pytest.approx(60.0)
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_a_camera_mounted_on_its_side_or_upside_down_gives_upright_frames(tmp_path: Path, degrees: int) -> None:
+    """A recording of a camera turned against the shelf, read with camera.rotate, gives the upright pictures: the
+    clip is written turned the other way, and the frames read back are the upright clip's, numbers and all."""
+    undo = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}[degrees]
+    turned = [cv2.rotate(frame_bgr(i), undo) for i in range(6)]
+    th, tw = turned[0].shape[:2]
+    writer = cv2.VideoWriter(str(tmp_path / "turned.mp4"), cv2.VideoWriter.fourcc(*"mp4v"), 15.0, (tw, th))
+    for img in turned:
+        writer.write(img)
+    writer.release()
+    folder = tmp_path / "turned"
+    folder.mkdir()
+    for i, img in enumerate(turned):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), img)
+    for source in (tmp_path / "turned.mp4", folder):
+        frames = read_all(open_source(CameraConfig(source=str(source), width=tw, height=th, rotate=degrees)))
+        assert [f.shape for f in frames] == [(H, W, 3)] * 6
+        assert [frame_id(f) for f in frames] == list(range(6))
+        red = frames[0][204:228, 284:308].reshape(-1, 3).mean(axis=0)  # the red patch is back at bottom right
+        assert red[0] > 200 and red[1] < 50 and red[2] < 50
+
+
+def test_camera_rotate_takes_only_quarter_turns() -> None:
+    from edge.config import ConfigError, parse
+
+    with pytest.raises(ConfigError, match=r"camera\.rotate.*0, 90, 180 or 270"):
+        parse('[camera]\nsource = "x.mp4"\nrotate = 45\n')
+    assert parse('[camera]\nsource = "x.mp4"\nrotate = 270\n').camera.rotate == 270

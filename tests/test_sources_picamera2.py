@@ -263,3 +263,18 @@ def test_capture_thread_reopens_a_failing_pi_camera(picam: type[StandInPicamera2
     assert snap is not None and snap.image.shape == (MH, MW, 3) and snap.index >= 11
     assert own is not None and last is not None and own.index == last.index
     assert before_reopen is None
+
+
+def test_camera_rotate_turns_the_lores_frames_and_the_snapshots(picam: type[StandInPicamera2]) -> None:
+    """A Pi camera mounted on its side (camera.rotate = 90): inference frames and snapshots both stand upright."""
+    src = open_source(cfg(rotate=90))
+    src.open()
+    try:
+        img = src.read()
+        assert img is not None and img.shape == (LW, LH, 3)
+        want = cv2.rotate(scene(LW, LH, 0), cv2.ROTATE_90_CLOCKWISE)
+        assert np.abs(img.astype(int) - want).mean() < 4
+        snap = src.snapshot_frame()
+        assert snap is not None and np.array_equal(snap.image, cv2.rotate(scene(MW, MH, 0), cv2.ROTATE_90_CLOCKWISE))
+    finally:
+        src.close()
