@@ -79,6 +79,23 @@ class ActiveModel:
     sha256: str  # sha256 of the manifest bytes (identifies the bundle folder) or of the bundle file
 
 
+@dataclass(frozen=True)
+class _Later:
+    """A release kept to be applied later: its payload and the version it announced (read once, when verified)."""
+
+    payload: bytes
+    version: int | None
+
+
+@dataclass(frozen=True)
+class _Retry:
+    """A release that failed for a transient cause, tried again at `due` (monotonic); `backoff` doubles each time."""
+
+    release: _Later
+    due: float
+    backoff: float
+
+
 class Updater:
     """OTA updates for one device. Thread model: one worker thread runs downloads and checks; `observe_frame`
     runs on the pipeline thread; switching and rollback are serialised by a lock."""
@@ -112,10 +129,10 @@ class Updater:
         # not see, so a garbage model cannot confirm a false alert before its verdict; None once it passed
         self._held_version: int | None = None
         self._recent: deque[bool] = deque(maxlen=max(20, cfg.ota.probation_frames))  # plausible frames, running model
-        self._deferred: bytes | None = None
+        self._deferred: _Later | None = None  # the newest release announced during a probation
         self._pending_rollback: OtaError | None = None  # decided on the pipeline thread, done on the worker
         self._rollback_at = 0.0  # monotonic time before which a failed rollback is not tried again
-        self._retry: tuple[bytes, float, float] | None = None  # payload, due (monotonic), backoff
+        self._retry: _Retry | None = None
         self._handled: dict[str, str] = {}  # payload digest -> outcome state, to ignore repeats
         self._active: ActiveModel | None = None
         self.running_version: int | None = None  # the model the service runs (set by it, and by every switch here)
@@ -308,11 +325,11 @@ class Updater:
                 with self._lock:  # against the frame thread's verdict, which queues what waits
                     if self._window is not None or self._pending_rollback is not None:
                         # one model on probation at a time: the newest release that would apply goes next
-                        waiting = _release_version(self._deferred) if self._deferred is not None else None
+                        waiting = self._deferred.version if self._deferred is not None else None
                         if waiting is not None and waiting >= version:
                             return Outcome("skipped", version, "superseded",
                                            f"v{waiting} waits already", time.monotonic() - t0)
-                        self._deferred = payload
+                        self._deferred = _Later(payload, version)
                         log.info("release v%d waits until the model on probation passes or is rolled back",
                                  version)
                         self._emit("deferred", version)
@@ -433,8 +450,12 @@ class Updater:
         self._held_version = None
         log.info("model v%s passed probation", version)
         self._emit("active", version)
+        self._release_deferred()
+
+    def _release_deferred(self) -> None:
+        """The probation is over: the release that waited for it goes to the worker."""
         if self._deferred is not None:
-            self._queue.put(self._deferred)
+            self._queue.put(self._deferred.payload)
             self._deferred = None
 
     def _rollback(self, err: OtaError, swap: bool = True) -> None:
@@ -478,9 +499,7 @@ class Updater:
                 shutil.rmtree(failed_dir, ignore_errors=True)
             log.error("rolled back to %s: %s", target, err)
             self._emit("rolled_back", version, err)
-            if self._deferred is not None:
-                self._queue.put(self._deferred)
-                self._deferred = None
+            self._release_deferred()
 
     def _fall_back(self, rotten: Path, why: str) -> Path | None:
         prev = links.target(self.models_dir, links.PREVIOUS)
@@ -531,7 +550,7 @@ class Updater:
             now = time.monotonic()
             due = [next_poll] if poll else []
             if self._retry is not None:
-                due.append(self._retry[1])
+                due.append(self._retry.due)
             wait = max(0.0, min(due) - now) if due else 1.0
             try:
                 item = self._queue.get(timeout=min(wait, 1.0))
@@ -547,8 +566,8 @@ class Updater:
                     self._try_rollback(err)
                 if item:
                     self._handle(item)
-                if self._retry is not None and time.monotonic() >= self._retry[1]:
-                    payload, _, backoff = self._retry
+                if self._retry is not None and time.monotonic() >= self._retry.due:
+                    payload, backoff = self._retry.release.payload, self._retry.backoff
                     self._retry = None
                     self._handle(payload, backoff)
                 if poll and time.monotonic() >= next_poll:
@@ -584,13 +603,13 @@ class Updater:
         while len(self._handled) > 256:
             self._handled.pop(next(iter(self._handled)))
         if out.state in ("probation", "active") and self._retry is not None:
-            pending = _release_version(self._retry[0])
+            pending = self._retry.release.version
             if pending is None or out.version is None or pending <= out.version:
                 self._retry = None  # superseded: retrying it now would only be refused as a replay
         if out.state == "failed":
             floor = self.retry_min_s
             backoff = min(max(floor, backoff * 2), max(floor, self.cfg.ota.poll_interval_s))
-            self._retry = (payload, time.monotonic() + backoff, backoff)
+            self._retry = _Retry(_Later(payload, _release_version(payload)), time.monotonic() + backoff, backoff)
 
     def _poll(self) -> None:
         url = self.cfg.ota.poll_url
