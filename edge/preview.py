@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from edge.hints import Exposure, Hint, mounting_hints
+from edge.snapshot import FONT, draw_tag, tag_height
 from edge.types import Gap
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,15 @@ def model_label(info: dict[str, Any]) -> str:
     return f"{name} v{version}" if version is not None else str(name)
 
 
+TAG_FONT_PER_PX = 1 / 900  # font scale per pixel of picture width: a tag a 27th of the width tall
+
+
 def annotate(frame_rgb: np.ndarray, gaps: Sequence[Gap], tracks: Sequence[Any], info: dict[str, Any],
              max_width: int = 960) -> np.ndarray:
-    """Draw gaps (red, with score), tracks (id; confirmed ones thicker) and a HUD line. Returns a BGR image."""
+    """Draw gaps (red, with score), tracks (id; confirmed ones thicker) and a HUD line. Returns a BGR image.
+
+    Tags are sized to the picture's width (a 27th of it tall), so they keep their share of it however wide a
+    screen shows it: about 13 CSS px on a 390-px phone. The HUD line shrinks to fit the width."""
     h, w = frame_rgb.shape[:2]
     scale = min(1.0, max_width / w)
     if scale < 1.0:
@@ -94,7 +101,7 @@ def annotate(frame_rgb: np.ndarray, gaps: Sequence[Gap], tracks: Sequence[Any], 
         img = frame_rgb.copy()
     img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
     thick = max(1, round(img.shape[1] / 320))
-    font_scale = max(0.4, img.shape[1] / 1100)
+    font_scale = TAG_FONT_PER_PX * img.shape[1]
 
     def pt(x: float, y: float) -> tuple[int, int]:
         return round(x * scale), round(y * scale)
@@ -107,41 +114,26 @@ def annotate(frame_rgb: np.ndarray, gaps: Sequence[Gap], tracks: Sequence[Any], 
         p0, p1 = pt(x0, y0), pt(x1, y1)
         p0, p1 = (p0[0] - pad, p0[1] - pad), (p1[0] + pad, p1[1] + pad)
         cv2.rectangle(img, p0, p1, colour, thick * 3 if confirmed else thick)
-        tag = f"#{t.track_id}"
-        (tw, th), _ = cv2.getTextSize(tag, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
-        ty = min(img.shape[0] - 1, p1[1] + th + 4)  # a tag under the box's bottom-left corner
-        cv2.rectangle(img, (p0[0], ty - th - 4), (p0[0] + tw + 4, ty), colour, -1)
-        cv2.putText(img, tag, (p0[0] + 2, ty - 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 1, cv2.LINE_AA)
+        # a tag under the box's bottom-left corner (its top-left corner, were the tag a box of its own)
+        draw_tag(img, f"#{t.track_id}", (p0[0], min(img.shape[0] - 1, p1[1] + tag_height(font_scale))), colour,
+                 font_scale, ink=(0, 0, 0))
 
     hud = (f"{_fmt(info.get('fps'))} fps  |  {_fmt(info.get('inference_ms'))} ms  |  {model_label(info)}  |  "
            f"outbox {_fmt(info.get('outbox_depth'))}  |  gaps {len(gaps)}")
-    (_, hud_h), _ = cv2.getTextSize(hud, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+    (hud_w, _), _ = cv2.getTextSize(hud, FONT, font_scale, 1)
+    hud_scale = font_scale * min(1.0, (img.shape[1] - 12) / max(hud_w, 1))  # shrunk to fit the width
+    (_, hud_h), _ = cv2.getTextSize(hud, FONT, hud_scale, 1)
     band_h = hud_h + 12  # the darkened strip at the top, drawn last: no gap label may sit under it
 
     for g in gaps:  # on top of the tracks, so the scores stay readable
         p0, p1 = pt(g.x0, g.y0), pt(g.x1, g.y1)
         cv2.rectangle(img, p0, p1, (40, 40, 235), thick + 1)
-        label = f"gap {g.score:.2f}"
-        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
-        lx, ty = label_place(p0, tw, th, band_h, img.shape[1])
-        cv2.rectangle(img, (lx, ty - th - 4), (lx + tw + 4, ty), (40, 40, 235), -1)
-        cv2.putText(img, label, (lx + 2, ty - 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1,
-                    cv2.LINE_AA)
+        draw_tag(img, f"gap {g.score:.2f}", p0, (40, 40, 235), font_scale, top_h=band_h)
 
     band = img[:band_h]
     band[:] = (band.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken the strip under the HUD
-    cv2.putText(img, hud, (6, hud_h + 5), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(img, hud, (6, hud_h + 5), FONT, hud_scale, (255, 255, 255), 1, cv2.LINE_AA)
     return img
-
-
-def label_place(top_left: tuple[int, int], tw: int, th: int, top_h: int, width: int) -> tuple[int, int]:
-    """Where a gap's score label goes: its left edge and baseline. Above the box's top-left corner, inside the
-    picture's right edge, and never under the top `top_h` rows (the status strip): there it moves down into the
-    box."""
-    x0, y0 = top_left
-    lx = min(max(x0, 0), max(0, width - tw - 4))
-    ty = y0 if y0 - th - 4 >= top_h else max(y0, top_h) + th + 4
-    return lx, ty
 
 
 # Every connection is a thread, and the unit caps the service's tasks (TasksMax=64): a preview reachable from the

@@ -7,6 +7,7 @@ import numpy as np
 
 BOX_BGR = (0, 0, 255)  # red
 TEXT_BGR = (255, 255, 255)
+FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def render_snapshot(
@@ -51,22 +52,46 @@ def render_snapshot(
         )
         cv2.rectangle(bgr, p0, p1, BOX_BGR, thick, cv2.LINE_AA)
         if label:
-            font_scale = max(0.4, max(out_w, out_h) / 1000)
-            (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
-            tx = min(max(p0[0], 0), max(0, out_w - tw - 4))
-            ty = p0[1] - thick if p0[1] - th - base - thick >= 0 else p0[1] + th + base + thick
-            cv2.rectangle(bgr, (tx, ty - th - base), (tx + tw + 4, ty + base // 2), BOX_BGR, cv2.FILLED)
-            cv2.putText(
-                bgr,
-                label,
-                (tx + 2, ty - base // 2),
-                cv2.FONT_HERSHEY_SIMPLEX,
-                font_scale,
-                TEXT_BGR,
-                1,
-                cv2.LINE_AA,
-            )
+            draw_tag(bgr, label, (p0[0], p0[1] - thick // 2), BOX_BGR, max(0.4, max(out_w, out_h) / 1000))
     ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:  # pragma: no cover - cv2 only fails on invalid input, which was checked above
         raise ValueError("JPEG encoding failed")
     return buf.tobytes()
+
+
+def label_place(top_left: tuple[int, int], tw: int, th: int, top_h: int, width: int) -> tuple[int, int]:
+    """Where a box's label goes: its left edge and its tag's bottom row, for a tag tw wide and th + 4 high. Above
+    the box's top-left corner, inside the picture's right edge, and never in the top `top_h` rows (a status
+    strip): there it moves down into the box."""
+    x0, y0 = top_left
+    lx = min(max(x0, 0), max(0, width - tw - 4))
+    ty = y0 if y0 - th - 4 >= top_h else max(y0, top_h) + th + 4
+    return lx, ty
+
+
+def draw_tag(
+    img: np.ndarray,
+    text: str,
+    top_left: tuple[int, int],
+    fill: tuple[int, int, int],
+    font_scale: float,
+    top_h: int = 0,
+    ink: tuple[int, int, int] = TEXT_BGR,
+) -> None:
+    """Write `text` in `ink` on a filled tag of `fill` at a box's top-left corner, placed by `label_place`, so it
+    reads on any background (in place; colours in the image's own order)."""
+    weight = _weight(font_scale)
+    (tw, th), base = cv2.getTextSize(text, FONT, font_scale, weight)
+    lx, ty = label_place(top_left, tw, th + base, top_h, img.shape[1])
+    cv2.rectangle(img, (lx, ty - th - base - 4), (lx + tw + 4, ty), fill, cv2.FILLED)
+    cv2.putText(img, text, (lx + 2, ty - base - 2), FONT, font_scale, ink, weight, cv2.LINE_AA)
+
+
+def tag_height(font_scale: float) -> int:
+    """How many rows a tag of `draw_tag` takes at `font_scale` (the same for any text)."""
+    (_, th), base = cv2.getTextSize("0", FONT, font_scale, _weight(font_scale))
+    return th + base + 4
+
+
+def _weight(font_scale: float) -> int:
+    return max(1, round(font_scale * 1.5))  # strokes thicken with the letters, so large tags stay crisp

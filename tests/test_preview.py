@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.preview import BOUNDARY, PreviewServer, annotate, label_place, model_label, parse_bind
+from edge.preview import BOUNDARY, PreviewServer, annotate, model_label, parse_bind
+from edge.snapshot import label_place
 from edge.tracker import TrackView
 from edge.types import Gap
 from tests.test_hints import draw_shelf
@@ -170,6 +171,26 @@ def test_gap_labels_stay_out_of_the_status_strip_and_inside_the_picture() -> Non
     assert not ((band[:, 2] > 180) & (band[:, 1] < 90)).any()  # no label fill inside the strip
     below = img[25:45, 305:360].reshape(-1, 3).astype(int)
     assert ((below[:, 2] > 180) & (below[:, 1] < 90) & (below[:, 0] < 90)).mean() > 0.3
+
+
+def test_tags_are_sized_to_the_picture_so_a_phone_can_read_them() -> None:
+    # A 390-px phone shows the picture about 366 CSS px wide: the gap labels and track tags of a 640-px frame were
+    # 17 px tall there (9.7 CSS px, letters of 7). They are a 27th of the picture's width now, at any width.
+    for width in (640, 1280):
+        frame = np.full((width * 3 // 4, width, 3), 200, np.uint8)
+        u = width / 640
+        gap = Gap(200 * u, 200 * u, 280 * u, 280 * u, score=0.9)
+        track = TrackView(track_id=7, box=(400 * u, 150 * u, 480 * u, 230 * u), confirmed=True, hits=4, score=0.9,
+                          alert_id="a7")
+        img = annotate(frame, [gap], [track], INFO, 960).astype(int)
+        shown = img.shape[1]
+        k = shown / width
+        red = (img[..., 2] > 180) & (img[..., 1] < 90) & (img[..., 0] < 90)
+        label = red[: round(200 * u * k) - 2, round(200 * u * k) + 1]  # the label's first column, over the box
+        assert label.sum() >= shown / 27 - 1, (width, int(label.sum()))
+        green = (img[..., 1] > 180) & (img[..., 2] < 120) & (img[..., 0] < 120)
+        tag_bottom = np.nonzero(green[:, round(400 * u * k)])[0].max()  # the tag hangs under the track's box
+        assert tag_bottom - 230 * u * k >= shown / 27, (width, int(tag_bottom))
 
 
 def test_encoding_is_capped_at_max_fps_for_many_viewers() -> None:
