@@ -540,7 +540,12 @@ PAGE = """<!doctype html>
   header { display:flex; align-items:baseline; justify-content:space-between; padding:12px 14px 8px; }
   h1 { font-size:20px; margin:0; letter-spacing:.3px; }
   #who { color:var(--dim); font-size:14px; }
-  #live { width:100%; display:block; background:#000; aspect-ratio:4/3; object-fit:contain; }
+  #live { width:100%; max-height:60vh; display:block; background:#000; aspect-ratio:4/3; object-fit:contain; }
+  /* a laptop: the picture beside the numbers and hints, all above the fold, instead of a 2x upscale on top */
+  @media (min-width: 900px) {
+    main { display:grid; grid-template-columns:minmax(0, 3fr) minmax(320px, 2fr); align-items:start; }
+    #live { max-height:calc(100vh - 56px); }
+  }
   .grid { display:grid; grid-template-columns:1fr 1fr; gap:10px; padding:12px 14px; }
   .tile { background:var(--card); border-radius:14px; padding:10px 14px; }
   .num { font-size:34px; font-weight:700; line-height:1.1; font-variant-numeric:tabular-nums; }
@@ -560,7 +565,9 @@ PAGE = """<!doctype html>
 </head>
 <body>
 <header><h1>shelfscout</h1><span id="who">live preview</span><span id="state">…</span></header>
+<main>
 <img id="live" src="/stream.mjpg" alt="live camera view">
+<div>
 <div class="grid">
   <div class="tile"><div class="num" id="fps">–</div><div class="lbl">frames / s</div></div>
   <div class="tile"><div class="num" id="ms">–</div><div class="lbl">inference ms</div></div>
@@ -570,6 +577,8 @@ PAGE = """<!doctype html>
 <h2>Mounting check</h2>
 <ul id="hints"><li class="ok">Waiting for the camera…</li></ul>
 <footer>Red boxes: empty spots. Green: confirmed gaps (one alert each). Yellow: gaps being checked.</footer>
+</div>
+</main>
 <script>
 function fmt(v, d) { return (typeof v === "number") ? v.toFixed(d) : (v == null ? "–" : String(v)); }
 function set(id, text) { document.getElementById(id).textContent = text; }

@@ -171,3 +171,30 @@ def test_an_open_page_reconnects_its_stream_after_the_service_restarts(tmp_path:
     assert reopened, "the page did not open the stream again"
     assert first != second and "/stream.mjpg?t=" in second
 
+
+
+@pytest.mark.parametrize("size", [(1280, 800), (1366, 768), (412, 915)])
+def test_the_numbers_and_the_first_hint_are_above_the_fold(tmp_path: Path, size: tuple[int, int]) -> None:
+    """On a 1280x800 laptop the 640x480 picture was stretched to the page's width (1280x960, a 2x upscale): the
+    numbers and the mounting hints were all below the fold. The picture now takes at most 60 % of the height, and
+    sits beside them on a wide screen; a phone keeps the picture on top."""
+    p = PreviewServer("127.0.0.1:0", max_fps=10).start()
+    frame = shelf_images(7)[0][1]
+    try:
+        with Feeder(p, frame, {"fps": 14.8, "inference_ms": 4.6, "model": "shelfgap v6", "outbox_depth": 2}), \
+                Browser(p.url, tmp_path, size=size) as page:
+            assert page.wait_for("document.getElementById('fps').textContent === '14.8'", 60)
+            assert page.wait_for("document.getElementById('live').naturalWidth > 0", 30), "no picture shown"
+            box = page.eval("""(() => {
+                const r = sel => document.querySelector(sel).getBoundingClientRect();
+                const live = r('#live');
+                return {w: innerWidth, h: innerHeight, live: [live.top, live.width, live.height],
+                        tiles: r('.grid').bottom, hint: r('#hints li').top};
+            })()""")
+    finally:
+        p.stop()
+    assert box["tiles"] <= box["h"] and box["hint"] < box["h"], box  # numbers and the first hint in view
+    top, width, height = box["live"]
+    assert top < 80 and height >= 0.3 * box["h"], box  # the picture first, and not shrunk to a stamp
+    if box["w"] < 900:
+        assert width >= box["w"] - 1, box  # a phone: the full width
