@@ -571,19 +571,20 @@ def _eval_cmd(args: argparse.Namespace) -> int:
               f"v{bundle.manifest.version}")
         print(f"  threshold {thr:.2f}: precision {res.precision:.3f}, recall {res.recall:.3f}, F1 {res.f1:.3f} "
               f"(TP {res.tp}, FP {res.fp}, FN {res.fn})")
-        ci = out.get("ap50_interval")
-        band = f" ({ci['level'] * 100:.0f} % interval over images {ci['low']:.3f}-{ci['high']:.3f})" if ci else ""
+        # from the figures themselves, as the report: the JSON's are rounded to 4 places, and rounding those again
+        # to 3 could differ from the report by one in the last place (0.4715 -> 0.471 against 0.47153 -> 0.472)
+        band = (f" ({interval.level * 100:.0f} % interval over images {interval.low:.3f}-{interval.high:.3f})"
+                if interval is not None else "")
         if res.ground_truth == 0:  # no labelled gap: AP and recall mean nothing, only false alarms count
             print(f"  no labelled gaps: AP50 and recall are not defined here; {res.fp} detections at the threshold "
                   "are all false alarms (if these frames are fully stocked)")
         else:
             print(f"  AP50 {res.ap50:.3f}{band}; best F1 {res.best_f1:.3f} at threshold {res.best_f1_threshold:.2f}")
-        if "against" in out:
-            a = out["against"]
-            d = a["ap50_diff"]
-            print(f"  against {a['model']['name']} v{a['model']['version']}: AP50 {a['ap50']:.3f}; difference "
-                  f"{d['value']:+.3f} ({d['level'] * 100:.0f} % paired interval {d['low']:+.3f} to {d['high']:+.3f}), "
-                  f"higher in {a['share_a_higher']:.0%} of {d['resamples']} resamples")
+        if against is not None:
+            d = against.comparison.diff
+            print(f"  against {against.desc}: AP50 {against.result.ap50:.3f}; difference "
+                  f"{d.value:+.3f} ({d.level * 100:.0f} % paired interval {d.low:+.3f} to {d.high:+.3f}), "
+                  f"higher in {against.comparison.share_a_higher:.0%} of {d.resamples} resamples")
         if "report" in out:
             print(f"  report: {out['report']}")
     return 0

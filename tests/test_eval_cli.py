@@ -166,6 +166,27 @@ def test_the_report_of_a_comparison_shows_both_models(
     assert has(_pr_png(page), SERIES_COLOURS[1]) and not has(_pr_png(single), SERIES_COLOURS[1])
 
 
+def test_the_terminal_and_the_report_give_the_same_interval(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One `eval --against` run said "interval over images 0.411-0.471" on the terminal and 0.411-0.472 in its
+    report: the terminal rounded the JSON's figures (already rounded to 4 places) again. Interval ends that round
+    differently that way (0.47153 -> 0.4715 -> 0.471) now read the same in both."""
+    import convert.bootstrap as bootstrap
+    from convert.bootstrap import Comparison, Interval
+
+    monkeypatch.setattr(bootstrap, "ap50_interval", lambda matched, resamples: Interval(0.44, 0.41049, 0.47153,
+                                                                                          0.95, resamples))
+    monkeypatch.setattr(bootstrap, "compare_ap50", lambda a, b, resamples: Comparison(
+        Interval(0.0, -0.03551, 0.04653, 0.95, resamples), 0.5))
+    assert main(["eval", str(data), "--bootstrap", "20", "--against", str(DEFAULT_BUNDLE),
+                 "--report", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "interval over images 0.410-0.472" in out and "interval over the images 0.410-0.472" in page
+    assert "paired interval -0.036 to +0.047" in out and "paired interval -0.036 to +0.047" in page
+
+
 @pytest.mark.parametrize("args", [["--bootstrap", "-1"], ["--bootstrap", "0", "--against", "x.bundle"],
                                   ["--against", "missing.bundle"]])
 def test_eval_refuses_a_bad_bootstrap_or_comparison(
