@@ -15,8 +15,9 @@ import cv2
 import numpy as np
 
 from convert.bootstrap import Comparison, Interval
-from convert.calibration import MIN_SCORE, ScoreBins
+from convert.calibration import MIN_SCORE, ScoreBin, ScoreBins
 from convert.evaluate import EvalResult, ImageMatch, PRPoint
+from edge.snapshot import draw_tag
 
 HIT = (40, 200, 60)  # RGB
 MISS = (255, 200, 0)
@@ -49,61 +50,114 @@ def _b64(data: bytes) -> str:
 
 SERIES_COLOURS = ((30, 90, 200), (230, 120, 20), (40, 160, 60), (150, 60, 180))  # RGB, one per curve
 
+CHART_SCALE = 2  # the page's charts: 960 px shown at most 480 CSS px wide, sharp on a phone's 2-3x screen
+# Font scales of a chart at scale 1, in a 480-px chart: shown 366 CSS px wide on a 390-px phone, a tick label's
+# digits are about 9 CSS px tall (at 0.4 they were 6-7). The report draws its charts at scale 2, for sharp text.
+TICK_FONT = 0.55
+TITLE_FONT = 0.6
+LEGEND_FONT = 0.55
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+INK = (0, 0, 0)
+GREY = (80, 80, 80)
+GRID = (230, 230, 230)
 
-def draw_pr_curve(curve: Sequence[PRPoint], threshold: float, size: int = 480) -> np.ndarray:
+
+@dataclass(frozen=True)
+class Axis:
+    """A chart's value axis: where a value falls along it (0 at the start, 1 at the end), and its ticks, each a
+    grid line, with a label unless it is empty."""
+
+    to_unit: Callable[[float], float]
+    ticks: tuple[tuple[float, str], ...]
+
+    @staticmethod
+    def linear(top: float) -> Axis:
+        """0 to `top`, a grid line every tenth, every other one labelled."""
+        def label(v: float) -> str:
+            return f"{v:.1f}" if top <= 2 else f"{v:g}"
+
+        return Axis(lambda v: v / top,
+                    tuple((k / 10 * top, label(k / 10 * top) if k % 2 == 0 else "") for k in range(11)))
+
+
+def _put(img: np.ndarray, text: str, org: tuple[int, int], font: float, colour: tuple[int, int, int],
+         scale: int) -> None:
+    """Text at `org` (baseline left), `font` the scale-1 size: strokes thicken with the chart's scale."""
+    cv2.putText(img, text, org, FONT, font * scale, colour, max(1, round(scale * 1.2)), cv2.LINE_AA)
+
+
+def _width(text: str, font: float, scale: int) -> int:
+    return cv2.getTextSize(text, FONT, font * scale, max(1, round(scale * 1.2)))[0][0]
+
+
+def _fit(text: str, font: float, room: int, scale: int) -> float:
+    """`font`, made smaller if `text` would be wider than `room` pixels."""
+    return font * min(1.0, room / max(_width(text, font, scale), 1))
+
+
+def draw_pr_curve(curve: Sequence[PRPoint], threshold: float, size: int = 480, scale: int = 1) -> np.ndarray:
     """An RGB image of the precision/recall curve, with the operating point at `threshold` marked."""
-    return draw_pr_curves([("", curve, threshold)], size)
+    return draw_pr_curves([("", curve, threshold)], size, scale)
 
 
-def _chart(size: int, x_max: float, x_label: str, y_label: str) -> tuple[np.ndarray, Callable[[float, float], tuple[int, int]]]:
-    """A white size x size RGB chart with a grid, x from 0 to `x_max` and y from 0 to 1, and its point mapper."""
+def _chart(size: int, x_axis: Axis, x_label: str, y_label: str,
+           scale: int = 1) -> tuple[np.ndarray, Callable[[float, float], tuple[int, int]]]:
+    """A white chart of size x size layout pixels, drawn `scale` times larger, with a grid, x along `x_axis` and
+    y from 0 to 1, and its point mapper (to the drawn pixels)."""
     pad = 48
-    img = np.full((size, size, 3), 255, np.uint8)
-    x0, y0, x1, y1 = pad, pad // 2, size - pad // 2, size - pad
+    img = np.full((size * scale, size * scale, 3), 255, np.uint8)
+    x0, y0, x1, y1 = pad * scale, pad // 2 * scale, (size - pad // 2) * scale, (size - pad) * scale
     span_x, span_y = x1 - x0, y1 - y0
 
     def pt(x: float, y: float) -> tuple[int, int]:
-        return int(round(x0 + x / x_max * span_x)), int(round(y1 - y * span_y))
+        return int(round(x0 + x_axis.to_unit(x) * span_x)), int(round(y1 - y * span_y))
 
     for k in range(11):
-        v = k / 10
-        cv2.line(img, pt(v * x_max, 0), pt(v * x_max, 1), (230, 230, 230), 1)
-        cv2.line(img, pt(0, v), pt(x_max, v), (230, 230, 230), 1)
+        y = pt(0, k / 10)[1]
+        cv2.line(img, (x0, y), (x1, y), GRID, scale)
         if k % 2 == 0:
-            xv = v * x_max
-            cv2.putText(img, f"{xv:.1f}" if x_max <= 2 else f"{xv:g}", (pt(xv, 0)[0] - 10, y1 + 18),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.4, (80, 80, 80), 1)
-            cv2.putText(img, f"{v:.1f}", (4, pt(0, v)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (80, 80, 80), 1)
-    cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), 1)
-    (tw, _), _ = cv2.getTextSize(x_label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-    cv2.putText(img, x_label, (x0 + (span_x - tw) // 2, size - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    cv2.putText(img, y_label, (4, y0 - 6 if y0 > 14 else 14), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+            _put(img, f"{k / 10:.1f}", (4 * scale, y + 5 * scale), TICK_FONT, GREY, scale)
+    for v, label in x_axis.ticks:
+        x = pt(v, 0)[0]
+        cv2.line(img, (x, y0), (x, y1), GRID, scale)
+        if label:
+            _put(img, label, (x - _width(label, TICK_FONT, scale) // 2, y1 + 19 * scale), TICK_FONT, GREY, scale)
+    cv2.rectangle(img, (x0, y0), (x1, y1), INK, scale)
+    font = _fit(x_label, TITLE_FONT, span_x, scale)
+    _put(img, x_label, (x0 + (span_x - _width(x_label, font, scale)) // 2, (size - 7) * scale), font, INK, scale)
+    _put(img, y_label, (4 * scale, y0 - 6 * scale if y0 > 14 * scale else 14 * scale), TITLE_FONT, INK, scale)
     return img, pt
 
 
-def _legend(img: np.ndarray, labels: Sequence[str], x: int, bottom: int) -> None:
+def _legend(img: np.ndarray, labels: Sequence[str], x: int, bottom: int, scale: int = 1) -> None:
+    """One line per labelled series, in its colour, above `bottom` from `x` (drawn pixels)."""
+    room = img.shape[1] - x - 48 * scale  # the text starts 40 px right of x and keeps 8 px from the edge
+    font = min((_fit(label, LEGEND_FONT, room, scale) for label in labels if label), default=LEGEND_FONT)
+    step = 22 * scale
     for i, label in enumerate(labels):
         if label:
-            ly = bottom - 12 - 18 * (len(labels) - 1 - i)
-            cv2.line(img, (x + 10, ly - 4), (x + 34, ly - 4), SERIES_COLOURS[i % len(SERIES_COLOURS)], 3)
-            cv2.putText(img, label, (x + 40, ly), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+            ly = bottom - 12 * scale - step * (len(labels) - 1 - i)
+            cv2.line(img, (x + 10 * scale, ly - 5 * scale), (x + 34 * scale, ly - 5 * scale),
+                     SERIES_COLOURS[i % len(SERIES_COLOURS)], 3 * scale)
+            _put(img, label, (x + 40 * scale, ly), font, INK, scale)
 
 
-def draw_pr_curves(series: Sequence[tuple[str, Sequence[PRPoint], float]], size: int = 480) -> np.ndarray:
+def draw_pr_curves(series: Sequence[tuple[str, Sequence[PRPoint], float]], size: int = 480,
+                   scale: int = 1) -> np.ndarray:
     """An RGB image of several precision/recall curves (label, curve, threshold), each with its operating point
-    circled and, when labelled, a legend entry."""
-    img, pt = _chart(size, 1.0, "recall", "precision")
+    circled and, when labelled, a legend entry; `size` in layout pixels, drawn `scale` times larger."""
+    img, pt = _chart(size, Axis.linear(1.0), "recall", "precision", scale)
     for i, (_, curve, threshold) in enumerate(series):
         colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
         if curve:
             pts = np.array([pt(c.recall, c.precision) for c in curve], np.int32)
-            cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, colour, 2, cv2.LINE_AA)
+            cv2.polylines(img, [pts.reshape(-1, 1, 2)], False, colour, 2 * scale, cv2.LINE_AA)
             above = [c for c in curve if c.score >= threshold]
             if above:
                 op = above[-1]
-                cv2.circle(img, pt(op.recall, op.precision), 6, FALSE_ALARM if len(series) == 1 else colour, 2,
-                           cv2.LINE_AA)
-    _legend(img, [label for label, _, _ in series], pt(0, 0)[0], pt(0, 0)[1])
+                cv2.circle(img, pt(op.recall, op.precision), 6 * scale, FALSE_ALARM if len(series) == 1 else colour,
+                           2 * scale, cv2.LINE_AA)
+    _legend(img, [label for label, _, _ in series], pt(0, 0)[0], pt(0, 0)[1], scale)
     return img
 
 
@@ -123,7 +177,7 @@ def draw_alert_tradeoff(series: Sequence[tuple[str, Sequence[AlertPoint], float]
     `ceiling`, the most any model can alert, as a dashed line."""
     x_max = max((p.false_alarms_per_pass for _, pts, _ in series for p in pts), default=1.0)
     x_max = max(1.0, float(np.ceil(x_max * 1.1 / 5.0) * 5.0))  # room for the last point's label
-    img, pt = _chart(size, x_max, "alerts on no labelled gap, per pass", "labelled gaps alerted")
+    img, pt = _chart(size, Axis.linear(x_max), "alerts on no labelled gap, per pass", "labelled gaps alerted")
     if ceiling is not None:
         (xa, y), (xb, _) = pt(0, ceiling), pt(x_max, ceiling)
         for x in range(xa, xb, 12):
@@ -149,35 +203,45 @@ def draw_alert_tradeoff(series: Sequence[tuple[str, Sequence[AlertPoint], float]
     return img
 
 
-def draw_score_bins(bins: ScoreBins, width: int = 480, height: int = 220) -> np.ndarray:
+def bin_name(b: ScoreBin) -> str:
+    """A bin's range as the chart and the table both write it: "12-18", or "40+" for the open last one."""
+    return f"{b.low:g}+" if np.isinf(b.high) else f"{b.low:g}-{b.high:g}"
+
+
+def draw_score_bins(bins: ScoreBins, width: int = 480, height: int = 220, scale: int = 1) -> np.ndarray:
     """An RGB bar chart of one score table: per bin, the mean score (grey outline) and the share of detections
-    that are labelled gaps (filled; red where it is under half the mean score)."""
-    img = np.full((height, width, 3), 255, np.uint8)
-    x0, y0, x1, y1 = 36, 12, width - 8, height - 40
+    that are labelled gaps (filled; red where it is under half the mean score); under each bar its range and, in
+    grey, how many detections it holds. `width` and `height` in layout pixels, drawn `scale` times larger."""
+    img = np.full((height * scale, width * scale, 3), 255, np.uint8)
+    x0, y0, x1, y1 = 36 * scale, 12 * scale, (width - 8) * scale, (height - 40) * scale
     for k in range(0, 11, 2):
         y = int(round(y1 - k / 10 * (y1 - y0)))
-        cv2.line(img, (x0, y), (x1, y), (230, 230, 230), 1)
-        cv2.putText(img, f"{k / 10:.1f}", (4, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (80, 80, 80), 1)
+        cv2.line(img, (x0, y), (x1, y), GRID, scale)
+        _put(img, f"{k / 10:.1f}", (2 * scale, y + 5 * scale), _fit("0.0", TICK_FONT, 32 * scale, scale), GREY,
+             scale)
     n = max(1, len(bins.bins))
     slot = (x1 - x0) / n
-    for i, b in enumerate(bins.bins):
+    names = [bin_name(b) for b in bins.bins]
+    font = min((_fit(name, TICK_FONT, int(slot) - 4 * scale, scale) for name in names), default=TICK_FONT)
+    for i, (b, name) in enumerate(zip(bins.bins, names, strict=True)):
         a = int(round(x0 + i * slot + slot * 0.15))
         c = int(round(x0 + (i + 1) * slot - slot * 0.15))
         if b.detections:
             ys = int(round(y1 - b.share_gaps * (y1 - y0)))
             cv2.rectangle(img, (a, ys), (c, y1), FALSE_ALARM if b.overconfident else SERIES_COLOURS[0], -1)
             ym = int(round(y1 - b.mean_score * (y1 - y0)))
-            cv2.rectangle(img, (a - 2, ym), (c + 2, y1), (90, 90, 90), 2)
-        label = f"{b.low:g}-{b.high:g}".replace("-inf", "+")
-        cv2.putText(img, label, (a - 4, y1 + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.putText(img, str(b.detections), (a, y1 + 32), cv2.FONT_HERSHEY_SIMPLEX, 0.34, (110, 110, 110), 1,
-                    cv2.LINE_AA)
-    cv2.line(img, (x0, y1), (x1, y1), (0, 0, 0), 1)
+            cv2.rectangle(img, (a - 2 * scale, ym), (c + 2 * scale, y1), (90, 90, 90), 2 * scale)
+        mid = int(round(x0 + (i + 0.5) * slot))
+        _put(img, name, (mid - _width(name, font, scale) // 2, y1 + 17 * scale), font, INK, scale)
+        count = str(b.detections)
+        _put(img, count, (mid - _width(count, font, scale) // 2, y1 + 35 * scale), font, (110, 110, 110), scale)
+    cv2.line(img, (x0, y1), (x1, y1), INK, scale)
     return img
 
 
 def annotate(ex: Example, max_side: int = 560) -> np.ndarray:
-    """The image with hits in green, misses (ground truth not found) in amber and false alarms in red."""
+    """The image with hits in green, misses (ground truth not found) in amber and false alarms in red, each
+    detection's score on a tag of its colour."""
     img = ex.image.copy()
     s = min(1.0, max_side / max(img.shape[:2]))
     if s < 1.0:
@@ -190,11 +254,13 @@ def annotate(ex: Example, max_side: int = 560) -> np.ndarray:
     for b, hit in zip(ex.gt, ex.match.gt_hit, strict=True):
         if not hit:
             box(b, MISS, 2)
-    for b, tp, sc in zip(ex.match.det_boxes, ex.match.det_tp, ex.match.det_scores, strict=True):
+    for b, tp in zip(ex.match.det_boxes, ex.match.det_tp, strict=True):
         box(b, HIT if tp else FALSE_ALARM, 2)
-        x0, y0 = int(b[0] * s), int(b[1] * s)
-        cv2.putText(img, f"{sc:.2f}", (x0, max(y0 - 2, 9)), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
-                    HIT if tp else FALSE_ALARM, 1, cv2.LINE_AA)
+    font = max(0.5, max(img.shape[:2]) / 1000)  # digits ~12 px tall at 560 px: ~8 CSS px on a 390-px phone
+    for b, tp, sc in zip(ex.match.det_boxes, ex.match.det_tp, ex.match.det_scores, strict=True):
+        # each score on a tag of its box's colour, over every box line: readable on any shelf
+        draw_tag(img, f"{sc:.2f}", (int(round(b[0] * s)), int(round(b[1] * s))), HIT if tp else FALSE_ALARM, font,
+                 ink=(0, 0, 0) if tp else (255, 255, 255))
     return img
 
 
@@ -261,14 +327,14 @@ def _score_bins_html(bins: Sequence[ScoreBins]) -> str:
              "below half the mean score (red), this model is over-confident: fine-tuning on frames like these, or a "
              "region of interest, pays most there.</p>"]
     for b in bins:
-        ok, png = cv2.imencode(".png", cv2.cvtColor(draw_score_bins(b), cv2.COLOR_RGB2BGR))
+        ok, png = cv2.imencode(".png", cv2.cvtColor(draw_score_bins(b, scale=CHART_SCALE), cv2.COLOR_RGB2BGR))
         if not ok:
             raise ValueError("could not encode a score chart")
         parts.append(f'<img src="data:image/png;base64,{_b64(png.tobytes())}" alt="{html.escape(b.measure)}" '
                      'style="width:100%;max-width:480px">')
         over = ' class="over"'
         rows = "".join(
-            f"<tr><td>{x.low:g}-{x.high:g}</td><td>{x.detections}</td><td>{x.mean_score:.2f}</td>"
+            f"<tr><td>{bin_name(x)}</td><td>{x.detections}</td><td>{x.mean_score:.2f}</td>"
             f"<td{over if x.overconfident else ''}>{x.share_gaps:.2f}</td></tr>"
             for x in b.bins)
         parts.append(f"<table><caption>{html.escape(b.measure)}</caption><tr><th>range</th><th>detections</th>"
@@ -285,10 +351,10 @@ def render_html(
     other model's AP, the paired difference and its PR curve beside this one's (labelled `model_label`);
     `score_bins` adds the tables of `convert.calibration`."""
     if against is None:
-        curve = draw_pr_curve(result.pr_curve, result.threshold)
+        curve = draw_pr_curve(result.pr_curve, result.threshold, scale=CHART_SCALE)
     else:
         curve = draw_pr_curves([(model_label, result.pr_curve, result.threshold),
-                                (against.desc, against.result.pr_curve, against.result.threshold)])
+                                (against.desc, against.result.pr_curve, against.result.threshold)], scale=CHART_SCALE)
     ok, png = cv2.imencode(".png", cv2.cvtColor(curve, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError("could not encode the PR curve")
