@@ -8,7 +8,8 @@ labelled gap alerted twice) and false alarms (an alert on no labelled gap; ESD l
 so this over-counts). Nothing is copied: ESD is read where it lies and is for evaluation only (see its README).
 
 Several `--model`s run over the same passes (a paired comparison); `--plot PNG` draws each one's trade-off between
-gaps alerted and false alerts across `--thresholds`, its own threshold circled.
+gaps alerted and false alerts across `--thresholds` (log axis), its own threshold circled and labelled, as is its
+best point within `--budget` false alerts per pass.
 
     .venv/bin/python bench/esd_pan.py --passes 8 --thresholds 0.3 0.46 0.6 [--dump DIR]
     .venv/bin/python bench/esd_pan.py --data DIR --model A --model B --keys K --thresholds ... --plot out.png
@@ -69,6 +70,9 @@ def main() -> None:
     add_keys_argument(ap)
     ap.add_argument("--dump", type=Path, default=None, help="write each false alarm's frame, box marked, here")
     ap.add_argument("--plot", type=Path, default=None, metavar="PNG", help="draw the models' alert trade-offs here")
+    ap.add_argument("--budget", type=float, default=1.0, metavar="PER_PASS",
+                    help="false alerts per pass the plot marks; each model's point with the most gaps alerted "
+                         "within it is labelled (default 1)")
     ap.add_argument("--heldout", type=float, default=None, metavar="SHARE",
                     help="pan across only the held-out share of --data, split as `shelfscout finetune` splits it "
                          "(its --val-share, default 0.3, and --split-seed): the photos a fine-tuned model never saw")
@@ -118,7 +122,8 @@ def main() -> None:
 
         series = [(r["label"], [AlertPoint(row["threshold"], row["recall"], row["false_alarms_per_pass"])
                                 for row in r["rows"]], r["own_threshold"]) for r in results]
-        img = draw_alert_tradeoff(series, size=560, ceiling=ceiling.row(1.0)["recall"])
+        img = draw_alert_tradeoff(series, size=560, ceiling=ceiling.row(1.0)["recall"], scale=2, log_x=True,
+                                  budget=args.budget)
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(args.plot), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
 

@@ -56,10 +56,12 @@ CHART_SCALE = 2  # the page's charts: 960 px shown at most 480 CSS px wide, shar
 TICK_FONT = 0.55
 TITLE_FONT = 0.6
 LEGEND_FONT = 0.55
+LEGEND_STEP = 22  # layout px between legend lines
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 INK = (0, 0, 0)
 GREY = (80, 80, 80)
 GRID = (230, 230, 230)
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,17 @@ class Axis:
 
         return Axis(lambda v: v / top,
                     tuple((k / 10 * top, label(k / 10 * top) if k % 2 == 0 else "") for k in range(11)))
+
+    @staticmethod
+    def log(low: float, high: float) -> Axis:
+        """From the largest of 1, 2 or 5 times a power of ten at or under `low` to the smallest at or over `high`,
+        a labelled grid line at each of them; values under the start sit at the axis' start."""
+        steps = [m * 10.0**e for e in range(-4, 5) for m in (1, 2, 5)]
+        lo = max((t for t in steps if t <= low * 1.0001), default=steps[0])
+        hi = min((t for t in steps if t >= max(high, lo * 2) * 0.9999), default=steps[-1])
+        span = np.log10(hi / lo)
+        return Axis(lambda v: float(np.log10(max(v, lo) / lo) / span),
+                    tuple((t, f"{t:g}") for t in steps if lo <= t <= hi))
 
 
 def _put(img: np.ndarray, text: str, org: tuple[int, int], font: float, colour: tuple[int, int, int],
@@ -117,11 +130,14 @@ def _chart(size: int, x_axis: Axis, x_label: str, y_label: str,
         cv2.line(img, (x0, y), (x1, y), GRID, scale)
         if k % 2 == 0:
             _put(img, f"{k / 10:.1f}", (4 * scale, y + 5 * scale), TICK_FONT, GREY, scale)
+    end = -1  # where the last tick label drawn ends: one that would overprint it is left out
     for v, label in x_axis.ticks:
         x = pt(v, 0)[0]
         cv2.line(img, (x, y0), (x, y1), GRID, scale)
-        if label:
-            _put(img, label, (x - _width(label, TICK_FONT, scale) // 2, y1 + 19 * scale), TICK_FONT, GREY, scale)
+        start = x - _width(label, TICK_FONT, scale) // 2
+        if label and start > end + 6 * scale:
+            _put(img, label, (start, y1 + 19 * scale), TICK_FONT, GREY, scale)
+            end = start + _width(label, TICK_FONT, scale)
     cv2.rectangle(img, (x0, y0), (x1, y1), INK, scale)
     font = _fit(x_label, TITLE_FONT, span_x, scale)
     _put(img, x_label, (x0 + (span_x - _width(x_label, font, scale)) // 2, (size - 7) * scale), font, INK, scale)
@@ -133,7 +149,7 @@ def _legend(img: np.ndarray, labels: Sequence[str], x: int, bottom: int, scale: 
     """One line per labelled series, in its colour, above `bottom` from `x` (drawn pixels)."""
     room = img.shape[1] - x - 48 * scale  # the text starts 40 px right of x and keeps 8 px from the edge
     font = min((_fit(label, LEGEND_FONT, room, scale) for label in labels if label), default=LEGEND_FONT)
-    step = 22 * scale
+    step = LEGEND_STEP * scale
     for i, label in enumerate(labels):
         if label:
             ly = bottom - 12 * scale - step * (len(labels) - 1 - i)
@@ -171,36 +187,106 @@ class AlertPoint:
 
 
 def draw_alert_tradeoff(series: Sequence[tuple[str, Sequence[AlertPoint], float]], size: int = 480,
-                        ceiling: float | None = None) -> np.ndarray:
+                        ceiling: float | None = None, scale: int = 1, log_x: bool = False,
+                        budget: float | None = None) -> np.ndarray:
     """An RGB chart of labelled gaps alerted against alerts on no labelled gap per pass, one line per model
-    (label, points, its own threshold), each point labelled with its threshold and the model's own circled;
-    `ceiling`, the most any model can alert, as a dashed line."""
-    x_max = max((p.false_alarms_per_pass for _, pts, _ in series for p in pts), default=1.0)
-    x_max = max(1.0, float(np.ceil(x_max * 1.1 / 5.0) * 5.0))  # room for the last point's label
-    img, pt = _chart(size, Axis.linear(x_max), "alerts on no labelled gap, per pass", "labelled gaps alerted")
+    (label, points, its own threshold), the model's own threshold circled; `ceiling`, the most any model can
+    alert, as a dashed line. `log_x`: a log axis, for rates over several decades (0.2 to 30 a pass: on a linear
+    one the region of one false alert a pass is a sliver at its start). `budget`: a dashed line at that many false
+    alerts per pass, and each model's point with the most gaps alerted within it labelled with its threshold and
+    share, as is its own threshold's; the labels are set where they overlap no other."""
+    rates = [p.false_alarms_per_pass for _, pts, _ in series for p in pts]
+    if log_x:
+        positive = [r for r in rates if r > 0]
+        axis = Axis.log(min(positive, default=0.1), max(positive, default=1.0))
+    else:
+        top = max(rates, default=1.0)
+        axis = Axis.linear(max(1.0, float(np.ceil(top * 1.1 / 5.0) * 5.0)))  # room for the last point's label
+    img, pt = _chart(size, axis, "alerts on no labelled gap, per pass", "labelled gaps alerted", scale)
+    left, bottom = pt(0, 0)
+    right = img.shape[1] - 24 * scale
     if ceiling is not None:
-        (xa, y), (xb, _) = pt(0, ceiling), pt(x_max, ceiling)
-        for x in range(xa, xb, 12):
-            cv2.line(img, (x, y), (min(x + 6, xb), y), (90, 90, 90), 1)
-        cv2.putText(img, "a perfect model (labelled boxes as detections)", (xa + 8, y - 6), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.4, (90, 90, 90), 1, cv2.LINE_AA)
+        y = pt(0, ceiling)[1]
+        _dashed(img, (left, y), (right, y), scale)
+        _put(img, "a perfect model (labelled boxes as detections)", (left + 8 * scale, y - 8 * scale),
+             _fit("a perfect model (labelled boxes as detections)", TICK_FONT, right - left - 16 * scale, scale),
+             GREY, scale)
+    if budget is not None:
+        x = pt(budget, 0)[0]
+        _dashed(img, (x, pt(0, 1)[1]), (x, bottom), scale)
+    taken: list[Box] = []
     for i, (_, points, own) in enumerate(series):
         colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
         pts = sorted(points, key=lambda p: p.threshold)
         if not pts:
             continue
         line = np.array([pt(p.false_alarms_per_pass, p.recall) for p in pts], np.int32)
-        cv2.polylines(img, [line.reshape(-1, 1, 2)], False, colour, 2, cv2.LINE_AA)
-        for k, p in enumerate(pts):
-            x, y = pt(p.false_alarms_per_pass, p.recall)
-            cv2.circle(img, (x, y), 3, colour, -1, cv2.LINE_AA)
-            if k % 2 == 0:
-                cv2.putText(img, f"{p.threshold:.2f}", (x + 5, y - 5 if i == 0 else y + 14),
-                            cv2.FONT_HERSHEY_SIMPLEX, 0.36, colour, 1, cv2.LINE_AA)
-        near = min(pts, key=lambda p: abs(p.threshold - own))
-        cv2.circle(img, pt(near.false_alarms_per_pass, near.recall), 7, colour, 2, cv2.LINE_AA)
-    _legend(img, [label for label, _, _ in series], pt(x_max * 0.45, 0)[0], pt(0, 0)[1])
+        cv2.polylines(img, [line.reshape(-1, 1, 2)], False, colour, 2 * scale, cv2.LINE_AA)
+        for p in pts:
+            cv2.circle(img, pt(p.false_alarms_per_pass, p.recall), 3 * scale, colour, -1, cv2.LINE_AA)
+        own_point, *others = cited_points(pts, own, budget)
+        cv2.circle(img, pt(own_point.false_alarms_per_pass, own_point.recall), 7 * scale, colour, 2 * scale,
+                   cv2.LINE_AA)
+        for p in (own_point, *others):
+            _point_label(img, f"{p.threshold:.2f}: {p.recall:.0%}", pt(p.false_alarms_per_pass, p.recall), colour,
+                         taken, scale)
+    labels = [label for label, _, _ in series]
+    if log_x:  # top left: the corner no model reaches (many gaps, few false alerts)
+        _legend(img, labels, left, pt(0, 1)[1] + (LEGEND_STEP * len(labels) + 8) * scale, scale)
+    else:
+        _legend(img, labels, left + (right - left) * 45 // 100, bottom, scale)
     return img
+
+
+def _dashed(img: np.ndarray, a: tuple[int, int], b: tuple[int, int], scale: int) -> None:
+    """A grey dashed line from a to b, horizontal or vertical: dashes 6 layout px long every 12."""
+    (xa, ya), (xb, yb) = a, b
+    length = max(abs(xb - xa), abs(yb - ya))
+
+    def at(k: int) -> tuple[int, int]:
+        return (xa + k, ya) if ya == yb else (xa, ya + k)
+
+    for d in range(0, length, 12 * scale):
+        cv2.line(img, at(d), at(min(d + 6 * scale, length)), (90, 90, 90), scale)
+
+
+def cited_points(points: Sequence[AlertPoint], own: float, budget: float | None) -> list[AlertPoint]:
+    """The points a trade-off chart labels for one model: the one at (or nearest) its own threshold, then, with a
+    `budget`, the one alerting the most gaps at no more than `budget` false alerts per pass, if another."""
+    near = min(points, key=lambda p: abs(p.threshold - own))
+    within = [p for p in points if budget is not None and p.false_alarms_per_pass <= budget]
+    best = max(within, key=lambda p: (p.recall, -p.false_alarms_per_pass), default=near)
+    return [near] if best == near else [near, best]
+
+
+def label_spot(at: tuple[int, int], size: tuple[int, int], taken: Sequence[Box], bounds: tuple[int, int],
+               gap: int) -> tuple[tuple[int, int], Box]:
+    """Where a label `size` = (width, height) goes beside the point `at`, `gap` away: up-right, down-right,
+    up-left or down-left, the first place that overlaps no box in `taken` and stays inside `bounds` = (width,
+    height); up-right when none does. Its top-left corner and box."""
+    (x, y), (w, h) = at, size
+    corners = [(x + gap, y - gap - h), (x + gap, y + gap), (x - gap - w, y - gap - h), (x - gap - w, y + gap)]
+    boxes = [(cx, cy, cx + w, cy + h) for cx, cy in corners]
+
+    def free(b: Box) -> bool:
+        inside = b[0] >= 0 and b[1] >= 0 and b[2] <= bounds[0] and b[3] <= bounds[1]
+        return inside and not any(b[0] < t[2] and t[0] < b[2] and b[1] < t[3] and t[1] < b[3] for t in taken)
+
+    k = next((k for k, b in enumerate(boxes) if free(b)), 0)
+    return corners[k], boxes[k]
+
+
+def _point_label(img: np.ndarray, text: str, at: tuple[int, int], colour: tuple[int, int, int],
+                 taken: list[Box], scale: int) -> None:
+    """`text` in `colour` on white beside the point `at`, where it overlaps no label in `taken` (then added)."""
+    weight = max(1, round(scale * 1.2))
+    (tw, th), base = cv2.getTextSize(text, FONT, TICK_FONT * scale, weight)
+    pad = 2 * scale
+    (lx, ly), box = label_spot(at, (tw + 2 * pad, th + base + 2 * pad), taken, (img.shape[1], img.shape[0]),
+                               7 * scale)
+    cv2.rectangle(img, box[:2], (box[2] - 1, box[3] - 1), (255, 255, 255), cv2.FILLED)
+    cv2.putText(img, text, (lx + pad, ly + pad + th), FONT, TICK_FONT * scale, colour, weight, cv2.LINE_AA)
+    taken.append(box)
 
 
 def bin_name(b: ScoreBin) -> str:
