@@ -576,7 +576,7 @@ PAGE = """<!doctype html>
 </div>
 <h2>Mounting check</h2>
 <ul id="hints"><li class="ok">Waiting for the camera…</li></ul>
-<footer>Red boxes: empty spots. Green: confirmed gaps (one alert each). Yellow: gaps being checked.</footer>
+<footer>Red boxes: gaps the model sees, with its score. Green: confirmed gaps (one alert each). Yellow: gaps being checked.</footer>
 </div>
 </main>
 <script>

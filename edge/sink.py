@@ -180,5 +180,9 @@ class OutboxSink:
         h, w = image.shape[:2]
         x0, y0, x1, y1 = ev.bbox_norm
         box = (x0 * w, y0 * h, x1 * w, y1 * h)
-        label = f"empty {ev.confidence:.2f}" if ev.event == "opened" else "restocked"
-        return render_snapshot(image, box, max_px=self.snapshot_max_px, label=label)
+        return render_snapshot(image, box, max_px=self.snapshot_max_px, label=snapshot_label(ev))
+
+
+def snapshot_label(ev: AlertEvent) -> str:
+    """What an event's snapshot writes over its box: "gap 0.83", the word the preview and the report use too."""
+    return f"gap {ev.confidence:.2f}" if ev.event == "opened" else "restocked"

@@ -6,7 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.sink import snapshot_label
 from edge.snapshot import render_snapshot
+from edge.types import AlertEvent, Location
 from tests.test_tracker_scene import Camera, make_aisle
 
 
@@ -71,3 +73,13 @@ def test_bad_input_is_a_value_error(frame: np.ndarray) -> None:
         render_snapshot(frame, (0.0, 0.0, float("nan"), 10.0))
     with pytest.raises(ValueError, match="quality"):
         render_snapshot(frame, None, quality=0)
+
+
+def test_an_alert_snapshot_names_the_spot_a_gap_as_the_preview_and_the_report_do() -> None:
+    # The snapshot said "empty 0.83" where the preview says "gap 0.83" and the report "missed gap".
+    def event(kind: str) -> AlertEvent:
+        return AlertEvent("cart-07-1-3", kind, 0.0, 0.0, 0.0, (0.1, 0.1, 0.3, 0.3), 0.834, 5, 12,
+                          Location(None, None, "none"))
+
+    assert snapshot_label(event("opened")) == "gap 0.83"
+    assert snapshot_label(event("cleared")) == "restocked"
