@@ -5,15 +5,24 @@ on its reference kernels, 10-40x slower), then `tensorflow.lite` (off-device mac
 inside `make_interpreter`, so importing this module never loads a runtime or TensorFlow.
 
 LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on stderr from C++ (TFLite's minimal
-logger) whenever an interpreter is built. It ignores TF_CPP_MIN_LOG_LEVEL (tried 1-3, set before the import; the
-variable only reaches the separate absl/TSL logger) and ai-edge-litert 2.3 exposes no call to set the minimal
-logger's severity, so the line cannot be silenced short of redirecting file descriptor 2; it is left as it is.
+logger) the first time an interpreter allocates its tensors, in the middle of `shelfscout demo`'s and `eval`'s own
+lines. It ignores TF_CPP_MIN_LOG_LEVEL (tried 1-3, set before the import; the variable only reaches the separate
+absl/TSL logger), and ai-edge-litert 2.3 neither exports the minimal logger's severity setter nor reads an
+environment variable for it. So file descriptor 2 goes to a temporary file while the interpreter is built, and
+everything written there except that one line is passed on to stderr afterwards: real errors stay, a little late.
+The runtime is reported anyway (`RuntimeInfo`, logged below and by `shelfscout bench`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +39,9 @@ RUNTIMES: tuple[tuple[str, str, str, str], ...] = (
 )
 
 _QUANT_DTYPES = (np.uint8, np.int8, np.int16)
+
+XNNPACK_INFO = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+_STDERR_LOCK = threading.Lock()  # one redirection of fd 2 at a time: a second would save and restore the first's file
 
 
 class RuntimeNotFoundError(RuntimeError):
@@ -136,6 +148,33 @@ def _is_quantized(interpreter: Any) -> bool:
     return any(d["dtype"] in (np.int8, np.uint8) and d["quantization"][0] != 0.0 for d in details)
 
 
+@contextlib.contextmanager
+def _without_xnnpack_info() -> Iterator[None]:
+    """Runs the block with file descriptor 2 in a temporary file, then writes what it got to stderr, bar LiteRT's
+    XNNPACK INFO line. Other threads' stderr in that time is kept too, and comes after the block."""
+    with _STDERR_LOCK, tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing to keep clean
+            yield
+            return
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ValueError, OSError):
+                sys.stderr.flush()  # Python's own buffered writes of the block belong in the file too
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = b"".join(line for line in held.read().splitlines(keepends=True)
+                            if line.rstrip(b"\r\n") != XNNPACK_INFO)
+            if kept:
+                with os.fdopen(os.dup(2), "wb") as err:
+                    err.write(kept)
+
+
 def make_interpreter(
     model_bytes: bytes,
     threads: int = 2,
@@ -160,8 +199,9 @@ def make_interpreter(
             if resolver is None:
                 raise ValueError(f"{name} cannot turn its default delegates off")
             kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        interpreter = cls(**kwargs)
-        interpreter.allocate_tensors()
+        with _without_xnnpack_info():
+            interpreter = cls(**kwargs)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise ValueError(f"{name} cannot load the model: {e}") from e
     d = _delegation(interpreter)
