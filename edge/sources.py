@@ -20,10 +20,22 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-import cv2
+# Each failed (re)connect of a network camera made FFmpeg and OpenCV write their own lines to stderr ("[tcp @ 0x..]
+# Connection to tcp://.. failed: Connection refused", "[ WARN:0@23.8] global cap.cpp:212 open VIDEOIO(FFMPEG): ..")
+# between the service's own clear line (a SourceError). FFmpeg reads its level before its first capture, made after
+# this; OpenCV read its own when first imported (maybe by another module), so it is set by call. OpenCV's errors
+# still show, and an operator's own values win (OPENCV_FFMPEG_LOGLEVEL=16: FFmpeg's errors for a camera that will
+# not connect).
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+
+import cv2  # noqa: E402 - after FFmpeg's log level
 import numpy as np
 
 from edge.config import CameraConfig
+
+_cv_logging = getattr(getattr(cv2, "utils", None), "logging", None)
+if _cv_logging is not None and "OPENCV_LOG_LEVEL" not in os.environ:
+    _cv_logging.setLogLevel(_cv_logging.LOG_LEVEL_ERROR)
 
 log = logging.getLogger(__name__)
 

@@ -1,16 +1,21 @@
-"""What the CLI writes on the terminal is its own: no LiteRT INFO line among `eval`'s results; real errors still
-show (visual audit, L9)."""
+"""What the CLI writes on the terminal is its own: no LiteRT INFO line among `eval`'s results, no raw FFmpeg/OpenCV
+lines on each reconnect of a network camera; real errors still show (visual audit, L9)."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from edge.bundle import DEFAULT_BUNDLE
+from tests.mosquitto import Mosquitto
+from tests.test_e2e import start_service, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 XNNPACK_LINE = "Created TensorFlow Lite XNNPACK delegate"
@@ -43,3 +48,34 @@ def test_what_else_is_written_while_the_interpreter_is_built_still_shows() -> No
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO, env=ENV)
     assert r.returncode == 0, r.stderr
     assert r.stderr.splitlines() == ["ERROR: a real one", "WARNING and a log line", "after"]
+
+
+def _refused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: nothing listens there
+
+
+def test_a_network_camera_that_refuses_leaves_only_the_services_own_lines(tmp_path: Path,
+                                                                          broker: Mosquitto) -> None:
+    url = f"http://127.0.0.1:{_refused_port()}/video"
+    cfg = write_config(tmp_path, Path("unused"), broker.url)
+    cfg.write_text(cfg.read_text().replace('source = "unused"', f'source = "{url}"'))
+    log = tmp_path / "service.log"
+    proc = start_service(cfg, log)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and "cannot connect" not in log.read_text() and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(6)  # the capture reopens it after 0.5, 1, 2.5 and 4 s: several more attempts (said once)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    text = log.read_text()
+    assert "cannot connect (unreachable, refused or not a video stream)" in text, text[-3000:]  # its own line
+    for noise in ("[tcp @", "VIDEOIO(FFMPEG)", "[ WARN:", XNNPACK_LINE):
+        assert noise not in text, f"{noise!r} in the service's stderr:\n{text[-3000:]}"
