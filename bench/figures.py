@@ -1,7 +1,7 @@
 """Draws the README's model figures: what the model sees on a generated shelf, and its PR curves by data set.
 
-- `model-view.jpg`: a generated 640x480 shelf (never trained on), the model's gap heatmap over it, and the decoded
-  gaps against the generator's labels (green hit, amber missed, red false alarm).
+- `model-view.jpg`: the model's gap heatmap over a generated 640x480 shelf (never trained on), and the decoded gaps
+  against the generator's labels (green hit, amber missed, red false alarm), on the shelf of median recall of 15.
 - `gap-dressing.jpg`: the same generated gaps plain (top) and dressed (bottom; `convert.synth.dress_gaps`), the
   way they differ from real ones on the realism report's per-gap rows.
 - `pr-curves.png`: precision/recall of the bundle on generated validation shelves and on the real ESD `dev/`
@@ -12,6 +12,7 @@
   height in the frame, each bin's mean score against the share that are labelled gaps (`convert.calibration`).
 
 Usage: .venv/bin/python bench/figures.py [--model BUNDLE] [--out docs/img] [--esd DIR] [--finetuned BUNDLE]
+       [--only model-view|gap-dressing|pr-curves|score-by-place ...]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,36 +30,77 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 ESD_DEV = REPO.parent / "shared" / "data" / "esd" / "dev"
 VIEW_SEED = 20261129
+VIEW_SHELVES = 15  # generated shelves model-view.jpg picks the one of median recall from
+FIGURES = ("model-view", "gap-dressing", "pr-curves", "score-by-place")
 
 
-def model_view(bundle: Any, seed: int = VIEW_SEED) -> np.ndarray:
-    """Three panels side by side (RGB): the frame, the heatmap over it, the gaps against the labels."""
+@dataclass(frozen=True)
+class View:
+    """One generated shelf as the model sees it: the frame, the heatmap, the decoded gaps matched to the labels."""
+
+    seed: int
+    image: np.ndarray  # RGB
+    heat: np.ndarray  # the model's gap heatmap, 0..1, at its output's size
+    match: Any  # convert.evaluate.ImageMatch at the bundle's threshold
+    labels: np.ndarray  # (M, 4) the generator's gap boxes
+
+    @property
+    def recall(self) -> float:
+        return float(self.match.gt_hit.mean()) if len(self.match.gt_hit) else 1.0
+
+
+def look(detector: Any, seed: int) -> View:
+    """The model's view of the generated 640x480 shelf of `seed`."""
     from convert.evaluate import ImageDetections, match_images
-    from convert.report import Example, annotate
     from convert.synth import make_shelf_image
-    from edge.detector import Detector
 
     sample = make_shelf_image(np.random.default_rng(seed), width=640, height=480)
-    det = Detector(bundle, threads=2)
-    gaps = det.detect(sample.image)
-    heat = det.outputs()["heatmap"][0, :, :, 0]
-    h, w = sample.image.shape[:2]
-    heat_big = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
-    colour = cv2.applyColorMap(np.clip(heat_big * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
-    overlay = cv2.addWeighted(sample.image, 0.45, cv2.cvtColor(colour, cv2.COLOR_BGR2RGB), 0.55, 0.0)
+    gaps = detector.detect(sample.image)
     dets = ImageDetections(np.array([g.box for g in gaps], np.float32).reshape(-1, 4),
                            np.array([g.score for g in gaps], np.float32))
-    match = match_images([dets], [sample.boxes], det.score_threshold)[0]
-    boxes = annotate(Example("view", sample.image, sample.boxes, match), max_side=max(w, h))
+    match = match_images([dets], [sample.boxes], detector.score_threshold)[0]
+    return View(seed, sample.image, detector.outputs()["heatmap"][0, :, :, 0].copy(), match, sample.boxes)
+
+
+def median_view(detector: Any, seeds: range) -> tuple[View, list[float]]:
+    """Of the shelves of `seeds`, the one whose recall is nearest their median (a typical shelf, not the best or
+    the worst), and all their recalls."""
+    views = [look(detector, seed) for seed in seeds]
+    recalls = [v.recall for v in views]
+    median = float(np.median(recalls))
+    return min(views, key=lambda v: (abs(v.recall - median), v.seed)), recalls
+
+
+def model_view(bundle: Any, seeds: range = range(VIEW_SEED, VIEW_SEED + VIEW_SHELVES)) -> np.ndarray:
+    """Two panels side by side (RGB), for a shelf of typical recall among `seeds`: the model's heatmap over the
+    frame, and the decoded gaps against the labels with their scores. (Three panels, the plain frame first, were
+    253 px each at the README's 760: the scores could not be read.)"""
+    from convert.report import Example, annotate
+    from edge.detector import Detector
+
+    view, recalls = median_view(Detector(bundle, threads=2), seeds)
+    h, w = view.image.shape[:2]
+    heat_big = cv2.resize(view.heat, (w, h), interpolation=cv2.INTER_LINEAR)
+    colour = cv2.applyColorMap(np.clip(heat_big * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
+    overlay = cv2.addWeighted(view.image, 0.45, cv2.cvtColor(colour, cv2.COLOR_BGR2RGB), 0.55, 0.0)
+    boxes = annotate(Example("view", view.image, view.labels, view.match), max_side=max(w, h))
+    m = view.match
+    hit, missed, false = int(m.det_tp.sum()), int((~m.gt_hit).sum()), int((~m.det_tp).sum())
+    titles = ("gap heatmap (model output) over a generated shelf",
+              f"{hit} hit, {missed} missed, {false} false (median recall of {len(recalls)}: {np.median(recalls):.2f})")
     panels = []
-    for img, title in ((sample.image, "camera frame (generated shelf)"), (overlay, "gap heatmap (model output)"),
-                       (boxes, f"gaps: {int(match.det_tp.sum())} hit, {int((~match.gt_hit).sum())} missed, "
-                               f"{int((~match.det_tp).sum())} false")):
-        p = np.full((h + 28, w, 3), 255, np.uint8)
-        p[28:] = img
-        cv2.putText(p, title, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    for img, title in zip((overlay, boxes), titles, strict=True):
+        p = np.full((h + 40, w, 3), 255, np.uint8)
+        p[40:] = img
+        cv2.putText(p, title, (6, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.7 * min(1.0, (w - 12) / _text_width(title, 0.7)),
+                    (0, 0, 0), 2, cv2.LINE_AA)
         panels.append(p)
-    return np.hstack(panels)
+    gutter = np.full((h + 40, 12, 3), 255, np.uint8)
+    return np.hstack([panels[0], gutter, panels[1]])
+
+
+def _text_width(text: str, font: float) -> int:
+    return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, 2)[0][0]
 
 
 def gap_dressing(seed: int = VIEW_SEED, n: int = 8, tile: int = 150) -> np.ndarray:
@@ -155,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keys", type=Path, action="append", default=[], help="extra trusted key folder")
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--val-share", type=float, default=0.3)
+    ap.add_argument("--only", action="append", choices=FIGURES, default=[],
+                    help="draw only this figure (repeatable; default all): pr-curves.png with --finetuned needs "
+                         "that bundle, so redraw the others without it")
     args = ap.parse_args(argv)
 
     from edge.bundle import BUILTIN_KEYS, DEFAULT_BUNDLE, load_public_keys, read_bundle
@@ -166,22 +212,32 @@ def main(argv: list[str] | None = None) -> int:
         print("figures: error: --finetuned needs --esd (the folder it was fine-tuned on)", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    view = model_view(bundle)
-    view = cv2.resize(view, (1440, round(view.shape[0] * 1440 / view.shape[1])), interpolation=cv2.INTER_AREA)
-    cv2.imwrite(str(args.out / "model-view.jpg"), cv2.cvtColor(view, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
-    dressing = gap_dressing()
-    cv2.imwrite(str(args.out / "gap-dressing.jpg"), cv2.cvtColor(dressing, cv2.COLOR_RGB2BGR),
-                [cv2.IMWRITE_JPEG_QUALITY, 85])
-    from convert.report import draw_pr_curves
+    only = set(args.only or FIGURES)
+    wrote = []
+    if "model-view" in only:
+        cv2.imwrite(str(args.out / "model-view.jpg"), cv2.cvtColor(model_view(bundle), cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, 85])
+        wrote.append("model-view.jpg")
+    if "gap-dressing" in only:
+        cv2.imwrite(str(args.out / "gap-dressing.jpg"), cv2.cvtColor(gap_dressing(), cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, 85])
+        wrote.append("gap-dressing.jpg")
+    if only & {"pr-curves", "score-by-place"}:
+        from convert.report import draw_pr_curves
 
-    measured: list[tuple[str, list[Any], list[Any]]] = []
-    pr = draw_pr_curves(pr_series(bundle, args.esd, finetuned, args.split_seed, args.val_share, measured), size=560)
-    cv2.imwrite(str(args.out / "pr-curves.png"), cv2.cvtColor(pr, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
-    places = place_charts(bundle, measured)
-    cv2.imwrite(str(args.out / "score-by-place.png"), cv2.cvtColor(places, cv2.COLOR_RGB2BGR),
-                [cv2.IMWRITE_PNG_COMPRESSION, 9])
-    print(f"wrote {args.out / 'model-view.jpg'}, {args.out / 'gap-dressing.jpg'}, {args.out / 'pr-curves.png'} "
-          f"and {args.out / 'score-by-place.png'}")
+        measured: list[tuple[str, list[Any], list[Any]]] = []
+        series = pr_series(bundle, args.esd, finetuned, args.split_seed, args.val_share, measured)
+        if "pr-curves" in only:
+            pr = draw_pr_curves(series, size=560)
+            cv2.imwrite(str(args.out / "pr-curves.png"), cv2.cvtColor(pr, cv2.COLOR_RGB2BGR),
+                        [cv2.IMWRITE_PNG_COMPRESSION, 9])
+            wrote.append("pr-curves.png")
+        if "score-by-place" in only:
+            cv2.imwrite(str(args.out / "score-by-place.png"), cv2.cvtColor(place_charts(bundle, measured),
+                                                                           cv2.COLOR_RGB2BGR),
+                        [cv2.IMWRITE_PNG_COMPRESSION, 9])
+            wrote.append("score-by-place.png")
+    print(f"wrote {', '.join(wrote)} in {args.out}")
     return 0
 
 
