@@ -24,7 +24,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -152,27 +152,41 @@ def _is_quantized(interpreter: Any) -> bool:
 def _without_xnnpack_info() -> Iterator[None]:
     """Runs the block with file descriptor 2 in a temporary file, then writes what it got to stderr, bar LiteRT's
     XNNPACK INFO line. Other threads' stderr in that time is kept too, and comes after the block."""
-    with _STDERR_LOCK, tempfile.TemporaryFile() as held:
-        sys.stderr.flush()
-        try:
-            saved = os.dup(2)
-        except OSError:  # no stderr at all: nothing to keep clean
+    with _STDERR_LOCK:
+        holder = _stderr_holder()
+        if holder is None:  # no temporary file or no stderr: the line is left as it is
             yield
             return
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(ValueError, OSError):
-                sys.stderr.flush()  # Python's own buffered writes of the block belong in the file too
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            kept = b"".join(line for line in held.read().splitlines(keepends=True)
-                            if line.rstrip(b"\r\n") != XNNPACK_INFO)
-            if kept:
-                with os.fdopen(os.dup(2), "wb") as err:
-                    err.write(kept)
+        held, saved = holder
+        with held:
+            sys.stderr.flush()
+            os.dup2(held.fileno(), 2)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(ValueError, OSError):
+                    sys.stderr.flush()  # Python's own buffered writes of the block belong in the file too
+                os.dup2(saved, 2)
+                os.close(saved)
+                held.seek(0)
+                kept = b"".join(line for line in held.read().splitlines(keepends=True)
+                                if line.rstrip(b"\r\n") != XNNPACK_INFO)
+                if kept:
+                    with os.fdopen(os.dup(2), "wb") as err:
+                        err.write(kept)
+
+
+def _stderr_holder() -> tuple[IO[bytes], int] | None:
+    """A temporary file to hold stderr in and a copy of file descriptor 2 to restore, or None if either fails."""
+    try:
+        held = tempfile.TemporaryFile()
+    except OSError:
+        return None
+    try:
+        return held, os.dup(2)
+    except OSError:
+        held.close()
+        return None
 
 
 def make_interpreter(

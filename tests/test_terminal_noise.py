@@ -50,6 +50,22 @@ def test_what_else_is_written_while_the_interpreter_is_built_still_shows() -> No
     assert r.stderr.splitlines() == ["ERROR: a real one", "WARNING and a log line", "after"]
 
 
+def test_the_model_loads_when_stderr_cannot_be_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No temporary file (a full or read-only /tmp): the line is left as it is, the model still loads.
+    import tempfile
+
+    from edge.bundle import BUILTIN_KEYS, load_public_keys, read_bundle
+    from edge.runtime import make_interpreter
+
+    def no_file(*args: object, **kw: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_file)
+    bundle = read_bundle(DEFAULT_BUNDLE, load_public_keys([BUILTIN_KEYS]))
+    _, info = make_interpreter(bundle.model_bytes, 1)
+    assert info.name == "ai-edge-litert"
+
+
 def _refused_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
