@@ -65,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = getattr(args, "log_level", logging.WARNING)
     level = max(logging.DEBUG, base - 10 * (args.verbose + getattr(args, "sub_verbose", 0)))
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command != "run":  # the service keeps stderr as it is (edge.runtime says why)
+        from edge.runtime import hide_delegate_banner
+
+        hide_delegate_banner()
     from edge.bundle import BundleError
     from edge.config import ConfigError
     from edge.instance_lock import InstanceLockError

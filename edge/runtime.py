@@ -8,9 +8,12 @@ LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on stder
 logger) the first time an interpreter allocates its tensors, in the middle of `shelfscout demo`'s and `eval`'s own
 lines. It ignores TF_CPP_MIN_LOG_LEVEL (tried 1-3, set before the import; the variable only reaches the separate
 absl/TSL logger), and ai-edge-litert 2.3 neither exports the minimal logger's severity setter nor reads an
-environment variable for it. So file descriptor 2 goes to a temporary file while the interpreter is built, and
-everything written there except that one line is passed on to stderr afterwards: real errors stay, a little late.
-The runtime is reported anyway (`RuntimeInfo`, logged below and by `shelfscout bench`).
+environment variable for it. So, for the interactive commands (`hide_delegate_banner`, called by the CLI for every
+command but `run`), file descriptor 2 goes to a temporary file while the interpreter is built, and everything
+written there except that one line is passed on to stderr afterwards: real errors stay, a little late. The service
+leaves fd 2 alone: a crash inside the runtime while it was held would take its last words (faulthandler's stack
+dump, the runtime's own abort message) with it, and the journal can take one INFO line. The runtime is reported
+anyway (`RuntimeInfo`, logged below and by `shelfscout bench`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,13 @@ _QUANT_DTYPES = (np.uint8, np.int8, np.int16)
 
 XNNPACK_INFO = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
 _STDERR_LOCK = threading.Lock()  # one redirection of fd 2 at a time: a second would save and restore the first's file
+_banner_hidden = False  # set by hide_delegate_banner()
+
+
+def hide_delegate_banner() -> None:
+    """From now on, interpreters are built without LiteRT's XNNPACK INFO line on stderr (interactive commands)."""
+    global _banner_hidden
+    _banner_hidden = True
 
 
 class RuntimeNotFoundError(RuntimeError):
@@ -213,7 +223,7 @@ def make_interpreter(
             if resolver is None:
                 raise ValueError(f"{name} cannot turn its default delegates off")
             kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        with _without_xnnpack_info():
+        with _without_xnnpack_info() if _banner_hidden else contextlib.nullcontext():
             interpreter = cls(**kwargs)
             interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as e:
