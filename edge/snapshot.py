@@ -64,7 +64,7 @@ def label_place(top_left: tuple[int, int], tw: int, th: int, top_h: int, width: 
     the box's top-left corner, inside the picture's right edge, and never in the top `top_h` rows (a status
     strip): there it moves down into the box."""
     x0, y0 = top_left
-    lx = min(max(x0, 0), max(0, width - tw - 4))
+    lx = min(max(x0, 0), max(0, width - tw - 5))  # the tag spans columns lx..lx + tw + 4, all inside
     ty = y0 if y0 - th - 4 >= top_h else max(y0, top_h) + th + 4
     return lx, ty
 

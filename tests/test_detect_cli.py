@@ -415,3 +415,19 @@ def test_bundle_reads_the_class_names_an_ultralytics_export_carries(tiny: tuple[
     r = shelfscout("bundle", model, "--decoding", "yolo", "--out", tmp_path / "n.bundle", "--key", key, "--score",
                    "0.3", "--labels", "empty")
     assert r.returncode == 0 and "differ from the class names the model carries (Out-Of-Stock)" in r.stderr
+
+
+def test_annotated_labels_stay_whole_at_the_picture_edges() -> None:
+    """A gap at the right edge or the top keeps its whole 'gap 0.83' tag inside the picture (was cut off)."""
+    from edge.commands.detect import annotate
+    from edge.types import Gap
+
+    img = np.full((480, 640, 3), 128, np.uint8)
+
+    def tag_pixels(gap: Gap) -> int:
+        above = annotate(img, [gap])[:round(gap.y0) - 2]  # the rows above the box and its outline: the tag
+        return int(np.count_nonzero(np.all(above == (0, 0, 255), axis=2)))
+
+    middle = tag_pixels(Gap(300, 100, 319, 130, 0.83))
+    assert middle > 100
+    assert tag_pixels(Gap(620, 100, 639, 130, 0.83)) == middle

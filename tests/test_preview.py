@@ -162,7 +162,7 @@ def test_gap_labels_stay_out_of_the_status_strip_and_inside_the_picture() -> Non
     assert label_place((100, 80), 50, 12, 30, 640) == (100, 80)
     assert label_place((100, 20), 50, 12, 30, 640) == (100, 46)
     assert label_place((100, 40), 50, 12, 30, 640) == (100, 56)
-    assert label_place((620, 80), 50, 12, 30, 640) == (586, 80)
+    assert label_place((620, 80), 50, 12, 30, 640) == (585, 80)  # its last column is 639, the picture's last
     assert label_place((-5, 80), 50, 12, 30, 640) == (0, 80)
     # In the drawn frame: a gap at the very top has its red label under the darkened strip, not hidden by it.
     frame = np.full((480, 640, 3), 200, np.uint8)

@@ -19,6 +19,7 @@ import numpy as np
 
 from edge.commands.prelabel import PrelabelFolder, unique_stem
 from edge.config import default_threads
+from edge.snapshot import draw_tag
 from edge.types import Gap
 
 log = logging.getLogger(__name__)
@@ -249,11 +250,7 @@ def annotate(image_rgb: np.ndarray, gaps: Sequence[Gap]) -> np.ndarray:
     for g in gaps:
         p0, p1 = (round(g.x0), round(g.y0)), (round(g.x1), round(g.y1))
         cv2.rectangle(out, p0, p1, (0, 0, 255), thick)
-        label = f"{g.score:.2f}"
-        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-        y = max(p0[1], th + 4)
-        cv2.rectangle(out, (p0[0], y - th - 4), (p0[0] + tw + 4, y), (0, 0, 255), -1)
-        cv2.putText(out, label, (p0[0] + 2, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        draw_tag(out, f"gap {g.score:.2f}", p0, (0, 0, 255), 0.5)
     return out
 
 
