@@ -154,3 +154,22 @@ def test_a_real_jolt_is_believed_after_a_few_frames(aisle: Aisle) -> None:
     assert s.reliable and abs(s.dx) < 1.0  # standing, measured
     # within the estimator's own accuracy over 630 px (1 %), not the 5 x 45 px the set-aside frames were guessed
     assert abs(odo.x - (x - 1000.0 - 45.0)) <= 12.0  # (the first frame is the start: it has no shift)
+
+
+def test_a_shopper_walking_slowly_past_a_standing_cart_does_not_move_it(aisle: Aisle) -> None:
+    """A shopper walking in front of the lens makes a second phase-correlation peak at its own shift. At 8 px a
+    frame (2 px at the estimator's 160 px) it lay inside the 5x5 window whose centroid cv2.phaseCorrelate takes,
+    and dragged the standing cart's odometry 100 px in 100 frames; the peak's own lobe keeps it in place."""
+    import cv2
+
+    cam = Camera(aisle, seed=5)
+    est, odo = ShiftEstimator(160), Odometry()
+    for k in range(100):
+        frame = cam.frame(435.0, 0.0)[0].image.copy()
+        cx = FRAME_W + 150 - 8 * k
+        cv2.rectangle(frame, (cx - 110, 60), (cx + 110, frame.shape[0]), (120, 40, 40), -1)
+        cv2.circle(frame, (cx, 40), 60, (200, 160, 130), -1)
+        s = est.update(frame)
+        if k:
+            odo.advance(s)
+    assert abs(odo.x) < 15.0, f"the standing cart's odometry moved {odo.x:+.0f} px"
