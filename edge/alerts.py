@@ -384,9 +384,12 @@ class AlertManager:
         """A marker whose centre is at shelf x `x_now` by odometry: returns the shelf x it must be at. `path` is
         Odometry.path now (the drift allowance restarts from it).
 
-        A known marker restores its aisle and position. An unknown one joins the current aisle at `x_now` when that
-        aisle has fewer than two markers (its two ends); otherwise it names a new aisle "aruco-<id>", also at
-        `x_now`. Places recorded in this run before any marker was seen (aisle None) join that new aisle.
+        A known marker restores its aisle and position. An unknown one joins the current aisle at `x_now` as its
+        other end when it is the partner of the aisle's only marker (`other_end`: ids 1 and 2, 3 and 4, ...);
+        otherwise it names a new aisle "aruco-<id>", also at `x_now`. So a cart that missed an aisle's far end (the
+        marker hidden or blurred) starts the next aisle at its first marker instead of taking that for this aisle's
+        far end and placing the next aisle's gaps in this one's frame. Places recorded in this run before any marker
+        was seen (aisle None) join that new aisle.
         """
         if path is not None:
             self._fix_path = path
@@ -402,7 +405,8 @@ class AlertManager:
                 if p.aisle == known.aisle and not any(p is u for u in unplaced):
                     p.stale = False  # the caller moves odometry to the marker: the aisle's boxes hold again
             return known.x
-        if self.aisle is not None and sum(1 for m in self.markers.values() if m.aisle == self.aisle) < 2:
+        ends = [k for k, m in self.markers.items() if m.aisle == self.aisle]
+        if self.aisle is not None and ends == [other_end(marker_id)]:
             self.markers[marker_id] = MarkerPlace(self.aisle, x_now)
         else:
             name = f"aruco-{marker_id}"
@@ -677,6 +681,12 @@ class AlertManager:
 def _no_constant(name: str) -> float:
     """json.loads takes NaN and Infinity by default; no place or marker of a cart can be at either."""
     raise ValueError(f"{name} is not a position")
+
+
+def other_end(marker_id: int) -> int:
+    """The id of the marker at the other end of `marker_id`'s aisle: an aisle's ends carry an odd id and the next
+    even one (1 and 2, 3 and 4, ...; docs/INSTALL.md). Id 0 has no partner (-1)."""
+    return marker_id + 1 if marker_id % 2 else marker_id - 1
 
 
 def _aisle_marker(aisle: str) -> int:

@@ -204,6 +204,24 @@ def test_markers_name_aisles_and_restore_positions() -> None:
     assert mgr.on_marker(4, -10.0) == 4000.0
 
 
+def test_a_missed_far_end_does_not_merge_the_next_aisle_into_this_one() -> None:
+    """The cart saw aisle 3's first marker, missed the one at its far end (4: hidden, blurred) and went on into
+    the next aisle, whose first marker is 5. Any unknown marker joined an aisle with fewer than two: 5 became aisle
+    3's far end and the next aisle's gaps were placed in aisle 3's frame, named after marker 3. An aisle's ends
+    are an odd id and the next even one (docs/INSTALL.md): 5 is not 3's other end, so it starts its own aisle."""
+    mgr = AlertManager(TrackingConfig(), "cart-01")
+    assert mgr.on_marker(3, 90.0) == 90.0 and mgr.aisle == "aruco-3"
+    assert mgr.on_marker(5, 5200.0) == 5200.0 and mgr.aisle == "aruco-5"
+    view = _view(0.0, aisle=mgr.aisle, ox=5200.0)
+    ev = mgr.confirm(1, (5500, 100, 5600, 200), (300, 100, 400, 200), [0.8], 3, view.t_wall, view)
+    assert ev is not None and ev.location.aisle == "aruco-5"
+    assert ev.location.offset_m == pytest.approx(0.0015 * (5550 - 5200))  # from marker 5, not from marker 3
+    assert mgr.on_marker(6, 9000.0) == 9000.0 and mgr.aisle == "aruco-5"  # its far end: the same aisle
+    assert mgr.on_marker(3, 120.0) == 90.0 and mgr.aisle == "aruco-3"  # back in aisle 3
+    assert mgr.on_marker(4, 4000.0) == 4000.0 and mgr.aisle == "aruco-3"  # and its far end, seen this time
+    assert {k: m.aisle for k, m in mgr.markers.items()} == {3: "aruco-3", 4: "aruco-3", 5: "aruco-5", 6: "aruco-5"}
+
+
 def test_a_crash_before_the_event_was_committed_resends_it_with_the_same_id(
     aisle: Aisle, tmp_path: Path
 ) -> None:
