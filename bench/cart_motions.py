@@ -15,6 +15,7 @@ these passes, so each such spot was still empty). `plain` is the baseline: the s
 10 px a frame. The scenarios are those of the session-28 field audit (its motion_audit.py), with its numbers.
 
     .venv/bin/python bench/cart_motions.py [--seeds 100 101 ...] [--only plain stop ...] [--labelled] [--json FILE]
+                                           [--motion-width PX]
 
 A table on stdout, one line per pass on stderr. The defaults (8 seeds) render about 28,000 frames: some 6 min on
 2 cores.
@@ -27,7 +28,7 @@ import json
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -359,8 +360,13 @@ def main() -> None:
     ap.add_argument("--labelled", action="store_true", help="also track the labelled boxes as detections")
     ap.add_argument("--json", type=Path, default=None, metavar="FILE",
                     help="write a JSON line per pass and per table row here")
+    ap.add_argument("--motion-width", type=int, default=None, metavar="PX",
+                    help="tracking.motion_width: the width the frame-to-frame shift is measured at (default: the "
+                         "config's, 160)")
     args = ap.parse_args()
     cfg = bench_config(None)
+    if args.motion_width is not None:
+        cfg = cfg.replace(tracking=replace(cfg.tracking, motion_width=args.motion_width))
     det = Detector(load_model(cfg, None))
     passes: list[Tally] = []
     totals: dict[tuple[str, str], Tally] = {}
