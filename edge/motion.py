@@ -59,9 +59,10 @@ class ShiftEstimator:
         self._scale = 1.0
         self._full_grey = np.empty((0, 0), np.uint8)
         self._grey = np.empty((0, 0), np.uint8)
-        self._prev = np.empty((0, 0), np.float32)
         self._cur = np.empty((0, 0), np.float32)
         self._window = np.empty((0, 0), np.float32)
+        self._prev_spectrum = np.empty((0, 0, 2), np.float32)  # of the previous windowed frame (phase_correlate)
+        self._cur_spectrum = np.empty((0, 0, 2), np.float32)
         self._has_prev = False
         self._vx = 0.0  # last reliable velocity, content pixels per source frame
         self._vy = 0.0
@@ -89,9 +90,10 @@ class ShiftEstimator:
         self._scale = w / sw
         self._full_grey = np.empty((h, w), np.uint8)
         self._grey = np.empty((sh, sw), np.uint8)
-        self._prev = np.empty((sh, sw), np.float32)
         self._cur = np.empty((sh, sw), np.float32)
         self._window = cv2.createHanningWindow((sw, sh), cv2.CV_32F)
+        self._prev_spectrum = np.empty((sh, sw, 2), np.float32)
+        self._cur_spectrum = np.empty((sh, sw, 2), np.float32)
         self._has_prev = False
 
     def update(self, frame_rgb: np.ndarray, frames_elapsed: int = 1) -> Shift:
@@ -106,13 +108,15 @@ class ShiftEstimator:
         cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2GRAY, dst=self._full_grey)
         cv2.resize(self._full_grey, (sw, sh), dst=self._grey, interpolation=cv2.INTER_AREA)
         np.copyto(self._cur, self._grey, casting="unsafe")
+        np.multiply(self._cur, self._window, out=self._cur)
+        cv2.dft(self._cur, dst=self._cur_spectrum, flags=cv2.DFT_COMPLEX_OUTPUT)
         steps = max(1, int(frames_elapsed))
         if not self._has_prev:
             self._has_prev = True
-            self._prev, self._cur = self._cur, self._prev
+            self._prev_spectrum, self._cur_spectrum = self._cur_spectrum, self._prev_spectrum
             return Shift(self._vx * steps, self._vy * steps, 0.0, False)
-        sx, sy, response = phase_correlate(self._prev, self._cur, self._window)
-        self._prev, self._cur = self._cur, self._prev
+        sx, sy, response = phase_correlate(self._prev_spectrum, self._cur_spectrum)
+        self._prev_spectrum, self._cur_spectrum = self._cur_spectrum, self._prev_spectrum
         dx, dy = sx * self._scale, sy * self._scale
         plausible = abs(dx) <= self.max_jump * w and abs(dy) <= self.max_jump * h
         # A cart does not change its speed by a twentieth of the frame from one frame to the next: such a jump is
@@ -137,8 +141,9 @@ class ShiftEstimator:
         return Shift(self._vx * steps, self._vy * steps, float(response), False)
 
 
-def phase_correlate(prev: np.ndarray, cur: np.ndarray, window: np.ndarray) -> tuple[float, float, float]:
-    """How far the content of `cur` moved from `prev` (float32 grey, windowed by `window`): (dx, dy, response).
+def phase_correlate(prev: np.ndarray, cur: np.ndarray) -> tuple[float, float, float]:
+    """How far the content moved from one frame to the next, given their spectra (cv2.dft of the windowed grey
+    frames, DFT_COMPLEX_OUTPUT; each frame's is taken once): (dx, dy, response).
 
     The correlation surface and the response (the sum of the 5x5 window around its peak) are cv2.phaseCorrelate's,
     but not its sub-pixel peak: it takes the centroid of that whole window, and something else moving in view
@@ -147,9 +152,7 @@ def phase_correlate(prev: np.ndarray, cur: np.ndarray, window: np.ndarray) -> tu
     views seemed to move, and a gap the shopper hid was counted as seen filled and cleared. Here each axis of the
     window is cut where the surface rises again towards another peak; with a single peak it is OpenCV's centroid.
     """
-    a = cv2.dft(prev * window, flags=cv2.DFT_COMPLEX_OUTPUT)
-    b = cv2.dft(cur * window, flags=cv2.DFT_COMPLEX_OUTPUT)
-    cross = cv2.mulSpectrums(b, a, 0, conjB=True)
+    cross = cv2.mulSpectrums(cur, prev, 0, conjB=True)
     cross /= cv2.magnitude(cross[..., 0], cross[..., 1])[..., None] + np.finfo(np.float32).eps
     surface = cv2.idft(cross, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
     h, w = surface.shape
