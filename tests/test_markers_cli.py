@@ -42,6 +42,14 @@ def test_cli_writes_labels_and_pages(tmp_path: Path) -> None:
     found = MarkerDetector(every=1, scale=1.0, min_side=0.01).detect(cv2.cvtColor(
         cv2.resize(page, (620, 877), interpolation=cv2.INTER_AREA), cv2.COLOR_GRAY2RGB))
     assert sorted(m.id for m in found) == [3, 4, 5, 6]
+    # 3 and 4, 5 and 6 are two aisles' ends; 7's partner, 8, is not printed: said, as a note
+    assert "note: 7 without the other end's id" in r.stderr
+
+
+def test_paired_ids_print_without_a_note(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "edge", "markers", str(tmp_path), "--ids", "1", "2", "4", "3"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
 @pytest.mark.parametrize(("ids", "message"), [(["50"], "0-49"), (["2", "2"], "once")])

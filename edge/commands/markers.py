@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+from edge.alerts import other_end
 
 DICT_SIZE = 50  # cv2.aruco.DICT_4X4_50, what edge.motion.MarkerDetector reads
 DEFAULT_SIZE_MM = 60.0  # ~40 px at 1.5 mm/px (the recommended mount): twice the detector's minimum
@@ -66,10 +69,13 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "markers", help="print ArUco labels for aisle ends (they name aisles and reset the cart's position)",
         description="Write one PNG label per marker id, plus A4 pages of them, ready to print at the given size. "
-                    "Hang one at each end of every aisle, at camera height; use each id once per store.",
+                    "Hang one at each end of every aisle, at camera height; use each id once per store. The two "
+                    "ends of one aisle carry an odd id and the next even one (1 and 2, 3 and 4, ...): only its "
+                    "partner joins an aisle, so a missed far end never merges the next aisle into this one.",
     )
     p.add_argument("out", type=Path, help="folder for marker-<id>.png and markers-a4-<page>.png")
-    p.add_argument("--ids", type=int, nargs="+", required=True, help=f"marker ids, 0-{DICT_SIZE - 1}, each once")
+    p.add_argument("--ids", type=int, nargs="+", required=True,
+                   help=f"marker ids, 1-{DICT_SIZE - 2} in pairs (1 2 for one aisle's ends, 3 4 for the next), each once")
     p.add_argument("--size-mm", type=float, default=DEFAULT_SIZE_MM,
                    help=f"printed marker width in mm (default {DEFAULT_SIZE_MM:g})")
     p.add_argument("--dpi", type=int, default=300, help="print resolution (default 300)")
@@ -96,4 +102,9 @@ def markers_cmd(args: argparse.Namespace) -> int:
         cv2.imwrite(str(args.out / f"markers-a4-{k}.png"), page)
     print(f"wrote {len(labels)} labels and {len(pages)} A4 page(s) to {args.out}; print at {args.dpi} dpi and 100 % "
           f"scale, then check that a marker's black square measures {args.size_mm:g} mm")
+    alone = [i for i in args.ids if other_end(i) not in args.ids]
+    if alone:
+        print(f"note: {' '.join(map(str, alone))} without the other end's id here (an aisle's ends are an odd id and "
+              f"the next even one: 1 and 2, 3 and 4, ...); a marker whose partner never hangs in the store names an "
+              f"aisle of its own", file=sys.stderr)
     return 0
