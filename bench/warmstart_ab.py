@@ -1,17 +1,13 @@
 """A/B test of training changes by warm-starting the default weights: each arm x each seed, measured like `make model`.
 
-An arm is a name and a JSON object of `AugmentConfig` fields and optionally `aux`, the weight of the training-only
-product/gap/other loss (`TrainConfig.aux`; the training images are then written with masks, the same images for
-every arm); `{}` is the control. For every seed, the arms share
+An arm is a name and a JSON object of `AugmentConfig` fields (`{}` is the control). For every seed, the arms share
 the same generated training images (seed-specific) and training seed, start from the same float weights, train
 `--steps` more steps at a low learning rate, are converted to int8 and measured by `convert.build_default.build` on
 the same generated validation shelves and, when present, the real ESD `dev/` photos. One warm-start run is about
 +-1 ESD AP50 point of noise (models/NOTES.md), so give at least two seeds and read the per-seed differences, not one
-number. Bundles stay under --work, unsigned unless --key names a key to sign them with (for pairing them with
-`shelfscout eval --model A --against B --keys DIR`); nothing is written to the repository.
+number. Bundles are unsigned and stay under --work; nothing is written to the repository.
 
     .venv/bin/python bench/warmstart_ab.py --arm control '{}' --arm colour '{"contrast": 0.5}' --seeds 7 8
-    .venv/bin/python bench/warmstart_ab.py --arm control '{}' --arm aux '{"aux": 1.0}' --key KEYDIR/ab.key
 """
 
 from __future__ import annotations
@@ -19,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,25 +33,15 @@ from convert.dataset import AugmentConfig
 from convert.train import TrainConfig, net_config_for
 
 
-@dataclass(frozen=True)
-class Arm:
-    name: str
-    aug: AugmentConfig
-    aux: float = 0.0  # `TrainConfig.aux`
-
-
-def parse_arm(name: str, text: str) -> Arm:
+def parse_arm(name: str, text: str) -> tuple[str, AugmentConfig]:
     try:
         over = json.loads(text)
     except json.JSONDecodeError as e:
         raise SystemExit(f"arm {name!r}: not JSON: {e}") from e
     known = {f.name for f in fields(AugmentConfig)}
-    if not isinstance(over, dict) or set(over) - known - {"aux"}:
-        raise SystemExit(f"arm {name!r}: give an object with AugmentConfig fields ({', '.join(sorted(known))}) "
-                         "and/or aux")
-    aux = float(over.pop("aux", 0.0))
-    aug = replace(AugmentConfig(), **{k: tuple(v) if isinstance(v, list) else v for k, v in over.items()})
-    return Arm(name, aug, aux)
+    if not isinstance(over, dict) or set(over) - known:
+        raise SystemExit(f"arm {name!r}: give an object with AugmentConfig fields ({', '.join(sorted(known))})")
+    return name, replace(AugmentConfig(), **{k: tuple(v) if isinstance(v, list) else v for k, v in over.items()})
 
 
 def main() -> None:
@@ -70,8 +56,6 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=REPO / "build" / "warmstart-ab")
     ap.add_argument("--no-esd", action="store_true", help="do not measure on ../shared/data/esd/dev")
     ap.add_argument("--json", action="store_true", help="one JSON object per run on stdout, nothing else")
-    ap.add_argument("--key", type=Path, default=None,
-                    help="sign the bundles with this private key (created with its .pub when missing)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     arms = [parse_arm(n, t) for n, t in args.arm]
@@ -83,17 +67,15 @@ def main() -> None:
         val_sets.append(("esd-dev", ESD_DEV))
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for seed in args.seeds:
-        data = synth_folder(args.work / f"synth-train-{seed}", args.images, seed, workers=2, progress=False,
-                            masks=any(arm.aux for arm in arms))
-        for arm in arms:
-            name = arm.name
+        data = synth_folder(args.work / f"synth-train-{seed}", args.images, seed, workers=2, progress=False)
+        for name, aug in arms:
             run = args.work / f"{name}-s{seed}"
             spec = BuildSpec(
                 name=f"{name}-s{seed}", version=1, out_bundle=run / "model.bundle", work_dir=run,
                 train=TrainConfig(net=net, steps=args.steps, lr=1e-3, warmup=min(50, args.steps // 10), seed=seed,
-                                  aug=arm.aug, aux=arm.aux),
+                                  aug=aug),
                 synth_train=0, synth_val=0, train_dirs=(data,), val_sets=tuple(val_sets),
-                init_weights=args.init, key_path=args.key, progress=False,
+                init_weights=args.init, key_path=None, progress=False,
             )
             report = build(spec)
             sets = report.metrics["sets"]
@@ -108,9 +90,9 @@ def main() -> None:
                     f"{s} AP50 int8 {m['int8']['ap50']:.4f} (float {m['float']['ap50']:.4f})" for s, m in sets.items()
                 ), flush=True)
     if not args.json and len(arms) > 1:
-        base = arms[0].name
+        base = arms[0][0]
         print(f"difference from {base!r}, per seed:")
-        for name in (arm.name for arm in arms[1:]):
+        for name, _ in arms[1:]:
             for s, _p in val_sets:
                 key = f"{s}_ap50_int8"
                 diffs = [rows[name, sd][key] - rows[base, sd][key] for sd in args.seeds]

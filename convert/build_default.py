@@ -101,23 +101,21 @@ class BuildReport:
 SYNTH_STAMP = "generator.json"
 
 
-def generator_stamp(n: int, seed: int, masks: bool = False) -> dict[str, Any]:
-    """What a generated folder depends on: count, seed, the generator's source code and whether it has masks."""
+def generator_stamp(n: int, seed: int) -> dict[str, Any]:
+    """What a generated folder depends on: count, seed and the generator's source code."""
     import hashlib
 
     import convert.synth
 
     src = Path(convert.synth.__file__).read_bytes()
-    stamp: dict[str, Any] = {"n": n, "seed": seed, "synth_sha256": hashlib.sha256(src).hexdigest()}
-    return {**stamp, "masks": True} if masks else stamp  # a folder without masks keeps its old stamp
+    return {"n": n, "seed": seed, "synth_sha256": hashlib.sha256(src).hexdigest()}
 
 
-def synth_folder(path: Path, n: int, seed: int, workers: int, progress: bool, masks: bool = False) -> Path:
-    """A generated YOLO folder of n images (with `masks`, and what each pixel shows); reused only if complete and
-    made by this generator and seed, with masks if asked for."""
+def synth_folder(path: Path, n: int, seed: int, workers: int, progress: bool) -> Path:
+    """A generated YOLO folder of n images; reused only if complete and made by this generator and seed."""
     from convert.synth import write_yolo_dataset
 
-    stamp = generator_stamp(n, seed, masks)
+    stamp = generator_stamp(n, seed)
     stamp_path = path / SYNTH_STAMP
     if (
         stamp_path.is_file()
@@ -131,7 +129,7 @@ def synth_folder(path: Path, n: int, seed: int, workers: int, progress: bool, ma
     from tqdm import tqdm
 
     with tqdm(total=n, desc=f"synth {path.name}", unit="img", disable=not progress, mininterval=2.0) as bar:
-        write_yolo_dataset(path, n, seed, workers=workers, progress=bar.update, masks=masks)
+        write_yolo_dataset(path, n, seed, workers=workers, progress=bar.update)
     stamp_path.write_text(json.dumps(stamp) + "\n")
     return path
 
@@ -231,8 +229,7 @@ def build(spec: BuildSpec) -> BuildReport:
     # ---- data ----
     train_items: list[LabeledImage] = list(spec.train_items)
     if spec.synth_train:
-        train_items += load_yolo_folder(synth_folder(work / "synth-train", spec.synth_train, seed, spec.workers,
-                                                     spec.progress, masks=spec.train.aux > 0))
+        train_items += load_yolo_folder(synth_folder(work / "synth-train", spec.synth_train, seed, spec.workers, spec.progress))
     for d in spec.train_dirs:
         train_items += load_yolo_folder(d)
     train_items = preresize(train_items, 480)
@@ -409,7 +406,7 @@ def _checkpoint_logger(
 
 def default_spec(
     work: Path, steps: int, synth_train: int, synth_val: int, with_esd: bool, models: Path = MODELS,
-    seed: int = DEFAULT_SEED, randconv: float = DEFAULT_RANDCONV, aux: float = 0.0,
+    seed: int = DEFAULT_SEED, randconv: float = DEFAULT_RANDCONV,
 ) -> BuildSpec:
     from convert.bundler import DEFAULT_KEY_NAME
 
@@ -424,7 +421,7 @@ def default_spec(
         version=DEFAULT_VERSION,
         out_bundle=models / f"{DEFAULT_NAME}.bundle",
         work_dir=work,
-        train=TrainConfig(net=net, steps=steps, seed=seed, aug=AugmentConfig(randconv=randconv), aux=aux),
+        train=TrainConfig(net=net, steps=steps, seed=seed, aug=AugmentConfig(randconv=randconv)),
         synth_train=synth_train,
         synth_val=synth_val,
         val_sets=val_sets,
@@ -542,14 +539,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help=f"seed of the generated images and the training (default {DEFAULT_SEED}, the shipped one)")
     p.add_argument("--randconv", type=float, default=DEFAULT_RANDCONV, metavar="P",
                    help=f"share of training crops restyled by a random convolution (default {DEFAULT_RANDCONV:g})")
-    p.add_argument("--aux", type=float, default=0.0, metavar="WEIGHT",
-                   help="weight of the training-only product/gap/other loss on the generator's masks (default 0: "
-                        "off; `TrainConfig.aux`)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         spec = default_spec(args.work, args.steps, args.synth_train, args.synth_val, not args.no_esd, args.models,
-                            seed=args.seed, randconv=args.randconv, aux=args.aux)
+                            seed=args.seed, randconv=args.randconv)
     except ValueError as e:
         p.error(str(e))
     spec = replace(spec, reuse_weights=args.reuse_weights, eval_every=args.eval_every)

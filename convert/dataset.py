@@ -13,7 +13,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from convert.synth import MASK_OTHER, MASKS_DIR
 from edge.yolo import LabelError, read_yolo_boxes
 
 log = logging.getLogger(__name__)
@@ -23,13 +22,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 @dataclass(frozen=True)
 class LabeledImage:
-    """One image of a YOLO folder: its RGB pixels, the gap boxes (N, 4) x0, y0, x1, y1 in its pixels and, for a
-    generated folder written with masks, what each pixel shows (uint8 `convert.synth` MASK_* codes, h x w)."""
+    """One image of a YOLO folder: its RGB pixels and the gap boxes (N, 4) x0, y0, x1, y1 in its pixels."""
 
     path: Path
     image: np.ndarray
     boxes: np.ndarray
-    mask: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -93,9 +90,8 @@ def gap_classes_of(folder: Path | str) -> tuple[int, ...]:
 
 def load_yolo_folder(folder: Path | str, limit: int | None = None) -> list[LabeledImage]:
     """All images of a YOLO folder with their gap boxes (`gap_classes_of`; boxes of other classes are left out and
-    counted in a warning), in file-name order; with their masks/NNNNN.png where the generator wrote them."""
+    counted in a warning), in file-name order."""
     classes = gap_classes_of(folder)
-    mask_dir = Path(folder) / MASKS_DIR
     out = []
     other = gaps = 0
     pairs = list_yolo_images(folder)[:limit]
@@ -114,11 +110,7 @@ def load_yolo_folder(folder: Path | str, limit: int | None = None) -> list[Label
         gap = np.isin(ids, classes)
         other += int((~gap).sum())
         gaps += int(gap.sum())
-        mask_path = mask_dir / (img_path.stem + ".png")
-        mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED) if mask_path.is_file() else None
-        if mask is not None and mask.shape != img.shape[:2]:
-            raise LabelError(f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}, its image {img.shape[1]}x{img.shape[0]}")
-        out.append(LabeledImage(img_path, img, boxes[gap], mask))
+        out.append(LabeledImage(img_path, img, boxes[gap]))
     if other and not gaps and not (Path(folder) / "classes.txt").exists():
         raise LabelError(f"{folder}: none of its {other} labelled boxes is of the gap class(es) {list(classes)}: "
                          "name the classes in classes.txt (the one called empty, gap, out_of_stock, ... is the gap; "
@@ -135,15 +127,6 @@ def resize_with_boxes(image: np.ndarray, boxes: np.ndarray, width: int, height: 
     out = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if w > width else cv2.INTER_LINEAR)
     scale = np.array([width / w, height / h, width / w, height / h], np.float32)
     return out, (boxes * scale).astype(np.float32)
-
-
-def resize_labeled(item: LabeledImage, width: int, height: int) -> LabeledImage:
-    """`resize_with_boxes` of a labelled image, its mask (if any) resized alike, by the nearest pixel centre."""
-    img, boxes = resize_with_boxes(item.image, item.boxes, width, height)
-    mask = item.mask
-    if mask is not None:
-        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
-    return LabeledImage(item.path, img, boxes, mask)
 
 
 @dataclass(frozen=True)
@@ -188,11 +171,8 @@ def augment(
     base_w: int,
     base_h: int,
     cfg: AugmentConfig,
-    mask: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """A random out_w x out_h view of the image as if squashed to base_w x base_h (the model input), then zoomed:
-    (view, its boxes, the same view of `mask` or None). The mask takes no random draw, so a run with masks sees
-    the views a run without them does; pixels from outside the image, or painted over, are MASK_OTHER there."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random out_w x out_h view of the image as if squashed to base_w x base_h (the model input), then zoomed."""
     h, w = image.shape[:2]
     zoom = rng.uniform(*cfg.scale)
     aspect = np.exp(rng.uniform(np.log(cfg.aspect[0]), np.log(cfg.aspect[1])))
@@ -203,14 +183,12 @@ def augment(
     ty = -rng.uniform(min(0.0, span_y), max(0.0, span_y))
     flip = rng.random() < cfg.flip
     fill = tuple(float(v) for v in rng.integers(0, 256, 3))
-    src, src_mask = image, mask
+    src = image
     if sx < 1 or sy < 1:
         # shrinking: resize first with INTER_AREA, exactly as the device resizes a frame (`edge.resize`;
         # warpAffine has no INTER_AREA and would silently use bilinear), then place it at whole pixels
         nw, nh = max(1, int(round(w * sx))), max(1, int(round(h * sy)))
         src = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
-        if mask is not None:
-            src_mask = cv2.resize(mask, (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT)
         sx, sy = nw / w, nh / h
         tx, ty = float(round(tx)), float(round(ty))
     # `m` maps a box edge u (pixel i spans [i, i + 1)) to a ± s u + t; warpAffine maps pixel centres, so its
@@ -227,10 +205,6 @@ def augment(
         interp = cv2.INTER_NEAREST
     warp[:, 2] += 0.5 * (np.diag(warp[:, :2]) - 1)
     out = cv2.warpAffine(src, warp, (out_w, out_h), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
-    out_mask = None
-    if src_mask is not None:
-        out_mask = cv2.warpAffine(src_mask, warp, (out_w, out_h), flags=cv2.INTER_NEAREST,
-                                  borderMode=cv2.BORDER_CONSTANT, borderValue=MASK_OTHER)
 
     if len(boxes):
         b = boxes.astype(np.float64)
@@ -249,11 +223,9 @@ def augment(
             x0, y0 = (max(int(np.floor(v)) - 1, 0) for v in box[:2])
             x1, y1 = (int(np.ceil(v)) + 1 for v in box[2:])
             out[y0:y1, x0:x1] = rng.integers(0, 256, 3, dtype=np.uint8)
-            if out_mask is not None:
-                out_mask[y0:y1, x0:x1] = MASK_OTHER
         boxes = cb[keep].astype(np.float32)
     out = photometric(out, rng, cfg)
-    return out, boxes, out_mask
+    return out, boxes
 
 
 def augment_mosaic(
@@ -264,28 +236,22 @@ def augment_mosaic(
     base_w: int,
     base_h: int,
     cfg: AugmentConfig,
-    masks: Sequence[np.ndarray] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, np.ndarray]:
     """An out_w x out_h crop cut into four tiles at a random point, each tile an `augment` view of one of the four
     (image, boxes) samples at the usual zoom: four photos' gaps and surroundings in one crop, at the sizes a plain
-    crop would show them (YOLO's mosaic, without its shrinking). With the samples' `masks`, the same mosaic of
-    them is the third item, else None."""
+    crop would show them (YOLO's mosaic, without its shrinking)."""
     if len(samples) != 4:
         raise ValueError(f"a mosaic takes 4 samples, got {len(samples)}")
     cx = int(round(rng.uniform(0.25, 0.75) * out_w))
     cy = int(round(rng.uniform(0.25, 0.75) * out_h))
     out = np.empty((out_h, out_w, 3), np.uint8)
-    out_mask = None if masks is None else np.empty((out_h, out_w), np.uint8)
     parts = []
     tiles = ((0, 0, cx, cy), (cx, 0, out_w, cy), (0, cy, cx, out_h), (cx, cy, out_w, out_h))
-    for k, ((image, boxes), (x0, y0, x1, y1)) in enumerate(zip(samples, tiles, strict=True)):
-        mask = None if masks is None else masks[k]
-        tile, tb, tile_mask = augment(image, boxes, rng, x1 - x0, y1 - y0, base_w, base_h, cfg, mask)
+    for (image, boxes), (x0, y0, x1, y1) in zip(samples, tiles, strict=True):
+        tile, tb = augment(image, boxes, rng, x1 - x0, y1 - y0, base_w, base_h, cfg)
         out[y0:y1, x0:x1] = tile
-        if out_mask is not None and tile_mask is not None:
-            out_mask[y0:y1, x0:x1] = tile_mask
         parts.append(tb + np.array([x0, y0, x0, y0], np.float32))
-    return out, np.concatenate(parts).reshape(-1, 4).astype(np.float32), out_mask
+    return out, np.concatenate(parts).reshape(-1, 4).astype(np.float32)
 
 
 def photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
@@ -344,13 +310,6 @@ def random_conv(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     mixed = a * z + (1.0 - a) * out
     mixed = (mixed - mixed.reshape(-1, 3).mean(0)) / (mixed.reshape(-1, 3).std(0) + 1e-6)
     return np.clip(mixed * std + mean, 0, 255).astype(np.uint8)
-
-
-def mask_shares(mask: np.ndarray, out_w: int, out_h: int, classes: int) -> np.ndarray:
-    """The share of each output cell's pixels showing each class (out_h, out_w, classes) float32, rows summing to 1:
-    soft targets for a per-cell classifier on the output grid of a training view's mask."""
-    onehot = (mask[..., None] == np.arange(classes, dtype=mask.dtype)).astype(np.float32)
-    return cv2.resize(onehot, (out_w, out_h), interpolation=cv2.INTER_AREA).reshape(out_h, out_w, classes)
 
 
 def encode_targets(boxes: np.ndarray, out_w: int, out_h: int, stride: int, min_sigma: float = 0.6) -> Targets:

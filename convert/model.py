@@ -21,7 +21,6 @@ from typing import Any
 HEATMAP = "heatmap"
 LTRB = "ltrb"
 OUTPUT_NAMES = (HEATMAP, LTRB)
-AUX = "aux"  # the training-only output of `with_aux_head`
 HEATMAP_PRIOR = 0.02  # initial heatmap probability, as in CenterNet/RetinaNet bias initialisation
 
 
@@ -141,20 +140,6 @@ def build_model(cfg: NetConfig, input_shape: tuple[int | None, int | None] | Non
     bx = layers.Conv2D(4, 1, bias_initializer=keras.initializers.Constant(1.0), name="ltrb_conv")(bx)
     bx = layers.ReLU(name=LTRB)(bx)
     return keras.Model(inp, {HEATMAP: hm, LTRB: bx}, name="shelfgap")
-
-
-def with_aux_head(model: Any, cfg: NetConfig, classes: int) -> Any:
-    """A training model sharing `model`'s layers, with one more output: per-cell logits (1, H/s, W/s, classes) of
-    what the cell shows, from a 1x1 conv on the features both heads read. Only `model` is saved and converted, so
-    the extra output never reaches a bundle."""
-    import keras
-    from keras import layers
-
-    first_head = "head_dw" if cfg.shared_head else "hm_head_dw"  # the features' first reader
-    features = model.get_layer(first_head).input
-    logits = layers.Conv2D(classes, 1, name=AUX)(features)
-    outputs = {HEATMAP: model.get_layer(HEATMAP).output, LTRB: model.get_layer(LTRB).output, AUX: logits}
-    return keras.Model(model.input, outputs, name="shelfgap_aux")
 
 
 def count_params(model: Any) -> int:

@@ -68,21 +68,6 @@ class Sample:
     product_mask: np.ndarray | None = None
     looks: list[str] = field(default_factory=list)
 
-    def class_mask(self) -> np.ndarray:
-        """The debug masks as one uint8 image of MASK_* codes: what each pixel shows, for dense training targets."""
-        if self.gap_mask is None or self.product_mask is None:
-            raise ValueError("the sample was rendered without debug=True: it has no masks")
-        out = np.full(self.gap_mask.shape, MASK_OTHER, np.uint8)
-        out[self.product_mask] = MASK_PRODUCT
-        out[self.gap_mask > 0] = MASK_GAP
-        return out
-
-
-# what a pixel of `Sample.class_mask` (and of a YOLO folder's masks/NNNNN.png) shows; the gap code covers labelled
-# gaps only (a gap too small to be labelled is "other"), products are the front-row packs, talkers and clutter
-MASK_OTHER, MASK_PRODUCT, MASK_GAP = 0, 1, 2
-MASK_CLASSES = 3
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # colours and sprites
@@ -1372,25 +1357,20 @@ def make_shelf_image(
 # YOLO folders
 
 
-MASKS_DIR = "masks"  # beside images/ and labels/: one PNG of MASK_* codes per image, named like it
-
-
 def sample_rng(seed: int, index: int) -> np.random.Generator:
     """The generator for image `index` of a dataset made with `seed` (independent of worker count)."""
     return np.random.default_rng([int(seed), int(index)])
 
 
-def _write_one(args: tuple[Path, int, int, int, int, bool]) -> int:
-    out_dir, seed, i, width, height, masks = args
-    s = render_sample(sample_rng(seed, i), width, height, debug=masks)  # the masks draw nothing: same image
+def _write_one(args: tuple[Path, int, int, int, int]) -> int:
+    out_dir, seed, i, width, height = args
+    s = make_shelf_image(sample_rng(seed, i), width, height)
     name = f"{i:05d}"
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
     if not ok:
         raise OSError(f"could not encode image {i}")
     (out_dir / "images" / f"{name}.jpg").write_bytes(buf.tobytes())
     (out_dir / "labels" / f"{name}.txt").write_text(yolo_lines(s.boxes, width, height))
-    if masks and not cv2.imwrite(str(out_dir / MASKS_DIR / f"{name}.png"), s.class_mask()):
-        raise OSError(f"could not write the mask of image {i}")
     return len(s.boxes)
 
 
@@ -1406,21 +1386,17 @@ def write_yolo_dataset(
     height: int = 416,
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
-    masks: bool = False,
 ) -> Path:
-    """Write n images to out_dir/images/NNNNN.jpg and YOLO labels to out_dir/labels/NNNNN.txt ("0 cx cy w h"),
-    and with `masks` what each pixel shows to out_dir/masks/NNNNN.png (`Sample.class_mask`).
+    """Write n images to out_dir/images/NNNNN.jpg and YOLO labels to out_dir/labels/NNNNN.txt ("0 cx cy w h").
 
-    Image i depends only on (seed, i), so the result is the same for any number of workers, with or without
-    masks. `progress` is called with the number of images finished since the last call."""
+    Image i depends only on (seed, i), so the result is the same for any number of workers. `progress` is
+    called with the number of images finished since the last call."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "labels").mkdir(parents=True, exist_ok=True)
-    if masks:
-        (out_dir / MASKS_DIR).mkdir(exist_ok=True)
-    jobs = [(out_dir, seed, i, width, height, masks) for i in range(n)]
+    jobs = [(out_dir, seed, i, width, height) for i in range(n)]
     results: Iterator[int]
     if workers <= 1 or n < 8:
         results = map(_write_one, jobs)

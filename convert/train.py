@@ -24,11 +24,9 @@ from convert.dataset import (
     augment,
     augment_mosaic,
     encode_targets,
-    mask_shares,
-    resize_labeled,
+    resize_with_boxes,
 )
-from convert.model import AUX, HEATMAP, LTRB, NetConfig, build_model, with_aux_head
-from convert.synth import MASK_CLASSES
+from convert.model import HEATMAP, LTRB, NetConfig, build_model
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +67,9 @@ class TrainConfig:
     aug: AugmentConfig = field(default_factory=AugmentConfig)
     # momentum of an exponential moving average of the weights, saved instead of the last step's (0: off)
     ema: float = 0.0
-    # weight of an auxiliary loss during training only: a 1x1 conv on the heads' features classifies each cell as
-    # product, gap or other against the generator's masks (`with_aux_head`; needs images with masks; 0: off)
-    aux: float = 0.0
 
     def __post_init__(self) -> None:
         check_ema(self.ema)
-        if not 0.0 <= self.aux < math.inf:  # NaN fails this too
-            raise ValueError(f"aux must be a finite weight >= 0, got {self.aux}")
         check_crop(self.crop)
         if self.steps < 1 or self.batch < 1:
             raise ValueError("steps and batch must be positive")
@@ -110,48 +103,28 @@ def setup_tf(seed: int, threads: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-@dataclass(frozen=True)
-class Batch:
-    """Augmented crops (B, c, c, 3) float32 0..255 and their targets on the output grid."""
-
-    x: np.ndarray
-    heatmap: np.ndarray
-    ltrb: np.ndarray
-    weight: np.ndarray
-    aux: np.ndarray | None  # (B, g, g, MASK_CLASSES) class shares per cell, with `TrainConfig.aux` only
-
-
-def make_batch(data: Sequence[LabeledImage], idx: np.ndarray, rng: np.random.Generator, cfg: TrainConfig) -> Batch:
-    """Augmented crops of data[idx] and their targets (the masks travel with the crops when `cfg.aux` is on)."""
+def make_batch(
+    data: Sequence[LabeledImage], idx: np.ndarray, rng: np.random.Generator, cfg: TrainConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Augmented crops (B, c, c, 3) float32 0..255 and their heatmap, ltrb and weight targets."""
     c, s = cfg.crop, cfg.net.stride
     g = c // s
     x = np.empty((len(idx), c, c, 3), np.float32)
     hm = np.empty((len(idx), g, g, 1), np.float32)
     lt = np.empty((len(idx), g, g, 4), np.float32)
     wt = np.empty((len(idx), g, g, 1), np.float32)
-    aux = np.empty((len(idx), g, g, MASK_CLASSES), np.float32) if cfg.aux else None
     for k, i in enumerate(idx):
         item = data[int(i)]
         # no draw when mosaic is off, so runs without it keep the random streams they always had
         if cfg.aug.mosaic and rng.random() < cfg.aug.mosaic:
-            group = (item, *(data[int(j)] for j in rng.integers(0, len(data), 3)))
-            masks = [_mask_of(d) for d in group] if aux is not None else None
-            img, boxes, mask = augment_mosaic([(d.image, d.boxes) for d in group], rng, c, c, cfg.net.width,
-                                              cfg.net.height, cfg.aug, masks)
+            others = [data[int(j)] for j in rng.integers(0, len(data), 3)]
+            samples = [(d.image, d.boxes) for d in (item, *others)]
+            img, boxes = augment_mosaic(samples, rng, c, c, cfg.net.width, cfg.net.height, cfg.aug)
         else:
-            img, boxes, mask = augment(item.image, item.boxes, rng, c, c, cfg.net.width, cfg.net.height, cfg.aug,
-                                       _mask_of(item) if aux is not None else None)
+            img, boxes = augment(item.image, item.boxes, rng, c, c, cfg.net.width, cfg.net.height, cfg.aug)
         t = encode_targets(boxes, g, g, s)
         x[k], hm[k], lt[k], wt[k] = img, t.heatmap, t.ltrb, t.weight
-        if aux is not None and mask is not None:
-            aux[k] = mask_shares(mask, g, g, MASK_CLASSES)
-    return Batch(x, hm, lt, wt, aux)
-
-
-def _mask_of(item: LabeledImage) -> np.ndarray:
-    if item.mask is None:
-        raise ValueError(f"{item.path} has no mask: the aux loss trains on generated images written with masks")
-    return item.mask
+    return x, hm, lt, wt
 
 
 def _losses(tf: Any, hm_t: Any, lt_t: Any, wt: Any, hm_p: Any, lt_p: Any) -> tuple[Any, Any]:
@@ -176,11 +149,6 @@ def _losses(tf: Any, hm_t: Any, lt_t: Any, wt: Any, hm_p: Any, lt_p: Any) -> tup
     return focal, box
 
 
-def _aux_loss(tf: Any, shares: Any, logits: Any) -> Any:
-    """Cross-entropy of the per-cell class logits against the cells' class shares, averaged over cells."""
-    return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=shares, logits=logits))
-
-
 def train(
     data: Sequence[LabeledImage],
     cfg: TrainConfig,
@@ -198,9 +166,6 @@ def train(
     """
     if not data:
         raise ValueError("no training images")
-    if cfg.aux:
-        for item in data:
-            _mask_of(item)  # refused now, not at the first batch that draws it
     import keras
     import tensorflow as tf
     from tqdm import tqdm
@@ -209,8 +174,6 @@ def train(
     model = build_model(cfg.net, input_shape=(cfg.crop, cfg.crop))
     if init_weights is not None:
         model.load_weights(str(init_weights))
-    # the model trained; `model` alone (its layers are shared) is saved, so the aux output stays out of the bundle
-    trained = with_aux_head(model, cfg.net, MASK_CLASSES) if cfg.aux else model
     lr = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=cfg.lr * 0.1,
         decay_steps=max(cfg.steps - cfg.warmup, 1),
@@ -222,15 +185,13 @@ def train(
                                  use_ema=cfg.ema > 0, ema_momentum=cfg.ema)
 
     @tf.function
-    def step(x: Any, hm_t: Any, lt_t: Any, wt: Any, aux_t: Any) -> tuple[Any, Any]:
+    def step(x: Any, hm_t: Any, lt_t: Any, wt: Any) -> tuple[Any, Any]:
         with tf.GradientTape() as tape:
-            out = trained(x, training=True)
+            out = model(x, training=True)
             focal, box = _losses(tf, hm_t, lt_t, wt, out[HEATMAP], out[LTRB])
             loss = focal + cfg.box_weight * box
-            if cfg.aux:
-                loss += cfg.aux * _aux_loss(tf, aux_t, out[AUX])
-        grads = tape.gradient(loss, trained.trainable_variables)
-        opt.apply_gradients(zip(grads, trained.trainable_variables, strict=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return focal, box
 
     rng = np.random.default_rng(cfg.seed)
@@ -239,16 +200,16 @@ def train(
     bar = tqdm(range(cfg.steps), desc="train", unit="step", disable=not progress, mininterval=2.0)
     # Batches are drawn in order from one seeded generator, each one prepared on a helper thread while the
     # previous step runs (OpenCV and numpy release the GIL), so the result does not depend on timing.
-    def next_batch() -> Batch:
+    def next_batch() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return make_batch(data, rng.integers(0, len(data), cfg.batch), rng, cfg)
 
     pool = ThreadPoolExecutor(1)
     pending = pool.submit(next_batch)
     for i in bar:
-        bt = pending.result()
+        x, hm, lt, wt = pending.result()
         if i + 1 < cfg.steps:
             pending = pool.submit(next_batch)
-        f, b = step(bt.x, bt.heatmap, bt.ltrb, bt.weight, bt.aux if bt.aux is not None else 0.0)
+        f, b = step(x, hm, lt, wt)
         f, b = float(f), float(b)
         ema_f = f if math.isnan(ema_f) else 0.97 * ema_f + 0.03 * f
         ema_b = b if math.isnan(ema_b) else 0.97 * ema_b + 0.03 * b
@@ -260,7 +221,7 @@ def train(
             on_checkpoint(i + 1, model)
     pool.shutdown()
     if cfg.ema:
-        opt.finalize_variable_values(trained.trainable_variables)  # the averaged weights replace the last step's
+        opt.finalize_variable_values(model.trainable_variables)  # the averaged weights replace the last step's
     seconds = time.monotonic() - t0
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -335,7 +296,8 @@ def preresize(data: Sequence[LabeledImage], max_side: int) -> list[LabeledImage]
         h, w = item.image.shape[:2]
         if max(h, w) > max_side:
             s = max_side / max(h, w)
-            out.append(resize_labeled(item, round(w * s), round(h * s)))
+            img, boxes = resize_with_boxes(item.image, item.boxes, round(w * s), round(h * s))
+            out.append(LabeledImage(item.path, img, boxes))
         else:
             out.append(item)
     return out

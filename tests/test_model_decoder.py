@@ -88,7 +88,7 @@ def test_augment_keeps_boxes_on_the_drawn_gaps() -> None:
     rng = np.random.default_rng(1)
     seen = 0
     for _ in range(20):
-        out, boxes, _ = augment(img, gt, rng, 256, 256, 320, 320, cfg)
+        out, boxes = augment(img, gt, rng, 256, 256, 320, 320, cfg)
         assert out.shape == (256, 256, 3)
         for x0, y0, x1, y1 in boxes:
             inner = out[int(y0) + 2 : int(y1) - 2, int(x0) + 2 : int(x1) - 2]
@@ -122,7 +122,7 @@ def test_mosaic_boxes_each_photos_gaps_and_leaves_no_gap_unboxed() -> None:
     found: set[int] = set()
     for _ in range(30):
         state = rng.bit_generator.state
-        out, boxes, _ = augment_mosaic(samples, rng, 256, 256, 320, 320, cfg)
+        out, boxes = augment_mosaic(samples, rng, 256, 256, 320, 320, cfg)
         assert out.shape == (256, 256, 3) and boxes.dtype == np.float32
         covered = np.zeros((256, 256), bool)
         for x0, y0, x1, y1 in boxes:
@@ -137,7 +137,7 @@ def test_mosaic_boxes_each_photos_gaps_and_leaves_no_gap_unboxed() -> None:
         # (a cut gap painted over gets the same random colour in both), and all of them must be inside boxes
         twin = np.random.default_rng()
         twin.bit_generator.state = state
-        blank, _, _ = augment_mosaic([(b, g) for (b, _), (_, g) in zip(blanks, samples, strict=True)], twin,
+        blank, _ = augment_mosaic([(b, g) for (b, _), (_, g) in zip(blanks, samples, strict=True)], twin,
                                   256, 256, 320, 320, cfg)
         assert not ((np.abs(out.astype(int) - blank).max(-1) > 0) & ~covered).any()
     assert found == {0, 1, 2, 3}  # every photo shows up in some mosaic
@@ -196,8 +196,7 @@ def test_training_batches_are_mosaics_at_the_asked_share_and_plain_crops_keep_th
     def photos_per_crop(mosaic: float, seed: int) -> list[int]:
         cfg = TrainConfig(net=NetConfig(stride=8), crop=128, aug=AugmentConfig(mosaic=mosaic, **quiet))  # type: ignore[arg-type]
         rng = np.random.default_rng(seed)
-        b = make_batch(data, rng.integers(0, 4, 16), rng, cfg)
-        x, hm = b.x, b.heatmap
+        x, hm, _, _ = make_batch(data, rng.integers(0, 4, 16), rng, cfg)
         assert x.shape == (16, 128, 128, 3) and hm.shape == (16, 16, 16, 1) and not hm.any()
         # white balance moves a grey level by up to 10 %: count the photos by the levels 40, 100, 160, 220
         levels = x.mean(-1).round()
@@ -213,9 +212,9 @@ def test_training_batches_are_mosaics_at_the_asked_share_and_plain_crops_keep_th
     # mosaic 0 draws nothing extra: each crop is augment() of its photo on the same random stream
     cfg = TrainConfig(net=NetConfig(stride=8), crop=128, aug=AugmentConfig(**quiet))  # type: ignore[arg-type]
     rng, again = np.random.default_rng(5), np.random.default_rng(5)
-    x = make_batch(data, np.array([0, 3, 1]), rng, cfg).x
+    x, _, _, _ = make_batch(data, np.array([0, 3, 1]), rng, cfg)
     for k, i in enumerate([0, 3, 1]):
-        img, _, _ = augment(data[i].image, data[i].boxes, again, 128, 128, 320, 320, cfg.aug)
+        img, _ = augment(data[i].image, data[i].boxes, again, 128, 128, 320, 320, cfg.aug)
         np.testing.assert_array_equal(x[k], img)
 
 
@@ -239,7 +238,7 @@ def test_augmented_boxes_sit_on_their_pixels_and_shrunk_crops_are_the_devices_re
         for flip in (0.0, 1.0):
             cfg = AugmentConfig(scale=(zoom, zoom), aspect=(0.8, 1.25), flip=flip)
             for seed in range(10):
-                out, b, _ = augment(img, box, np.random.default_rng(seed), 256, 256, 320, 320, cfg)
+                out, b = augment(img, box, np.random.default_rng(seed), 256, 256, 320, 320, cfg)
                 if not (len(b) and b[0, 0] > 2 and b[0, 2] < 254 and b[0, 1] > 2 and b[0, 3] < 254):
                     continue  # cut by the crop's edge
                 o = out.astype(int)
@@ -252,6 +251,6 @@ def test_augmented_boxes_sit_on_their_pixels_and_shrunk_crops_are_the_devices_re
 
     photo = np.random.default_rng(0).integers(0, 255, (416, 416, 3)).astype(np.uint8)
     cfg = AugmentConfig(scale=(1.0, 1.0), aspect=(1.0, 1.0), flip=0.0)
-    crop, _, _ = augment(photo, np.zeros((0, 4), np.float32), np.random.default_rng(0), 320, 320, 320, 320, cfg)
+    crop, _ = augment(photo, np.zeros((0, 4), np.float32), np.random.default_rng(0), 320, 320, 320, 320, cfg)
     device = cv2.resize(photo, (320, 320), interpolation=resize_interpolation(416, 416, 320, 320))
     np.testing.assert_array_equal(crop, device)

@@ -10,10 +10,6 @@ import pytest
 
 from convert.synth import (
     GAP_LOOKS,
-    MASK_GAP,
-    MASK_OTHER,
-    MASK_PRODUCT,
-    MASKS_DIR,
     ShelfPlan,
     add_gap,
     add_random_gaps,
@@ -138,32 +134,6 @@ def test_workers_give_the_same_dataset(tmp_path: Path) -> None:
         name = f"{i:05d}"
         assert (a / "labels" / f"{name}.txt").read_text() == (b / "labels" / f"{name}.txt").read_text()
         assert (a / "images" / f"{name}.jpg").read_bytes() == (b / "images" / f"{name}.jpg").read_bytes()
-
-
-def test_masks_are_written_beside_the_same_images_and_load_with_them(tmp_path: Path) -> None:
-    """A folder written with masks holds the images and labels a folder without them does, and one PNG per image
-    saying what each pixel shows, which `load_yolo_folder` attaches to its image."""
-    from convert.dataset import load_yolo_folder
-
-    plain = write_yolo_dataset(tmp_path / "plain", 4, seed=3, width=160, height=160)
-    masked = write_yolo_dataset(tmp_path / "masked", 4, seed=3, width=160, height=160, workers=2, masks=True)
-    assert not (plain / MASKS_DIR).exists()
-    for i in range(4):
-        name = f"{i:05d}"
-        for sub, ext in (("images", "jpg"), ("labels", "txt")):
-            assert (plain / sub / f"{name}.{ext}").read_bytes() == (masked / sub / f"{name}.{ext}").read_bytes()
-        want = render_sample(sample_rng(3, i), 160, 160, debug=True)
-        got = cv2.imread(str(masked / MASKS_DIR / f"{name}.png"), cv2.IMREAD_UNCHANGED)
-        np.testing.assert_array_equal(got, want.class_mask())
-        assert want.gap_mask is not None and want.product_mask is not None
-        assert ((got == MASK_GAP) == (want.gap_mask > 0)).all() and ((got == MASK_PRODUCT) == want.product_mask).all()
-    items = load_yolo_folder(masked)
-    assert all(it.mask is not None and it.mask.shape == it.image.shape[:2] for it in items)
-    assert {int(v) for it in items if it.mask is not None for v in np.unique(it.mask)} == {
-        MASK_OTHER, MASK_PRODUCT, MASK_GAP}
-    assert all(it.mask is None for it in load_yolo_folder(plain))
-    with pytest.raises(ValueError, match="debug"):
-        make_shelf_image(sample_rng(3, 0)).class_mask()
 
 
 def test_synth_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
