@@ -27,6 +27,15 @@ class Probation:
     boot_id: str = ""
     boots: int = 0
 
+    def started(self, boot: str, max_starts: int, max_boots: int) -> tuple[Probation, str | None]:
+        """This record after one more service start in boot `boot` ("" when unknown: the same boot), and why the
+        model must go when this start reaches `max_starts` in one boot (crashes) or `max_boots` new boots."""
+        if boot and self.boot_id and boot != self.boot_id:  # a power cut or a reboot: the count of starts restarts
+            after = replace(self, starts=0, boot_id=boot, boots=self.boots + 1)
+            return after, f"the device rebooted {after.boots} times" if after.boots >= max_boots else None
+        after = replace(self, starts=self.starts + 1, boot_id=boot or self.boot_id)
+        return after, f"the service restarted {after.starts} times" if after.starts >= max_starts else None
+
 
 @dataclass(frozen=True)
 class UpdaterMemory:

@@ -252,28 +252,19 @@ class Updater:
             cur = links.target(self.models_dir, links.CURRENT)
             p = state.probation
             if p is not None:
-                boot = self.boot_id()
                 if cur is None or cur.name != p.dir:
                     self.store.save(replace(state, probation=None))  # the switch never happened
-                elif boot and p.boot_id and boot != p.boot_id:
-                    # a power cut or a reboot, not a crash of the service: the count of starts begins again
-                    if p.boots + 1 >= MAX_PROBATION_BOOTS:
-                        log.error("model v%d was on probation during %d reboots: rolling back", p.version, p.boots + 1)
-                        self._rollback(OtaError("probation-crash", f"the device rebooted {p.boots + 1} times while "
-                                                                   f"v{p.version} was on probation"), swap=False)
+                else:
+                    after, crashed = p.started(self.boot_id(), MAX_PROBATION_STARTS, MAX_PROBATION_BOOTS)
+                    if crashed is not None:
+                        log.error("model v%d was on probation: %s; rolling back", p.version, crashed)
+                        self._rollback(OtaError("probation-crash", f"{crashed} while v{p.version} was on probation"),
+                                       swap=False)
                         cur = links.target(self.models_dir, links.CURRENT)
                     else:
-                        log.warning("model v%d stays on probation after a reboot", p.version)
-                        self.store.save(replace(state, probation=replace(p, starts=0, boot_id=boot,
-                                                                         boots=p.boots + 1)))
-                elif p.starts + 1 >= MAX_PROBATION_STARTS:
-                    log.error("model v%d was on probation during %d service starts: rolling back", p.version,
-                              p.starts + 1)
-                    self._rollback(OtaError("probation-crash", f"the service restarted {p.starts + 1} times while "
-                                                               f"v{p.version} was on probation"), swap=False)
-                    cur = links.target(self.models_dir, links.CURRENT)
-                else:
-                    self.store.save(replace(state, probation=replace(p, starts=p.starts + 1, boot_id=boot or p.boot_id)))
+                        if after.boots > p.boots:
+                            log.warning("model v%d stays on probation after a reboot", p.version)
+                        self.store.save(replace(state, probation=after))
             if cur is not None:
                 bad: list[str] = []
                 keys = self._keys_or_empty(bad)
