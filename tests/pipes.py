@@ -1,5 +1,6 @@
-"""A deadline for reading a child process's output: a child that stalls is killed, so the blocked read ends at end
-of file and the test fails with what the child said, instead of hanging the run."""
+"""Ending child processes in tests: a deadline for reading a child's output (a child that stalls is killed, so the
+blocked read ends at end of file and the test fails with what the child said, instead of hanging the run), and a
+stop that asks first and kills only a child that does not listen."""
 
 from __future__ import annotations
 
@@ -35,3 +36,14 @@ def killed_after(proc: subprocess.Popen[Any], seconds: float, group: bool = Fals
         timer.cancel()
     if fired.is_set():
         raise AssertionError(f"the child was still running after {seconds:g} s, waiting for its output; killed")
+
+
+def stop(proc: subprocess.Popen[Any], seconds: float, sig: int = signal.SIGTERM) -> int:
+    """Send `sig` (SIGTERM: what systemd sends) and wait up to `seconds` for PROC to end; kill it if it has not.
+    Returns its exit code."""
+    proc.send_signal(sig)
+    try:
+        return proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(10)

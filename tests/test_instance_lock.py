@@ -17,7 +17,7 @@ from edge.app import state_folders
 from edge.config import Config, OtaConfig, OutboxConfig
 from edge.instance_lock import LOCK_NAME, InstanceLockError, acquire, holder_pid
 from tests.mosquitto import Mosquitto, first_messages
-from tests.pipes import killed_after
+from tests.pipes import killed_after, stop
 from tests.test_e2e import write_config
 from tests.test_hints import write_pan_frames
 
@@ -70,12 +70,7 @@ def test_a_second_service_on_a_state_folder_in_use_exits_with_one_line_and_the_f
         got = first_messages(broker.port, status_topic, timeout=5.0, retained_only=True)
         assert [json.loads(m)["state"] for m in got] == ["online"]
     finally:
-        first.send_signal(signal.SIGTERM)
-        try:
-            first.wait(30)
-        except subprocess.TimeoutExpired:
-            first.kill()
-            first.wait(5)
+        stop(first, 30)
     assert first.returncode == 0, (first.stderr.read() if first.stderr else "")[-3000:]
 
 

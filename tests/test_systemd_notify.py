@@ -15,6 +15,7 @@ import pytest
 
 from edge.sdnotify import Watchdog, notify, watchdog_interval
 from tests.mosquitto import Mosquitto
+from tests.pipes import stop
 
 
 @pytest.fixture
@@ -151,12 +152,7 @@ def _run_under_notify(tmp_path: Path, cfg: Path, command: tuple[str, ...] = (),
     try:
         yield proc, sock
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc, 20)
         sock.close()
 
 

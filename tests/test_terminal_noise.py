@@ -4,7 +4,6 @@ lines on each reconnect of a network camera; real errors still show (visual audi
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 
 from edge.bundle import DEFAULT_BUNDLE
 from tests.mosquitto import Mosquitto
+from tests.pipes import stop
 from tests.test_e2e import start_service, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,12 +88,7 @@ def test_a_network_camera_that_refuses_leaves_only_the_services_own_lines(tmp_pa
             time.sleep(0.2)
         time.sleep(6)  # the capture reopens it after 0.5, 1, 2.5 and 4 s: several more attempts (said once)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc, 60)
     text = log.read_text()
     assert "cannot connect (unreachable, refused or not a video stream)" in text, text[-3000:]  # its own line
     for noise in ("[tcp @", "VIDEOIO(FFMPEG)", "[ WARN:"):
