@@ -73,8 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from edge.config import ConfigError
     from edge.instance_lock import InstanceLockError
     from edge.outbox import OutboxError
-    from edge.sources import SourceError
+    from edge.sources import SourceError, quiet_video_logs
     from edge.yolo import LabelError
+
+    quiet_video_logs()  # before any command opens a video
 
     try:
         return int(args.func(args) or 0)

@@ -20,22 +20,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-# Each failed (re)connect of a network camera made FFmpeg and OpenCV write their own lines to stderr ("[tcp @ 0x..]
-# Connection to tcp://.. failed: Connection refused", "[ WARN:0@23.8] global cap.cpp:212 open VIDEOIO(FFMPEG): ..")
-# between the service's own clear line (a SourceError). FFmpeg reads its level before its first capture, made after
-# this; OpenCV read its own when first imported (maybe by another module), so it is set by call. OpenCV's errors
-# still show, and an operator's own values win (OPENCV_FFMPEG_LOGLEVEL=16: FFmpeg's errors for a camera that will
-# not connect).
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
-
-import cv2  # noqa: E402 - after FFmpeg's log level
+import cv2
 import numpy as np
 
 from edge.config import CameraConfig
-
-_cv_logging = getattr(getattr(cv2, "utils", None), "logging", None)
-if _cv_logging is not None and "OPENCV_LOG_LEVEL" not in os.environ:
-    _cv_logging.setLogLevel(_cv_logging.LOG_LEVEL_ERROR)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +33,21 @@ PICAMERA2_BUFFERS = 4  # buffers the camera streams into, besides those held for
 SNAPSHOT_HELD = 3  # picamera2 requests held so an alert's snapshot is its own frame at full resolution
 PICAMERA2_MAIN_WIDTH = 1280  # main stream width, kept for snapshots; the lores stream feeds inference
 DEFAULT_TIMEOUT_S = 5.0  # a live source with no frame for this long has failed (read timeout / stall)
+
+
+def quiet_video_logs() -> None:
+    """Keep FFmpeg's and OpenCV's own lines out of stderr; call once, before the first capture (the CLI does).
+
+    Each failed (re)connect of a network camera made FFmpeg and OpenCV write their own lines to stderr ("[tcp @ 0x..]
+    Connection to tcp://.. failed: Connection refused", "[ WARN:0@23.8] global cap.cpp:212 open VIDEOIO(FFMPEG): ..")
+    between the service's own clear line (a `SourceError`). FFmpeg reads its level at the first capture; OpenCV read
+    its own when first imported, so it is set by call. OpenCV's errors still show, and an operator's own values win
+    (OPENCV_FFMPEG_LOGLEVEL=16: FFmpeg's errors for a camera that will not connect).
+    """
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    cv_logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if cv_logging is not None and "OPENCV_LOG_LEVEL" not in os.environ:
+        cv_logging.setLogLevel(cv_logging.LOG_LEVEL_ERROR)
 
 
 class SourceError(Exception):

@@ -95,3 +95,12 @@ def test_a_network_camera_that_refuses_leaves_only_the_services_own_lines(tmp_pa
         assert noise not in text, f"{noise!r} in the service's stderr:\n{text[-3000:]}"
     # the service leaves fd 2 alone (a crash while it was held would lose its stack dump): the journal keeps the line
     assert XNNPACK_LINE in text
+
+
+def test_importing_the_sources_leaves_the_process_environment_alone() -> None:
+    # the CLI quiets FFmpeg and OpenCV (`quiet_video_logs`); a library user who imports the sources keeps their own
+    code = "import os, edge.sources; print(os.environ.get('OPENCV_FFMPEG_LOGLEVEL'))"
+    env = {k: v for k, v in ENV.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "None"
