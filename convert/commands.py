@@ -279,7 +279,7 @@ def _finetune_cmd(args: argparse.Namespace) -> int:
     if args.report is not None:
         out["report"] = str(_finetune_report(args.report, val_items, heldout, f"shelfscout finetune: {held}"))
     print(json.dumps(json_safe(out), indent=2, allow_nan=False))
-    _say_verdict(heldout.baseline, len(val_items))
+    _say_verdict(heldout.against, len(val_items))
     _say_threshold(out, held)
     _say_key(key)
     return 0
@@ -301,16 +301,17 @@ FEW_HELDOUT_FRAMES = 30  # below these the held-out threshold and verdict are no
 FEW_HELDOUT_GAPS = 50
 
 
-def _say_verdict(baseline: dict[str, Any] | None, frames: int) -> None:
-    """One line on stderr: is the fine-tuned model better than the shipped one on the held-out frames?"""
-    if baseline is None:
+def _say_verdict(against: Any, frames: int) -> None:
+    """One line on stderr: is the fine-tuned model better than the shipped one (`against`, a report.Against, or
+    None without one) on the held-out frames? Figures unrounded until printed."""
+    if against is None:
         return
-    d = baseline["finetuned_minus_default"]["ap50_diff"]
-    figures = (f"held-out AP50 {baseline['ap50'] + d['value']:.3f} against the shipped model's {baseline['ap50']:.3f} "
-               f"on {frames} frames: {d['value']:+.3f}, 95 % interval {d['low']:+.3f} to {d['high']:+.3f}")
-    if d["low"] > 0:
+    base, d = against.result.ap50, against.comparison.diff
+    figures = (f"held-out AP50 {base + d.value:.3f} against the shipped model's {base:.3f} "
+               f"on {frames} frames: {d.value:+.3f}, 95 % interval {d.low:+.3f} to {d.high:+.3f}")
+    if d.low > 0:
         verdict = "better"
-    elif d["high"] < 0:
+    elif d.high < 0:
         verdict = "WORSE than the shipped model: do not roll it out (more or better-labelled frames, or --steps)"
     else:
         verdict = "not yet distinguishable from the shipped model on these frames (label more of them)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -100,7 +101,14 @@ def test_finetune_at_a_new_input_size_writes_a_bundle_and_measures_before_and_af
     verdict = ("better" if d["low"] > 0 else "WORSE than the shipped model: do not roll it out" if d["high"] < 0
                else "not yet distinguishable")
     (line,) = [x for x in said.err.splitlines() if x.startswith("held-out AP50 ")]
-    assert f"on 3 frames: {d['value']:+.3f}, 95 % interval {d['low']:+.3f} to {d['high']:+.3f}: {verdict}" in line
+    said_figures = re.fullmatch(r"held-out AP50 (\S+) against the shipped model's (\S+) on 3 frames: (\S+), "
+                                r"95 % interval (\S+) to (\S+): (.*)", line)
+    assert said_figures is not None, line
+    # each figure rounded once, from the unrounded value (the JSON's are rounded to 4 places on their own)
+    tuned_ap, base_ap, value, low, high = (float(v) for v in said_figures.groups()[:5])
+    expected = (held["int8"]["ap50"], base["ap50"], d["value"], d["low"], d["high"])
+    assert (tuned_ap, base_ap, value, low, high) == pytest.approx(expected, abs=0.0006)
+    assert said_figures[6].startswith(verdict)
     # 3 held-out frames decide the threshold and the verdict: said to be too few
     assert "note: the held-out share is 3 frames with " in said.err and "label more frames first" in said.err
     # --report: the held-out frames' page, the fine-tuned model's figures beside the shipped model's
