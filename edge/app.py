@@ -292,8 +292,8 @@ class Service:
         if capture is not None and capture.degraded:
             reasons.append(capture.degraded)
         outbox = self.parts.outbox
-        if outbox is not None and outbox.quarantined is not None:
-            reasons.append(f"outbox was corrupt and is quarantined at {outbox.quarantined}")
+        if outbox is not None and outbox.quarantine_note is not None:
+            reasons.append(outbox.quarantine_note)
         if outbox is not None and outbox.memory_reason is not None:
             reasons.append(f"alerts are kept in memory only, not on disk, until the disk has room: "
                            f"{outbox.memory_reason}")

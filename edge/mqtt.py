@@ -326,13 +326,10 @@ class MqttLink:
                 log.exception("status callback failed")
         if self._override is not None:
             base = StatusInfo(self._override[0], self._override[1], base.model)
-        if self.outbox.quarantined is not None and base.state == "online":
-            base = StatusInfo("degraded", f"outbox database was corrupt at start-up "
-                                          f"({self.outbox.quarantine_reason}); moved to {self.outbox.quarantined}",
-                              base.model)
-        rejection = self._rejection
-        if rejection is not None and base.state == "online":
-            base = StatusInfo("degraded", rejection, base.model)
+        # the link's own troubles, said by the service's status too (the same words): here for a link without one
+        trouble = self.outbox.quarantine_note or self._rejection
+        if trouble is not None and base.state == "online":
+            base = StatusInfo("degraded", trouble, base.model)
         return base
 
     def _status_bytes(self, info: StatusInfo) -> bytes:

@@ -550,6 +550,13 @@ class Outbox:
                 found.update(int(r[0]) for r in db.execute(f"SELECT id FROM messages WHERE id IN ({marks})", chunk))
         return found
 
+    @property
+    def quarantine_note(self) -> str | None:
+        """What a status says while the database found corrupt at start-up lies moved aside, or None."""
+        if self.quarantined is None:
+            return None
+        return f"outbox database was corrupt at start-up ({self.quarantine_reason}); moved to {self.quarantined}"
+
     def depth(self) -> int:
         """Messages waiting for their PUBACK."""
         with self._lock:
