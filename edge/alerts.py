@@ -390,6 +390,12 @@ class AlertManager:
         marker hidden or blurred) starts the next aisle at its first marker instead of taking that for this aisle's
         far end and placing the next aisle's gaps in this one's frame. Places recorded in this run before any marker
         was seen (aisle None) join that new aisle.
+
+        A known marker that is the partner of the current aisle's only marker, while its own aisle has no other
+        marker either, joins the two: they are one aisle whose ends were each seen on a different pass (entered
+        from the far end once, with the near end missed). The current aisle's places and marker move into the
+        known aisle's frame, and a place that is then one of its open alerts again is cleared as that one's
+        duplicate, as places recorded before any marker are.
         """
         if path is not None:
             self._fix_path = path
@@ -400,13 +406,14 @@ class AlertManager:
                 # gaps opened in this run before any marker (powered up mid-aisle) are in this run's frame: they
                 # move with odometry to the marker's known place, into its aisle
                 unplaced = self._adopt(known.aisle, known.x - x_now)
+            elif self._ends(self.aisle) == [other_end(marker_id)] and self._ends(known.aisle) == [marker_id]:
+                unplaced = self._join(self.aisle, known.aisle, known.x - x_now)
             self.aisle = known.aisle
             for p in self.places:
                 if p.aisle == known.aisle and not any(p is u for u in unplaced):
                     p.stale = False  # the caller moves odometry to the marker: the aisle's boxes hold again
             return known.x
-        ends = [k for k, m in self.markers.items() if m.aisle == self.aisle]
-        if self.aisle is not None and ends == [other_end(marker_id)]:
+        if self.aisle is not None and self._ends(self.aisle) == [other_end(marker_id)]:
             self.markers[marker_id] = MarkerPlace(self.aisle, x_now)
         else:
             name = f"aruco-{marker_id}"
@@ -417,13 +424,28 @@ class AlertManager:
         self._dirty = True
         return x_now
 
-    def _adopt(self, aisle: str, dx: float) -> list[Place]:
-        """The places recorded in this run before any marker (aisle None, seen since start-up) join `aisle`,
-        moved by `dx` shelf pixels into its frame. One that is then where an open alert of the aisle already is
-        (the same gap, opened again after a restart) is that alert's duplicate: it hands its tracks over and is
-        cleared as such. Returns the adopted places still `stale` (their position was lost after they were seen:
-        they stay unplaced until a sighting places them)."""
-        adopted = [p for p in self.places if p.aisle is None and p.seen_path is not None]
+    def _ends(self, aisle: str) -> list[int]:
+        """The ids of the markers known in `aisle`."""
+        return [k for k, m in self.markers.items() if m.aisle == aisle]
+
+    def _join(self, source: str, aisle: str, dx: float) -> list[Place]:
+        """Aisle `source` is `aisle` seen from its other end: its markers and places move by `dx` shelf pixels
+        into `aisle`'s frame and name (see `on_marker`). Returns what `_adopt` does."""
+        log.info("aisle %s is aisle %s seen from its other end: joined, its places and marker move into %s",
+                 source, aisle, aisle)
+        for k in self._ends(source):
+            self.markers[k] = MarkerPlace(aisle, self.markers[k].x + dx)
+        self._dirty = True
+        return self._adopt(aisle, dx, source)
+
+    def _adopt(self, aisle: str, dx: float, source: str | None = None) -> list[Place]:
+        """The places of aisle `source` join `aisle`, moved by `dx` shelf pixels into its frame; with `source`
+        None, those recorded in this run before any marker (aisle None, seen since start-up). One that is then
+        where an open alert of the aisle already is (the same gap, opened again after a restart or from the other
+        end) is that alert's duplicate: it hands its tracks over and is cleared as such. Returns the adopted places
+        still `stale` (their position was lost after they were seen: they stay unplaced until a sighting places
+        them)."""
+        adopted = [p for p in self.places if p.aisle == source and (source is not None or p.seen_path is not None)]
         before = [q for q in self.places if q.aisle == aisle and q.state != CLEARING]
         for p in adopted:
             p.aisle = aisle

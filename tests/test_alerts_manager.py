@@ -222,6 +222,42 @@ def test_a_missed_far_end_does_not_merge_the_next_aisle_into_this_one() -> None:
     assert {k: m.aisle for k, m in mgr.markers.items()} == {3: "aruco-3", 4: "aruco-3", 5: "aruco-5", 6: "aruco-5"}
 
 
+def test_an_aisle_whose_ends_were_seen_on_different_passes_becomes_one_aisle(tmp_path: Path) -> None:
+    """The first pass entered aisle 1-2 at its far end (marker 2) and left it with its near end (1) missed; a later
+    pass, in another run, entered at 1. Marker 1 rightly started an aisle of its own (its partner was not this
+    aisle's), but when the cart then reached 2, the two stayed two aisles for ever: the gap both passes saw was two
+    open alerts, in two aisles' frames. Now the second aisle joins the first at marker 2: its places move into that
+    frame, and the gap opened again is cleared as the first alert's duplicate."""
+    state = tmp_path / "alerts.json"
+    first = AlertManager(TrackingConfig(), "cart-01", state)
+    assert first.on_marker(2, 100.0) == 100.0 and first.aisle == "aruco-2"
+    view = _view(0.0, aisle="aruco-2")
+    kept = first.confirm(1, (1500, 100, 1600, 200), (300, 100, 400, 200), [0.8], 3, view.t_wall, view)
+    assert kept is not None
+    first.track_ended(1)
+    first.save()
+    # the next run: another aisle (5), then aisle 1-2 from its near end, where marker 1 is 3000 px from marker 2
+    mgr = AlertManager(TrackingConfig(), "cart-01", state)
+    assert mgr.on_marker(5, 0.0) == 0.0 and mgr.aisle == "aruco-5"
+    assert mgr.on_marker(1, 7000.0) == 7000.0 and mgr.aisle == "aruco-1"
+    view = _view(1000.0, aisle="aruco-1", ox=7000.0)
+    again = mgr.confirm(2, (4500, 100, 4600, 200), (300, 100, 400, 200), [0.8], 3, view.t_wall, view)
+    other = mgr.confirm(3, (5500, 100, 5600, 200), (300, 100, 400, 200), [0.8], 3, view.t_wall, view)
+    assert again is not None and other is not None and again.alert_id != kept.alert_id
+    assert mgr.on_marker(2, 3100.0) == 100.0 and mgr.aisle == "aruco-2"  # known: the position is restored
+    assert {k: m for k, m in mgr.markers.items() if k in (1, 2)} == {
+        1: MarkerPlace("aruco-2", 4000.0), 2: MarkerPlace("aruco-2", 100.0)}
+    cleared = mgr.check_clear([], _view(1100.0, aisle="aruco-2", ox=100.0, index=1))
+    assert [(e.event, e.alert_id, e.duplicate_of) for e in cleared] == [
+        ("cleared", again.alert_id, kept.alert_id)]
+    left = {p.alert_id: p for p in mgr.open_alerts()}
+    assert set(left) == {kept.alert_id, other.alert_id}
+    assert left[other.alert_id].aisle == "aruco-2" and left[other.alert_id].box[0] == pytest.approx(2500.0)
+    # the other way round a known marker is just a known marker: aisle 5 (5 alone) is not 2's other end
+    assert mgr.on_marker(5, 0.0) == 0.0 and mgr.aisle == "aruco-5"
+    assert mgr.on_marker(2, 900.0) == 100.0 and mgr.markers[5].aisle == "aruco-5"
+
+
 def test_a_crash_before_the_event_was_committed_resends_it_with_the_same_id(
     aisle: Aisle, tmp_path: Path
 ) -> None:
