@@ -356,7 +356,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(100, 108)), help="aisle seeds (100..107)")
     ap.add_argument("--only", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS), metavar="SCENARIO",
-                    help="these scenarios only: " + "; ".join(f"{k}: {v}" for k, v in SCENARIOS.items()))
+                    help="these scenarios only: "  # argparse formats help with %: the descriptions' own are %%
+                    + "; ".join(f"{k}: {v}" for k, v in SCENARIOS.items()).replace("%", "%%"))
     ap.add_argument("--labelled", action="store_true", help="also track the labelled boxes as detections")
     ap.add_argument("--json", type=Path, default=None, metavar="FILE",
                     help="write a JSON line per pass and per table row here")
