@@ -369,15 +369,23 @@ class AlertManager:
             self.save()
         return n
 
-    def position_lost(self, path: float) -> None:
+    def position_lost(self, path: float, aisle_known: bool = True) -> None:
         """The tracker no longer knows where the cart is (it was paused, the camera was away): every open place is
         `stale`, neither cleared nor refined until a marker of its aisle fixes the position or a confirmed gap links
         to it within `place_radius_m` (and places it anew). `path` is Odometry.path now: the drift of places
-        recorded from here on is counted from it."""
+        recorded from here on is counted from it.
+
+        `aisle_known` False (away too long to guess how far the cart went): the aisle is unknown too, as after a
+        restart. Places opened from here on are this run's, unplaced (`source: odometry`, no aisle), until a marker
+        places them; one that is then an open alert's gap again is cleared as its duplicate (`_adopt`). Before, they
+        took the old aisle and an offset off by however far the cart was pushed meanwhile, said to be from a marker,
+        and a gap opened again so was never found to be a duplicate."""
         for p in self.places:
             p.stale = True
             p.clear_count = 0
         self._fix_path = path
+        if not aisle_known:
+            self.aisle = None
 
     # ---- markers -----------------------------------------------------------------------------------------------
     def on_marker(self, marker_id: int, x_now: float, path: float | None = None) -> float:

@@ -339,7 +339,7 @@ class GapTracker:
         self.uncertain, self._settled, self._unmeasured = True, 0, 0
         self._search = self._settle_frames
         self.odometry.y = 0.0
-        self.alerts.position_lost(self.odometry.path)
+        self.alerts.position_lost(self.odometry.path, aisle_known=away <= DEAD_RECKON_S)
 
     def _note_marker_box(self, m: Marker) -> None:
         half = 0.5 * m.side

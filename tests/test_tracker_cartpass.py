@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from convert.cartpass import Aisle, CartPass, iter_video_rgb, make_aisle, render_cart_pass, restock
-from edge.alerts import iou
+from edge.alerts import AlertManager, iou
 from edge.config import TrackingConfig
 from edge.motion import Odometry, ShiftEstimator
 from edge.tracker import GapTracker
@@ -170,12 +170,20 @@ def test_a_pause_while_the_cart_rolls_on_changes_no_alert(passes: Passes, tmp_pa
 
 
 def test_a_long_pause_never_clears_a_gap_that_is_still_empty(passes: Passes, tmp_path: Path) -> None:
-    """After a long pause (20 s) the tracker guesses the cart stood still; here it rolled on, so the guess is wrong
-    by about a third of the frame. A wrong guess may open a gap again (a second alert for the same place, found by
-    a marker on a later pass), but it must never clear one that is still empty."""
+    """After a long pause (20 s) the tracker cannot guess how far the cart went (here it rolled on about a third of
+    the frame), so it no longer knows the aisle either: the gaps it sees are opened again, unplaced, and must never
+    clear one that is still empty. At the aisle's far-end marker they are found to be the first pass's gaps: each
+    is cleared as that alert's duplicate (`duplicate_of`; before, they stayed open for good, placed in the aisle
+    at an offset off by the distance rolled), and one alert per gap is left open."""
     events = _second_pass_paused(passes, tmp_path, interrupted=True, away_s=20.0)
-    assert [e for e, _ in events if e.event == "cleared"] == []
-    assert all(gap_of(passes.first, k, e.bbox_norm) is not None for e, k in events)  # only real gaps, again
+    opened = {e.alert_id: e for e, _ in events if e.event == "opened"}
+    assert all(gap_of(passes.first, k, e.bbox_norm) is not None for e, k in events if e.event == "opened")
+    assert opened and all(e.location.aisle is None and e.location.source == "odometry" for e in opened.values())
+    cleared = [e for e, _ in events if e.event == "cleared"]
+    assert all(e.duplicate_of is not None for e in cleared)  # none restocked: the shelves are as they were
+    assert {e.alert_id for e in cleared} == set(opened)
+    left = AlertManager(TrackingConfig(), "cart-07", tmp_path / "alerts.json").open_alerts()
+    assert len(left) == len(passes.aisle.gaps) and not {p.alert_id for p in left} & set(opened)
 
 
 def test_without_the_pause_mark_the_same_pause_clears_gaps_that_are_still_empty(
