@@ -237,12 +237,18 @@ def _validate(cfg: Config, errors: list[str]) -> None:
                                                 "release topic")
     need(cfg.mqtt.url.split("://", 1)[0] in ("mqtt", "mqtts", "tcp", "ssl") and "://" in cfg.mqtt.url,
          "mqtt.url", f"{redact_url(cfg.mqtt.url)!r} must start with mqtt:// or mqtts://")
-    url = urlsplit(cfg.mqtt.url)
-    need(bool(url.hostname) or "://" not in cfg.mqtt.url, "mqtt.url", f"{redact_url(cfg.mqtt.url)!r} names no host")
     try:
-        _ = url.port  # urlsplit checks the port only when asked
-    except ValueError:
-        need(False, "mqtt.url", f"{redact_url(cfg.mqtt.url)!r}: the port must be a number from 0 to 65535")
+        url = urlsplit(cfg.mqtt.url)
+        need(bool(url.hostname) or "://" not in cfg.mqtt.url, "mqtt.url",
+             f"{redact_url(cfg.mqtt.url)!r} names no host")
+        need(url.port != 0, "mqtt.url", f"{redact_url(cfg.mqtt.url)!r}: the port must be a number from 1 to 65535")
+        need(not url.password, "mqtt.url", "holds a password: put it in mqtt.password_file (a file only root reads), "
+                                           "not in the URL")
+    except ValueError:  # urlsplit checks the port only when asked; a bracket left open fails at once
+        need(False, "mqtt.url", f"{redact_url(cfg.mqtt.url)!r}: not a URL, or the port is not a number from 1 to "
+                                "65535")
+    why = topic_prefix_problem(cfg.mqtt.topic_prefix)
+    need(why is None, "mqtt.topic_prefix", f"{cfg.mqtt.topic_prefix!r} {why}")
     plain = cfg.mqtt.url.split("://", 1)[0] in ("mqtt", "tcp")
     for key in ("ca_file", "cert_file", "key_file"):
         need(not (plain and getattr(cfg.mqtt, key)), f"mqtt.{key}",
@@ -397,6 +403,13 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
                                  cert_file=rel(cfg.mqtt.cert_file), key_file=rel(cfg.mqtt.key_file)),
         ota=dataclasses.replace(cfg.ota, keys_dir=rel(cfg.ota.keys_dir), models_dir=rel(cfg.ota.models_dir)),
     )
+
+
+def topic_prefix_problem(prefix: str) -> str | None:
+    """Why `prefix` cannot begin the device's MQTT topics, or None: it is one or more levels, without wildcards."""
+    if not prefix or any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/"):
+        return "must be non-empty, without '+', '#' or a slash at either end"
+    return None
 
 
 def redact_url(url: str) -> str:

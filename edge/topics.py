@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from edge.config import Config, OtaConfig
+from edge.config import Config, OtaConfig, topic_prefix_problem
 
 COMMANDS: tuple[str, ...] = ("pause", "resume", "snapshot", "reload")
 REPLY_SUFFIX = "reply"  # MQTT 3.1.1 has no response topic: replies go to `.../cmd/{name}/reply`
@@ -36,9 +36,9 @@ class Topics:
     device: str
 
     def __post_init__(self) -> None:
-        if not self.prefix or any(c in self.prefix for c in "+#\0") or self.prefix.startswith("/") \
-                or self.prefix.endswith("/"):
-            raise ValueError(f"topic prefix {self.prefix!r} must be non-empty, without '+', '#' or edge slashes")
+        why = topic_prefix_problem(self.prefix)
+        if why is not None:
+            raise ValueError(f"topic prefix {self.prefix!r} {why}")
         _check_level("store", self.store)
         _check_level("device", self.device)
 

@@ -168,6 +168,31 @@ def test_a_broker_url_without_a_host_or_with_an_impossible_port_is_refused(url: 
         config.parse(f"[mqtt]\nurl = '{url}'\n", env={})
 
 
+@pytest.mark.parametrize("key, value, says", [
+    ("url", "mqtt://cart:s3cret@127.0.0.1:1883", "mqtt.url: holds a password: put it in mqtt.password_file"),
+    ("url", "mqtt://[::1", "mqtt.url: 'mqtt://[::1': not a URL"),
+    ("url", "mqtt://127.0.0.1:0", "mqtt.url: 'mqtt://127.0.0.1:0': the port must be a number from 1 to 65535"),
+    ("topic_prefix", "a/+", "mqtt.topic_prefix: 'a/+' must be non-empty, without '+', '#'"),
+    ("topic_prefix", "", "mqtt.topic_prefix: '' must be non-empty"),
+    ("topic_prefix", "/x", "mqtt.topic_prefix: '/x' must be non-empty, without '+', '#' or a slash at either end"),
+])
+def test_what_the_service_would_refuse_at_start_is_a_config_error_naming_the_key(
+        tmp_path: Path, key: str, value: str, says: str) -> None:
+    """These passed `config check` (or crashed it: the open bracket) and then stopped `run` with a traceback at
+    start-up, which systemd restarted until it gave up: the contract audit's defect 2."""
+    with pytest.raises(ConfigError) as e:
+        config.parse(f"[mqtt]\n{key} = '{value}'\n", env={})
+    assert says in str(e.value) and "s3cret" not in str(e.value)
+    p = tmp_path / "c.toml"
+    line = f"{key} = '{value}'"
+    p.write_text(MINIMAL.replace('url = "mqtt://127.0.0.1:1883"', line) if key == "url"
+                 else MINIMAL.replace("[mqtt]", f"[mqtt]\n{line}"))
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "run", "-c", str(p)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("shelfscout run: error: "), r.stderr[-2000:]
+
+
 def test_tls_files_with_a_plain_broker_url_are_refused_naming_each_key() -> None:
     """An installer who adds a CA and a client certificate but leaves mqtt:// would connect in the clear (to a TLS
     port: a puzzling failure; to a plain one: no encryption at all). The config says so at once."""
