@@ -237,16 +237,21 @@ def _validate(cfg: Config, errors: list[str]) -> None:
                                                 "release topic")
     need(cfg.mqtt.url.split("://", 1)[0] in ("mqtt", "mqtts", "tcp", "ssl") and "://" in cfg.mqtt.url,
          "mqtt.url", f"{redact_url(cfg.mqtt.url)!r} must start with mqtt:// or mqtts://")
+    shown = repr(redact_url(cfg.mqtt.url))
     try:
         url = urlsplit(cfg.mqtt.url)
-        need(bool(url.hostname) or "://" not in cfg.mqtt.url, "mqtt.url",
-             f"{redact_url(cfg.mqtt.url)!r} names no host")
-        need(url.port != 0, "mqtt.url", f"{redact_url(cfg.mqtt.url)!r}: the port must be a number from 1 to 65535")
-        need(not url.password, "mqtt.url", "holds a password: put it in mqtt.password_file (a file only root reads), "
-                                           "not in the URL")
-    except ValueError:  # urlsplit checks the port only when asked; a bracket left open fails at once
-        need(False, "mqtt.url", f"{redact_url(cfg.mqtt.url)!r}: not a URL, or the port is not a number from 1 to "
-                                "65535")
+        host, password = url.hostname, url.password
+    except ValueError:  # a bracket left open
+        need(False, "mqtt.url", f"{shown}: not a URL")
+    else:
+        need(bool(host) or "://" not in cfg.mqtt.url, "mqtt.url", f"{shown} names no host")
+        try:
+            port_ok = url.port != 0  # urlsplit checks the port only when asked
+        except ValueError:
+            port_ok = False
+        need(port_ok, "mqtt.url", f"{shown}: the port must be a number from 1 to 65535")
+        need(not password, "mqtt.url", "holds a password: put it in mqtt.password_file (a file only root reads), not "
+                                       "in the URL")
     why = topic_prefix_problem(cfg.mqtt.topic_prefix)
     need(why is None, "mqtt.topic_prefix", f"{cfg.mqtt.topic_prefix!r} {why}")
     plain = cfg.mqtt.url.split("://", 1)[0] in ("mqtt", "tcp")
