@@ -109,13 +109,33 @@ def upright(image: np.ndarray, degrees: int) -> np.ndarray:
     return cv2.rotate(image, _TURNS[degrees]) if degrees else image
 
 
-def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize to (w, h) when the frame has a different size."""
-    w, h = size
-    if image.shape[1] == w and image.shape[0] == h:
-        return image
-    shrink = image.shape[1] > w and image.shape[0] > h
-    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+ASPECT_TOLERANCE = 0.02  # a source whose shape differs from camera.width:height by more is said to be stretched
+
+
+class FrameFit:
+    """Resizes a source's frames to camera.width x camera.height, and says once (a warning naming the source) when
+    their shape is another: the frames, the preview and the snapshots are then stretched, and the config should
+    give the source's own shape."""
+
+    def __init__(self, size: tuple[int, int], label: str):
+        self.size = size
+        self.label = label
+        self.warned = False
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        w, h = self.size
+        src_h, src_w = image.shape[:2]
+        if src_w == w and src_h == h:
+            return image
+        if not self.warned and abs((src_w / src_h) / (w / h) - 1.0) > ASPECT_TOLERANCE:
+            self.warned = True
+            fitted = max(2, round(w * src_h / src_w / 2) * 2)
+            log.warning("%s delivers %dx%d frames (%.2f:1), camera.width x camera.height is %dx%d (%.2f:1): the "
+                        "frames, the preview and the snapshots are stretched to fit; set width = %d and height = %d "
+                        "under [camera] for this source's shape", self.label, src_w, src_h, src_w / src_h, w, h,
+                        w / h, w, fitted)
+        shrink = src_w > w and src_h > h
+        return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 class Pacer:
@@ -170,6 +190,7 @@ class OpenCVSource:
             self.name = mask_url(str(target))
         else:
             self.name = str(target)
+        self._fit = FrameFit(self.size, self._label())
         self._cap: Any = None
         self._index = 0  # frames read since open (or since the seek target)
         self._frame_count = 0
@@ -283,7 +304,7 @@ class OpenCVSource:
         self._index += 1
         if bgr.ndim == 2:
             bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
-        return upright(cv2.cvtColor(_fit(bgr, self.size), cv2.COLOR_BGR2RGB), self.rotate)
+        return upright(cv2.cvtColor(self._fit(bgr), cv2.COLOR_BGR2RGB), self.rotate)
 
     def close(self) -> None:
         if self._cap is not None:
@@ -301,6 +322,7 @@ class FolderSource:
         self.folder = Path(folder)
         self.name = str(folder)
         self.size = (cfg.width, cfg.height)
+        self._fit = FrameFit(self.size, f"folder {self.name}")
         self.rotate = cfg.rotate
         self.loop = cfg.loop
         self.finite = not cfg.loop
@@ -363,7 +385,7 @@ class FolderSource:
                 if not self.loop:  # only a finite folder is resumed by `seek` (and a looped one would grow this)
                     self._file_of[self._decoded] = self._pos - 1
                 self._decoded += 1
-                return upright(cv2.cvtColor(_fit(bgr, self.size), cv2.COLOR_BGR2RGB), self.rotate)
+                return upright(cv2.cvtColor(self._fit(bgr), cv2.COLOR_BGR2RGB), self.rotate)
             log.warning("folder %s: skipping %s (cannot decode)", self.name, path.name)
             skipped += 1
             if skipped >= len(self._files):

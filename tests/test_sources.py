@@ -108,6 +108,32 @@ def test_video_is_resized_to_the_configured_size(tmp_path: Path) -> None:
     assert len(frames) == 5 and all(f.shape == (120, 160, 3) for f in frames)
 
 
+def test_a_source_of_another_shape_is_said_once_with_the_size_to_set(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A 4:3 clip read as 16:9 (camera.width x height 320x180) is stretched to fit: the frames, the preview and
+    the snapshots. Before, that happened without a word (the contract audit's defect 3); now one warning per source
+    names it and the height that keeps the source's shape. The same shape at another size is only resized."""
+    video = write_video(tmp_path / "pass.mp4", 5)
+    with caplog.at_level("WARNING", logger="edge.sources"):
+        frames = read_all(open_source(CameraConfig(source=str(video), width=320, height=180)))
+    assert len(frames) == 5 and all(f.shape == (180, 320, 3) for f in frames)
+    said = [r.getMessage() for r in caplog.records if "stretched" in r.getMessage()]
+    assert said == [f"video {video} delivers 320x240 frames (1.33:1), camera.width x camera.height is 320x180 "
+                    "(1.78:1): the frames, the preview and the snapshots are stretched to fit; set width = 320 and "
+                    "height = 240 under [camera] for this source's shape"]
+    caplog.clear()
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"{i}.png"), cv2.resize(frame_bgr(i), (640, 360)))
+    with caplog.at_level("WARNING", logger="edge.sources"):
+        assert len(read_all(open_source(cam(folder)))) == 2  # 16:9 photos, 4:3 config
+        assert len(read_all(open_source(CameraConfig(source=str(video), width=160, height=120)))) == 5
+    said = [r.getMessage() for r in caplog.records if "stretched" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"folder {folder} delivers 640x360 frames")
+    assert "set width = 320 and height = 180" in said[0]
+
+
 def test_seek_resumes_at_the_exact_frame(tmp_path: Path) -> None:
     video = write_video(tmp_path / "pass.mp4", 40)
     ref = decode_all(video)
