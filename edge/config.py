@@ -222,6 +222,9 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, errors: list[str]) -
     return cls(**kwargs)
 
 
+MAX_FRAME_SIDE = 4096  # camera.width and camera.height: the largest a cart's camera frames can usefully be
+
+
 def _validate(cfg: Config, errors: list[str]) -> None:
     def need(cond: bool, key: str, why: str) -> None:
         if not cond:
@@ -264,7 +267,9 @@ def _validate(cfg: Config, errors: list[str]) -> None:
     need(cfg.model.threads >= 1, "model.threads", "must be at least 1")
     st = cfg.model.score_threshold
     need(st is None or 0.0 < st < 1.0, "model.score_threshold", "must be between 0 and 1")
-    need(cfg.camera.width > 0 and cfg.camera.height > 0, "camera.width", "width and height must be positive")
+    for key in ("width", "height"):  # a typo'd 100000 made every frame 100000 x 75000 pixels
+        need(0 < getattr(cfg.camera, key) <= MAX_FRAME_SIDE, f"camera.{key}",
+             f"must be from 1 to {MAX_FRAME_SIDE} (pixels)")
     need(cfg.camera.fps > 0, "camera.fps", "must be positive")
     need(bool(cfg.camera.source), "camera.source", "must not be empty")
     c = cfg.camera

@@ -65,6 +65,8 @@ def test_environment_overrides_the_file() -> None:
         ("[mqtt]\nreconnect_min_s = 0.0\n", "mqtt.reconnect_min_s: must be positive"),
         ("[camera]\nreopen_min_s = 0.0\n", "camera.reopen_min_s: must be above 0 and at most"),
         ("[camera]\nstall_s = -1.0\n", "camera.stall_s: must be positive"),
+        ("[camera]\nwidth = 100000\n", "camera.width: must be from 1 to 4096 (pixels)"),
+        ("[camera]\nheight = 0\n", "camera.height: must be from 1 to 4096 (pixels)"),
         ("[ota]\npoll_interval_s = 0.0\n", "ota.poll_interval_s: must be at least 1"),
         ("[ota]\nprobation_frames = -1\n", "ota.probation_frames: must be 0 (no probation) or more"),
         ("[preview]\nmax_fps = 0.0\n", "preview.max_fps: must be positive"),
