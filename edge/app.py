@@ -52,6 +52,9 @@ def _need(part: T | None) -> T:
 log = logging.getLogger(__name__)
 
 
+DEV_MODE_NOTE = "DEVELOPMENT MODE: model.dev_allow_unsigned is set"
+
+
 def model_ref(bundle: Bundle) -> ModelRef:
     return ModelRef(bundle.manifest.name, bundle.manifest.version, bundle.manifest.files.get("model.tflite"))
 
@@ -67,7 +70,7 @@ def load_model(cfg: Config, path: str | Path | None = None, bad_keys: list[str] 
     With `bad_keys`, key files that are not keys are skipped (and said there) instead of refusing every model."""
     p = Path(path) if path else (Path(cfg.model.bundle) if cfg.model.bundle else DEFAULT_BUNDLE)
     if cfg.model.dev_allow_unsigned:
-        log.warning("DEVELOPMENT MODE: model.dev_allow_unsigned is set; models run WITHOUT a valid signature")
+        log.warning("%s: models run WITHOUT a valid signature", DEV_MODE_NOTE)
     return read_bundle(p, trusted_keys(cfg, bad_keys), allow_unsigned=cfg.model.dev_allow_unsigned)
 
 
@@ -287,6 +290,10 @@ class Service:
             notes.append("paused by command (cmd/resume to continue)")
         if self.preview_problem is not None:
             notes.append(self.preview_problem)
+        unsigned = self.parts.slot is not None and self.parts.slot.latest_info.signed_by is None
+        if unsigned or self.cfg.model.dev_allow_unsigned:  # a fleet must see it, not only the cart's journal
+            notes.append(("running an UNSIGNED model" if unsigned else "unsigned models would run")
+                         + f" ({DEV_MODE_NOTE})")
         reasons = [outage] if outage is not None else []
         capture = self.parts.capture
         if capture is not None and capture.degraded:

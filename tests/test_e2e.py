@@ -366,6 +366,31 @@ def test_a_key_file_that_is_not_a_key_is_named_and_skipped_not_a_stopped_cart(
     assert alerts_of(sub) and {a["model"]["name"] for a in alerts_of(sub)} == {"shelfgap-default"}
 
 
+def test_a_cart_running_an_unsigned_model_says_so_in_its_retained_status(tmp_path: Path, cart_pass: CartPass) -> None:
+    """`model.dev_allow_unsigned = true` let a cart run a bundle without a signature while its status said `online`
+    with no reason: only its own journal knew (the contract audit's defect 4). A fleet sees it now."""
+    import io
+    import tarfile
+
+    bundle = tmp_path / "unsigned.bundle"
+    with tarfile.open(DEFAULT_BUNDLE) as src, tarfile.open(bundle, "w") as dst:
+        for member in src.getmembers():
+            if member.name != "manifest.sig":
+                dst.addfile(member, io.BytesIO(src.extractfile(member).read()))  # type: ignore[union-attr]
+    with Mosquitto(tmp_path / "broker") as b:
+        sub = ValidatingSubscriber(b.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="backend").start()
+        log = tmp_path / "service.log"
+        cfg = write_config(tmp_path, cart_pass.path, b.url, model=f'bundle = "{bundle}"\ndev_allow_unsigned = true')
+        check = subprocess.run([sys.executable, "-m", "edge.cli", "config", "check", "--syntax-only", str(cfg)],
+                               capture_output=True, text=True)
+        assert check.returncode == 0 and "warning: model.dev_allow_unsigned = true" in check.stderr
+        run_to_end(cfg, log)
+        all_delivered(sub, log)
+    online = [st for st in sub.json_on("/status") if st["state"] == "online"]
+    assert online and all("running an UNSIGNED model (DEVELOPMENT MODE" in (st["reason"] or "") for st in online)
+    assert alerts_of(sub), "no alert: the unsigned model did not run"
+
+
 @pytest.mark.parametrize("damage", ["garbage", "cut short"])
 def test_alerts_queued_in_an_outbox_that_got_corrupt_are_still_delivered(
     tmp_path: Path, cart_pass: CartPass, damage: str

@@ -266,6 +266,9 @@ def check(args: argparse.Namespace) -> int:
                 print(f"shelfscout config: {found}", file=sys.stderr)
     if problems:
         return 2
+    if cfg.model.dev_allow_unsigned:
+        print("shelfscout config: warning: model.dev_allow_unsigned = true: this cart runs models WITHOUT a valid "
+              "signature (DEVELOPMENT ONLY; its status says so)", file=sys.stderr)
     if args.json:
         print(json.dumps(dataclasses.asdict(cfg), indent=2))
     else:
