@@ -290,6 +290,12 @@ class Service:
             notes.append("paused by command (cmd/resume to continue)")
         if self.preview_problem is not None:
             notes.append(self.preview_problem)
+        if self.updater is not None:
+            from edge.ota.updater import release_keys_problem
+
+            keys = release_keys_problem(self.cfg.ota.keys_dir)
+            if keys is not None:
+                notes.append(f"OTA: {keys}")
         unsigned = self.parts.slot is not None and self.parts.slot.latest_info.signed_by is None
         if unsigned or self.cfg.model.dev_allow_unsigned:  # a fleet must see it, not only the cart's journal
             notes.append(("running an UNSIGNED model" if unsigned else "unsigned models would run")

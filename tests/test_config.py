@@ -123,6 +123,10 @@ def test_config_check_cli_prints_one_line_error(tmp_path: Path) -> None:
     assert r.stderr.strip() == "shelfscout config: error: mqtt.urll: unknown key (did you mean 'mqtt.url'?)"
     p.write_text(MINIMAL)
     r = subprocess.run([sys.executable, "-m", "edge.cli", "config", "check", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2  # the video it names is not there, which `run` would stop at
+    assert "camera.source: no such video file or image folder: " in r.stderr, r.stderr
+    (tmp_path / "aisle7.mp4").write_bytes(b"")  # there now (config check does not decode it; --live does)
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "config", "check", str(p)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "ok" in r.stdout
 
@@ -242,6 +246,7 @@ def test_config_check_also_checks_what_the_file_names_on_this_machine(tmp_path: 
     r = check("--syntax-only", str(example))
     assert r.returncode == 0 and "ok" in r.stdout
     p = tmp_path / "c.toml"
+    (tmp_path / "aisle7.mp4").write_bytes(b"")  # the video MINIMAL names
     p.write_text(MINIMAL + "[model]\nbundle = 'nothing.bundle'\n")
     r = check(str(p))
     assert r.returncode == 2 and "model.bundle: " in r.stderr and "nothing.bundle" in r.stderr

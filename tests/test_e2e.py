@@ -391,6 +391,28 @@ def test_a_cart_running_an_unsigned_model_says_so_in_its_retained_status(tmp_pat
     assert alerts_of(sub), "no alert: the unsigned model did not run"
 
 
+def test_a_cart_that_would_refuse_every_model_release_says_so(tmp_path: Path, cart_pass: CartPass) -> None:
+    """OTA on and no release key in the keys folder (a typo in ota.keys_dir, the key never copied): every release
+    is refused, while `config check` said ok and the status online with no reason (the contract audit's defect 5).
+    Both say it now; the cart runs and alerts as before."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    with Mosquitto(tmp_path / "broker") as b:
+        sub = ValidatingSubscriber(b.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="backend").start()
+        log = tmp_path / "service.log"
+        cfg = write_config(tmp_path, cart_pass.path, b.url,
+                           ota=f'enabled = true\nkeys_dir = "{keys}"\nmodels_dir = "{tmp_path / "models"}"')
+        check = subprocess.run([sys.executable, "-m", "edge.cli", "config", "check", str(cfg)],
+                               capture_output=True, text=True)
+        said = f"warning: ota.keys_dir: no release key (*.pub) in {keys}: every model release is refused"
+        assert check.returncode == 0 and said in check.stderr, check.stderr
+        run_to_end(cfg, log)
+        all_delivered(sub, log)
+    online = [st for st in sub.json_on("/status") if st["state"] == "online"]
+    assert online and all(f"OTA: no release key (*.pub) in {keys}" in (st["reason"] or "") for st in online)
+    assert alerts_of(sub)
+
+
 @pytest.mark.parametrize("damage", ["garbage", "cut short"])
 def test_alerts_queued_in_an_outbox_that_got_corrupt_are_still_delivered(
     tmp_path: Path, cart_pass: CartPass, damage: str

@@ -57,7 +57,30 @@ def machine_problems(cfg: Config) -> list[str]:
                  for line in dict.fromkeys(bad_keys)]
     problems += certificate_name_problems(cfg)
     problems += service_user_problems(cfg)
+    problems += source_problems(cfg)
     return problems
+
+
+def source_problems(cfg: Config) -> list[str]:
+    """A video file or image folder that is not there (`run` stops at once), or a source it cannot read at all.
+    Cameras and streams are left to `--live`: one that is unplugged or away now is waited for by the service."""
+    from edge.sources import OpenCVSource, SourceError, open_source
+
+    try:
+        src = open_source(cfg.camera)
+    except SourceError as e:
+        return [str(e)]
+    if isinstance(src, OpenCVSource) and src.kind == "file" and not Path(src.name).exists():
+        return [f"camera.source: no such video file or image folder: {src.name}"]
+    return []
+
+
+def ota_key_warning(cfg: Config) -> str | None:
+    """With OTA on, a keys folder without a release key: every model release is refused (not a start-up error:
+    the cart runs, and says it in its status)."""
+    from edge.ota.updater import release_keys_problem
+
+    return release_keys_problem(cfg.ota.keys_dir) if cfg.ota.enabled else None
 
 
 def certificate_name_problems(cfg: Config) -> list[str]:
@@ -266,6 +289,9 @@ def check(args: argparse.Namespace) -> int:
                 print(f"shelfscout config: {found}", file=sys.stderr)
     if problems:
         return 2
+    keys_warning = None if args.syntax_only else ota_key_warning(cfg)
+    if keys_warning is not None:
+        print(f"shelfscout config: warning: ota.keys_dir: {keys_warning}", file=sys.stderr)
     if cfg.model.dev_allow_unsigned:
         print("shelfscout config: warning: model.dev_allow_unsigned = true: this cart runs models WITHOUT a valid "
               "signature (DEVELOPMENT ONLY; its status says so)", file=sys.stderr)

@@ -96,6 +96,18 @@ class _Retry:
     backoff: float
 
 
+def release_keys_problem(keys_dir: str | Path) -> str | None:
+    """Why every model release would be refused with the keys in `keys_dir` (none there, or the folder cannot be
+    read), or None. Files there that are not keys are said on their own (`bad-key-file`)."""
+    try:
+        keys = load_public_keys([keys_dir], [])
+    except OSError as e:
+        return f"{keys_dir}: {e.strerror or e}; every model release is refused"
+    if not keys:
+        return f"no release key (*.pub) in {keys_dir}: every model release is refused until the fleet's key is there"
+    return None
+
+
 class Updater:
     """OTA updates for one device. Thread model: one worker thread runs downloads and checks; `observe_frame`
     runs on the pipeline thread; switching and rollback are serialised by a lock."""
