@@ -111,6 +111,7 @@ class _LastFrame:
 BROKER_OUTAGE_S = 30.0  # a broker away this long makes the local status (systemd, preview) degraded
 STATUS_POLL_S = 5.0  # how often the status is worked out again for what changes without an event
 
+FAILED_STOP_CONNECT_S = 2.0  # a run that failed before the broker answered waits this long to say why, retained
 EXIT_QUEUED = 3  # a finite source's run ended (timeout, stop) with messages still queued, kept for the next start
 EXIT_LOST = 4  # the service stopped with alerts only in memory (the disk was full and the broker away): lost
 EXIT_RELOAD = 5  # stopped by SIGHUP to start again with the configuration as it is now (the unit restarts it)
@@ -131,6 +132,7 @@ class Service:
         self.last = _LastFrame()
         self.ota_state = OtaState("idle")
         self.exit_code = 0
+        self.stop_reason: str | None = None  # why the run failed, for the retained `offline` (None: "stopped")
         self.preview_url: str | None = None
         self.parts = Parts()
         self.updater: Updater | None = None
@@ -377,9 +379,13 @@ class Service:
             # crash, and the second such stop rolled a good model back and refused it for good.
             self._install_signals()
         with contextlib.ExitStack() as stack:
-            self._build(stack)
-            self._loop()
-            self._drain()
+            try:
+                self._build(stack)
+                self._loop()
+                self._drain()
+            except Exception as e:  # the retained `offline` says why, not just "stopped" (the stack unwinds next)
+                self.stop_reason = f"stopped by an error: {e}"
+                raise
             notify("STOPPING=1")
         lost = sum(p.lost_at_close for p in (self.parts.sink, self.parts.outbox) if p is not None)
         if lost:  # kept in memory on a full disk and never delivered: logged by whichever lost them
@@ -460,7 +466,8 @@ class Service:
                         on_release=updater.on_release if updater is not None else None, status=self.status)
         self.parts.mqtt = link
         link.start()
-        stack.callback(link.stop)
+        stack.callback(lambda: link.stop(reason=self.stop_reason or "stopped",
+                                         connect_wait_s=FAILED_STOP_CONNECT_S if self.stop_reason else 0.0))
         self._publish_model_state()
 
         if updater is not None:
@@ -557,6 +564,7 @@ class Service:
         capture = _need(self.parts.capture)
         if capture.ended and capture.error:
             log.error("source gave up: %s", capture.error)
+            self.stop_reason = f"the camera source gave up: {capture.error}"
             self.exit_code = 1
 
     def _drain(self) -> None:

@@ -160,8 +160,10 @@ class MqttLink:
         self._sender.start()
         self._worker.start()
 
-    def stop(self, timeout: float = 3.0) -> None:
-        """Publish a retained `offline`, disconnect cleanly (so the will is not sent) and stop the threads.
+    def stop(self, timeout: float = 3.0, reason: str = "stopped", connect_wait_s: float = 0.0) -> None:
+        """Publish a retained `offline` with `reason`, disconnect cleanly (so the will is not sent) and stop the
+        threads. `connect_wait_s`: how long a connection still being made may take to carry that `offline` (a run
+        that failed at once should still say why).
 
         Messages still waiting for PUBACK stay in the outbox and are sent after the next start.
         """
@@ -172,8 +174,10 @@ class MqttLink:
             self._sender = None
         client = self._client
         if client is not None:
+            if connect_wait_s > 0:
+                self._connected.wait(connect_wait_s)
             if self._connected.is_set():
-                info = StatusInfo("offline", "stopped", self._current_status().model)
+                info = StatusInfo("offline", reason, self._current_status().model)
                 msg = client.publish(self.topics.status, self._status_bytes(info), qos=1, retain=True)
                 try:
                     msg.wait_for_publish(timeout)

@@ -413,6 +413,20 @@ def test_a_cart_that_would_refuse_every_model_release_says_so(tmp_path: Path, ca
     assert alerts_of(sub)
 
 
+def test_a_cart_that_stops_on_an_error_says_why_in_its_retained_status(tmp_path: Path) -> None:
+    """The last retained `status` of a cart whose run failed said `offline`, "stopped", like a clean stop: the
+    operator of a cart that systemd restarts in a loop saw nothing of why (the contract audit's defect 6)."""
+    with Mosquitto(tmp_path / "broker") as b:
+        sub = ValidatingSubscriber(b.url, [f"shelfscout/{STORE}/{DEVICE}/status"], client_id="backend").start()
+        missing = tmp_path / "gone.mp4"
+        proc = start_service(write_config(tmp_path, missing, b.url), tmp_path / "service.log")
+        assert proc.wait(120) == 2
+        assert sub.wait_for(lambda: any(st["state"] == "offline" for st in sub.json_on("/status")), 10)
+    last = sub.json_on("/status")[-1]
+    assert last["state"] == "offline"
+    assert last["reason"] == f"stopped by an error: video {missing}: no such file or folder"
+
+
 @pytest.mark.parametrize("damage", ["garbage", "cut short"])
 def test_alerts_queued_in_an_outbox_that_got_corrupt_are_still_delivered(
     tmp_path: Path, cart_pass: CartPass, damage: str
