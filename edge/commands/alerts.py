@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edge.atomic import write_atomic
+from edge.commands.subscriber import Subscription, add_broker_args
 from edge.topics import parse_topic, subscriber_filters
-
-DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
 
 def register(sub: Any) -> None:
@@ -25,23 +24,15 @@ def register(sub: Any) -> None:
         description="Subscribe to shelfscout devices and print one compact line per alert, status, stats and "
                     "model-state message (JSON Lines with --json). Alerts resent after a reconnect are shown once "
                     "(deduplicated on event_id).")
-    p.add_argument("--broker", default=None,
-                   help=f"mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (default: {DEFAULT_BROKER}, a broker on this "
-                        "machine; said on stderr when used)")
+    add_broker_args(p)
     p.add_argument("--store", help="only this store (default: all)")
     p.add_argument("--device", help="only this device (default: all)")
-    p.add_argument("--prefix", default="shelfscout", help="topic prefix (default: %(default)s)")
     p.add_argument("--save-snapshots", metavar="DIR", help="write each snapshot to DIR/<alert_id>.jpg")
     p.add_argument("--json", action="store_true", help="print JSON Lines, one object per message")
     p.add_argument("--count", type=int, metavar="N", help="exit 0 after N distinct alert events")
     p.add_argument("--timeout", type=float, metavar="S",
                    help="stop after S seconds: exit 1 if the broker was never reached (with the reason) or if "
                         "--count was given and not reached, else 0")
-    p.add_argument("--username", help="MQTT username")
-    p.add_argument("--password-file", help="file holding the MQTT password")
-    p.add_argument("--ca-file", help="CA certificate to verify an mqtts:// broker")
-    p.add_argument("--cert-file", help="client certificate (mqtts://)")
-    p.add_argument("--key-file", help="client private key (mqtts://)")
     p.set_defaults(func=run)
 
 
@@ -210,16 +201,8 @@ class AlertViewer:
 
 def run(args: argparse.Namespace) -> int:
     """Subscribe and print until --count/--timeout/Ctrl-C. A closed stdout (`| head`) ends it quietly with 0."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    from edge.broker import CLI_TLS_KEYS, BrokerAddress, probe, tls_context
     from edge.cli import CliError
 
-    try:
-        addr = BrokerAddress.parse(args.broker or DEFAULT_BROKER)
-    except ValueError as e:
-        raise CliError(str(e)) from None
     if args.count is not None and args.count < 1:
         raise CliError("--count must be at least 1")
     if args.timeout is not None and args.timeout <= 0:
@@ -232,67 +215,21 @@ def run(args: argparse.Namespace) -> int:
         filters = viewer.filters()
     except (ValueError, OSError) as e:
         raise CliError(str(e)) from None
-    password = None
-    if args.password_file:
-        try:
-            password = Path(args.password_file).read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise CliError(f"--password-file: cannot read {args.password_file}: {e.strerror}") from None
-    tls = None
-    if addr.tls:
-        # a ConfigError naming the option and the path (missing, unreadable, not PEM, key not matching)
-        tls = tls_context(args.ca_file or "", args.cert_file or "", args.key_file or "", CLI_TLS_KEYS)
-    elif args.ca_file or args.cert_file or args.key_file:
-        raise CliError(f"--ca-file/--cert-file/--key-file need an mqtts:// broker, not {addr}")
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"shelfscout-alerts-{os.getpid()}",
-                         protocol=mqtt.MQTTv311)
-    if args.username or addr.username:
-        client.username_pw_set(args.username or addr.username, password)
-    if tls is not None:
-        client.tls_set_context(tls)
-    client.reconnect_delay_set(1, 10)
-    subscribed = threading.Event()
     pipe_closed = threading.Event()
-    last_error: list[str] = []
 
-    def say(text: str) -> None:
-        sys.stderr.write(f"shelfscout alerts: {text}\n")
-        sys.stderr.flush()
-
-    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        if reason.is_failure:
-            last_error[:] = [f"{addr} refused the connection: {reason}"]
-            say(f"{last_error[0]}; retrying")
-            return
-        c.subscribe([(f, 1) for f in filters])
-
-    def on_subscribe(c: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
-        subscribed.set()
-        say(f"connected to {addr}, watching {', '.join(filters)}")
-
-    def on_connect_fail(c: Any, userdata: Any) -> None:
-        last_error[:] = [probe(addr, tls)]
-        say(f"cannot connect to {addr}: {last_error[0]}; retrying")
-
-    def on_message(c: Any, userdata: Any, msg: Any) -> None:
+    def on_message(topic: str, payload: bytes, retained: bool) -> None:
         if pipe_closed.is_set():
             return
         try:
-            viewer.handle(msg.topic, bytes(msg.payload), bool(msg.retain))
+            viewer.handle(topic, payload, retained)
         except BrokenPipeError:  # the reader went away (`| head`): stop quietly
             pipe_closed.set()
             viewer.done.set()
         except OSError as e:
-            say(str(e))
+            sub.say(str(e))
 
-    client.on_connect = on_connect
-    client.on_connect_fail = on_connect_fail
-    client.on_subscribe = on_subscribe
-    client.on_message = on_message
-    if args.broker is None:
-        say(f"no --broker given; using {addr}")
-    client.connect_async(addr.host, addr.port, keepalive=30)
-    client.loop_start()
+    sub = Subscription(args, "alerts", filters, on_message)
+    sub.start()
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     try:
         while not viewer.done.is_set():
@@ -301,19 +238,17 @@ def run(args: argparse.Namespace) -> int:
             viewer.done.wait(0.1)
             viewer.tick()
     finally:
-        client.disconnect()
-        client.loop_stop()
+        sub.stop()
     if pipe_closed.is_set():
         # Python's recipe for SIGPIPE: point stdout at devnull so the interpreter's final flush cannot fail too.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 0
-    if not subscribed.is_set():
-        why = last_error[0] if last_error else "no answer from the broker"
-        say(f"could not connect to {addr} within {args.timeout:g} s: {why}")
+    if not sub.subscribed.is_set():
+        sub.say(sub.never_connected(args.timeout))
         return 1
     if args.count is not None and viewer.state.alerts < args.count:
-        say(f"timed out after {args.timeout:g} s with {viewer.state.alerts} of {args.count} alert events")
+        sub.say(f"timed out after {args.timeout:g} s with {viewer.state.alerts} of {args.count} alert events")
         return 1
     return 0
