@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "edge.commands.demo",
     "edge.commands.detect",
     "edge.commands.alerts",
+    "edge.commands.fleet",
     "edge.commands.bench",
     "edge.commands.config_cmd",
     "edge.commands.model_cmd",
