@@ -86,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e, CliError) else 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): a quiet exit 1, as `detect` has its own
+        from edge.commands.detect import stdout_gone
+
+        return stdout_gone()
 
 
 if __name__ == "__main__":

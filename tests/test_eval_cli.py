@@ -389,3 +389,19 @@ def test_a_lone_class_not_named_like_a_gap_is_taken_as_the_gap_with_a_warning(
     with caplog.at_level(logging.WARNING):
         load_yolo_folder(one)
     assert "names one class" not in caplog.text
+
+
+def test_eval_into_a_reader_that_goes_away_exits_quietly(data: Path) -> None:
+    """`shelfscout eval DATA --json | head -c 20` ended in a BrokenPipeError traceback (contract audit, nit):
+    every command's output into a closed pipe ends quietly now, with exit 1."""
+    import os
+    import subprocess
+    import sys
+
+    r, w = os.pipe()
+    os.close(r)  # the reader has gone before the results come: every write to the pipe fails (EPIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "eval", str(data), "--json"], stdout=w,
+                            stderr=subprocess.PIPE, text=True)
+    os.close(w)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 1 and "Traceback" not in err and "BrokenPipeError" not in err, err
