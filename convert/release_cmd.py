@@ -51,8 +51,9 @@ def register(sub: Any) -> None:
     where.add_argument("--store", help="publish to {prefix}/STORE/model/release")
     where.add_argument("--fleet", action="store_true", help="publish to {prefix}/fleet/model/release")
     p.add_argument("--prefix", default="shelfscout", help="topic prefix (default shelfscout)")
-    p.add_argument("--ca", default=None, help="CA certificate (PEM) to verify an mqtts:// broker "
-                                              "(default: the system CAs)")
+    p.add_argument("--ca-file", "--ca", dest="ca", default=None,
+                   help="CA certificate (PEM) to verify an mqtts:// broker (default: the system CAs); the same "
+                        "name as the other commands' option and mqtt.ca_file (--ca still works)")
     p.add_argument("--cert-file", default=None,
                    help="client certificate (PEM) for mqtts://; the production broker requires one with "
                         "CN release-publisher (docs/INSTALL.md)")

@@ -193,7 +193,7 @@ def test_publish_with_a_client_certificate_to_a_broker_that_requires_one(
         # no client certificate: the broker closes the connection; the error says so and suggests the options
         assert "--cert-file/--key-file" in one_line_error(base)
         # a valid certificate whose CN the ACL does not allow: the broker's MQTT 5 PUBACK refusal is reported
-        err = one_line_error(["publish", str(rel), "--broker", url, "--store", "s042", "--ca", str(pki.ca),
+        err = one_line_error(["publish", str(rel), "--broker", url, "--store", "s042", "--ca-file", str(pki.ca),
                               "--cert-file", str(pki.backend), "--key-file", str(pki.backend_key)])
         assert "refused the release" in err and "Not authorized" in err, err
         # a broker certificate from another CA
