@@ -52,7 +52,10 @@ def test_paired_ids_print_without_a_note(tmp_path: Path) -> None:
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
-@pytest.mark.parametrize(("ids", "message"), [(["50"], "0-49"), (["2", "2"], "once")])
+@pytest.mark.parametrize(("ids", "message"), [
+    (["50"], "--ids: 50: marker ids are 1-48"), (["2", "2"], "once"),
+    # ArUco has 0 and 49, but no aisle could pair them (no partner id): refused, not a note as before
+    (["0", "1", "2"], "--ids: 0: marker ids are 1-48"), (["49"], "--ids: 49: marker ids are 1-48")])
 def test_bad_ids_are_one_line_errors(tmp_path: Path, ids: list[str], message: str) -> None:
     r = subprocess.run([sys.executable, "-m", "edge", "markers", str(tmp_path), "--ids", *ids],
                        capture_output=True, text=True, timeout=60)

@@ -85,6 +85,10 @@ def register(sub: Any) -> None:
 def markers_cmd(args: argparse.Namespace) -> int:
     from edge.cli import CliError
 
+    outside = [i for i in args.ids if not 1 <= i <= DICT_SIZE - 2]
+    if outside:
+        raise CliError(f"--ids: {' '.join(map(str, outside))}: marker ids are 1-{DICT_SIZE - 2}, an odd id and the "
+                       f"next even one per aisle (0 and {DICT_SIZE - 1} have no partner, so no aisle could be paired)")
     if len(set(args.ids)) != len(args.ids):
         raise CliError("--ids: each marker id may be used once (a repeated id would name two places alike)")
     try:
