@@ -1,11 +1,13 @@
 """A/B test of training changes by warm-starting the default weights: each arm x each seed, measured like `make model`.
 
-An arm is a name and a JSON object of `AugmentConfig` fields (`{}` is the control). For every seed, the arms share
-the same generated training images (seed-specific) and training seed, start from the same float weights, train
-`--steps` more steps at a low learning rate, are converted to int8 and measured by `convert.build_default.build` on
-the same generated validation shelves and, when present, the real ESD `dev/` photos. One warm-start run is about
-+-1 ESD AP50 point of noise (models/NOTES.md), so give at least two seeds and read the per-seed differences, not one
-number. Bundles are unsigned and stay under --work; nothing is written to the repository.
+An arm is a name and a JSON object of `AugmentConfig` fields that change the default recipe's augmentation
+(`make model`'s, random-convolution restyling included); `{}` is the control, that recipe. For every seed, the arms
+share the same generated training images (seed-specific) and training seed, start from the same float weights,
+train `--steps` more steps at a low learning rate, are converted to int8 and measured by
+`convert.build_default.build` on the same generated validation shelves and, when present, the real ESD `dev/`
+photos. One warm-start run is about +-1 ESD AP50 point of noise (models/NOTES.md), so give at least two seeds and
+read the per-seed differences, not one number. Bundles are unsigned and stay under --work (pair two with
+`shelfscout eval DATA --model A --against B --dev-allow-unsigned-models`); nothing is written to the repository.
 
     .venv/bin/python bench/warmstart_ab.py --arm control '{}' --arm colour '{"contrast": 0.5}' --seeds 7 8
 """
@@ -21,6 +23,7 @@ from typing import Any
 
 from convert.build_default import (
     DEFAULT_NAME,
+    DEFAULT_RANDCONV,
     DEFAULT_SEED,
     ESD_DEV,
     MODELS,
@@ -32,6 +35,9 @@ from convert.build_default import (
 from convert.dataset import AugmentConfig
 from convert.train import TrainConfig, net_config_for
 
+# the augmentation of `make model` (`convert.build_default.default_spec`), which every arm changes
+RECIPE_AUG = AugmentConfig(randconv=DEFAULT_RANDCONV)
+
 
 def parse_arm(name: str, text: str) -> tuple[str, AugmentConfig]:
     try:
@@ -41,13 +47,13 @@ def parse_arm(name: str, text: str) -> tuple[str, AugmentConfig]:
     known = {f.name for f in fields(AugmentConfig)}
     if not isinstance(over, dict) or set(over) - known:
         raise SystemExit(f"arm {name!r}: give an object with AugmentConfig fields ({', '.join(sorted(known))})")
-    return name, replace(AugmentConfig(), **{k: tuple(v) if isinstance(v, list) else v for k, v in over.items()})
+    return name, replace(RECIPE_AUG, **{k: tuple(v) if isinstance(v, list) else v for k, v in over.items()})
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arm", nargs=2, action="append", metavar=("NAME", "JSON"), required=True,
-                    help="an arm: a name and AugmentConfig overrides as JSON ('{}' = control); repeatable")
+                    help="an arm: a name and JSON overrides of the recipe's AugmentConfig ('{}' = control); repeatable")
     ap.add_argument("--seeds", type=int, nargs="+", default=[7, 8])
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--images", type=int, default=2500, help="generated training images per seed")
