@@ -1,8 +1,7 @@
 """A/B test of training changes by warm-starting the default weights: each arm x each seed, measured like `make model`.
 
 An arm is a name and a JSON object of `AugmentConfig` fields that change the default recipe's augmentation
-(`make model`'s, random-convolution restyling included) and optionally `consistency`, the weight of the two-view
-consistency loss (`TrainConfig.consistency`); `{}` is the control, that recipe. For every seed, the arms
+(`make model`'s, random-convolution restyling included); `{}` is the control, that recipe. For every seed, the arms
 share the same generated training images (seed-specific) and training seed, start from the same float weights,
 train `--steps` more steps at a low learning rate, are converted to int8 and measured by
 `convert.build_default.build` on the same generated validation shelves and, when present, the real ESD `dev/`
@@ -11,7 +10,6 @@ read the per-seed differences, not one number. Bundles are unsigned and stay und
 `shelfscout eval DATA --model A --against B --dev-allow-unsigned-models`); nothing is written to the repository.
 
     .venv/bin/python bench/warmstart_ab.py --arm control '{}' --arm colour '{"contrast": 0.5}' --seeds 7 8
-    .venv/bin/python bench/warmstart_ab.py --arm control '{}' --arm consistency '{"consistency": 1.0}'
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,32 +39,21 @@ from convert.train import TrainConfig, net_config_for
 RECIPE_AUG = AugmentConfig(randconv=DEFAULT_RANDCONV)
 
 
-@dataclass(frozen=True)
-class Arm:
-    name: str
-    aug: AugmentConfig
-    consistency: float = 0.0  # `TrainConfig.consistency`
-
-
-def parse_arm(name: str, text: str) -> Arm:
+def parse_arm(name: str, text: str) -> tuple[str, AugmentConfig]:
     try:
         over = json.loads(text)
     except json.JSONDecodeError as e:
         raise SystemExit(f"arm {name!r}: not JSON: {e}") from e
     known = {f.name for f in fields(AugmentConfig)}
-    if not isinstance(over, dict) or set(over) - known - {"consistency"}:
-        raise SystemExit(f"arm {name!r}: give an object with AugmentConfig fields ({', '.join(sorted(known))}) "
-                         "and/or consistency")
-    consistency = float(over.pop("consistency", 0.0))
-    aug = replace(RECIPE_AUG, **{k: tuple(v) if isinstance(v, list) else v for k, v in over.items()})
-    return Arm(name, aug, consistency)
+    if not isinstance(over, dict) or set(over) - known:
+        raise SystemExit(f"arm {name!r}: give an object with AugmentConfig fields ({', '.join(sorted(known))})")
+    return name, replace(RECIPE_AUG, **{k: tuple(v) if isinstance(v, list) else v for k, v in over.items()})
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arm", nargs=2, action="append", metavar=("NAME", "JSON"), required=True,
-                    help="an arm: a name and JSON overrides of the recipe's AugmentConfig and/or consistency "
-                         "('{}' = control); repeatable")
+                    help="an arm: a name and JSON overrides of the recipe's AugmentConfig ('{}' = control); repeatable")
     ap.add_argument("--seeds", type=int, nargs="+", default=[7, 8])
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--images", type=int, default=2500, help="generated training images per seed")
@@ -87,13 +74,12 @@ def main() -> None:
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for seed in args.seeds:
         data = synth_folder(args.work / f"synth-train-{seed}", args.images, seed, workers=2, progress=False)
-        for arm in arms:
-            name = arm.name
+        for name, aug in arms:
             run = args.work / f"{name}-s{seed}"
             spec = BuildSpec(
                 name=f"{name}-s{seed}", version=1, out_bundle=run / "model.bundle", work_dir=run,
                 train=TrainConfig(net=net, steps=args.steps, lr=1e-3, warmup=min(50, args.steps // 10), seed=seed,
-                                  aug=arm.aug, consistency=arm.consistency),
+                                  aug=aug),
                 synth_train=0, synth_val=0, train_dirs=(data,), val_sets=tuple(val_sets),
                 init_weights=args.init, key_path=None, progress=False,
             )
@@ -110,9 +96,9 @@ def main() -> None:
                     f"{s} AP50 int8 {m['int8']['ap50']:.4f} (float {m['float']['ap50']:.4f})" for s, m in sets.items()
                 ), flush=True)
     if not args.json and len(arms) > 1:
-        base = arms[0].name
+        base = arms[0][0]
         print(f"difference from {base!r}, per seed:")
-        for name in (arm.name for arm in arms[1:]):
+        for name, _ in arms[1:]:
             for s, _p in val_sets:
                 key = f"{s}_ap50_int8"
                 diffs = [rows[name, sd][key] - rows[base, sd][key] for sd in args.seeds]

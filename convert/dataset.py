@@ -171,11 +171,8 @@ def augment(
     base_w: int,
     base_h: int,
     cfg: AugmentConfig,
-    photo: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A random out_w x out_h view of the image as if squashed to base_w x base_h (the model input), then zoomed.
-    With `photo` False the view is returned before `photometric`, whose draws are then the caller's to make (the
-    random stream is the same as with `photo` up to that point): one crop can be seen through several of them."""
+    """A random out_w x out_h view of the image as if squashed to base_w x base_h (the model input), then zoomed."""
     h, w = image.shape[:2]
     zoom = rng.uniform(*cfg.scale)
     aspect = np.exp(rng.uniform(np.log(cfg.aspect[0]), np.log(cfg.aspect[1])))
@@ -227,8 +224,7 @@ def augment(
             x1, y1 = (int(np.ceil(v)) + 1 for v in box[2:])
             out[y0:y1, x0:x1] = rng.integers(0, 256, 3, dtype=np.uint8)
         boxes = cb[keep].astype(np.float32)
-    if photo:
-        out = photometric(out, rng, cfg)
+    out = photometric(out, rng, cfg)
     return out, boxes
 
 
@@ -240,12 +236,10 @@ def augment_mosaic(
     base_w: int,
     base_h: int,
     cfg: AugmentConfig,
-    photo: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """An out_w x out_h crop cut into four tiles at a random point, each tile an `augment` view of one of the four
     (image, boxes) samples at the usual zoom: four photos' gaps and surroundings in one crop, at the sizes a plain
-    crop would show them (YOLO's mosaic, without its shrinking). With `photo` False the tiles are `augment`'s
-    geometric views, and `photometric` is the caller's to apply to the whole crop."""
+    crop would show them (YOLO's mosaic, without its shrinking)."""
     if len(samples) != 4:
         raise ValueError(f"a mosaic takes 4 samples, got {len(samples)}")
     cx = int(round(rng.uniform(0.25, 0.75) * out_w))
@@ -254,7 +248,7 @@ def augment_mosaic(
     parts = []
     tiles = ((0, 0, cx, cy), (cx, 0, out_w, cy), (0, cy, cx, out_h), (cx, cy, out_w, out_h))
     for (image, boxes), (x0, y0, x1, y1) in zip(samples, tiles, strict=True):
-        tile, tb = augment(image, boxes, rng, x1 - x0, y1 - y0, base_w, base_h, cfg, photo)
+        tile, tb = augment(image, boxes, rng, x1 - x0, y1 - y0, base_w, base_h, cfg)
         out[y0:y1, x0:x1] = tile
         parts.append(tb + np.array([x0, y0, x0, y0], np.float32))
     return out, np.concatenate(parts).reshape(-1, 4).astype(np.float32)

@@ -24,7 +24,6 @@ from convert.dataset import (
     augment,
     augment_mosaic,
     encode_targets,
-    photometric,
     resize_with_boxes,
 )
 from convert.model import HEATMAP, LTRB, NetConfig, build_model
@@ -68,14 +67,9 @@ class TrainConfig:
     aug: AugmentConfig = field(default_factory=AugmentConfig)
     # momentum of an exponential moving average of the weights, saved instead of the last step's (0: off)
     ema: float = 0.0
-    # weight of a multi-view consistency loss (RandConv, Xu et al. 2021; AugMix, Hendrycks et al. 2020): each crop
-    # is seen through two photometric draws and the two heatmaps are pulled together (`consistency_loss`; 0: off)
-    consistency: float = 0.0
 
     def __post_init__(self) -> None:
         check_ema(self.ema)
-        if not 0.0 <= self.consistency < math.inf:  # NaN fails this too
-            raise ValueError(f"consistency must be a finite weight >= 0, got {self.consistency}")
         check_crop(self.crop)
         if self.steps < 1 or self.batch < 1:
             raise ValueError("steps and batch must be positive")
@@ -112,37 +106,24 @@ def setup_tf(seed: int, threads: int, deterministic: bool) -> None:
 def make_batch(
     data: Sequence[LabeledImage], idx: np.ndarray, rng: np.random.Generator, cfg: TrainConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Augmented crops (B, c, c, 3) float32 0..255 and their heatmap, ltrb and weight targets.
-
-    With `cfg.consistency` the batch is 2B: crop k and crop B + k are one geometric view through two independent
-    `photometric` draws, with the same targets. Without it the crops and the random stream are as they always were.
-    """
+    """Augmented crops (B, c, c, 3) float32 0..255 and their heatmap, ltrb and weight targets."""
     c, s = cfg.crop, cfg.net.stride
     g = c // s
-    n = len(idx)
-    two_views = cfg.consistency > 0
-    x = np.empty((2 * n if two_views else n, c, c, 3), np.float32)
-    hm = np.empty((n, g, g, 1), np.float32)
-    lt = np.empty((n, g, g, 4), np.float32)
-    wt = np.empty((n, g, g, 1), np.float32)
+    x = np.empty((len(idx), c, c, 3), np.float32)
+    hm = np.empty((len(idx), g, g, 1), np.float32)
+    lt = np.empty((len(idx), g, g, 4), np.float32)
+    wt = np.empty((len(idx), g, g, 1), np.float32)
     for k, i in enumerate(idx):
         item = data[int(i)]
         # no draw when mosaic is off, so runs without it keep the random streams they always had
         if cfg.aug.mosaic and rng.random() < cfg.aug.mosaic:
             others = [data[int(j)] for j in rng.integers(0, len(data), 3)]
             samples = [(d.image, d.boxes) for d in (item, *others)]
-            img, boxes = augment_mosaic(samples, rng, c, c, cfg.net.width, cfg.net.height, cfg.aug, not two_views)
+            img, boxes = augment_mosaic(samples, rng, c, c, cfg.net.width, cfg.net.height, cfg.aug)
         else:
-            img, boxes = augment(item.image, item.boxes, rng, c, c, cfg.net.width, cfg.net.height, cfg.aug,
-                                 not two_views)
-        if two_views:
-            x[k], x[n + k] = photometric(img, rng, cfg.aug), photometric(img, rng, cfg.aug)
-        else:
-            x[k] = img
+            img, boxes = augment(item.image, item.boxes, rng, c, c, cfg.net.width, cfg.net.height, cfg.aug)
         t = encode_targets(boxes, g, g, s)
-        hm[k], lt[k], wt[k] = t.heatmap, t.ltrb, t.weight
-    if two_views:
-        hm, lt, wt = (np.concatenate([a, a]) for a in (hm, lt, wt))
+        x[k], hm[k], lt[k], wt[k] = img, t.heatmap, t.ltrb, t.weight
     return x, hm, lt, wt
 
 
@@ -166,18 +147,6 @@ def _losses(tf: Any, hm_t: Any, lt_t: Any, wt: Any, hm_p: Any, lt_p: Any) -> tup
     w = wt[..., 0]
     box = tf.reduce_sum(w * (1.0 - giou)) / tf.maximum(tf.reduce_sum(w), 1e-3)
     return focal, box
-
-
-def consistency_loss(tf: Any, hm_a: Any, hm_b: Any) -> Any:
-    """Jensen-Shannon divergence between two views' heatmaps, each cell a Bernoulli distribution (gap or not) with
-    its sigmoid output as p, averaged over cells: the entropy of the mean minus the mean of the entropies, in nats
-    (0 for identical outputs, at most log 2). Symmetric, and bounded where a KL term would not be."""
-
-    def entropy(p: Any) -> Any:
-        p = tf.clip_by_value(p, 1e-6, 1.0 - 1e-6)
-        return -(p * tf.math.log(p) + (1.0 - p) * tf.math.log(1.0 - p))
-
-    return tf.reduce_mean(entropy(0.5 * (hm_a + hm_b)) - 0.5 * (entropy(hm_a) + entropy(hm_b)))
 
 
 def train(
@@ -219,12 +188,8 @@ def train(
     def step(x: Any, hm_t: Any, lt_t: Any, wt: Any) -> tuple[Any, Any]:
         with tf.GradientTape() as tape:
             out = model(x, training=True)
-            # with two views the targets are repeated, and so are the positives that normalise each loss: over the
-            # 2B crops these are the mean of the two views' losses
             focal, box = _losses(tf, hm_t, lt_t, wt, out[HEATMAP], out[LTRB])
             loss = focal + cfg.box_weight * box
-            if cfg.consistency:
-                loss += cfg.consistency * consistency_loss(tf, *tf.split(out[HEATMAP], 2))
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return focal, box
