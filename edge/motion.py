@@ -63,6 +63,7 @@ class ShiftEstimator:
         self._window = np.empty((0, 0), np.float32)
         self._prev_spectrum = np.empty((0, 0, 2), np.float32)  # of the previous windowed frame (phase_correlate)
         self._cur_spectrum = np.empty((0, 0, 2), np.float32)
+        self._work = CorrelationBuffers.like(self._cur_spectrum)
         self._has_prev = False
         self._vx = 0.0  # last reliable velocity, content pixels per source frame
         self._vy = 0.0
@@ -94,6 +95,7 @@ class ShiftEstimator:
         self._window = cv2.createHanningWindow((sw, sh), cv2.CV_32F)
         self._prev_spectrum = np.empty((sh, sw, 2), np.float32)
         self._cur_spectrum = np.empty((sh, sw, 2), np.float32)
+        self._work = CorrelationBuffers.like(self._cur_spectrum)
         self._has_prev = False
 
     def update(self, frame_rgb: np.ndarray, frames_elapsed: int = 1) -> Shift:
@@ -115,7 +117,7 @@ class ShiftEstimator:
             self._has_prev = True
             self._prev_spectrum, self._cur_spectrum = self._cur_spectrum, self._prev_spectrum
             return Shift(self._vx * steps, self._vy * steps, 0.0, False)
-        sx, sy, response = phase_correlate(self._prev_spectrum, self._cur_spectrum)
+        sx, sy, response = phase_correlate(self._prev_spectrum, self._cur_spectrum, self._work)
         self._prev_spectrum, self._cur_spectrum = self._cur_spectrum, self._prev_spectrum
         dx, dy = sx * self._scale, sy * self._scale
         plausible = abs(dx) <= self.max_jump * w and abs(dy) <= self.max_jump * h
@@ -141,9 +143,26 @@ class ShiftEstimator:
         return Shift(self._vx * steps, self._vy * steps, float(response), False)
 
 
-def phase_correlate(prev: np.ndarray, cur: np.ndarray) -> tuple[float, float, float]:
+@dataclass
+class CorrelationBuffers:
+    """Scratch arrays `phase_correlate` writes into, for one spectrum shape (h, w, 2): a caller that correlates
+    every frame keeps one set instead of allocating them per frame."""
+
+    cross: np.ndarray  # (h, w, 2) float32: the normalised cross-power spectrum
+    magnitude: np.ndarray  # (h, w) float32
+    surface: np.ndarray  # (h, w) float32: the correlation surface
+
+    @staticmethod
+    def like(spectrum: np.ndarray) -> CorrelationBuffers:
+        h, w = spectrum.shape[:2]
+        return CorrelationBuffers(np.empty((h, w, 2), np.float32), np.empty((h, w), np.float32),
+                                  np.empty((h, w), np.float32))
+
+
+def phase_correlate(prev: np.ndarray, cur: np.ndarray, work: CorrelationBuffers) -> tuple[float, float, float]:
     """How far the content moved from one frame to the next, given their spectra (cv2.dft of the windowed grey
-    frames, DFT_COMPLEX_OUTPUT; each frame's is taken once): (dx, dy, response).
+    frames, DFT_COMPLEX_OUTPUT; each frame's is taken once): (dx, dy, response). `work`: scratch arrays of their
+    shape, written into.
 
     The correlation surface and the response (the sum of the 5x5 window around its peak) are cv2.phaseCorrelate's,
     but not its sub-pixel peak: it takes the centroid of that whole window, and something else moving in view
@@ -152,9 +171,11 @@ def phase_correlate(prev: np.ndarray, cur: np.ndarray) -> tuple[float, float, fl
     views seemed to move, and a gap the shopper hid was counted as seen filled and cleared. Here each axis of the
     window is cut where the surface rises again towards another peak; with a single peak it is OpenCV's centroid.
     """
-    cross = cv2.mulSpectrums(cur, prev, 0, conjB=True)
-    cross /= cv2.magnitude(cross[..., 0], cross[..., 1])[..., None] + np.finfo(np.float32).eps
-    surface = cv2.idft(cross, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
+    cross = cv2.mulSpectrums(cur, prev, 0, work.cross, conjB=True)
+    magnitude = cv2.magnitude(cross[..., 0], cross[..., 1], work.magnitude)
+    magnitude += np.finfo(np.float32).eps
+    np.divide(cross, magnitude[..., None], out=cross)
+    surface = cv2.idft(cross, work.surface, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
     h, w = surface.shape
     _, _, _, (px, py) = cv2.minMaxLoc(surface)
     xs, ys = np.arange(px - 2, px + 3), np.arange(py - 2, py + 3)
