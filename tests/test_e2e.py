@@ -369,14 +369,12 @@ def test_a_key_file_that_is_not_a_key_is_named_and_skipped_not_a_stopped_cart(
 def test_a_cart_running_an_unsigned_model_says_so_in_its_retained_status(tmp_path: Path, cart_pass: CartPass) -> None:
     """`model.dev_allow_unsigned = true` let a cart run a bundle without a signature while its status said `online`
     with no reason: only its own journal knew (the contract audit's defect 4). A fleet sees it now."""
-    import io
-    import tarfile
+    from edge.bundle import read_bundle, write_bundle
 
+    shipped = read_bundle(DEFAULT_BUNDLE, None, allow_unsigned=True)
     bundle = tmp_path / "unsigned.bundle"
-    with tarfile.open(DEFAULT_BUNDLE) as src, tarfile.open(bundle, "w") as dst:
-        for member in src.getmembers():
-            if member.name != "manifest.sig":
-                dst.addfile(member, io.BytesIO(src.extractfile(member).read()))  # type: ignore[union-attr]
+    write_bundle(bundle, shipped.manifest, {k: v for k, v in shipped.members.items()
+                                            if k not in ("manifest.json", "manifest.sig")}, None)
     with Mosquitto(tmp_path / "broker") as b:
         sub = ValidatingSubscriber(b.url, [f"shelfscout/{STORE}/{DEVICE}/#"], client_id="backend").start()
         log = tmp_path / "service.log"
