@@ -101,8 +101,8 @@ class Fleet:
             return "no carts (no retained status under this prefix)"
         states = Counter(c.state or "no status" for c in carts)
         models = Counter(c.model or "no model" for c in carts)
-        text = f"{len(carts)} cart(s): " + ", ".join(f"{n} {s}" for s, n in sorted(
-            states.items(), key=lambda kv: STATE_ORDER.get(None if kv[0] == "no status" else kv[0], 2)))
+        text = f"{len(carts)} cart(s): " + ", ".join(
+            f"{n} {s}" for s, n in sorted(states.items(), key=lambda kv: STATE_ORDER.get(kv[0], 2)))
         text += "; models: " + ", ".join(f"{m} on {n}" for m, n in models.most_common())
         failed = sum(c.ota_problem for c in carts)
         return text + (f"; {failed} with a failed or rolled-back update" if failed else "")
