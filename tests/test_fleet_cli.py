@@ -15,12 +15,12 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.config import parse
 from edge.mqtt import MqttLink
 from edge.outbox import Outbox
 from edge.payloads import ModelRef, OtaState, StatusInfo, model_state_payload
 from edge.topics import Topics
 from tests.mosquitto import Mosquitto
+from tests.test_mqtt import make_cfg
 
 V6 = ModelRef("shelfgap-default", 6)
 
@@ -28,8 +28,7 @@ V6 = ModelRef("shelfgap-default", 6)
 @contextmanager
 def cart(tmp_path: Path, url: str, device: str, ota: OtaState) -> Iterator[MqttLink]:
     """A cart's real MQTT link (its own outbox), connected, with its `model/state` published."""
-    cfg = parse(f'[device]\nid = "{device}"\nstore = "s042"\n[mqtt]\nurl = "{url}"\nreconnect_min_s = 0.2\n'
-                f'[outbox]\npath = "{tmp_path / device / "outbox.db"}"\n', env={})
+    cfg = make_cfg(tmp_path / device, url, device=device)
     topics = Topics.from_config(cfg)
     link = MqttLink(cfg, topics, Outbox(cfg.outbox.path), status=lambda: StatusInfo("online", None, V6))
     link.start()

@@ -65,11 +65,12 @@ def make_event(i: int, kind: str = "opened") -> AlertEvent:
                       snapshot_jpeg=_jpeg(i) if kind == "opened" else None)
 
 
-def make_cfg(tmp_path: Path, url: str, **mqtt: Any) -> Config:
+def make_cfg(tmp_path: Path, url: str, device: str = "cart-07", **mqtt: Any) -> Config:
+    """Cart `device` of store s042 on the broker at `url`, its outbox in `tmp_path`; `mqtt`: more [mqtt] keys."""
     settings: dict[str, Any] = {"url": url, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0, "keepalive_s": 5}
     settings.update(mqtt)
     lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
-    text = ('[device]\nid = "cart-07"\nstore = "s042"\n[mqtt]\n' + "\n".join(lines) +
+    text = (f'[device]\nid = "{device}"\nstore = "s042"\n[mqtt]\n' + "\n".join(lines) +
             f'\n[outbox]\npath = "{tmp_path / "outbox.db"}"\ninflight = 8\n')
     return parse(text, env={})
 
