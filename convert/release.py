@@ -112,12 +112,10 @@ def publish_release(payload: bytes, broker_url: str, topic: str, *, ca_file: str
     refuses MQTT 5. File problems raise edge.config.ConfigError naming the option; broker problems
     ConnectionError with the reason.
     """
-    from edge.broker import BrokerAddress, TlsKeys, tls_context
+    from edge.broker import TlsKeys, tls_context
+    from edge.broker_url import BrokerAddress
 
-    try:
-        addr = BrokerAddress.parse(broker_url)
-    except ValueError as e:
-        raise ValueError(str(e).replace("mqtt.password_file", "--password-file")) from None
+    addr = BrokerAddress.parse(broker_url)
     ctx: ssl.SSLContext | None = None
     if addr.tls:
         ctx = tls_context(ca_file or "", cert_file or "", key_file or "", TlsKeys("--ca", "--cert-file", "--key-file"))

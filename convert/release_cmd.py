@@ -138,7 +138,12 @@ def _gate(args: argparse.Namespace) -> None:
 
 def _publish(args: argparse.Namespace) -> int:
     from convert.release import publish_release, release_topic
+    from edge.broker_url import BrokerAddress
 
+    try:
+        BrokerAddress.parse(args.broker)
+    except ValueError as e:
+        raise CliError(f"--broker: {e}") from None
     try:
         message = json.loads(args.release.read_text(encoding="utf-8"))
     except OSError as e:

@@ -1,6 +1,6 @@
-"""Where the MQTT broker is and how to reach it safely: its address from `mqtt.url`, the login (user, password,
-TLS context from the configured files, each problem named by its key), and why a connection failed (paho's
-callbacks do not say)."""
+"""How to reach the MQTT broker safely: the login (the address from `edge.broker_url`, user, password, TLS context
+from the configured files, each problem named by its key), and why a connection failed (paho's callbacks do not
+say)."""
 
 from __future__ import annotations
 
@@ -10,41 +10,11 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from cryptography import x509
 
-from edge.config import ConfigError, MqttConfig, read_password, redact_url
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    """Where the broker is, from `mqtt.url`: `mqtt://host[:1883]` or `mqtts://host[:8883]` (TLS)."""
-
-    host: str
-    port: int
-    tls: bool
-    username: str | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError(f"broker URL {redact_url(url)!r} must start with mqtt:// or mqtts://")
-        if not parts.hostname:
-            raise ValueError(f"broker URL {redact_url(url)!r} has no host")
-        tls = scheme in ("mqtts", "ssl")
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError as e:
-            raise ValueError(f"broker URL {redact_url(url)!r}: {e}") from None
-        if parts.password:
-            raise ValueError("put the MQTT password in mqtt.password_file, not in the URL")
-        return cls(parts.hostname, port, tls, unquote(parts.username) if parts.username else None)
-
-    def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+from edge.broker_url import BrokerAddress
+from edge.config import ConfigError, MqttConfig, read_password
 
 
 @dataclass(frozen=True)

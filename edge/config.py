@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+
+from edge.broker_url import BrokerAddress, redact_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -238,28 +239,15 @@ def _validate(cfg: Config, errors: list[str]) -> None:
                                                       "fleet's release topic")
     need(cfg.device.id != "model", "device.id", "'model' is reserved: {prefix}/STORE/model/release is the store's "
                                                 "release topic")
-    need(cfg.mqtt.url.split("://", 1)[0] in ("mqtt", "mqtts", "tcp", "ssl") and "://" in cfg.mqtt.url,
-         "mqtt.url", f"{redact_url(cfg.mqtt.url)!r} must start with mqtt:// or mqtts://")
-    shown = repr(redact_url(cfg.mqtt.url))
     try:
-        url = urlsplit(cfg.mqtt.url)
-        host, password = url.hostname, url.password
-    except ValueError:  # a bracket left open
-        need(False, "mqtt.url", f"{shown}: not a URL")
-    else:
-        need(bool(host) or "://" not in cfg.mqtt.url, "mqtt.url", f"{shown} names no host")
-        try:
-            port_ok = url.port != 0  # urlsplit checks the port only when asked
-        except ValueError:
-            port_ok = False
-        need(port_ok, "mqtt.url", f"{shown}: the port must be a number from 1 to 65535")
-        need(not password, "mqtt.url", "holds a password: put it in mqtt.password_file (a file only root reads), not "
-                                       "in the URL")
+        tls = BrokerAddress.parse(cfg.mqtt.url).tls
+    except ValueError as e:
+        errors.append(f"mqtt.url: {e}")
+        tls = True  # no second complaint about the TLS files of a URL that is wrong anyway
     why = topic_prefix_problem(cfg.mqtt.topic_prefix)
     need(why is None, "mqtt.topic_prefix", f"{cfg.mqtt.topic_prefix!r} {why}")
-    plain = cfg.mqtt.url.split("://", 1)[0] in ("mqtt", "tcp")
     for key in ("ca_file", "cert_file", "key_file"):
-        need(not (plain and getattr(cfg.mqtt, key)), f"mqtt.{key}",
+        need(tls or not getattr(cfg.mqtt, key), f"mqtt.{key}",
              f"is set but mqtt.url {redact_url(cfg.mqtt.url)!r} is plain MQTT, which would not use it: write mqtts://")
     need(cfg.mqtt.protocol in ("auto", "5", "3.1.1"), "mqtt.protocol", "must be 'auto', '5' or '3.1.1'")
     need(cfg.mqtt.keepalive_s >= 5, "mqtt.keepalive_s", "must be at least 5")
@@ -420,21 +408,6 @@ def topic_prefix_problem(prefix: str) -> str | None:
     if not prefix or any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/"):
         return "must be non-empty, without '+', '#' or a slash at either end"
     return None
-
-
-def redact_url(url: str) -> str:
-    """`url` with any password in it replaced by `***`, for every message and log line, also a URL that is
-    otherwise malformed, which is when it is most likely printed: the user information is everything before the
-    last `@` of the part after `scheme://` (up to a `?` or `#`), and a password may hold `/` or `@` itself."""
-    head, sep, rest = url.partition("://")
-    if not sep:
-        head, rest = "", url
-    end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-    at = rest.rfind("@", 0, end)
-    if at < 0:
-        return url
-    user, colon, _ = rest[:at].partition(":")
-    return f"{head}{sep}{user}{colon}{'***' if colon else ''}{rest[at:]}"
 
 
 # Where the installer keeps the password; systemd hands it to the service as the credential `mqtt-password`.

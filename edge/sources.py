@@ -96,7 +96,7 @@ class SnapshotSource(Protocol):
 
 def mask_url(url: str) -> str:
     """The URL with any password replaced by `***`, for messages and logs (edge.config.redact_url)."""
-    from edge.config import redact_url
+    from edge.broker_url import redact_url
 
     return redact_url(url)
 

@@ -103,3 +103,18 @@ def test_json_piped_into_a_reader_that_closes_early_ends_quietly(broker: Mosquit
     finally:
         link.stop()
         link.outbox.close()
+
+
+@pytest.mark.parametrize("url", ["http://h", "mqtt://", "mqtt://[::1", "mqtt://127.0.0.1:0", "mqtt://h:99999",
+                                 "mqtt://cart:s3cret@h:1883"])
+def test_a_bad_broker_url_is_refused_the_way_the_config_check_refuses_it(url: str) -> None:
+    """One reader of broker URLs (edge.broker_url) for `mqtt.url` and every command's `--broker`: there were two,
+    and the commands' let port 0 through to 1883 and said less about an open bracket."""
+    from edge import config
+
+    with pytest.raises(config.ConfigError) as e:
+        config.parse(f"[mqtt]\nurl = '{url}'\n", env={})
+    why = str(e.value).split("mqtt.url: ", 1)[1].splitlines()[0]
+    r = _alerts("--broker", url, "--timeout", "3")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith(f"--broker: {why}"), (why, r.stderr)
+    assert "s3cret" not in r.stderr

@@ -402,7 +402,7 @@ def test_no_message_or_ok_line_prints_a_password_from_a_url(tmp_path: Path) -> N
         with pytest.raises(ConfigError) as e:
             config.parse(f"[mqtt]\nurl = '{url}'\n", env={})
         assert "S3cret" not in str(e.value) and "PW" not in str(e.value) and "cart:***@" in str(e.value), str(e.value)
-    from edge.broker import BrokerAddress
+    from edge.broker_url import BrokerAddress
 
     with pytest.raises(ValueError) as e2:
         BrokerAddress.parse("mqtts://cart:S3cretPW@broker:8883x")

@@ -259,7 +259,7 @@ def check(args: argparse.Namespace) -> int:
     import sys
 
     from edge import config
-    from edge.config import redact_url
+    from edge.broker_url import redact_url
 
     try:
         cfg = config.load(args.file)

@@ -93,7 +93,7 @@ def demo(args: argparse.Namespace) -> int:
     from convert.passcheck import score_pass
     from edge import config
     from edge.app import Service
-    from edge.broker import BrokerAddress
+    from edge.broker_url import BrokerAddress
     from edge.cli import CliError
     from edge.embedded_broker import EmbeddedBroker
     from edge.instance_lock import InstanceLockError, acquire

@@ -36,7 +36,8 @@ class Subscription:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        from edge.broker import CLI_TLS_KEYS, BrokerAddress, tls_context
+        from edge.broker import CLI_TLS_KEYS, tls_context
+        from edge.broker_url import BrokerAddress
         from edge.cli import CliError
 
         self.command = command
@@ -44,7 +45,7 @@ class Subscription:
         try:
             self.address = BrokerAddress.parse(args.broker or DEFAULT_BROKER)
         except ValueError as e:
-            raise CliError(str(e)) from None
+            raise CliError(f"--broker: {e}") from None
         password = None
         if args.password_file:
             try:
