@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -34,7 +35,7 @@ from edge.broker import BrokerLogin, probe
 from edge.config import Config
 from edge.device_commands import CommandHandler, run_command
 from edge.outbox import Outbox, OutboxError
-from edge.payloads import ModelRef, StatusInfo, encode, status_payload
+from edge.payloads import StatusInfo, encode, status_payload
 from edge.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,8 @@ class MqttLink:
         self._retained_mids: dict[int, str] = {}
         self._stale_mids: set[int] = set()
         self._override: tuple[str, str | None] | None = None
-        self._status_model: ModelRef | None = None  # the model in the last published status
+        # what the last published status said (StatusInfo, quarantined file) on this connection: said once only
+        self._status_said: tuple[StatusInfo, Path | None] | None = None
         self._model_check_at = 0.0
         self._work: queue.Queue[tuple[str, bytes, bool, Any] | None] = queue.Queue()
         self._sender: threading.Thread | None = None
@@ -284,7 +286,8 @@ class MqttLink:
         return self.refresh_status()
 
     def refresh_status(self) -> bool:
-        """Re-read the status provider (state, reason and model) and publish the retained `status` now.
+        """Re-read the status provider (state, reason and model) and publish the retained `status` now, unless it
+        says what the last one published on this connection said (the broker holds that one already).
 
         Call it after a model swap. Returns False when not connected; the status is then published, fresh, on the
         next connect. The link also notices a model change by itself within about a second (`MODEL_POLL_S`).
@@ -294,13 +297,16 @@ class MqttLink:
         client = self._client
         if client is None or not self._connected.is_set():
             return False
+        if (self._current_status(), self.outbox.quarantined) == self._status_said:
+            return True
         return self._publish_status(client)
 
     def _publish_status(self, client: mqtt.Client) -> bool:
         status = self._current_status()
-        self._status_model = status.model
         info = self._publish_retained(client, self.topics.status, self._status_bytes(status), 1)
-        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+        ok = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+        self._status_said = (status, self.outbox.quarantined) if ok else None
+        return ok
 
     def _check_model_change(self) -> None:
         """Publish a fresh retained status when the status provider reports another model (sender thread)."""
@@ -315,7 +321,7 @@ class MqttLink:
         except Exception:
             log.exception("status callback failed")
             return
-        if model != self._status_model:
+        if self._status_said is None or model != self._status_said[0].model:
             log.info("model changed to %s; publishing status", model.short() if model else None)
             self.refresh_status()
 

@@ -141,6 +141,37 @@ def test_refresh_status_rereads_the_model_and_republishes_retained(
         sub.stop()
 
 
+def test_a_status_is_published_once_per_change_and_again_after_every_reconnect(
+        broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service works its status out every few seconds and on every event: the link publishes it when it says
+    something new (a cart used to send two identical retained `online`s at start, the second 5 s later), and on
+    every connect, since the broker may hold the last will by then."""
+    monkeypatch.setattr(edge.mqtt, "MODEL_POLL_S", 1e6)
+    cfg = make_cfg(tmp_path, broker.url)
+    t = Topics.from_config(cfg)
+    sub = ValidatingSubscriber(broker.url, [t.status]).start()
+    link = MqttLink(cfg, t, Outbox(cfg.outbox.path), status=lambda: StatusInfo("online", None, ModelRef("m", 1)))
+    try:
+        link.start()
+        assert link.wait_connected(10)
+        assert sub.wait_for(lambda: _has(sub, "online", 1), 10)
+        for _ in range(3):
+            assert link.refresh_status() and link.set_status("online")
+        assert link.set_status("degraded", "camera stalled")
+        assert sub.wait_for(lambda: _has(sub, "degraded", 1), 10)
+        assert [p["state"] for p in _statuses(sub)] == ["online", "degraded"]
+        assert link.set_status("degraded", "camera stalled") and link.set_status("online")
+        assert sub.wait_for(lambda: len(_statuses(sub)) == 3, 10)
+        broker.restart()
+        assert sub.wait_for(lambda: sub.connected.is_set() and len(_statuses(sub)) == 4, 20), _statuses(sub)
+        assert [p["state"] for p in _statuses(sub)] == ["online", "degraded", "online", "online"]
+        assert not sub.invalid, sub.invalid
+    finally:
+        link.stop()
+        link.outbox.close()
+        sub.stop()
+
+
 MODEL_CHILD = r"""
 import sys, time
 from pathlib import Path
