@@ -38,6 +38,7 @@ from pathlib import Path
 
 from edge.atomic import write_atomic
 from edge.config import TrackingConfig
+from edge.payloads import epoch_ms
 from edge.types import AlertEvent, Location
 
 log = logging.getLogger(__name__)
@@ -574,7 +575,7 @@ class AlertManager:
             return None
         first_seen = min(first_seen, view.t_wall)
         self._seq += 1
-        alert_id = f"{self._id_prefix}-{int(round(first_seen * 1000))}-{self._seq}"
+        alert_id = f"{self._id_prefix}-{epoch_ms(first_seen)}-{self._seq}"  # the ms the event's first_seen says
         place = Place(
             alert_id=alert_id,
             aisle=view.aisle,

@@ -48,11 +48,21 @@ def schema_path(kind: str) -> Path:
     return SCHEMA_DIR / f"{kind}.json"
 
 
-def rfc3339(ts: float) -> str:
-    """Wall-clock seconds as RFC 3339 UTC with millisecond precision and a `Z`."""
+def _utc(ts: float) -> datetime:
     if not math.isfinite(ts):
         raise ValueError(f"timestamp {ts!r} is not finite")
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+def rfc3339(ts: float) -> str:
+    """Wall-clock seconds as RFC 3339 UTC with millisecond precision and a `Z`."""
+    return _utc(ts).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def epoch_ms(ts: float) -> int:
+    """Wall-clock seconds as the whole milliseconds `rfc3339(ts)` writes (for ids that carry a time)."""
+    d = _utc(ts)
+    return int(d.replace(microsecond=0).timestamp()) * 1000 + d.microsecond // 1000
 
 
 def encode(payload: Mapping[str, Any]) -> bytes:

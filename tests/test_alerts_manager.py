@@ -7,6 +7,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge.alerts import AlertManager, MarkerPlace, View
@@ -157,6 +158,20 @@ def test_same_place_is_within_the_radius_on_the_same_shelf_level() -> None:
     assert _opened(mgr, 6, (1500, 100, 1600, 200), _view(5000.0)) is not None
     assert len(mgr.open_alerts()) == 3
     assert len({p.alert_id for p in mgr.open_alerts()}) == 3
+
+
+def test_an_alert_id_carries_the_milliseconds_its_first_seen_says() -> None:
+    """A backend reads `first_seen` and may read the id's time: both say the same millisecond (the id rounded,
+    the timestamp truncates)."""
+    from edge.payloads import epoch_ms, rfc3339
+
+    mgr = AlertManager(TrackingConfig(), "cart-01")
+    v = _view(0.0, t=1_780_000_000.3187)
+    ev = mgr.confirm(1, (100, 100, 200, 200), (100, 100, 200, 200), [0.9], 3, v.t_wall, v)
+    assert ev is not None and ev.alert_id == "cart-01-1780000000318-1"
+    assert rfc3339(ev.first_seen).endswith(":40.318Z")
+    for t in np.random.default_rng(0).uniform(1.7e9, 1.9e9, 20000):  # also where float products round otherwise
+        assert rfc3339(float(t))[-4:-1] == f"{epoch_ms(float(t)) % 1000:03d}", t
 
 
 def test_two_tracks_on_one_place_keep_it_from_clearing() -> None:
