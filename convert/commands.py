@@ -15,6 +15,9 @@ from edge.cli import CliError
 
 if TYPE_CHECKING:
     from convert.dataset import AugmentConfig
+    from convert.evaluate import ImageDetections
+    from convert.report import Against
+    from edge.bundle import Bundle
 
 _V = TypeVar("_V", int, float)  # a flag's value, checked by a library rule
 
@@ -301,7 +304,7 @@ FEW_HELDOUT_FRAMES = 30  # below these the held-out threshold and verdict are no
 FEW_HELDOUT_GAPS = 50
 
 
-def _say_verdict(against: Any, frames: int) -> None:
+def _say_verdict(against: Against | None, frames: int) -> None:
     """One line on stderr: is the fine-tuned model better than the shipped one (`against`, a report.Against, or
     None without one) on the held-out frames? Figures unrounded until printed."""
     if against is None:
@@ -375,10 +378,10 @@ def _run_build(spec: Any, soup: int = 1) -> Any:
 class _HeldOut:
     """The fine-tuned bundle's detections on the held-out frames, and the shipped model's figures beside them."""
 
-    tuned: Any  # the fine-tuned Bundle
-    dets: list[Any]  # its ImageDetections per frame
+    tuned: Bundle  # the fine-tuned bundle
+    dets: list[ImageDetections]  # its detections per frame
     baseline: dict[str, Any] | None  # the shipped model's figures and the paired gain (None: no shipped model)
-    against: Any  # report.Against for the shipped model, or None
+    against: Against | None  # the shipped model's figures beside it (None: no shipped model)
 
 
 def _baseline(val_items: list[Any], tuned_path: Path) -> _HeldOut:
