@@ -233,6 +233,10 @@ class Service:
         bundle = slot.info
         return model_ref(bundle)
 
+    def model_of_frame(self, info: Any) -> ModelRef:
+        """The model that ran a frame, from the slot info the pipeline passes along (the running one if unknown)."""
+        return model_ref(info) if isinstance(info, Bundle) else self.current_model()
+
     def _publish_model_state(self) -> None:
         link = self.parts.mqtt
         if link is None or self.parts.slot is None:
@@ -494,7 +498,7 @@ class Service:
         capture.start()
         stack.callback(capture.stop)
 
-        sink = OutboxSink(outbox, topics, self.current_model, cfg.mqtt.snapshot_max_px,
+        sink = OutboxSink(outbox, topics, self.model_of_frame, cfg.mqtt.snapshot_max_px,
                           main_frame=capture.snapshot_frame, on_event=self.on_event, on_state=self._refresh_status)
         stack.callback(sink.close)  # after the pipeline has stopped, before the outbox closes
         self.parts.sink = sink

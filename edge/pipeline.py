@@ -53,9 +53,10 @@ class Tracker(Protocol):
 
 
 class AlertSink(Protocol):
-    """Takes the tracker's events for every frame (often none): renders snapshots and commits them durably."""
+    """Takes the tracker's events for every frame (often none): renders snapshots and commits them durably.
+    `model` is the slot info of the model that ran the frame: the events name it, not the one running by then."""
 
-    def emit(self, frame: Frame, events: Sequence[AlertEvent]) -> None: ...
+    def emit(self, frame: Frame, events: Sequence[AlertEvent], model: Any = None) -> None: ...
 
 
 class FrameObserver(Protocol):
@@ -370,7 +371,7 @@ class Pipeline:
             events = []
             self.stats.withheld += 1
             self._withheld_run += frame.dropped_before + 1
-        self.sink.emit(frame, events)  # every frame: a sink may be holding earlier events to retry
+        self.sink.emit(frame, events, item.info)  # every frame: a sink may be holding earlier events to retry
         for e in events:
             if e.event == "opened":
                 self.stats.alerts_opened += 1

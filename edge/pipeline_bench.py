@@ -87,7 +87,7 @@ def bench_pipeline(
         capture = CaptureThread(lambda: MemorySource(frames, n), cam, lambda s, r: None, lossless=True)
         tracker = GapTracker(cfg.tracking, cfg.device.id, None)
         stack.callback(tracker.close)
-        sink = OutboxSink(outbox, topics, lambda: ModelRef("bench", 0))
+        sink = OutboxSink(outbox, topics, lambda _info: ModelRef("bench", 0))
         stack.callback(sink.close)
         pipe = Pipeline(capture, ModelSlot(detector), tracker, sink, cores=cores)
         capture.start()

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from edge.outbox import Outbox, OutboxError, OutMessage
 from edge.payloads import ModelRef, alert_messages
@@ -43,13 +44,13 @@ class _Held:
 class OutboxSink:
     """Turns tracker events into durable outbox messages; nothing is published before it is committed."""
 
-    def __init__(self, outbox: Outbox, topics: Topics, model: Callable[[], ModelRef], snapshot_max_px: int = 640,
+    def __init__(self, outbox: Outbox, topics: Topics, model: Callable[[Any], ModelRef], snapshot_max_px: int = 640,
                  main_frame: Callable[[int | None], MainFrame | None] | None = None,
                  on_event: Callable[[AlertEvent], None] | None = None, hold_max_bytes: int = HOLD_MAX_BYTES,
                  on_state: Callable[[], None] | None = None):
         self.outbox = outbox
         self.topics = topics
-        self.model = model
+        self.model = model  # the model an event names, from the slot info of the model that ran its frame
         self.snapshot_max_px = snapshot_max_px
         self.main_frame = main_frame
         self.on_event = on_event
@@ -77,8 +78,10 @@ class OutboxSink:
             return _NONE
         return frozenset(ev.alert_id for h in self._held for ev in h.events) | self._unsettled
 
-    def emit(self, frame: Frame, events: Sequence[AlertEvent]) -> None:
-        """Commit this frame's events (after any held ones); called for every frame, so held ones are retried."""
+    def emit(self, frame: Frame, events: Sequence[AlertEvent], model: Any = None) -> None:
+        """Commit this frame's events (after any held ones); called for every frame, so held ones are retried.
+        `model`: the slot info of the model that ran the frame (with a pipeline of stages, the slot may hold the
+        next model by the time a frame's events come here)."""
         if events:
             # should anything below raise (the service then stops), these events were never stored: their places
             # must stay marked for a resend when the tracker saves them at close
@@ -88,7 +91,7 @@ class OutboxSink:
                 # a duplicate's cleared is no restock to show: the gap is elsewhere, usually out of this frame
                 if ev.snapshot_jpeg is None and ev.duplicate_of is None:
                     ev.snapshot_jpeg = self._snapshot_or_none(frame, ev)
-                msgs.extend(alert_messages(ev, self.topics, self.model()))
+                msgs.extend(alert_messages(ev, self.topics, self.model(model)))
             size = sum(len(m.payload) + len(m.topic) for m in msgs)
             self._held.append(_Held(tuple(events), tuple(msgs), size))
             self._unsettled = _NONE

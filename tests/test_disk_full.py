@@ -107,7 +107,7 @@ def sink_on(disk: Path) -> tuple[Outbox, OutboxSink, list[str]]:
     """An outbox on `disk`, its sink, and the alert ids the sink reports as committed, in order."""
     outbox = Outbox(disk / "outbox.db")
     seen: list[str] = []
-    sink = OutboxSink(outbox, Topics("shelfscout", STORE, DEVICE), lambda: ModelRef("m", 1),
+    sink = OutboxSink(outbox, Topics("shelfscout", STORE, DEVICE), lambda _info: ModelRef("m", 1),
                       on_event=lambda ev: seen.append(ev.alert_id))
     return outbox, sink, seen
 
@@ -196,7 +196,7 @@ def test_held_alerts_are_bounded_in_memory_oldest_dropped_and_counted(
 ) -> None:
     monkeypatch.setattr(Outbox, "move_to_memory", lambda self, reason: False)  # as above
     outbox = Outbox(tiny_disk / "outbox.db")
-    sink = OutboxSink(outbox, Topics("shelfscout", STORE, DEVICE), lambda: ModelRef("m", 1), hold_max_bytes=1)
+    sink = OutboxSink(outbox, Topics("shelfscout", STORE, DEVICE), lambda _info: ModelRef("m", 1), hold_max_bytes=1)
     try:
         fill(tiny_disk)
         for i in range(3):

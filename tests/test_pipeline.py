@@ -3,9 +3,11 @@ a model swap lands between two frames; a failing observer never stops the alert 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,11 @@ from edge.app import load_model
 from edge.bundle import DEFAULT_BUNDLE
 from edge.config import Config
 from edge.detector import Detector
+from edge.outbox import Outbox
+from edge.payloads import ModelRef
 from edge.pipeline import OUTPUT_BUFFERS, POST_QUEUE, CorePlan, FrameResult, ModelSlot, Pipeline, _Handoff
+from edge.sink import OutboxSink
+from edge.topics import Topics
 from edge.types import AlertEvent, Frame, Gap, Location
 
 pytestmark = pytest.mark.skipif(not DEFAULT_BUNDLE.exists(), reason="the default model bundle has not been built")
@@ -64,19 +70,18 @@ class RecordingSink:
     def __init__(self) -> None:
         self.events: list[str] = []
 
-    def emit(self, frame: Frame, events: Sequence[AlertEvent]) -> None:
+    def emit(self, frame: Frame, events: Sequence[AlertEvent], model: Any = None) -> None:
         self.events.extend(e.alert_id for e in events)
 
 
 class ModelVersions:
-    """Notes which model object processed each frame."""
+    """Notes which model ran each frame."""
 
-    def __init__(self, slot: ModelSlot):
-        self.slot = slot
+    def __init__(self) -> None:
         self.by_frame: list[Any] = []
 
     def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None:
-        self.by_frame.append(self.slot.info)
+        self.by_frame.append(result.model)
 
 
 class Broken:
@@ -95,7 +100,7 @@ def test_every_frame_once_in_order_with_a_swap_between_frames(images: list[np.nd
     det1, det2 = Detector(bundle), Detector(bundle)
     slot = ModelSlot(det1, "v1")
     tracker, sink = RecordingTracker(), RecordingSink()
-    versions = ModelVersions(slot)
+    versions = ModelVersions()
     pipe = Pipeline(ListFeed(images), slot, tracker, sink, observers=[Broken(), versions])
 
     swapped = threading.Event()
@@ -112,14 +117,69 @@ def test_every_frame_once_in_order_with_a_swap_between_frames(images: list[np.nd
     assert [i for i, _ in tracker.seen] == list(range(len(images)))
     assert sink.events == [f"a{i}" for i in range(0, len(images), 10)]
     assert pipe.stats.frames == len(images) and slot.swaps == 1
-    # frames before the request ran on v1; after it, every frame ran on v2 (no frame mixes the two)
+    # frames before the request ran on v1, and those already on their way (at most: the post queue's, the one
+    # being invoked, the one handed to the interpreter and the one being prepared); every frame after them on v2
     first_v2 = versions.by_frame.index("v2")
-    assert 15 < first_v2 <= 19 and set(versions.by_frame[first_v2:]) == {"v2"}
+    assert 15 < first_v2 <= 16 + POST_QUEUE + 3 and set(versions.by_frame[first_v2:]) == {"v2"}
     assert any(n > 0 for _, n in tracker.seen), "the real model found no gap in a pass with gaps"
     p = pipe.stats.stage_percentiles()
     assert p["invoke"]["p50"] is not None and p["invoke"]["p50"] > 0
     cpu = pipe.stats.cpu_ms_per_frame()  # each stage thread measured its own CPU time
     assert set(cpu) == {"prepare", "infer", "post"} and all(v > 0 for v in cpu.values())
+
+
+def test_an_alert_names_the_model_that_ran_its_frame_not_the_one_running_when_it_is_committed(
+        images: list[np.ndarray], tmp_path: Path) -> None:
+    """The stages overlap: when a swap lands, frames the old model ran are still on their way to the tracker and
+    the sink. Their alerts must name the old model: a backend reads which model found a gap there, and an OTA
+    probation's garbage model must not be blamed for (or credited with) the old model's alerts. They named the
+    model in the slot when they were committed."""
+    bundle = load_model(Config())
+    det1, det2 = Detector(bundle), Detector(bundle)
+    slot = ModelSlot(det1, "v1")
+    outbox = Outbox(tmp_path / "outbox.db")
+    sink = OutboxSink(outbox, Topics("shelfscout", "s042", "cart-07"), lambda info: ModelRef("m", int(info[1:])))
+    ran: dict[int, str] = {}
+    after_switch: list[int] = []  # frames the tracker saw once the slot held v2
+
+    class Ran:
+        def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None:
+            ran[frame.index] = result.model
+
+    class SwapAt20(ListFeed):
+        """Asks for v2 as it hands out frame 20, so frame 20 is the first prepared on v2 (the stage swaps after
+        taking a frame)."""
+
+        def latest(self, timeout: float) -> Frame | None:
+            frame = super().latest(timeout)
+            if frame is not None and frame.index == 20:
+                slot.request_swap(det2, "v2")
+            return frame
+
+    class SlowFrom16:
+        """An event on every frame; frame 16 waits until the slot holds v2, so frames 16-19, which v1 ran, reach
+        the tracker and the sink after the swap (the hand-offs between the stages hold them meanwhile)."""
+
+        def update(self, frame: Frame, gaps: list[Gap]) -> list[AlertEvent]:
+            deadline = time.monotonic() + 10
+            while frame.index == 16 and slot.info != "v2" and time.monotonic() < deadline:
+                time.sleep(0.002)
+            if slot.info == "v2":
+                after_switch.append(frame.index)
+            return [AlertEvent(f"a{frame.index}", "opened", 0.0, 0.0, 0.0, (0.1, 0.1, 0.2, 0.2), 0.9, 5,
+                               frame.index, Location(None, None, "none"))]
+
+    try:
+        Pipeline(SwapAt20(images), slot, SlowFrom16(), sink, observers=[Ran()]).run(threading.Event())
+        said = {json.loads(m.payload)["frame"]: json.loads(m.payload)["model"]["version"]
+                for m in outbox.pending(limit=1000) if m.topic.endswith("/alerts")}
+    finally:
+        outbox.close()
+    assert sorted(said) == list(range(len(images)))
+    assert [i for i in ran if ran[i] == "v2"] == list(range(20, len(images)))
+    # frames v1 ran whose alerts were committed with v2 already in the slot: where the two used to differ
+    assert {16, 17, 18, 19} <= set(after_switch), after_switch
+    assert said == {i: 1 if i < 20 else 2 for i in range(len(images))}, said
 
 
 class PausingFeed(ListFeed):

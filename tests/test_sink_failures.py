@@ -47,7 +47,7 @@ def run(frames: list[np.ndarray], detector: Detector, folder: Path) -> tuple[lis
     folder.mkdir(exist_ok=True)
     tracker = GapTracker(TrackingConfig(), "cart-07", folder / "places.json")
     with Outbox(folder / "outbox.db") as outbox:
-        sink = OutboxSink(outbox, Topics("shelfscout", "s042", "cart-07"), lambda: ModelRef("m", 1))
+        sink = OutboxSink(outbox, Topics("shelfscout", "s042", "cart-07"), lambda _info: ModelRef("m", 1))
         tracker.uncommitted = sink.held_alert_ids
         try:
             Pipeline(ListFeed(frames), ModelSlot(detector), tracker, sink).run(threading.Event())
@@ -122,7 +122,7 @@ def test_a_duplicate_s_cleared_goes_out_without_a_restocked_picture(tmp_path: Pa
                      duplicate_of="cart-07-1-1")
     real = AlertEvent("cart-07-1-3", "cleared", 1.78e9, 1.78e9, 1.78e9, (0.2, 0.2, 0.4, 0.4), 0.8, 5, 7, loc)
     with Outbox(tmp_path / "outbox.db") as outbox:
-        OutboxSink(outbox, Topics("shelfscout", "s042", "cart-07"), lambda: ModelRef("m", 1)).emit(frame, [dup, real])
+        OutboxSink(outbox, Topics("shelfscout", "s042", "cart-07"), lambda _info: ModelRef("m", 1)).emit(frame, [dup, real])
         rows = outbox.pending(limit=10)
     alerts = {json.loads(m.payload)["id"]: json.loads(m.payload) for m in rows if m.topic.endswith("/alerts")}
     assert alerts["cart-07-1-2"]["snapshot"] is None and alerts["cart-07-1-2"]["duplicate_of"] == "cart-07-1-1"
