@@ -11,11 +11,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from convert.rand import Rand
 from convert.synth import (
     LOOK_BACK,
     LOOK_DARK,
     LOOK_PUSHED,
-    Rand,
     ShelfPlan,
     add_gap,
     paint_shelves,
