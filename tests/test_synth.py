@@ -333,17 +333,18 @@ def test_a_gap_cut_by_the_frame_edge_is_labelled_as_far_as_it_shows(monkeypatch:
     """A gap more than half outside the frame was dropped from the labels but stayed in the picture (8 % of images
     had one, some 36x35 px): the net was taught that an empty spot in plain view is not a gap. Now every gap whose
     visible part is at least 4 px a side is labelled, as real photos are."""
+    import convert.camera_fx as camera_fx
     import convert.synth as synth
 
     seen: list[tuple[np.ndarray, np.ndarray]] = []
-    real = synth._clip_quads
+    real = camera_fx._clip_quads
 
     def spy(quads: np.ndarray, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
         boxes, visible = real(quads, w, h)
         seen.append((boxes.copy(), visible.copy()))
         return boxes, visible
 
-    monkeypatch.setattr(synth, "_clip_quads", spy)
+    monkeypatch.setattr(synth, "_clip_quads", spy)  # where render_sample looks it up
     cut_and_labelled = 0
     for i in range(60):
         seen.clear()
