@@ -2,8 +2,8 @@
 
 - `model-view.jpg`: the model's gap heatmap over a generated 640x480 shelf (never trained on), and the decoded gaps
   against the generator's labels (green hit, amber missed, red false alarm), on the shelf of median recall of 15.
-- `gap-dressing.jpg`: the same generated gaps plain (top) and dressed (bottom; `convert.synth.dress_gaps`), the
-  way they differ from real ones on the realism report's per-gap rows.
+- `gap-dressing.jpg`: the same generated gaps plain (top) and dressed (bottom; `convert.shelf_plan.dress_gaps`),
+  the way they differ from real ones on the realism report's per-gap rows.
 - `pr-curves.png`: precision/recall of the bundle on generated validation shelves and on the real ESD `dev/`
   photos, and, with `--finetuned`, of a fine-tuned bundle on the held-out share of its folder (the split
   `shelfscout finetune` used). Only curves are drawn from ESD: its photos are not redistributable, so none is
@@ -107,7 +107,8 @@ def gap_dressing(seed: int = VIEW_SEED, n: int = 8, tile: int = 150) -> np.ndarr
     """Crops around n generated gaps, painted plain (top row) and dressed (bottom row), RGB."""
     import copy
 
-    from convert.synth import add_random_gaps, dress_gaps, paint_shelves, plan_shelves
+    from convert.shelf_plan import add_random_gaps, dress_gaps, plan_shelves
+    from convert.synth import paint_shelves
 
     rng = np.random.default_rng(seed)
     plan = plan_shelves(rng, 1400, 700, pitch_range=(70.0, 90.0), top_range=(0.05, 0.1))

@@ -8,15 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
+from convert.shelf_plan import GAP_LOOKS, ShelfPlan, add_gap, add_random_gaps, dress_gaps, plan_shelves
 from convert.synth import (
-    GAP_LOOKS,
-    ShelfPlan,
-    add_gap,
-    add_random_gaps,
-    dress_gaps,
     make_shelf_image,
     paint_shelves,
-    plan_shelves,
     render_sample,
     sample_rng,
     write_yolo_dataset,
