@@ -107,8 +107,8 @@ def gap_dressing(seed: int = VIEW_SEED, n: int = 8, tile: int = 150) -> np.ndarr
     """Crops around n generated gaps, painted plain (top row) and dressed (bottom row), RGB."""
     import copy
 
+    from convert.shelf_paint import paint_shelves
     from convert.shelf_plan import add_random_gaps, dress_gaps, plan_shelves
-    from convert.synth import paint_shelves
 
     rng = np.random.default_rng(seed)
     plan = plan_shelves(rng, 1400, 700, pitch_range=(70.0, 90.0), top_range=(0.05, 0.1))

@@ -105,12 +105,12 @@ def generator_stamp(n: int, seed: int) -> dict[str, Any]:
     """What a generated folder depends on: count, seed and the generator's source code.
 
     `synth_sha256` hashes the name and source of every module a generated image or label comes from, in this
-    fixed order: `convert/rand.py`, `sprites.py`, `shelf_plan.py`, `camera_fx.py`, `synth.py`. A change to any of
-    them makes cached folders stale."""
+    fixed order: `convert/rand.py`, `sprites.py`, `shelf_plan.py`, `shelf_paint.py`, `camera_fx.py`, `synth.py`. A
+    change to any of them makes cached folders stale."""
     import hashlib
 
     h = hashlib.sha256()
-    for name in ("rand", "sprites", "shelf_plan", "camera_fx", "synth"):
+    for name in ("rand", "sprites", "shelf_plan", "shelf_paint", "camera_fx", "synth"):
         src = Path(__file__).with_name(f"{name}.py").read_bytes()
         h.update(name.encode() + b"\0" + hashlib.sha256(src).digest())
     return {"n": n, "seed": seed, "synth_sha256": h.hexdigest()}

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 
 from convert.rand import Rand
+from convert.shelf_paint import paint_shelves
 from convert.shelf_plan import LOOK_BACK, LOOK_DARK, LOOK_PUSHED, ShelfPlan, add_gap, plan_shelves
-from convert.synth import paint_shelves
 
 ARUCO_DICT = cv2.aruco.DICT_4X4_50
 MIN_VISIBLE = 0.3  # a gap is listed in a frame's truth when at least this fraction of its width is in view

@@ -8,14 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
+from convert.shelf_paint import paint_shelves
 from convert.shelf_plan import GAP_LOOKS, ShelfPlan, add_gap, add_random_gaps, dress_gaps, plan_shelves
-from convert.synth import (
-    make_shelf_image,
-    paint_shelves,
-    render_sample,
-    sample_rng,
-    write_yolo_dataset,
-)
+from convert.synth import make_shelf_image, render_sample, sample_rng, write_yolo_dataset
 from edge.cli import main as cli_main
 from edge.yolo import read_yolo_labels
 
