@@ -101,18 +101,47 @@ class BuildReport:
 SYNTH_STAMP = "generator.json"
 
 
+def generator_sources() -> list[str]:
+    """`convert.synth` and every project module it imports, directly or through another (read from their import
+    statements, lazy ones too), sorted: the code a generated image or label comes from."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+
+    def source(module: str) -> Path:
+        return root / (module.replace(".", "/") + ".py")
+
+    todo, seen = ["convert.synth"], set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        for node in ast.walk(ast.parse(source(module).read_bytes())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            todo += [n for n in names if n.split(".")[0] in ("convert", "edge") and source(n).is_file()]
+    return sorted(seen)
+
+
 def generator_stamp(n: int, seed: int) -> dict[str, Any]:
     """What a generated folder depends on: count, seed and the generator's source code.
 
-    `synth_sha256` hashes the name and source of every module a generated image or label comes from, in this
-    fixed order: `convert/rand.py`, `sprites.py`, `shelf_plan.py`, `shelf_paint.py`, `camera_fx.py`, `synth.py`. A
-    change to any of them makes cached folders stale."""
+    `synth_sha256` hashes the name and source of every module of `generator_sources()`: a change to any of them
+    makes cached folders stale."""
     import hashlib
 
+    import convert
+
+    root = Path(convert.__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for name in ("rand", "sprites", "shelf_plan", "shelf_paint", "camera_fx", "synth"):
-        src = Path(__file__).with_name(f"{name}.py").read_bytes()
-        h.update(name.encode() + b"\0" + hashlib.sha256(src).digest())
+    for module in generator_sources():
+        src = (root / (module.replace(".", "/") + ".py")).read_bytes()
+        h.update(module.encode() + b"\0" + hashlib.sha256(src).digest())
     return {"n": n, "seed": seed, "synth_sha256": h.hexdigest()}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from convert.build_default import SYNTH_STAMP, generator_stamp, synth_folder
+from convert.build_default import SYNTH_STAMP, generator_sources, generator_stamp, synth_folder
 from convert.synth import make_shelf_image, sample_rng
 from edge.yolo import read_yolo_labels
 
@@ -26,3 +26,12 @@ def test_generated_folder_is_reused_only_for_the_same_generator_and_seed(tmp_pat
     want = make_shelf_image(sample_rng(6, 1)).boxes
     got = read_yolo_labels(d / "labels" / "00001.txt", 416, 416)
     assert got.shape == want.shape and (abs(got - want) < 0.01).all()
+
+
+def test_the_stamp_covers_every_module_the_generator_draws_with() -> None:
+    """The generator is split over several modules (and writes labels with edge.yolo): the stamp must follow its
+    imports, so a change to any of them regenerates the cached folders, including a module added later."""
+    found = generator_sources()
+    assert found == sorted(found) and {"convert.camera_fx", "convert.rand", "convert.shelf_paint", "convert.shelf_plan",
+                                       "convert.sprites", "convert.synth", "edge.yolo"} <= set(found)
+    assert not {"convert.train", "convert.model", "edge.app"} & set(found), found  # not the training or the device
