@@ -8,7 +8,7 @@ import numpy as np
 from convert.rand import Rand
 
 
-def _camera_effects(rng: Rand, img: np.ndarray) -> np.ndarray:
+def camera_effects(rng: Rand, img: np.ndarray) -> np.ndarray:
     """Lighting, white balance, vignetting, blur, noise and JPEG re-compression on an RGB uint8 image."""
     H, W = img.shape[:2]
     # white balance and gamma as one per-channel lookup table
@@ -56,7 +56,7 @@ def _camera_effects(rng: Rand, img: np.ndarray) -> np.ndarray:
     return out
 
 
-def _transform_boxes(boxes: np.ndarray, M: np.ndarray) -> np.ndarray:
+def transform_boxes(boxes: np.ndarray, M: np.ndarray) -> np.ndarray:
     """Map pixel-edge boxes (pixel i spans [i, i+1)) through a warp matrix that uses OpenCV's pixel-centre
     convention (pixel i is centred at i); returns the warped quads (N, 4, 2)."""
     if len(boxes) == 0:
@@ -69,7 +69,7 @@ def _transform_boxes(boxes: np.ndarray, M: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _clip_quads(quads: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+def clip_quads(quads: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """Bounding boxes of each quad's part inside the image, and the share of the quad's area that is inside."""
     frame = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float32)
     boxes = np.zeros((len(quads), 4), np.float32)

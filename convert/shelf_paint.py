@@ -16,7 +16,7 @@ from convert.shelf_plan import (
     Row,
     ShelfPlan,
 )
-from convert.sprites import RGB, _contrast, _hsv, _photo_patch, _product_colour, _scale, _text_marks
+from convert.sprites import RGB, contrast, hsv, photo_patch, product_colour, scale_colour, text_marks
 
 
 def _paste(
@@ -97,13 +97,13 @@ def paint_shelves(
         if ybot > ytop:
             img[ytop:ybot, bx0:bx1] = bay.back
             if bay.pegboard:
-                dot = _scale(bay.back, 0.45)
+                dot = scale_colour(bay.back, 0.45)
                 pp = bay.peg_pitch
                 img[ytop + pp // 2 : ybot : pp, bx0 + pp // 2 : bx1 : pp] = dot
         # kick plate below the bottom row
         kb = bay.rows[-1].bottom + bay.rows[-1].edge_h
         if kb < plan.floor_y:
-            img[max(0, kb) : min(H, plan.floor_y), bx0:bx1] = _scale(bay.rows[-1].edge_colour, 0.8)
+            img[max(0, kb) : min(H, plan.floor_y), bx0:bx1] = scale_colour(bay.rows[-1].edge_colour, 0.8)
         prof = np.ones(H, np.float32)
         for ri, row in enumerate(bay.rows):
             gone = removed.get((bi, ri), {})
@@ -147,7 +147,7 @@ def paint_shelves(
         uw = plan.upright_w
         ux0 = bay.x0 - uw
         cv2.rectangle(img, (ux0, ytop), (bay.x0 - 1, ybot), plan.upright, -1)
-        cv2.line(img, (bay.x0 - 1, ytop), (bay.x0 - 1, ybot), _scale(plan.upright, 0.6), 1)
+        cv2.line(img, (bay.x0 - 1, ytop), (bay.x0 - 1, ybot), scale_colour(plan.upright, 0.6), 1)
     # promotional shelf talkers, never over an open gap (they would hide what the label says is there)
     boxes = [g.box for _, g in open_gaps]
 
@@ -162,10 +162,10 @@ def paint_shelves(
         if over_gap(tx, ty, tw, th):
             continue
         cv2.rectangle(img, (tx, ty), (tx + tw - 1, ty + th - 1), tc, -1)
-        cv2.rectangle(img, (tx, ty), (tx + tw - 1, ty + th - 1), _scale(tc, 0.6), 1)
+        cv2.rectangle(img, (tx, ty), (tx + tw - 1, ty + th - 1), scale_colour(tc, 0.6), 1)
         if th > 8:
             cv2.line(
-                img, (tx + 2, ty + th // 2), (tx + tw - 3, ty + th // 2), _scale(tc, 0.3), max(1, th // 8)
+                img, (tx + 2, ty + th // 2), (tx + tw - 3, ty + th // 2), scale_colour(tc, 0.3), max(1, th // 8)
             )
         occlude(tx, ty, tw, th)
     for c in plan.distractors:  # never over an open gap, like the talkers
@@ -185,19 +185,19 @@ def _paint_header(img: np.ndarray, x: int, y: int, w: int, h: int, colour: RGB, 
     panel = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
     panel[:] = colour
     ph, pw = panel.shape[:2]
-    ink = _contrast(colour, rng)
+    ink = contrast(colour, rng)
     for _ in range(rng.integers(1, 4)):  # words in big print
         tx = rng.integers(0, max(1, pw - 8))
         tw = min(pw - tx, int(pw * rng.uniform(0.1, 0.4)))
         ty = int(ph * rng.uniform(0.2, 0.5))
-        _text_marks(panel, rng, tx, ty, tx + tw, min(ph, ty + max(3, int(ph * rng.uniform(0.2, 0.5)))), ink)
+        text_marks(panel, rng, tx, ty, tx + tw, min(ph, ty + max(3, int(ph * rng.uniform(0.2, 0.5)))), ink)
     if rng.random() < 0.5 and ph > 6:
         cx, r = rng.integers(0, pw), max(2, int(ph * rng.uniform(0.2, 0.4)))
-        cv2.circle(panel, (cx, ph // 2), r, _product_colour(rng), -1)
+        cv2.circle(panel, (cx, ph // 2), r, product_colour(rng), -1)
     if rng.random() < 0.3:
         px = rng.integers(0, max(1, pw - 4))
-        _photo_patch(panel, rng, px, 1, px + int(pw * rng.uniform(0.1, 0.3)), ph - 1)
-    cv2.line(panel, (0, ph - 1), (pw - 1, ph - 1), _scale(colour, 0.5), 1)
+        photo_patch(panel, rng, px, 1, px + int(pw * rng.uniform(0.1, 0.3)), ph - 1)
+    cv2.line(panel, (0, ph - 1), (pw - 1, ph - 1), scale_colour(colour, 0.5), 1)
     img[y0:y1, x0:x1] = panel
 
 
@@ -207,8 +207,8 @@ def _paint_edge(img: np.ndarray, row: Row, bx0: int, bx1: int) -> None:
     if e1 <= 0 or e0 >= H:
         return
     cv2.rectangle(img, (bx0, e0), (bx1 - 1, e1 - 1), row.edge_colour, -1)
-    cv2.line(img, (bx0, e0), (bx1 - 1, e0), _scale(row.edge_colour, 1.2), 1)
-    cv2.line(img, (bx0, e1 - 1), (bx1 - 1, e1 - 1), _scale(row.edge_colour, 0.55), 1)
+    cv2.line(img, (bx0, e0), (bx1 - 1, e0), scale_colour(row.edge_colour, 1.2), 1)
+    cv2.line(img, (bx0, e1 - 1), (bx1 - 1, e1 - 1), scale_colour(row.edge_colour, 0.55), 1)
     th = max(2, int(row.edge_h * 0.8))
     for tx, tw, tc in row.tags:
         if tx >= bx1:
@@ -234,9 +234,9 @@ def _paint_gap(
         dh = int(round((g.box[3] - g.box[1]) * g.deck)) if g.keep == 0 else 0
         if dh > 0:  # the shelf deck seen in front of the back panel
             d0 = max(0, int(round(g.box[3])) - dh)
-            deck = _scale(row.edge_colour, 0.75) if sum(row.edge_colour) > 300 else (150, 150, 150)
+            deck = scale_colour(row.edge_colour, 0.75) if sum(row.edge_colour) > 300 else (150, 150, 150)
             cv2.rectangle(img, (x0, d0), (x1 - 1, y1 - 1), deck, -1)
-            cv2.line(img, (x0, d0), (x1 - 1, d0), _scale(deck, 0.7), 1)
+            cv2.line(img, (x0, d0), (x1 - 1, d0), scale_colour(deck, 0.7), 1)
         _mul(img, x0, y0, x1, y1, g.dark)  # deep inside the shelf, less light
         sw = max(1, (x1 - x0) // 10)  # side shadows cast by the neighbours
         _mul(img, x0, y0, min(x1, x0 + sw), y1, 0.6)
@@ -288,12 +288,12 @@ def _paint_dress(img: np.ndarray, g: PlannedGap, x0: int, y0: int, x1: int, y1: 
             iw = max(2, int(w * rng.uniform(0.12, 0.35)))
             ih = max(2, int(h * rng.uniform(0.3, 0.75)))
             ix = rng.integers(0, max(1, w - iw))
-            col = np.array(_product_colour(rng), np.float32) * rng.uniform(0.25, 0.6)
+            col = np.array(product_colour(rng), np.float32) * rng.uniform(0.25, 0.6)
             reg[h - ih :, ix : ix + iw] = col
             reg[h - ih : h - ih + 1, ix : ix + iw] *= 1.4  # the lit top edge
     if rng.random() < 0.4:  # the side of a neighbour, seen at an angle
         sw = max(1, int(w * rng.uniform(0.05, 0.16)))
-        col = np.array(_product_colour(rng), np.float32) * rng.uniform(0.35, 0.7)
+        col = np.array(product_colour(rng), np.float32) * rng.uniform(0.35, 0.7)
         if rng.random() < 0.5:
             reg[:, :sw] = col
         else:
@@ -321,18 +321,18 @@ def _paint_distractor(img: np.ndarray, d: Distractor) -> None:
     pw, ph = d.w, d.h
     panel = np.empty((ph, pw, 3), np.uint8)
     if d.kind == "box":  # plain cardboard or white stock boxes: a flat face, a darker side, tape and a little print
-        base = _hsv(rng.uniform(0.07, 0.11), rng.uniform(0.3, 0.6), rng.uniform(0.45, 0.8)) if rng.random() < 0.7 \
-            else _hsv(rng.random(), rng.uniform(0, 0.1), rng.uniform(0.75, 0.95))
+        base = hsv(rng.uniform(0.07, 0.11), rng.uniform(0.3, 0.6), rng.uniform(0.45, 0.8)) if rng.random() < 0.7 \
+            else hsv(rng.random(), rng.uniform(0, 0.1), rng.uniform(0.75, 0.95))
         panel[:] = base
         side = int(pw * rng.uniform(0.0, 0.3))
         if side:
-            panel[:, pw - side:] = _scale(base, rng.uniform(0.55, 0.8))
+            panel[:, pw - side:] = scale_colour(base, rng.uniform(0.55, 0.8))
         if rng.random() < 0.5:
             ty = int(ph * rng.uniform(0.1, 0.3))
-            panel[ty : ty + max(1, ph // 12)] = _scale(base, 1.15)
-        _text_marks(panel, rng, pw // 5, ph // 2, pw // 2, ph // 2 + max(3, ph // 6), _scale(base, 0.4))
+            panel[ty : ty + max(1, ph // 12)] = scale_colour(base, 1.15)
+        text_marks(panel, rng, pw // 5, ph // 2, pw // 2, ph // 2 + max(3, ph // 6), scale_colour(base, 0.4))
     elif d.kind == "card":  # a big price card: a pale card, large dark figures, a coloured band
-        base = (250, 250, 245) if rng.random() < 0.6 else _hsv(rng.uniform(0.1, 0.17), 0.85, 0.98)
+        base = (250, 250, 245) if rng.random() < 0.6 else hsv(rng.uniform(0.1, 0.17), 0.85, 0.98)
         panel[:] = base
         ink = (20, 20, 20) if rng.random() < 0.8 else (200, 20, 30)
         fx0, fy0 = int(pw * rng.uniform(0.1, 0.3)), int(ph * rng.uniform(0.3, 0.45))
@@ -342,14 +342,14 @@ def _paint_distractor(img: np.ndarray, d: Distractor) -> None:
             a = fx0 + (fx1 - fx0) * k // n
             b = fx0 + (fx1 - fx0) * (k + 1) // n - max(1, pw // 30)
             cv2.rectangle(panel, (a, fy0), (b, fy1), ink, max(1, ph // 10))
-        _text_marks(panel, rng, pw // 10, ph // 10, pw - pw // 10, max(ph // 10 + 3, fy0 - 2), (90, 90, 90))
+        text_marks(panel, rng, pw // 10, ph // 10, pw - pw // 10, max(ph // 10 + 3, fy0 - 2), (90, 90, 90))
         if rng.random() < 0.5:
-            panel[ph - max(2, ph // 6):] = _product_colour(rng)
+            panel[ph - max(2, ph // 6):] = product_colour(rng)
     else:  # a poster: a photo on a dark or coloured ground, big words, sometimes a face
         dark = rng.random() < 0.6
-        base = _hsv(rng.random(), rng.uniform(0.0, 0.6), rng.uniform(0.05, 0.3)) if dark else _product_colour(rng)
+        base = hsv(rng.random(), rng.uniform(0.0, 0.6), rng.uniform(0.05, 0.3)) if dark else product_colour(rng)
         panel[:] = base
-        _photo_patch(panel, rng, int(pw * rng.uniform(0.0, 0.5)), 0, pw, ph)
+        photo_patch(panel, rng, int(pw * rng.uniform(0.0, 0.5)), 0, pw, ph)
         if dark:  # the photo fades into the dark ground: a dark area with no edge to a product
             fx = int(pw * rng.uniform(0.3, 0.7))
             ramp = np.clip((np.arange(pw, dtype=np.float32) - fx) / max(1.0, pw * 0.15), 0, 1)
@@ -361,11 +361,11 @@ def _paint_distractor(img: np.ndarray, d: Distractor) -> None:
             cx, cy = int(rng.integers(0, pw)), int(rng.integers(ph // 4, ph))
             r = max(2, int(ph * rng.uniform(0.15, 0.3)))
             cv2.ellipse(panel, (cx, cy - r // 2), (int(r * 1.05), int(r * 1.3)), 0, 0, 360,
-                        _hsv(rng.uniform(0.02, 0.1), rng.uniform(0.2, 0.6), rng.uniform(0.2, 0.6)), -1)
+                        hsv(rng.uniform(0.02, 0.1), rng.uniform(0.2, 0.6), rng.uniform(0.2, 0.6)), -1)
             cv2.ellipse(panel, (cx, cy), (int(r * 0.8), r), 0, 0, 360,
-                        _hsv(rng.uniform(0.03, 0.09), rng.uniform(0.25, 0.5), rng.uniform(0.6, 0.95)), -1)
-        ink = _contrast(base, rng)
+                        hsv(rng.uniform(0.03, 0.09), rng.uniform(0.25, 0.5), rng.uniform(0.6, 0.95)), -1)
+        ink = contrast(base, rng)
         for _ in range(int(rng.integers(1, 4))):
             ty = int(rng.integers(0, max(1, ph - 4)))
-            _text_marks(panel, rng, int(pw * 0.05), ty, int(pw * rng.uniform(0.4, 0.95)), ty + max(3, ph // 6), ink)
+            text_marks(panel, rng, int(pw * 0.05), ty, int(pw * rng.uniform(0.4, 0.95)), ty + max(3, ph // 6), ink)
     img[y0:y1, x0:x1] = panel[y0 - d.y : y1 - d.y, x0 - d.x : x1 - d.x]

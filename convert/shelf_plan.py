@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from convert.rand import Rand, as_rand
-from convert.sprites import _SIZES, _SPRITES, RGB, _hsv, _product_colour
+from convert.sprites import RGB, SIZES, SPRITES, hsv, product_colour
 
 # Gap looks: what the empty spot shows.
 LOOK_BACK = "back"  # back panel (plain or pegboard) and shelf deck showing
@@ -141,21 +141,21 @@ class Distractor:
 def _back_colour(rng: Rand) -> RGB:
     u = rng.random()
     if u < 0.45:
-        return _hsv(rng.random(), rng.uniform(0, 0.08), rng.uniform(0.7, 0.95))
+        return hsv(rng.random(), rng.uniform(0, 0.08), rng.uniform(0.7, 0.95))
     if u < 0.65:
-        return _hsv(rng.uniform(0.05, 0.15), rng.uniform(0.1, 0.3), rng.uniform(0.45, 0.8))
+        return hsv(rng.uniform(0.05, 0.15), rng.uniform(0.1, 0.3), rng.uniform(0.45, 0.8))
     if u < 0.88:
-        return _hsv(rng.random(), rng.uniform(0, 0.2), rng.uniform(0.1, 0.3))
-    return _hsv(rng.random(), rng.uniform(0.3, 0.7), rng.uniform(0.4, 0.8))
+        return hsv(rng.random(), rng.uniform(0, 0.2), rng.uniform(0.1, 0.3))
+    return hsv(rng.random(), rng.uniform(0.3, 0.7), rng.uniform(0.4, 0.8))
 
 
 def _edge_colour(rng: Rand) -> RGB:
     u = rng.random()
     if u < 0.5:
-        return _hsv(rng.random(), rng.uniform(0, 0.06), rng.uniform(0.75, 0.98))
+        return hsv(rng.random(), rng.uniform(0, 0.06), rng.uniform(0.75, 0.98))
     if u < 0.7:
-        return _hsv(rng.random(), rng.uniform(0, 0.1), rng.uniform(0.15, 0.45))
-    return _hsv(
+        return hsv(rng.random(), rng.uniform(0, 0.1), rng.uniform(0.15, 0.45))
+    return hsv(
         (0.0, 0.6, 0.33, 0.08)[rng.integers(4)] + rng.uniform(-0.02, 0.02),
         rng.uniform(0.6, 0.9),
         rng.uniform(0.5, 0.9),
@@ -179,7 +179,7 @@ def _fill_row(
     gap_run = max(0.0, pitch * rng.uniform(0.0, 0.08))
     while True:
         kind = "pack" if row.hanging else kinds[rng.integers(len(kinds))]
-        w0, w1, h0, h1 = _SIZES[kind]
+        w0, w1, h0, h1 = SIZES[kind]
         w = max(3, int(pitch * rng.uniform(w0, w1)))
         h = max(3, min(inner - 1, int(inner * rng.uniform(max(h0, min_fill), max(h1, min_fill)))))
         n = rng.geometric(0.2) if not row.hanging else rng.integers(1, 6)
@@ -197,13 +197,13 @@ def _fill_row(
         if kind in ("box", "bag") and not row.hanging and rng.random() < stack_p and inner >= 12:
             layers = 2 if rng.random() < 0.65 else 3
             lh = max(4, int(inner * rng.uniform(0.8, 0.97) / layers))
-            item, im = _SPRITES[kind](rng, w, lh)
+            item, im = SPRITES[kind](rng, w, lh)
             item[-1] = (item[-1] * 0.55).astype(np.uint8)  # the seam between stacked packs
             spr, m = np.concatenate([item] * layers, 0), np.concatenate([im] * layers, 0)
             skus.append(Sku(spr, m, bool(m.all()), layers, lh))
             h = layers * lh
         else:
-            spr, m = _SPRITES[kind](rng, w, h)
+            spr, m = SPRITES[kind](rng, w, h)
             skus.append(Sku(spr, m, bool(m.all())))
         tag_col = (255, 230, 40) if rng.random() < 0.35 else (248, 248, 244)
         row.tags.append((x, max(3, int(pitch * rng.uniform(0.25, 0.45))), tag_col))
@@ -240,8 +240,8 @@ def plan_shelves(
         raise ValueError(f"canvas too small: {width}x{height}")
     rng = as_rand(rng_in)
     pitch = float(np.exp(rng.uniform(np.log(pitch_range[0]), np.log(pitch_range[1]))))
-    wall = _hsv(rng.random(), rng.uniform(0, 0.15), rng.uniform(0.6, 0.95))
-    floor = _hsv(rng.uniform(0, 0.15), rng.uniform(0, 0.2), rng.uniform(0.45, 0.85))
+    wall = hsv(rng.random(), rng.uniform(0, 0.15), rng.uniform(0.6, 0.95))
+    floor = hsv(rng.uniform(0, 0.15), rng.uniform(0, 0.2), rng.uniform(0.45, 0.85))
     top_y = int(height * rng.uniform(*top_range))
     floor_y = int(height * rng.uniform(*bottom_range))
     sign = None
@@ -249,7 +249,7 @@ def plan_shelves(
         sw = int(width * rng.uniform(0.1, 0.4))
         sx = int(rng.integers(0, max(1, width - sw)))
         sh = int(max(4, top_y * rng.uniform(0.3, 0.7)))
-        sign = (sx, max(0, top_y - sh - int(pitch * 0.2)), sw, sh, _product_colour(rng))
+        sign = (sx, max(0, top_y - sh - int(pitch * 0.2)), sw, sh, product_colour(rng))
     lights: list[tuple[int, int, int, int]] = []
     if top_y > pitch * 0.8 and rng.random() < 0.6:
         for _ in range(rng.integers(1, 5)):
@@ -269,7 +269,7 @@ def plan_shelves(
         bay = Bay(x + upright_w, x + bw, _back_colour(rng), peg, max(3, int(pitch * rng.uniform(0.12, 0.22))))
         if not peg and rng.random() < fence_p:
             bay.fence = max(2, int(pitch * rng.uniform(0.1, 0.25)))
-            bay.fence_colour = _hsv(0.6, 0.03, rng.uniform(0.55, 0.9))
+            bay.fence_colour = hsv(0.6, 0.03, rng.uniform(0.55, 0.9))
         rrng = Rand(np.random.default_rng(row_seed)) if shared_rows else rng
         y = top_y + int(rrng.integers(0, max(1, int(pitch * 0.3))))
         edge_col = _edge_colour(rng)
@@ -310,8 +310,8 @@ def plan_shelves(
             hy = bay.rows[0].top - hh - int(pitch * rng.uniform(0.0, 0.1))
             if hy + hh <= 0:
                 continue
-            hc = _hsv(rng.random(), rng.uniform(0.0, 0.5), rng.uniform(0.05, 0.3)) if rng.random() < 0.4 else (
-                _product_colour(rng)
+            hc = hsv(rng.random(), rng.uniform(0.0, 0.5), rng.uniform(0.05, 0.3)) if rng.random() < 0.4 else (
+                product_colour(rng)
             )
             headers.append((bay.x0 - upright_w, hy, bay.x1 - bay.x0 + upright_w, hh, hc, rng.integers(1 << 30)))
     distractors = _plan_distractors(rng, bays, width, height, pitch, top_y) if (

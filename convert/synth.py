@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from convert.camera_fx import _camera_effects, _clip_quads, _transform_boxes
+from convert.camera_fx import camera_effects, clip_quads, transform_boxes
 from convert.rand import Rand, as_rand
 from convert.shelf_paint import paint_shelves
 from convert.shelf_plan import add_random_gaps, dress_gaps, plan_shelves
@@ -99,7 +99,7 @@ def render_sample(
     raw = np.array([g.box for g in plan.gaps], np.float32).reshape(-1, 4)
     raw[:, [0, 2]] = np.clip(raw[:, [0, 2]], 0, cw)  # what was drawn: gaps are clipped to the canvas
     raw[:, [1, 3]] = np.clip(raw[:, [1, 3]], 0, ch)
-    clipped, visible = _clip_quads(_transform_boxes(raw, M), width, height)
+    clipped, visible = clip_quads(transform_boxes(raw, M), width, height)
     min_side = 4.0 * s
     # a gap cut by the frame's edge is labelled as much of it as shows (as real photos are labelled), however
     # little of the whole that is: left unlabelled, an empty spot in plain view would teach "not a gap"
@@ -117,7 +117,7 @@ def render_sample(
         lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int16)
         gm_out = lut[np.maximum(wl, 0)]
         pm_out = wl < 0
-    img = _camera_effects(rng, img)
+    img = camera_effects(rng, img)
     looks = [g.look for g, k in zip(plan.gaps, keep, strict=True) if k]
     return Sample(img, clipped[keep].astype(np.float32).reshape(-1, 4), gm_out, pm_out, looks)
 

@@ -327,14 +327,14 @@ def test_a_gap_cut_by_the_frame_edge_is_labelled_as_far_as_it_shows(monkeypatch:
     import convert.synth as synth
 
     seen: list[tuple[np.ndarray, np.ndarray]] = []
-    real = camera_fx._clip_quads
+    real = camera_fx.clip_quads
 
     def spy(quads: np.ndarray, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
         boxes, visible = real(quads, w, h)
         seen.append((boxes.copy(), visible.copy()))
         return boxes, visible
 
-    monkeypatch.setattr(synth, "_clip_quads", spy)  # where render_sample looks it up
+    monkeypatch.setattr(synth, "clip_quads", spy)  # where render_sample looks it up
     cut_and_labelled = 0
     for i in range(60):
         seen.clear()
