@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from edge.payloads import decode
 from edge.topics import parse_topic
 
 # problems first: a cart that is away, one that works with trouble, one that never said how it is, then the rest
@@ -66,10 +66,8 @@ class Fleet:
                 self.carts.pop((parts.store, parts.device), None)
             return
         try:
-            data = json.loads(payload.decode("utf-8"))
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-        except (UnicodeDecodeError, ValueError):
+            data = decode(payload)
+        except ValueError:
             self.invalid += 1
             return
         cart = self.carts.setdefault((parts.store, parts.device), Cart(parts.store, parts.device))

@@ -65,6 +65,17 @@ def epoch_ms(ts: float) -> int:
     return int(d.replace(microsecond=0).timestamp()) * 1000 + d.microsecond // 1000
 
 
+def decode(payload: bytes) -> dict[str, Any]:
+    """A received JSON payload as an object, or ValueError saying why it is not one (for subscribers)."""
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
 def encode(payload: Mapping[str, Any]) -> bytes:
     """The wire form of a payload: compact UTF-8 JSON with sorted keys (deterministic, so resends are identical)."""
     return json.dumps(payload, separators=(",", ":"), sort_keys=True, ensure_ascii=False,

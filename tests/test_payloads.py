@@ -25,6 +25,7 @@ from edge.payloads import (
     alert_messages,
     alert_payload,
     command_reply_payload,
+    decode,
     encode,
     event_id,
     model_state_payload,
@@ -209,3 +210,11 @@ def test_asyncapi_describes_every_topic_and_references_the_schemas() -> None:
         assert (ROOT / "docs" / ref).resolve().is_file(), ref
     for op in doc["operations"].values():
         assert op["action"] in ("send", "receive")
+
+
+def test_subscribers_read_a_payload_as_a_json_object_or_learn_why_not() -> None:
+    """`shelfscout alerts` and `shelfscout fleet` read every message with `decode`: what they ignore and say."""
+    assert decode(encode({"state": "online", "reason": "ü"})) == {"state": "online", "reason": "ü"}
+    for payload, why in ((b"\xff\xfe", "not UTF-8"), (b"[1, 2]", "not a JSON object"), (b"not json", "Expecting value")):
+        with pytest.raises(ValueError, match=why):
+            decode(payload)

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from edge.atomic import write_atomic
 from edge.commands.subscriber import Subscription, add_broker_args
+from edge.payloads import decode
 from edge.topics import parse_topic, subscriber_filters
 
 
@@ -91,10 +92,8 @@ class AlertViewer:
                 self._snapshot(who, parts.arg or "", topic, payload)
             else:
                 try:
-                    data = json.loads(payload.decode("utf-8"))
-                    if not isinstance(data, dict):
-                        raise ValueError("not a JSON object")
-                except (UnicodeDecodeError, ValueError) as e:
+                    data = decode(payload)
+                except ValueError as e:
                     self.state.invalid += 1
                     self.err.write(f"shelfscout alerts: ignoring a malformed message on {topic}: {e}\n")
                     return
