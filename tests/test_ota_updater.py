@@ -51,6 +51,32 @@ def test_the_probation_gate_holds_the_new_models_garbage_from_its_first_frame(de
     assert seen == [(False, True)]
 
 
+def test_a_rolled_back_models_last_frames_do_not_excuse_the_next_garbage_release(dev: Device) -> None:
+    """The next probation compares the new model with the frames the model before it gave. After a rollback, the
+    judged model's frames still in the pipeline (up to 7) and those it runs until the swap back lands were taken
+    for the running model's: the next garbage release then looked no worse than "the model before", so its
+    implausible frames neither counted nor were held from the tracker, and it passed."""
+    dev.with_ota(probation_frames=50)
+    up = install_v1(dev)
+    for _ in range(30):
+        up.observe_frame(3.0, True, True, 1)  # v1 running: plausible frames
+    assert up.apply_release(dev.release(dev.bundle(2))).state == "probation"
+    while up.in_probation:  # v2 sees gaps everywhere
+        up.observe_frame(3.0, True, False, 2)
+    assert dev.states()[-1] == "rolled_back"
+    for _ in range(7):  # v2's frames still in flight when the verdict came
+        up.observe_frame(3.0, True, False, 2)
+    for _ in range(30):  # v1 again
+        up.observe_frame(3.0, True, True, 1)
+    assert up.apply_release(dev.release(dev.bundle(3))).state == "probation"
+    admitted = 0
+    while up.in_probation:  # v3 is garbage too
+        admitted += up.admits(False, 3)
+        up.observe_frame(3.0, True, False, 3)
+    assert dev.states()[-1] == "rolled_back" and "probation-garbage" in str(dev.reports[-1]["ota"]["error"])
+    assert admitted == 0
+
+
 def test_happy_path_v2_runs_and_every_step_is_reported(dev: Device) -> None:
     up = install_v1(dev)
     v1_dir = dev.current()

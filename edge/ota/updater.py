@@ -140,6 +140,9 @@ class Updater:
         # the version on probation (or judged and about to be rolled back) whose implausible frames the tracker must
         # not see, so a garbage model cannot confirm a false alert before its verdict; None once it passed
         self._held_version: int | None = None
+        # the version a probation verdict just failed: its frames still in flight, and those it runs until the swap
+        # back lands, are not the running model's baseline for the next window
+        self._failed_version: int | None = None
         self._recent: deque[bool] = deque(maxlen=max(20, cfg.ota.probation_frames))  # plausible frames, running model
         self._deferred: _Later | None = None  # the newest release announced during a probation
         self._pending_rollback: OtaError | None = None  # decided on the pipeline thread, done on the worker
@@ -218,7 +221,8 @@ class Updater:
         the switch are not counted for the new one; outside probation the running model's plausible frames are
         recorded as the next window's baseline."""
         if self._window is None:
-            self._recent.append(is_plausible)
+            if model_version is None or model_version != self._failed_version:
+                self._recent.append(is_plausible)
             return
         if model_version is not None and self._window_version is not None and model_version != self._window_version:
             return  # still the model before the switch (the window opens before the swap, under the lock)
@@ -235,6 +239,7 @@ class Updater:
                 self._commit()
                 return
             err = OtaError(*verdict)
+            self._failed_version = self._window_version
             if self._thread is not None and self._thread.is_alive():
                 # Loading the old model takes a while: do it on the worker thread, not between two frames here.
                 self._window = None
