@@ -9,7 +9,8 @@ outbox re-sends them after a restart. A message the broker refuses (an MQTT 5 PU
 stays in the outbox, is retried periodically, and makes `status` degraded with the reason until it goes through.
 The retained `status` carries the running model: it is republished when the status provider reports another model
 (or when `refresh_status()` is called), and the last will is rebuilt with the current model before every
-(re)connect, since MQTT fixes the will in the CONNECT packet.
+(re)connect, since MQTT fixes the will in the CONNECT packet. Only the sender thread publishes `status`, so an
+older status worked out on one thread never lands after a newer one from another.
 """
 
 from __future__ import annotations
@@ -134,8 +135,10 @@ class MqttLink:
         self._retained_mids: dict[int, str] = {}
         self._stale_mids: set[int] = set()
         self._override: tuple[str, str | None] | None = None
-        # what the last published status said (StatusInfo, quarantined file) on this connection: said once only
-        self._status_said: tuple[StatusInfo, Path | None] | None = None
+        # what the last published status said (StatusInfo, quarantined file) and on which connection (the count of
+        # connects then): said once per connection only
+        self._status_said: tuple[StatusInfo, Path | None, int] | None = None
+        self._status_due = threading.Event()  # the sender thread is to work the status out and publish it if new
         self._model_check_at = 0.0
         self._work: queue.Queue[tuple[str, bytes, bool, Any] | None] = queue.Queue()
         self._sender: threading.Thread | None = None
@@ -279,33 +282,42 @@ class MqttLink:
         return self._rejection
 
     def set_status(self, state: str, reason: str | None = None) -> bool:
-        """Set the state (online | degraded) reported on `status` from now on, and publish it when connected.
-        False when it could not be published now (it is on the next connect)."""
+        """Set the state (online | degraded) reported on `status` from now on, and have it published when
+        connected. False when not connected (it is published on the next connect)."""
         StatusInfo(state, reason)  # validates
         self._override = (state, reason)
         return self.refresh_status()
 
     def refresh_status(self) -> bool:
-        """Re-read the status provider (state, reason and model) and publish the retained `status` now, unless it
-        says what the last one published on this connection said (the broker holds that one already).
+        """Have the sender thread re-read the status provider (state, reason and model) and publish the retained
+        `status` at once, unless it says what the last one published on this connection said (the broker holds
+        that one already). Any thread may call it: the status is worked out when it is published, on one thread.
 
         Call it after a model swap. Returns False when not connected; the status is then published, fresh, on the
         next connect. The link also notices a model change by itself within about a second (`MODEL_POLL_S`).
         The last will (`offline` with the model) cannot be changed on a live connection (MQTT fixes it in the
         CONNECT packet): it is rebuilt with the current model before every (re)connect attempt.
         """
-        client = self._client
-        if client is None or not self._connected.is_set():
+        if self._client is None or not self._connected.is_set():
             return False
-        if (self._current_status(), self.outbox.quarantined) == self._status_said:
-            return True
-        return self._publish_status(client)
+        self._status_due.set()
+        self._wake.set()
+        return True
+
+    def _say_status(self) -> None:
+        """Publish the status when one is due and it says something new on this connection (sender thread)."""
+        client = self._client
+        if not self._status_due.is_set() or client is None or not self._connected.is_set():
+            return
+        self._status_due.clear()
+        if (self._current_status(), self.outbox.quarantined, self._connects) != self._status_said:
+            self._publish_status(client)
 
     def _publish_status(self, client: mqtt.Client) -> bool:
         status = self._current_status()
         info = self._publish_retained(client, self.topics.status, self._status_bytes(status), 1)
         ok = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
-        self._status_said = (status, self.outbox.quarantined) if ok else None
+        self._status_said = (status, self.outbox.quarantined, self._connects) if ok else None
         return ok
 
     def _check_model_change(self) -> None:
@@ -440,7 +452,7 @@ class MqttLink:
         with self._retained_lock:
             self._stale_mids = set(self._retained_mids)
             retained = list(self._retained.items())
-        self._publish_status(client)
+        self._status_due.set()  # a new connection (the broker may hold the last will): the sender says it, fresh
         for topic, (payload, qos) in retained:
             self._publish_retained(client, topic, payload, qos)
         self._cursor_reset = True
@@ -524,6 +536,7 @@ class MqttLink:
             try:
                 self._check_connack_timeout()
                 self._check_model_change()
+                self._say_status()
                 if self._retry_at is not None and time.monotonic() >= self._retry_at:
                     self._retry_rejected()
                 if self._switch_protocol:

@@ -172,6 +172,50 @@ def test_a_status_is_published_once_per_change_and_again_after_every_reconnect(
         sub.stop()
 
 
+def test_a_status_worked_out_on_one_thread_never_lands_after_a_newer_one(
+        broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The link's sender notices an OTA swap and works out `online` with the new model; before it publishes, the
+    service says `paused by command` from another thread. The sender's older status used to land last and stay
+    retained (the status de-duplication then never said the pause again): a backend saw a paused cart running."""
+    import threading
+
+    monkeypatch.setattr(edge.mqtt, "MODEL_POLL_S", 0.05)
+    cfg = make_cfg(tmp_path, broker.url)
+    t = Topics.from_config(cfg)
+    model = {"version": 1}
+    link = MqttLink(cfg, t, Outbox(cfg.outbox.path),
+                    status=lambda: StatusInfo("online", None, ModelRef("m", model["version"])))
+    entered, release = threading.Event(), threading.Event()
+    encode_status = link._status_bytes
+
+    def preempted(info: StatusInfo) -> bytes:  # the sender is held between working its status out and publishing
+        if info.model is not None and info.model.version == 2 and threading.current_thread() is not \
+                threading.main_thread() and not release.is_set():
+            entered.set()
+            release.wait(10)
+        return encode_status(info)
+
+    monkeypatch.setattr(link, "_status_bytes", preempted)
+    sub = ValidatingSubscriber(broker.url, [t.status]).start()
+    try:
+        link.start()
+        assert link.wait_connected(10) and sub.wait_for(lambda: _has(sub, "online", 1), 10)
+        model["version"] = 2  # the swap: the sender notices it within MODEL_POLL_S
+        assert entered.wait(10)
+        link.set_status("online", "paused by command")
+        release.set()
+        assert sub.wait_for(lambda: _has(sub, "online", 2, "paused by command"), 10), _statuses(sub)
+        assert link.wait_idle(10)
+        (held,) = first_messages(broker.port, t.status, retained_only=True)
+        assert json.loads(held)["reason"] == "paused by command", held
+        assert not sub.invalid, sub.invalid
+    finally:
+        release.set()
+        link.stop()
+        link.outbox.close()
+        sub.stop()
+
+
 MODEL_CHILD = r"""
 import sys, time
 from pathlib import Path
