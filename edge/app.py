@@ -141,6 +141,7 @@ class Service:
         self.preview_problem: str | None = None  # why the live preview is not there (its port is taken, say)
         self._status_line: str | None = None  # the last STATUS= sent to systemd
         self._status_lock = threading.Lock()
+        self._model_state_lock = threading.Lock()  # one model/state worked out and published at a time
         self._status_sent: tuple[str, str | None, ModelRef | None] | None = None  # the last status sent on MQTT
 
     # ---- commands from MQTT ----------------------------------------------------------------------------------
@@ -221,12 +222,12 @@ class Service:
         """The OTA updater's reports: kept and published, retained, on model/state."""
         ota = state.get("ota", state)
         try:
-            self.ota_state = OtaState(str(ota.get("state", "idle")), ota.get("version"), ota.get("error"),
-                                      time.time(), ota.get("code"))
+            new = OtaState(str(ota.get("state", "idle")), ota.get("version"), ota.get("error"), time.time(),
+                           ota.get("code"))
         except ValueError:
             log.exception("unexpected OTA report %r", state)
             return
-        self._publish_model_state()
+        self._publish_model_state(new)
 
     def current_model(self) -> ModelRef:
         slot: ModelSlot = _need(self.parts.slot)
@@ -237,13 +238,19 @@ class Service:
         """The model that ran a frame, from the slot info the pipeline passes along (the running one if unknown)."""
         return model_ref(info) if isinstance(info, Bundle) else self.current_model()
 
-    def _publish_model_state(self) -> None:
-        link = self.parts.mqtt
-        if link is None or self.parts.slot is None:
-            return
-        bundle = _need(self.parts.slot).latest_info
-        payload = model_state_payload(model_ref(bundle), self.ota_state, _need(self.parts.topics), time.time())
-        link.publish_model_state(payload)
+    def _publish_model_state(self, ota: OtaState | None = None) -> None:
+        """Publish the retained model/state (with `ota` as the OTA state from now on, when given). Reloads, swaps
+        and OTA reports come from different threads: each works its payload out and publishes it under one lock,
+        so the one worked out last is the one the broker keeps."""
+        with self._model_state_lock:
+            if ota is not None:
+                self.ota_state = ota
+            link = self.parts.mqtt
+            if link is None or self.parts.slot is None:
+                return
+            bundle = _need(self.parts.slot).latest_info
+            payload = model_state_payload(model_ref(bundle), self.ota_state, _need(self.parts.topics), time.time())
+            link.publish_model_state(payload)
         self._refresh_status()  # the retained status names the model too
 
     # ---- status and stats -------------------------------------------------------------------------------------

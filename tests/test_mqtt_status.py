@@ -318,3 +318,59 @@ def test_a_status_sent_into_a_hung_connection_does_not_replace_the_fresh_one_aft
         if b.proc is not None and b.proc.poll() is None:
             os.kill(b.proc.pid, signal.SIGCONT)
         b.stop()
+
+
+def test_the_retained_model_state_is_the_one_worked_out_last(
+        broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cmd/reload` (the MQTT command thread) and an OTA report (the updater's thread) each build the retained
+    model/state from the service's OTA state and publish it. The reload's payload, built first and published
+    last, left the broker saying `idle` after the updater had said `rejected`."""
+    import threading
+    import types
+
+    import edge.app as app
+    from edge.app import Service, load_model
+    from edge.config import Config
+    from edge.pipeline import ModelSlot
+
+    cfg = make_cfg(tmp_path, broker.url)
+    svc = Service(cfg, install_signals=False)
+    svc.parts.slot = ModelSlot(object(), load_model(Config()))
+    svc.parts.pipeline = types.SimpleNamespace(paused=threading.Event())  # what on_command reads of the pipeline
+    svc.parts.outbox = Outbox(cfg.outbox.path)
+    t = Topics.from_config(cfg)
+    svc.parts.topics = t
+    link = MqttLink(cfg, t, svc.parts.outbox, on_command=svc.on_command, status=svc.status)
+    svc.parts.mqtt = link
+    monkeypatch.setattr(svc, "_detector", lambda bundle: object())  # the reload's interpreter is not the point
+    built, go_on = threading.Event(), threading.Event()
+    payload = app.model_state_payload
+
+    def preempted(*args: Any, **kw: Any) -> dict[str, Any]:  # the reload is held after building its payload
+        out = payload(*args, **kw)
+        if threading.current_thread().name == "reload":
+            built.set()
+            go_on.wait(10)
+        return out
+
+    monkeypatch.setattr(app, "model_state_payload", preempted)
+    try:
+        link.start()
+        assert link.wait_connected(10)
+        reload = threading.Thread(target=svc.on_command, args=("reload", {}), name="reload")
+        reload.start()
+        assert built.wait(10)
+        report = threading.Thread(target=svc.report_ota, args=({"ota": {
+            "state": "rejected", "version": 9, "error": "bad-signature: not ours", "code": "bad-signature"}},))
+        report.start()
+        time.sleep(0.3)  # the report goes as far as it can while the reload is held
+        go_on.set()
+        reload.join(10)
+        report.join(10)
+        assert link.wait_idle(10)
+        (held,) = first_messages(broker.port, t.model_state, retained_only=True)
+        assert svc.ota_state.state == "rejected" and json.loads(held)["ota"]["state"] == "rejected", held
+    finally:
+        go_on.set()
+        link.stop()
+        svc.parts.outbox.close()
