@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -100,12 +100,14 @@ class Parts:
     preview: PreviewServer | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class _LastFrame:
-    """The newest processed frame and what was found in it (for the snapshot command and the preview)."""
+    """The newest processed frame, the gaps found in it and the model that ran it (for the snapshot command): one
+    record, replaced whole, so a reader on another thread never pairs one frame with another's gaps."""
 
-    frame: Frame | None = None
-    gaps: list[Gap] = field(default_factory=list)
+    frame: Frame
+    gaps: list[Gap]
+    model: Any  # the slot info of the model that ran the frame
 
 
 BROKER_OUTAGE_S = 30.0  # a broker away this long makes the local status (systemd, preview) degraded
@@ -129,7 +131,7 @@ class Service:
         self.install_signals = install_signals
         self.stop_event = threading.Event()
         self.started = time.monotonic()
-        self.last = _LastFrame()
+        self.last: _LastFrame | None = None
         self.ota_state = OtaState("idle")
         self.exit_code = 0
         self.stop_reason: str | None = None  # why the run failed, for the retained `offline` (None: "stopped")
@@ -184,12 +186,12 @@ class Service:
 
         from edge.preview import annotate
 
-        frame = self.last.frame
-        if frame is None:
+        last = self.last
+        if last is None:
             raise ValueError("no frame has been processed yet")
-        model = self.current_model()
-        bgr = annotate(frame.image, self.last.gaps, [], {"model": f"{model.name} v{model.version}",
-                                                         "frame": frame.index},
+        frame = last.frame
+        model = self.model_of_frame(last.model)
+        bgr = annotate(frame.image, last.gaps, [], {"model": f"{model.name} v{model.version}", "frame": frame.index},
                        max_width=self.cfg.mqtt.snapshot_max_px)
         ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 85])
         if not ok:
@@ -199,7 +201,7 @@ class Service:
         if not _need(self.parts.mqtt).publish_direct(topic, jpeg, qos=1, retain=False):
             raise ValueError("the snapshot was not sent: the broker connection is down")
         # when the picture was taken: with the camera stalled or the cart paused it is the last frame there is
-        return {"topic": topic, "bytes": len(jpeg), "frame": frame.index, "gaps": len(self.last.gaps),
+        return {"topic": topic, "bytes": len(jpeg), "frame": frame.index, "gaps": len(last.gaps), "model": model.short(),
                 "captured": rfc3339(frame.t_wall), "age_s": round(max(0.0, time.monotonic() - frame.t_mono), 3)}
 
     # ---- model swaps (reload and OTA) ------------------------------------------------------------------------
@@ -510,7 +512,7 @@ class Service:
         stack.callback(sink.close)  # after the pipeline has stopped, before the outbox closes
         self.parts.sink = sink
         tracker.uncommitted = sink.held_alert_ids  # both run on the post-processing thread
-        observers: list[FrameObserver] = [_LastFrameObserver(self.last)]
+        observers: list[FrameObserver] = [_LastFrameObserver(self)]
         if self.preview_enabled:
             from edge.preview import PreviewServer
 
@@ -626,12 +628,11 @@ def _lan_hint(preview: PreviewServer) -> str:
 
 
 class _LastFrameObserver:
-    def __init__(self, last: _LastFrame):
-        self.last = last
+    def __init__(self, service: Service):
+        self.service = service
 
     def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None:
-        self.last.frame = frame
-        self.last.gaps = gaps
+        self.service.last = _LastFrame(frame, gaps, result.model)
 
 
 class _PreviewObserver:
@@ -650,18 +651,17 @@ class _PreviewObserver:
         if now - self._info_at > 0.5:
             self._info_at = now
             pipeline = _need(s.parts.pipeline)
-            model = s.current_model()
             self._info = {
                 "fps": round(pipeline.stats.fps.rate(), 1),
                 "inference_ms": pipeline.stats.invoke.percentile(50),
-                "model": f"{model.name} v{model.version}",
                 "outbox_depth": _need(s.parts.outbox).depth(),
                 "alerts_opened": pipeline.stats.alerts_opened,
                 "dropped": _need(s.parts.capture).dropped,
                 "device": s.cfg.device.id,
                 "store": s.cfg.device.store,
             }
-        info = {**self._info, "frame": frame.index,
+        model = s.model_of_frame(result.model)  # the model that drew these boxes, also around a swap
+        info = {**self._info, "frame": frame.index, "model": f"{model.name} v{model.version}",
                 "shift_px": None if tracker.last_shift is None else round(float(tracker.last_shift.dx), 1)}
         self.preview.offer(frame.image, gaps, tracker.tracks(), info)  # a few views: /snapshot.jpg shows them too
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -374,3 +375,64 @@ def test_the_retained_model_state_is_the_one_worked_out_last(
         go_on.set()
         link.stop()
         svc.parts.outbox.close()
+
+
+def test_a_snapshot_pairs_a_frame_with_its_own_gaps_and_the_model_that_found_them(
+        broker: Mosquitto, tmp_path: Path) -> None:
+    """cmd/snapshot (the command thread) read the last frame and its gaps in two steps while the post-processing
+    thread wrote them in two: the picture of one frame could be drawn and counted with another's gaps. And it
+    named the model in the slot, which after a swap is not the one that ran the frame. Frames alternate three gaps
+    and none while snapshots are taken; the GIL is made to switch threads as often as it can."""
+    import sys
+    import threading
+    import types
+
+    import edge.app as app
+    from edge.app import Service, load_model
+    from edge.config import Config
+    from edge.pipeline import FrameResult, ModelSlot
+    from edge.types import Frame, Gap
+
+    cfg = make_cfg(tmp_path, broker.url)
+    svc = Service(cfg, install_signals=False)
+    v1 = load_model(Config())
+    svc.parts.slot = ModelSlot(object(), v1)
+    svc.parts.pipeline = types.SimpleNamespace(paused=threading.Event())  # what on_command reads of the pipeline
+    svc.parts.outbox = Outbox(cfg.outbox.path)
+    t = Topics.from_config(cfg)
+    svc.parts.topics = t
+    link = MqttLink(cfg, t, svc.parts.outbox, status=svc.status)
+    svc.parts.mqtt = link
+    observer = app._LastFrameObserver(svc)
+    img = np.zeros((120, 160, 3), np.uint8)
+    three = [Gap(10, 10, 30, 30, 0.9), Gap(40, 10, 60, 30, 0.8), Gap(70, 10, 90, 30, 0.7)]
+    result = FrameResult(1.0, 1.0, 1.0, 1.0, 0, True, v1)  # v1 ran every frame
+    stop = threading.Event()
+
+    def post_thread() -> None:
+        i = 0
+        while not stop.is_set():
+            observer.on_frame(Frame(img, i, time.monotonic(), time.time()), three if i % 2 == 0 else [], result)
+            i += 1
+
+    interval = sys.getswitchinterval()
+    try:
+        link.start()
+        assert link.wait_connected(10)
+        observer.on_frame(Frame(img, 0, time.monotonic(), time.time()), three, result)
+        v2 = dataclasses.replace(v1, manifest=dataclasses.replace(v1.manifest, version=v1.manifest.version + 1))
+        svc.parts.slot.request_swap(object(), v2)
+        svc.parts.slot.current()  # the slot holds v2 now; the frames keep saying v1 ran them
+        sys.setswitchinterval(1e-6)
+        writer = threading.Thread(target=post_thread)
+        writer.start()
+        replies = [svc.on_command("snapshot", {}) for _ in range(300)]
+    finally:
+        stop.set()
+        sys.setswitchinterval(interval)
+        link.stop()
+        svc.parts.outbox.close()
+    writer.join(10)
+    torn = [(r["frame"], r["gaps"]) for r in replies if r["gaps"] != (3 if r["frame"] % 2 == 0 else 0)]
+    assert not torn, torn[:5]
+    assert {r["model"]["version"] for r in replies} == {v1.manifest.version}
