@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from edge.config import CameraConfig
 from edge.sources import FrameSource, MainFrame, Seekable, SnapshotSource, SourceError
@@ -44,6 +44,14 @@ def _reason(e: BaseException) -> str:
     """The status reason for a failure: always "camera: ...", e.g. "camera: /dev/video3: no such device"."""
     msg = str(e) or type(e).__name__
     return f"camera: {msg.removeprefix('camera ')}"
+
+
+@dataclass(frozen=True)
+class _Live:
+    """The source being read, and the global frame index of its first read."""
+
+    source: FrameSource
+    base: int
 
 
 class CaptureThread:
@@ -74,9 +82,10 @@ class CaptureThread:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
-        self._source: FrameSource | None = None
+        # the source being read and the global index of its first read: one record, replaced whole, so the sink's
+        # thread (snapshot_frame) never pairs a reopened source with the index base of the one before
+        self._live: _Live | None = None
         self._first: FrameSource | None = None  # a finite source opened by start()
-        self._base = 0  # global index of the current source's first read
         self._state_lock = threading.Lock()
         self._degraded_reason = ""
         self._read_since: float | None = None  # monotonic start of the read in progress
@@ -141,9 +150,10 @@ class CaptureThread:
 
         None when the source has no such stream, or when `index` is given and the held frame is another one.
         """
-        src, base = self._source, self._base
-        if not isinstance(src, SnapshotSource):
+        live = self._live
+        if live is None or not isinstance(live.source, SnapshotSource):
             return None
+        src, base = live.source, live.base
         if index is not None and index < base:
             return None  # a frame of a source that has since been reopened
         try:
@@ -256,9 +266,9 @@ class CaptureThread:
             self._set_state(_reason(e))
             self._finish(f"capture thread crashed: {e}")
         finally:
-            src, self._source = self._source, None
-            if src is not None:
-                src.close()
+            live, self._live = self._live, None
+            if live is not None:
+                live.source.close()
 
     def _loop(self, first: FrameSource) -> None:
         cfg = self._cfg
@@ -271,7 +281,7 @@ class CaptureThread:
         pending_open: FrameSource | None = first if src is None else None
         max_attempts = cfg.reopen_attempts or (FINITE_DEFAULT_ATTEMPTS if first.finite else 0)
         if src is not None:
-            self._source = src
+            self._live = _Live(src, 0)
         while not self._stop.is_set():
             if src is None:
                 try:
@@ -297,8 +307,7 @@ class CaptureThread:
                         return
                     backoff = next_backoff
                     continue
-                self._source = src
-                self._base = next_index
+                self._live = _Live(src, next_index)
                 self.fps = src.fps
             try:
                 read_from = self._read_since = time.monotonic()
@@ -310,7 +319,7 @@ class CaptureThread:
                     lost_view = next_index > 0  # a stalled camera: whatever passed meanwhile was never seen
             except Exception as e:
                 self._log_unexpected(e)
-                self._source = None
+                self._live = None
                 src.close()
                 src = None
                 lost_view = next_index > 0
@@ -333,7 +342,7 @@ class CaptureThread:
                     self._finish(None)
                     return
                 # A live source must not end; treat it as a failure.
-                self._source = None
+                self._live = None
                 src.close()
                 src = None
                 lost_view = next_index > 0
