@@ -144,7 +144,9 @@ class Service:
         self._status_line: str | None = None  # the last STATUS= sent to systemd
         self._status_lock = threading.Lock()
         self._model_state_lock = threading.Lock()  # one model/state worked out and published at a time
-        self._status_sent: tuple[str, str | None, ModelRef | None] | None = None  # the last status sent on MQTT
+        # the last status handed to the MQTT link: the link publishes only what is new anyway, this spares it a
+        # wake-up every status round
+        self._status_sent: tuple[str, str | None, ModelRef | None] | None = None
 
     # ---- commands from MQTT ----------------------------------------------------------------------------------
     def on_command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +266,7 @@ class Service:
             link = self.parts.mqtt
             said = (status.state, status.reason, status.model)  # the retained status names the model too
             if link is not None and said != self._status_sent and link.set_status(status.state, status.reason):
-                self._status_sent = said  # published: not again until it changes (else tried again next round)
+                self._status_sent = said  # handed over: not again until it changes (else tried again next round)
             outage = self._broker_outage()  # what MQTT cannot say while it is down
             local = self.status(outage) if outage is not None else status
             self._notify_status(local)

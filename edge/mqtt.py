@@ -7,9 +7,10 @@ A sender thread keeps up to `outbox.inflight` messages unacknowledged and delete
 successful PUBACK; paho re-sends the unacknowledged ones (same bytes, same alert id) after a reconnect, and the
 outbox re-sends them after a restart. A message the broker refuses (an MQTT 5 PUBACK with an error, e.g. its ACL)
 stays in the outbox, is retried periodically, and makes `status` degraded with the reason until it goes through.
-The retained `status` carries the running model: it is republished when the status provider reports another model
-(or when `refresh_status()` is called), and the last will is rebuilt with the current model before every
-(re)connect, since MQTT fixes the will in the CONNECT packet. Only the sender thread publishes `status`, so an
+The retained `status` carries the running model: it is published on every connect and whenever it says something
+new (another model from the status provider, or `refresh_status()` / `set_status()` with another state or reason),
+and the last will is rebuilt with the current model before every (re)connect, since MQTT fixes the will in the
+CONNECT packet. Only the sender thread publishes `status`, so an
 older status worked out on one thread never lands after a newer one from another.
 """
 
@@ -333,8 +334,8 @@ class MqttLink:
         except Exception:
             log.exception("status callback failed")
             return
-        if self._status_said is None or model != self._status_said[0].model:
-            log.info("model changed to %s; publishing status", model.short() if model else None)
+        if self._status_said is not None and model != self._status_said[0].model:  # the first is due anyway
+            log.info("model changed to %s; publishing status", f"{model.name} v{model.version}" if model else None)
             self.refresh_status()
 
     # ---- status ----------------------------------------------------------------------------------------------
@@ -446,9 +447,10 @@ class MqttLink:
         cmd: Any = SubscribeOptions(qos=1, retainAsPublished=True) if self._protocol == mqtt.MQTTv5 else 1
         subs = [(self.topics.cmd_filter, cmd)] + [(t, 1) for t in self._release_topics]
         self._sub_mid = client.subscribe(subs)[1]
-        # Retained publishes still unacknowledged from before are sent again by paho right after this callback,
-        # after the fresh ones below: once each is acknowledged, its topic's current payload is published again
-        # (_handle_acks), so the broker keeps the current status, not one queued while the connection hung.
+        # Retained publishes still unacknowledged from before are sent again by paho right after this callback
+        # (the fresh model state below goes first, the fresh status after them, from the sender thread): once each
+        # stale one is acknowledged, its topic's current payload is published again (_handle_acks), so the broker
+        # keeps the current status and model state, not ones queued while the connection hung.
         with self._retained_lock:
             self._stale_mids = set(self._retained_mids)
             retained = list(self._retained.items())
@@ -536,7 +538,6 @@ class MqttLink:
             try:
                 self._check_connack_timeout()
                 self._check_model_change()
-                self._say_status()
                 if self._retry_at is not None and time.monotonic() >= self._retry_at:
                     self._retry_rejected()
                 if self._switch_protocol:
@@ -544,6 +545,7 @@ class MqttLink:
                     self._rebuild_client()
                 self._handle_acks()
                 if self._connected.is_set():
+                    self._say_status()  # before any queued alert: a fresh connection says `online` first
                     self._fill()
             except OutboxError as e:
                 log.error("%s", e)
