@@ -355,6 +355,7 @@ def test_the_retained_model_state_is_the_one_worked_out_last(
         return out
 
     monkeypatch.setattr(app, "model_state_payload", preempted)
+    sub = ValidatingSubscriber(broker.url, [t.model_state]).start()
     try:
         link.start()
         assert link.wait_connected(10)
@@ -368,13 +369,17 @@ def test_the_retained_model_state_is_the_one_worked_out_last(
         go_on.set()
         reload.join(10)
         report.join(10)
-        assert link.wait_idle(10)
+        # both went out (the reload's and the report's); the broker keeps the last, which must be the report's
+        assert sub.wait_for(lambda: len(sub.json_on("/model/state")) == 2, 10), sub.json_on("/model/state")
+        assert [m["ota"]["state"] for m in sub.json_on("/model/state")] == ["idle", "rejected"]
         (held,) = first_messages(broker.port, t.model_state, retained_only=True)
         assert svc.ota_state.state == "rejected" and json.loads(held)["ota"]["state"] == "rejected", held
+        assert not sub.invalid, sub.invalid
     finally:
         go_on.set()
         link.stop()
         svc.parts.outbox.close()
+        sub.stop()
 
 
 def test_a_snapshot_pairs_a_frame_with_its_own_gaps_and_the_model_that_found_them(
