@@ -101,15 +101,16 @@ class BuildReport:
 SYNTH_STAMP = "generator.json"
 
 
+def _source(module: str) -> Path:
+    """The source file of a project module, `convert.synth` -> REPO/convert/synth.py."""
+    return Path(__file__).resolve().parents[1] / (module.replace(".", "/") + ".py")
+
+
 def generator_sources() -> list[str]:
-    """`convert.synth` and every project module it imports, directly or through another (read from their import
-    statements, lazy ones too), sorted: the code a generated image or label comes from."""
+    """`convert.synth` and every project module it imports, directly or through another (read from their absolute
+    `import` and `from ... import` statements, lazy ones too; the project uses no relative imports), sorted: the
+    code a generated image or label comes from."""
     import ast
-
-    root = Path(__file__).resolve().parents[1]
-
-    def source(module: str) -> Path:
-        return root / (module.replace(".", "/") + ".py")
 
     todo, seen = ["convert.synth"], set()
     while todo:
@@ -117,14 +118,14 @@ def generator_sources() -> list[str]:
         if module in seen:
             continue
         seen.add(module)
-        for node in ast.walk(ast.parse(source(module).read_bytes())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
+        for node in ast.walk(ast.parse(_source(module).read_bytes())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:  # also `from convert import x`
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             else:
                 continue
-            todo += [n for n in names if n.split(".")[0] in ("convert", "edge") and source(n).is_file()]
+            todo += [n for n in names if n.split(".")[0] in ("convert", "edge") and _source(n).is_file()]
     return sorted(seen)
 
 
@@ -135,12 +136,9 @@ def generator_stamp(n: int, seed: int) -> dict[str, Any]:
     makes cached folders stale."""
     import hashlib
 
-    import convert
-
-    root = Path(convert.__file__).resolve().parents[1]
     h = hashlib.sha256()
     for module in generator_sources():
-        src = (root / (module.replace(".", "/") + ".py")).read_bytes()
+        src = _source(module).read_bytes()
         h.update(module.encode() + b"\0" + hashlib.sha256(src).digest())
     return {"n": n, "seed": seed, "synth_sha256": h.hexdigest()}
 

@@ -54,9 +54,9 @@ class Tracker(Protocol):
 
 class AlertSink(Protocol):
     """Takes the tracker's events for every frame (often none): renders snapshots and commits them durably.
-    `model` is the slot info of the model that ran the frame: the events name it, not the one running by then."""
+    `info` is the slot info of the model that ran the frame: the events name it, not the one running by then."""
 
-    def emit(self, frame: Frame, events: Sequence[AlertEvent], model: Any = None) -> None: ...
+    def emit(self, frame: Frame, events: Sequence[AlertEvent], info: Any = None) -> None: ...
 
 
 class FrameObserver(Protocol):

@@ -78,9 +78,9 @@ class OutboxSink:
             return _NONE
         return frozenset(ev.alert_id for h in self._held for ev in h.events) | self._unsettled
 
-    def emit(self, frame: Frame, events: Sequence[AlertEvent], model: Any = None) -> None:
+    def emit(self, frame: Frame, events: Sequence[AlertEvent], info: Any = None) -> None:
         """Commit this frame's events (after any held ones); called for every frame, so held ones are retried.
-        `model`: the slot info of the model that ran the frame (with a pipeline of stages, the slot may hold the
+        `info`: the slot info of the model that ran the frame (with a pipeline of stages, the slot may hold the
         next model by the time a frame's events come here)."""
         if events:
             # should anything below raise (the service then stops), these events were never stored: their places
@@ -91,7 +91,7 @@ class OutboxSink:
                 # a duplicate's cleared is no restock to show: the gap is elsewhere, usually out of this frame
                 if ev.snapshot_jpeg is None and ev.duplicate_of is None:
                     ev.snapshot_jpeg = self._snapshot_or_none(frame, ev)
-                msgs.extend(alert_messages(ev, self.topics, self.model(model)))
+                msgs.extend(alert_messages(ev, self.topics, self.model(info)))
             size = sum(len(m.payload) + len(m.topic) for m in msgs)
             self._held.append(_Held(tuple(events), tuple(msgs), size))
             self._unsettled = _NONE

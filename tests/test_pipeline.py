@@ -70,7 +70,7 @@ class RecordingSink:
     def __init__(self) -> None:
         self.events: list[str] = []
 
-    def emit(self, frame: Frame, events: Sequence[AlertEvent], model: Any = None) -> None:
+    def emit(self, frame: Frame, events: Sequence[AlertEvent], info: Any = None) -> None:
         self.events.extend(e.alert_id for e in events)
 
 
