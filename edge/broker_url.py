@@ -46,7 +46,8 @@ class BrokerAddress:
         return cls(host, port or (8883 if tls else 1883), tls, unquote(parts.username) if parts.username else None)
 
     def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address, as it is written in a URL
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
 
 def redact_url(url: str) -> str:

@@ -118,3 +118,12 @@ def test_a_bad_broker_url_is_refused_the_way_the_config_check_refuses_it(url: st
     r = _alerts("--broker", url, "--timeout", "3")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith(f"--broker: {why}"), (why, r.stderr)
     assert "s3cret" not in r.stderr
+
+
+def test_a_broker_address_is_written_back_as_a_url() -> None:
+    """Log lines and errors say `connecting to mqtt://[::1]:1884`, not `mqtt://::1:1884`."""
+    from edge.broker_url import BrokerAddress
+
+    assert str(BrokerAddress.parse("mqtt://[::1]:1884")) == "mqtt://[::1]:1884"
+    assert str(BrokerAddress.parse("mqtts://broker.lan")) == "mqtts://broker.lan:8883"
+    assert str(BrokerAddress.parse("mqtt://cart@10.0.0.5")) == "mqtt://10.0.0.5:1883"
