@@ -112,6 +112,7 @@ class _LastFrame:
 
 BROKER_OUTAGE_S = 30.0  # a broker away this long makes the local status (systemd, preview) degraded
 STATUS_POLL_S = 5.0  # how often the status is worked out again for what changes without an event
+PAUSE_DRAIN_S = 5.0  # cmd/pause waits at most this long for the frames already taken to go through
 
 FAILED_STOP_CONNECT_S = 2.0  # a run that failed before the broker answered waits this long to say why, retained
 EXIT_QUEUED = 3  # a finite source's run ended (timeout, stop) with messages still queued, kept for the next start
@@ -160,7 +161,11 @@ class Service:
         if args.get("reason") is not None:
             log.info("command %s: %s", name, str(args["reason"])[:200])
         if name == "pause":
-            pipeline.paused.set()
+            # answered once the frames already taken are through: no alert of theirs follows the answer
+            drained = pipeline.pause(PAUSE_DRAIN_S)
+            if not drained:
+                log.warning("cmd/pause: frames taken before the pause were still on their way after %.0f s",
+                            PAUSE_DRAIN_S)
             self._refresh_status()
             return {"paused": True}
         if name == "resume":

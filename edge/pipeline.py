@@ -342,6 +342,24 @@ class Pipeline:
     # may not see is passed over like a frame the camera dropped (OTA probation: a model's garbage frames)
     admit: Callable[[Frame, list[Gap], Any], bool] | None = None
     _withheld_run: int = field(default=0, init=False, repr=False)  # frames since the tracker's last, held back
+    # frames taken from the feed and not yet through the post stage, counted under `_flow` with the pause check
+    _in_flight: int = field(default=0, init=False, repr=False)
+    _flow: threading.Condition = field(default_factory=threading.Condition, init=False, repr=False)
+
+    def pause(self, timeout: float) -> bool:
+        """Take no more frames, and wait up to `timeout` s until every frame already taken has been through the
+        tracker and the sink. True: no alert of a frame from before the pause is still to come (what a backend
+        that sent `cmd/pause` expects once it is answered). False: some frames were still on their way (a stage
+        is stuck); they go on after the answer. `paused.clear()` resumes."""
+        with self._flow:
+            self.paused.set()
+            return self._flow.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def _through(self) -> None:
+        """One frame taken from the feed has been through the post stage (or will not get there)."""
+        with self._flow:
+            self._in_flight -= 1
+            self._flow.notify_all()
 
     def _invoke(self, item: _Prepared, pool: _StagingPool, ring: _OutputRing) -> _Inferred:
         det = item.detector
@@ -432,7 +450,11 @@ class Pipeline:
                             log.info("source ended")
                             return
                         continue
-                    if self.paused.is_set():
+                    with self._flow:  # checked and counted in one step, so `pause` waits for every frame it let in
+                        paused = self.paused.is_set()
+                        if not paused:
+                            self._in_flight += 1
+                    if paused:
                         skipped += frame.dropped_before + 1
                         continue
                     if skipped:  # the first frame after a pause: the cart may have moved any distance unseen
@@ -464,6 +486,8 @@ class Pipeline:
                         failure.append(e)
                         halt.set()
                         return
+                    finally:
+                        self._through()
             finally:
                 self.stats.thread_cpu_s["post"] = time.thread_time() - cpu0
 
@@ -494,6 +518,9 @@ class Pipeline:
             # the post stage finishes every frame already inferred: their alerts must be committed
             put(to_post, _END, post.is_alive)
             post.join()
+            with self._flow:  # frames a stopped loop will never finish: nobody waits for them
+                self._in_flight = 0
+                self._flow.notify_all()
             CorePlan.restore(pinned)
         if failure:
             raise failure[0]

@@ -182,6 +182,45 @@ def test_an_alert_names_the_model_that_ran_its_frame_not_the_one_running_when_it
     assert said == {i: 1 if i < 20 else 2 for i in range(len(images))}, said
 
 
+def test_a_pause_is_answered_once_the_frames_already_taken_are_through(images: list[np.ndarray]) -> None:
+    """`cmd/pause` stopped the prepare stage only: the frames it had taken (up to 8, in the hand-offs) were still
+    tracked after the pause was answered, and their alerts came after the answer. The post stage holds frame 5
+    until the pause is asked for, so the hand-offs are full when it is."""
+    feed = ListFeed(images)
+    at_5, pausing, answered = threading.Event(), threading.Event(), threading.Event()
+    after_answer: list[int] = []
+    seen: list[int] = []
+
+    class HeldAt5:
+        def update(self, frame: Frame, gaps: list[Gap]) -> list[AlertEvent]:
+            if frame.index == 5:
+                at_5.set()
+                pausing.wait(10)
+            (after_answer if answered.is_set() else seen).append(frame.index)
+            return []
+
+    pipe = Pipeline(feed, ModelSlot(Detector(load_model(Config())), "v1"), HeldAt5(), RecordingSink())
+    result: list[bool] = []
+
+    def command() -> None:
+        at_5.wait(10)
+        taken = -1
+        while feed._i != taken:  # until the hand-offs are full and the prepare stage waits
+            taken = feed._i
+            time.sleep(0.2)
+        pausing.set()
+        result.append(pipe.pause(10))
+        answered.set()
+
+    commander = threading.Thread(target=command)
+    commander.start()
+    pipe.run(threading.Event())  # the feed runs out while paused: the rest of it is passed over
+    commander.join(10)
+    assert result == [True]
+    assert after_answer == [], after_answer
+    assert seen[-1] > 5 and seen == list(range(seen[-1] + 1)), seen  # frames 6.. were on their way: tracked first
+
+
 class PausingFeed(ListFeed):
     """Pauses the pipeline as it hands over frame `pause_at` and resumes it as it hands over frame `resume_at`, as
     `cmd/pause` and `cmd/resume` would between two camera frames."""
