@@ -311,11 +311,14 @@ class MqttLink:
         if not self._status_due.is_set() or client is None or not self._connected.is_set():
             return
         self._status_due.clear()
-        if (self._current_status(), self.outbox.quarantined, self._connects) != self._status_said:
-            self._publish_status(client)
-
-    def _publish_status(self, client: mqtt.Client) -> bool:
         status = self._current_status()
+        if (status, self.outbox.quarantined, self._connects) != self._status_said:
+            self._publish_status(client, status)
+
+    def _publish_status(self, client: mqtt.Client, status: StatusInfo | None = None) -> bool:
+        """Publish `status` (worked out now when not given) retained, and remember what it said (sender thread)."""
+        if status is None:
+            status = self._current_status()
         info = self._publish_retained(client, self.topics.status, self._status_bytes(status), 1)
         ok = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
         self._status_said = (status, self.outbox.quarantined, self._connects) if ok else None
