@@ -145,9 +145,6 @@ class Service:
         self._status_line: str | None = None  # the last STATUS= sent to systemd
         self._status_lock = threading.Lock()
         self._model_state_lock = threading.Lock()  # one model/state worked out and published at a time
-        # the last status handed to the MQTT link: the link publishes only what is new anyway, this spares it a
-        # wake-up every status round
-        self._status_sent: tuple[str, str | None, ModelRef | None] | None = None
 
     # ---- commands from MQTT ----------------------------------------------------------------------------------
     def on_command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -269,9 +266,8 @@ class Service:
         with self._status_lock:
             status = self.status()
             link = self.parts.mqtt
-            said = (status.state, status.reason, status.model)  # the retained status names the model too
-            if link is not None and said != self._status_sent and link.set_status(status.state, status.reason):
-                self._status_sent = said  # handed over: not again until it changes (else tried again next round)
+            if link is not None:  # published only when it says something new (and on every connect)
+                link.set_status(status.state, status.reason)
             outage = self._broker_outage()  # what MQTT cannot say while it is down
             local = self.status(outage) if outage is not None else status
             self._notify_status(local)
