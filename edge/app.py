@@ -646,6 +646,13 @@ class _PreviewObserver:
         self.service = service
         self._info: dict[str, Any] = {}
         self._info_at = 0.0
+        self._label: tuple[Any, str] = (None, "")  # (slot info, "name vN"): worked out again only after a swap
+
+    def _model_label(self, info: Any) -> str:
+        if info is None or self._label[0] is not info:  # None: unknown, the running model's (not kept)
+            model = self.service.model_of_frame(info)
+            self._label = (info, f"{model.name} v{model.version}")
+        return self._label[1]
 
     def on_frame(self, frame: Frame, gaps: list[Gap], result: FrameResult) -> None:
         s = self.service
@@ -663,8 +670,8 @@ class _PreviewObserver:
                 "device": s.cfg.device.id,
                 "store": s.cfg.device.store,
             }
-        model = s.model_of_frame(result.model)  # the model that drew these boxes, also around a swap
-        info = {**self._info, "frame": frame.index, "model": f"{model.name} v{model.version}",
+        # the model that drew these boxes, also around a swap
+        info = {**self._info, "frame": frame.index, "model": self._model_label(result.model),
                 "shift_px": None if tracker.last_shift is None else round(float(tracker.last_shift.dx), 1)}
         self.preview.offer(frame.image, gaps, tracker.tracks(), info)  # a few views: /snapshot.jpg shows them too
 
