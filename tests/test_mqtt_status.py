@@ -321,15 +321,12 @@ def test_a_status_sent_into_a_hung_connection_does_not_replace_the_fresh_one_aft
         b.stop()
 
 
-def test_the_retained_model_state_is_the_one_worked_out_last(
-        broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`cmd/reload` (the MQTT command thread) and an OTA report (the updater's thread) each build the retained
-    model/state from the service's OTA state and publish it. The reload's payload, built first and published
-    last, left the broker saying `idle` after the updater had said `rejected`."""
+def _service_on(broker: Mosquitto, tmp_path: Path) -> tuple[Any, MqttLink, Topics]:
+    """A Service with the parts its commands and retained messages use (the default model in the slot, a pipeline
+    that only pauses, the outbox, the topics) and a real MqttLink to `broker`, not yet started."""
     import threading
     import types
 
-    import edge.app as app
     from edge.app import Service, load_model
     from edge.config import Config
     from edge.pipeline import ModelSlot
@@ -341,8 +338,20 @@ def test_the_retained_model_state_is_the_one_worked_out_last(
     svc.parts.outbox = Outbox(cfg.outbox.path)
     t = Topics.from_config(cfg)
     svc.parts.topics = t
-    link = MqttLink(cfg, t, svc.parts.outbox, on_command=svc.on_command, status=svc.status)
-    svc.parts.mqtt = link
+    svc.parts.mqtt = MqttLink(cfg, t, svc.parts.outbox, on_command=svc.on_command, status=svc.status)
+    return svc, svc.parts.mqtt, t
+
+
+def test_the_retained_model_state_is_the_one_worked_out_last(
+        broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cmd/reload` (the MQTT command thread) and an OTA report (the updater's thread) each build the retained
+    model/state from the service's OTA state and publish it. The reload's payload, built first and published
+    last, left the broker saying `idle` after the updater had said `rejected`."""
+    import threading
+
+    import edge.app as app
+
+    svc, link, t = _service_on(broker, tmp_path)
     monkeypatch.setattr(svc, "_detector", lambda bundle: object())  # the reload's interpreter is not the point
     built, go_on = threading.Event(), threading.Event()
     payload = app.model_state_payload
@@ -390,24 +399,13 @@ def test_a_snapshot_pairs_a_frame_with_its_own_gaps_and_the_model_that_found_the
     and none while snapshots are taken; the GIL is made to switch threads as often as it can."""
     import sys
     import threading
-    import types
 
     import edge.app as app
-    from edge.app import Service, load_model
-    from edge.config import Config
-    from edge.pipeline import FrameResult, ModelSlot
+    from edge.pipeline import FrameResult
     from edge.types import Frame, Gap
 
-    cfg = make_cfg(tmp_path, broker.url)
-    svc = Service(cfg, install_signals=False)
-    v1 = load_model(Config())
-    svc.parts.slot = ModelSlot(object(), v1)
-    svc.parts.pipeline = types.SimpleNamespace(paused=threading.Event())  # what on_command reads of the pipeline
-    svc.parts.outbox = Outbox(cfg.outbox.path)
-    t = Topics.from_config(cfg)
-    svc.parts.topics = t
-    link = MqttLink(cfg, t, svc.parts.outbox, status=svc.status)
-    svc.parts.mqtt = link
+    svc, link, t = _service_on(broker, tmp_path)
+    v1 = svc.parts.slot.info
     observer = app._LastFrameObserver(svc)
     img = np.zeros((120, 160, 3), np.uint8)
     three = [Gap(10, 10, 30, 30, 0.9), Gap(40, 10, 60, 30, 0.8), Gap(70, 10, 90, 30, 0.7)]
